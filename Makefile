@@ -1,0 +1,53 @@
+# Parley: the public make targets. `make run` and `make test` install what
+# they need first; everything lives in .venv and node_modules at the repo root.
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install run test gen check-gen lint bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: $(STAMP) ## Create .venv with Parley, its test tools, buf and grpcurl
+
+$(STAMP): pyproject.toml package.json package-lock.json
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,otlp]"
+	npm install --no-audit --no-fund --loglevel=error
+	touch $(STAMP)
+
+run: install ## Start Parley all-in-one on localhost:50051 (SQLite under ./data)
+	$(VENV)/bin/parley serve --host localhost --port 50051 --data-dir ./data
+
+test: install ## Lint, type-check, check generated stubs, run every test
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory check-gen
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+gen: install ## Regenerate the Python stubs from protos/
+	scripts/gen.sh
+
+check-gen: install ## Fail when committed stubs differ from a fresh generation
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && scripts/gen.sh $$tmp && \
+	  for d in api identity room history file gateway; do \
+	    diff -r clients/python/parley/$$d $$tmp/parley/$$d >/dev/null || \
+	      { echo "stale stubs in clients/python/parley/$$d: run make gen"; exit 1; }; \
+	  done && echo "generated stubs are fresh"
+
+lint: install ## ruff, mypy --strict, buf lint and buf format
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+bench: install ## Run the benchmarks (JSON on stdout)
+	$(PY) -m bench.identity_bench
+
+clean: ## Remove .venv, node_modules and caches (keeps ./data)
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

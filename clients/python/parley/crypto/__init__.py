@@ -1,0 +1,1 @@
+"""Client-side cryptography built from PyNaCl (libsodium) primitives."""

@@ -1,0 +1,44 @@
+"""Per-room log state on SQLite."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+import sqlite_utils
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE room_logs (
+            room_id TEXT PRIMARY KEY,
+            epoch TEXT NOT NULL,
+            last_seq INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+
+
+MIGRATIONS = [_migration_1]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogStateRow:
+    room_id: str
+    epoch: str
+    last_seq: int
+    created_at: float
+
+
+def log_state(db: sqlite_utils.Database, room_id: str, now: float) -> LogStateRow:
+    """The room's log state, starting a first epoch for a room never seen."""
+    db.execute(
+        "INSERT OR IGNORE INTO room_logs (room_id, epoch, last_seq, created_at) VALUES (?, ?, 0, ?)",
+        [room_id, secrets.token_hex(8), now],
+    )
+    row = db.execute(
+        "SELECT room_id, epoch, last_seq, created_at FROM room_logs WHERE room_id = ?", [room_id]
+    ).fetchone()
+    return LogStateRow(*row)

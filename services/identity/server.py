@@ -1,0 +1,38 @@
+"""The identity service as a module of a server, and on its own."""
+
+from __future__ import annotations
+
+from parley.identity.v1 import identity_pb2, identity_pb2_grpc
+from services.identity.accounts import Accounts
+from services.identity.servicer import IdentityServicer
+from services.identity.sessions import SessionIssuer
+from services.identity.store import MIGRATIONS
+from services.identity.token_signing import TokenSigner
+from services.runtime.config import Config
+from services.runtime.server import ParleyServer, ServiceModule, build_server
+from services.runtime.sqlite import SqliteDatabase
+from services.runtime.telemetry import Telemetry
+
+SERVICE = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"]
+
+
+async def identity_module(config: Config) -> ServiceModule:
+    db = SqliteDatabase(config.server.data_dir / "identity.sqlite3", MIGRATIONS)
+    await db.open()
+    signer = TokenSigner(db, config.auth)
+    await signer.load()
+    servicer = IdentityServicer(Accounts(db), SessionIssuer(db, signer, config.auth), signer, config.auth)
+    return ServiceModule(
+        name="identity",
+        services=[SERVICE],
+        register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server),
+        close=db.close,
+    )
+
+
+async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
+    """The identity service alone, bound and started."""
+    module = await identity_module(config)
+    return await build_server(
+        config, [module], process_name="identity", identity_address=None, telemetry=telemetry
+    )

@@ -1,0 +1,173 @@
+"""gRPC face of the identity service: requests in, domain calls, responses out."""
+
+from __future__ import annotations
+
+import grpc
+
+from parley.identity.v1 import identity_pb2, identity_pb2_grpc
+from services.identity import store
+from services.identity.accounts import Accounts
+from services.identity.sessions import IssuedSession, SessionIssuer
+from services.identity.token_signing import PublishedKey, TokenSigner
+from services.identity.validation import check_username
+from services.runtime.config import AuthConfig
+from services.runtime.errors import invalid_field
+from services.runtime.principal import current_principal, require_user
+from services.runtime.timestamps import to_timestamp
+
+Context = grpc.aio.ServicerContext
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, accounts: Accounts, sessions: SessionIssuer, signer: TokenSigner, auth: AuthConfig) -> None:
+        self._accounts = accounts
+        self._sessions = sessions
+        self._signer = signer
+        self._auth = auth
+
+    async def RegisterUser(
+        self, request: identity_pb2.RegisterUserRequest, context: Context
+    ) -> identity_pb2.RegisterUserResponse:
+        user, device = await self._accounts.register(request.username, request.user_signing_key, request.device)
+        return identity_pb2.RegisterUserResponse(user=_user(user), device=_device(device))
+
+    async def CreateLoginChallenge(
+        self, request: identity_pb2.CreateLoginChallengeRequest, context: Context
+    ) -> identity_pb2.CreateLoginChallengeResponse:
+        check_username(request.username)
+        if not request.device_id:
+            raise invalid_field("device_id", "is required")
+        challenge = await self._sessions.create_challenge(request.username, request.device_id)
+        return identity_pb2.CreateLoginChallengeResponse(
+            challenge_id=challenge.challenge_id,
+            nonce=challenge.nonce,
+            user_id=challenge.user_id,
+            expire_time=to_timestamp(challenge.expires_at),
+        )
+
+    async def Login(self, request: identity_pb2.LoginRequest, context: Context) -> identity_pb2.LoginResponse:
+        if not request.challenge_id:
+            raise invalid_field("challenge_id", "is required")
+        if not request.signature:
+            raise invalid_field("signature", "is required")
+        challenge, session = await self._sessions.login(request.challenge_id, request.signature)
+        return identity_pb2.LoginResponse(
+            session=_session(session), user_id=challenge.user_id, device_id=challenge.device_id
+        )
+
+    async def RefreshToken(
+        self, request: identity_pb2.RefreshTokenRequest, context: Context
+    ) -> identity_pb2.RefreshTokenResponse:
+        if not request.refresh_token:
+            raise invalid_field("refresh_token", "is required")
+        session = await self._sessions.refresh(request.refresh_token)
+        return identity_pb2.RefreshTokenResponse(session=_session(session))
+
+    async def Logout(self, request: identity_pb2.LogoutRequest, context: Context) -> identity_pb2.LogoutResponse:
+        caller = require_user()
+        revoked = await self._sessions.logout(caller.device_id, request.refresh_token)
+        return identity_pb2.LogoutResponse(revoked_sessions=revoked)
+
+    async def WhoAmI(self, request: identity_pb2.WhoAmIRequest, context: Context) -> identity_pb2.WhoAmIResponse:
+        caller = current_principal()
+        if caller.is_service:
+            return identity_pb2.WhoAmIResponse(service_name=caller.service_name, issuer=caller.issuer)
+        username = ""
+        if caller.issuer == self._auth.issuer:
+            username = (await self._accounts.user(caller.user_id)).username
+        return identity_pb2.WhoAmIResponse(
+            user_id=caller.user_id,
+            username=username,
+            device_id=caller.device_id,
+            issuer=caller.issuer,
+            expire_time=to_timestamp(caller.expires_at),
+        )
+
+    async def AddDevice(
+        self, request: identity_pb2.AddDeviceRequest, context: Context
+    ) -> identity_pb2.AddDeviceResponse:
+        caller = require_user()
+        device = await self._accounts.add_device(caller.user_id, request.device)
+        return identity_pb2.AddDeviceResponse(device=_device(device))
+
+    async def ListDevices(
+        self, request: identity_pb2.ListDevicesRequest, context: Context
+    ) -> identity_pb2.ListDevicesResponse:
+        user_id = request.user_id or require_user().user_id
+        devices = await self._accounts.devices(user_id, request.show_revoked)
+        return identity_pb2.ListDevicesResponse(devices=[_device(d) for d in devices])
+
+    async def RevokeDevice(
+        self, request: identity_pb2.RevokeDeviceRequest, context: Context
+    ) -> identity_pb2.RevokeDeviceResponse:
+        caller = require_user()
+        if not request.device_id:
+            raise invalid_field("device_id", "is required")
+        device = await self._accounts.revoke_device(caller.user_id, request.device_id)
+        return identity_pb2.RevokeDeviceResponse(device=_device(device))
+
+    async def GetUser(self, request: identity_pb2.GetUserRequest, context: Context) -> identity_pb2.GetUserResponse:
+        lookup = request.WhichOneof("lookup")
+        if lookup == "username":
+            user = await self._accounts.user_named(request.username)
+        elif lookup == "user_id" and request.user_id:
+            user = await self._accounts.user(request.user_id)
+        else:
+            raise invalid_field("lookup", "give user_id or username")
+        devices = await self._accounts.devices(user.user_id, include_revoked=False)
+        return identity_pb2.GetUserResponse(user=_user(user), devices=[_device(d) for d in devices])
+
+    async def GetVerificationKeys(
+        self, request: identity_pb2.GetVerificationKeysRequest, context: Context
+    ) -> identity_pb2.GetVerificationKeysResponse:
+        return identity_pb2.GetVerificationKeysResponse(
+            keys=[_verification_key(k) for k in self._signer.published_keys()], issuer=self._auth.issuer
+        )
+
+    async def RotateSigningKey(
+        self, request: identity_pb2.RotateSigningKeyRequest, context: Context
+    ) -> identity_pb2.RotateSigningKeyResponse:
+        key = await self._signer.rotate()
+        return identity_pb2.RotateSigningKeyResponse(key=_verification_key(PublishedKey(key, None)))
+
+
+def _user(row: store.UserRow) -> identity_pb2.User:
+    return identity_pb2.User(
+        user_id=row.user_id, username=row.username, signing_key=row.signing_key, create_time=to_timestamp(row.created_at)
+    )
+
+
+def _device(row: store.DeviceRow) -> identity_pb2.Device:
+    device = identity_pb2.Device(
+        device_id=row.device_id,
+        user_id=row.user_id,
+        signing_key=row.signing_key,
+        dh_key=row.dh_key,
+        certificate=row.certificate,
+        display_name=row.display_name,
+        create_time=to_timestamp(row.created_at),
+    )
+    if row.revoked_at is not None:
+        device.revoke_time.CopyFrom(to_timestamp(row.revoked_at))
+    return device
+
+
+def _session(session: IssuedSession) -> identity_pb2.Session:
+    return identity_pb2.Session(
+        access_token=session.access_token,
+        access_token_expire_time=to_timestamp(session.access_expires_at),
+        refresh_token=session.refresh_token,
+        refresh_token_expire_time=to_timestamp(session.refresh_expires_at),
+    )
+
+
+def _verification_key(published: PublishedKey) -> identity_pb2.VerificationKey:
+    key = identity_pb2.VerificationKey(
+        key_id=published.key.key_id,
+        algorithm="EdDSA",
+        public_key=published.key.public_key,
+        create_time=to_timestamp(published.key.created_at),
+    )
+    if published.expires_at is not None:
+        key.expire_time.CopyFrom(to_timestamp(published.expires_at))
+    return key

@@ -1,0 +1,192 @@
+"""Login by signed challenge and rotating refresh tokens."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import nacl.hash
+import sqlite_utils
+from nacl.encoding import RawEncoder
+
+from parley.api.v1 import errors_pb2
+from parley.crypto import identity as proofs
+from services.identity import store
+from services.identity.token_signing import TokenSigner
+from services.runtime.config import AuthConfig
+from services.runtime.errors import ServiceError, not_found, rate_limited, unauthenticated
+from services.runtime.ratelimit import RateLimiter
+from services.runtime.sqlite import SqliteDatabase
+
+NONCE_BYTES = 32
+
+
+class IssuedSession:
+    def __init__(self, access_token: str, access_expires_at: float, refresh_token: str, refresh_expires_at: float):
+        self.access_token = access_token
+        self.access_expires_at = access_expires_at
+        self.refresh_token = refresh_token
+        self.refresh_expires_at = refresh_expires_at
+
+
+def hash_refresh_token(token: str) -> bytes:
+    return nacl.hash.blake2b(token.encode(), digest_size=32, encoder=RawEncoder)
+
+
+class SessionIssuer:
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        signer: TokenSigner,
+        auth: AuthConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._signer = signer
+        self._auth = auth
+        self._clock = clock
+        self._challenge_limit = RateLimiter(auth.challenges_per_minute, 60.0)
+
+    async def create_challenge(self, username: str, device_id: str) -> store.ChallengeRow:
+        wait = self._challenge_limit.try_acquire(username)
+        if wait:
+            raise rate_limited(f"too many login attempts for {username!r}; retry in {wait:.1f}s", wait)
+        now = self._clock()
+
+        def create(db: sqlite_utils.Database) -> store.ChallengeRow:
+            user = store.user_by_name(db, username)
+            if user is None:
+                raise not_found(errors_pb2.ERROR_REASON_USER_NOT_FOUND, f"no user named {username!r}")
+            device = store.device_by_id(db, device_id)
+            if device is None or device.user_id != user.user_id:
+                raise not_found(
+                    errors_pb2.ERROR_REASON_DEVICE_NOT_FOUND, f"{username!r} has no device {device_id!r}"
+                )
+            if device.revoked_at is not None:
+                raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, f"device {device_id} was revoked")
+            challenge = store.ChallengeRow(
+                challenge_id=uuid.uuid4().hex,
+                user_id=user.user_id,
+                device_id=device_id,
+                nonce=secrets.token_bytes(NONCE_BYTES),
+                expires_at=now + self._auth.challenge_ttl_seconds,
+            )
+            store.insert_challenge(db, challenge, now)
+            return challenge
+
+        return await self._db.transaction(create)
+
+    async def login(self, challenge_id: str, signature: bytes) -> tuple[store.ChallengeRow, IssuedSession]:
+        now = self._clock()
+
+        def check(db: sqlite_utils.Database) -> store.ChallengeRow:
+            # Taking the challenge commits even when the signature is wrong:
+            # a nonce is spent by its first presentation.
+            challenge = store.take_challenge(db, challenge_id)
+            if challenge is None:
+                raise unauthenticated(
+                    errors_pb2.ERROR_REASON_CHALLENGE_INVALID, "unknown or already used login challenge"
+                )
+            if challenge.expires_at <= now:
+                raise unauthenticated(errors_pb2.ERROR_REASON_CHALLENGE_EXPIRED, "login challenge has expired")
+            device = store.device_by_id(db, challenge.device_id)
+            if device is None or device.revoked_at is not None:
+                raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, "device was revoked")
+            message = proofs.login_challenge_bytes(
+                challenge.challenge_id, challenge.nonce, challenge.user_id, challenge.device_id
+            )
+            if not proofs.verify_signature(device.signing_key, message, signature):
+                raise unauthenticated(
+                    errors_pb2.ERROR_REASON_BAD_SIGNATURE, "signature does not verify under the device key"
+                )
+            return challenge
+
+        challenge = await self._deferring_errors(check)
+        session = await self._start_family(challenge.user_id, challenge.device_id, uuid.uuid4().hex)
+        return challenge, session
+
+    async def refresh(self, refresh_token: str) -> IssuedSession:
+        now = self._clock()
+        token_hash = hash_refresh_token(refresh_token)
+
+        def rotate(db: sqlite_utils.Database) -> store.RefreshTokenRow:
+            row = store.refresh_token(db, token_hash)
+            if row is None or row.revoked_at is not None:
+                raise unauthenticated(
+                    errors_pb2.ERROR_REASON_REFRESH_TOKEN_INVALID, "refresh token is unknown or revoked"
+                )
+            if row.spent_at is not None:
+                # Reuse means the token leaked: end the whole session.
+                store.revoke_family(db, row.family_id, now)
+                raise unauthenticated(
+                    errors_pb2.ERROR_REASON_REFRESH_TOKEN_REUSED,
+                    "refresh token was already used; the session has been revoked, log in again",
+                )
+            if row.expires_at <= now:
+                raise unauthenticated(errors_pb2.ERROR_REASON_REFRESH_TOKEN_INVALID, "refresh token has expired")
+            device = store.device_by_id(db, row.device_id)
+            if device is None or device.revoked_at is not None:
+                raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, "device was revoked")
+            store.spend_refresh_token(db, token_hash, now)
+            return row
+
+        row = await self._deferring_errors(rotate)
+        return await self._start_family(row.user_id, row.device_id, row.family_id)
+
+    async def logout(self, device_id: str, refresh_token: str) -> int:
+        now = self._clock()
+
+        def revoke(db: sqlite_utils.Database) -> int:
+            if not refresh_token:
+                return store.revoke_device_sessions(db, device_id, now)
+            row = store.refresh_token(db, hash_refresh_token(refresh_token))
+            if row is None or row.device_id != device_id:
+                raise unauthenticated(
+                    errors_pb2.ERROR_REASON_REFRESH_TOKEN_INVALID, "refresh token does not belong to this device"
+                )
+            return store.revoke_family(db, row.family_id, now)
+
+        return await self._db.transaction(revoke)
+
+    async def _start_family(self, user_id: str, device_id: str, family_id: str) -> IssuedSession:
+        now = self._clock()
+        token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+        row = store.RefreshTokenRow(
+            token_hash=hash_refresh_token(token),
+            family_id=family_id,
+            user_id=user_id,
+            device_id=device_id,
+            created_at=now,
+            expires_at=now + self._auth.refresh_token_ttl_seconds,
+            spent_at=None,
+            revoked_at=None,
+        )
+        await self._db.transaction(lambda db: store.insert_refresh_token(db, row))
+        access, access_expires_at = self._signer.issue_access_token(user_id, device_id)
+        return IssuedSession(access, access_expires_at, token, row.expires_at)
+
+    async def _deferring_errors(
+        self, work: Callable[[sqlite_utils.Database], store.RefreshTokenRow | store.ChallengeRow]
+    ) -> Any:
+        """Runs `work` in a transaction that commits even when it rejects the request.
+
+        Spending a nonce or revoking a reused token family must stick although
+        the call fails, so the error is raised only after the commit.
+        """
+
+        def committed(db: sqlite_utils.Database) -> Any:
+            try:
+                return work(db)
+            except ServiceError as exc:
+                return exc
+
+        outcome = await self._db.transaction(committed)
+        if isinstance(outcome, ServiceError):
+            raise outcome
+        return outcome
+
+

@@ -1,0 +1,79 @@
+"""Signs access tokens (EdDSA JWTs) and manages the rotating signing keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+
+import jwt
+import nacl.signing
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.identity import store
+from services.runtime.config import AuthConfig
+from services.runtime.sqlite import SqliteDatabase
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedKey:
+    key: store.SigningKeyRow
+    # When tokens signed by a retired key stop verifying; None for the current key.
+    expires_at: float | None
+
+
+class TokenSigner:
+    def __init__(self, db: SqliteDatabase, auth: AuthConfig, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._auth = auth
+        self._clock = clock
+        self._keys: list[store.SigningKeyRow] = []
+
+    async def load(self) -> None:
+        """Reads the keys, creating the first one on a new database."""
+        self._keys = await self._db.run(store.signing_keys)
+        if not self._keys or self._keys[-1].retired_at is not None:
+            await self.rotate()
+
+    async def rotate(self) -> store.SigningKeyRow:
+        seed = nacl.signing.SigningKey.generate()
+        now = self._clock()
+        row = store.SigningKeyRow(
+            key_id=f"k{secrets.token_hex(8)}",
+            seed=bytes(seed),
+            public_key=seed.verify_key.encode(),
+            created_at=now,
+            retired_at=None,
+        )
+        await self._db.transaction(lambda db: store.insert_signing_key(db, row, now))
+        self._keys = await self._db.run(store.signing_keys)
+        return row
+
+    def issue_access_token(self, user_id: str, device_id: str) -> tuple[str, float]:
+        key = self._keys[-1]
+        now = int(self._clock())
+        expires_at = now + self._auth.access_token_ttl_seconds
+        claims = {
+            "iss": self._auth.issuer,
+            "sub": user_id,
+            "dev": device_id,
+            "iat": now,
+            "exp": expires_at,
+            "jti": uuid.uuid4().hex,
+        }
+        private = Ed25519PrivateKey.from_private_bytes(key.seed)
+        token = jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": key.key_id})
+        return token, float(expires_at)
+
+    def published_keys(self) -> list[PublishedKey]:
+        """The current key plus retired ones whose tokens may still be live."""
+        now = self._clock()
+        lifetime = self._auth.access_token_ttl_seconds + self._auth.clock_skew_seconds
+        published = []
+        for key in self._keys:
+            expires_at = None if key.retired_at is None else key.retired_at + lifetime
+            if expires_at is None or expires_at > now:
+                published.append(PublishedKey(key, expires_at))
+        return published

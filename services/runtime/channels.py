@@ -1,0 +1,31 @@
+"""Channels from one service to another, with the same limits as servers."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.runtime.config import ServerConfig
+from services.runtime.telemetry import TracePropagationInterceptor
+
+
+def channel_options(server: ServerConfig) -> list[tuple[str, int]]:
+    """Message size and keepalive limits, set explicitly for servers and channels alike."""
+    return [
+        ("grpc.max_send_message_length", server.max_message_bytes),
+        ("grpc.max_receive_message_length", server.max_message_bytes),
+        ("grpc.keepalive_time_ms", server.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", server.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def open_channel(address: str, server: ServerConfig) -> grpc.aio.Channel:
+    """An insecure channel to a peer that propagates the caller's trace."""
+    # Short reconnect backoff: a restarted peer is usable again within a second or two.
+    options = channel_options(server) + [
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    return grpc.aio.insecure_channel(address, options=options, interceptors=[TracePropagationInterceptor()])

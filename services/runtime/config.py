@@ -1,0 +1,284 @@
+"""One configuration object for every Parley process.
+
+Built once at start-up from, in rising precedence: defaults, a TOML file,
+`PARLEY_<SECTION>_<KEY>` environment variables, and command-line flags; then
+passed in to whatever needs it. Nothing below the entry point reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "PARLEY_"
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which setting."""
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = Path("./data")
+    # Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    grace_seconds: float = 5.0
+    max_message_bytes: int = 4 * MiB
+    # Server pings idle clients this often and drops them if unanswered.
+    keepalive_time_ms: int = 30_000
+    keepalive_timeout_ms: int = 10_000
+    # The shortest ping interval a client may ask for.
+    keepalive_min_client_ping_ms: int = 10_000
+    max_connection_idle_ms: int = 0
+
+
+@dataclasses.dataclass
+class PeersConfig:
+    """Addresses of the other services, used in split mode."""
+
+    identity: str = "127.0.0.1:50052"
+    room: str = "127.0.0.1:50053"
+    history: str = "127.0.0.1:50054"
+    file: str = "127.0.0.1:50055"
+    # How long a forwarded call waits for a peer that is not connected yet.
+    connect_timeout_seconds: float = 2.0
+
+
+@dataclasses.dataclass
+class ExternalJwtConfig:
+    """An app's own token issuer, accepted next to Parley's tokens."""
+
+    issuer: str = ""
+    audience: str = ""
+    # PEM public key (or HS256 shared secret) inline, or a file holding it.
+    key: str = ""
+    key_file: str = ""
+    algorithms: list[str] = dataclasses.field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+
+@dataclasses.dataclass
+class AuthConfig:
+    issuer: str = "parley"
+    access_token_ttl_seconds: int = 300
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    challenge_ttl_seconds: int = 60
+    # Tolerance for clocks that disagree when checking token times.
+    clock_skew_seconds: float = 5.0
+    # Login challenges a single username may request per minute.
+    challenges_per_minute: int = 30
+    # Parley's own service-to-service secret; all-in-one mode makes one up
+    # per process when empty, split mode needs the same value everywhere.
+    service_secret: str = ""
+    # Backend credentials: name -> secret; sent as `svc:<name>:<secret>`.
+    service_credentials: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Seconds between refetches of verification keys for an unknown key id.
+    key_refresh_interval_seconds: float = 5.0
+    external_jwt: ExternalJwtConfig = dataclasses.field(default_factory=ExternalJwtConfig)
+
+
+@dataclasses.dataclass
+class TelemetryConfig:
+    # "off", "console" or "otlp".
+    tracing: str = "off"
+    metrics: str = "off"
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    # Where the console exporter writes; empty means standard output.
+    console_path: str = ""
+    metrics_interval_seconds: float = 60.0
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    level: str = "INFO"
+    # "json" (one object per line) or "text".
+    format: str = "json"
+
+
+@dataclasses.dataclass
+class RoomDefinition:
+    id: str
+    name: str = ""
+    description: str = ""
+    max_size: int = 0
+    # "public" (listed) or "unlisted".
+    visibility: str = "public"
+
+
+@dataclasses.dataclass
+class FilesConfig:
+    max_file_bytes: int = 100 * MiB
+    media_types: list[str] = dataclasses.field(default_factory=list)
+    data_shares: int = 3
+    total_shares: int = 5
+    chunk_bytes: int = 1 * MiB
+
+
+@dataclasses.dataclass
+class Config:
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    peers: PeersConfig = dataclasses.field(default_factory=PeersConfig)
+    auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
+    telemetry: TelemetryConfig = dataclasses.field(default_factory=TelemetryConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    files: FilesConfig = dataclasses.field(default_factory=FilesConfig)
+    rooms: list[RoomDefinition] = dataclasses.field(default_factory=list)
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Builds the config: defaults < TOML file < environment < overrides.
+
+    `overrides` keys are dotted paths ("server.port"); `None` values are ignored
+    so unset CLI flags do not clobber the file.
+    """
+    config = Config()
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        _merge(config, document, "")
+    for name, raw in (env or {}).items():
+        if name.startswith(ENV_PREFIX):
+            _apply_env(config, name, raw)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(config, dotted.split("."), value, dotted)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    if not 0 <= config.server.port <= 65535:
+        raise ConfigError(f"server.port must be 0–65535, got {config.server.port}")
+    for name in ("tracing", "metrics"):
+        value = getattr(config.telemetry, name)
+        if value not in ("off", "console", "otlp"):
+            raise ConfigError(f"telemetry.{name} must be off, console or otlp, got {value!r}")
+    if config.logging.format not in ("json", "text"):
+        raise ConfigError(f"logging.format must be json or text, got {config.logging.format!r}")
+    if not 0 < config.files.data_shares <= config.files.total_shares <= 255:
+        raise ConfigError("files: need 0 < data_shares <= total_shares <= 255")
+    seen: set[str] = set()
+    for room in config.rooms:
+        if room.id in seen:
+            raise ConfigError(f"rooms: duplicate room id {room.id!r}")
+        if room.visibility not in ("public", "unlisted"):
+            raise ConfigError(f"rooms.{room.id}.visibility must be public or unlisted")
+        seen.add(room.id)
+
+
+def _merge(target: Any, document: Mapping[str, Any], where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in document.items():
+        if key not in fields:
+            raise ConfigError(f"unknown setting {where}{key}")
+        _assign(target, fields[key], value, f"{where}{key}")
+
+
+def _assign(target: Any, field: dataclasses.Field[Any], value: Any, where: str) -> None:
+    current = getattr(target, field.name)
+    if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+        _merge(current, value, f"{where}.")
+        return
+    setattr(target, field.name, _coerce(_field_type(target, field), value, where))
+
+
+def _field_type(target: Any, field: dataclasses.Field[Any]) -> Any:
+    return typing.get_type_hints(type(target))[field.name]
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind in (int, float, str):
+            if kind is not str and isinstance(value, bool):
+                raise ValueError(value)
+            return kind(value)
+        if kind is Path:
+            return Path(value)
+        if origin is list:
+            (item,) = typing.get_args(kind)
+            items = value.split(",") if isinstance(value, str) else value
+            if dataclasses.is_dataclass(item):
+                return [_build(item, entry, f"{where}[{i}]") for i, entry in enumerate(items)]
+            return [_coerce(item, entry, where) for entry in items if entry != ""]
+        if origin is dict:
+            if isinstance(value, str):
+                pairs = (entry.split("=", 1) for entry in value.split(",") if entry)
+                return {k.strip(): v.strip() for k, v in pairs}
+            return {str(k): str(v) for k, v in value.items()}
+        if isinstance(kind, types.UnionType):
+            return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot use {value!r}: {exc}") from exc
+    raise ConfigError(f"{where}: unsupported setting type {kind}")
+
+
+def _build(kind: Any, entry: Any, where: str) -> Any:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    known = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = set(entry) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]}")
+    hints = typing.get_type_hints(kind)
+    try:
+        return kind(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in entry.items()})
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _apply_env(config: Config, name: str, raw: str) -> None:
+    """Maps PARLEY_AUTH_EXTERNAL_JWT_ISSUER to auth.external_jwt.issuer."""
+    words = name[len(ENV_PREFIX) :].lower()
+    target: Any = config
+    path: list[str] = []
+    while True:
+        fields = sorted((f.name for f in dataclasses.fields(target)), key=len, reverse=True)
+        match = next((f for f in fields if words == f or words.startswith(f + "_")), None)
+        if match is None:
+            raise ConfigError(f"environment variable {name} names no setting")
+        path.append(match)
+        words = words[len(match) + 1 :]
+        value = getattr(target, match)
+        if not words:
+            _set_path(config, path, raw, name)
+            return
+        if not dataclasses.is_dataclass(value):
+            raise ConfigError(f"environment variable {name} names no setting")
+        target = value
+
+
+def _set_path(config: Config, path: list[str], value: Any, where: str) -> None:
+    target: Any = config
+    for part in path[:-1]:
+        target = getattr(target, part, None)
+        if target is None or not dataclasses.is_dataclass(target):
+            raise ConfigError(f"{where} names no setting")
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if path[-1] not in fields:
+        raise ConfigError(f"{where} names no setting")
+    _assign(target, fields[path[-1]], value, where)

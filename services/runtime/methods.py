@@ -1,0 +1,54 @@
+"""What the contract says about each RPC: its shape and access policy."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from google.protobuf import descriptor
+
+from parley.api.v1 import annotations_pb2
+
+AccessPolicy = annotations_pb2.AccessPolicy.ValueType
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    full_name: str  # "/parley.identity.v1.IdentityService/Login"
+    service: str
+    method: str
+    access: AccessPolicy
+    client_streaming: bool
+    server_streaming: bool
+
+
+# Infrastructure services (health, reflection) are open to anyone.
+_OPEN = MethodInfo("", "", "", annotations_pb2.ACCESS_POLICY_PUBLIC, False, False)
+
+
+def methods_of(service: descriptor.ServiceDescriptor) -> list[MethodInfo]:
+    return [
+        MethodInfo(
+            full_name=f"/{service.full_name}/{m.name}",
+            service=service.full_name,
+            method=m.name,
+            access=m.GetOptions().Extensions[annotations_pb2.access],
+            client_streaming=m.client_streaming,
+            server_streaming=m.server_streaming,
+        )
+        for m in service.methods
+    ]
+
+
+class MethodTable:
+    """Looks up the MethodInfo of a call by its full method name."""
+
+    def __init__(self, services: Iterable[descriptor.ServiceDescriptor]) -> None:
+        self._by_name = {m.full_name: m for s in services for m in methods_of(s)}
+
+    def lookup(self, full_name: str) -> MethodInfo:
+        info = self._by_name.get(full_name)
+        if info is not None:
+            return info
+        service, _, method = full_name.strip("/").partition("/")
+        return dataclasses.replace(_OPEN, full_name=full_name, service=service, method=method)

@@ -1,0 +1,33 @@
+"""Token buckets keyed by caller, for per-user and per-name limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class RateLimiter:
+    """Allows `rate` events per `per_seconds` per key, with bursts up to `rate`."""
+
+    def __init__(self, rate: int, per_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = float(rate)
+        self._refill = rate / per_seconds
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def try_acquire(self, key: str) -> float:
+        """Takes one token; returns 0 when allowed, else seconds until one is free."""
+        now = self._clock()
+        tokens, updated = self._buckets.get(key, (self._capacity, now))
+        tokens = min(self._capacity, tokens + (now - updated) * self._refill)
+        if tokens >= 1:
+            self._buckets[key] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:
+                self._forget_full(now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1 - tokens) / self._refill
+
+    def _forget_full(self, now: float) -> None:
+        full_after = self._capacity / self._refill
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}

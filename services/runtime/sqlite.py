@@ -1,0 +1,96 @@
+"""SQLite through sqlite-utils: WAL, numbered migrations, off-loop execution.
+
+Each store owns one connection used from one worker thread, so blocking
+statements never run on the event loop and the connection is never shared
+across threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import sqlite_utils
+
+T = TypeVar("T")
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+class SqliteDatabase:
+    """An sqlite-utils database with its own worker thread."""
+
+    def __init__(self, path: Path, migrations: Sequence[Migration]) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.stem}")
+        self._db: sqlite_utils.Database | None = None
+        self._migrations = migrations
+
+    async def open(self) -> None:
+        await self._submit(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite_utils.Database(connection)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000")
+        apply_migrations(db, self._migrations)
+        self._db = db
+
+    async def run(self, work: Callable[[sqlite_utils.Database], T]) -> T:
+        """Runs `work(db)` on the database thread."""
+        return await self._submit(lambda: work(self._require()))
+
+    async def transaction(self, work: Callable[[sqlite_utils.Database], T]) -> T:
+        """Runs `work(db)` inside one IMMEDIATE transaction."""
+
+        def atomically() -> T:
+            db = self._require()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return await self._submit(atomically)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._submit(self._db.conn.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    def _require(self) -> sqlite_utils.Database:
+        if self._db is None:
+            raise RuntimeError(f"database {self.path} is not open")
+        return self._db
+
+    async def _submit(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+
+def apply_migrations(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> None:
+    """Applies migrations newer than the recorded schema version, each atomically."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
+    applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations").fetchall()}
+    for version, migrate in enumerate(migrations, start=1):
+        if version in applied:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            migrate(db)
+            db.execute("INSERT INTO schema_migrations VALUES (?, ?)", [version, time.time()])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

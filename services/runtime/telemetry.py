@@ -1,0 +1,195 @@
+"""OpenTelemetry tracing and metrics for every RPC, and trace propagation.
+
+Tracing is off by default; `telemetry.tracing` / `telemetry.metrics` choose a
+console or OTLP exporter. Providers are per server (not global) so several
+servers in one process keep their own service names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode, TracerProvider
+
+from services.runtime.config import TelemetryConfig
+from services.runtime.methods import MethodInfo
+
+
+@dataclasses.dataclass
+class Telemetry:
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    _console: IO[str] | None = None
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        return self.tracer_provider.get_tracer("parley")
+
+    @property
+    def meter(self) -> Meter:
+        return self.meter_provider.get_meter("parley")
+
+    def shutdown(self) -> None:
+        for provider in (self.tracer_provider, self.meter_provider):
+            closer = getattr(provider, "shutdown", None)
+            if closer is not None:
+                closer()
+        if self._console is not None and self._console is not sys.stdout:
+            self._console.close()
+
+
+def setup_telemetry(
+    config: TelemetryConfig,
+    service_name: str,
+    *,
+    span_exporter: SpanExporter | None = None,
+    metric_reader: MetricReader | None = None,
+) -> Telemetry:
+    """Builds providers from config; tests may inject an exporter or reader."""
+    resource = Resource.create({"service.name": service_name})
+    console: IO[str] | None = None
+    if "console" in (config.tracing, config.metrics):
+        console = open(config.console_path, "a", buffering=1) if config.console_path else sys.stdout  # noqa: SIM115
+
+    tracer_provider: TracerProvider = NoOpTracerProvider()
+    if span_exporter is not None or config.tracing != "off":
+        sdk_tracer = SdkTracerProvider(resource=resource)
+        if span_exporter is not None:
+            sdk_tracer.add_span_processor(SimpleSpanProcessor(span_exporter))
+        elif config.tracing == "console":
+            exporter = ConsoleSpanExporter(out=console or sys.stdout, formatter=_one_line_span)
+            sdk_tracer.add_span_processor(SimpleSpanProcessor(exporter))
+        else:
+            sdk_tracer.add_span_processor(BatchSpanProcessor(_otlp_span_exporter(config)))
+        tracer_provider = sdk_tracer
+
+    readers: list[MetricReader] = []
+    if metric_reader is not None:
+        readers.append(metric_reader)
+    elif config.metrics == "console":
+        interval = config.metrics_interval_seconds * 1000
+        readers.append(
+            PeriodicExportingMetricReader(ConsoleMetricExporter(out=console or sys.stdout), interval)
+        )
+    elif config.metrics == "otlp":
+        readers.append(
+            PeriodicExportingMetricReader(_otlp_metric_exporter(config), config.metrics_interval_seconds * 1000)
+        )
+    meter_provider: MeterProvider = (
+        SdkMeterProvider(resource=resource, metric_readers=readers) if readers else NoOpMeterProvider()
+    )
+    return Telemetry(tracer_provider, meter_provider, console)
+
+
+def _one_line_span(span: Any) -> str:
+    return str(span.to_json(indent=None)) + "\n"
+
+
+def _otlp_span_exporter(config: TelemetryConfig) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=config.otlp_endpoint, insecure=config.otlp_endpoint.startswith("http://"))
+
+
+def _otlp_metric_exporter(config: TelemetryConfig) -> Any:
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    return OTLPMetricExporter(endpoint=config.otlp_endpoint, insecure=config.otlp_endpoint.startswith("http://"))
+
+
+class RpcTelemetryHook:
+    """A server span per call (child of the caller's trace) and RPC metrics."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._tracer = telemetry.tracer
+        meter = telemetry.meter
+        self._calls = meter.create_counter("rpc.server.calls", unit="{call}", description="RPCs handled")
+        self._duration = meter.create_histogram(
+            "rpc.server.duration", unit="ms", description="Time to handle an RPC"
+        )
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, method: MethodInfo, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        carrier = {str(k): str(v) for k, v in (context.invocation_metadata() or ()) if not k.endswith("-bin")}
+        started = time.perf_counter()
+        code = "OK"
+        with self._tracer.start_as_current_span(
+            method.full_name.lstrip("/"),
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
+            attributes={"rpc.system": "grpc", "rpc.service": method.service, "rpc.method": method.method},
+        ) as span:
+            try:
+                yield
+                code = _code_name(context.code()) or "OK"
+            except BaseException:
+                code = _code_name(context.code()) or "UNKNOWN"
+                raise
+            finally:
+                span.set_attribute("rpc.grpc.status_code", code)
+                if code != "OK":
+                    span.set_status(Status(StatusCode.ERROR, code))
+                attributes = {"rpc.service": method.service, "rpc.method": method.method, "rpc.grpc.status_code": code}
+                self._calls.add(1, attributes)
+                self._duration.record((time.perf_counter() - started) * 1000, attributes)
+
+
+def _code_name(code: Any) -> str | None:
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    return None
+
+
+class TracePropagationInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the current trace context (W3C traceparent) to outgoing calls."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_trace_context(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_trace_context(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_with_trace_context(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_with_trace_context(details), requests)
+
+
+def _with_trace_context(details: Any) -> Any:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if not carrier:
+        return details
+    kept = [(k, v) for k, v in (details.metadata or ()) if k not in carrier]
+    metadata = grpc.aio.Metadata(*kept, *carrier.items())
+    return details._replace(metadata=metadata)
