@@ -136,7 +136,7 @@ async def build_server(
     closers: list[Closer] = [m.close for m in modules if m.close is not None]
     closers.append(key_source.close)
     address = f"{config.server.host}:{port}"
-    log.info("serving", extra={"process": process_name, "address": address})
+    log.info("serving", extra={"server": process_name, "address": address})
     return ParleyServer(server, health_servicer, telemetry, closers, config.server.grace_seconds, address), port
 
 

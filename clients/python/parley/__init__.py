@@ -1,0 +1,32 @@
+"""Parley: the Python client for the Parley realtime messaging backend.
+
+Start with `Client`; errors raised by it derive from `ParleyError`.
+"""
+
+from parley.client import Client
+from parley.device_identity import DeviceIdentity
+from parley.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    ParleyError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RoomFullError,
+    UnauthenticatedError,
+    UnavailableError,
+    ValidationError,
+)
+
+__all__ = [
+    "AlreadyExistsError",
+    "Client",
+    "DeviceIdentity",
+    "NotFoundError",
+    "ParleyError",
+    "PermissionDeniedError",
+    "RateLimitedError",
+    "RoomFullError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "ValidationError",
+]

@@ -1,0 +1,258 @@
+"""The async Parley client.
+
+    async with Client("localhost:50051", username="alice") as client:
+        me = await client.whoami()
+
+On first use the client creates a device identity, saves it to its key file
+(mode 0600), registers the user, and logs in by signing a challenge; access
+tokens are refreshed shortly before they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from parley.device_identity import DeviceIdentity
+from parley.errors import ParleyError, UnauthenticatedError, error_from_rpc
+from parley.identity.v1 import identity_pb2, identity_pb2_grpc
+
+T = TypeVar("T")
+DEFAULT_ADDRESS = "localhost:50051"
+# Refresh the access token when it has less than this many seconds left.
+REFRESH_MARGIN_SECONDS = 30.0
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+class Client:
+    """A connection to Parley as one device of one user.
+
+    Args:
+        address: the gateway (or all-in-one server), "host:port".
+        username: the account to register or log in as; needed when the key
+            file does not exist yet.
+        key_file: where this device's keys live; created on first use.
+        identity: keys to use instead of a key file (tests, embedding).
+        device_name: a label for a newly created device.
+        timeout: seconds each call may take.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        username: str | None = None,
+        key_file: Path | str | None = None,
+        identity: DeviceIdentity | None = None,
+        device_name: str = "",
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        self.address = address
+        self._username = username
+        self._key_file = Path(key_file) if key_file is not None else None
+        self._identity = identity
+        self._device_name = device_name
+        self._timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._session: identity_pb2.Session | None = None
+        self._token_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # Connection and session
+
+    async def connect(self) -> None:
+        """Opens the channel, creates and registers the device if new, and logs in."""
+        self._open_channel()
+        identity = self._load_or_create_identity()
+        if not identity.registered:
+            await self.register()
+        await self.login()
+
+    async def close(self) -> None:
+        """Closes the channel; the key file and the server-side session remain."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    @property
+    def identity(self) -> DeviceIdentity:
+        """This device's keys (created on first use)."""
+        return self._load_or_create_identity()
+
+    @property
+    def user_id(self) -> str:
+        return self.identity.user_id
+
+    @property
+    def device_id(self) -> str:
+        return self.identity.device_id
+
+    @property
+    def identity_stub(self) -> identity_pb2_grpc.IdentityServiceAsyncStub:
+        """The generated IdentityService stub on this client's channel."""
+        return identity_pb2_grpc.IdentityServiceStub(self._open_channel())  # type: ignore[return-value]
+
+    async def register(self) -> identity_pb2.RegisterUserResponse:
+        """Registers the user with this device as its first device."""
+        identity = self._load_or_create_identity()
+        response = await self._call(
+            self.identity_stub.RegisterUser,
+            identity_pb2.RegisterUserRequest(
+                username=identity.username,
+                user_signing_key=identity.user_public_key,
+                device=identity.certify(identity),
+            ),
+            authenticated=False,
+        )
+        identity.user_id = response.user.user_id
+        identity.registered = True
+        self._save()
+        return response
+
+    async def login(self) -> identity_pb2.Session:
+        """Logs in by signing a fresh challenge with the device key."""
+        identity = self._load_or_create_identity()
+        challenge = await self._call(
+            self.identity_stub.CreateLoginChallenge,
+            identity_pb2.CreateLoginChallengeRequest(username=identity.username, device_id=identity.device_id),
+            authenticated=False,
+        )
+        signature = identity.sign_challenge(challenge.challenge_id, challenge.nonce, challenge.user_id)
+        response = await self._call(
+            self.identity_stub.Login,
+            identity_pb2.LoginRequest(challenge_id=challenge.challenge_id, signature=signature),
+            authenticated=False,
+        )
+        if identity.user_id != response.user_id:
+            identity.user_id = response.user_id
+            self._save()
+        self._session = response.session
+        return response.session
+
+    async def access_token(self) -> str:
+        """A valid access token, refreshed (or re-logged-in) when close to expiry."""
+        async with self._token_lock:
+            if self._session is None:
+                await self.login()
+            elif self._expires_soon(self._session):
+                await self._refresh()
+            assert self._session is not None
+            return self._session.access_token
+
+    async def logout(self) -> int:
+        """Revokes this device's sessions on the server; returns how many."""
+        response = await self._call(self.identity_stub.Logout, identity_pb2.LogoutRequest())
+        self._session = None
+        return response.revoked_sessions
+
+    # Identity
+
+    async def whoami(self) -> identity_pb2.WhoAmIResponse:
+        """Who the server thinks this client is."""
+        return await self._call(self.identity_stub.WhoAmI, identity_pb2.WhoAmIRequest())
+
+    async def devices(self, user_id: str = "", *, show_revoked: bool = False) -> list[identity_pb2.Device]:
+        """A user's devices (this user's by default)."""
+        response = await self._call(
+            self.identity_stub.ListDevices,
+            identity_pb2.ListDevicesRequest(user_id=user_id, show_revoked=show_revoked),
+        )
+        return list(response.devices)
+
+    async def add_device(self, display_name: str) -> DeviceIdentity:
+        """Creates and registers another device of this user.
+
+        Returns its identity; save it with `DeviceIdentity.save` and hand it to
+        the other device. Needs the user signing key (the first device has it).
+        """
+        device = self.identity.new_device(display_name)
+        await self._call(self.identity_stub.AddDevice, identity_pb2.AddDeviceRequest(device=self.identity.certify(device)))
+        device.registered = True
+        return device
+
+    async def revoke_device(self, device_id: str) -> identity_pb2.Device:
+        """Revokes one of this user's devices and ends its sessions."""
+        response = await self._call(
+            self.identity_stub.RevokeDevice, identity_pb2.RevokeDeviceRequest(device_id=device_id)
+        )
+        return response.device
+
+    async def get_user(self, username: str) -> identity_pb2.GetUserResponse:
+        """Looks up a user's public keys and active devices by username."""
+        return await self._call(self.identity_stub.GetUser, identity_pb2.GetUserRequest(username=username))
+
+    # Plumbing
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[T]],
+        request: object,
+        *,
+        authenticated: bool = True,
+    ) -> T:
+        metadata: tuple[tuple[str, str], ...] = ()
+        if authenticated:
+            metadata = (("authorization", f"Bearer {await self.access_token()}"),)
+        try:
+            return await method(request, metadata=metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    async def _refresh(self) -> None:
+        assert self._session is not None
+        try:
+            response = await self._call(
+                self.identity_stub.RefreshToken,
+                identity_pb2.RefreshTokenRequest(refresh_token=self._session.refresh_token),
+                authenticated=False,
+            )
+            self._session = response.session
+        except UnauthenticatedError:
+            # The session was revoked or has expired: prove the device key again.
+            self._session = None
+            await self.login()
+
+    @staticmethod
+    def _expires_soon(session: identity_pb2.Session) -> bool:
+        expires_at = session.access_token_expire_time.ToNanoseconds() / 1e9
+        return expires_at - time.time() < REFRESH_MARGIN_SECONDS
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        return self._channel
+
+    def _load_or_create_identity(self) -> DeviceIdentity:
+        if self._identity is not None:
+            return self._identity
+        if self._key_file is not None and self._key_file.exists():
+            self._identity = DeviceIdentity.load(self._key_file)
+            if self._username and self._username != self._identity.username:
+                raise ParleyError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "",
+                    f"key file {self._key_file} belongs to {self._identity.username!r}, not {self._username!r}",
+                )
+            return self._identity
+        if not self._username:
+            raise ParleyError(
+                grpc.StatusCode.INVALID_ARGUMENT, "", "no key file yet: give a username to register"
+            )
+        self._identity = DeviceIdentity.generate(self._username, self._device_name)
+        self._save()
+        return self._identity
+
+    def _save(self) -> None:
+        if self._key_file is not None and self._identity is not None:
+            self._identity.save(self._key_file)

@@ -1,0 +1,122 @@
+"""Typed exceptions for every error a Parley server returns.
+
+The server attaches `google.rpc.ErrorInfo` with a stable `reason`; the client
+maps the reason (or, failing that, the status code) to one class here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from parley.reasons import ERROR_DOMAIN
+
+
+class ParleyError(Exception):
+    """Base of every Parley error.
+
+    Attributes: `code` (grpc.StatusCode), `reason` (e.g. "ROOM_FULL", or "" when
+    the server gave none), `message`, `metadata` (extra ErrorInfo fields), and
+    `retryable` (True when the same call may succeed later).
+    """
+
+    retryable = False
+
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{reason}: {message}" if reason else message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = dict(metadata or {})
+
+
+class ValidationError(ParleyError):
+    """A request field is missing or malformed; `field` names it."""
+
+    @property
+    def field(self) -> str:
+        return self.metadata.get("field", "")
+
+
+class NotFoundError(ParleyError):
+    """The user, device, room or channel does not exist."""
+
+
+class AlreadyExistsError(ParleyError):
+    """The username (or device, or room) is taken."""
+
+
+class PermissionDeniedError(ParleyError):
+    """The caller is known but not allowed to do this."""
+
+
+class UnauthenticatedError(ParleyError):
+    """Missing, expired, forged or revoked credentials; log in again."""
+
+
+class RateLimitedError(ParleyError):
+    """Too many requests; `retry_after` says how long to wait, in seconds."""
+
+    retryable = True
+
+    @property
+    def retry_after(self) -> float:
+        return float(self.metadata.get("retry_after_seconds", "1"))
+
+
+class UnavailableError(ParleyError):
+    """The server or a service behind it cannot be reached right now; retry."""
+
+    retryable = True
+
+
+class RoomFullError(ParleyError):
+    """The room is at its `max_size`."""
+
+
+_BY_REASON: dict[str, type[ParleyError]] = {
+    "VALIDATION_FAILED": ValidationError,
+    "MALFORMED_REQUEST": ValidationError,
+    "BAD_CERTIFICATE": ValidationError,
+    "ROOM_FULL": RoomFullError,
+    "RATE_LIMITED": RateLimitedError,
+    "SERVICE_UNAVAILABLE": UnavailableError,
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[ParleyError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: ValidationError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimitedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
+}
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> ParleyError:
+    """The typed exception for a failed call, read from its ErrorInfo trailer."""
+    code: grpc.StatusCode = error.code()
+    message = error.details() or code.name
+    reason, metadata = _error_info(error.trailing_metadata() or ())
+    kind = _BY_REASON.get(reason) or _BY_CODE.get(code, ParleyError)
+    if kind is RateLimitedError and reason not in ("", "RATE_LIMITED"):
+        kind = ParleyError  # e.g. a message over the size limit: not worth retrying
+    return kind(code, reason, message, metadata)
+
+
+def _error_info(trailers: object) -> tuple[str, dict[str, str]]:
+    for key, value in trailers:  # type: ignore[attr-defined]
+        if key != "grpc-status-details-bin":
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                return info.reason, dict(info.metadata)
+    return "", {}
