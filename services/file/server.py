@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
-
 from parley.file.v1 import file_pb2, file_pb2_grpc
 from services.runtime.config import Config, FilesConfig
+from services.runtime.grpc_types import Context
 from services.runtime.server import ParleyServer, ServiceModule, build_server
 from services.runtime.telemetry import Telemetry
 
@@ -23,7 +22,7 @@ class FileServicer(file_pb2_grpc.FileServiceServicer):
         )
 
     async def GetUploadPolicy(
-        self, request: file_pb2.GetUploadPolicyRequest, context: grpc.aio.ServicerContext
+        self, request: file_pb2.GetUploadPolicyRequest, context: Context
     ) -> file_pb2.GetUploadPolicyResponse:
         return file_pb2.GetUploadPolicyResponse(policy=self._policy)
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import descriptor
 
 from services.runtime.errors import unavailable
+from services.runtime.grpc_types import Context
 from services.runtime.methods import MethodInfo, methods_of
 
 # Set by grpc itself on the outgoing call.
@@ -38,7 +39,7 @@ def routes_for(peers: Mapping[descriptor.ServiceDescriptor, Peer]) -> dict[str, 
     return {m.full_name: Route(m, peer) for service, peer in peers.items() for m in methods_of(service)}
 
 
-class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+class ForwardingHandler(grpc.GenericRpcHandler[bytes, bytes]):
     def __init__(self, routes: Mapping[str, Route]) -> None:
         self._routes = routes
 
@@ -56,10 +57,10 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         return grpc.unary_unary_rpc_method_handler(lambda r, c: _unary_response(route, r, c, False))
 
 
-async def _unary_response(route: Route, request: Any, context: grpc.aio.ServicerContext, streaming: bool) -> bytes:
+async def _unary_response(route: Route, request: Any, context: Context, streaming: bool) -> bytes:
     channel = route.peer.channel
     name = route.method.full_name
-    callable_ = channel.stream_unary(name) if streaming else channel.unary_unary(name)
+    callable_ = channel.stream_unary(name, None, None) if streaming else channel.unary_unary(name, None, None)
     call = callable_(request, metadata=_forwarded_metadata(context), timeout=context.time_remaining())
     try:
         response: bytes = await call
@@ -69,12 +70,10 @@ async def _unary_response(route: Route, request: Any, context: grpc.aio.Servicer
     return response
 
 
-async def _stream_response(
-    route: Route, request: Any, context: grpc.aio.ServicerContext, streaming: bool
-) -> AsyncIterator[bytes]:
+async def _stream_response(route: Route, request: Any, context: Context, streaming: bool) -> AsyncIterator[bytes]:
     channel = route.peer.channel
     name = route.method.full_name
-    callable_ = channel.stream_stream(name) if streaming else channel.unary_stream(name)
+    callable_ = channel.stream_stream(name, None, None) if streaming else channel.unary_stream(name, None, None)
     call = callable_(request, metadata=_forwarded_metadata(context), timeout=context.time_remaining())
     try:
         async for response in call:
@@ -86,20 +85,17 @@ async def _stream_response(
         call.cancel()
 
 
-def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
-    return tuple(
-        (k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(":") and k not in _HOP_HEADERS
-    )
+def _forwarded_metadata(context: Context) -> list[tuple[str, str | bytes]]:
+    return [(k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(":") and k not in _HOP_HEADERS]
 
 
-async def _relay_error(route: Route, exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
+async def _relay_error(route: Route, exc: grpc.aio.AioRpcError, context: Context) -> None:
     """Passes the peer's status on as it is, or explains that the peer is down."""
-    trailers = tuple(exc.trailing_metadata() or ())
+    trailers: list[tuple[str, str | bytes]] = list(cast(Any, exc.trailing_metadata()) or ())
     has_details = any(k == "grpc-status-details-bin" for k, _ in trailers)
     if exc.code() in _PEER_DOWN and not has_details:
         raise unavailable(
-            f"the {route.peer.name} service at {route.peer.address} is unavailable "
-            f"({exc.details()}); retry shortly",
+            f"the {route.peer.name} service at {route.peer.address} is unavailable ({exc.details()}); retry shortly",
             service=route.peer.name,
             address=route.peer.address,
         ) from exc

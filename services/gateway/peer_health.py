@@ -8,15 +8,15 @@ import asyncio
 import logging
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime.grpc_types import HealthStatus
 
 log = logging.getLogger("parley.gateway")
 RETRY_SECONDS = 0.5
 
 
-async def mirror_peer_health(
-    channel: grpc.aio.Channel, service_name: str, health_servicer: health.aio.HealthServicer
-) -> None:
+async def mirror_peer_health(channel: grpc.aio.Channel, service_name: str, health_servicer: HealthStatus) -> None:
     """Runs until cancelled: watch the peer, copy its status, NOT_SERVING when unreachable."""
     stub = health_pb2_grpc.HealthStub(channel)
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING

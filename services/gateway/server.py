@@ -8,9 +8,7 @@ import contextlib
 from collections.abc import Sequence
 from importlib import metadata
 
-import grpc
 from google.protobuf import descriptor
-from grpc_health.v1 import health
 
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from services.file.server import SERVICE as FILE_SERVICE
@@ -21,6 +19,7 @@ from services.identity.server import SERVICE as IDENTITY_SERVICE
 from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.channels import open_channel
 from services.runtime.config import Config
+from services.runtime.grpc_types import Context, HealthStatus
 from services.runtime.server import ParleyServer, ServiceModule, build_server
 from services.runtime.telemetry import Telemetry
 
@@ -43,7 +42,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
 
     async def GetServerInfo(
-        self, request: gateway_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
+        self, request: gateway_pb2.GetServerInfoRequest, context: Context
     ) -> gateway_pb2.GetServerInfoResponse:
         return self._info
 
@@ -75,7 +74,7 @@ class PeerConnections:
         }
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start_health_mirrors(self, health_servicer: health.aio.HealthServicer) -> None:
+    def start_health_mirrors(self, health_servicer: HealthStatus) -> None:
         for service, peer in self.peers.items():
             task = asyncio.create_task(mirror_peer_health(peer.channel, service.full_name, health_servicer))
             self._tasks.append(task)
@@ -87,7 +86,7 @@ class PeerConnections:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for peer in self.peers.values():
-            await peer.channel.close()
+            await peer.channel.close(None)
 
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:

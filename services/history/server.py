@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-import grpc
-
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from services.history import store
 from services.runtime.config import Config
 from services.runtime.errors import invalid_field
+from services.runtime.grpc_types import Context
 from services.runtime.server import ParleyServer, ServiceModule, build_server
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
@@ -24,7 +23,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         self._db = db
 
     async def GetLogState(
-        self, request: history_pb2.GetLogStateRequest, context: grpc.aio.ServicerContext
+        self, request: history_pb2.GetLogStateRequest, context: Context
     ) -> history_pb2.GetLogStateResponse:
         if not request.room_id:
             raise invalid_field("room_id", "is required")

@@ -134,5 +134,3 @@ class Accounts:
                 f"device {device.device_id} is already registered",
                 field="device.signing_key",
             )
-
-

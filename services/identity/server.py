@@ -33,6 +33,4 @@ async def identity_module(config: Config) -> ServiceModule:
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
     """The identity service alone, bound and started."""
     module = await identity_module(config)
-    return await build_server(
-        config, [module], process_name="identity", identity_address=None, telemetry=telemetry
-    )
+    return await build_server(config, [module], process_name="identity", identity_address=None, telemetry=telemetry)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.identity import store
 from services.identity.accounts import Accounts
@@ -12,10 +10,9 @@ from services.identity.token_signing import PublishedKey, TokenSigner
 from services.identity.validation import check_username
 from services.runtime.config import AuthConfig
 from services.runtime.errors import invalid_field
+from services.runtime.grpc_types import Context
 from services.runtime.principal import current_principal, require_user
 from services.runtime.timestamps import to_timestamp
-
-Context = grpc.aio.ServicerContext
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
@@ -133,7 +130,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
 def _user(row: store.UserRow) -> identity_pb2.User:
     return identity_pb2.User(
-        user_id=row.user_id, username=row.username, signing_key=row.signing_key, create_time=to_timestamp(row.created_at)
+        user_id=row.user_id,
+        username=row.username,
+        signing_key=row.signing_key,
+        create_time=to_timestamp(row.created_at),
     )
 
 

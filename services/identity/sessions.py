@@ -63,9 +63,7 @@ class SessionIssuer:
                 raise not_found(errors_pb2.ERROR_REASON_USER_NOT_FOUND, f"no user named {username!r}")
             device = store.device_by_id(db, device_id)
             if device is None or device.user_id != user.user_id:
-                raise not_found(
-                    errors_pb2.ERROR_REASON_DEVICE_NOT_FOUND, f"{username!r} has no device {device_id!r}"
-                )
+                raise not_found(errors_pb2.ERROR_REASON_DEVICE_NOT_FOUND, f"{username!r} has no device {device_id!r}")
             if device.revoked_at is not None:
                 raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, f"device {device_id} was revoked")
             challenge = store.ChallengeRow(
@@ -188,5 +186,3 @@ class SessionIssuer:
         if isinstance(outcome, ServiceError):
             raise outcome
         return outcome
-
-

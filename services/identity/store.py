@@ -213,9 +213,7 @@ def revoke_device_sessions(db: sqlite_utils.Database, device_id: str, now: float
     families = db.execute(
         "SELECT DISTINCT family_id FROM refresh_tokens WHERE device_id = ? AND revoked_at IS NULL", [device_id]
     ).fetchall()
-    db.execute(
-        "UPDATE refresh_tokens SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL", [now, device_id]
-    )
+    db.execute("UPDATE refresh_tokens SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL", [now, device_id])
     return len(families)
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import grpc
-
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services.room.registry import RoomRegistry
 from services.runtime.config import Config
 from services.runtime.errors import invalid_field
+from services.runtime.grpc_types import Context
 from services.runtime.paging import clamp_page_size, decode_page_token, encode_page_token
 from services.runtime.server import ParleyServer, ServiceModule, build_server
 from services.runtime.telemetry import Telemetry
@@ -19,17 +18,13 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     def __init__(self, registry: RoomRegistry) -> None:
         self._registry = registry
 
-    async def ListRooms(
-        self, request: room_pb2.ListRoomsRequest, context: grpc.aio.ServicerContext
-    ) -> room_pb2.ListRoomsResponse:
+    async def ListRooms(self, request: room_pb2.ListRoomsRequest, context: Context) -> room_pb2.ListRoomsResponse:
         size = clamp_page_size(request.page_size)
         rooms, more = self._registry.listed_after(decode_page_token(request.page_token), size)
         next_token = encode_page_token(rooms[-1].room_id) if more else ""
         return room_pb2.ListRoomsResponse(rooms=rooms, next_page_token=next_token)
 
-    async def GetRoom(
-        self, request: room_pb2.GetRoomRequest, context: grpc.aio.ServicerContext
-    ) -> room_pb2.GetRoomResponse:
+    async def GetRoom(self, request: room_pb2.GetRoomRequest, context: Context) -> room_pb2.GetRoomResponse:
         if not request.room_id:
             raise invalid_field("room_id", "is required")
         return room_pb2.GetRoomResponse(room=self._registry.get(request.room_id))

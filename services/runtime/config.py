@@ -9,7 +9,6 @@ environment.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 import types
 import typing

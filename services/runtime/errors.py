@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -10,7 +12,7 @@ from grpc_status import rpc_status
 from parley.api.v1 import errors_pb2
 from parley.reasons import ERROR_DOMAIN, reason_name
 
-Reason = errors_pb2.ErrorReason.ValueType
+Reason: TypeAlias = errors_pb2.ErrorReason.ValueType
 
 
 class ServiceError(Exception):
@@ -67,9 +69,7 @@ def rate_limited(message: str, retry_after_seconds: float) -> ServiceError:
 
 
 def unavailable(message: str, **metadata: str) -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.UNAVAILABLE, errors_pb2.ERROR_REASON_SERVICE_UNAVAILABLE, message, **metadata
-    )
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, errors_pb2.ERROR_REASON_SERVICE_UNAVAILABLE, message, **metadata)
 
 
 def internal(message: str = "internal error; the server log has details") -> ServiceError:

@@ -18,13 +18,13 @@ from google.protobuf import message
 
 from parley.api.v1 import annotations_pb2, errors_pb2
 from services.runtime import errors
+from services.runtime.grpc_types import Context
 from services.runtime.methods import MethodInfo, MethodTable
 from services.runtime.principal import reset_principal, set_principal
 from services.runtime.tokens import TokenVerifier
 
 log = logging.getLogger("parley.rpc")
 
-Context = grpc.aio.ServicerContext
 Enter = Callable[[Context], AbstractAsyncContextManager[None]]
 CallHook = Callable[[MethodInfo, Context], AbstractAsyncContextManager[None]]
 
@@ -61,7 +61,7 @@ def _wrap_streaming(inner: Callable[..., Any], enter: Enter) -> Callable[..., An
     return behaviour
 
 
-class HookInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class HookInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """Runs `hook(method, context)` around every call."""
 
     def __init__(self, methods: MethodTable, hook: CallHook) -> None:
@@ -109,9 +109,7 @@ class AuthHook:
                 errors_pb2.ERROR_REASON_SERVICE_ONLY, f"{method.method} needs service credentials"
             )
         if method.access == annotations_pb2.ACCESS_POLICY_USER and principal.is_service:
-            raise errors.permission_denied(
-                errors_pb2.ERROR_REASON_USER_ONLY, f"{method.method} needs a user token"
-            )
+            raise errors.permission_denied(errors_pb2.ERROR_REASON_USER_ONLY, f"{method.method} needs a user token")
         token = set_principal(principal)
         try:
             yield
@@ -131,7 +129,7 @@ def bearer_token(context: Context) -> str:
     )
 
 
-class DecodingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class DecodingInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """Decodes requests inside the call so malformed bytes get INVALID_ARGUMENT.
 
     grpc's own deserializer failure surfaces as a bare INTERNAL; parsing here

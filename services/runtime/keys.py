@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import grpc
 
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
-from services.runtime.config import ServerConfig
 from services.runtime.channels import open_channel
+from services.runtime.config import ServerConfig
 from services.runtime.errors import unavailable
 
 FETCH_TIMEOUT_SECONDS = 5.0
@@ -39,5 +39,5 @@ class RemoteKeySource:
 
     async def close(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
             self._channel = None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import TypeAlias
 
 from google.protobuf import descriptor
 
 from parley.api.v1 import annotations_pb2
 
-AccessPolicy = annotations_pb2.AccessPolicy.ValueType
+AccessPolicy: TypeAlias = annotations_pb2.AccessPolicy.ValueType
 
 
 @dataclasses.dataclass(frozen=True)

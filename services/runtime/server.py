@@ -14,11 +14,12 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from services.runtime.channels import channel_options
 from services.runtime.config import Config
+from services.runtime.grpc_types import HealthStatus, add_health_servicer
 from services.runtime.interceptors import AuthHook, DecodingInterceptor, HookInterceptor, translate_errors
 from services.runtime.keys import RemoteKeySource
 from services.runtime.methods import MethodTable
@@ -49,7 +50,7 @@ class ParleyServer:
     def __init__(
         self,
         server: grpc.aio.Server,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: HealthStatus,
         telemetry: Telemetry,
         closers: Sequence[Closer],
         grace_seconds: float,
@@ -79,7 +80,8 @@ class ParleyServer:
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
-    options = channel_options(config.server) + [
+    options = [
+        *channel_options(config.server),
         ("grpc.http2.min_ping_interval_without_data_ms", config.server.keepalive_min_client_ping_ms),
         # Two servers must never silently share a port.
         ("grpc.so_reuseport", 0),
@@ -120,8 +122,7 @@ async def build_server(
         module.register(server)
         if module.generic_handlers:
             server.add_generic_rpc_handlers(tuple(module.generic_handlers))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer = add_health_servicer(server)
     reflection.enable_server_reflection(
         [s.full_name for s in described] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )

@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode, TracerProvider
 
 from services.runtime.config import TelemetryConfig
+from services.runtime.grpc_types import Context
 from services.runtime.methods import MethodInfo
 
 
@@ -90,9 +91,7 @@ def setup_telemetry(
         readers.append(metric_reader)
     elif config.metrics == "console":
         interval = config.metrics_interval_seconds * 1000
-        readers.append(
-            PeriodicExportingMetricReader(ConsoleMetricExporter(out=console or sys.stdout), interval)
-        )
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=console or sys.stdout), interval))
     elif config.metrics == "otlp":
         readers.append(
             PeriodicExportingMetricReader(_otlp_metric_exporter(config), config.metrics_interval_seconds * 1000)
@@ -126,12 +125,10 @@ class RpcTelemetryHook:
         self._tracer = telemetry.tracer
         meter = telemetry.meter
         self._calls = meter.create_counter("rpc.server.calls", unit="{call}", description="RPCs handled")
-        self._duration = meter.create_histogram(
-            "rpc.server.duration", unit="ms", description="Time to handle an RPC"
-        )
+        self._duration = meter.create_histogram("rpc.server.duration", unit="ms", description="Time to handle an RPC")
 
     @contextlib.asynccontextmanager
-    async def __call__(self, method: MethodInfo, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def __call__(self, method: MethodInfo, context: Context) -> AsyncIterator[None]:
         carrier = {str(k): str(v) for k, v in (context.invocation_metadata() or ()) if not k.endswith("-bin")}
         started = time.perf_counter()
         code = "OK"
@@ -165,10 +162,10 @@ def _code_name(code: Any) -> str | None:
 
 
 class TracePropagationInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryUnaryClientInterceptor[Any, Any],
+    grpc.aio.UnaryStreamClientInterceptor[Any, Any],
+    grpc.aio.StreamUnaryClientInterceptor[Any, Any],
+    grpc.aio.StreamStreamClientInterceptor[Any, Any],
 ):
     """Adds the current trace context (W3C traceparent) to outgoing calls."""
 

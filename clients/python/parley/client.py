@@ -82,7 +82,7 @@ class Client:
     async def close(self) -> None:
         """Closes the channel; the key file and the server-side session remain."""
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
             self._channel = None
 
     @property
@@ -101,7 +101,7 @@ class Client:
     @property
     def identity_stub(self) -> identity_pb2_grpc.IdentityServiceAsyncStub:
         """The generated IdentityService stub on this client's channel."""
-        return identity_pb2_grpc.IdentityServiceStub(self._open_channel())  # type: ignore[return-value]
+        return identity_pb2_grpc.IdentityServiceStub(self._open_channel())
 
     async def register(self) -> identity_pb2.RegisterUserResponse:
         """Registers the user with this device as its first device."""
@@ -177,7 +177,9 @@ class Client:
         the other device. Needs the user signing key (the first device has it).
         """
         device = self.identity.new_device(display_name)
-        await self._call(self.identity_stub.AddDevice, identity_pb2.AddDeviceRequest(device=self.identity.certify(device)))
+        await self._call(
+            self.identity_stub.AddDevice, identity_pb2.AddDeviceRequest(device=self.identity.certify(device))
+        )
         device.registered = True
         return device
 
@@ -246,9 +248,7 @@ class Client:
                 )
             return self._identity
         if not self._username:
-            raise ParleyError(
-                grpc.StatusCode.INVALID_ARGUMENT, "", "no key file yet: give a username to register"
-            )
+            raise ParleyError(grpc.StatusCode.INVALID_ARGUMENT, "", "no key file yet: give a username to register")
         self._identity = DeviceIdentity.generate(self._username, self._device_name)
         self._save()
         return self._identity

@@ -6,12 +6,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-async def check_health(address: str, service: str, timeout: float) -> tuple[bool, str]:
+async def check_health(address: str, service: str, deadline_seconds: float) -> tuple[bool, str]:
     """(serving?, what to print) for one Health.Check."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=deadline_seconds)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return False, f"NOT_FOUND: {address} does not serve {service!r}"

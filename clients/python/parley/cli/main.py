@@ -124,7 +124,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return 0 if serving else 1
     if args.command == "user" and args.user_command == "register":
         if args.key_file.exists() and DeviceIdentity.load(args.key_file).registered:
-            print(f"error: {args.key_file} already holds a registered identity; choose another --key-file", file=sys.stderr)
+            print(
+                f"error: {args.key_file} already holds a registered identity; choose another --key-file",
+                file=sys.stderr,
+            )
             return 1
         async with Client(args.addr, username=args.username, key_file=args.key_file, device_name=args.device_name) as c:
             me = await c.whoami()
@@ -161,9 +164,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _devices(client: Client, args: argparse.Namespace) -> None:
     if args.devices_command == "add":
-        device = await client.add_device(args.name)
-        device.save(args.out)
-        print(f"added device {device.device_id}; its key file is {args.out}")
+        added = await client.add_device(args.name)
+        added.save(args.out)
+        print(f"added device {added.device_id}; its key file is {args.out}")
     elif args.devices_command == "revoke":
         _print(await client.revoke_device(args.device_id))
     else:

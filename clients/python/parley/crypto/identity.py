@@ -20,7 +20,7 @@ _X25519_PROBE_SCALAR = bytes([9] * 32)
 
 
 def device_id_for(device_signing_key: bytes) -> str:
-    """"d" + 32 hex digits of BLAKE2b-128 of the device's Ed25519 public key."""
+    """ "d" + 32 hex digits of BLAKE2b-128 of the device's Ed25519 public key."""
     return "d" + nacl.hash.blake2b(device_signing_key, digest_size=16, encoder=RawEncoder).hex()
 
 
