@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import descriptor
 
 from services.runtime.errors import unavailable
-from services.runtime.grpc_types import Context
+from services.runtime.grpc_types import Context, GenericRpcHandler
 from services.runtime.methods import MethodInfo, methods_of
 
 # Set by grpc itself on the outgoing call.
@@ -39,7 +39,7 @@ def routes_for(peers: Mapping[descriptor.ServiceDescriptor, Peer]) -> dict[str, 
     return {m.full_name: Route(m, peer) for service, peer in peers.items() for m in methods_of(service)}
 
 
-class ForwardingHandler(grpc.GenericRpcHandler[bytes, bytes]):
+class ForwardingHandler(GenericRpcHandler):
     def __init__(self, routes: Mapping[str, Route]) -> None:
         self._routes = routes
 

@@ -18,7 +18,7 @@ from google.protobuf import message
 
 from parley.api.v1 import annotations_pb2, errors_pb2
 from services.runtime import errors
-from services.runtime.grpc_types import Context
+from services.runtime.grpc_types import Context, ServerInterceptor
 from services.runtime.methods import MethodInfo, MethodTable
 from services.runtime.principal import reset_principal, set_principal
 from services.runtime.tokens import TokenVerifier
@@ -61,7 +61,7 @@ def _wrap_streaming(inner: Callable[..., Any], enter: Enter) -> Callable[..., An
     return behaviour
 
 
-class HookInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class HookInterceptor(ServerInterceptor):
     """Runs `hook(method, context)` around every call."""
 
     def __init__(self, methods: MethodTable, hook: CallHook) -> None:
@@ -129,7 +129,7 @@ def bearer_token(context: Context) -> str:
     )
 
 
-class DecodingInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class DecodingInterceptor(ServerInterceptor):
     """Decodes requests inside the call so malformed bytes get INVALID_ARGUMENT.
 
     grpc's own deserializer failure surfaces as a bare INTERNAL; parsing here

@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode, TracerProvider
 
+from services.runtime import grpc_types
 from services.runtime.config import TelemetryConfig
 from services.runtime.grpc_types import Context
 from services.runtime.methods import MethodInfo
@@ -162,10 +163,10 @@ def _code_name(code: Any) -> str | None:
 
 
 class TracePropagationInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor[Any, Any],
-    grpc.aio.UnaryStreamClientInterceptor[Any, Any],
-    grpc.aio.StreamUnaryClientInterceptor[Any, Any],
-    grpc.aio.StreamStreamClientInterceptor[Any, Any],
+    grpc_types.UnaryUnaryClientInterceptor,
+    grpc_types.UnaryStreamClientInterceptor,
+    grpc_types.StreamUnaryClientInterceptor,
+    grpc_types.StreamStreamClientInterceptor,
 ):
     """Adds the current trace context (W3C traceparent) to outgoing calls."""
 
