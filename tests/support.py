@@ -1,0 +1,147 @@
+"""Helpers shared by the tests: servers on ephemeral ports, subprocesses, grpcurl."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+
+from parley.identity.v1 import identity_pb2_grpc
+from services.runtime.config import Config, load_config
+from services.runtime.server import ParleyServer
+
+REPO = Path(__file__).resolve().parents[1]
+VECTORS = REPO.parent / "shared" / "vectors"
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+SERVICE_SECRET = "test-service-secret"
+
+
+def make_config(data_dir: Path, **overrides: Any) -> Config:
+    """A config for in-process servers: port 0, quiet logs, a backend credential."""
+    values: dict[str, Any] = {
+        "server.host": "127.0.0.1",
+        "server.port": 0,
+        "server.data_dir": data_dir,
+        "server.grace_seconds": 1.0,
+        "auth.service_credentials": {"backend": SERVICE_SECRET},
+    }
+    values.update(overrides)
+    return load_config(overrides=values)
+
+
+@contextlib.asynccontextmanager
+async def running(factory: Any, config: Config, **kwargs: Any) -> AsyncIterator[tuple[ParleyServer, str]]:
+    """Starts `factory(config)` (a create_server) and stops it afterwards."""
+    server, port = await factory(config, **kwargs)
+    try:
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def identity_stub(channel: grpc.aio.Channel) -> identity_pb2_grpc.IdentityServiceAsyncStub:
+    return identity_pb2_grpc.IdentityServiceStub(channel)  # type: ignore[return-value]
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    from parley.errors import error_from_rpc
+
+    return error_from_rpc(error).reason
+
+
+def grpcurl(
+    address: str, *args: str, data: Any = None, headers: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs grpcurl against a plaintext server."""
+    command = [GRPCURL, "-plaintext"]
+    for key, value in (headers or {}).items():
+        command += ["-H", f"{key}: {value}"]
+    if data is not None:
+        command += ["-d", json.dumps(data)]
+    command += [address, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+class ServerProcess:
+    """`parley serve ...` in a child process; its address is read from its output."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log: IO[str] = open(log_path, "a")  # noqa: SIM115
+        full_env = {**os.environ, "PARLEY_LOGGING_LEVEL": "WARNING", **env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "parley.cli.main", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=full_env,
+            start_new_session=True,
+        )
+        self.address = self._wait_for_address()
+
+    def _wait_for_address(self, timeout: float = 30.0) -> str:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+                continue
+            self._log.write(line)
+            match = LISTENING.search(line)
+            if match:
+                return f"127.0.0.1:{match.group(2)}"
+        raise TimeoutError(f"server did not start: {self.log_path.read_text()[-2000:]}")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        if self.process.stdout is not None:
+            self._log.write(self.process.stdout.read())
+            self.process.stdout.close()
+        self._log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
