@@ -134,8 +134,8 @@ class ServerProcess:
         return self.log_path.read_text()
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Any, within: float = 10.0, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):

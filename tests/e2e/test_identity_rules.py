@@ -62,7 +62,8 @@ async def test_register_login_whoami(server_address: str) -> None:
     )
     claims = jwt.decode(login.session.access_token, options={"verify_signature": False})
     assert set(claims) >= {"sub", "dev", "iat", "exp", "jti", "iss"}
-    assert claims["sub"] == registered.user.user_id and claims["dev"] == identity.device_id
+    assert claims["sub"] == registered.user.user_id
+    assert claims["dev"] == identity.device_id
 
 
 async def test_duplicate_username_is_already_exists(alice: Client, server_address: str) -> None:
@@ -310,7 +311,8 @@ async def test_service_credentials(alice: Client, server_address: str) -> None:
     async with grpc.aio.insecure_channel(server_address) as channel:
         stub = identity_stub(channel)
         me = await stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(f"svc:backend:{SERVICE_SECRET}"))
-        assert me.service_name == "backend" and not me.user_id
+        assert me.service_name == "backend"
+        assert not me.user_id
         await expect_error(
             stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer("svc:backend:wrong")),
             grpc.StatusCode.UNAUTHENTICATED,
