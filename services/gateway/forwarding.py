@@ -99,4 +99,4 @@ async def _relay_error(route: Route, exc: grpc.aio.AioRpcError, context: Context
             service=route.peer.name,
             address=route.peer.address,
         ) from exc
-    await context.abort(exc.code(), exc.details() or "", trailers)
+    await context.abort(exc.code(), exc.details() or "", tuple(trailers))

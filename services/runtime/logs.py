@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -26,8 +27,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class CancelledStreamFilter(logging.Filter):
+    """Drops grpc's report of a streaming call cancelled by a graceful stop.
+
+    Cancelling open streams (health watches) is how a stop ends them, not an error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.name.startswith("grpc.") and isinstance(error, asyncio.CancelledError))
+
+
 def setup_logging(config: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CancelledStreamFilter())
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -74,10 +74,14 @@ class Client:
     async def connect(self) -> None:
         """Opens the channel, creates and registers the device if new, and logs in."""
         self._open_channel()
-        identity = self._load_or_create_identity()
-        if not identity.registered:
-            await self.register()
-        await self.login()
+        try:
+            identity = self._load_or_create_identity()
+            if not identity.registered:
+                await self.register()
+            await self.login()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Closes the channel; the key file and the server-side session remain."""

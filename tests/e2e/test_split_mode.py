@@ -1,0 +1,153 @@
+"""Split mode: five processes, clients talk to the gateway address only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from parley import Client, UnavailableError
+from parley.file.v1 import file_pb2, file_pb2_grpc
+from parley.history.v1 import history_pb2, history_pb2_grpc
+from parley.room.v1 import room_pb2, room_pb2_grpc
+from tests.support import ServerProcess, bearer, grpcurl, wait_until
+
+PEERS = ("identity", "room", "history", "file")
+ROOMS_TOML = """
+[[rooms]]
+id = "lobby"
+name = "Lobby"
+description = "Say hello"
+"""
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    processes: dict[str, ServerProcess]
+    env: dict[str, str]
+
+    @property
+    def gateway(self) -> str:
+        return self.processes["gateway"].address
+
+    def start(self, name: str, port: int = 0) -> ServerProcess:
+        process = ServerProcess(
+            [name, "--port", str(port), "--data-dir", str(self.tmp / "data" / name), "--config", str(self.tmp / "p.toml")],
+            {**self.env, "PARLEY_TELEMETRY_CONSOLE_PATH": str(self.tmp / f"{name}-spans.jsonl")},
+            self.tmp / f"{name}.log",
+        )
+        self.processes[name] = process
+        return process
+
+    def spans(self, name: str) -> list[dict[str, object]]:
+        path = self.tmp / f"{name}-spans.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("split")
+    (tmp / "p.toml").write_text(ROOMS_TOML)
+    env = {"PARLEY_TELEMETRY_TRACING": "console", "PARLEY_SERVER_GRACE_SECONDS": "1"}
+    cluster = Cluster(tmp, {}, env)
+    try:
+        # Identity first: the others fetch token verification keys from it.
+        env["PARLEY_PEERS_IDENTITY"] = cluster.start("identity").address
+        for name in PEERS[1:]:
+            env[f"PARLEY_PEERS_{name.upper()}"] = cluster.start(name).address
+        cluster.start("gateway")
+        yield cluster
+    finally:
+        for process in cluster.processes.values():
+            process.terminate()
+
+
+def test_gateway_reflection_lists_every_public_service(cluster: Cluster) -> None:
+    result = grpcurl(cluster.gateway, "list")
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) >= {
+        "parley.identity.v1.IdentityService",
+        "parley.room.v1.RoomService",
+        "parley.history.v1.HistoryService",
+        "parley.file.v1.FileService",
+        "parley.gateway.v1.GatewayService",
+        "grpc.health.v1.Health",
+    }
+    described = grpcurl(cluster.gateway, "describe", "parley.room.v1.RoomService")
+    assert "rpc ListRooms" in described.stdout
+
+
+async def test_register_login_whoami_through_gateway_in_one_trace(cluster: Cluster) -> None:
+    async with Client(cluster.gateway, username="splitty", key_file=cluster.tmp / "splitty.json") as client:
+        me = await client.whoami()
+    assert me.username == "splitty"
+    assert me.device_id == client.device_id
+
+    def whoami_spans(name: str) -> list[dict[str, object]]:
+        return [s for s in cluster.spans(name) if s["name"] == "parley.identity.v1.IdentityService/WhoAmI"]
+
+    await wait_until(lambda: whoami_spans("gateway") and whoami_spans("identity"))
+    (gateway_span,) = whoami_spans("gateway")
+    (identity_span,) = whoami_spans("identity")
+    gateway_context = gateway_span["context"]
+    identity_context = identity_span["context"]
+    assert isinstance(gateway_context, dict)
+    assert isinstance(identity_context, dict)
+    assert identity_context["trace_id"] == gateway_context["trace_id"]
+    assert identity_span["parent_id"] == gateway_context["span_id"]
+
+
+async def test_other_services_are_forwarded(cluster: Cluster) -> None:
+    async with Client(cluster.gateway, username="roomy", key_file=cluster.tmp / "roomy.json") as client:
+        token = bearer(await client.access_token())
+    async with grpc.aio.insecure_channel(cluster.gateway) as channel:
+        rooms = await room_pb2_grpc.RoomServiceStub(channel).ListRooms(room_pb2.ListRoomsRequest(), metadata=token)
+        assert [r.room_id for r in rooms.rooms] == ["lobby"]
+        state = await history_pb2_grpc.HistoryServiceStub(channel).GetLogState(
+            history_pb2.GetLogStateRequest(room_id="lobby"), metadata=token
+        )
+        assert state.state.epoch
+        policy = await file_pb2_grpc.FileServiceStub(channel).GetUploadPolicy(
+            file_pb2.GetUploadPolicyRequest(), metadata=token
+        )
+        assert policy.policy.total_shares >= policy.policy.data_shares > 0
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await room_pb2_grpc.RoomServiceStub(channel).ListRooms(room_pb2.ListRoomsRequest())
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def _gateway_health(cluster: Cluster, service: str) -> int:
+    async with grpc.aio.insecure_channel(cluster.gateway) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return response.status
+
+
+async def test_identity_down_then_back(cluster: Cluster) -> None:
+    key_file = cluster.tmp / "phoenix.json"
+    async with Client(cluster.gateway, username="phoenix", key_file=key_file) as client:
+        assert (await client.whoami()).username == "phoenix"
+        identity = cluster.processes["identity"]
+        port = identity.port
+        assert identity.terminate() == 0
+
+        with pytest.raises(UnavailableError) as caught:
+            await client.whoami()
+        assert "identity service" in caught.value.message
+        assert caught.value.retryable
+        service = "parley.identity.v1.IdentityService"
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        await wait_until(lambda: _is(cluster, service, not_serving))
+
+        cluster.start("identity", port)
+        await wait_until(lambda: _is(cluster, service, health_pb2.HealthCheckResponse.SERVING))
+        assert (await client.whoami()).username == "phoenix"
+
+
+async def _is(cluster: Cluster, service: str, status: int) -> bool:
+    return await _gateway_health(cluster, service) == status
