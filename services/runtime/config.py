@@ -237,6 +237,8 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
 
 
 def _build(kind: Any, entry: Any, where: str) -> Any:
+    if isinstance(entry, kind):
+        return entry
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where} must be a table")
     known = {f.name: f for f in dataclasses.fields(kind)}

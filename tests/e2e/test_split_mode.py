@@ -38,7 +38,15 @@ class Cluster:
 
     def start(self, name: str, port: int = 0) -> ServerProcess:
         process = ServerProcess(
-            [name, "--port", str(port), "--data-dir", str(self.tmp / "data" / name), "--config", str(self.tmp / "p.toml")],
+            [
+                name,
+                "--port",
+                str(port),
+                "--data-dir",
+                str(self.tmp / "data" / name),
+                "--config",
+                str(self.tmp / "p.toml"),
+            ],
             {**self.env, "PARLEY_TELEMETRY_CONSOLE_PATH": str(self.tmp / f"{name}-spans.jsonl")},
             self.tmp / f"{name}.log",
         )

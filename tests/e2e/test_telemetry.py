@@ -1,0 +1,76 @@
+"""RPC metrics and server spans, read from in-memory exporters of a real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from parley.identity.v1 import identity_pb2
+from services import allinone
+from services.runtime.telemetry import setup_telemetry
+from tests.support import identity_stub, make_config, running
+
+
+def data_points(reader: InMemoryMetricReader, name: str) -> list[object]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+async def test_rpc_counts_and_latency_per_method(data_dir: Path) -> None:
+    config = make_config(data_dir)
+    reader = InMemoryMetricReader()
+    telemetry = setup_telemetry(config.telemetry, "parley-test", metric_reader=reader)
+    async with running(allinone.create_server, config, telemetry=telemetry) as (_, address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = identity_stub(channel)
+            for _ in range(3):
+                await stub.GetVerificationKeys(identity_pb2.GetVerificationKeysRequest())
+            try:
+                await stub.WhoAmI(identity_pb2.WhoAmIRequest())
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+        calls = {
+            (p.attributes["rpc.method"], p.attributes["rpc.grpc.status_code"]): p.value  # type: ignore[attr-defined]
+            for p in data_points(reader, "rpc.server.calls")
+        }
+        durations = {
+            p.attributes["rpc.method"]: p.count  # type: ignore[attr-defined]
+            for p in data_points(reader, "rpc.server.duration")
+        }
+    assert calls[("GetVerificationKeys", "OK")] == 3
+    assert calls[("WhoAmI", "UNAUTHENTICATED")] == 1
+    assert durations["GetVerificationKeys"] == 3
+
+
+async def test_server_span_per_call_with_status(data_dir: Path) -> None:
+    config = make_config(data_dir)
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(config.telemetry, "parley-test", span_exporter=exporter)
+    async with running(allinone.create_server, config, telemetry=telemetry) as (_, address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            try:
+                await identity_stub(channel).WhoAmI(identity_pb2.WhoAmIRequest())
+            except grpc.aio.AioRpcError:
+                pass
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "parley.identity.v1.IdentityService/WhoAmI"]
+    assert span.attributes is not None
+    assert span.attributes["rpc.grpc.status_code"] == "UNAUTHENTICATED"
+    assert span.attributes["rpc.service"] == "parley.identity.v1.IdentityService"
+
+
+async def test_tracing_is_off_by_default(data_dir: Path) -> None:
+    config = make_config(data_dir)
+    telemetry = setup_telemetry(config.telemetry, "parley-test")
+    assert config.telemetry.tracing == "off"
+    assert not telemetry.tracer.start_span("probe").is_recording()
