@@ -13,6 +13,7 @@ from typing import Any, cast
 import grpc
 from google.protobuf import descriptor
 
+from services.runtime.client_address import CLIENT_ADDRESS_HEADER, peer_host
 from services.runtime.errors import unavailable
 from services.runtime.grpc_types import Context, GenericRpcHandler
 from services.runtime.methods import MethodInfo, methods_of
@@ -86,7 +87,13 @@ async def _stream_response(route: Route, request: Any, context: Context, streami
 
 
 def _forwarded_metadata(context: Context) -> list[tuple[str, str | bytes]]:
-    return [(k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(":") and k not in _HOP_HEADERS]
+    forwarded: list[tuple[str, str | bytes]] = [
+        (k, v)
+        for k, v in (context.invocation_metadata() or ())
+        if not k.startswith(":") and k not in _HOP_HEADERS and k != CLIENT_ADDRESS_HEADER
+    ]
+    forwarded.append((CLIENT_ADDRESS_HEADER, peer_host(context.peer())))
+    return forwarded
 
 
 async def _relay_error(route: Route, exc: grpc.aio.AioRpcError, context: Context) -> None:

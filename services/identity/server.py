@@ -21,7 +21,13 @@ async def identity_module(config: Config) -> ServiceModule:
     await db.open()
     signer = TokenSigner(db, config.auth)
     await signer.load()
-    servicer = IdentityServicer(Accounts(db), SessionIssuer(db, signer, config.auth), signer, config.auth)
+    servicer = IdentityServicer(
+        Accounts(db),
+        SessionIssuer(db, signer, config.auth),
+        signer,
+        config.auth,
+        trust_forwarded_client=config.server.trust_forwarded_client,
+    )
     return ServiceModule(
         name="identity",
         services=[SERVICE],

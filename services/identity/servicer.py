@@ -8,6 +8,7 @@ from services.identity.accounts import Accounts
 from services.identity.sessions import IssuedSession, SessionIssuer
 from services.identity.token_signing import PublishedKey, TokenSigner
 from services.identity.validation import check_username
+from services.runtime.client_address import client_address
 from services.runtime.config import AuthConfig
 from services.runtime.errors import invalid_field
 from services.runtime.grpc_types import Context
@@ -16,7 +17,15 @@ from services.runtime.timestamps import to_timestamp
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, accounts: Accounts, sessions: SessionIssuer, signer: TokenSigner, auth: AuthConfig) -> None:
+    def __init__(
+        self,
+        accounts: Accounts,
+        sessions: SessionIssuer,
+        signer: TokenSigner,
+        auth: AuthConfig,
+        trust_forwarded_client: bool = False,
+    ) -> None:
+        self._trust_forwarded_client = trust_forwarded_client
         self._accounts = accounts
         self._sessions = sessions
         self._signer = signer
@@ -34,7 +43,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         check_username(request.username)
         if not request.device_id:
             raise invalid_field("device_id", "is required")
-        challenge = await self._sessions.create_challenge(request.username, request.device_id)
+        challenge = await self._sessions.create_challenge(
+            request.username, request.device_id, client_address(context, self._trust_forwarded_client)
+        )
         return identity_pb2.CreateLoginChallengeResponse(
             challenge_id=challenge.challenge_id,
             nonce=challenge.nonce,

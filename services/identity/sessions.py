@@ -7,7 +7,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 import nacl.hash
 import sqlite_utils
@@ -23,6 +23,7 @@ from services.runtime.ratelimit import RateLimiter
 from services.runtime.sqlite import SqliteDatabase
 
 NONCE_BYTES = 32
+T = TypeVar("T")
 
 
 class IssuedSession:
@@ -51,8 +52,9 @@ class SessionIssuer:
         self._clock = clock
         self._challenge_limit = RateLimiter(auth.challenges_per_minute, 60.0)
 
-    async def create_challenge(self, username: str, device_id: str) -> store.ChallengeRow:
-        wait = self._challenge_limit.try_acquire(username)
+    async def create_challenge(self, username: str, device_id: str, client_address: str) -> store.ChallengeRow:
+        # Keyed by name and address, so a stranger elsewhere cannot lock a user out.
+        wait = self._challenge_limit.try_acquire(f"{username}@{client_address}")
         if wait:
             raise rate_limited(f"too many login attempts for {username!r}; retry in {wait:.1f}s", wait)
         now = self._clock()
@@ -81,7 +83,7 @@ class SessionIssuer:
     async def login(self, challenge_id: str, signature: bytes) -> tuple[store.ChallengeRow, IssuedSession]:
         now = self._clock()
 
-        def check(db: sqlite_utils.Database) -> store.ChallengeRow:
+        def check(db: sqlite_utils.Database) -> tuple[store.ChallengeRow, str, store.RefreshTokenRow]:
             # Taking the challenge commits even when the signature is wrong:
             # a nonce is spent by its first presentation.
             challenge = store.take_challenge(db, challenge_id)
@@ -101,17 +103,18 @@ class SessionIssuer:
                 raise unauthenticated(
                     errors_pb2.ERROR_REASON_BAD_SIGNATURE, "signature does not verify under the device key"
                 )
-            return challenge
+            token, row = self._new_refresh_token(challenge.user_id, challenge.device_id, uuid.uuid4().hex, now)
+            store.insert_refresh_token(db, row)
+            return challenge, token, row
 
-        challenge = await self._deferring_errors(check)
-        session = await self._start_family(challenge.user_id, challenge.device_id, uuid.uuid4().hex)
-        return challenge, session
+        challenge, token, row = await self._deferring_errors(check)
+        return challenge, self._issue(row, token)
 
     async def refresh(self, refresh_token: str) -> IssuedSession:
         now = self._clock()
         token_hash = hash_refresh_token(refresh_token)
 
-        def rotate(db: sqlite_utils.Database) -> store.RefreshTokenRow:
+        def rotate(db: sqlite_utils.Database) -> tuple[str, store.RefreshTokenRow]:
             row = store.refresh_token(db, token_hash)
             if row is None or row.revoked_at is not None:
                 raise unauthenticated(
@@ -130,10 +133,12 @@ class SessionIssuer:
             if device is None or device.revoked_at is not None:
                 raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, "device was revoked")
             store.spend_refresh_token(db, token_hash, now)
-            return row
+            token, successor = self._new_refresh_token(row.user_id, row.device_id, row.family_id, now)
+            store.insert_refresh_token(db, successor)
+            return token, successor
 
-        row = await self._deferring_errors(rotate)
-        return await self._start_family(row.user_id, row.device_id, row.family_id)
+        token, row = await self._deferring_errors(rotate)
+        return self._issue(row, token)
 
     async def logout(self, device_id: str, refresh_token: str) -> int:
         now = self._clock()
@@ -150,8 +155,9 @@ class SessionIssuer:
 
         return await self._db.transaction(revoke)
 
-    async def _start_family(self, user_id: str, device_id: str, family_id: str) -> IssuedSession:
-        now = self._clock()
+    def _new_refresh_token(
+        self, user_id: str, device_id: str, family_id: str, now: float
+    ) -> tuple[str, store.RefreshTokenRow]:
         token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
         row = store.RefreshTokenRow(
             token_hash=hash_refresh_token(token),
@@ -163,20 +169,20 @@ class SessionIssuer:
             spent_at=None,
             revoked_at=None,
         )
-        await self._db.transaction(lambda db: store.insert_refresh_token(db, row))
-        access, access_expires_at = self._signer.issue_access_token(user_id, device_id)
-        return IssuedSession(access, access_expires_at, token, row.expires_at)
+        return token, row
 
-    async def _deferring_errors(
-        self, work: Callable[[sqlite_utils.Database], store.RefreshTokenRow | store.ChallengeRow]
-    ) -> Any:
+    def _issue(self, row: store.RefreshTokenRow, refresh_token: str) -> IssuedSession:
+        access, access_expires_at = self._signer.issue_access_token(row.user_id, row.device_id)
+        return IssuedSession(access, access_expires_at, refresh_token, row.expires_at)
+
+    async def _deferring_errors(self, work: Callable[[sqlite_utils.Database], T]) -> T:
         """Runs `work` in a transaction that commits even when it rejects the request.
 
         Spending a nonce or revoking a reused token family must stick although
         the call fails, so the error is raised only after the commit.
         """
 
-        def committed(db: sqlite_utils.Database) -> Any:
+        def committed(db: sqlite_utils.Database) -> T | ServiceError:
             try:
                 return work(db)
             except ServiceError as exc:

@@ -62,7 +62,16 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens(expires_at);
+        CREATE INDEX login_challenges_by_expiry ON login_challenges(expires_at);
+        """
+    )
+
+
+MIGRATIONS = [_migration_1, _migration_2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +197,8 @@ def take_challenge(db: sqlite_utils.Database, challenge_id: str) -> ChallengeRow
 
 
 def insert_refresh_token(db: sqlite_utils.Database, token: RefreshTokenRow) -> None:
+    # Expired tokens are useless even for reuse detection, so they go here.
+    db.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", [token.created_at])
     db.execute("INSERT INTO refresh_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(dataclasses.astuple(token)))
 
 

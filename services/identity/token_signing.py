@@ -30,6 +30,7 @@ class TokenSigner:
         self._auth = auth
         self._clock = clock
         self._keys: list[store.SigningKeyRow] = []
+        self._private: tuple[str, Ed25519PrivateKey] | None = None
 
     async def load(self) -> None:
         """Reads the keys, creating the first one on a new database."""
@@ -52,7 +53,7 @@ class TokenSigner:
         return row
 
     def issue_access_token(self, user_id: str, device_id: str) -> tuple[str, float]:
-        key = self._keys[-1]
+        kid, private = self._current_private_key()
         now = int(self._clock())
         expires_at = now + self._auth.access_token_ttl_seconds
         claims = {
@@ -63,9 +64,14 @@ class TokenSigner:
             "exp": expires_at,
             "jti": uuid.uuid4().hex,
         }
-        private = Ed25519PrivateKey.from_private_bytes(key.seed)
-        token = jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": key.key_id})
+        token = jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": kid})
         return token, float(expires_at)
+
+    def _current_private_key(self) -> tuple[str, Ed25519PrivateKey]:
+        current = self._keys[-1]
+        if self._private is None or self._private[0] != current.key_id:
+            self._private = (current.key_id, Ed25519PrivateKey.from_private_bytes(current.seed))
+        return self._private
 
     def published_keys(self) -> list[PublishedKey]:
         """The current key plus retired ones whose tokens may still be live."""

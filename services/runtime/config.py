@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "PARLEY_"
+# Read by the `parley` CLI as a client, not settings of a server.
+CLIENT_ENV = frozenset({"PARLEY_ADDR", "PARLEY_KEY_FILE"})
 MiB = 1024 * 1024
 
 
@@ -38,6 +40,10 @@ class ServerConfig:
     # The shortest ping interval a client may ask for.
     keepalive_min_client_ping_ms: int = 10_000
     max_connection_idle_ms: int = 0
+    # Believe the gateway's `x-parley-client-address` header about who the
+    # caller is (per-client rate limits). Only for services behind a gateway
+    # whose ports clients cannot reach; `parley serve <service>` turns it on.
+    trust_forwarded_client: bool = False
 
 
 @dataclasses.dataclass
@@ -78,9 +84,6 @@ class AuthConfig:
     clock_skew_seconds: float = 5.0
     # Login challenges a single username may request per minute.
     challenges_per_minute: int = 30
-    # Parley's own service-to-service secret; all-in-one mode makes one up
-    # per process when empty, split mode needs the same value everywhere.
-    service_secret: str = ""
     # Backend credentials: name -> secret; sent as `svc:<name>:<secret>`.
     service_credentials: dict[str, str] = dataclasses.field(default_factory=dict)
     # Seconds between refetches of verification keys for an unknown key id.
@@ -154,7 +157,7 @@ def load_config(
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         _merge(config, document, "")
     for name, raw in (env or {}).items():
-        if name.startswith(ENV_PREFIX):
+        if name.startswith(ENV_PREFIX) and name not in CLIENT_ENV:
             _apply_env(config, name, raw)
     for dotted, value in (overrides or {}).items():
         if value is not None:

@@ -9,11 +9,16 @@ from collections.abc import Callable
 class RateLimiter:
     """Allows `rate` events per `per_seconds` per key, with bursts up to `rate`."""
 
+    # Buckets that have refilled are forgotten once the table passes this size;
+    # the next pass waits until it has doubled, so pruning stays amortised O(1).
+    MIN_PRUNE_SIZE = 10_000
+
     def __init__(self, rate: int, per_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._capacity = float(rate)
         self._refill = rate / per_seconds
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._prune_at = self.MIN_PRUNE_SIZE
 
     def try_acquire(self, key: str) -> float:
         """Takes one token; returns 0 when allowed, else seconds until one is free."""
@@ -22,7 +27,7 @@ class RateLimiter:
         tokens = min(self._capacity, tokens + (now - updated) * self._refill)
         if tokens >= 1:
             self._buckets[key] = (tokens - 1, now)
-            if len(self._buckets) > 100_000:
+            if len(self._buckets) > self._prune_at:
                 self._forget_full(now)
             return 0.0
         self._buckets[key] = (tokens, now)
@@ -31,3 +36,4 @@ class RateLimiter:
     def _forget_full(self, now: float) -> None:
         full_after = self._capacity / self._refill
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+        self._prune_at = max(self.MIN_PRUNE_SIZE, 2 * len(self._buckets))

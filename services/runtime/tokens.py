@@ -52,8 +52,8 @@ class TokenVerifier:
         if token.startswith(SERVICE_TOKEN_PREFIX):
             return self._verify_service(token)
         try:
-            header = jwt.get_unverified_header(token)
-            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            unverified = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
+            header, issuer = unverified["header"], unverified["payload"].get("iss")
         except jwt.PyJWTError as exc:
             raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, f"malformed token: {exc}") from exc
         if issuer == self._auth.issuer:

@@ -124,3 +124,18 @@ async def test_serve_rejects_bad_config(tmp_path: Path) -> None:
     code, _, err = await parley("serve", "--config", str(config), key_file=tmp_path / "k", address="x:1")
     assert code == 2
     assert "unknown setting server.prot" in err
+
+
+async def test_serve_ignores_the_cli_client_variables(tmp_path: Path) -> None:
+    from tests.support import ServerProcess
+
+    process = ServerProcess(
+        ["--port", "0", "--data-dir", str(tmp_path / "data")],
+        {"PARLEY_ADDR": "elsewhere:1", "PARLEY_KEY_FILE": str(tmp_path / "k.json")},
+        tmp_path / "serve.log",
+    )
+    try:
+        code, out, _ = await parley("health", key_file=tmp_path / "k.json", address=process.address)
+        assert (code, out.strip()) == (0, "SERVING")
+    finally:
+        assert process.terminate() == 0

@@ -378,6 +378,21 @@ async def test_login_challenges_are_rate_limited(data_dir: Path, tmp_path: Path)
     assert float(dict(error_metadata(error))["retry_after_seconds"]) > 0
 
 
+async def test_spoofed_client_address_does_not_escape_the_limit(data_dir: Path, tmp_path: Path) -> None:
+    config = make_config(data_dir, **{"auth.challenges_per_minute": 2})
+    async with running(allinone.create_server, config) as (_, address):
+        async with Client(address, username="ivan", key_file=tmp_path / "ivan.json") as ivan:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = identity_stub(channel)
+                request = identity_pb2.CreateLoginChallengeRequest(username="ivan", device_id=ivan.device_id)
+                await stub.CreateLoginChallenge(request, metadata=(("x-parley-client-address", "10.0.0.1"),))
+                await expect_error(
+                    stub.CreateLoginChallenge(request, metadata=(("x-parley-client-address", "10.0.0.2"),)),
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "RATE_LIMITED",
+                )
+
+
 def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
     from parley.errors import error_from_rpc
 

@@ -14,11 +14,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parley import Client, UnavailableError
 from parley.file.v1 import file_pb2, file_pb2_grpc
 from parley.history.v1 import history_pb2, history_pb2_grpc
+from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from tests.support import ServerProcess, bearer, grpcurl, wait_until
 
 PEERS = ("identity", "room", "history", "file")
 ROOMS_TOML = """
+[auth]
+challenges_per_minute = 6
+
 [[rooms]]
 id = "lobby"
 name = "Lobby"
@@ -128,6 +132,22 @@ async def test_other_services_are_forwarded(cluster: Cluster) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await room_pb2_grpc.RoomServiceStub(channel).ListRooms(room_pb2.ListRoomsRequest())
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_gateway_sets_the_client_address_for_rate_limits(cluster: Cluster) -> None:
+    async with Client(cluster.gateway, username="limited", key_file=cluster.tmp / "limited.json") as client:
+        async with grpc.aio.insecure_channel(cluster.gateway) as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            request = identity_pb2.CreateLoginChallengeRequest(username="limited", device_id=client.device_id)
+            codes = []
+            for n in range(8):  # the client's own login took one of the six
+                spoofed = (("x-parley-client-address", f"10.9.9.{n}"),)
+                try:
+                    await stub.CreateLoginChallenge(request, metadata=spoofed)
+                    codes.append("OK")
+                except grpc.aio.AioRpcError as exc:
+                    codes.append(exc.code().name)
+    assert codes == ["OK"] * 5 + ["RESOURCE_EXHAUSTED"] * 3
 
 
 async def _gateway_health(cluster: Cluster, service: str) -> int:

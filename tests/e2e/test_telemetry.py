@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -36,10 +37,9 @@ async def test_rpc_counts_and_latency_per_method(data_dir: Path) -> None:
             stub = identity_stub(channel)
             for _ in range(3):
                 await stub.GetVerificationKeys(identity_pb2.GetVerificationKeysRequest())
-            try:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.WhoAmI(identity_pb2.WhoAmIRequest())
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         calls = {
             (p.attributes["rpc.method"], p.attributes["rpc.grpc.status_code"]): p.value  # type: ignore[attr-defined]
             for p in data_points(reader, "rpc.server.calls")
@@ -59,10 +59,8 @@ async def test_server_span_per_call_with_status(data_dir: Path) -> None:
     telemetry = setup_telemetry(config.telemetry, "parley-test", span_exporter=exporter)
     async with running(allinone.create_server, config, telemetry=telemetry) as (_, address):
         async with grpc.aio.insecure_channel(address) as channel:
-            try:
+            with pytest.raises(grpc.aio.AioRpcError):
                 await identity_stub(channel).WhoAmI(identity_pb2.WhoAmIRequest())
-            except grpc.aio.AioRpcError:
-                pass
     (span,) = [s for s in exporter.get_finished_spans() if s.name == "parley.identity.v1.IdentityService/WhoAmI"]
     assert span.attributes is not None
     assert span.attributes["rpc.grpc.status_code"] == "UNAUTHENTICATED"
