@@ -35,7 +35,7 @@ gen: install ## Regenerate the Python stubs from protos/
 check-gen: install ## Fail when committed stubs differ from a fresh generation
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && scripts/gen.sh $$tmp && \
 	  for d in api identity room history file gateway; do \
-	    diff -r clients/python/parley/$$d $$tmp/parley/$$d >/dev/null || \
+	    diff -r -x __pycache__ clients/python/parley/$$d $$tmp/parley/$$d >/dev/null || \
 	      { echo "stale stubs in clients/python/parley/$$d: run make gen"; exit 1; }; \
 	  done && echo "generated stubs are fresh"
 

@@ -10,7 +10,10 @@ mkdir -p "$out"
 if [ "$out" = clients/python ]; then
   node_modules/.bin/buf generate
 else
-  node_modules/.bin/buf generate --template <(sed "s#out: clients/python#out: $out#" buf.gen.yaml)
+  template="$(mktemp --suffix=.yaml)"
+  trap 'rm -f "$template"' EXIT
+  sed "s#out: clients/python#out: $out#" buf.gen.yaml > "$template"
+  node_modules/.bin/buf generate --template "$template"
 fi
 # Generated modules live in packages so that setuptools and mypy find them.
 find "$out/parley" -mindepth 1 -type d \( -path "*/v1" -o -false \) | while read -r v; do

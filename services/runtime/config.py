@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -207,36 +206,55 @@ def _field_type(target: Any, field: dataclasses.Field[Any]) -> Any:
 
 
 def _coerce(kind: Any, value: Any, where: str) -> Any:
+    """Converts a TOML value or an environment string to the setting's type, strictly."""
     origin = typing.get_origin(kind)
     try:
         if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if kind in (int, float, str):
-            if kind is not str and isinstance(value, bool):
-                raise ValueError(value)
+            return _to_bool(value)
+        if kind is int:
+            return _to_int(value)
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise TypeError("expected a number")
+            return float(value)
+        if kind in (str, Path):
+            if not isinstance(value, str | Path):
+                raise TypeError("expected a string")
             return kind(value)
-        if kind is Path:
-            return Path(value)
         if origin is list:
             (item,) = typing.get_args(kind)
-            items = value.split(",") if isinstance(value, str) else value
+            items = [entry.strip() for entry in value.split(",")] if isinstance(value, str) else value
+            if not isinstance(items, list):
+                raise TypeError("expected a list")
             if dataclasses.is_dataclass(item):
                 return [_build(item, entry, f"{where}[{i}]") for i, entry in enumerate(items)]
             return [_coerce(item, entry, where) for entry in items if entry != ""]
         if origin is dict:
             if isinstance(value, str):
-                pairs = (entry.split("=", 1) for entry in value.split(",") if entry)
+                pairs = [entry.split("=", 1) for entry in value.split(",") if entry.strip()]
+                if any(len(pair) != 2 for pair in pairs):
+                    raise ValueError("expected name=value pairs separated by commas")
                 return {k.strip(): v.strip() for k, v in pairs}
-            return {str(k): str(v) for k, v in value.items()}
-        if isinstance(kind, types.UnionType):
-            return value
+            if not isinstance(value, Mapping):
+                raise TypeError("expected a table")
+            return {str(k): _coerce(str, v, f"{where}.{k}") for k, v in value.items()}
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot use {value!r}: {exc}") from exc
     raise ConfigError(f"{where}: unsupported setting type {kind}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError("expected true or false")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError("expected a whole number")
+    return int(value)
 
 
 def _build(kind: Any, entry: Any, where: str) -> Any:
