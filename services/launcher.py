@@ -34,8 +34,6 @@ log = logging.getLogger("parley")
 async def serve(config: Config, which: str = "all") -> None:
     """Runs one server until SIGTERM/SIGINT; prints where it listens."""
     setup_logging(config.logging)
-    if which not in ("all", "gateway"):
-        config.server.trust_forwarded_client = True
     server, port = await SERVERS[which](config)
     address = f"{config.server.host}:{port}"
     label = "all-in-one" if which == "all" else which

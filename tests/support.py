@@ -66,17 +66,31 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
     return error_from_rpc(error).reason
 
 
-def grpcurl(
-    address: str, *args: str, data: Any = None, headers: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Runs grpcurl against a plaintext server."""
+def grpcurl_command(address: str, *args: str, data: Any = None, headers: Mapping[str, str] | None = None) -> list[str]:
     command = [GRPCURL, "-plaintext"]
     for key, value in (headers or {}).items():
         command += ["-H", f"{key}: {value}"]
     if data is not None:
         command += ["-d", json.dumps(data)]
-    command += [address, *args]
+    return [*command, address, *args]
+
+
+def grpcurl(
+    address: str, *args: str, data: Any = None, headers: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs grpcurl against a plaintext server in another process."""
+    command = grpcurl_command(address, *args, data=data, headers=headers)
     return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+async def grpcurl_async(address: str, *args: str, data: Any = None) -> tuple[int, str, str]:
+    """grpcurl against a server running in this test's event loop."""
+    process = await asyncio.create_subprocess_exec(
+        *grpcurl_command(address, *args, data=data), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 class ServerProcess:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from parley.file.v1 import file_pb2, file_pb2_grpc
 from services.runtime.config import Config, FilesConfig
 from services.runtime.grpc_types import Context
-from services.runtime.server import ParleyServer, ServiceModule, build_server
+from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry
 
 SERVICE = file_pb2.DESCRIPTOR.services_by_name["FileService"]
@@ -30,7 +30,6 @@ class FileServicer(file_pb2_grpc.FileServiceServicer):
 async def file_module(config: Config) -> ServiceModule:
     servicer = FileServicer(config.files)
     return ServiceModule(
-        name="file",
         services=[SERVICE],
         register=lambda server: file_pb2_grpc.add_FileServiceServicer_to_server(servicer, server),
     )
@@ -38,10 +37,6 @@ async def file_module(config: Config) -> ServiceModule:
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
     """The file service alone; verification keys come from `peers.identity`."""
-    return await build_server(
-        config,
-        [await file_module(config)],
-        process_name="file",
-        identity_address=config.peers.identity,
-        telemetry=telemetry,
+    return await serve_modules(
+        config, [file_module], process_name="file", identity_address=config.peers.identity, telemetry=telemetry
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf import descriptor
@@ -42,48 +42,52 @@ def routes_for(peers: Mapping[descriptor.ServiceDescriptor, Peer]) -> dict[str, 
 
 class ForwardingHandler(GenericRpcHandler):
     def __init__(self, routes: Mapping[str, Route]) -> None:
-        self._routes = routes
+        self._handlers = {name: _handler_for(route) for name, route in routes.items()}
 
     def service(self, details: Any) -> Any:
-        route = self._routes.get(details.method)
-        if route is None:
-            return None
-        method = route.method
-        if method.client_streaming and method.server_streaming:
-            return grpc.stream_stream_rpc_method_handler(lambda r, c: _stream_response(route, r, c, True))
-        if method.client_streaming:
-            return grpc.stream_unary_rpc_method_handler(lambda r, c: _unary_response(route, r, c, True))
-        if method.server_streaming:
-            return grpc.unary_stream_rpc_method_handler(lambda r, c: _stream_response(route, r, c, False))
-        return grpc.unary_unary_rpc_method_handler(lambda r, c: _unary_response(route, r, c, False))
+        return self._handlers.get(details.method)
 
 
-async def _unary_response(route: Route, request: Any, context: Context, streaming: bool) -> bytes:
+def _handler_for(route: Route) -> Any:
+    """A raw-bytes method handler of the route's shape.
+
+    grpc picks how to drive a handler from its function type, so each shape
+    gets a real coroutine or async-generator function, not a lambda.
+    """
     channel = route.peer.channel
     name = route.method.full_name
-    callable_ = channel.stream_unary(name, None, None) if streaming else channel.unary_unary(name, None, None)
-    call = callable_(request, metadata=_forwarded_metadata(context), timeout=context.time_remaining())
-    try:
-        response: bytes = await call
-    except grpc.aio.AioRpcError as exc:
-        await _relay_error(route, exc, context)
-        raise
-    return response
 
+    async def unary_response(request: Any, context: Context) -> bytes:
+        call_type = channel.stream_unary if route.method.client_streaming else channel.unary_unary
+        call = call_type(name, None, None)(
+            request, metadata=_forwarded_metadata(context), timeout=context.time_remaining()
+        )
+        try:
+            response: bytes = await call
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(route, exc, context)
+        return response
 
-async def _stream_response(route: Route, request: Any, context: Context, streaming: bool) -> AsyncIterator[bytes]:
-    channel = route.peer.channel
-    name = route.method.full_name
-    callable_ = channel.stream_stream(name, None, None) if streaming else channel.unary_stream(name, None, None)
-    call = callable_(request, metadata=_forwarded_metadata(context), timeout=context.time_remaining())
-    try:
-        async for response in call:
-            yield response
-    except grpc.aio.AioRpcError as exc:
-        await _relay_error(route, exc, context)
-        raise
-    finally:
-        call.cancel()
+    async def stream_response(request: Any, context: Context) -> AsyncIterator[bytes]:
+        call_type = channel.stream_stream if route.method.client_streaming else channel.unary_stream
+        call = call_type(name, None, None)(
+            request, metadata=_forwarded_metadata(context), timeout=context.time_remaining()
+        )
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(route, exc, context)
+        finally:
+            call.cancel()
+
+    if route.method.client_streaming and route.method.server_streaming:
+        return grpc.stream_stream_rpc_method_handler(stream_response)
+    if route.method.client_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary_response)
+    if route.method.server_streaming:
+        return grpc.unary_stream_rpc_method_handler(stream_response)
+    return grpc.unary_unary_rpc_method_handler(unary_response)
 
 
 def _forwarded_metadata(context: Context) -> list[tuple[str, str | bytes]]:
@@ -96,7 +100,7 @@ def _forwarded_metadata(context: Context) -> list[tuple[str, str | bytes]]:
     return forwarded
 
 
-async def _relay_error(route: Route, exc: grpc.aio.AioRpcError, context: Context) -> None:
+async def _relay_error(route: Route, exc: grpc.aio.AioRpcError, context: Context) -> NoReturn:
     """Passes the peer's status on as it is, or explains that the peer is down."""
     trailers: list[tuple[str, str | bytes]] = list(cast(Any, exc.trailing_metadata()) or ())
     has_details = any(k == "grpc-status-details-bin" for k, _ in trailers)

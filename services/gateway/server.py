@@ -4,7 +4,6 @@ other services' public RPCs to their processes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from importlib import metadata
 
@@ -20,7 +19,7 @@ from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.channels import open_channel
 from services.runtime.config import Config
 from services.runtime.grpc_types import Context, HealthStatus
-from services.runtime.server import ParleyServer, ServiceModule, build_server
+from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
@@ -52,7 +51,6 @@ def gateway_module(config: Config, mode: gateway_pb2.DeploymentMode.ValueType) -
     services = [s.full_name for s in (SERVICE, *PUBLIC_SERVICES)]
     servicer = GatewayServicer(mode, services, config.server.max_message_bytes)
     return ServiceModule(
-        name="gateway",
         services=[SERVICE],
         register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
     )
@@ -82,26 +80,34 @@ class PeerConnections:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for peer in self.peers.values():
             await peer.channel.close(None)
 
 
-async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
-    """The split-mode gateway: forwards to `peers.*`, verifies tokens with `peers.identity`'s keys."""
+async def forwarding_module(config: Config) -> ServiceModule:
+    """The other services' public RPCs, forwarded to `peers.*`; unhealthy until reached."""
     connections = PeerConnections(config)
-    own = gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_SPLIT)
-    forwarding = ServiceModule(
-        name="forwarding",
+    return ServiceModule(
         services=list(PUBLIC_SERVICES),
         register=lambda server: None,
         close=connections.close,
         generic_handlers=[ForwardingHandler(routes_for(connections.peers))],
+        initially_serving=False,
+        start=connections.start_health_mirrors,
     )
-    server, port = await build_server(
-        config, [own, forwarding], process_name="gateway", identity_address=config.peers.identity, telemetry=telemetry
+
+
+async def split_gateway_module(config: Config) -> ServiceModule:
+    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_SPLIT)
+
+
+async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
+    """The split-mode gateway: forwards to `peers.*`, verifies tokens with `peers.identity`'s keys."""
+    return await serve_modules(
+        config,
+        [split_gateway_module, forwarding_module],
+        process_name="gateway",
+        identity_address=config.peers.identity,
+        telemetry=telemetry,
     )
-    connections.start_health_mirrors(server.health)
-    return server, port

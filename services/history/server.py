@@ -9,7 +9,7 @@ from services.history import store
 from services.runtime.config import Config
 from services.runtime.errors import invalid_field
 from services.runtime.grpc_types import Context
-from services.runtime.server import ParleyServer, ServiceModule, build_server
+from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
 from services.runtime.timestamps import to_timestamp
@@ -43,7 +43,6 @@ async def history_module(config: Config) -> ServiceModule:
     await db.open()
     servicer = HistoryServicer(db)
     return ServiceModule(
-        name="history",
         services=[SERVICE],
         register=lambda server: history_pb2_grpc.add_HistoryServiceServicer_to_server(servicer, server),
         close=db.close,
@@ -52,10 +51,6 @@ async def history_module(config: Config) -> ServiceModule:
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
     """The history service alone; verification keys come from `peers.identity`."""
-    return await build_server(
-        config,
-        [await history_module(config)],
-        process_name="history",
-        identity_address=config.peers.identity,
-        telemetry=telemetry,
+    return await serve_modules(
+        config, [history_module], process_name="history", identity_address=config.peers.identity, telemetry=telemetry
     )

@@ -9,7 +9,7 @@ from services.identity.sessions import SessionIssuer
 from services.identity.store import MIGRATIONS
 from services.identity.token_signing import TokenSigner
 from services.runtime.config import Config
-from services.runtime.server import ParleyServer, ServiceModule, build_server
+from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
 
@@ -20,7 +20,11 @@ async def identity_module(config: Config) -> ServiceModule:
     db = SqliteDatabase(config.server.data_dir / "identity.sqlite3", MIGRATIONS)
     await db.open()
     signer = TokenSigner(db, config.auth)
-    await signer.load()
+    try:
+        await signer.load()
+    except BaseException:
+        await db.close()
+        raise
     servicer = IdentityServicer(
         Accounts(db),
         SessionIssuer(db, signer, config.auth),
@@ -29,7 +33,6 @@ async def identity_module(config: Config) -> ServiceModule:
         trust_forwarded_client=config.server.trust_forwarded_client,
     )
     return ServiceModule(
-        name="identity",
         services=[SERVICE],
         register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server),
         close=db.close,
@@ -38,5 +41,6 @@ async def identity_module(config: Config) -> ServiceModule:
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
     """The identity service alone, bound and started."""
-    module = await identity_module(config)
-    return await build_server(config, [module], process_name="identity", identity_address=None, telemetry=telemetry)
+    return await serve_modules(
+        config, [identity_module], process_name="identity", identity_address=None, telemetry=telemetry
+    )

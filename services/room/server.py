@@ -8,7 +8,7 @@ from services.runtime.config import Config
 from services.runtime.errors import invalid_field
 from services.runtime.grpc_types import Context
 from services.runtime.paging import clamp_page_size, decode_page_token, encode_page_token
-from services.runtime.server import ParleyServer, ServiceModule, build_server
+from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry
 
 SERVICE = room_pb2.DESCRIPTOR.services_by_name["RoomService"]
@@ -33,7 +33,6 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
 async def room_module(config: Config) -> ServiceModule:
     servicer = RoomServicer(RoomRegistry(config.rooms))
     return ServiceModule(
-        name="room",
         services=[SERVICE],
         register=lambda server: room_pb2_grpc.add_RoomServiceServicer_to_server(servicer, server),
     )
@@ -41,10 +40,6 @@ async def room_module(config: Config) -> ServiceModule:
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
     """The room service alone; verification keys come from `peers.identity`."""
-    return await build_server(
-        config,
-        [await room_module(config)],
-        process_name="room",
-        identity_address=config.peers.identity,
-        telemetry=telemetry,
+    return await serve_modules(
+        config, [room_module], process_name="room", identity_address=config.peers.identity, telemetry=telemetry
     )

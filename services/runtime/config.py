@@ -40,8 +40,8 @@ class ServerConfig:
     keepalive_min_client_ping_ms: int = 10_000
     max_connection_idle_ms: int = 0
     # Believe the gateway's `x-parley-client-address` header about who the
-    # caller is (per-client rate limits). Only for services behind a gateway
-    # whose ports clients cannot reach; `parley serve <service>` turns it on.
+    # caller is (per-client rate limits). Turn on only for services behind a
+    # gateway whose own ports clients cannot reach.
     trust_forwarded_client: bool = False
 
 
@@ -53,8 +53,6 @@ class PeersConfig:
     room: str = "127.0.0.1:50053"
     history: str = "127.0.0.1:50054"
     file: str = "127.0.0.1:50055"
-    # How long a forwarded call waits for a peer that is not connected yet.
-    connect_timeout_seconds: float = 2.0
 
 
 @dataclasses.dataclass
@@ -81,7 +79,7 @@ class AuthConfig:
     challenge_ttl_seconds: int = 60
     # Tolerance for clocks that disagree when checking token times.
     clock_skew_seconds: float = 5.0
-    # Login challenges a single username may request per minute.
+    # Login challenges one username may request per minute from one address.
     challenges_per_minute: int = 30
     # Backend credentials: name -> secret; sent as `svc:<name>:<secret>`.
     service_credentials: dict[str, str] = dataclasses.field(default_factory=dict)

@@ -27,6 +27,8 @@ from services.runtime.telemetry import RpcTelemetryHook, Telemetry, setup_teleme
 from services.runtime.tokens import TokenVerifier
 
 log = logging.getLogger("parley.server")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 Closer = Callable[[], Awaitable[None]]
 
@@ -35,13 +37,20 @@ Closer = Callable[[], Awaitable[None]]
 class ServiceModule:
     """What one service contributes to a server."""
 
-    name: str
     # Services it answers for (health status and reflection list them).
     services: Sequence[descriptor.ServiceDescriptor]
     register: Callable[[grpc.aio.Server], None]
     close: Closer | None = None
     # Generic handlers (the gateway's forwarding) added after the servicers.
-    generic_handlers: Sequence[Any] = ()
+    generic_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = ()
+    # False when another process serves these services and health must wait
+    # until it has been reached (the gateway's forwarded services).
+    initially_serving: bool = True
+    # Called once the server is started (e.g. to begin mirroring peer health).
+    start: Callable[[HealthStatus], None] | None = None
+
+
+ModuleFactory = Callable[[Config], Awaitable[ServiceModule]]
 
 
 class ParleyServer:
@@ -69,14 +78,24 @@ class ParleyServer:
         if self._stopped:
             return
         self._stopped = True
-        await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(self._grace if grace is None else grace)
-        for close in self._closers:
-            await close()
-        self.telemetry.shutdown()
+        try:
+            await self.health.enter_graceful_shutdown()
+            await self.grpc_server.stop(self._grace if grace is None else grace)
+        finally:
+            await close_all(self._closers)
+            self.telemetry.shutdown()
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
+
+
+async def close_all(closers: Sequence[Closer]) -> None:
+    """Runs every closer, newest first, even when one of them fails."""
+    for close in reversed(closers):
+        try:
+            await close()
+        except Exception:
+            log.exception("error while closing a resource")
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
@@ -91,6 +110,34 @@ def server_options(config: Config) -> list[tuple[str, int]]:
     return options
 
 
+async def serve_modules(
+    config: Config,
+    factories: Sequence[ModuleFactory],
+    *,
+    process_name: str,
+    identity_address: str | None,
+    telemetry: Telemetry | None = None,
+) -> tuple[ParleyServer, int]:
+    """Opens each service module, then builds and starts the server.
+
+    If anything fails on the way, whatever was already opened is closed again.
+    """
+    opened: list[Closer] = []
+    try:
+        modules = []
+        for factory in factories:
+            module = await factory(config)
+            if module.close is not None:
+                opened.append(module.close)
+            modules.append(module)
+        return await build_server(
+            config, modules, process_name=process_name, identity_address=identity_address, telemetry=telemetry
+        )
+    except BaseException:
+        await close_all(opened)
+        raise
+
+
 async def build_server(
     config: Config,
     modules: Sequence[ServiceModule],
@@ -102,43 +149,68 @@ async def build_server(
     """Creates, binds and starts a server; returns it with the bound port.
 
     `identity_address` is where verification keys come from; None means this
-    very server (all-in-one, or the identity process itself).
+    very server (all-in-one, or the identity process itself). The server owns
+    the modules' resources from here on; on failure the caller still does.
     """
     telemetry = telemetry or setup_telemetry(config.telemetry, f"parley-{process_name}")
     described = [s for m in modules for s in m.services]
-    methods = MethodTable(described)
     key_source = RemoteKeySource(config.server, identity_address or "")
-    verifier = TokenVerifier(config.auth, key_source)
     server = grpc.aio.server(
         options=server_options(config),
-        interceptors=[
-            HookInterceptor(methods, RpcTelemetryHook(telemetry)),
-            HookInterceptor(methods, translate_errors),
-            HookInterceptor(methods, AuthHook(verifier)),
-            DecodingInterceptor(),
-        ],
+        interceptors=_interceptors(MethodTable(described), telemetry, TokenVerifier(config.auth, key_source)),
     )
-    for module in modules:
-        module.register(server)
-        if module.generic_handlers:
-            server.add_generic_rpc_handlers(tuple(module.generic_handlers))
-    health_servicer = add_health_servicer(server)
-    reflection.enable_server_reflection(
-        [s.full_name for s in described] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
-    if port == 0:
-        raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
-    if identity_address is None:
-        key_source.address = f"{_dialable(config.server.host)}:{port}"
-    await server.start()
-    for name in ["", *(s.full_name for s in described)]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    closers: list[Closer] = [m.close for m in modules if m.close is not None]
-    closers.append(key_source.close)
+    try:
+        for module in modules:
+            module.register(server)
+            if module.generic_handlers:
+                server.add_generic_rpc_handlers(tuple(module.generic_handlers))
+        health_servicer = add_health_servicer(server)
+        reflection.enable_server_reflection(
+            [s.full_name for s in described] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        port = _bind(server, config.server.host, config.server.port)
+        if identity_address is None:
+            key_source.address = f"{_dialable(config.server.host)}:{port}"
+        await server.start()
+        await health_servicer.set("", SERVING)
+        for module in modules:
+            for service in module.services:
+                await health_servicer.set(service.full_name, SERVING if module.initially_serving else NOT_SERVING)
+        for module in modules:
+            if module.start is not None:
+                module.start(health_servicer)
+    except BaseException:
+        await server.stop(None)
+        await key_source.close()
+        telemetry.shutdown()
+        raise
+    closers: list[Closer] = [key_source.close, *(m.close for m in modules if m.close is not None)]
     address = f"{config.server.host}:{port}"
     log.info("serving", extra={"server": process_name, "address": address})
     return ParleyServer(server, health_servicer, telemetry, closers, config.server.grace_seconds, address), port
+
+
+def _interceptors(
+    methods: MethodTable, telemetry: Telemetry, verifier: TokenVerifier
+) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+    # Outermost first: telemetry sees the final status, errors are translated
+    # before it, auth runs inside error translation, decoding innermost.
+    return [
+        HookInterceptor(methods, RpcTelemetryHook(telemetry)),
+        HookInterceptor(methods, translate_errors),
+        HookInterceptor(methods, AuthHook(verifier)),
+        DecodingInterceptor(),
+    ]
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: is another server using the port?") from exc
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    return bound
 
 
 def _dialable(host: str) -> str:

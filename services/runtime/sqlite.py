@@ -8,6 +8,7 @@ across threads.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -31,18 +32,25 @@ class SqliteDatabase:
         self._migrations = migrations
 
     async def open(self) -> None:
-        await self._submit(self._open)
+        """Opens (creating if needed) and migrates; on failure nothing stays open."""
+        try:
+            await self._submit(self._open)
+        except BaseException:
+            await self.close()
+            raise
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only: the databases hold secrets (e.g. token signing keys).
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db = sqlite_utils.Database(connection)
+        self._db = db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
         apply_migrations(db, self._migrations)
-        self._db = db
 
     async def run(self, work: Callable[[sqlite_utils.Database], T]) -> T:
         """Runs `work(db)` on the database thread."""

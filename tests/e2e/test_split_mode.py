@@ -51,7 +51,12 @@ class Cluster:
                 "--config",
                 str(self.tmp / "p.toml"),
             ],
-            {**self.env, "PARLEY_TELEMETRY_CONSOLE_PATH": str(self.tmp / f"{name}-spans.jsonl")},
+            {
+                **self.env,
+                "PARLEY_TELEMETRY_CONSOLE_PATH": str(self.tmp / f"{name}-spans.jsonl"),
+                # Services behind the gateway believe the client address it forwards.
+                "PARLEY_SERVER_TRUST_FORWARDED_CLIENT": "false" if name == "gateway" else "true",
+            },
             self.tmp / f"{name}.log",
         )
         self.processes[name] = process
