@@ -45,7 +45,8 @@ from parley.errors import ParleyError
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.runtime.config import load_config
-from services.runtime.tokens import TokenVerifier
+from services.runtime.keys import RemoteKeySource
+from services.runtime.tokens import PublishedKey, TokenVerifier
 
 WARMUP_SECONDS = 0.5
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -214,17 +215,19 @@ async def measure_rpc(server: ServerProcess, operation: Operation, concurrency: 
 # In-process token verification
 
 
-class ServerKeySource:
-    """The server's verification keys, fetched with `GetVerificationKeys`."""
+class CountingKeySource:
+    """The server's verification keys over `GetVerificationKeys`, counting fetches."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = identity_pb2_grpc.IdentityServiceStub(channel)
+    def __init__(self, address: str) -> None:
+        self._remote = RemoteKeySource(load_config().server, address)
         self.fetches = 0
 
-    async def fetch(self) -> Mapping[str, bytes]:
+    async def fetch(self) -> Mapping[str, PublishedKey]:
         self.fetches += 1
-        response = await self._stub.GetVerificationKeys(identity_pb2.GetVerificationKeysRequest(), timeout=10)
-        return {key.key_id: key.public_key for key in response.keys}
+        return await self._remote.fetch()
+
+    async def close(self) -> None:
+        await self._remote.close()
 
 
 async def loop_for(seconds: float, operation: Callable[[], Awaitable[object]]) -> tuple[int, float]:
@@ -238,12 +241,12 @@ async def loop_for(seconds: float, operation: Callable[[], Awaitable[object]]) -
     return count, time.perf_counter() - started
 
 
-async def measure_verification(channel: grpc.aio.Channel, token: str, seconds: float) -> dict[str, Any]:
-    source = ServerKeySource(channel)
+async def measure_verification(address: str, token: str, seconds: float) -> dict[str, Any]:
+    source = CountingKeySource(address)
     keys = await source.fetch()
     source.fetches = 0  # count only the verifier's own fetches from here on
     kid = str(jwt.get_unverified_header(token)["kid"])
-    public_key = Ed25519PublicKey.from_public_bytes(keys[kid])
+    public_key = Ed25519PublicKey.from_public_bytes(keys[kid].public_key)
     verifier = TokenVerifier(load_config().auth, source)
 
     async def verify() -> None:
@@ -266,6 +269,7 @@ async def measure_verification(channel: grpc.aio.Channel, token: str, seconds: f
         results["token_verifier"]["per_second"] / results["pyjwt_decode"]["per_second"], 4
     )
     results["verifier_key_fetches"] = source.fetches
+    await source.close()
     return results
 
 
@@ -302,7 +306,7 @@ async def benchmark(server: ServerProcess, seconds: float, concurrency: int) -> 
             return await identities[worker].WhoAmI(identity_pb2.WhoAmIRequest(), metadata=headers[worker], timeout=10)
 
         authenticated = await measure_rpc(server, whoami, concurrency, seconds)
-        verification = await measure_verification(channels[0], tokens[0], seconds)
+        verification = await measure_verification(address, tokens[0], seconds)
     finally:
         for client in clients:
             await client.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from services.history import store
 from services.runtime.config import Config
@@ -29,8 +27,9 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             raise invalid_field("room_id", "is required")
         if len(request.room_id) > MAX_ROOM_ID:
             raise invalid_field("room_id", f"must be at most {MAX_ROOM_ID} characters")
-        now = time.time()
-        row = await self._db.transaction(lambda db: store.log_state(db, request.room_id, now))
+        row = await self._db.run(lambda db: store.log_state(db, request.room_id))
+        if row is None:
+            return history_pb2.GetLogStateResponse(state=history_pb2.LogState(room_id=request.room_id))
         return history_pb2.GetLogStateResponse(
             state=history_pb2.LogState(
                 room_id=row.room_id, epoch=row.epoch, last_seq=row.last_seq, create_time=to_timestamp(row.created_at)

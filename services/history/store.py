@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import secrets
 
 import sqlite_utils
 
@@ -32,13 +31,9 @@ class LogStateRow:
     created_at: float
 
 
-def log_state(db: sqlite_utils.Database, room_id: str, now: float) -> LogStateRow:
-    """The room's log state, starting a first epoch for a room never seen."""
-    db.execute(
-        "INSERT OR IGNORE INTO room_logs (room_id, epoch, last_seq, created_at) VALUES (?, ?, 0, ?)",
-        [room_id, secrets.token_hex(8), now],
-    )
+def log_state(db: sqlite_utils.Database, room_id: str) -> LogStateRow | None:
+    """The room's log state; None for a room whose log was never started."""
     row = db.execute(
         "SELECT room_id, epoch, last_seq, created_at FROM room_logs WHERE room_id = ?", [room_id]
     ).fetchone()
-    return LogStateRow(*row)
+    return None if row is None else LogStateRow(*row)

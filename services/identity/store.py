@@ -7,7 +7,7 @@ database thread through `SqliteDatabase.run` / `transaction`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -124,53 +124,59 @@ class SigningKeyRow:
     retired_at: float | None
 
 
-def _one(db: sqlite_utils.Database, row_type: Any, sql: str, params: list[Any]) -> Any:
-    cursor = db.execute(sql, params)
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    names = [d[0] for d in cursor.description]
-    return row_type(**dict(zip(names, row, strict=True)))
+Row = TypeVar("Row", "UserRow", "DeviceRow", "ChallengeRow", "RefreshTokenRow", "SigningKeyRow")
 
 
-def _all(db: sqlite_utils.Database, row_type: Any, sql: str, params: list[Any]) -> list[Any]:
-    cursor = db.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [row_type(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+def _columns(row_type: type[Any]) -> str:
+    """The column list of a row dataclass: its fields, in order."""
+    return ", ".join(f.name for f in dataclasses.fields(row_type))
+
+
+def _select(row_type: type[Row], table: str, where: str = "") -> str:
+    return f"SELECT {_columns(row_type)} FROM {table} {where}"
+
+
+def _insert(db: sqlite_utils.Database, table: str, row: Any) -> None:
+    names = _columns(type(row))
+    marks = ", ".join("?" for _ in dataclasses.fields(row))
+    db.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(dataclasses.astuple(row)))
+
+
+def _one(db: sqlite_utils.Database, row_type: type[Row], sql: str, params: list[Any]) -> Row | None:
+    row = db.execute(sql, params).fetchone()
+    return None if row is None else row_type(*row)
+
+
+def _all(db: sqlite_utils.Database, row_type: type[Row], sql: str, params: list[Any]) -> list[Row]:
+    return [row_type(*row) for row in db.execute(sql, params).fetchall()]
 
 
 # Users and devices
 
 
 def user_by_id(db: sqlite_utils.Database, user_id: str) -> UserRow | None:
-    result: UserRow | None = _one(db, UserRow, "SELECT * FROM users WHERE user_id = ?", [user_id])
-    return result
+    return _one(db, UserRow, _select(UserRow, "users", "WHERE user_id = ?"), [user_id])
 
 
 def user_by_name(db: sqlite_utils.Database, username: str) -> UserRow | None:
-    result: UserRow | None = _one(db, UserRow, "SELECT * FROM users WHERE username = ?", [username])
-    return result
+    return _one(db, UserRow, _select(UserRow, "users", "WHERE username = ?"), [username])
 
 
 def insert_user(db: sqlite_utils.Database, user: UserRow) -> None:
-    db.execute("INSERT INTO users VALUES (?, ?, ?, ?)", list(dataclasses.astuple(user)))
+    _insert(db, "users", user)
 
 
 def device_by_id(db: sqlite_utils.Database, device_id: str) -> DeviceRow | None:
-    result: DeviceRow | None = _one(db, DeviceRow, "SELECT * FROM devices WHERE device_id = ?", [device_id])
-    return result
+    return _one(db, DeviceRow, _select(DeviceRow, "devices", "WHERE device_id = ?"), [device_id])
 
 
 def devices_of(db: sqlite_utils.Database, user_id: str, include_revoked: bool) -> list[DeviceRow]:
-    sql = "SELECT * FROM devices WHERE user_id = ?"
-    if not include_revoked:
-        sql += " AND revoked_at IS NULL"
-    result: list[DeviceRow] = _all(db, DeviceRow, sql + " ORDER BY created_at, device_id", [user_id])
-    return result
+    where = "WHERE user_id = ?" + ("" if include_revoked else " AND revoked_at IS NULL")
+    return _all(db, DeviceRow, _select(DeviceRow, "devices", where + " ORDER BY created_at, device_id"), [user_id])
 
 
 def insert_device(db: sqlite_utils.Database, device: DeviceRow) -> None:
-    db.execute("INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(dataclasses.astuple(device)))
+    _insert(db, "devices", device)
 
 
 def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> None:
@@ -182,15 +188,13 @@ def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> None
 
 def insert_challenge(db: sqlite_utils.Database, challenge: ChallengeRow, now: float) -> None:
     db.execute("DELETE FROM login_challenges WHERE expires_at < ?", [now])
-    db.execute("INSERT INTO login_challenges VALUES (?, ?, ?, ?, ?)", list(dataclasses.astuple(challenge)))
+    _insert(db, "login_challenges", challenge)
 
 
 def take_challenge(db: sqlite_utils.Database, challenge_id: str) -> ChallengeRow | None:
     """Removes and returns a challenge: each one can be presented once."""
-    challenge: ChallengeRow | None = _one(
-        db, ChallengeRow, "DELETE FROM login_challenges WHERE challenge_id = ? RETURNING *", [challenge_id]
-    )
-    return challenge
+    sql = f"DELETE FROM login_challenges WHERE challenge_id = ? RETURNING {_columns(ChallengeRow)}"
+    return _one(db, ChallengeRow, sql, [challenge_id])
 
 
 # Refresh tokens
@@ -199,14 +203,11 @@ def take_challenge(db: sqlite_utils.Database, challenge_id: str) -> ChallengeRow
 def insert_refresh_token(db: sqlite_utils.Database, token: RefreshTokenRow) -> None:
     # Expired tokens are useless even for reuse detection, so they go here.
     db.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", [token.created_at])
-    db.execute("INSERT INTO refresh_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(dataclasses.astuple(token)))
+    _insert(db, "refresh_tokens", token)
 
 
 def refresh_token(db: sqlite_utils.Database, token_hash: bytes) -> RefreshTokenRow | None:
-    result: RefreshTokenRow | None = _one(
-        db, RefreshTokenRow, "SELECT * FROM refresh_tokens WHERE token_hash = ?", [token_hash]
-    )
-    return result
+    return _one(db, RefreshTokenRow, _select(RefreshTokenRow, "refresh_tokens", "WHERE token_hash = ?"), [token_hash])
 
 
 def spend_refresh_token(db: sqlite_utils.Database, token_hash: bytes, now: float) -> None:
@@ -232,10 +233,9 @@ def revoke_device_sessions(db: sqlite_utils.Database, device_id: str, now: float
 
 
 def signing_keys(db: sqlite_utils.Database) -> list[SigningKeyRow]:
-    result: list[SigningKeyRow] = _all(db, SigningKeyRow, "SELECT * FROM signing_keys ORDER BY created_at", [])
-    return result
+    return _all(db, SigningKeyRow, _select(SigningKeyRow, "signing_keys", "ORDER BY created_at, key_id"), [])
 
 
 def insert_signing_key(db: sqlite_utils.Database, key: SigningKeyRow, now: float) -> None:
     db.execute("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL", [now])
-    db.execute("INSERT INTO signing_keys VALUES (?, ?, ?, ?, ?)", list(dataclasses.astuple(key)))
+    _insert(db, "signing_keys", key)

@@ -35,7 +35,7 @@ class TokenSigner:
     async def load(self) -> None:
         """Reads the keys, creating the first one on a new database."""
         self._keys = await self._db.run(store.signing_keys)
-        if not self._keys or self._keys[-1].retired_at is not None:
+        if all(key.retired_at is not None for key in self._keys):
             await self.rotate()
 
     async def rotate(self) -> store.SigningKeyRow:
@@ -68,7 +68,7 @@ class TokenSigner:
         return token, float(expires_at)
 
     def _current_private_key(self) -> tuple[str, Ed25519PrivateKey]:
-        current = self._keys[-1]
+        current = next(k for k in reversed(self._keys) if k.retired_at is None)
         if self._private is None or self._private[0] != current.key_id:
             self._private = (current.key_id, Ed25519PrivateKey.from_private_bytes(current.seed))
         return self._private

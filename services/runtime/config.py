@@ -85,6 +85,8 @@ class AuthConfig:
     service_credentials: dict[str, str] = dataclasses.field(default_factory=dict)
     # Seconds between refetches of verification keys for an unknown key id.
     key_refresh_interval_seconds: float = 5.0
+    # Cached verification keys are refreshed at least this often.
+    key_cache_seconds: float = 300.0
     external_jwt: ExternalJwtConfig = dataclasses.field(default_factory=ExternalJwtConfig)
 
 
@@ -174,6 +176,14 @@ def validate(config: Config) -> None:
         raise ConfigError(f"logging.format must be json or text, got {config.logging.format!r}")
     if not 0 < config.files.data_shares <= config.files.total_shares <= 255:
         raise ConfigError("files: need 0 < data_shares <= total_shares <= 255")
+    external = config.auth.external_jwt
+    if external.enabled:
+        if not external.audience:
+            raise ConfigError("auth.external_jwt.audience is required when auth.external_jwt.issuer is set")
+        if not (external.key or external.key_file):
+            raise ConfigError("auth.external_jwt needs key or key_file when issuer is set")
+        if external.issuer == config.auth.issuer:
+            raise ConfigError("auth.external_jwt.issuer must differ from auth.issuer")
     seen: set[str] = set()
     for room in config.rooms:
         if room.id in seen:

@@ -10,6 +10,7 @@ from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.runtime.channels import open_channel
 from services.runtime.config import ServerConfig
 from services.runtime.errors import unavailable
+from services.runtime.tokens import PublishedKey
 
 FETCH_TIMEOUT_SECONDS = 5.0
 
@@ -22,7 +23,7 @@ class RemoteKeySource:
         self._server = server
         self._channel: grpc.aio.Channel | None = None
 
-    async def fetch(self) -> Mapping[str, bytes]:
+    async def fetch(self) -> Mapping[str, PublishedKey]:
         if self._channel is None:
             self._channel = open_channel(self.address, self._server)
         stub = identity_pb2_grpc.IdentityServiceStub(self._channel)
@@ -35,7 +36,12 @@ class RemoteKeySource:
                 f"cannot fetch token verification keys from the identity service at {self.address}: "
                 f"{exc.code().name} {exc.details()}"
             ) from exc
-        return {key.key_id: key.public_key for key in response.keys}
+        return {
+            key.key_id: PublishedKey(
+                key.public_key, key.expire_time.ToNanoseconds() / 1e9 if key.HasField("expire_time") else None
+            )
+            for key in response.keys
+        }
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -23,8 +23,10 @@ class MethodInfo:
     server_streaming: bool
 
 
-# Infrastructure services (health, reflection) are open to anyone.
-_OPEN = MethodInfo("", "", "", annotations_pb2.ACCESS_POLICY_PUBLIC, False, False)
+# Infrastructure services anyone may call; any other method not described by
+# the contract needs a token, so a servicer registered without its descriptor
+# is never open by accident.
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"})
 
 
 def methods_of(service: descriptor.ServiceDescriptor) -> list[MethodInfo]:
@@ -52,4 +54,9 @@ class MethodTable:
         if info is not None:
             return info
         service, _, method = full_name.strip("/").partition("/")
-        return dataclasses.replace(_OPEN, full_name=full_name, service=service, method=method)
+        access = (
+            annotations_pb2.ACCESS_POLICY_PUBLIC
+            if service in OPEN_SERVICES
+            else annotations_pb2.ACCESS_POLICY_UNSPECIFIED
+        )
+        return MethodInfo(full_name, service, method, access, client_streaming=False, server_streaming=False)

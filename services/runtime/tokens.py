@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -13,10 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from parley.api.v1 import errors_pb2
 from services.runtime.config import AuthConfig
-from services.runtime.errors import unauthenticated
+from services.runtime.errors import ServiceError, unauthenticated
 from services.runtime.principal import Principal
 
 SERVICE_TOKEN_PREFIX = "svc:"
+log = logging.getLogger("parley.auth")
 PARLEY_CLAIMS = ("sub", "dev", "iat", "exp", "jti")
 
 
@@ -25,25 +28,42 @@ def service_token(name: str, secret: str) -> str:
     return f"{SERVICE_TOKEN_PREFIX}{name}:{secret}"
 
 
+@dataclasses.dataclass(frozen=True)
+class PublishedKey:
+    """A token verification key as the identity service publishes it."""
+
+    public_key: bytes
+    # Tokens this key signed must expire by then; None for the current key.
+    expires_at: float | None = None
+
+
 class KeySource(Protocol):
     """Supplies the identity service's token verification keys by key id."""
 
-    async def fetch(self) -> Mapping[str, bytes]: ...
+    async def fetch(self) -> Mapping[str, PublishedKey]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _CachedKey:
+    key: Ed25519PublicKey
+    expires_at: float | None
 
 
 class TokenVerifier:
     """Verifies tokens without calling anyone per request.
 
-    Parley's keys are fetched from the identity service and cached; an unknown
-    `kid` triggers one refetch at most every `key_refresh_interval_seconds`,
-    which is how key rotation reaches every service.
+    Parley's keys are fetched from the identity service and cached. The cache
+    is refreshed every `key_cache_seconds`, and an unknown `kid` triggers one
+    refetch at most every `key_refresh_interval_seconds`: that is how key
+    rotation reaches every service. A retired key only verifies tokens that
+    expire before the key does.
     """
 
     def __init__(self, auth: AuthConfig, keys: KeySource, clock: Callable[[], float] = time.time) -> None:
         self._auth = auth
         self._source = keys
         self._clock = clock
-        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._keys: dict[str, _CachedKey] = {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
         self._external_key = _load_external_key(auth)
@@ -57,8 +77,10 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, f"malformed token: {exc}") from exc
         if issuer == self._auth.issuer:
-            key = await self._key(str(header.get("kid", "")))
-            claims = self._decode(token, key, ["EdDSA"], issuer, audience=None, required=PARLEY_CLAIMS)
+            cached = await self._key(str(header.get("kid", "")))
+            claims = self._decode(token, cached.key, ["EdDSA"], issuer, audience=None, required=PARLEY_CLAIMS)
+            if cached.expires_at is not None and float(claims["exp"]) > cached.expires_at:
+                raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, "token outlives its (retired) signing key")
             return self._principal(claims, issuer)
         external = self._auth.external_jwt
         if external.enabled and issuer == external.issuer:
@@ -67,7 +89,7 @@ class TokenVerifier:
                 self._external_key,
                 external.algorithms,
                 issuer,
-                audience=external.audience or None,
+                audience=external.audience,
                 required=("sub", "exp"),
             )
             return self._principal(claims, issuer)
@@ -81,20 +103,37 @@ class TokenVerifier:
             raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, "service credentials rejected")
         return Principal(service_name=name, issuer="service")
 
-    async def _key(self, kid: str) -> Ed25519PublicKey:
-        key = self._keys.get(kid)
-        if key is not None:
-            return key
+    async def _key(self, kid: str) -> _CachedKey:
+        age = self._clock() - self._fetched_at
+        cached = self._keys.get(kid)
+        if cached is not None and age < self._auth.key_cache_seconds:
+            return cached
         async with self._lock:
-            key = self._keys.get(kid)
-            if key is None and self._clock() - self._fetched_at >= self._auth.key_refresh_interval_seconds:
-                fetched = await self._source.fetch()
-                self._fetched_at = self._clock()
-                self._keys = {k: Ed25519PublicKey.from_public_bytes(raw) for k, raw in fetched.items()}
-                key = self._keys.get(kid)
-        if key is None:
+            age = self._clock() - self._fetched_at
+            stale = age >= self._auth.key_cache_seconds
+            unknown = kid not in self._keys and age >= self._auth.key_refresh_interval_seconds
+            if stale or unknown:
+                await self._refresh(must_succeed=kid not in self._keys)
+        cached = self._keys.get(kid)
+        if cached is None:
             raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, f"token signed by unknown key {kid!r}")
-        return key
+        return cached
+
+    async def _refresh(self, must_succeed: bool) -> None:
+        # Stamped before fetching: a failing identity service is asked again
+        # only after the interval, not by every request that arrives meanwhile.
+        self._fetched_at = self._clock()
+        try:
+            fetched = await self._source.fetch()
+        except ServiceError:
+            if must_succeed:
+                raise
+            log.warning("cannot refresh token verification keys; using the cached ones", exc_info=True)
+            return
+        self._keys = {
+            kid: _CachedKey(Ed25519PublicKey.from_public_bytes(k.public_key), k.expires_at)
+            for kid, k in fetched.items()
+        }
 
     def _decode(
         self,

@@ -139,3 +139,13 @@ async def test_serve_ignores_the_cli_client_variables(tmp_path: Path) -> None:
         assert (code, out.strip()) == (0, "SERVING")
     finally:
         assert process.terminate() == 0
+
+
+async def test_serve_on_a_port_in_use_fails_with_one_clear_line(server_address: str, tmp_path: Path) -> None:
+    port = server_address.rsplit(":", 1)[1]
+    code, _, err = await parley(
+        "serve", "--port", port, "--data-dir", str(tmp_path / "data"), key_file=tmp_path / "k", address="x:1"
+    )
+    assert code == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}: is another server using the port?" in err
+    assert "Traceback" not in err

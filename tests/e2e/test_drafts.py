@@ -60,15 +60,16 @@ async def test_get_room_and_unknown_room(channel_and_token: tuple[grpc.aio.Chann
     assert bad_token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_log_state_is_stable_per_room(channel_and_token: tuple[grpc.aio.Channel, object]) -> None:
+async def test_log_state_of_a_log_never_written(channel_and_token: tuple[grpc.aio.Channel, object]) -> None:
     channel, token = channel_and_token
     stub = history_pb2_grpc.HistoryServiceStub(channel)
-    first = (await stub.GetLogState(history_pb2.GetLogStateRequest(room_id="room-01"), metadata=token)).state
-    again = (await stub.GetLogState(history_pb2.GetLogStateRequest(room_id="room-01"), metadata=token)).state
-    other = (await stub.GetLogState(history_pb2.GetLogStateRequest(room_id="room-02"), metadata=token)).state
-    assert first.epoch == again.epoch
-    assert first.epoch != other.epoch
-    assert first.last_seq == 0
+    state = (await stub.GetLogState(history_pb2.GetLogStateRequest(room_id="room-01"), metadata=token)).state
+    assert (state.room_id, state.epoch, state.last_seq) == ("room-01", "", 0)
+    assert not state.HasField("create_time")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetLogState(history_pb2.GetLogStateRequest(room_id="x" * 129), metadata=token)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("room_id:")
 
 
 async def test_upload_policy_comes_from_config(channel_and_token: tuple[grpc.aio.Channel, object]) -> None:

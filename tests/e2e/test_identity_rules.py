@@ -279,17 +279,73 @@ async def test_lookup_user_public_keys(alice: Client, tmp_path: Path, server_add
     assert device.certificate == alice.identity.certify(alice.identity).certificate
 
 
-async def test_users_and_devices_survive_restart(data_dir: Path, tmp_path: Path) -> None:
+async def test_users_devices_keys_and_sessions_survive_restart(data_dir: Path, tmp_path: Path) -> None:
     config = make_config(data_dir)
     async with running(allinone.create_server, config) as (_, address):
         async with Client(address, username="frank", key_file=tmp_path / "frank.json") as frank:
             await frank.add_device("tablet")
             user_id = frank.user_id
+            session = await frank.login()
     async with running(allinone.create_server, config) as (_, address):
-        async with Client(address, key_file=tmp_path / "frank.json") as frank:
-            assert frank.user_id == user_id
-            assert (await frank.whoami()).username == "frank"
-            assert len(await frank.devices()) == 2
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = identity_stub(channel)
+            # The token signed before the restart still verifies: signing keys persisted.
+            me = await stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(session.access_token))
+            assert (me.user_id, me.username) == (user_id, "frank")
+            # The refresh token issued before the restart still rotates.
+            rotated = await stub.RefreshToken(identity_pb2.RefreshTokenRequest(refresh_token=session.refresh_token))
+            assert rotated.session.access_token
+            new_token = bearer(rotated.session.access_token)
+            devices = await stub.ListDevices(identity_pb2.ListDevicesRequest(), metadata=new_token)
+            assert len(devices.devices) == 2
+
+
+async def test_concurrent_logins_on_one_challenge_admit_exactly_one(alice: Client, server_address: str) -> None:
+    async with grpc.aio.insecure_channel(server_address) as channel:
+        stub = identity_stub(channel)
+        challenge = await _challenge(stub, alice.identity)
+        signature = alice.identity.sign_challenge(challenge.challenge_id, challenge.nonce, challenge.user_id)
+        request = identity_pb2.LoginRequest(challenge_id=challenge.challenge_id, signature=signature)
+        results = await asyncio.gather(*(stub.Login(request) for _ in range(8)), return_exceptions=True)
+    successes = [r for r in results if isinstance(r, identity_pb2.LoginResponse)]
+    failures = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(successes) == 1
+    assert len(failures) == 7
+    assert {error_reason(f) for f in failures} == {"CHALLENGE_INVALID"}
+
+
+async def test_concurrent_refreshes_of_one_token_rotate_once_and_revoke(alice: Client, server_address: str) -> None:
+    session = await alice.login()
+    request = identity_pb2.RefreshTokenRequest(refresh_token=session.refresh_token)
+    async with grpc.aio.insecure_channel(server_address) as channel:
+        stub = identity_stub(channel)
+        results = await asyncio.gather(*(stub.RefreshToken(request) for _ in range(4)), return_exceptions=True)
+        successes = [r for r in results if isinstance(r, identity_pb2.RefreshTokenResponse)]
+        failures = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(successes) == 1
+        # One spends it; the next is a reuse, which revokes the family; the rest
+        # meet a revoked token.
+        assert sorted(error_reason(f) for f in failures) == [
+            "REFRESH_TOKEN_INVALID",
+            "REFRESH_TOKEN_INVALID",
+            "REFRESH_TOKEN_REUSED",
+        ]
+        # The reuse revoked the family, so the one rotated token is dead too.
+        await expect_error(
+            stub.RefreshToken(identity_pb2.RefreshTokenRequest(refresh_token=successes[0].session.refresh_token)),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "REFRESH_TOKEN_INVALID",
+        )
+
+
+async def test_client_recovers_when_the_register_reply_was_lost(server_address: str, tmp_path: Path) -> None:
+    identity = DeviceIdentity.generate("lostreply")
+    async with grpc.aio.insecure_channel(server_address) as channel:
+        await identity_stub(channel).RegisterUser(register_request(identity))  # the reply never reached the file
+    assert not identity.registered
+    async with Client(server_address, identity=identity) as client:
+        assert (await client.whoami()).username == "lostreply"
+    assert identity.registered
 
 
 async def test_key_rotation_keeps_old_tokens_valid(alice: Client, server_address: str) -> None:

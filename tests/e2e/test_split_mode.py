@@ -16,7 +16,7 @@ from parley.file.v1 import file_pb2, file_pb2_grpc
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from parley.room.v1 import room_pb2, room_pb2_grpc
-from tests.support import ServerProcess, bearer, grpcurl, wait_until
+from tests.support import ServerProcess, bearer, error_reason, grpcurl, wait_until
 
 PEERS = ("identity", "room", "history", "file")
 ROOMS_TOML = """
@@ -97,7 +97,38 @@ def test_gateway_reflection_lists_every_public_service(cluster: Cluster) -> None
         "grpc.health.v1.Health",
     }
     described = grpcurl(cluster.gateway, "describe", "parley.room.v1.RoomService")
+    assert described.returncode == 0, described.stderr
     assert "rpc ListRooms" in described.stdout
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_each_service_process_serves_reflection_and_health(cluster: Cluster, name: str) -> None:
+    address = cluster.processes[name].address
+    service = f"parley.{name}.v1.{name.capitalize()}Service"
+    listed = grpcurl(address, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(listed.stdout.split()) == sorted(
+        [service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+    )
+    for checked in ("", service):
+        health = grpcurl(address, "grpc.health.v1.Health/Check", data={"service": checked})
+        assert json.loads(health.stdout) == {"status": "SERVING"}, health.stderr
+
+
+async def test_bad_input_through_the_gateway(cluster: Cluster) -> None:
+    async with grpc.aio.insecure_channel(
+        cluster.gateway, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
+    ) as channel:
+        raw = channel.unary_unary("/parley.identity.v1.IdentityService/RegisterUser", None, None)
+        with pytest.raises(grpc.aio.AioRpcError) as malformed:
+            await raw(b"\xff\xff\xff\xff")
+        assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_reason(malformed.value) == "MALFORMED_REQUEST"
+        with pytest.raises(grpc.aio.AioRpcError) as oversized:
+            await raw(b"\x0a" + b"\xff\xff\xff\x02" + b"x" * (5 * 1024 * 1024))
+        assert oversized.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_register_login_whoami_through_gateway_in_one_trace(cluster: Cluster) -> None:
@@ -129,7 +160,7 @@ async def test_other_services_are_forwarded(cluster: Cluster) -> None:
         state = await history_pb2_grpc.HistoryServiceStub(channel).GetLogState(
             history_pb2.GetLogStateRequest(room_id="lobby"), metadata=token
         )
-        assert state.state.epoch
+        assert (state.state.room_id, state.state.last_seq) == ("lobby", 0)
         policy = await file_pb2_grpc.FileServiceStub(channel).GetUploadPolicy(
             file_pb2.GetUploadPolicyRequest(), metadata=token
         )

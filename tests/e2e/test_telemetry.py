@@ -65,10 +65,3 @@ async def test_server_span_per_call_with_status(data_dir: Path) -> None:
     assert span.attributes is not None
     assert span.attributes["rpc.grpc.status_code"] == "UNAUTHENTICATED"
     assert span.attributes["rpc.service"] == "parley.identity.v1.IdentityService"
-
-
-async def test_tracing_is_off_by_default(data_dir: Path) -> None:
-    config = make_config(data_dir)
-    telemetry = setup_telemetry(config.telemetry, "parley-test")
-    assert config.telemetry.tracing == "off"
-    assert not telemetry.tracer.start_span("probe").is_recording()

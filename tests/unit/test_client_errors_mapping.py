@@ -208,7 +208,7 @@ def test_error_info_from_another_domain_is_ignored() -> None:
         (grpc.StatusCode.ALREADY_EXISTS, AlreadyExistsError),
         (grpc.StatusCode.PERMISSION_DENIED, PermissionDeniedError),
         (grpc.StatusCode.UNAUTHENTICATED, UnauthenticatedError),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, RateLimitedError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ParleyError),
         (grpc.StatusCode.UNAVAILABLE, UnavailableError),
         (grpc.StatusCode.DEADLINE_EXCEEDED, UnavailableError),
         (grpc.StatusCode.INTERNAL, ParleyError),
@@ -225,11 +225,11 @@ def test_fallback_by_status_code(code: grpc.StatusCode, kind: type[ParleyError])
     assert str(error) == "boom"
 
 
-def test_fallback_rate_limited_defaults_to_one_second() -> None:
-    error = from_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
-    assert isinstance(error, RateLimitedError)
-    assert error.retry_after == 1.0
-    assert error.retryable is True
+def test_oversized_message_is_not_a_retryable_rate_limit() -> None:
+    # grpc's own "Received message larger than max" carries no reason.
+    error = from_code(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (9 vs. 4)")
+    assert type(error) is ParleyError
+    assert error.retryable is False
 
 
 def test_fallback_validation_error_has_empty_field() -> None:

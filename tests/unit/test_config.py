@@ -62,6 +62,7 @@ service_credentials = { backend = "s3cret", worker = "other" }
 [auth.external_jwt]
 issuer = "https://app.example"
 audience = "parley"
+key_file = "/etc/parley/app.pem"
 algorithms = ["RS256"]
 
 [telemetry]
@@ -213,6 +214,7 @@ def test_env_nested_section_with_underscores_in_names() -> None:
     config = load_config(
         env={
             "PARLEY_AUTH_EXTERNAL_JWT_ISSUER": "https://app.example",
+            "PARLEY_AUTH_EXTERNAL_JWT_AUDIENCE": "parley",
             "PARLEY_AUTH_EXTERNAL_JWT_KEY_FILE": "/etc/parley/app.pem",
             "PARLEY_AUTH_KEY_REFRESH_INTERVAL_SECONDS": "1.5",
             "PARLEY_SERVER_KEEPALIVE_TIMEOUT_MS": "1234",
@@ -415,3 +417,19 @@ def test_bad_share_counts(data: int, total: int) -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"auth.external_jwt.issuer": "https://app", "auth.external_jwt.key": "k"}, "audience is required"),
+        ({"auth.external_jwt.issuer": "https://app", "auth.external_jwt.audience": "p"}, "needs key or key_file"),
+        (
+            {"auth.external_jwt.issuer": "parley", "auth.external_jwt.audience": "p", "auth.external_jwt.key": "k"},
+            "must differ from auth.issuer",
+        ),
+    ],
+)
+def test_external_jwt_needs_audience_key_and_own_issuer(settings: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_config(overrides=settings)

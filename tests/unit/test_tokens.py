@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from services.runtime.config import AuthConfig, ExternalJwtConfig
-from services.runtime.errors import ServiceError
+from services.runtime.errors import ServiceError, unavailable
 from services.runtime.principal import Principal
-from services.runtime.tokens import TokenVerifier, service_token
+from services.runtime.tokens import PublishedKey, TokenVerifier, service_token
 
 REFRESH = 5.0
 APP_SECRET = "an-app-shared-secret-of-at-least-32-bytes!"
@@ -38,14 +38,17 @@ class FakeClock:
 class FakeKeySource:
     """The identity service's published keys; counts fetches."""
 
-    def __init__(self, keys: Mapping[str, bytes]) -> None:
+    def __init__(self, keys: Mapping[str, bytes | PublishedKey]) -> None:
         self.keys = dict(keys)
         self.fetches = 0
+        self.failing = False
 
-    async def fetch(self) -> Mapping[str, bytes]:
+    async def fetch(self) -> Mapping[str, PublishedKey]:
         self.fetches += 1
         await asyncio.sleep(0)  # let concurrent callers pile up behind the lock
-        return dict(self.keys)
+        if self.failing:
+            raise unavailable("identity service down")
+        return {k: v if isinstance(v, PublishedKey) else PublishedKey(v) for k, v in self.keys.items()}
 
 
 def raw_public(key: Ed25519PrivateKey) -> bytes:
@@ -184,6 +187,47 @@ async def test_key_no_longer_published_is_dropped_on_refetch(
     await verifier.verify(mint(new_key, kid="k2"))
     assert source.fetches == 2
     assert (await rejected(verifier, mint(signing_key))).reason == "TOKEN_INVALID"
+
+
+async def test_cache_is_refreshed_after_key_cache_seconds(
+    verifier: TokenVerifier, signing_key: Ed25519PrivateKey, source: FakeKeySource, clock: FakeClock
+) -> None:
+    await verifier.verify(mint(signing_key))
+    source.keys = {}  # the key was withdrawn
+    clock.advance(AuthConfig().key_cache_seconds)
+    assert (await rejected(verifier, mint(signing_key))).reason == "TOKEN_INVALID"
+    assert source.fetches == 2
+
+
+async def test_failed_refresh_keeps_the_cached_keys_and_backs_off(
+    verifier: TokenVerifier, signing_key: Ed25519PrivateKey, source: FakeKeySource, clock: FakeClock
+) -> None:
+    await verifier.verify(mint(signing_key))
+    source.failing = True
+    clock.advance(AuthConfig().key_cache_seconds)
+    assert (await verifier.verify(mint(signing_key))).user_id == "u-alice"  # stale but usable
+    unknown = mint(Ed25519PrivateKey.generate(), kid="k9")
+    for _ in range(5):
+        assert (await rejected(verifier, unknown)).reason == "TOKEN_INVALID"
+    assert source.fetches == 2  # the failed fetch started the back-off window
+    clock.advance(REFRESH)
+    with pytest.raises(ServiceError) as caught:  # an unknown key id with nobody to ask
+        await verifier.verify(unknown)
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.reason == "SERVICE_UNAVAILABLE"
+    assert source.fetches == 3
+
+
+async def test_retired_key_only_verifies_tokens_that_expire_before_it(
+    signing_key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    now = time.time()
+    source = FakeKeySource({"k1": PublishedKey(raw_public(signing_key), expires_at=now + 60)})
+    verifier = TokenVerifier(auth_config(), source, clock=clock)
+    assert (await verifier.verify(mint(signing_key, exp=int(now + 30)))).user_id == "u-alice"
+    late = await rejected(verifier, mint(signing_key, exp=int(now + 3600)))
+    assert late.reason == "TOKEN_INVALID"
+    assert "outlives" in late.message
 
 
 async def test_concurrent_unknown_kids_share_one_fetch(verifier: TokenVerifier, source: FakeKeySource) -> None:

@@ -19,7 +19,7 @@ from typing import TypeVar
 import grpc
 
 from parley.device_identity import DeviceIdentity
-from parley.errors import ParleyError, UnauthenticatedError, error_from_rpc
+from parley.errors import AlreadyExistsError, NotFoundError, ParleyError, UnauthenticatedError, error_from_rpc
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 
 T = TypeVar("T")
@@ -77,7 +77,7 @@ class Client:
         try:
             identity = self._load_or_create_identity()
             if not identity.registered:
-                await self.register()
+                await self._register_or_recover()
             await self.login()
         except BaseException:
             await self.close()
@@ -123,6 +123,23 @@ class Client:
         identity.registered = True
         self._save()
         return response
+
+    async def _register_or_recover(self) -> None:
+        try:
+            await self.register()
+        except AlreadyExistsError:
+            # The name is taken, perhaps by our own earlier attempt whose reply
+            # was lost: if this device can log in, the registration did happen.
+            try:
+                await self.login()
+            except (NotFoundError, UnauthenticatedError):
+                raise AlreadyExistsError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    "USERNAME_TAKEN",
+                    f"username {self.identity.username!r} is taken",
+                ) from None
+            self.identity.registered = True
+            self._save()
 
     async def login(self) -> identity_pb2.Session:
         """Logs in by signing a fresh challenge with the device key."""

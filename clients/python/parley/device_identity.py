@@ -115,8 +115,11 @@ class DeviceIdentity:
             registered=bool(data.get("registered", False)),
         )
 
-    def save(self, path: Path) -> None:
-        """Writes the key file atomically, readable by its owner only (0600)."""
+    def save(self, path: Path, *, overwrite: bool = True) -> None:
+        """Writes the key file atomically and durably, readable by its owner only (0600).
+
+        With `overwrite=False` an existing file is left alone (FileExistsError).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".parley-key-")
@@ -124,12 +127,31 @@ class DeviceIdentity:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(self.to_json(), handle, indent=2)
-            os.replace(tmp, path)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails if `path` exists, atomically
+                os.unlink(tmp)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_directory(path.parent)
 
     @classmethod
     def load(cls, path: Path) -> DeviceIdentity:
+        """Reads a key file; refuses one that others can read, as ssh does."""
         with open(path) as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if mode & 0o077:
+                raise PermissionError(f"{path} is readable by others (mode {mode & 0o777:o}); run: chmod 600 {path}")
             return cls.from_json(json.load(handle))
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -93,7 +93,8 @@ _BY_CODE: dict[grpc.StatusCode, type[ParleyError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimitedError,
+    # RESOURCE_EXHAUSTED is a RateLimitedError only with reason RATE_LIMITED;
+    # otherwise (e.g. a message over the size limit) retrying will not help.
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
 }
@@ -105,8 +106,6 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> ParleyError:
     message = error.details() or code.name
     reason, metadata = _error_info(error.trailing_metadata() or ())
     kind = _BY_REASON.get(reason) or _BY_CODE.get(code, ParleyError)
-    if kind is RateLimitedError and reason not in ("", "RATE_LIMITED"):
-        kind = ParleyError  # e.g. a message over the size limit: not worth retrying
     return kind(code, reason, message, metadata)
 
 

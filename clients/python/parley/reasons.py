@@ -17,9 +17,3 @@ ErrorReason = errors_pb2.ErrorReason
 def reason_name(value: errors_pb2.ErrorReason.ValueType) -> str:
     """`ERROR_REASON_ROOM_FULL` (as a number) -> `"ROOM_FULL"`."""
     return errors_pb2.ErrorReason.Name(value).removeprefix(_PREFIX)
-
-
-def known_reasons() -> frozenset[str]:
-    return frozenset(
-        reason_name(v) for v in errors_pb2.ErrorReason.values() if v != errors_pb2.ERROR_REASON_UNSPECIFIED
-    )

@@ -164,8 +164,10 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _devices(client: Client, args: argparse.Namespace) -> None:
     if args.devices_command == "add":
+        if args.out.exists():
+            raise SystemExit(f"error: {args.out} already exists; choose another file for the new device's keys")
         added = await client.add_device(args.name)
-        added.save(args.out)
+        added.save(args.out, overwrite=False)
         print(f"added device {added.device_id}; its key file is {args.out}")
     elif args.devices_command == "revoke":
         _print(await client.revoke_device(args.device_id))

@@ -28,12 +28,14 @@ class LogState(_message.Message):
     room_id: _builtins.str
     epoch: _builtins.str
     """Changes whenever continuity of the log cannot be proven (e.g. a reset);
-    clients resume only within one epoch.
+    clients resume only within one epoch. Empty until the first append.
     """
     last_seq: _builtins.int
     """Sequence of the newest event; 0 when the log is empty."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the log was started; unset until the first append."""
+
     def __init__(
         self,
         *,

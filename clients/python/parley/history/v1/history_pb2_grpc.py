@@ -49,8 +49,8 @@ class HistoryServiceServicer:
     """
 
     def GetLogState(self, request, context):
-        """The state of a room's log: its epoch and sequence bounds. A room that has
-        never been written gets its first epoch here.
+        """The state of a room's log: its epoch and newest sequence. A room that has
+        never been written has no epoch yet and last_seq 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,8 +36,8 @@ class HistoryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> HistoryServiceAsyncStub: ...
     GetLogState: _grpc.UnaryUnaryMultiCallable[_history_pb2.GetLogStateRequest, _history_pb2.GetLogStateResponse]
-    """The state of a room's log: its epoch and sequence bounds. A room that has
-    never been written gets its first epoch here.
+    """The state of a room's log: its epoch and newest sequence. A room that has
+    never been written has no epoch yet and last_seq 0.
     """
 
 @_typing.type_check_only
@@ -48,8 +48,8 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetLogState: _aio.UnaryUnaryMultiCallable[_history_pb2.GetLogStateRequest, _history_pb2.GetLogStateResponse]  # type: ignore[assignment]
-    """The state of a room's log: its epoch and sequence bounds. A room that has
-    never been written gets its first epoch here.
+    """The state of a room's log: its epoch and newest sequence. A room that has
+    never been written has no epoch yet and last_seq 0.
     """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -63,8 +63,8 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _history_pb2.GetLogStateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.GetLogStateResponse, _abc.Awaitable[_history_pb2.GetLogStateResponse]]:
-        """The state of a room's log: its epoch and sequence bounds. A room that has
-        never been written gets its first epoch here.
+        """The state of a room's log: its epoch and newest sequence. A room that has
+        never been written has no epoch yet and last_seq 0.
         """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
