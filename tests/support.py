@@ -148,6 +148,19 @@ class ServerProcess:
         return self.log_path.read_text()
 
 
+class FakeClock:
+    """A clock tests move by hand; call it for the time."""
+
+    def __init__(self, now: float = 10_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 async def wait_until(predicate: Any, within: float = 10.0, interval: float = 0.1) -> None:
     deadline = time.monotonic() + within
     while True:

@@ -19,20 +19,10 @@ from services.runtime.config import AuthConfig, ExternalJwtConfig
 from services.runtime.errors import ServiceError, unavailable
 from services.runtime.principal import Principal
 from services.runtime.tokens import PublishedKey, TokenVerifier, service_token
+from tests.support import FakeClock
 
 REFRESH = 5.0
 APP_SECRET = "an-app-shared-secret-of-at-least-32-bytes!"
-
-
-class FakeClock:
-    def __init__(self, now: float = 10_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeKeySource:
