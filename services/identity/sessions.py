@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import secrets
 import time
 import uuid
@@ -26,12 +27,12 @@ NONCE_BYTES = 32
 T = TypeVar("T")
 
 
+@dataclasses.dataclass(frozen=True)
 class IssuedSession:
-    def __init__(self, access_token: str, access_expires_at: float, refresh_token: str, refresh_expires_at: float):
-        self.access_token = access_token
-        self.access_expires_at = access_expires_at
-        self.refresh_token = refresh_token
-        self.refresh_expires_at = refresh_expires_at
+    access_token: str
+    access_expires_at: float
+    refresh_token: str
+    refresh_expires_at: float
 
 
 def hash_refresh_token(token: str) -> bytes:
