@@ -18,7 +18,9 @@ from typing import IO, Any
 
 import grpc
 
+from parley.client import Client
 from parley.identity.v1 import identity_pb2_grpc
+from services import allinone
 from services.runtime.config import Config, load_config
 from services.runtime.server import ParleyServer
 
@@ -50,6 +52,17 @@ async def running(factory: Any, config: Config, **kwargs: Any) -> AsyncIterator[
         yield server, f"127.0.0.1:{port}"
     finally:
         await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def user_on_server(
+    data_dir: Path, key_dir: Path, username: str, **settings: Any
+) -> AsyncIterator[tuple[Client, identity_pb2_grpc.IdentityServiceAsyncStub]]:
+    """An all-in-one server with `settings`, a logged-in user, and a raw identity stub."""
+    async with running(allinone.create_server, make_config(data_dir, **settings)) as (_, address):
+        async with Client(address, username=username, key_file=key_dir / f"{username}.json") as client:
+            async with grpc.aio.insecure_channel(address) as channel:
+                yield client, identity_stub(channel)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -16,7 +16,15 @@ from parley.client import Client
 from parley.device_identity import DeviceIdentity
 from parley.identity.v1 import identity_pb2
 from services import allinone
-from tests.support import SERVICE_SECRET, bearer, error_reason, identity_stub, make_config, running
+from tests.support import (
+    SERVICE_SECRET,
+    bearer,
+    error_reason,
+    identity_stub,
+    make_config,
+    running,
+    user_on_server,
+)
 
 
 def register_request(identity: DeviceIdentity, username: str | None = None) -> identity_pb2.RegisterUserRequest:
@@ -151,37 +159,30 @@ async def test_nonce_is_spent_by_a_failed_attempt(alice: Client, server_address:
 
 
 async def test_expired_nonce_is_rejected(data_dir: Path, tmp_path: Path) -> None:
-    config = make_config(data_dir, **{"auth.challenge_ttl_seconds": 1})
-    async with running(allinone.create_server, config) as (_, address):
-        async with Client(address, username="dora", key_file=tmp_path / "dora.json") as dora:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = identity_stub(channel)
-                challenge = await _challenge(stub, dora.identity)
-                await asyncio.sleep(1.2)
-                signature = dora.identity.sign_challenge(challenge.challenge_id, challenge.nonce, challenge.user_id)
-                await expect_error(
-                    stub.Login(identity_pb2.LoginRequest(challenge_id=challenge.challenge_id, signature=signature)),
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "CHALLENGE_EXPIRED",
-                )
+    async with user_on_server(data_dir, tmp_path, "dora", **{"auth.challenge_ttl_seconds": 1}) as (dora, stub):
+        challenge = await _challenge(stub, dora.identity)
+        await asyncio.sleep(1.2)
+        signature = dora.identity.sign_challenge(challenge.challenge_id, challenge.nonce, challenge.user_id)
+        await expect_error(
+            stub.Login(identity_pb2.LoginRequest(challenge_id=challenge.challenge_id, signature=signature)),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "CHALLENGE_EXPIRED",
+        )
 
 
 async def test_expired_token_is_rejected(data_dir: Path, tmp_path: Path) -> None:
-    config = make_config(data_dir, **{"auth.access_token_ttl_seconds": 1, "auth.clock_skew_seconds": 0})
-    async with running(allinone.create_server, config) as (_, address):
-        async with Client(address, username="erin", key_file=tmp_path / "erin.json") as erin:
-            token = await erin.access_token()
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = identity_stub(channel)
-                await stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(token))
-                await asyncio.sleep(2.1)
-                await expect_error(
-                    stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(token)),
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "TOKEN_EXPIRED",
-                )
-            # The client notices the expiry and refreshes by itself.
-            assert (await erin.whoami()).username == "erin"
+    settings = {"auth.access_token_ttl_seconds": 1, "auth.clock_skew_seconds": 0}
+    async with user_on_server(data_dir, tmp_path, "erin", **settings) as (erin, stub):
+        token = await erin.access_token()
+        await stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(token))
+        await asyncio.sleep(2.1)
+        await expect_error(
+            stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(token)),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "TOKEN_EXPIRED",
+        )
+        # The client notices the expiry and refreshes by itself.
+        assert (await erin.whoami()).username == "erin"
 
 
 async def test_forged_token_is_rejected(alice: Client, server_address: str) -> None:
@@ -421,32 +422,22 @@ async def test_app_jwt_issuer_is_accepted(data_dir: Path) -> None:
 
 
 async def test_login_challenges_are_rate_limited(data_dir: Path, tmp_path: Path) -> None:
-    config = make_config(data_dir, **{"auth.challenges_per_minute": 3})
-    async with running(allinone.create_server, config) as (_, address):
-        async with Client(address, username="gina", key_file=tmp_path / "gina.json") as gina:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = identity_stub(channel)
-                for _ in range(2):  # the client's own login took the first one
-                    await _challenge(stub, gina.identity)
-                error = await expect_error(
-                    _challenge(stub, gina.identity), grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"
-                )
+    async with user_on_server(data_dir, tmp_path, "gina", **{"auth.challenges_per_minute": 3}) as (gina, stub):
+        for _ in range(2):  # the client's own login took the first one
+            await _challenge(stub, gina.identity)
+        error = await expect_error(_challenge(stub, gina.identity), grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
     assert float(dict(error_metadata(error))["retry_after_seconds"]) > 0
 
 
 async def test_spoofed_client_address_does_not_escape_the_limit(data_dir: Path, tmp_path: Path) -> None:
-    config = make_config(data_dir, **{"auth.challenges_per_minute": 2})
-    async with running(allinone.create_server, config) as (_, address):
-        async with Client(address, username="ivan", key_file=tmp_path / "ivan.json") as ivan:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = identity_stub(channel)
-                request = identity_pb2.CreateLoginChallengeRequest(username="ivan", device_id=ivan.device_id)
-                await stub.CreateLoginChallenge(request, metadata=(("x-parley-client-address", "10.0.0.1"),))
-                await expect_error(
-                    stub.CreateLoginChallenge(request, metadata=(("x-parley-client-address", "10.0.0.2"),)),
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "RATE_LIMITED",
-                )
+    async with user_on_server(data_dir, tmp_path, "ivan", **{"auth.challenges_per_minute": 2}) as (ivan, stub):
+        request = identity_pb2.CreateLoginChallengeRequest(username="ivan", device_id=ivan.device_id)
+        await stub.CreateLoginChallenge(request, metadata=(("x-parley-client-address", "10.0.0.1"),))
+        await expect_error(
+            stub.CreateLoginChallenge(request, metadata=(("x-parley-client-address", "10.0.0.2"),)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+        )
 
 
 def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
