@@ -1,41 +1,113 @@
-"""The rooms declared in the config file."""
+"""Every room: declared in the config file, or created at run time (persisted)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import sqlite_utils
+
 from parley.api.v1 import errors_pb2
 from parley.room.v1 import room_pb2
-from services.runtime.config import RoomDefinition
-from services.runtime.errors import not_found
+from services.room import store
+from services.runtime.errors import ServiceError, already_exists, not_found, permission_denied
+from services.runtime.principal import Principal
+from services.runtime.sqlite import SqliteDatabase
 
-_VISIBILITY = {
-    "public": room_pb2.ROOM_VISIBILITY_PUBLIC,
-    "unlisted": room_pb2.ROOM_VISIBILITY_UNLISTED,
-}
+CREATED = room_pb2.RoomChange.KIND_CREATED
+DELETED = room_pb2.RoomChange.KIND_DELETED
+# A watcher that falls this far behind is dropped; it reconnects and resyncs.
+WATCH_QUEUE_LIMIT = 10_000
+
+
+def room_not_found(room_id: str) -> ServiceError:
+    return not_found(errors_pb2.ERROR_REASON_ROOM_NOT_FOUND, f"no room {room_id!r}", room_id=room_id)
 
 
 class RoomRegistry:
-    def __init__(self, definitions: list[RoomDefinition]) -> None:
-        self._rooms = {d.id: _room(d) for d in sorted(definitions, key=lambda d: d.id)}
+    def __init__(self, db: SqliteDatabase, declared: list[room_pb2.Room]) -> None:
+        self._db = db
+        self._declared = {room.room_id for room in declared}
+        self._rooms = {room.room_id: room for room in declared}
+        self._watchers: set[asyncio.Queue[room_pb2.RoomChange | None]] = set()
+
+    async def load(self) -> None:
+        for room in await self._db.run(store.all_rooms):
+            self._rooms.setdefault(room.room_id, room)
 
     def get(self, room_id: str) -> room_pb2.Room:
         room = self._rooms.get(room_id)
         if room is None:
-            raise not_found(errors_pb2.ERROR_REASON_ROOM_NOT_FOUND, f"no room {room_id!r}", room_id=room_id)
+            raise room_not_found(room_id)
         return room
 
     def listed_after(self, after: str, limit: int) -> tuple[list[room_pb2.Room], bool]:
-        """Public rooms with ids after `after`, and whether more follow."""
-        listed = [
-            r for rid, r in self._rooms.items() if rid > after and r.visibility == room_pb2.ROOM_VISIBILITY_PUBLIC
-        ]
+        """Public rooms with ids after `after` (in id order), and whether more follow."""
+        listed = sorted(
+            (r for rid, r in self._rooms.items() if rid > after and r.visibility == room_pb2.ROOM_VISIBILITY_PUBLIC),
+            key=lambda r: r.room_id,
+        )
         return listed[:limit], len(listed) > limit
 
+    async def create(self, room: room_pb2.Room) -> room_pb2.Room:
+        now = time.time()
 
-def _room(definition: RoomDefinition) -> room_pb2.Room:
-    return room_pb2.Room(
-        room_id=definition.id,
-        name=definition.name or definition.id,
-        description=definition.description,
-        max_size=definition.max_size,
-        visibility=_VISIBILITY[definition.visibility],
-    )
+        def insert(db: sqlite_utils.Database) -> bool:
+            return room.room_id not in self._declared and store.insert_room(db, room, now)
+
+        if room.room_id in self._rooms or not await self._db.transaction(insert):
+            raise already_exists(
+                errors_pb2.ERROR_REASON_ROOM_EXISTS, f"room {room.room_id!r} already exists", room_id=room.room_id
+            )
+        self._rooms[room.room_id] = room
+        self._announce(room_pb2.RoomChange(kind=CREATED, room=room))
+        return room
+
+    async def delete(self, room_id: str, caller: Principal) -> room_pb2.Room:
+        room = self.get(room_id)
+        if room_id in self._declared:
+            raise permission_denied(
+                errors_pb2.ERROR_REASON_NOT_CREATOR, f"room {room_id!r} is declared in the config file; remove it there"
+            )
+        if not caller.is_service and caller.user_id != room.creator:
+            raise permission_denied(
+                errors_pb2.ERROR_REASON_NOT_CREATOR, f"only the creator of {room_id!r} may delete it"
+            )
+        await self._db.transaction(lambda db: store.delete_room(db, room_id))
+        del self._rooms[room_id]
+        self._announce(room_pb2.RoomChange(kind=DELETED, room=room))
+        return room
+
+    async def watch(self) -> AsyncIterator[list[room_pb2.RoomChange] | None]:
+        """Yields the snapshot, then None (snapshot complete), then batches of changes."""
+        queue: asyncio.Queue[room_pb2.RoomChange | None] = asyncio.Queue(WATCH_QUEUE_LIMIT)
+        self._watchers.add(queue)
+        try:
+            yield [room_pb2.RoomChange(kind=CREATED, room=r) for r in self._rooms.values()]
+            yield None
+            while True:
+                change = await queue.get()
+                if change is None:
+                    raise ServiceError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        errors_pb2.ERROR_REASON_SLOW_CONSUMER,
+                        "room watch fell behind; watch again",
+                    )
+                batch = [change]
+                while not queue.empty():
+                    more = queue.get_nowait()
+                    if more is not None:
+                        batch.append(more)
+                yield batch
+        finally:
+            self._watchers.discard(queue)
+
+    def _announce(self, change: room_pb2.RoomChange) -> None:
+        for queue in list(self._watchers):
+            if queue.qsize() >= WATCH_QUEUE_LIMIT - 1:
+                self._watchers.discard(queue)
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait(change)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,6 +110,26 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass
+class HistorySettings:
+    enabled: bool = False
+    # Keep at most this many events of this kind; 0 = no count limit.
+    limit: int = 0
+    # Keep events at most this long; 0 = no age limit.
+    max_age_seconds: int = 0
+
+
+@dataclasses.dataclass
+class EventDefinition:
+    # An event name, or "*" for any event.
+    name: str
+    description: str = ""
+    # A JSON Schema for the payload, inline or in a JSON file.
+    schema: dict[str, Any] | None = None
+    schema_file: str = ""
+    history: HistorySettings = dataclasses.field(default_factory=HistorySettings)
+
+
+@dataclasses.dataclass
 class RoomDefinition:
     id: str
     name: str = ""
@@ -116,6 +137,13 @@ class RoomDefinition:
     max_size: int = 0
     # "public" (listed) or "unlisted".
     visibility: str = "public"
+    # None (not set) accepts any event; an empty list makes the room read-only
+    # for clients (services may still publish).
+    events: list[EventDefinition] | None = None
+    # Events a client is subscribed to on join ("*" for all).
+    default_subscriptions: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+    # true = send all kept history on join; N = the last N per event type.
+    sync_history_on_join: bool | int = False
 
 
 @dataclasses.dataclass
@@ -136,6 +164,8 @@ class Config:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     files: FilesConfig = dataclasses.field(default_factory=FilesConfig)
     rooms: list[RoomDefinition] = dataclasses.field(default_factory=list)
+    # Where the config file is; relative paths in it (schema files) start here.
+    config_dir: Path | None = None
 
 
 def load_config(
@@ -155,6 +185,7 @@ def load_config(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         _merge(config, document, "")
+        config.config_dir = Path(path).resolve().parent
     for name, raw in (env or {}).items():
         if name.startswith(ENV_PREFIX) and name not in CLIENT_ENV:
             _apply_env(config, name, raw)
@@ -217,6 +248,12 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
     """Converts a TOML value or an environment string to the setting's type, strictly."""
     origin = typing.get_origin(kind)
     try:
+        if kind is Any:
+            return value
+        if origin in (types.UnionType, typing.Union):
+            return _coerce_union(typing.get_args(kind), value, where)
+        if dataclasses.is_dataclass(kind):
+            return _build(kind, value, where)
         if kind is bool:
             return _to_bool(value)
         if kind is int:
@@ -245,10 +282,27 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
                 return {k.strip(): v.strip() for k, v in pairs}
             if not isinstance(value, Mapping):
                 raise TypeError("expected a table")
-            return {str(k): _coerce(str, v, f"{where}.{k}") for k, v in value.items()}
+            _, value_kind = typing.get_args(kind)
+            return {str(k): _coerce(value_kind, v, f"{where}.{k}") for k, v in value.items()}
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot use {value!r}: {exc}") from exc
     raise ConfigError(f"{where}: unsupported setting type {kind}")
+
+
+def _coerce_union(kinds: tuple[Any, ...], value: Any, where: str) -> Any:
+    if value is None and type(None) in kinds:
+        return None
+    # bool before int: TOML `true` must not become 1.
+    ordered = sorted((k for k in kinds if k is not type(None)), key=lambda k: k is not bool)
+    if len(ordered) == 1:
+        return _coerce(ordered[0], value, where)
+    for kind in ordered:
+        try:
+            return _coerce(kind, value, where)
+        except ConfigError:
+            continue
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in ordered)
+    raise ConfigError(f"{where}: cannot use {value!r}: expected {names}")
 
 
 def _to_bool(value: Any) -> bool:

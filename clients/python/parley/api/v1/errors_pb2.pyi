@@ -32,6 +32,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_USERNAME_TAKEN: _ErrorReason.ValueType  # 10
     """ALREADY_EXISTS"""
     ERROR_REASON_DEVICE_EXISTS: _ErrorReason.ValueType  # 11
+    ERROR_REASON_ROOM_EXISTS: _ErrorReason.ValueType  # 12
     ERROR_REASON_USER_NOT_FOUND: _ErrorReason.ValueType  # 20
     """NOT_FOUND"""
     ERROR_REASON_DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 21
@@ -82,6 +83,7 @@ ERROR_REASON_BAD_CERTIFICATE: ErrorReason.ValueType  # 3
 ERROR_REASON_USERNAME_TAKEN: ErrorReason.ValueType  # 10
 """ALREADY_EXISTS"""
 ERROR_REASON_DEVICE_EXISTS: ErrorReason.ValueType  # 11
+ERROR_REASON_ROOM_EXISTS: ErrorReason.ValueType  # 12
 ERROR_REASON_USER_NOT_FOUND: ErrorReason.ValueType  # 20
 """NOT_FOUND"""
 ERROR_REASON_DEVICE_NOT_FOUND: ErrorReason.ValueType  # 21

@@ -22,27 +22,77 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from parley.api.v1 import annotations_pb2 as parley_dot_api_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/room/v1/room.proto\x12\x0eparley.room.v1\"\xca\x01\n\x04Room\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x19\n\x08max_size\x18\x04 \x01(\x05R\x07maxSize\x12\x18\n\x07\x63reator\x18\x05 \x01(\tR\x07\x63reator\x12>\n\nvisibility\x18\x06 \x01(\x0e\x32\x1e.parley.room.v1.RoomVisibilityR\nvisibility\"N\n\x10ListRoomsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"g\n\x11ListRoomsResponse\x12*\n\x05rooms\x18\x01 \x03(\x0b\x32\x14.parley.room.v1.RoomR\x05rooms\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n\x0eGetRoomRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\";\n\x0fGetRoomResponse\x12(\n\x04room\x18\x01 \x01(\x0b\x32\x14.parley.room.v1.RoomR\x04room*k\n\x0eRoomVisibility\x12\x1f\n\x1bROOM_VISIBILITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROOM_VISIBILITY_PUBLIC\x10\x01\x12\x1c\n\x18ROOM_VISIBILITY_UNLISTED\x10\x02\x32\xab\x01\n\x0bRoomService\x12P\n\tListRooms\x12 .parley.room.v1.ListRoomsRequest\x1a!.parley.room.v1.ListRoomsResponse\x12J\n\x07GetRoom\x12\x1e.parley.room.v1.GetRoomRequest\x1a\x1f.parley.room.v1.GetRoomResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/room/v1/room.proto\x12\x0eparley.room.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fparley/api/v1/annotations.proto\"g\n\rHistoryPolicy\x12\x18\n\x07\x65nabled\x18\x01 \x01(\x08R\x07\x65nabled\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12&\n\x0fmax_age_seconds\x18\x03 \x01(\x03R\rmaxAgeSeconds\"\xb1\x01\n\x0f\x45ventDefinition\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12/\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructR\x06schema\x12\x37\n\x07history\x18\x04 \x01(\x0b\x32\x1d.parley.room.v1.HistoryPolicyR\x07history\"2\n\nSyncOnJoin\x12\x10\n\x03\x61ll\x18\x01 \x01(\x08R\x03\x61ll\x12\x12\n\x04last\x18\x02 \x01(\x05R\x04last\"\x99\x03\n\x04Room\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x19\n\x08max_size\x18\x04 \x01(\x05R\x07maxSize\x12\x18\n\x07\x63reator\x18\x05 \x01(\tR\x07\x63reator\x12>\n\nvisibility\x18\x06 \x01(\x0e\x32\x1e.parley.room.v1.RoomVisibilityR\nvisibility\x12\x37\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x1f.parley.room.v1.EventDefinitionR\x06\x65vents\x12\x33\n\x15\x64\x65\x66\x61ult_subscriptions\x18\x08 \x03(\tR\x14\x64\x65\x66\x61ultSubscriptions\x12K\n\x14sync_history_on_join\x18\t \x01(\x0b\x32\x1a.parley.room.v1.SyncOnJoinR\x11syncHistoryOnJoin\x12\x12\n\x04size\x18\n \x01(\x05R\x04size\"G\n\x0bParticipant\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x1f\n\x0bsession_ids\x18\x02 \x03(\tR\nsessionIds\"N\n\x10ListRoomsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"g\n\x11ListRoomsResponse\x12*\n\x05rooms\x18\x01 \x03(\x0b\x32\x14.parley.room.v1.RoomR\x05rooms\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n\x0eGetRoomRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\";\n\x0fGetRoomResponse\x12(\n\x04room\x18\x01 \x01(\x0b\x32\x14.parley.room.v1.RoomR\x04room\"\xc8\x02\n\x11\x43reateRoomRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x19\n\x08max_size\x18\x04 \x01(\x05R\x07maxSize\x12>\n\nvisibility\x18\x05 \x01(\x0e\x32\x1e.parley.room.v1.RoomVisibilityR\nvisibility\x12\x37\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x1f.parley.room.v1.EventDefinitionR\x06\x65vents\x12\x33\n\x15\x64\x65\x66\x61ult_subscriptions\x18\x07 \x03(\tR\x14\x64\x65\x66\x61ultSubscriptions\x12\x1b\n\tread_only\x18\x08 \x01(\x08R\x08readOnly\">\n\x12\x43reateRoomResponse\x12(\n\x04room\x18\x01 \x01(\x0b\x32\x14.parley.room.v1.RoomR\x04room\",\n\x11\x44\x65leteRoomRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"\x14\n\x12\x44\x65leteRoomResponse\"2\n\x17ListParticipantsRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"[\n\x18ListParticipantsResponse\x12?\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x1b.parley.room.v1.ParticipantR\x0cparticipants\"b\n\x0fJoinRoomRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n\nsession_id\x18\x03 \x01(\tR\tsessionId\"g\n\x10JoinRoomResponse\x12(\n\x04room\x18\x01 \x01(\x0b\x32\x14.parley.room.v1.RoomR\x04room\x12)\n\x10\x66irst_connection\x18\x02 \x01(\x08R\x0f\x66irstConnection\"c\n\x10LeaveRoomRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n\nsession_id\x18\x03 \x01(\tR\tsessionId\"7\n\x11LeaveRoomResponse\x12\"\n\rleft_room_ids\x18\x01 \x03(\tR\x0bleftRoomIds\"/\n\x14ListUserRoomsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"2\n\x15ListUserRoomsResponse\x12\x19\n\x08room_ids\x18\x01 \x03(\tR\x07roomIds\"\x13\n\x11WatchRoomsRequest\"\xad\x01\n\nRoomChange\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.parley.room.v1.RoomChange.KindR\x04kind\x12(\n\x04room\x18\x02 \x01(\x0b\x32\x14.parley.room.v1.RoomR\x04room\"@\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_CREATED\x10\x01\x12\x10\n\x0cKIND_DELETED\x10\x02\"w\n\x12WatchRoomsResponse\x12\x34\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1a.parley.room.v1.RoomChangeR\x07\x63hanges\x12+\n\x11snapshot_complete\x18\x02 \x01(\x08R\x10snapshotComplete*k\n\x0eRoomVisibility\x12\x1f\n\x1bROOM_VISIBILITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROOM_VISIBILITY_PUBLIC\x10\x01\x12\x1c\n\x18ROOM_VISIBILITY_UNLISTED\x10\x02\x32\xaa\x06\n\x0bRoomService\x12P\n\tListRooms\x12 .parley.room.v1.ListRoomsRequest\x1a!.parley.room.v1.ListRoomsResponse\x12J\n\x07GetRoom\x12\x1e.parley.room.v1.GetRoomRequest\x1a\x1f.parley.room.v1.GetRoomResponse\x12S\n\nCreateRoom\x12!.parley.room.v1.CreateRoomRequest\x1a\".parley.room.v1.CreateRoomResponse\x12S\n\nDeleteRoom\x12!.parley.room.v1.DeleteRoomRequest\x1a\".parley.room.v1.DeleteRoomResponse\x12\x65\n\x10ListParticipants\x12\'.parley.room.v1.ListParticipantsRequest\x1a(.parley.room.v1.ListParticipantsResponse\x12S\n\x08JoinRoom\x12\x1f.parley.room.v1.JoinRoomRequest\x1a .parley.room.v1.JoinRoomResponse\"\x04\xc8\xf3\x18\x03\x12V\n\tLeaveRoom\x12 .parley.room.v1.LeaveRoomRequest\x1a!.parley.room.v1.LeaveRoomResponse\"\x04\xc8\xf3\x18\x03\x12\x62\n\rListUserRooms\x12$.parley.room.v1.ListUserRoomsRequest\x1a%.parley.room.v1.ListUserRoomsResponse\"\x04\xc8\xf3\x18\x03\x12[\n\nWatchRooms\x12!.parley.room.v1.WatchRoomsRequest\x1a\".parley.room.v1.WatchRoomsResponse\"\x04\xc8\xf3\x18\x03\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.room.v1.room_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROOMVISIBILITY']._serialized_start=539
-  _globals['_ROOMVISIBILITY']._serialized_end=646
-  _globals['_ROOM']._serialized_start=46
-  _globals['_ROOM']._serialized_end=248
-  _globals['_LISTROOMSREQUEST']._serialized_start=250
-  _globals['_LISTROOMSREQUEST']._serialized_end=328
-  _globals['_LISTROOMSRESPONSE']._serialized_start=330
-  _globals['_LISTROOMSRESPONSE']._serialized_end=433
-  _globals['_GETROOMREQUEST']._serialized_start=435
-  _globals['_GETROOMREQUEST']._serialized_end=476
-  _globals['_GETROOMRESPONSE']._serialized_start=478
-  _globals['_GETROOMRESPONSE']._serialized_end=537
-  _globals['_ROOMSERVICE']._serialized_start=649
-  _globals['_ROOMSERVICE']._serialized_end=820
+  _globals['_ROOMSERVICE'].methods_by_name['JoinRoom']._loaded_options = None
+  _globals['_ROOMSERVICE'].methods_by_name['JoinRoom']._serialized_options = b'\310\363\030\003'
+  _globals['_ROOMSERVICE'].methods_by_name['LeaveRoom']._loaded_options = None
+  _globals['_ROOMSERVICE'].methods_by_name['LeaveRoom']._serialized_options = b'\310\363\030\003'
+  _globals['_ROOMSERVICE'].methods_by_name['ListUserRooms']._loaded_options = None
+  _globals['_ROOMSERVICE'].methods_by_name['ListUserRooms']._serialized_options = b'\310\363\030\003'
+  _globals['_ROOMSERVICE'].methods_by_name['WatchRooms']._loaded_options = None
+  _globals['_ROOMSERVICE'].methods_by_name['WatchRooms']._serialized_options = b'\310\363\030\003'
+  _globals['_ROOMVISIBILITY']._serialized_start=2609
+  _globals['_ROOMVISIBILITY']._serialized_end=2716
+  _globals['_HISTORYPOLICY']._serialized_start=108
+  _globals['_HISTORYPOLICY']._serialized_end=211
+  _globals['_EVENTDEFINITION']._serialized_start=214
+  _globals['_EVENTDEFINITION']._serialized_end=391
+  _globals['_SYNCONJOIN']._serialized_start=393
+  _globals['_SYNCONJOIN']._serialized_end=443
+  _globals['_ROOM']._serialized_start=446
+  _globals['_ROOM']._serialized_end=855
+  _globals['_PARTICIPANT']._serialized_start=857
+  _globals['_PARTICIPANT']._serialized_end=928
+  _globals['_LISTROOMSREQUEST']._serialized_start=930
+  _globals['_LISTROOMSREQUEST']._serialized_end=1008
+  _globals['_LISTROOMSRESPONSE']._serialized_start=1010
+  _globals['_LISTROOMSRESPONSE']._serialized_end=1113
+  _globals['_GETROOMREQUEST']._serialized_start=1115
+  _globals['_GETROOMREQUEST']._serialized_end=1156
+  _globals['_GETROOMRESPONSE']._serialized_start=1158
+  _globals['_GETROOMRESPONSE']._serialized_end=1217
+  _globals['_CREATEROOMREQUEST']._serialized_start=1220
+  _globals['_CREATEROOMREQUEST']._serialized_end=1548
+  _globals['_CREATEROOMRESPONSE']._serialized_start=1550
+  _globals['_CREATEROOMRESPONSE']._serialized_end=1612
+  _globals['_DELETEROOMREQUEST']._serialized_start=1614
+  _globals['_DELETEROOMREQUEST']._serialized_end=1658
+  _globals['_DELETEROOMRESPONSE']._serialized_start=1660
+  _globals['_DELETEROOMRESPONSE']._serialized_end=1680
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=1682
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=1732
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=1734
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=1825
+  _globals['_JOINROOMREQUEST']._serialized_start=1827
+  _globals['_JOINROOMREQUEST']._serialized_end=1925
+  _globals['_JOINROOMRESPONSE']._serialized_start=1927
+  _globals['_JOINROOMRESPONSE']._serialized_end=2030
+  _globals['_LEAVEROOMREQUEST']._serialized_start=2032
+  _globals['_LEAVEROOMREQUEST']._serialized_end=2131
+  _globals['_LEAVEROOMRESPONSE']._serialized_start=2133
+  _globals['_LEAVEROOMRESPONSE']._serialized_end=2188
+  _globals['_LISTUSERROOMSREQUEST']._serialized_start=2190
+  _globals['_LISTUSERROOMSREQUEST']._serialized_end=2237
+  _globals['_LISTUSERROOMSRESPONSE']._serialized_start=2239
+  _globals['_LISTUSERROOMSRESPONSE']._serialized_end=2289
+  _globals['_WATCHROOMSREQUEST']._serialized_start=2291
+  _globals['_WATCHROOMSREQUEST']._serialized_end=2310
+  _globals['_ROOMCHANGE']._serialized_start=2313
+  _globals['_ROOMCHANGE']._serialized_end=2486
+  _globals['_ROOMCHANGE_KIND']._serialized_start=2422
+  _globals['_ROOMCHANGE_KIND']._serialized_end=2486
+  _globals['_WATCHROOMSRESPONSE']._serialized_start=2488
+  _globals['_WATCHROOMSRESPONSE']._serialized_end=2607
+  _globals['_ROOMSERVICE']._serialized_start=2719
+  _globals['_ROOMSERVICE']._serialized_end=3529
 # @@protoc_insertion_point(module_scope)

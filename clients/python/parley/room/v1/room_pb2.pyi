@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -41,6 +42,96 @@ ROOM_VISIBILITY_UNLISTED: RoomVisibility.ValueType  # 2
 Global___RoomVisibility: _TypeAlias = RoomVisibility  # noqa: Y015
 
 @_typing.final
+class HistoryPolicy(_message.Message):
+    """How much of an event's history a room keeps (used by the history service)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    limit: _builtins.int
+    """Keep at most this many events of this kind; 0 = no count limit."""
+    max_age_seconds: _builtins.int
+    """Keep events at most this long; 0 = no age limit."""
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        limit: _builtins.int = ...,
+        max_age_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "limit", b"limit", "max_age_seconds", b"max_age_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryPolicy: _TypeAlias = HistoryPolicy  # noqa: Y015
+
+@_typing.final
+class EventDefinition(_message.Message):
+    """An event a room accepts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """An event name, or "*" for any event."""
+    description: _builtins.str
+    @_builtins.property
+    def schema(self) -> _struct_pb2.Struct:
+        """JSON Schema the payload must satisfy; unset accepts any JSON."""
+
+    @_builtins.property
+    def history(self) -> Global___HistoryPolicy: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        schema: _struct_pb2.Struct | None = ...,
+        history: Global___HistoryPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "schema", b"schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "history", b"history", "name", b"name", "schema", b"schema"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventDefinition: _TypeAlias = EventDefinition  # noqa: Y015
+
+@_typing.final
+class SyncOnJoin(_message.Message):
+    """What a joining client receives of the history (used by the history issue)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALL_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """Send everything kept."""
+    last: _builtins.int
+    """Or the last N events of each event type."""
+    def __init__(
+        self,
+        *,
+        all: _builtins.bool = ...,
+        last: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "last", b"last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncOnJoin: _TypeAlias = SyncOnJoin  # noqa: Y015
+
+@_typing.final
 class Room(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -50,6 +141,10 @@ class Room(_message.Message):
     MAX_SIZE_FIELD_NUMBER: _builtins.int
     CREATOR_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    DEFAULT_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    SYNC_HISTORY_ON_JOIN_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -58,6 +153,18 @@ class Room(_message.Message):
     creator: _builtins.str
     """User id of the creator; empty for rooms declared in the config file."""
     visibility: Global___RoomVisibility.ValueType
+    size: _builtins.int
+    """Number of distinct users in the room now."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventDefinition]:
+        """Events clients may publish; empty makes the room read-only for clients."""
+
+    @_builtins.property
+    def default_subscriptions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Events a client is subscribed to on join ("*" for all)."""
+
+    @_builtins.property
+    def sync_history_on_join(self) -> Global___SyncOnJoin: ...
     def __init__(
         self,
         *,
@@ -67,14 +174,43 @@ class Room(_message.Message):
         max_size: _builtins.int = ...,
         creator: _builtins.str = ...,
         visibility: Global___RoomVisibility.ValueType = ...,
+        events: _abc.Iterable[Global___EventDefinition] | None = ...,
+        default_subscriptions: _abc.Iterable[_builtins.str] | None = ...,
+        sync_history_on_join: Global___SyncOnJoin | None = ...,
+        size: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sync_history_on_join", b"sync_history_on_join"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator", b"creator", "description", b"description", "max_size", b"max_size", "name", b"name", "room_id", b"room_id", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator", b"creator", "default_subscriptions", b"default_subscriptions", "description", b"description", "events", b"events", "max_size", b"max_size", "name", b"name", "room_id", b"room_id", "size", b"size", "sync_history_on_join", b"sync_history_on_join", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Room: _TypeAlias = Room  # noqa: Y015
+
+@_typing.final
+class Participant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The user's connections (gateway sessions) in the room."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_ids", b"session_ids", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Participant: _TypeAlias = Participant  # noqa: Y015
 
 @_typing.final
 class ListRoomsRequest(_message.Message):
@@ -161,3 +297,359 @@ class GetRoomResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRoomResponse: _TypeAlias = GetRoomResponse  # noqa: Y015
+
+@_typing.final
+class CreateRoomRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    MAX_SIZE_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    DEFAULT_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    """[a-z0-9_.:-], 1–64 characters, not already taken."""
+    name: _builtins.str
+    description: _builtins.str
+    max_size: _builtins.int
+    visibility: Global___RoomVisibility.ValueType
+    read_only: _builtins.bool
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventDefinition]:
+        """Empty accepts any event ("*"); use read_only for a room clients cannot publish to."""
+
+    @_builtins.property
+    def default_subscriptions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        max_size: _builtins.int = ...,
+        visibility: Global___RoomVisibility.ValueType = ...,
+        events: _abc.Iterable[Global___EventDefinition] | None = ...,
+        default_subscriptions: _abc.Iterable[_builtins.str] | None = ...,
+        read_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_subscriptions", b"default_subscriptions", "description", b"description", "events", b"events", "max_size", b"max_size", "name", b"name", "read_only", b"read_only", "room_id", b"room_id", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRoomRequest: _TypeAlias = CreateRoomRequest  # noqa: Y015
+
+@_typing.final
+class CreateRoomResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def room(self) -> Global___Room: ...
+    def __init__(
+        self,
+        *,
+        room: Global___Room | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRoomResponse: _TypeAlias = CreateRoomResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRoomRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRoomRequest: _TypeAlias = DeleteRoomRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRoomResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRoomResponse: _TypeAlias = DeleteRoomResponse  # noqa: Y015
+
+@_typing.final
+class ListParticipantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListParticipantsRequest: _TypeAlias = ListParticipantsRequest  # noqa: Y015
+
+@_typing.final
+class ListParticipantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]: ...
+    def __init__(
+        self,
+        *,
+        participants: _abc.Iterable[Global___Participant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participants", b"participants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListParticipantsResponse: _TypeAlias = ListParticipantsResponse  # noqa: Y015
+
+@_typing.final
+class JoinRoomRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    user_id: _builtins.str
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinRoomRequest: _TypeAlias = JoinRoomRequest  # noqa: Y015
+
+@_typing.final
+class JoinRoomResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_FIELD_NUMBER: _builtins.int
+    FIRST_CONNECTION_FIELD_NUMBER: _builtins.int
+    first_connection: _builtins.bool
+    """False when the user was already in the room through another connection."""
+    @_builtins.property
+    def room(self) -> Global___Room: ...
+    def __init__(
+        self,
+        *,
+        room: Global___Room | None = ...,
+        first_connection: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_connection", b"first_connection", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinRoomResponse: _TypeAlias = JoinRoomResponse  # noqa: Y015
+
+@_typing.final
+class LeaveRoomRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    """Empty: every room."""
+    user_id: _builtins.str
+    session_id: _builtins.str
+    """Empty: every connection of the user."""
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveRoomRequest: _TypeAlias = LeaveRoomRequest  # noqa: Y015
+
+@_typing.final
+class LeaveRoomResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEFT_ROOM_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def left_room_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Rooms the user is no longer in at all."""
+
+    def __init__(
+        self,
+        *,
+        left_room_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["left_room_ids", b"left_room_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveRoomResponse: _TypeAlias = LeaveRoomResponse  # noqa: Y015
+
+@_typing.final
+class ListUserRoomsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserRoomsRequest: _TypeAlias = ListUserRoomsRequest  # noqa: Y015
+
+@_typing.final
+class ListUserRoomsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def room_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        room_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_ids", b"room_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserRoomsResponse: _TypeAlias = ListUserRoomsResponse  # noqa: Y015
+
+@_typing.final
+class WatchRoomsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRoomsRequest: _TypeAlias = WatchRoomsRequest  # noqa: Y015
+
+@_typing.final
+class RoomChange(_message.Message):
+    """One change to the registry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[RoomChange._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: RoomChange._Kind.ValueType  # 0
+        KIND_CREATED: RoomChange._Kind.ValueType  # 1
+        """Sent for every room when the watch starts, then for each new room."""
+        KIND_DELETED: RoomChange._Kind.ValueType  # 2
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: RoomChange.Kind.ValueType  # 0
+    KIND_CREATED: RoomChange.Kind.ValueType  # 1
+    """Sent for every room when the watch starts, then for each new room."""
+    KIND_DELETED: RoomChange.Kind.ValueType  # 2
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ROOM_FIELD_NUMBER: _builtins.int
+    kind: Global___RoomChange.Kind.ValueType
+    @_builtins.property
+    def room(self) -> Global___Room: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___RoomChange.Kind.ValueType = ...,
+        room: Global___Room | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "room", b"room"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoomChange: _TypeAlias = RoomChange  # noqa: Y015
+
+@_typing.final
+class WatchRoomsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    snapshot_complete: _builtins.bool
+    """True once the initial snapshot has been sent."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoomChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___RoomChange] | None = ...,
+        snapshot_complete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "snapshot_complete", b"snapshot_complete"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRoomsResponse: _TypeAlias = WatchRoomsResponse  # noqa: Y015

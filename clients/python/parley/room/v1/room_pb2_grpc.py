@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class RoomServiceStub:
-    """Rooms: the registry of rooms declared in the config file (first draft;
-    run-time rooms, membership and events arrive with the rooms issue).
+    """Rooms: the registry (declared in config or created at run time), their
+    event rules, and membership. Gateways call the membership RPCs with service
+    credentials and follow changes with WatchRooms, so publishing never waits
+    on this service.
     """
 
     def __init__(self, channel):
@@ -46,15 +48,52 @@ class RoomServiceStub:
                 request_serializer=parley_dot_room_dot_v1_dot_room__pb2.GetRoomRequest.SerializeToString,
                 response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.GetRoomResponse.FromString,
                 _registered_method=True)
+        self.CreateRoom = channel.unary_unary(
+                '/parley.room.v1.RoomService/CreateRoom',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.CreateRoomRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.CreateRoomResponse.FromString,
+                _registered_method=True)
+        self.DeleteRoom = channel.unary_unary(
+                '/parley.room.v1.RoomService/DeleteRoom',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.DeleteRoomRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.DeleteRoomResponse.FromString,
+                _registered_method=True)
+        self.ListParticipants = channel.unary_unary(
+                '/parley.room.v1.RoomService/ListParticipants',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.ListParticipantsRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.ListParticipantsResponse.FromString,
+                _registered_method=True)
+        self.JoinRoom = channel.unary_unary(
+                '/parley.room.v1.RoomService/JoinRoom',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.JoinRoomRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.JoinRoomResponse.FromString,
+                _registered_method=True)
+        self.LeaveRoom = channel.unary_unary(
+                '/parley.room.v1.RoomService/LeaveRoom',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.LeaveRoomRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.LeaveRoomResponse.FromString,
+                _registered_method=True)
+        self.ListUserRooms = channel.unary_unary(
+                '/parley.room.v1.RoomService/ListUserRooms',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsResponse.FromString,
+                _registered_method=True)
+        self.WatchRooms = channel.unary_stream(
+                '/parley.room.v1.RoomService/WatchRooms',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsResponse.FromString,
+                _registered_method=True)
 
 
 class RoomServiceServicer:
-    """Rooms: the registry of rooms declared in the config file (first draft;
-    run-time rooms, membership and events arrive with the rooms issue).
+    """Rooms: the registry (declared in config or created at run time), their
+    event rules, and membership. Gateways call the membership RPCs with service
+    credentials and follow changes with WatchRooms, so publishing never waits
+    on this service.
     """
 
     def ListRooms(self, request, context):
-        """Lists rooms visible to the caller, ordered by id.
+        """Lists public rooms, ordered by id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,6 +101,57 @@ class RoomServiceServicer:
 
     def GetRoom(self, request, context):
         """Gets one room; NOT_FOUND with reason ROOM_NOT_FOUND if unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRoom(self, request, context):
+        """Creates a room at run time; the caller becomes its creator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRoom(self, request, context):
+        """Deletes a room: its creator or a service only (else NOT_CREATOR).
+        Members are removed and every gateway is told.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListParticipants(self, request, context):
+        """Who is in a room.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinRoom(self, request, context):
+        """Adds a connection of a user to a room (ROOM_NOT_FOUND, ROOM_FULL).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveRoom(self, request, context):
+        """Removes a connection (or every connection of a user) from a room, or a
+        user from every room when room_id is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUserRooms(self, request, context):
+        """The rooms a user is in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRooms(self, request, context):
+        """Room changes as they happen, starting with a snapshot of every room.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +170,41 @@ def add_RoomServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.GetRoomRequest.FromString,
                     response_serializer=parley_dot_room_dot_v1_dot_room__pb2.GetRoomResponse.SerializeToString,
             ),
+            'CreateRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRoom,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.CreateRoomRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.CreateRoomResponse.SerializeToString,
+            ),
+            'DeleteRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRoom,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.DeleteRoomRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.DeleteRoomResponse.SerializeToString,
+            ),
+            'ListParticipants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParticipants,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.ListParticipantsRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.ListParticipantsResponse.SerializeToString,
+            ),
+            'JoinRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinRoom,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.JoinRoomRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.JoinRoomResponse.SerializeToString,
+            ),
+            'LeaveRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveRoom,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.LeaveRoomRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.LeaveRoomResponse.SerializeToString,
+            ),
+            'ListUserRooms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserRooms,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsResponse.SerializeToString,
+            ),
+            'WatchRooms': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRooms,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.room.v1.RoomService', rpc_method_handlers)
@@ -89,8 +214,10 @@ def add_RoomServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RoomService:
-    """Rooms: the registry of rooms declared in the config file (first draft;
-    run-time rooms, membership and events arrive with the rooms issue).
+    """Rooms: the registry (declared in config or created at run time), their
+    event rules, and membership. Gateways call the membership RPCs with service
+    credentials and follow changes with WatchRooms, so publishing never waits
+    on this service.
     """
 
     @staticmethod
@@ -137,6 +264,195 @@ class RoomService:
             '/parley.room.v1.RoomService/GetRoom',
             parley_dot_room_dot_v1_dot_room__pb2.GetRoomRequest.SerializeToString,
             parley_dot_room_dot_v1_dot_room__pb2.GetRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/CreateRoom',
+            parley_dot_room_dot_v1_dot_room__pb2.CreateRoomRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.CreateRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/DeleteRoom',
+            parley_dot_room_dot_v1_dot_room__pb2.DeleteRoomRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.DeleteRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParticipants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/ListParticipants',
+            parley_dot_room_dot_v1_dot_room__pb2.ListParticipantsRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.ListParticipantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/JoinRoom',
+            parley_dot_room_dot_v1_dot_room__pb2.JoinRoomRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.JoinRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/LeaveRoom',
+            parley_dot_room_dot_v1_dot_room__pb2.LeaveRoomRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.LeaveRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserRooms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/ListUserRooms',
+            parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRooms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.room.v1.RoomService/WatchRooms',
+            parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RoomServiceStub:
-    """Rooms: the registry of rooms declared in the config file (first draft;
-    run-time rooms, membership and events arrive with the rooms issue).
+    """Rooms: the registry (declared in config or created at run time), their
+    event rules, and membership. Gateways call the membership RPCs with service
+    credentials and follow changes with WatchRooms, so publishing never waits
+    on this service.
     """
 
     @_typing.overload
@@ -36,25 +38,65 @@ class RoomServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RoomServiceAsyncStub: ...
     ListRooms: _grpc.UnaryUnaryMultiCallable[_room_pb2.ListRoomsRequest, _room_pb2.ListRoomsResponse]
-    """Lists rooms visible to the caller, ordered by id."""
+    """Lists public rooms, ordered by id."""
     GetRoom: _grpc.UnaryUnaryMultiCallable[_room_pb2.GetRoomRequest, _room_pb2.GetRoomResponse]
     """Gets one room; NOT_FOUND with reason ROOM_NOT_FOUND if unknown."""
+    CreateRoom: _grpc.UnaryUnaryMultiCallable[_room_pb2.CreateRoomRequest, _room_pb2.CreateRoomResponse]
+    """Creates a room at run time; the caller becomes its creator."""
+    DeleteRoom: _grpc.UnaryUnaryMultiCallable[_room_pb2.DeleteRoomRequest, _room_pb2.DeleteRoomResponse]
+    """Deletes a room: its creator or a service only (else NOT_CREATOR).
+    Members are removed and every gateway is told.
+    """
+    ListParticipants: _grpc.UnaryUnaryMultiCallable[_room_pb2.ListParticipantsRequest, _room_pb2.ListParticipantsResponse]
+    """Who is in a room."""
+    JoinRoom: _grpc.UnaryUnaryMultiCallable[_room_pb2.JoinRoomRequest, _room_pb2.JoinRoomResponse]
+    """Adds a connection of a user to a room (ROOM_NOT_FOUND, ROOM_FULL)."""
+    LeaveRoom: _grpc.UnaryUnaryMultiCallable[_room_pb2.LeaveRoomRequest, _room_pb2.LeaveRoomResponse]
+    """Removes a connection (or every connection of a user) from a room, or a
+    user from every room when room_id is empty.
+    """
+    ListUserRooms: _grpc.UnaryUnaryMultiCallable[_room_pb2.ListUserRoomsRequest, _room_pb2.ListUserRoomsResponse]
+    """The rooms a user is in."""
+    WatchRooms: _grpc.UnaryStreamMultiCallable[_room_pb2.WatchRoomsRequest, _room_pb2.WatchRoomsResponse]
+    """Room changes as they happen, starting with a snapshot of every room."""
 
 @_typing.type_check_only
 class RoomServiceAsyncStub(RoomServiceStub):
-    """Rooms: the registry of rooms declared in the config file (first draft;
-    run-time rooms, membership and events arrive with the rooms issue).
+    """Rooms: the registry (declared in config or created at run time), their
+    event rules, and membership. Gateways call the membership RPCs with service
+    credentials and follow changes with WatchRooms, so publishing never waits
+    on this service.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListRooms: _aio.UnaryUnaryMultiCallable[_room_pb2.ListRoomsRequest, _room_pb2.ListRoomsResponse]  # type: ignore[assignment]
-    """Lists rooms visible to the caller, ordered by id."""
+    """Lists public rooms, ordered by id."""
     GetRoom: _aio.UnaryUnaryMultiCallable[_room_pb2.GetRoomRequest, _room_pb2.GetRoomResponse]  # type: ignore[assignment]
     """Gets one room; NOT_FOUND with reason ROOM_NOT_FOUND if unknown."""
+    CreateRoom: _aio.UnaryUnaryMultiCallable[_room_pb2.CreateRoomRequest, _room_pb2.CreateRoomResponse]  # type: ignore[assignment]
+    """Creates a room at run time; the caller becomes its creator."""
+    DeleteRoom: _aio.UnaryUnaryMultiCallable[_room_pb2.DeleteRoomRequest, _room_pb2.DeleteRoomResponse]  # type: ignore[assignment]
+    """Deletes a room: its creator or a service only (else NOT_CREATOR).
+    Members are removed and every gateway is told.
+    """
+    ListParticipants: _aio.UnaryUnaryMultiCallable[_room_pb2.ListParticipantsRequest, _room_pb2.ListParticipantsResponse]  # type: ignore[assignment]
+    """Who is in a room."""
+    JoinRoom: _aio.UnaryUnaryMultiCallable[_room_pb2.JoinRoomRequest, _room_pb2.JoinRoomResponse]  # type: ignore[assignment]
+    """Adds a connection of a user to a room (ROOM_NOT_FOUND, ROOM_FULL)."""
+    LeaveRoom: _aio.UnaryUnaryMultiCallable[_room_pb2.LeaveRoomRequest, _room_pb2.LeaveRoomResponse]  # type: ignore[assignment]
+    """Removes a connection (or every connection of a user) from a room, or a
+    user from every room when room_id is empty.
+    """
+    ListUserRooms: _aio.UnaryUnaryMultiCallable[_room_pb2.ListUserRoomsRequest, _room_pb2.ListUserRoomsResponse]  # type: ignore[assignment]
+    """The rooms a user is in."""
+    WatchRooms: _aio.UnaryStreamMultiCallable[_room_pb2.WatchRoomsRequest, _room_pb2.WatchRoomsResponse]  # type: ignore[assignment]
+    """Room changes as they happen, starting with a snapshot of every room."""
 
 class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Rooms: the registry of rooms declared in the config file (first draft;
-    run-time rooms, membership and events arrive with the rooms issue).
+    """Rooms: the registry (declared in config or created at run time), their
+    event rules, and membership. Gateways call the membership RPCs with service
+    credentials and follow changes with WatchRooms, so publishing never waits
+    on this service.
     """
 
     @_abc_1.abstractmethod
@@ -63,7 +105,7 @@ class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _room_pb2.ListRoomsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_room_pb2.ListRoomsResponse, _abc.Awaitable[_room_pb2.ListRoomsResponse]]:
-        """Lists rooms visible to the caller, ordered by id."""
+        """Lists public rooms, ordered by id."""
 
     @_abc_1.abstractmethod
     def GetRoom(
@@ -72,5 +114,65 @@ class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_room_pb2.GetRoomResponse, _abc.Awaitable[_room_pb2.GetRoomResponse]]:
         """Gets one room; NOT_FOUND with reason ROOM_NOT_FOUND if unknown."""
+
+    @_abc_1.abstractmethod
+    def CreateRoom(
+        self,
+        request: _room_pb2.CreateRoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.CreateRoomResponse, _abc.Awaitable[_room_pb2.CreateRoomResponse]]:
+        """Creates a room at run time; the caller becomes its creator."""
+
+    @_abc_1.abstractmethod
+    def DeleteRoom(
+        self,
+        request: _room_pb2.DeleteRoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.DeleteRoomResponse, _abc.Awaitable[_room_pb2.DeleteRoomResponse]]:
+        """Deletes a room: its creator or a service only (else NOT_CREATOR).
+        Members are removed and every gateway is told.
+        """
+
+    @_abc_1.abstractmethod
+    def ListParticipants(
+        self,
+        request: _room_pb2.ListParticipantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.ListParticipantsResponse, _abc.Awaitable[_room_pb2.ListParticipantsResponse]]:
+        """Who is in a room."""
+
+    @_abc_1.abstractmethod
+    def JoinRoom(
+        self,
+        request: _room_pb2.JoinRoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.JoinRoomResponse, _abc.Awaitable[_room_pb2.JoinRoomResponse]]:
+        """Adds a connection of a user to a room (ROOM_NOT_FOUND, ROOM_FULL)."""
+
+    @_abc_1.abstractmethod
+    def LeaveRoom(
+        self,
+        request: _room_pb2.LeaveRoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.LeaveRoomResponse, _abc.Awaitable[_room_pb2.LeaveRoomResponse]]:
+        """Removes a connection (or every connection of a user) from a room, or a
+        user from every room when room_id is empty.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUserRooms(
+        self,
+        request: _room_pb2.ListUserRoomsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.ListUserRoomsResponse, _abc.Awaitable[_room_pb2.ListUserRoomsResponse]]:
+        """The rooms a user is in."""
+
+    @_abc_1.abstractmethod
+    def WatchRooms(
+        self,
+        request: _room_pb2.WatchRoomsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_room_pb2.WatchRoomsResponse], _abc.AsyncIterator[_room_pb2.WatchRoomsResponse]]:
+        """Room changes as they happen, starting with a snapshot of every room."""
 
 def add_RoomServiceServicer_to_server(servicer: RoomServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,117 @@
+"""Room definitions: from the config file or a CreateRoom request to a checked Room."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from google.protobuf import struct_pb2
+
+from parley.room.v1 import room_pb2
+from services.room.rules import ANY_EVENT, EventRules, compile_schema
+from services.runtime.config import ConfigError, EventDefinition, RoomDefinition
+from services.runtime.errors import ServiceError, invalid_field
+
+ROOM_ID = re.compile(r"[a-z0-9_.:-]{1,64}")
+EVENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}|\*")
+MAX_EVENTS = 100
+VISIBILITY = {"public": room_pb2.ROOM_VISIBILITY_PUBLIC, "unlisted": room_pb2.ROOM_VISIBILITY_UNLISTED}
+
+
+def check_room_id(room_id: str, field: str = "room_id") -> None:
+    if not room_id:
+        raise invalid_field(field, "is required")
+    if not ROOM_ID.fullmatch(room_id):
+        raise invalid_field(field, "must be 1–64 characters of a-z, 0-9, '_', '.', ':' and '-'")
+
+
+def check_room(room: room_pb2.Room) -> room_pb2.Room:
+    """Validates a definition (ids, names, sizes, schemas); returns it unchanged."""
+    check_room_id(room.room_id)
+    if room.max_size < 0:
+        raise invalid_field("max_size", "must not be negative")
+    if len(room.events) > MAX_EVENTS:
+        raise invalid_field("events", f"at most {MAX_EVENTS} events")
+    seen: set[str] = set()
+    for i, event in enumerate(room.events):
+        if not EVENT_NAME.fullmatch(event.name):
+            raise invalid_field(f"events[{i}].name", "must be 1–64 characters of letters, digits, '_.:-', or '*'")
+        if event.name in seen:
+            raise invalid_field(f"events[{i}].name", f"{event.name!r} is listed twice")
+        seen.add(event.name)
+    for i, name in enumerate(room.default_subscriptions):
+        if name != ANY_EVENT and not EVENT_NAME.fullmatch(name):
+            raise invalid_field(f"default_subscriptions[{i}]", "is not an event name")
+    EventRules(room)  # compiles every schema, naming the one that is not valid
+    return room
+
+
+def from_request(request: room_pb2.CreateRoomRequest, creator: str) -> room_pb2.Room:
+    events = list(request.events)
+    if not events and not request.read_only:
+        events = [room_pb2.EventDefinition(name=ANY_EVENT)]
+    if request.read_only and request.events:
+        raise invalid_field("read_only", "a read-only room lists no events")
+    return check_room(
+        room_pb2.Room(
+            room_id=request.room_id,
+            name=request.name or request.room_id,
+            description=request.description,
+            max_size=request.max_size,
+            creator=creator,
+            visibility=request.visibility or room_pb2.ROOM_VISIBILITY_PUBLIC,
+            events=events,
+            default_subscriptions=list(request.default_subscriptions) or [ANY_EVENT],
+        )
+    )
+
+
+def from_config(definition: RoomDefinition, config_dir: Path) -> room_pb2.Room:
+    """A config room as a Room; ConfigError naming the room on anything wrong."""
+    try:
+        events = (
+            [room_pb2.EventDefinition(name=ANY_EVENT)]
+            if definition.events is None
+            else [_event(e, config_dir) for e in definition.events]
+        )
+        sync = definition.sync_history_on_join
+        return check_room(
+            room_pb2.Room(
+                room_id=definition.id,
+                name=definition.name or definition.id,
+                description=definition.description,
+                max_size=definition.max_size,
+                visibility=VISIBILITY[definition.visibility],
+                events=events,
+                default_subscriptions=definition.default_subscriptions,
+                sync_history_on_join=room_pb2.SyncOnJoin(
+                    all=sync is True, last=sync if not isinstance(sync, bool) else 0
+                ),
+            )
+        )
+    except ServiceError as exc:
+        raise ConfigError(f"rooms.{definition.id}: {exc.message}") from exc
+
+
+def _event(event: EventDefinition, config_dir: Path) -> room_pb2.EventDefinition:
+    schema = event.schema
+    if event.schema_file:
+        path = config_dir / event.schema_file
+        try:
+            schema = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"event {event.name!r}: cannot read schema file {path}: {exc}") from exc
+    definition = room_pb2.EventDefinition(
+        name=event.name,
+        description=event.description,
+        history=room_pb2.HistoryPolicy(
+            enabled=event.history.enabled, limit=event.history.limit, max_age_seconds=event.history.max_age_seconds
+        ),
+    )
+    if schema is not None:
+        compile_schema(schema, f"events.{event.name}.schema")
+        struct = struct_pb2.Struct()
+        struct.update(schema)
+        definition.schema.CopyFrom(struct)
+    return definition

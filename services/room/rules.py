@@ -1,0 +1,84 @@
+"""What a room accepts: listed events, `*`, read-only, and JSON Schemas.
+
+Compiled once per room definition (fastjsonschema generates a validator
+function), so checking a publish costs one dictionary lookup and one call.
+Used by the room service when rooms are defined and by gateways on publish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import fastjsonschema
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from parley.api.v1 import errors_pb2
+from parley.room.v1 import room_pb2
+from services.runtime.errors import ServiceError, invalid_field
+
+ANY_EVENT = "*"
+Validator = Callable[[Any], Any]
+
+
+def schema_to_dict(schema: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct back to JSON, with integral numbers as ints (Struct keeps only floats)."""
+    return _integral(json_format.MessageToDict(schema))  # type: ignore[no-any-return]
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def compile_schema(schema: dict[str, Any], field: str) -> Validator:
+    """A validator for `schema`; INVALID_ARGUMENT naming `field` when the schema is not valid."""
+    try:
+        validator: Validator = fastjsonschema.compile(schema)
+    except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
+        raise invalid_field(field, f"not a valid JSON Schema: {exc}") from exc
+    return validator
+
+
+class EventRules:
+    def __init__(self, room: room_pb2.Room) -> None:
+        self.room_id = room.room_id
+        self.read_only = not room.events
+        self._validators: dict[str, Validator | None] = {
+            event.name: compile_schema(schema_to_dict(event.schema), f"events[{i}].schema")
+            if event.HasField("schema")
+            else None
+            for i, event in enumerate(room.events)
+        }
+
+    def accepts(self, event: str) -> bool:
+        return event in self._validators or ANY_EVENT in self._validators
+
+    def check(self, event: str, payload: Any) -> None:
+        """Raises EVENT_NOT_ALLOWED or VALIDATION_FAILED (naming the field) for a client publish."""
+        if self.read_only:
+            raise not_allowed(f"room {self.room_id!r} is read-only for clients")
+        if not self.accepts(event):
+            raise not_allowed(f"room {self.room_id!r} does not accept event {event!r}")
+        self.validate(event, payload)
+
+    def validate(self, event: str, payload: Any) -> None:
+        """Checks the payload against the event's schema (services publish to read-only rooms too)."""
+        validator = self._validators.get(event, self._validators.get(ANY_EVENT))
+        if validator is None:
+            return
+        try:
+            validator(payload)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            field = "payload" + "".join(f".{part}" for part in exc.path[1:])
+            raise invalid_field(field, exc.message.replace(exc.name or "data", "value", 1)) from exc
+
+
+def not_allowed(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, errors_pb2.ERROR_REASON_EVENT_NOT_ALLOWED, message)

@@ -1,0 +1,93 @@
+"""gRPC face of the room service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from parley.room.v1 import room_pb2, room_pb2_grpc
+from services.room import definitions
+from services.room.membership import Membership
+from services.room.registry import RoomRegistry
+from services.runtime.errors import invalid_field
+from services.runtime.grpc_types import Context
+from services.runtime.paging import clamp_page_size, decode_page_token, encode_page_token
+from services.runtime.principal import current_principal
+
+
+class RoomServicer(room_pb2_grpc.RoomServiceServicer):
+    def __init__(self, registry: RoomRegistry, membership: Membership) -> None:
+        self._registry = registry
+        self._membership = membership
+
+    def _with_size(self, room: room_pb2.Room) -> room_pb2.Room:
+        sized = room_pb2.Room()
+        sized.CopyFrom(room)
+        sized.size = self._membership.size(room.room_id)
+        return sized
+
+    async def ListRooms(self, request: room_pb2.ListRoomsRequest, context: Context) -> room_pb2.ListRoomsResponse:
+        size = clamp_page_size(request.page_size)
+        rooms, more = self._registry.listed_after(decode_page_token(request.page_token), size)
+        next_token = encode_page_token(rooms[-1].room_id) if more else ""
+        return room_pb2.ListRoomsResponse(rooms=[self._with_size(r) for r in rooms], next_page_token=next_token)
+
+    async def GetRoom(self, request: room_pb2.GetRoomRequest, context: Context) -> room_pb2.GetRoomResponse:
+        definitions.check_room_id(request.room_id)
+        return room_pb2.GetRoomResponse(room=self._with_size(self._registry.get(request.room_id)))
+
+    async def CreateRoom(self, request: room_pb2.CreateRoomRequest, context: Context) -> room_pb2.CreateRoomResponse:
+        caller = current_principal()
+        room = definitions.from_request(request, creator=caller.user_id)
+        return room_pb2.CreateRoomResponse(room=await self._registry.create(room))
+
+    async def DeleteRoom(self, request: room_pb2.DeleteRoomRequest, context: Context) -> room_pb2.DeleteRoomResponse:
+        definitions.check_room_id(request.room_id)
+        await self._registry.delete(request.room_id, current_principal())
+        self._membership.drop_room(request.room_id)
+        return room_pb2.DeleteRoomResponse()
+
+    async def ListParticipants(
+        self, request: room_pb2.ListParticipantsRequest, context: Context
+    ) -> room_pb2.ListParticipantsResponse:
+        definitions.check_room_id(request.room_id)
+        self._registry.get(request.room_id)
+        participants = self._membership.participants(request.room_id)
+        return room_pb2.ListParticipantsResponse(
+            participants=[
+                room_pb2.Participant(user_id=user, session_ids=sorted(sessions))
+                for user, sessions in sorted(participants.items())
+            ]
+        )
+
+    async def JoinRoom(self, request: room_pb2.JoinRoomRequest, context: Context) -> room_pb2.JoinRoomResponse:
+        definitions.check_room_id(request.room_id)
+        _require(user_id=request.user_id, session_id=request.session_id)
+        room = self._registry.get(request.room_id)
+        first = self._membership.join(room.room_id, room.max_size, request.user_id, request.session_id)
+        return room_pb2.JoinRoomResponse(room=self._with_size(room), first_connection=first)
+
+    async def LeaveRoom(self, request: room_pb2.LeaveRoomRequest, context: Context) -> room_pb2.LeaveRoomResponse:
+        _require(user_id=request.user_id)
+        left = self._membership.leave(request.room_id or None, request.user_id, request.session_id or None)
+        return room_pb2.LeaveRoomResponse(left_room_ids=left)
+
+    async def ListUserRooms(
+        self, request: room_pb2.ListUserRoomsRequest, context: Context
+    ) -> room_pb2.ListUserRoomsResponse:
+        _require(user_id=request.user_id)
+        return room_pb2.ListUserRoomsResponse(room_ids=self._membership.rooms_of(request.user_id))
+
+    async def WatchRooms(
+        self, request: room_pb2.WatchRoomsRequest, context: Context
+    ) -> AsyncIterator[room_pb2.WatchRoomsResponse]:
+        async for changes in self._registry.watch():
+            if changes is None:
+                yield room_pb2.WatchRoomsResponse(snapshot_complete=True)
+            else:
+                yield room_pb2.WatchRoomsResponse(changes=changes)
+
+
+def _require(**fields: str) -> None:
+    for name, value in fields.items():
+        if not value:
+            raise invalid_field(name, "is required")
