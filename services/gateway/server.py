@@ -1,58 +1,72 @@
-"""The gateway: GatewayService, and in split mode the forwarding of the
-other services' public RPCs to their processes."""
+"""The gateway: GatewayService (server info, Connect, backend API) and, in split
+mode, the forwarding of the other services' public RPCs to their processes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from importlib import metadata
 
 from google.protobuf import descriptor
 
-from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from parley.gateway.v1 import gateway_pb2
 from services.file.server import SERVICE as FILE_SERVICE
+from services.gateway.bus import InProcessBus
+from services.gateway.directory import follow_room_changes
 from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
+from services.gateway.hooks import Hooks
 from services.gateway.peer_health import mirror_peer_health
+from services.gateway.realtime import Realtime
+from services.gateway.room_client import RoomClient
+from services.gateway.servicer import SERVICE, GatewayServicer, gateway_handler
 from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
 from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.channels import open_channel
-from services.runtime.config import Config
-from services.runtime.grpc_types import Context, HealthStatus
+from services.runtime.config import INTERNAL_SERVICE, Config, ConfigError
+from services.runtime.grpc_types import HealthStatus
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry
 
-SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 # Services whose public RPCs clients reach through the gateway.
 PUBLIC_SERVICES = (IDENTITY_SERVICE, ROOM_SERVICE, HISTORY_SERVICE, FILE_SERVICE)
 
 
-def _version() -> str:
-    try:
-        return metadata.version("parley")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, mode: gateway_pb2.DeploymentMode.ValueType, services: Sequence[str], max_bytes: int) -> None:
-        self._info = gateway_pb2.GetServerInfoResponse(
-            version=_version(), mode=mode, services=sorted(services), max_message_bytes=max_bytes
+def internal_secret(config: Config) -> str:
+    secret = config.auth.service_credentials.get(INTERNAL_SERVICE, "")
+    if not secret:
+        raise ConfigError(
+            f"auth.service_credentials needs a {INTERNAL_SERVICE!r} entry shared by every service in split mode, "
+            f"e.g. PARLEY_AUTH_SERVICE_CREDENTIALS={INTERNAL_SERVICE}=<secret>"
         )
-
-    async def GetServerInfo(
-        self, request: gateway_pb2.GetServerInfoRequest, context: Context
-    ) -> gateway_pb2.GetServerInfoResponse:
-        return self._info
+    return secret
 
 
-def gateway_module(config: Config, mode: gateway_pb2.DeploymentMode.ValueType) -> ServiceModule:
-    """GatewayService alone (all-in-one mode: the other services are local)."""
+def gateway_module(
+    config: Config, mode: gateway_pb2.DeploymentMode.ValueType, room_address: str | None
+) -> ServiceModule:
+    """GatewayService. `room_address` None means the room service is on this same server."""
+    rooms = RoomClient(config.server, internal_secret(config), room_address or "")
+    realtime = Realtime(config.gateway, InProcessBus(), rooms, Hooks(config.hooks))
     services = [s.full_name for s in (SERVICE, *PUBLIC_SERVICES)]
-    servicer = GatewayServicer(mode, services, config.server.max_message_bytes)
+    servicer = GatewayServicer(realtime, mode, services, config.server.max_message_bytes)
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(health: HealthStatus, own_address: str) -> None:
+        if room_address is None:
+            rooms.address = own_address
+        tasks.append(asyncio.create_task(follow_room_changes(rooms, realtime.directory, realtime.on_room_change)))
+
+    async def drain() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        realtime.go_away("the server is shutting down; reconnect shortly")
+
     return ServiceModule(
         services=[SERVICE],
-        register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
+        register=lambda server: server.add_generic_rpc_handlers((gateway_handler(servicer),)),
+        close=rooms.close,
+        start=start,
+        before_drain=drain,
     )
 
 
@@ -72,7 +86,7 @@ class PeerConnections:
         }
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start_health_mirrors(self, health_servicer: HealthStatus) -> None:
+    def start_health_mirrors(self, health_servicer: HealthStatus, own_address: str) -> None:
         for service, peer in self.peers.items():
             task = asyncio.create_task(mirror_peer_health(peer.channel, service.full_name, health_servicer))
             self._tasks.append(task)
@@ -99,7 +113,7 @@ async def forwarding_module(config: Config) -> ServiceModule:
 
 
 async def split_gateway_module(config: Config) -> ServiceModule:
-    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_SPLIT)
+    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_SPLIT, config.peers.room)
 
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:

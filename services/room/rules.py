@@ -22,9 +22,13 @@ ANY_EVENT = "*"
 Validator = Callable[[Any], Any]
 
 
+def to_json(message: struct_pb2.Struct | struct_pb2.Value) -> Any:
+    """A Struct or Value as Python JSON, integral numbers as ints (protobuf keeps only floats)."""
+    return _integral(json_format.MessageToDict(message))
+
+
 def schema_to_dict(schema: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct back to JSON, with integral numbers as ints (Struct keeps only floats)."""
-    return _integral(json_format.MessageToDict(schema))  # type: ignore[no-any-return]
+    return to_json(schema)  # type: ignore[no-any-return]
 
 
 def _integral(value: Any) -> Any:
@@ -60,7 +64,7 @@ class EventRules:
     def accepts(self, event: str) -> bool:
         return event in self._validators or ANY_EVENT in self._validators
 
-    def check(self, event: str, payload: Any) -> None:
+    def check(self, event: str, payload: struct_pb2.Value) -> None:
         """Raises EVENT_NOT_ALLOWED or VALIDATION_FAILED (naming the field) for a client publish."""
         if self.read_only:
             raise not_allowed(f"room {self.room_id!r} is read-only for clients")
@@ -68,13 +72,13 @@ class EventRules:
             raise not_allowed(f"room {self.room_id!r} does not accept event {event!r}")
         self.validate(event, payload)
 
-    def validate(self, event: str, payload: Any) -> None:
+    def validate(self, event: str, payload: struct_pb2.Value) -> None:
         """Checks the payload against the event's schema (services publish to read-only rooms too)."""
         validator = self._validators.get(event, self._validators.get(ANY_EVENT))
         if validator is None:
             return
         try:
-            validator(payload)
+            validator(to_json(payload))
         except fastjsonschema.JsonSchemaValueException as exc:
             field = "payload" + "".join(f".{part}" for part in exc.path[1:])
             raise invalid_field(field, exc.message.replace(exc.name or "data", "value", 1)) from exc

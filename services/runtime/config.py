@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "PARLEY_"
+INTERNAL_SERVICE = "parley"
 # Read by the `parley` CLI as a client, not settings of a server.
 CLIENT_ENV = frozenset({"PARLEY_ADDR", "PARLEY_KEY_FILE"})
 MiB = 1024 * 1024
@@ -83,6 +84,8 @@ class AuthConfig:
     # Login challenges one username may request per minute from one address.
     challenges_per_minute: int = 30
     # Backend credentials: name -> secret; sent as `svc:<name>:<secret>`.
+    # Parley's own services call each other as INTERNAL_SERVICE ("parley"):
+    # all-in-one mode makes that secret up, split mode needs it configured.
     service_credentials: dict[str, str] = dataclasses.field(default_factory=dict)
     # Seconds between refetches of verification keys for an unknown key id.
     key_refresh_interval_seconds: float = 5.0
@@ -100,6 +103,40 @@ class TelemetryConfig:
     # Where the console exporter writes; empty means standard output.
     console_path: str = ""
     metrics_interval_seconds: float = 60.0
+
+
+@dataclasses.dataclass
+class GatewayConfig:
+    # Events for one connection are gathered this long into one frame.
+    batch_window_ms: float = 1.0
+    # Largest frame the gateway builds from gathered events.
+    max_frame_bytes: int = 256 * 1024
+    # A connection more than this far behind is ended as a slow consumer.
+    max_outbound_bytes: int = 4 * MiB
+    # Largest JSON payload of one published event.
+    max_payload_bytes: int = 64 * 1024
+    # Events one user may publish per window, over all their connections.
+    events_per_window: int = 200
+    window_seconds: int = 10
+    max_rooms_per_connection: int = 100
+    # Commands a connection may have in flight before it stops being read.
+    max_pending_commands: int = 64
+
+
+@dataclasses.dataclass
+class HooksConfig:
+    """Python callables, "module:function", called by the gateway (see docs/hooks.md)."""
+
+    authenticate: str = ""
+    before_join: str = ""
+    before_publish: str = ""
+    after_publish: str = ""
+    on_connected: str = ""
+    on_disconnected: str = ""
+    on_joined: str = ""
+    on_left: str = ""
+    on_room_created: str = ""
+    on_room_deleted: str = ""
 
 
 @dataclasses.dataclass
@@ -163,6 +200,8 @@ class Config:
     telemetry: TelemetryConfig = dataclasses.field(default_factory=TelemetryConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     files: FilesConfig = dataclasses.field(default_factory=FilesConfig)
+    gateway: GatewayConfig = dataclasses.field(default_factory=GatewayConfig)
+    hooks: HooksConfig = dataclasses.field(default_factory=HooksConfig)
     rooms: list[RoomDefinition] = dataclasses.field(default_factory=list)
     # Where the config file is; relative paths in it (schema files) start here.
     config_dir: Path | None = None

@@ -25,6 +25,13 @@ class ServiceError(Exception):
         self.message = message
         self.metadata = metadata
 
+    @classmethod
+    def named(cls, code: grpc.StatusCode, reason: str, message: str, **metadata: str) -> ServiceError:
+        """An error whose reason is given by name (relayed, or chosen by a hook)."""
+        error = cls(code, errors_pb2.ERROR_REASON_UNSPECIFIED, message, **metadata)
+        error.reason = reason
+        return error
+
     def to_status(self) -> grpc.Status:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
         detail = any_pb2.Any()

@@ -20,18 +20,18 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._prune_at = self.MIN_PRUNE_SIZE
 
-    def try_acquire(self, key: str) -> float:
-        """Takes one token; returns 0 when allowed, else seconds until one is free."""
+    def try_acquire(self, key: str, cost: int = 1) -> float:
+        """Takes `cost` tokens; returns 0 when allowed, else seconds until they are free."""
         now = self._clock()
         tokens, updated = self._buckets.get(key, (self._capacity, now))
         tokens = min(self._capacity, tokens + (now - updated) * self._refill)
-        if tokens >= 1:
-            self._buckets[key] = (tokens - 1, now)
+        if tokens >= cost:
+            self._buckets[key] = (tokens - cost, now)
             if len(self._buckets) > self._prune_at:
                 self._forget_full(now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        return (1 - tokens) / self._refill
+        return (cost - tokens) / self._refill
 
     def _forget_full(self, now: float) -> None:
         full_after = self._capacity / self._refill

@@ -46,8 +46,12 @@ class ServiceModule:
     # False when another process serves these services and health must wait
     # until it has been reached (the gateway's forwarded services).
     initially_serving: bool = True
-    # Called once the server is started (e.g. to begin mirroring peer health).
-    start: Callable[[HealthStatus], None] | None = None
+    # Called once the server is started, with its health servicer and the
+    # address it can be dialled at (e.g. to begin mirroring peer health).
+    start: Callable[[HealthStatus, str], None] | None = None
+    # Called when a stop begins, before in-flight calls are given their grace:
+    # ends the module's own long-lived streams and tells its clients to go.
+    before_drain: Closer | None = None
 
 
 ModuleFactory = Callable[[Config], Awaitable[ServiceModule]]
@@ -64,8 +68,10 @@ class ParleyServer:
         closers: Sequence[Closer],
         grace_seconds: float,
         address: str,
+        drainers: Sequence[Closer] = (),
     ) -> None:
         self.grpc_server = server
+        self._drainers = drainers
         self.health = health_servicer
         self.telemetry = telemetry
         self.address = address
@@ -80,6 +86,7 @@ class ParleyServer:
         self._stopped = True
         try:
             await self.health.enter_graceful_shutdown()
+            await close_all(self._drainers)
             await self.grpc_server.stop(self._grace if grace is None else grace)
         finally:
             await close_all(self._closers)
@@ -169,8 +176,9 @@ async def build_server(
             [s.full_name for s in described] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         port = _bind(server, config.server.host, config.server.port)
+        own_address = f"{_dialable(config.server.host)}:{port}"
         if identity_address is None:
-            key_source.address = f"{_dialable(config.server.host)}:{port}"
+            key_source.address = own_address
         await server.start()
         await health_servicer.set("", SERVING)
         for module in modules:
@@ -178,7 +186,7 @@ async def build_server(
                 await health_servicer.set(service.full_name, SERVING if module.initially_serving else NOT_SERVING)
         for module in modules:
             if module.start is not None:
-                module.start(health_servicer)
+                module.start(health_servicer, own_address)
     except BaseException:
         await server.stop(None)
         await key_source.close()
@@ -187,7 +195,11 @@ async def build_server(
     closers: list[Closer] = [key_source.close, *(m.close for m in modules if m.close is not None)]
     address = f"{config.server.host}:{port}"
     log.info("serving", extra={"server": process_name, "address": address})
-    return ParleyServer(server, health_servicer, telemetry, closers, config.server.grace_seconds, address), port
+    drainers = [m.before_drain for m in modules if m.before_drain is not None]
+    parley_server = ParleyServer(
+        server, health_servicer, telemetry, closers, config.server.grace_seconds, address, drainers
+    )
+    return parley_server, port
 
 
 def _interceptors(

@@ -71,7 +71,12 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("split")
     (tmp / "p.toml").write_text(ROOMS_TOML)
-    env = {"PARLEY_TELEMETRY_TRACING": "console", "PARLEY_SERVER_GRACE_SECONDS": "1"}
+    env = {
+        "PARLEY_TELEMETRY_TRACING": "console",
+        "PARLEY_SERVER_GRACE_SECONDS": "1",
+        # Parley's own service credential, shared by every process.
+        "PARLEY_AUTH_SERVICE_CREDENTIALS": "parley=split-test-secret",
+    }
     cluster = Cluster(tmp, {}, env)
     try:
         # Identity first: the others fetch token verification keys from it.

@@ -104,12 +104,13 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> ParleyError:
     """The typed exception for a failed call, read from its ErrorInfo trailer."""
     code: grpc.StatusCode = error.code()
     message = error.details() or code.name
-    reason, metadata = _error_info(error.trailing_metadata() or ())
+    reason, metadata = error_info(error.trailing_metadata() or ())
     kind = _BY_REASON.get(reason) or _BY_CODE.get(code, ParleyError)
     return kind(code, reason, message, metadata)
 
 
-def _error_info(trailers: object) -> tuple[str, dict[str, str]]:
+def error_info(trailers: object) -> tuple[str, dict[str, str]]:
+    """The Parley ErrorInfo reason and metadata in a call's trailers (empty when absent)."""
     for key, value in trailers:  # type: ignore[attr-defined]
         if key != "grpc-status-details-bin":
             continue

@@ -29,6 +29,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: the request bytes are not a valid message."""
     ERROR_REASON_BAD_CERTIFICATE: _ErrorReason.ValueType  # 3
     """INVALID_ARGUMENT: a device certificate does not verify under the user key."""
+    ERROR_REASON_PROTOCOL_VIOLATION: _ErrorReason.ValueType  # 4
+    """INVALID_ARGUMENT: a stream frame breaks the protocol; the stream ends."""
     ERROR_REASON_USERNAME_TAKEN: _ErrorReason.ValueType  # 10
     """ALREADY_EXISTS"""
     ERROR_REASON_DEVICE_EXISTS: _ErrorReason.ValueType  # 11
@@ -38,6 +40,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 21
     ERROR_REASON_ROOM_NOT_FOUND: _ErrorReason.ValueType  # 22
     ERROR_REASON_CHANNEL_NOT_FOUND: _ErrorReason.ValueType  # 23
+    ERROR_REASON_SESSION_NOT_FOUND: _ErrorReason.ValueType  # 24
     ERROR_REASON_TOKEN_MISSING: _ErrorReason.ValueType  # 30
     """UNAUTHENTICATED"""
     ERROR_REASON_TOKEN_INVALID: _ErrorReason.ValueType  # 31
@@ -54,17 +57,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_NOT_OWNER: _ErrorReason.ValueType  # 42
     ERROR_REASON_NOT_CREATOR: _ErrorReason.ValueType  # 43
     ERROR_REASON_NOT_AUTHOR: _ErrorReason.ValueType  # 44
+    ERROR_REASON_JOIN_DENIED: _ErrorReason.ValueType  # 45
+    """A before_join / before_publish hook said no (a hook may give its own reason)."""
+    ERROR_REASON_PUBLISH_DENIED: _ErrorReason.ValueType  # 46
     ERROR_REASON_ROOM_FULL: _ErrorReason.ValueType  # 50
     """FAILED_PRECONDITION"""
     ERROR_REASON_EVENT_NOT_ALLOWED: _ErrorReason.ValueType  # 51
+    ERROR_REASON_NOT_IN_ROOM: _ErrorReason.ValueType  # 52
+    """Publishing or subscribing in a room the connection has not joined."""
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 60
     """RESOURCE_EXHAUSTED"""
     ERROR_REASON_PAYLOAD_TOO_LARGE: _ErrorReason.ValueType  # 61
     ERROR_REASON_SLOW_CONSUMER: _ErrorReason.ValueType  # 62
+    ERROR_REASON_TOO_MANY_ROOMS: _ErrorReason.ValueType  # 63
     ERROR_REASON_SERVICE_UNAVAILABLE: _ErrorReason.ValueType  # 70
     """UNAVAILABLE: a peer service cannot be reached; retry later."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 80
     """INTERNAL"""
+    ERROR_REASON_HOOK_FAILED: _ErrorReason.ValueType  # 81
+    """A hook raised; deny hooks fail closed."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Stable reasons carried in `google.rpc.ErrorInfo.reason` (domain
@@ -80,6 +91,8 @@ ERROR_REASON_MALFORMED_REQUEST: ErrorReason.ValueType  # 2
 """INVALID_ARGUMENT: the request bytes are not a valid message."""
 ERROR_REASON_BAD_CERTIFICATE: ErrorReason.ValueType  # 3
 """INVALID_ARGUMENT: a device certificate does not verify under the user key."""
+ERROR_REASON_PROTOCOL_VIOLATION: ErrorReason.ValueType  # 4
+"""INVALID_ARGUMENT: a stream frame breaks the protocol; the stream ends."""
 ERROR_REASON_USERNAME_TAKEN: ErrorReason.ValueType  # 10
 """ALREADY_EXISTS"""
 ERROR_REASON_DEVICE_EXISTS: ErrorReason.ValueType  # 11
@@ -89,6 +102,7 @@ ERROR_REASON_USER_NOT_FOUND: ErrorReason.ValueType  # 20
 ERROR_REASON_DEVICE_NOT_FOUND: ErrorReason.ValueType  # 21
 ERROR_REASON_ROOM_NOT_FOUND: ErrorReason.ValueType  # 22
 ERROR_REASON_CHANNEL_NOT_FOUND: ErrorReason.ValueType  # 23
+ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 24
 ERROR_REASON_TOKEN_MISSING: ErrorReason.ValueType  # 30
 """UNAUTHENTICATED"""
 ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 31
@@ -105,15 +119,23 @@ ERROR_REASON_USER_ONLY: ErrorReason.ValueType  # 41
 ERROR_REASON_NOT_OWNER: ErrorReason.ValueType  # 42
 ERROR_REASON_NOT_CREATOR: ErrorReason.ValueType  # 43
 ERROR_REASON_NOT_AUTHOR: ErrorReason.ValueType  # 44
+ERROR_REASON_JOIN_DENIED: ErrorReason.ValueType  # 45
+"""A before_join / before_publish hook said no (a hook may give its own reason)."""
+ERROR_REASON_PUBLISH_DENIED: ErrorReason.ValueType  # 46
 ERROR_REASON_ROOM_FULL: ErrorReason.ValueType  # 50
 """FAILED_PRECONDITION"""
 ERROR_REASON_EVENT_NOT_ALLOWED: ErrorReason.ValueType  # 51
+ERROR_REASON_NOT_IN_ROOM: ErrorReason.ValueType  # 52
+"""Publishing or subscribing in a room the connection has not joined."""
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 60
 """RESOURCE_EXHAUSTED"""
 ERROR_REASON_PAYLOAD_TOO_LARGE: ErrorReason.ValueType  # 61
 ERROR_REASON_SLOW_CONSUMER: ErrorReason.ValueType  # 62
+ERROR_REASON_TOO_MANY_ROOMS: ErrorReason.ValueType  # 63
 ERROR_REASON_SERVICE_UNAVAILABLE: ErrorReason.ValueType  # 70
 """UNAVAILABLE: a peer service cannot be reached; retry later."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 80
 """INTERNAL"""
+ERROR_REASON_HOOK_FAILED: ErrorReason.ValueType  # 81
+"""A hook raised; deny hooks fail closed."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

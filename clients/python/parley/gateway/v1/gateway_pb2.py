@@ -22,10 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from parley.api.v1 import annotations_pb2 as parley_dot_api_dot_v1_dot_annotations__pb2
+from parley.api.v1 import status_pb2 as parley_dot_api_dot_v1_dot_status__pb2
+from parley.room.v1 import room_pb2 as parley_dot_room_dot_v1_dot_room__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/gateway/v1/gateway.proto\x12\x11parley.gateway.v1\x1a\x1fparley/api/v1/annotations.proto\"\x16\n\x14GetServerInfoRequest\"\xb0\x01\n\x15GetServerInfoResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12\x35\n\x04mode\x18\x02 \x01(\x0e\x32!.parley.gateway.v1.DeploymentModeR\x04mode\x12\x1a\n\x08services\x18\x03 \x03(\tR\x08services\x12*\n\x11max_message_bytes\x18\x04 \x01(\x05R\x0fmaxMessageBytes*l\n\x0e\x44\x65ploymentMode\x12\x1f\n\x1b\x44\x45PLOYMENT_MODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45PLOYMENT_MODE_ALL_IN_ONE\x10\x01\x12\x19\n\x15\x44\x45PLOYMENT_MODE_SPLIT\x10\x02\x32z\n\x0eGatewayService\x12h\n\rGetServerInfo\x12\'.parley.gateway.v1.GetServerInfoRequest\x1a(.parley.gateway.v1.GetServerInfoResponse\"\x04\xc8\xf3\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/gateway/v1/gateway.proto\x12\x11parley.gateway.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fparley/api/v1/annotations.proto\x1a\x1aparley/api/v1/status.proto\x1a\x19parley/room/v1/room.proto\"\x16\n\x14GetServerInfoRequest\"\xb0\x01\n\x15GetServerInfoResponse\x12\x18\n\x07version\x18\x01 \x01(\tR\x07version\x12\x35\n\x04mode\x18\x02 \x01(\x0e\x32!.parley.gateway.v1.DeploymentModeR\x04mode\x12\x1a\n\x08services\x18\x03 \x03(\tR\x08services\x12*\n\x11max_message_bytes\x18\x04 \x01(\x05R\x0fmaxMessageBytes\"\xf0\x01\n\x05\x45vent\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x14\n\x05\x65vent\x18\x02 \x01(\tR\x05\x65vent\x12\x30\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06sender\x18\x04 \x01(\tR\x06sender\x12\x17\n\x07time_ms\x18\x05 \x01(\x03R\x06timeMs\x12\x10\n\x03seq\x18\x06 \x01(\x04R\x03seq\x12\x16\n\x06handle\x18\x07 \x01(\tR\x06handle\x12+\n\x04meta\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructR\x04meta\">\n\nEventBatch\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.parley.gateway.v1.EventR\x06\x65vents\"l\n\x0cSubjectEvent\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12\x16\n\x06sender\x18\x02 \x01(\tR\x06sender\x12*\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueR\x04\x64\x61ta\"L\n\x11SubjectEventBatch\x12\x37\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.parley.gateway.v1.SubjectEventR\x06\x65vents\"\xa4\x01\n\x06Limits\x12*\n\x11max_payload_bytes\x18\x01 \x01(\x05R\x0fmaxPayloadBytes\x12*\n\x11\x65vents_per_window\x18\x02 \x01(\x05R\x0f\x65ventsPerWindow\x12%\n\x0ewindow_seconds\x18\x03 \x01(\x05R\rwindowSeconds\x12\x1b\n\tmax_rooms\x18\x04 \x01(\x05R\x08maxRooms\"\xb7\x01\n\x07Welcome\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n\tdevice_id\x18\x03 \x01(\tR\x08\x64\x65viceId\x12\x31\n\x06limits\x18\x04 \x01(\x0b\x32\x19.parley.gateway.v1.LimitsR\x06limits\x12$\n\x0eserver_time_ms\x18\x05 \x01(\x03R\x0cserverTimeMs\"&\n\x0bJoinCommand\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"\\\n\nJoinResult\x12(\n\x04room\x18\x01 \x01(\x0b\x32\x14.parley.room.v1.RoomR\x04room\x12$\n\rsubscriptions\x18\x02 \x03(\tR\rsubscriptions\"\'\n\x0cLeaveCommand\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"U\n\x10SubscribeCommand\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x16\n\x06\x65vents\x18\x02 \x03(\tR\x06\x65vents\x12\x10\n\x03\x61ll\x18\x03 \x01(\x08R\x03\x61ll\"W\n\x12UnsubscribeCommand\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x16\n\x06\x65vents\x18\x02 \x03(\tR\x06\x65vents\x12\x10\n\x03\x61ll\x18\x03 \x01(\x08R\x03\x61ll\":\n\x12SubscriptionResult\x12$\n\rsubscriptions\x18\x01 \x03(\tR\rsubscriptions\"\x84\x01\n\rOutgoingEvent\x12\x14\n\x05\x65vent\x18\x01 \x01(\tR\x05\x65vent\x12\x30\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12+\n\x04meta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructR\x04meta\"|\n\x0ePublishCommand\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x38\n\x06\x65vents\x18\x02 \x03(\x0b\x32 .parley.gateway.v1.OutgoingEventR\x06\x65vents\x12\x17\n\x07no_echo\x18\x03 \x01(\x08R\x06noEcho\"]\n\rPublishResult\x12\x12\n\x04seqs\x18\x01 \x03(\x04R\x04seqs\x12\x18\n\x07handles\x18\x02 \x03(\tR\x07handles\x12\x1e\n\nrecipients\x18\x03 \x01(\x05R\nrecipients\"3\n\x17SubjectSubscribeCommand\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\"5\n\x19SubjectUnsubscribeCommand\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\"]\n\x15SubjectPublishCommand\x12\x18\n\x07subject\x18\x01 \x01(\tR\x07subject\x12*\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x04\x64\x61ta\"\r\n\x0bPingCommand\"\xbf\x05\n\x0e\x43onnectRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x34\n\x04join\x18\n \x01(\x0b\x32\x1e.parley.gateway.v1.JoinCommandH\x00R\x04join\x12\x37\n\x05leave\x18\x0b \x01(\x0b\x32\x1f.parley.gateway.v1.LeaveCommandH\x00R\x05leave\x12\x43\n\tsubscribe\x18\x0c \x01(\x0b\x32#.parley.gateway.v1.SubscribeCommandH\x00R\tsubscribe\x12I\n\x0bunsubscribe\x18\r \x01(\x0b\x32%.parley.gateway.v1.UnsubscribeCommandH\x00R\x0bunsubscribe\x12=\n\x07publish\x18\x0e \x01(\x0b\x32!.parley.gateway.v1.PublishCommandH\x00R\x07publish\x12Y\n\x11subject_subscribe\x18\x0f \x01(\x0b\x32*.parley.gateway.v1.SubjectSubscribeCommandH\x00R\x10subjectSubscribe\x12_\n\x13subject_unsubscribe\x18\x10 \x01(\x0b\x32,.parley.gateway.v1.SubjectUnsubscribeCommandH\x00R\x12subjectUnsubscribe\x12S\n\x0fsubject_publish\x18\x11 \x01(\x0b\x32(.parley.gateway.v1.SubjectPublishCommandH\x00R\x0esubjectPublish\x12\x34\n\x04ping\x18\x12 \x01(\x0b\x32\x1e.parley.gateway.v1.PingCommandH\x00R\x04pingB\t\n\x07\x63ommand\"\x9f\x02\n\x05Reply\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12-\n\x06status\x18\x02 \x01(\x0b\x32\x15.parley.api.v1.StatusR\x06status\x12\x33\n\x04join\x18\n \x01(\x0b\x32\x1d.parley.gateway.v1.JoinResultH\x00R\x04join\x12K\n\x0csubscription\x18\x0b \x01(\x0b\x32%.parley.gateway.v1.SubscriptionResultH\x00R\x0csubscription\x12<\n\x07publish\x18\x0c \x01(\x0b\x32 .parley.gateway.v1.PublishResultH\x00R\x07publishB\x08\n\x06result\"T\n\x08Presence\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x16\n\x06joined\x18\x03 \x01(\x08R\x06joined\"A\n\x0bRoomChanged\x12\x32\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x1a.parley.room.v1.RoomChangeR\x06\x63hange\"S\n\rDirectMessage\x12\x16\n\x06sender\x18\x01 \x01(\tR\x06sender\x12*\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x04\x64\x61ta\"7\n\x06GoAway\x12-\n\x06status\x18\x01 \x01(\x0b\x32\x15.parley.api.v1.StatusR\x06status\"\x8d\x04\n\x0f\x43onnectResponse\x12\x36\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.parley.gateway.v1.WelcomeH\x00R\x07welcome\x12\x30\n\x05reply\x18\x02 \x01(\x0b\x32\x18.parley.gateway.v1.ReplyH\x00R\x05reply\x12\x37\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x1d.parley.gateway.v1.EventBatchH\x00R\x06\x65vents\x12\x39\n\x08presence\x18\x04 \x01(\x0b\x32\x1b.parley.gateway.v1.PresenceH\x00R\x08presence\x12\x43\n\x0croom_changed\x18\x05 \x01(\x0b\x32\x1e.parley.gateway.v1.RoomChangedH\x00R\x0broomChanged\x12M\n\x0esubject_events\x18\x06 \x01(\x0b\x32$.parley.gateway.v1.SubjectEventBatchH\x00R\rsubjectEvents\x12I\n\x0e\x64irect_message\x18\x07 \x01(\x0b\x32 .parley.gateway.v1.DirectMessageH\x00R\rdirectMessage\x12\x34\n\x07go_away\x18\x08 \x01(\x0b\x32\x19.parley.gateway.v1.GoAwayH\x00R\x06goAwayB\x07\n\x05\x66rame\"\x81\x01\n\x14PublishToRoomRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x38\n\x06\x65vents\x18\x02 \x03(\x0b\x32 .parley.gateway.v1.OutgoingEventR\x06\x65vents\x12\x16\n\x06sender\x18\x03 \x01(\tR\x06sender\"e\n\x15PublishToRoomResponse\x12\x12\n\x04seqs\x18\x01 \x03(\x04R\x04seqs\x12\x18\n\x07handles\x18\x02 \x03(\tR\x07handles\x12\x1e\n\nrecipients\x18\x03 \x01(\x05R\nrecipients\"/\n\x14SubscribeRoomRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"I\n\x15SubscribeRoomResponse\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.parley.gateway.v1.EventR\x06\x65vents\"\xa8\x01\n\nConnection\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n\tdevice_id\x18\x03 \x01(\tR\x08\x64\x65viceId\x12\x19\n\x08room_ids\x18\x04 \x03(\tR\x07roomIds\x12*\n\x11\x63onnected_time_ms\x18\x05 \x01(\x03R\x0f\x63onnectedTimeMs\"1\n\x16ListConnectionsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"Z\n\x17ListConnectionsResponse\x12?\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x1d.parley.gateway.v1.ConnectionR\x0b\x63onnections\"\x18\n\x16ListOnlineUsersRequest\"4\n\x17ListOnlineUsersResponse\x12\x19\n\x08user_ids\x18\x01 \x03(\tR\x07userIds\"/\n\x14ListUserRoomsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"2\n\x15ListUserRoomsResponse\x12\x19\n\x08room_ids\x18\x01 \x03(\tR\x07roomIds\"C\n\x0fIsInRoomRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x17\n\x07room_id\x18\x02 \x01(\tR\x06roomId\"+\n\x10IsInRoomResponse\x12\x17\n\x07in_room\x18\x01 \x01(\x08R\x06inRoom\"5\n\x1aRemoveUserFromRoomsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"8\n\x1bRemoveUserFromRoomsResponse\x12\x19\n\x08room_ids\x18\x01 \x03(\tR\x07roomIds\"|\n\x17SendToConnectionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12*\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x04\x64\x61ta\x12\x16\n\x06sender\x18\x03 \x01(\tR\x06sender\"\x1a\n\x18SendToConnectionResponse*l\n\x0e\x44\x65ploymentMode\x12\x1f\n\x1b\x44\x45PLOYMENT_MODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45PLOYMENT_MODE_ALL_IN_ONE\x10\x01\x12\x19\n\x15\x44\x45PLOYMENT_MODE_SPLIT\x10\x02\x32\xc0\x08\n\x0eGatewayService\x12h\n\rGetServerInfo\x12\'.parley.gateway.v1.GetServerInfoRequest\x1a(.parley.gateway.v1.GetServerInfoResponse\"\x04\xc8\xf3\x18\x01\x12Z\n\x07\x43onnect\x12!.parley.gateway.v1.ConnectRequest\x1a\".parley.gateway.v1.ConnectResponse\"\x04\xc8\xf3\x18\x02(\x01\x30\x01\x12h\n\rPublishToRoom\x12\'.parley.gateway.v1.PublishToRoomRequest\x1a(.parley.gateway.v1.PublishToRoomResponse\"\x04\xc8\xf3\x18\x03\x12j\n\rSubscribeRoom\x12\'.parley.gateway.v1.SubscribeRoomRequest\x1a(.parley.gateway.v1.SubscribeRoomResponse\"\x04\xc8\xf3\x18\x03\x30\x01\x12n\n\x0fListConnections\x12).parley.gateway.v1.ListConnectionsRequest\x1a*.parley.gateway.v1.ListConnectionsResponse\"\x04\xc8\xf3\x18\x03\x12n\n\x0fListOnlineUsers\x12).parley.gateway.v1.ListOnlineUsersRequest\x1a*.parley.gateway.v1.ListOnlineUsersResponse\"\x04\xc8\xf3\x18\x03\x12h\n\rListUserRooms\x12\'.parley.gateway.v1.ListUserRoomsRequest\x1a(.parley.gateway.v1.ListUserRoomsResponse\"\x04\xc8\xf3\x18\x03\x12Y\n\x08IsInRoom\x12\".parley.gateway.v1.IsInRoomRequest\x1a#.parley.gateway.v1.IsInRoomResponse\"\x04\xc8\xf3\x18\x03\x12z\n\x13RemoveUserFromRooms\x12-.parley.gateway.v1.RemoveUserFromRoomsRequest\x1a..parley.gateway.v1.RemoveUserFromRoomsResponse\"\x04\xc8\xf3\x18\x03\x12q\n\x10SendToConnection\x12*.parley.gateway.v1.SendToConnectionRequest\x1a+.parley.gateway.v1.SendToConnectionResponse\"\x04\xc8\xf3\x18\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +37,116 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GATEWAYSERVICE'].methods_by_name['GetServerInfo']._loaded_options = None
   _globals['_GATEWAYSERVICE'].methods_by_name['GetServerInfo']._serialized_options = b'\310\363\030\001'
-  _globals['_DEPLOYMENTMODE']._serialized_start=290
-  _globals['_DEPLOYMENTMODE']._serialized_end=398
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=87
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=109
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=112
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=288
-  _globals['_GATEWAYSERVICE']._serialized_start=400
-  _globals['_GATEWAYSERVICE']._serialized_end=522
+  _globals['_GATEWAYSERVICE'].methods_by_name['Connect']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['Connect']._serialized_options = b'\310\363\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['PublishToRoom']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['PublishToRoom']._serialized_options = b'\310\363\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['SubscribeRoom']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['SubscribeRoom']._serialized_options = b'\310\363\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListConnections']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListConnections']._serialized_options = b'\310\363\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListOnlineUsers']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListOnlineUsers']._serialized_options = b'\310\363\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListUserRooms']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListUserRooms']._serialized_options = b'\310\363\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['IsInRoom']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['IsInRoom']._serialized_options = b'\310\363\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['RemoveUserFromRooms']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['RemoveUserFromRooms']._serialized_options = b'\310\363\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['SendToConnection']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['SendToConnection']._serialized_options = b'\310\363\030\003'
+  _globals['_DEPLOYMENTMODE']._serialized_start=5262
+  _globals['_DEPLOYMENTMODE']._serialized_end=5370
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=172
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=194
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=197
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=373
+  _globals['_EVENT']._serialized_start=376
+  _globals['_EVENT']._serialized_end=616
+  _globals['_EVENTBATCH']._serialized_start=618
+  _globals['_EVENTBATCH']._serialized_end=680
+  _globals['_SUBJECTEVENT']._serialized_start=682
+  _globals['_SUBJECTEVENT']._serialized_end=790
+  _globals['_SUBJECTEVENTBATCH']._serialized_start=792
+  _globals['_SUBJECTEVENTBATCH']._serialized_end=868
+  _globals['_LIMITS']._serialized_start=871
+  _globals['_LIMITS']._serialized_end=1035
+  _globals['_WELCOME']._serialized_start=1038
+  _globals['_WELCOME']._serialized_end=1221
+  _globals['_JOINCOMMAND']._serialized_start=1223
+  _globals['_JOINCOMMAND']._serialized_end=1261
+  _globals['_JOINRESULT']._serialized_start=1263
+  _globals['_JOINRESULT']._serialized_end=1355
+  _globals['_LEAVECOMMAND']._serialized_start=1357
+  _globals['_LEAVECOMMAND']._serialized_end=1396
+  _globals['_SUBSCRIBECOMMAND']._serialized_start=1398
+  _globals['_SUBSCRIBECOMMAND']._serialized_end=1483
+  _globals['_UNSUBSCRIBECOMMAND']._serialized_start=1485
+  _globals['_UNSUBSCRIBECOMMAND']._serialized_end=1572
+  _globals['_SUBSCRIPTIONRESULT']._serialized_start=1574
+  _globals['_SUBSCRIPTIONRESULT']._serialized_end=1632
+  _globals['_OUTGOINGEVENT']._serialized_start=1635
+  _globals['_OUTGOINGEVENT']._serialized_end=1767
+  _globals['_PUBLISHCOMMAND']._serialized_start=1769
+  _globals['_PUBLISHCOMMAND']._serialized_end=1893
+  _globals['_PUBLISHRESULT']._serialized_start=1895
+  _globals['_PUBLISHRESULT']._serialized_end=1988
+  _globals['_SUBJECTSUBSCRIBECOMMAND']._serialized_start=1990
+  _globals['_SUBJECTSUBSCRIBECOMMAND']._serialized_end=2041
+  _globals['_SUBJECTUNSUBSCRIBECOMMAND']._serialized_start=2043
+  _globals['_SUBJECTUNSUBSCRIBECOMMAND']._serialized_end=2096
+  _globals['_SUBJECTPUBLISHCOMMAND']._serialized_start=2098
+  _globals['_SUBJECTPUBLISHCOMMAND']._serialized_end=2191
+  _globals['_PINGCOMMAND']._serialized_start=2193
+  _globals['_PINGCOMMAND']._serialized_end=2206
+  _globals['_CONNECTREQUEST']._serialized_start=2209
+  _globals['_CONNECTREQUEST']._serialized_end=2912
+  _globals['_REPLY']._serialized_start=2915
+  _globals['_REPLY']._serialized_end=3202
+  _globals['_PRESENCE']._serialized_start=3204
+  _globals['_PRESENCE']._serialized_end=3288
+  _globals['_ROOMCHANGED']._serialized_start=3290
+  _globals['_ROOMCHANGED']._serialized_end=3355
+  _globals['_DIRECTMESSAGE']._serialized_start=3357
+  _globals['_DIRECTMESSAGE']._serialized_end=3440
+  _globals['_GOAWAY']._serialized_start=3442
+  _globals['_GOAWAY']._serialized_end=3497
+  _globals['_CONNECTRESPONSE']._serialized_start=3500
+  _globals['_CONNECTRESPONSE']._serialized_end=4025
+  _globals['_PUBLISHTOROOMREQUEST']._serialized_start=4028
+  _globals['_PUBLISHTOROOMREQUEST']._serialized_end=4157
+  _globals['_PUBLISHTOROOMRESPONSE']._serialized_start=4159
+  _globals['_PUBLISHTOROOMRESPONSE']._serialized_end=4260
+  _globals['_SUBSCRIBEROOMREQUEST']._serialized_start=4262
+  _globals['_SUBSCRIBEROOMREQUEST']._serialized_end=4309
+  _globals['_SUBSCRIBEROOMRESPONSE']._serialized_start=4311
+  _globals['_SUBSCRIBEROOMRESPONSE']._serialized_end=4384
+  _globals['_CONNECTION']._serialized_start=4387
+  _globals['_CONNECTION']._serialized_end=4555
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=4557
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=4606
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=4608
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=4698
+  _globals['_LISTONLINEUSERSREQUEST']._serialized_start=4700
+  _globals['_LISTONLINEUSERSREQUEST']._serialized_end=4724
+  _globals['_LISTONLINEUSERSRESPONSE']._serialized_start=4726
+  _globals['_LISTONLINEUSERSRESPONSE']._serialized_end=4778
+  _globals['_LISTUSERROOMSREQUEST']._serialized_start=4780
+  _globals['_LISTUSERROOMSREQUEST']._serialized_end=4827
+  _globals['_LISTUSERROOMSRESPONSE']._serialized_start=4829
+  _globals['_LISTUSERROOMSRESPONSE']._serialized_end=4879
+  _globals['_ISINROOMREQUEST']._serialized_start=4881
+  _globals['_ISINROOMREQUEST']._serialized_end=4948
+  _globals['_ISINROOMRESPONSE']._serialized_start=4950
+  _globals['_ISINROOMRESPONSE']._serialized_end=4993
+  _globals['_REMOVEUSERFROMROOMSREQUEST']._serialized_start=4995
+  _globals['_REMOVEUSERFROMROOMSREQUEST']._serialized_end=5048
+  _globals['_REMOVEUSERFROMROOMSRESPONSE']._serialized_start=5050
+  _globals['_REMOVEUSERFROMROOMSRESPONSE']._serialized_end=5106
+  _globals['_SENDTOCONNECTIONREQUEST']._serialized_start=5108
+  _globals['_SENDTOCONNECTIONREQUEST']._serialized_end=5232
+  _globals['_SENDTOCONNECTIONRESPONSE']._serialized_start=5234
+  _globals['_SENDTOCONNECTIONRESPONSE']._serialized_end=5260
+  _globals['_GATEWAYSERVICE']._serialized_start=5373
+  _globals['_GATEWAYSERVICE']._serialized_end=6461
 # @@protoc_insertion_point(module_scope)

@@ -26,9 +26,9 @@ if _version_not_supported:
 
 
 class GatewayServiceStub:
-    """The one public address: the gateway serves this service and forwards the
-    public RPCs of identity, room, history and file (first draft: server info;
-    the Connect stream arrives with the rooms issue).
+    """The one public address. Clients keep a Connect stream open for rooms,
+    events, presence and subjects; backends use the service-only RPCs. In split
+    mode the gateway also forwards the other services' public RPCs.
     """
 
     def __init__(self, channel):
@@ -42,16 +42,128 @@ class GatewayServiceStub:
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/parley.gateway.v1.GatewayService/Connect',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectResponse.FromString,
+                _registered_method=True)
+        self.PublishToRoom = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/PublishToRoom',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomResponse.FromString,
+                _registered_method=True)
+        self.SubscribeRoom = channel.unary_stream(
+                '/parley.gateway.v1.GatewayService/SubscribeRoom',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRoomRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRoomResponse.FromString,
+                _registered_method=True)
+        self.ListConnections = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/ListConnections',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListConnectionsRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListConnectionsResponse.FromString,
+                _registered_method=True)
+        self.ListOnlineUsers = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/ListOnlineUsers',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListOnlineUsersRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListOnlineUsersResponse.FromString,
+                _registered_method=True)
+        self.ListUserRooms = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/ListUserRooms',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListUserRoomsRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListUserRoomsResponse.FromString,
+                _registered_method=True)
+        self.IsInRoom = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/IsInRoom',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.IsInRoomRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.IsInRoomResponse.FromString,
+                _registered_method=True)
+        self.RemoveUserFromRooms = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/RemoveUserFromRooms',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.RemoveUserFromRoomsRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.RemoveUserFromRoomsResponse.FromString,
+                _registered_method=True)
+        self.SendToConnection = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/SendToConnection',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
-    """The one public address: the gateway serves this service and forwards the
-    public RPCs of identity, room, history and file (first draft: server info;
-    the Connect stream arrives with the rooms issue).
+    """The one public address. Clients keep a Connect stream open for rooms,
+    events, presence and subjects; backends use the service-only RPCs. In split
+    mode the gateway also forwards the other services' public RPCs.
     """
 
     def GetServerInfo(self, request, context):
         """What this deployment is and what it accepts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Connect(self, request_iterator, context):
+        """The realtime stream. The first server frame is a Welcome; every command
+        is answered by a Reply with the same request_id; events, presence, room
+        changes and subject events arrive as they happen, batched into frames.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishToRoom(self, request, context):
+        """Backend API (service credentials only).
+
+        Publishes into a room as "system" or a named sender; read-only rooms included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribeRoom(self, request, context):
+        """Every event published in a room from now on, for backend consumers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConnections(self, request, context):
+        """Open connections: of one user, or of everyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOnlineUsers(self, request, context):
+        """Users with at least one open connection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUserRooms(self, request, context):
+        """The rooms a user's connections are in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IsInRoom(self, request, context):
+        """Whether a user is in a room.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveUserFromRooms(self, request, context):
+        """Takes a user out of every room (each connection is told).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendToConnection(self, request, context):
+        """Sends a message to one connection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,6 +177,51 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.GetServerInfoRequest.FromString,
                     response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.GetServerInfoResponse.SerializeToString,
             ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectResponse.SerializeToString,
+            ),
+            'PublishToRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishToRoom,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomResponse.SerializeToString,
+            ),
+            'SubscribeRoom': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeRoom,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRoomRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRoomResponse.SerializeToString,
+            ),
+            'ListConnections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnections,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListConnectionsRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListConnectionsResponse.SerializeToString,
+            ),
+            'ListOnlineUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOnlineUsers,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListOnlineUsersRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListOnlineUsersResponse.SerializeToString,
+            ),
+            'ListUserRooms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserRooms,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListUserRoomsRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListUserRoomsResponse.SerializeToString,
+            ),
+            'IsInRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.IsInRoom,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.IsInRoomRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.IsInRoomResponse.SerializeToString,
+            ),
+            'RemoveUserFromRooms': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveUserFromRooms,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.RemoveUserFromRoomsRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.RemoveUserFromRoomsResponse.SerializeToString,
+            ),
+            'SendToConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendToConnection,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.gateway.v1.GatewayService', rpc_method_handlers)
@@ -74,9 +231,9 @@ def add_GatewayServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GatewayService:
-    """The one public address: the gateway serves this service and forwards the
-    public RPCs of identity, room, history and file (first draft: server info;
-    the Connect stream arrives with the rooms issue).
+    """The one public address. Clients keep a Connect stream open for rooms,
+    events, presence and subjects; backends use the service-only RPCs. In split
+    mode the gateway also forwards the other services' public RPCs.
     """
 
     @staticmethod
@@ -96,6 +253,249 @@ class GatewayService:
             '/parley.gateway.v1.GatewayService/GetServerInfo',
             parley_dot_gateway_dot_v1_dot_gateway__pb2.GetServerInfoRequest.SerializeToString,
             parley_dot_gateway_dot_v1_dot_gateway__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/parley.gateway.v1.GatewayService/Connect',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishToRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/PublishToRoom',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/SubscribeRoom',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRoomRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/ListConnections',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListConnectionsRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOnlineUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/ListOnlineUsers',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListOnlineUsersRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListOnlineUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserRooms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/ListUserRooms',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListUserRoomsRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListUserRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IsInRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/IsInRoom',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.IsInRoomRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.IsInRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveUserFromRooms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/RemoveUserFromRooms',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.RemoveUserFromRoomsRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.RemoveUserFromRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendToConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/SendToConnection',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

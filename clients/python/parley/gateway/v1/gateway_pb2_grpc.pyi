@@ -27,9 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class GatewayServiceStub:
-    """The one public address: the gateway serves this service and forwards the
-    public RPCs of identity, room, history and file (first draft: server info;
-    the Connect stream arrives with the rooms issue).
+    """The one public address. Clients keep a Connect stream open for rooms,
+    events, presence and subjects; backends use the service-only RPCs. In split
+    mode the gateway also forwards the other services' public RPCs.
     """
 
     @_typing.overload
@@ -38,22 +38,70 @@ class GatewayServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetServerInfoRequest, _gateway_pb2.GetServerInfoResponse]
     """What this deployment is and what it accepts."""
+    Connect: _grpc.StreamStreamMultiCallable[_gateway_pb2.ConnectRequest, _gateway_pb2.ConnectResponse]
+    """The realtime stream. The first server frame is a Welcome; every command
+    is answered by a Reply with the same request_id; events, presence, room
+    changes and subject events arrive as they happen, batched into frames.
+    """
+    PublishToRoom: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishToRoomRequest, _gateway_pb2.PublishToRoomResponse]
+    """Backend API (service credentials only).
+
+    Publishes into a room as "system" or a named sender; read-only rooms included.
+    """
+    SubscribeRoom: _grpc.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRoomRequest, _gateway_pb2.SubscribeRoomResponse]
+    """Every event published in a room from now on, for backend consumers."""
+    ListConnections: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListConnectionsRequest, _gateway_pb2.ListConnectionsResponse]
+    """Open connections: of one user, or of everyone."""
+    ListOnlineUsers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListOnlineUsersRequest, _gateway_pb2.ListOnlineUsersResponse]
+    """Users with at least one open connection."""
+    ListUserRooms: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListUserRoomsRequest, _gateway_pb2.ListUserRoomsResponse]
+    """The rooms a user's connections are in."""
+    IsInRoom: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.IsInRoomRequest, _gateway_pb2.IsInRoomResponse]
+    """Whether a user is in a room."""
+    RemoveUserFromRooms: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RemoveUserFromRoomsRequest, _gateway_pb2.RemoveUserFromRoomsResponse]
+    """Takes a user out of every room (each connection is told)."""
+    SendToConnection: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SendToConnectionRequest, _gateway_pb2.SendToConnectionResponse]
+    """Sends a message to one connection."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
-    """The one public address: the gateway serves this service and forwards the
-    public RPCs of identity, room, history and file (first draft: server info;
-    the Connect stream arrives with the rooms issue).
+    """The one public address. Clients keep a Connect stream open for rooms,
+    events, presence and subjects; backends use the service-only RPCs. In split
+    mode the gateway also forwards the other services' public RPCs.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetServerInfoRequest, _gateway_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """What this deployment is and what it accepts."""
+    Connect: _aio.StreamStreamMultiCallable[_gateway_pb2.ConnectRequest, _gateway_pb2.ConnectResponse]  # type: ignore[assignment]
+    """The realtime stream. The first server frame is a Welcome; every command
+    is answered by a Reply with the same request_id; events, presence, room
+    changes and subject events arrive as they happen, batched into frames.
+    """
+    PublishToRoom: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishToRoomRequest, _gateway_pb2.PublishToRoomResponse]  # type: ignore[assignment]
+    """Backend API (service credentials only).
+
+    Publishes into a room as "system" or a named sender; read-only rooms included.
+    """
+    SubscribeRoom: _aio.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRoomRequest, _gateway_pb2.SubscribeRoomResponse]  # type: ignore[assignment]
+    """Every event published in a room from now on, for backend consumers."""
+    ListConnections: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListConnectionsRequest, _gateway_pb2.ListConnectionsResponse]  # type: ignore[assignment]
+    """Open connections: of one user, or of everyone."""
+    ListOnlineUsers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListOnlineUsersRequest, _gateway_pb2.ListOnlineUsersResponse]  # type: ignore[assignment]
+    """Users with at least one open connection."""
+    ListUserRooms: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListUserRoomsRequest, _gateway_pb2.ListUserRoomsResponse]  # type: ignore[assignment]
+    """The rooms a user's connections are in."""
+    IsInRoom: _aio.UnaryUnaryMultiCallable[_gateway_pb2.IsInRoomRequest, _gateway_pb2.IsInRoomResponse]  # type: ignore[assignment]
+    """Whether a user is in a room."""
+    RemoveUserFromRooms: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RemoveUserFromRoomsRequest, _gateway_pb2.RemoveUserFromRoomsResponse]  # type: ignore[assignment]
+    """Takes a user out of every room (each connection is told)."""
+    SendToConnection: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SendToConnectionRequest, _gateway_pb2.SendToConnectionResponse]  # type: ignore[assignment]
+    """Sends a message to one connection."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The one public address: the gateway serves this service and forwards the
-    public RPCs of identity, room, history and file (first draft: server info;
-    the Connect stream arrives with the rooms issue).
+    """The one public address. Clients keep a Connect stream open for rooms,
+    events, presence and subjects; backends use the service-only RPCs. In split
+    mode the gateway also forwards the other services' public RPCs.
     """
 
     @_abc_1.abstractmethod
@@ -63,5 +111,83 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetServerInfoResponse, _abc.Awaitable[_gateway_pb2.GetServerInfoResponse]]:
         """What this deployment is and what it accepts."""
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.ConnectResponse], _abc.AsyncIterator[_gateway_pb2.ConnectResponse]]:
+        """The realtime stream. The first server frame is a Welcome; every command
+        is answered by a Reply with the same request_id; events, presence, room
+        changes and subject events arrive as they happen, batched into frames.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishToRoom(
+        self,
+        request: _gateway_pb2.PublishToRoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PublishToRoomResponse, _abc.Awaitable[_gateway_pb2.PublishToRoomResponse]]:
+        """Backend API (service credentials only).
+
+        Publishes into a room as "system" or a named sender; read-only rooms included.
+        """
+
+    @_abc_1.abstractmethod
+    def SubscribeRoom(
+        self,
+        request: _gateway_pb2.SubscribeRoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.SubscribeRoomResponse], _abc.AsyncIterator[_gateway_pb2.SubscribeRoomResponse]]:
+        """Every event published in a room from now on, for backend consumers."""
+
+    @_abc_1.abstractmethod
+    def ListConnections(
+        self,
+        request: _gateway_pb2.ListConnectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListConnectionsResponse, _abc.Awaitable[_gateway_pb2.ListConnectionsResponse]]:
+        """Open connections: of one user, or of everyone."""
+
+    @_abc_1.abstractmethod
+    def ListOnlineUsers(
+        self,
+        request: _gateway_pb2.ListOnlineUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListOnlineUsersResponse, _abc.Awaitable[_gateway_pb2.ListOnlineUsersResponse]]:
+        """Users with at least one open connection."""
+
+    @_abc_1.abstractmethod
+    def ListUserRooms(
+        self,
+        request: _gateway_pb2.ListUserRoomsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListUserRoomsResponse, _abc.Awaitable[_gateway_pb2.ListUserRoomsResponse]]:
+        """The rooms a user's connections are in."""
+
+    @_abc_1.abstractmethod
+    def IsInRoom(
+        self,
+        request: _gateway_pb2.IsInRoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.IsInRoomResponse, _abc.Awaitable[_gateway_pb2.IsInRoomResponse]]:
+        """Whether a user is in a room."""
+
+    @_abc_1.abstractmethod
+    def RemoveUserFromRooms(
+        self,
+        request: _gateway_pb2.RemoveUserFromRoomsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RemoveUserFromRoomsResponse, _abc.Awaitable[_gateway_pb2.RemoveUserFromRoomsResponse]]:
+        """Takes a user out of every room (each connection is told)."""
+
+    @_abc_1.abstractmethod
+    def SendToConnection(
+        self,
+        request: _gateway_pb2.SendToConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SendToConnectionResponse, _abc.Awaitable[_gateway_pb2.SendToConnectionResponse]]:
+        """Sends a message to one connection."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

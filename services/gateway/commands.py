@@ -1,0 +1,211 @@
+"""The commands of a Connect stream, each answered by a Reply."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+
+from parley.api.v1 import errors_pb2, status_pb2
+from parley.gateway.v1 import gateway_pb2
+from parley.hooks import JoinContext
+from services.gateway.bus import Bus, BusMessage
+from services.gateway.connections import Connection, Interest
+from services.gateway.directory import RoomDirectory
+from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
+from services.gateway.hooks import Hooks
+from services.gateway.publishing import Publisher, payload_too_large
+from services.gateway.room_client import RoomClient
+from services.gateway.subjects import SubjectRouter
+from services.room.definitions import EVENT_NAME, check_room_id
+from services.room.rules import ANY_EVENT, EventRules
+from services.runtime.config import GatewayConfig
+from services.runtime.errors import ServiceError, invalid_field, rate_limited
+from services.runtime.ratelimit import RateLimiter
+
+
+def status_of(error: ServiceError) -> status_pb2.Status:
+    return status_pb2.Status(
+        code=error.code.value[0], message=error.message, reason=error.reason, metadata=error.metadata
+    )
+
+
+def not_in_room(room_id: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        errors_pb2.ERROR_REASON_NOT_IN_ROOM,
+        f"join room {room_id!r} first",
+        room_id=room_id,
+    )
+
+
+def presence_frame(room_id: str, user_id: str, joined: bool) -> BusMessage:
+    frame = gateway_pb2.ConnectResponse(presence=gateway_pb2.Presence(room_id=room_id, user_id=user_id, joined=joined))
+    return BusMessage(room_subject(room_id), frame.SerializeToString(), {KIND: KIND_FRAME})
+
+
+class CommandHandler:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        bus: Bus,
+        feeds: RoomFeeds,
+        directory: RoomDirectory,
+        rooms: RoomClient,
+        publisher: Publisher,
+        subjects: SubjectRouter,
+        hooks: Hooks,
+    ) -> None:
+        self._config = config
+        self._bus = bus
+        self._feeds = feeds
+        self._directory = directory
+        self._rooms = rooms
+        self._publisher = publisher
+        self._subjects = subjects
+        self._hooks = hooks
+        self._subject_limit = RateLimiter(config.events_per_window, float(config.window_seconds))
+
+    async def handle(self, connection: Connection, request: gateway_pb2.ConnectRequest) -> gateway_pb2.Reply:
+        reply = gateway_pb2.Reply(request_id=request.request_id)
+        try:
+            await self._dispatch(connection, request, reply)
+        except ServiceError as error:
+            reply.ClearField("result")
+            reply.status.CopyFrom(status_of(error))
+        return reply
+
+    async def _dispatch(
+        self, connection: Connection, request: gateway_pb2.ConnectRequest, reply: gateway_pb2.Reply
+    ) -> None:
+        command = request.WhichOneof("command")
+        if command == "join":
+            reply.join.CopyFrom(await self.join(connection, request.join.room_id))
+        elif command == "leave":
+            await self.leave(connection, request.leave.room_id)
+        elif command == "subscribe":
+            reply.subscription.CopyFrom(self.subscribe(connection, request.subscribe))
+        elif command == "unsubscribe":
+            reply.subscription.CopyFrom(self.unsubscribe(connection, request.unsubscribe))
+        elif command == "publish":
+            reply.publish.CopyFrom(await self.publish(connection, request.publish))
+        elif command == "subject_subscribe":
+            self._subjects.subscribe(connection, request.subject_subscribe.subject)
+        elif command == "subject_unsubscribe":
+            self._subjects.unsubscribe(connection, request.subject_unsubscribe.subject)
+        elif command == "subject_publish":
+            self._subject_publish(connection, request.subject_publish)
+        elif command == "ping":
+            return
+        else:
+            raise ServiceError(
+                grpc.StatusCode.UNIMPLEMENTED, errors_pb2.ERROR_REASON_VALIDATION_FAILED, "unknown or missing command"
+            )
+
+    async def join(self, connection: Connection, room_id: str) -> gateway_pb2.JoinResult:
+        check_room_id(room_id)
+        if room_id in connection.rooms:
+            room = await self._rooms.get(room_id)
+            return gateway_pb2.JoinResult(room=room, subscriptions=connection.rooms[room_id].names())
+        if len(connection.rooms) >= self._config.max_rooms_per_connection:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                errors_pb2.ERROR_REASON_TOO_MANY_ROOMS,
+                f"a connection may be in at most {self._config.max_rooms_per_connection} rooms",
+            )
+        await self._hooks.decide(
+            "before_join",
+            errors_pb2.ERROR_REASON_JOIN_DENIED,
+            JoinContext(session_id=connection.session_id, user_id=connection.user_id, room_id=room_id),
+        )
+        joined = await self._rooms.join(room_id, connection.user_id, connection.session_id)
+        self._directory.remember(joined.room)
+        interest = Interest(list(joined.room.default_subscriptions))
+        connection.rooms[room_id] = interest
+        self._feeds.add(room_id, connection)
+        if joined.first_connection:
+            self._bus.publish(presence_frame(room_id, connection.user_id, True))
+            await self._hooks.notify(
+                "on_joined", JoinContext(session_id=connection.session_id, user_id=connection.user_id, room_id=room_id)
+            )
+        return gateway_pb2.JoinResult(room=joined.room, subscriptions=interest.names())
+
+    async def leave(self, connection: Connection, room_id: str) -> None:
+        check_room_id(room_id)
+        if room_id not in connection.rooms:
+            raise not_in_room(room_id)
+        self.drop(connection, room_id)
+        left = await self._rooms.leave(room_id, connection.user_id, connection.session_id)
+        await self.announce_left(connection.user_id, connection.session_id, left)
+
+    def drop(self, connection: Connection, room_id: str) -> None:
+        """Takes the connection out of a room locally (the room service is told separately)."""
+        connection.rooms.pop(room_id, None)
+        self._feeds.remove(room_id, connection)
+
+    async def announce_left(self, user_id: str, session_id: str, room_ids: list[str]) -> None:
+        """Tells each room that the user is gone (no connection of theirs is left in it)."""
+        for room_id in room_ids:
+            self._bus.publish(presence_frame(room_id, user_id, False))
+            await self._hooks.notify("on_left", JoinContext(session_id=session_id, user_id=user_id, room_id=room_id))
+
+    def subscribe(
+        self, connection: Connection, command: gateway_pb2.SubscribeCommand
+    ) -> gateway_pb2.SubscriptionResult:
+        interest = self._interest(connection, command.room_id)
+        if command.all:
+            interest.set_all(True)
+        else:
+            interest.add(_event_names(command.events))
+        return gateway_pb2.SubscriptionResult(subscriptions=interest.names())
+
+    def unsubscribe(
+        self, connection: Connection, command: gateway_pb2.UnsubscribeCommand
+    ) -> gateway_pb2.SubscriptionResult:
+        interest = self._interest(connection, command.room_id)
+        if command.all:
+            interest.set_all(False)
+        else:
+            interest.remove(_event_names(command.events))
+        return gateway_pb2.SubscriptionResult(subscriptions=interest.names())
+
+    def _interest(self, connection: Connection, room_id: str) -> Interest:
+        check_room_id(room_id)
+        interest = connection.rooms.get(room_id)
+        if interest is None:
+            raise not_in_room(room_id)
+        return interest
+
+    async def publish(self, connection: Connection, command: gateway_pb2.PublishCommand) -> gateway_pb2.PublishResult:
+        check_room_id(command.room_id)
+        if command.room_id not in connection.rooms:
+            raise not_in_room(command.room_id)
+        rules = await self.rules(command.room_id)
+        return await self._publisher.publish_from_client(
+            rules, command.room_id, command.events, connection.user_id, connection.session_id, command.no_echo
+        )
+
+    async def rules(self, room_id: str) -> EventRules:
+        rules = self._directory.rules(room_id)
+        if rules is None:
+            rules = self._directory.remember(await self._rooms.get(room_id))
+        return rules
+
+    def _subject_publish(self, connection: Connection, command: gateway_pb2.SubjectPublishCommand) -> None:
+        size = command.data.ByteSize()
+        if size > self._config.max_payload_bytes:
+            raise payload_too_large(size, self._config.max_payload_bytes)
+        wait = self._subject_limit.try_acquire(connection.user_id)
+        if wait:
+            raise rate_limited("too many subject messages", wait)
+        self._subjects.publish(command.subject, connection.user_id, command.data)
+
+
+def _event_names(names: Iterable[str]) -> set[str]:
+    events = set(names)
+    for i, name in enumerate(sorted(events)):
+        if name == ANY_EVENT or not EVENT_NAME.fullmatch(name):
+            raise invalid_field(f"events[{i}]", f"{name!r} is not an event name (use `all` for every event)")
+    if not events:
+        raise invalid_field("events", "name at least one event, or set all")
+    return events

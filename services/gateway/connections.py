@@ -1,0 +1,89 @@
+"""Open Connect streams on this gateway."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+
+from services.gateway.outbox import Outbox
+
+ANY_EVENT = "*"
+EXCLUDED_PREFIX = "-"
+
+
+class Interest:
+    """Which events of a room a connection receives: all but some, or some."""
+
+    __slots__ = ("all", "events", "excluded")
+
+    def __init__(self, subscriptions: list[str]) -> None:
+        self.all = ANY_EVENT in subscriptions
+        self.events = {name for name in subscriptions if name != ANY_EVENT}
+        self.excluded: set[str] = set()
+
+    def wants(self, event: str) -> bool:
+        return (self.all and event not in self.excluded) or event in self.events
+
+    def add(self, events: set[str]) -> None:
+        self.excluded -= events
+        if not self.all:
+            self.events |= events
+
+    def remove(self, events: set[str]) -> None:
+        self.events -= events
+        if self.all:
+            self.excluded |= events
+
+    def set_all(self, on: bool) -> None:
+        self.all = on
+        self.events.clear()
+        self.excluded.clear()
+
+    def names(self) -> list[str]:
+        """["*", "-typing"] for all but typing; ["message"] for just message."""
+        if self.all:
+            return [ANY_EVENT, *sorted(EXCLUDED_PREFIX + e for e in self.excluded)]
+        return sorted(self.events)
+
+
+@dataclasses.dataclass(eq=False)
+class Connection:
+    session_id: str
+    user_id: str
+    device_id: str
+    outbox: Outbox
+    connected_at: float = dataclasses.field(default_factory=time.time)
+    # room -> what this connection receives of it.
+    rooms: dict[str, Interest] = dataclasses.field(default_factory=dict)
+    subjects: set[str] = dataclasses.field(default_factory=set)
+
+
+class ConnectionRegistry:
+    def __init__(self) -> None:
+        self._by_session: dict[str, Connection] = {}
+        self._by_user: dict[str, set[Connection]] = defaultdict(set)
+
+    def add(self, connection: Connection) -> None:
+        self._by_session[connection.session_id] = connection
+        self._by_user[connection.user_id].add(connection)
+
+    def remove(self, connection: Connection) -> None:
+        self._by_session.pop(connection.session_id, None)
+        mine = self._by_user.get(connection.user_id)
+        if mine is not None:
+            mine.discard(connection)
+            if not mine:
+                del self._by_user[connection.user_id]
+
+    def get(self, session_id: str) -> Connection | None:
+        return self._by_session.get(session_id)
+
+    def of_user(self, user_id: str) -> list[Connection]:
+        return sorted(self._by_user.get(user_id, ()), key=lambda c: c.session_id)
+
+    def all(self) -> list[Connection]:
+        return list(self._by_session.values())
+
+    def online_users(self) -> list[str]:
+        return sorted(self._by_user)

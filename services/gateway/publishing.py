@@ -1,0 +1,142 @@
+"""Publishing into rooms: checks, limits, hooks, one encoding, the bus."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from parley.api.v1 import errors_pb2
+from parley.gateway.v1 import gateway_pb2
+from parley.hooks import PublishContext, Transform
+from services.gateway.bus import Bus, BusMessage
+from services.gateway.feeds import EVENT_NAME, KIND, KIND_EVENT, SKIP_SESSION, RoomFeeds, room_subject
+from services.gateway.hooks import Hooks
+from services.room.rules import EventRules, to_json
+from services.runtime.config import GatewayConfig
+from services.runtime.errors import ServiceError, rate_limited
+from services.runtime.ratelimit import RateLimiter
+
+SYSTEM_SENDER = "system"
+
+
+def payload_too_large(size: int, limit: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors_pb2.ERROR_REASON_PAYLOAD_TOO_LARGE,
+        f"payload is {size} bytes; the limit is {limit}",
+        limit=str(limit),
+    )
+
+
+class Publisher:
+    def __init__(self, config: GatewayConfig, bus: Bus, feeds: RoomFeeds, hooks: Hooks) -> None:
+        self._config = config
+        self._bus = bus
+        self._feeds = feeds
+        self._hooks = hooks
+        self._limit = RateLimiter(config.events_per_window, float(config.window_seconds))
+
+    async def publish_from_client(
+        self,
+        rules: EventRules,
+        room_id: str,
+        events: Sequence[gateway_pb2.OutgoingEvent],
+        user_id: str,
+        session_id: str,
+        no_echo: bool,
+    ) -> gateway_pb2.PublishResult:
+        """All of `events` or none: each is checked before any is sent."""
+        if not events:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, errors_pb2.ERROR_REASON_VALIDATION_FAILED, "events: is empty"
+            )
+        for event in events:
+            self._check_size(event)
+            rules.check(event.event, event.payload)
+        wait = self._limit.try_acquire(user_id, len(events))
+        if wait:
+            raise rate_limited(
+                f"more than {self._config.events_per_window} events in {self._config.window_seconds}s", wait
+            )
+        if self._hooks.has("before_publish"):
+            events = [await self._before_publish(e, room_id, user_id, session_id) for e in events]
+        return await self.publish(room_id, events, user_id, skip_session=session_id if no_echo else "")
+
+    async def publish(
+        self, room_id: str, events: Sequence[gateway_pb2.OutgoingEvent], sender: str, skip_session: str = ""
+    ) -> gateway_pb2.PublishResult:
+        """Sequences, encodes once and publishes; no checks (callers have made them)."""
+        before = self._feeds.delivered(room_id)
+        result = gateway_pb2.PublishResult()
+        now_ms = int(time.time() * 1000)
+        subject = room_subject(room_id)
+        for outgoing in events:
+            seq = self._feeds.next_seq(room_id)
+            handle = secrets.token_hex(8)
+            event = gateway_pb2.Event(
+                room_id=room_id,
+                event=outgoing.event,
+                payload=outgoing.payload,
+                sender=sender,
+                time_ms=now_ms,
+                seq=seq,
+                handle=handle,
+                meta=outgoing.meta,
+            )
+            headers = {KIND: KIND_EVENT, EVENT_NAME: outgoing.event}
+            if skip_session:
+                headers[SKIP_SESSION] = skip_session
+            self._bus.publish(BusMessage(subject, event.SerializeToString(), headers))
+            result.seqs.append(seq)
+            result.handles.append(handle)
+        result.recipients = self._feeds.delivered(room_id) - before
+        if self._hooks.has("after_publish"):
+            for outgoing in events:
+                context = _context(outgoing, room_id, sender, "")
+                await self._hooks.notify("after_publish", context, result.recipients)
+        return result
+
+    def _check_size(self, event: gateway_pb2.OutgoingEvent) -> None:
+        size = event.payload.ByteSize() + event.meta.ByteSize()
+        if size > self._config.max_payload_bytes:
+            raise payload_too_large(size, self._config.max_payload_bytes)
+
+    async def _before_publish(
+        self, event: gateway_pb2.OutgoingEvent, room_id: str, user_id: str, session_id: str
+    ) -> gateway_pb2.OutgoingEvent:
+        decision = await self._hooks.decide(
+            "before_publish",
+            errors_pb2.ERROR_REASON_PUBLISH_DENIED,
+            _context(event, room_id, user_id, session_id),
+        )
+        if not isinstance(decision, Transform):
+            return event
+        changed = gateway_pb2.OutgoingEvent(event=event.event, meta=event.meta)
+        changed.payload.CopyFrom(to_value(decision.payload))
+        if decision.meta is not None:
+            changed.meta.Clear()
+            changed.meta.update(decision.meta)
+        self._check_size(changed)
+        return changed
+
+
+def to_value(data: Any) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    json_format.ParseDict(data, value)
+    return value
+
+
+def _context(event: gateway_pb2.OutgoingEvent, room_id: str, user_id: str, session_id: str) -> PublishContext:
+    return PublishContext(
+        session_id=session_id,
+        user_id=user_id,
+        room_id=room_id,
+        event=event.event,
+        payload=to_json(event.payload),
+        meta=to_json(event.meta) if event.meta.fields else {},
+    )

@@ -1,0 +1,248 @@
+"""The realtime half of the gateway: Connect streams and the backend API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from parley.api.v1 import errors_pb2
+from parley.gateway.v1 import gateway_pb2
+from parley.hooks import RoomContext, SessionContext
+from parley.room.v1 import room_pb2
+from services.gateway import outbox as kinds
+from services.gateway import wire
+from services.gateway.bus import Bus, BusMessage
+from services.gateway.commands import CommandHandler, status_of
+from services.gateway.connections import Connection, ConnectionRegistry
+from services.gateway.directory import RoomDirectory
+from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
+from services.gateway.hooks import Hooks
+from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
+from services.gateway.publishing import SYSTEM_SENDER, Publisher
+from services.gateway.room_client import RoomClient
+from services.gateway.subjects import SubjectRouter
+from services.room.definitions import check_room_id
+from services.runtime.config import GatewayConfig
+from services.runtime.errors import ServiceError, invalid_field, not_found, unavailable
+from services.runtime.grpc_types import Context
+from services.runtime.principal import require_user
+
+log = logging.getLogger("parley.gateway")
+# How long a slow consumer that does not read at all keeps its stream.
+SLOW_CONSUMER_GRACE_SECONDS = 5.0
+
+
+def slow_consumer(limit: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors_pb2.ERROR_REASON_SLOW_CONSUMER,
+        f"this connection fell more than {limit} bytes behind; reconnect and resume",
+    )
+
+
+class Realtime:
+    def __init__(self, config: GatewayConfig, bus: Bus, rooms: RoomClient, hooks: Hooks) -> None:
+        self.config = config
+        self.bus = bus
+        self.rooms = rooms
+        self.hooks = hooks
+        self.connections = ConnectionRegistry()
+        self.feeds = RoomFeeds(bus)
+        self.directory = RoomDirectory()
+        self.scheduler = FlushScheduler(config.batch_window_ms / 1000)
+        self.publisher = Publisher(config, bus, self.feeds, hooks)
+        self.subjects = SubjectRouter(bus)
+        self.commands = CommandHandler(
+            config, bus, self.feeds, self.directory, rooms, self.publisher, self.subjects, hooks
+        )
+
+    # The Connect stream
+
+    async def connect(
+        self, requests: AsyncIterator[gateway_pb2.ConnectRequest], context: Context
+    ) -> AsyncIterator[bytes]:
+        caller = require_user()
+        stream = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def cut_off_later() -> None:
+            # A consumer that does not read at all never reaches the error below.
+            if stream is not None:
+                loop.call_later(SLOW_CONSUMER_GRACE_SECONDS, stream.cancel)
+
+        connection = Connection(
+            session_id=f"s{secrets.token_hex(12)}",
+            user_id=caller.user_id,
+            device_id=caller.device_id,
+            outbox=Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, cut_off_later),
+        )
+        self.connections.add(connection)
+        reader = asyncio.create_task(self._read_commands(connection, requests))
+        try:
+            yield wire.frame(gateway_pb2.ConnectResponse(welcome=self._welcome(connection)))
+            await self.hooks.notify("on_connected", _session(connection))
+            while True:
+                try:
+                    frames = await connection.outbox.next_frames()
+                except SlowConsumer:
+                    error = slow_consumer(self.config.max_outbound_bytes)
+                    yield wire.frame(gateway_pb2.ConnectResponse(go_away=gateway_pb2.GoAway(status=status_of(error))))
+                    raise error from None
+                if frames is None:
+                    return
+                for frame in frames:
+                    yield frame
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await self._disconnect(connection)
+
+    def _welcome(self, connection: Connection) -> gateway_pb2.Welcome:
+        return gateway_pb2.Welcome(
+            session_id=connection.session_id,
+            user_id=connection.user_id,
+            device_id=connection.device_id,
+            limits=gateway_pb2.Limits(
+                max_payload_bytes=self.config.max_payload_bytes,
+                events_per_window=self.config.events_per_window,
+                window_seconds=self.config.window_seconds,
+                max_rooms=self.config.max_rooms_per_connection,
+            ),
+            server_time_ms=int(time.time() * 1000),
+        )
+
+    async def _read_commands(self, connection: Connection, requests: AsyncIterator[Any]) -> None:
+        try:
+            async for request in requests:
+                if not request.request_id:
+                    connection.outbox.fail(invalid_field("request_id", "every command needs one; the stream is closed"))
+                    return
+                reply = await self.commands.handle(connection, request)
+                connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(reply=reply)), urgent=True)
+        except ServiceError as error:
+            # A frame that is not a ConnectRequest at all.
+            error.reason = "PROTOCOL_VIOLATION"
+            connection.outbox.fail(error)
+            return
+        except grpc.aio.AbortError:
+            return
+        connection.outbox.finish()
+
+    async def _disconnect(self, connection: Connection) -> None:
+        self.connections.remove(connection)
+        self.subjects.unsubscribe_all(connection)
+        for room_id in list(connection.rooms):
+            self.commands.drop(connection, room_id)
+        try:
+            left = await self.rooms.leave("", connection.user_id, connection.session_id)
+        except ServiceError:
+            log.warning("could not tell the room service a connection ended", exc_info=True)
+            left = []
+        await self.commands.announce_left(connection.user_id, connection.session_id, left)
+        await self.hooks.notify("on_disconnected", _session(connection))
+
+    def go_away(self, message: str) -> None:
+        """Tells every connection to leave and ends its stream once what is queued is sent."""
+        status = gateway_pb2.GoAway(status=status_of(unavailable(message)))
+        frame = wire.frame(gateway_pb2.ConnectResponse(go_away=status))
+        for connection in self.connections.all():
+            connection.outbox.put(kinds.FRAME, frame, urgent=True)
+            connection.outbox.finish()
+
+    # Room changes (from the room service's feed)
+
+    async def on_room_change(self, change: room_pb2.RoomChange) -> None:
+        """Every connection is told; members of a deleted room are taken out of it."""
+        if change.kind == room_pb2.RoomChange.KIND_DELETED:
+            for connection in self.feeds.forget_room(change.room.room_id):
+                connection.rooms.pop(change.room.room_id, None)
+        frame = wire.frame(gateway_pb2.ConnectResponse(room_changed=gateway_pb2.RoomChanged(change=change)))
+        for connection in self.connections.all():
+            connection.outbox.put(kinds.FRAME, frame, urgent=True)
+        hook = "on_room_deleted" if change.kind == room_pb2.RoomChange.KIND_DELETED else "on_room_created"
+        room = change.room
+        await self.hooks.notify(hook, RoomContext(room_id=room.room_id, name=room.name, creator=room.creator))
+
+    # Backend API
+
+    async def publish_to_room(self, request: gateway_pb2.PublishToRoomRequest) -> gateway_pb2.PublishToRoomResponse:
+        check_room_id(request.room_id)
+        if not request.events:
+            raise invalid_field("events", "is empty")
+        rules = await self.commands.rules(request.room_id)
+        for event in request.events:
+            rules.validate(event.event, event.payload)
+        result = await self.publisher.publish(request.room_id, request.events, request.sender or SYSTEM_SENDER)
+        return gateway_pb2.PublishToRoomResponse(seqs=result.seqs, handles=result.handles, recipients=result.recipients)
+
+    async def subscribe_room(self, request: gateway_pb2.SubscribeRoomRequest) -> AsyncIterator[bytes]:
+        """Yields SubscribeRoomResponse frames built from the events' bytes as published."""
+        check_room_id(request.room_id)
+        await self.commands.rules(request.room_id)  # ROOM_NOT_FOUND for an unknown room
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def deliver(message: BusMessage) -> None:
+            if message.headers.get(KIND) != KIND_FRAME:
+                queue.put_nowait(wire.batch_item(message.data))
+
+        subscription = self.bus.subscribe(room_subject(request.room_id), deliver)
+        try:
+            while True:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                # SubscribeRoomResponse is `repeated Event events = 1`: its encoding is the items.
+                yield b"".join(items)
+        finally:
+            subscription.cancel()
+
+    def list_connections(self, user_id: str) -> list[gateway_pb2.Connection]:
+        chosen = self.connections.of_user(user_id) if user_id else self.connections.all()
+        return [
+            gateway_pb2.Connection(
+                session_id=c.session_id,
+                user_id=c.user_id,
+                device_id=c.device_id,
+                room_ids=sorted(c.rooms),
+                connected_time_ms=int(c.connected_at * 1000),
+            )
+            for c in sorted(chosen, key=lambda c: c.session_id)
+        ]
+
+    def user_rooms(self, user_id: str) -> list[str]:
+        return sorted({room for c in self.connections.of_user(user_id) for room in c.rooms})
+
+    async def remove_user_from_rooms(self, user_id: str) -> list[str]:
+        """Takes every connection of the user out of every room; each connection is told."""
+        for connection in self.connections.of_user(user_id):
+            for room_id in list(connection.rooms):
+                self.commands.drop(connection, room_id)
+                presence = gateway_pb2.Presence(room_id=room_id, user_id=user_id, joined=False)
+                connection.outbox.put(
+                    kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(presence=presence)), urgent=True
+                )
+        left = await self.rooms.leave("", user_id, "")
+        await self.commands.announce_left(user_id, "", left)
+        return left
+
+    def send_to_connection(self, request: gateway_pb2.SendToConnectionRequest) -> None:
+        connection = self.connections.get(request.session_id)
+        if connection is None:
+            raise not_found(
+                errors_pb2.ERROR_REASON_SESSION_NOT_FOUND,
+                f"no open connection {request.session_id!r} here",
+                session_id=request.session_id,
+            )
+        direct = gateway_pb2.DirectMessage(sender=request.sender or SYSTEM_SENDER)
+        direct.data.CopyFrom(request.data)
+        connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(direct_message=direct)), urgent=True)
+
+
+def _session(connection: Connection) -> SessionContext:
+    return SessionContext(session_id=connection.session_id, user_id=connection.user_id, device_id=connection.device_id)

@@ -1,0 +1,124 @@
+"""GatewayService: server info, the Connect stream, the backend API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from importlib import metadata
+from typing import Any
+
+import grpc
+from google.protobuf import message, message_factory
+
+from parley.gateway.v1 import gateway_pb2
+from services.gateway.realtime import Realtime
+from services.runtime.errors import invalid_field
+from services.runtime.grpc_types import Context
+
+SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
+
+
+def version() -> str:
+    try:
+        return metadata.version("parley")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class GatewayServicer:
+    def __init__(
+        self,
+        realtime: Realtime,
+        mode: gateway_pb2.DeploymentMode.ValueType,
+        services: Sequence[str],
+        max_message_bytes: int,
+    ) -> None:
+        self._realtime = realtime
+        self._info = gateway_pb2.GetServerInfoResponse(
+            version=version(), mode=mode, services=sorted(services), max_message_bytes=max_message_bytes
+        )
+
+    async def GetServerInfo(
+        self, request: gateway_pb2.GetServerInfoRequest, context: Context
+    ) -> gateway_pb2.GetServerInfoResponse:
+        return self._info
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[gateway_pb2.ConnectRequest], context: Context
+    ) -> AsyncIterator[bytes]:
+        async for frame in self._realtime.connect(request_iterator, context):
+            yield frame
+
+    async def PublishToRoom(
+        self, request: gateway_pb2.PublishToRoomRequest, context: Context
+    ) -> gateway_pb2.PublishToRoomResponse:
+        return await self._realtime.publish_to_room(request)
+
+    async def SubscribeRoom(self, request: gateway_pb2.SubscribeRoomRequest, context: Context) -> AsyncIterator[bytes]:
+        async for frame in self._realtime.subscribe_room(request):
+            yield frame
+
+    async def ListConnections(
+        self, request: gateway_pb2.ListConnectionsRequest, context: Context
+    ) -> gateway_pb2.ListConnectionsResponse:
+        return gateway_pb2.ListConnectionsResponse(connections=self._realtime.list_connections(request.user_id))
+
+    async def ListOnlineUsers(
+        self, request: gateway_pb2.ListOnlineUsersRequest, context: Context
+    ) -> gateway_pb2.ListOnlineUsersResponse:
+        return gateway_pb2.ListOnlineUsersResponse(user_ids=self._realtime.connections.online_users())
+
+    async def ListUserRooms(
+        self, request: gateway_pb2.ListUserRoomsRequest, context: Context
+    ) -> gateway_pb2.ListUserRoomsResponse:
+        _require_user_id(request.user_id)
+        return gateway_pb2.ListUserRoomsResponse(room_ids=self._realtime.user_rooms(request.user_id))
+
+    async def IsInRoom(self, request: gateway_pb2.IsInRoomRequest, context: Context) -> gateway_pb2.IsInRoomResponse:
+        _require_user_id(request.user_id)
+        return gateway_pb2.IsInRoomResponse(in_room=request.room_id in self._realtime.user_rooms(request.user_id))
+
+    async def RemoveUserFromRooms(
+        self, request: gateway_pb2.RemoveUserFromRoomsRequest, context: Context
+    ) -> gateway_pb2.RemoveUserFromRoomsResponse:
+        _require_user_id(request.user_id)
+        return gateway_pb2.RemoveUserFromRoomsResponse(
+            room_ids=await self._realtime.remove_user_from_rooms(request.user_id)
+        )
+
+    async def SendToConnection(
+        self, request: gateway_pb2.SendToConnectionRequest, context: Context
+    ) -> gateway_pb2.SendToConnectionResponse:
+        if not request.session_id:
+            raise invalid_field("session_id", "is required")
+        self._realtime.send_to_connection(request)
+        return gateway_pb2.SendToConnectionResponse()
+
+
+def _require_user_id(user_id: str) -> None:
+    if not user_id:
+        raise invalid_field("user_id", "is required")
+
+
+def _serialize(response: bytes | message.Message) -> bytes:
+    """Frames built from pre-encoded events are bytes already; everything else is a message."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def gateway_handler(servicer: GatewayServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """GatewayService's methods, with responses that may be pre-encoded bytes."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            make = grpc.stream_stream_rpc_method_handler
+        elif method.server_streaming:
+            make = grpc.unary_stream_rpc_method_handler
+        elif method.client_streaming:
+            make = grpc.stream_unary_rpc_method_handler
+        else:
+            make = grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            behaviour, request_deserializer=request_type.FromString, response_serializer=_serialize
+        )
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -1,0 +1,47 @@
+"""Server frames built from pre-encoded events, without re-encoding.
+
+An event is serialised once when it is published. A frame carrying several
+events is the protobuf encoding of `ConnectResponse{events: EventBatch{...}}`,
+which is just the events' bytes, each behind its field tag and length, inside
+the frame's own tag and length: concatenation, no per-subscriber encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from parley.gateway.v1 import gateway_pb2
+
+# Wire tags (field number << 3 | length-delimited).
+_EVENTS_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER << 3 | 2])
+_SUBJECT_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUMBER << 3 | 2])
+_BATCH_ITEM_TAG = bytes([gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER << 3 | 2])
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def batch_item(encoded: bytes) -> bytes:
+    """One element of a repeated message field (EventBatch.events / SubjectEventBatch.events)."""
+    return _BATCH_ITEM_TAG + varint(len(encoded)) + encoded
+
+
+def events_frame(items: Sequence[bytes]) -> bytes:
+    """A ConnectResponse{events} frame from `batch_item`s."""
+    body = b"".join(items)
+    return _EVENTS_FRAME_TAG + varint(len(body)) + body
+
+
+def subject_events_frame(items: Sequence[bytes]) -> bytes:
+    body = b"".join(items)
+    return _SUBJECT_FRAME_TAG + varint(len(body)) + body
+
+
+def frame(response: gateway_pb2.ConnectResponse) -> bytes:
+    return response.SerializeToString()
