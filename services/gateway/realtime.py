@@ -38,6 +38,12 @@ log = logging.getLogger("parley.gateway")
 SLOW_CONSUMER_GRACE_SECONDS = 5.0
 
 
+def protocol_violation(message: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT, errors_pb2.ERROR_REASON_PROTOCOL_VIOLATION, f"{message}; the stream is closed"
+    )
+
+
 def slow_consumer(limit: int) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -91,13 +97,17 @@ class Realtime:
                 try:
                     frames = await connection.outbox.next_frames()
                 except SlowConsumer:
-                    error = slow_consumer(self.config.max_outbound_bytes)
-                    yield wire.frame(gateway_pb2.ConnectResponse(go_away=gateway_pb2.GoAway(status=status_of(error))))
-                    raise error from None
-                if frames is None:
-                    return
-                for frame in frames:
-                    yield frame
+                    ending = slow_consumer(self.config.max_outbound_bytes)
+                except ServiceError as error:
+                    ending = error
+                else:
+                    if frames is None:
+                        return
+                    for frame in frames:
+                        yield frame
+                    continue
+                yield wire.frame(gateway_pb2.ConnectResponse(go_away=gateway_pb2.GoAway(status=status_of(ending))))
+                raise ending
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -121,14 +131,13 @@ class Realtime:
         try:
             async for request in requests:
                 if not request.request_id:
-                    connection.outbox.fail(invalid_field("request_id", "every command needs one; the stream is closed"))
+                    connection.outbox.fail(protocol_violation("request_id: every command needs one"))
                     return
                 reply = await self.commands.handle(connection, request)
                 connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(reply=reply)), urgent=True)
         except ServiceError as error:
             # A frame that is not a ConnectRequest at all.
-            error.reason = "PROTOCOL_VIOLATION"
-            connection.outbox.fail(error)
+            connection.outbox.fail(protocol_violation(error.message))
             return
         except grpc.aio.AbortError:
             return
