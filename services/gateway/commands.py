@@ -13,7 +13,6 @@ from services.gateway.bus import Bus, BusMessage
 from services.gateway.connections import Connection, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
-from services.gateway.hooks import Hooks
 from services.gateway.publishing import Publisher, payload_too_large
 from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
@@ -21,6 +20,7 @@ from services.room.definitions import EVENT_NAME, check_room_id
 from services.room.rules import ANY_EVENT, EventRules
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
+from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
 
 

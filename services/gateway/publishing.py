@@ -15,10 +15,10 @@ from parley.gateway.v1 import gateway_pb2
 from parley.hooks import PublishContext, Transform
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.feeds import EVENT_NAME, KIND, KIND_EVENT, SKIP_SESSION, RoomFeeds, room_subject
-from services.gateway.hooks import Hooks
 from services.room.rules import EventRules, to_json
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, rate_limited
+from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
 
 SYSTEM_SENDER = "system"

@@ -22,7 +22,6 @@ from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
-from services.gateway.hooks import Hooks
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher
 from services.gateway.room_client import RoomClient
@@ -31,6 +30,7 @@ from services.room.definitions import check_room_id
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, not_found, unavailable
 from services.runtime.grpc_types import Context
+from services.runtime.hooks import Hooks
 from services.runtime.principal import require_user
 
 log = logging.getLogger("parley.gateway")

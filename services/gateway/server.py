@@ -12,7 +12,6 @@ from services.file.server import SERVICE as FILE_SERVICE
 from services.gateway.bus import InProcessBus
 from services.gateway.directory import follow_room_changes
 from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
-from services.gateway.hooks import Hooks
 from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
 from services.gateway.room_client import RoomClient
@@ -23,6 +22,7 @@ from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.channels import open_channel
 from services.runtime.config import INTERNAL_SERVICE, Config, ConfigError
 from services.runtime.grpc_types import HealthStatus
+from services.runtime.hooks import Hooks
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry
 

@@ -8,6 +8,7 @@ same in every mode.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from services.runtime.channels import channel_options
 from services.runtime.config import Config
 from services.runtime.grpc_types import HealthStatus, add_health_servicer
+from services.runtime.hooks import Hooks
 from services.runtime.interceptors import AuthHook, DecodingInterceptor, HookInterceptor, translate_errors
 from services.runtime.keys import RemoteKeySource
 from services.runtime.methods import MethodTable
@@ -162,9 +164,12 @@ async def build_server(
     telemetry = telemetry or setup_telemetry(config.telemetry, f"parley-{process_name}")
     described = [s for m in modules for s in m.services]
     key_source = RemoteKeySource(config.server, identity_address or "")
+    hooks = Hooks(config.hooks)
+    authenticate = functools.partial(hooks.call, "authenticate") if hooks.has("authenticate") else None
+    verifier = TokenVerifier(config.auth, key_source, authenticate=authenticate)
     server = grpc.aio.server(
         options=server_options(config),
-        interceptors=_interceptors(MethodTable(described), telemetry, TokenVerifier(config.auth, key_source)),
+        interceptors=_interceptors(MethodTable(described), telemetry, verifier),
     )
     try:
         for module in modules:

@@ -7,13 +7,14 @@ import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from parley.api.v1 import errors_pb2
+from parley.hooks import Identity
 from services.runtime.config import AuthConfig
 from services.runtime.errors import ServiceError, unauthenticated
 from services.runtime.principal import Principal
@@ -59,8 +60,15 @@ class TokenVerifier:
     expire before the key does.
     """
 
-    def __init__(self, auth: AuthConfig, keys: KeySource, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        auth: AuthConfig,
+        keys: KeySource,
+        clock: Callable[[], float] = time.time,
+        authenticate: Callable[[str], Awaitable[Any]] | None = None,
+    ) -> None:
         self._auth = auth
+        self._authenticate = authenticate
         self._source = keys
         self._clock = clock
         self._keys: dict[str, _CachedKey] = {}
@@ -75,6 +83,8 @@ class TokenVerifier:
             unverified = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
             header, issuer = unverified["header"], unverified["payload"].get("iss")
         except jwt.PyJWTError as exc:
+            if self._authenticate is not None:
+                return await self._by_hook(token)
             raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, f"malformed token: {exc}") from exc
         if issuer == self._auth.issuer:
             cached = await self._key(str(header.get("kid", "")))
@@ -93,7 +103,19 @@ class TokenVerifier:
                 required=("sub", "exp"),
             )
             return self._principal(claims, issuer)
+        if self._authenticate is not None:
+            return await self._by_hook(token)
         raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, f"token issuer {issuer!r} is not trusted")
+
+    async def _by_hook(self, token: str) -> Principal:
+        """The app's authenticate hook: an Identity or a user id, or None to refuse."""
+        assert self._authenticate is not None
+        accepted = await self._authenticate(token)
+        if isinstance(accepted, Identity):
+            return Principal(user_id=accepted.user_id, device_id=accepted.device_id, issuer="hook")
+        if isinstance(accepted, str) and accepted:
+            return Principal(user_id=accepted, issuer="hook")
+        raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, "token refused by the authenticate hook")
 
     def _verify_service(self, token: str) -> Principal:
         name, _, secret = token[len(SERVICE_TOKEN_PREFIX) :].partition(":")
