@@ -44,12 +44,17 @@ class Stream:
         while (request := await self._outgoing.get()) is not None:
             yield request
 
-    async def open(self) -> Stream:
+    async def open(self, *, read: bool = True) -> Stream:
+        """Reads the Welcome, then (unless `read` is False: a stalled client) every frame."""
         first = await asyncio.wait_for(self.call.read(), 5)
         assert first.WhichOneof("frame") == "welcome", first
         self.welcome = first.welcome
-        self._reader = asyncio.create_task(self._read())
+        if read:
+            self.start_reading()
         return self
+
+    def start_reading(self) -> None:
+        self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         try:

@@ -59,6 +59,7 @@ class Realtime:
         self.rooms = rooms
         self.hooks = hooks
         self.connections = ConnectionRegistry()
+        self.stopping = False
         self.feeds = RoomFeeds(bus)
         self.directory = RoomDirectory()
         self.scheduler = FlushScheduler(config.batch_window_ms / 1000)
@@ -148,16 +149,20 @@ class Realtime:
         self.subjects.unsubscribe_all(connection)
         for room_id in list(connection.rooms):
             self.commands.drop(connection, room_id)
-        try:
-            left = await self.rooms.leave("", connection.user_id, connection.session_id)
-        except ServiceError:
-            log.warning("could not tell the room service a connection ended", exc_info=True)
-            left = []
-        await self.commands.announce_left(connection.user_id, connection.session_id, left)
+        # When the gateway is stopping, membership (live state) goes with the
+        # process and nobody is left to tell.
+        if not self.stopping:
+            try:
+                left = await self.rooms.leave("", connection.user_id, connection.session_id)
+            except ServiceError:
+                log.warning("could not tell the room service a connection ended", exc_info=True)
+                left = []
+            await self.commands.announce_left(connection.user_id, connection.session_id, left)
         await self.hooks.notify("on_disconnected", _session(connection))
 
     def go_away(self, message: str) -> None:
         """Tells every connection to leave and ends its stream once what is queued is sent."""
+        self.stopping = True
         status = gateway_pb2.GoAway(status=status_of(unavailable(message)))
         frame = wire.frame(gateway_pb2.ConnectResponse(go_away=status))
         for connection in self.connections.all():

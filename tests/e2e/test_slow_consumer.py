@@ -1,0 +1,73 @@
+"""A client that stops reading is cut off; everyone else keeps their full rate."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+
+from parley import Client
+from parley.gateway.v1 import gateway_pb2
+from services import allinone
+from services.runtime.config import RoomDefinition
+from tests.streams import Stream, stream, value
+from tests.support import make_config, running
+
+COMMANDS = 20
+EVENTS_PER_COMMAND = 100
+PAYLOAD = "x" * 1000
+
+
+async def test_a_stalled_client_is_cut_with_slow_consumer(data_dir: Path, tmp_path: Path) -> None:
+    config = make_config(
+        data_dir,
+        rooms=[RoomDefinition(id="firehose")],
+        # Room for a few bursts: a reader that keeps up never comes near it.
+        **{"gateway.max_outbound_bytes": 512 * 1024, "gateway.events_per_window": 1_000_000},
+    )
+    async with running(allinone.create_server, config) as (_, address):
+        async with (
+            Client(address, username="pub", key_file=tmp_path / "p.json") as pub,
+            Client(address, username="fast", key_file=tmp_path / "f.json") as fast,
+            Client(address, username="stuck", key_file=tmp_path / "s.json") as stuck,
+        ):
+            # No BDP probing: the stalled client's flow-control window stays small.
+            stalled_channel = grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
+            stalled = await Stream(stalled_channel, await stuck.access_token()).open(read=False)
+            async with (
+                stream(address, await pub.access_token()) as publisher,
+                stream(address, await fast.access_token()) as healthy,
+            ):
+                await publisher.join("firehose")
+                await healthy.join("firehose")
+                stalled.send_raw(
+                    gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose"))
+                )
+                while (await publisher.next_other("presence")).presence.user_id != stuck.user_id:
+                    pass
+
+                events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
+                received = []
+                for _ in range(COMMANDS):
+                    reply = await publisher.ok(
+                        publish=gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
+                    )
+                    assert len(reply.publish.seqs) == EVENTS_PER_COMMAND
+                    # The healthy reader takes every burst as fast as it is published.
+                    received += [await healthy.next_event() for _ in range(EVENTS_PER_COMMAND)]
+
+                assert [e.seq for e in received] == list(range(1, COMMANDS * EVENTS_PER_COMMAND + 1))
+                assert healthy.event_frames < len(received)  # events arrive batched
+                assert not healthy.ended.done()
+
+                # The stalled client reads again: what was in flight, then the reason it was cut.
+                stalled.start_reading()
+                go_away = await stalled.next_other("go_away", within=10)
+                assert go_away.go_away.status.reason == "SLOW_CONSUMER"
+                error = await asyncio.wait_for(stalled.ended, 10)
+                assert error is not None
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert stalled.events.qsize() < COMMANDS * EVENTS_PER_COMMAND
+            await stalled.close()
+            await stalled_channel.close()
