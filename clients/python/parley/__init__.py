@@ -16,6 +16,8 @@ from parley.errors import (
     UnavailableError,
     ValidationError,
 )
+from parley.messages import SubjectMessage
+from parley.rooms import Published, Room, RoomEvent
 
 __all__ = [
     "AlreadyExistsError",
@@ -24,8 +26,12 @@ __all__ = [
     "NotFoundError",
     "ParleyError",
     "PermissionDeniedError",
+    "Published",
     "RateLimitedError",
+    "Room",
+    "RoomEvent",
     "RoomFullError",
+    "SubjectMessage",
     "UnauthenticatedError",
     "UnavailableError",
     "ValidationError",

@@ -12,15 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from parley.device_identity import DeviceIdentity
-from parley.errors import AlreadyExistsError, NotFoundError, ParleyError, UnauthenticatedError, error_from_rpc
+from parley.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    ParleyError,
+    UnauthenticatedError,
+    error_from_rpc,
+    error_from_status,
+)
+from parley.gateway.v1 import gateway_pb2
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
+from parley.messages import Messages
+from parley.room.v1 import room_pb2, room_pb2_grpc
+from parley.rooms import Room, call_handler
+from parley.stream import ConnectStream
 
 T = TypeVar("T")
 DEFAULT_ADDRESS = "localhost:50051"
@@ -61,6 +75,12 @@ class Client:
         self._channel: grpc.aio.Channel | None = None
         self._session: identity_pb2.Session | None = None
         self._token_lock = asyncio.Lock()
+        self._stream: ConnectStream | None = None
+        self._stream_lock = asyncio.Lock()
+        self._rooms: dict[str, Room] = {}
+        self._callbacks: dict[str, list[Callable[..., Any]]] = defaultdict(list)
+        self.message = Messages(self)
+        """Pub/sub subjects: `client.message.subscribe(...)`, `client.message.publish(...)`."""
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -84,7 +104,10 @@ class Client:
             raise
 
     async def close(self) -> None:
-        """Closes the channel; the key file and the server-side session remain."""
+        """Closes the stream and the channel; the key file and the server-side session remain."""
+        if self._stream is not None:
+            await self._stream.close()
+            self._stream = None
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
@@ -214,6 +237,147 @@ class Client:
     async def get_user(self, username: str) -> identity_pb2.GetUserResponse:
         """Looks up a user's public keys and active devices by username."""
         return await self._call(self.identity_stub.GetUser, identity_pb2.GetUserRequest(username=username))
+
+    # Rooms
+
+    @property
+    def room_stub(self) -> room_pb2_grpc.RoomServiceAsyncStub:
+        """The generated RoomService stub on this client's channel."""
+        return room_pb2_grpc.RoomServiceStub(self._open_channel())
+
+    async def list_rooms(self) -> list[room_pb2.Room]:
+        """Every public room (all pages)."""
+        rooms: list[room_pb2.Room] = []
+        token = ""
+        while True:
+            page = await self._call(
+                self.room_stub.ListRooms, room_pb2.ListRoomsRequest(page_size=100, page_token=token)
+            )
+            rooms += page.rooms
+            token = page.next_page_token
+            if not token:
+                return rooms
+
+    async def get_room(self, room_id: str) -> room_pb2.Room:
+        return (await self._call(self.room_stub.GetRoom, room_pb2.GetRoomRequest(room_id=room_id))).room
+
+    async def create_room(
+        self,
+        room_id: str,
+        *,
+        name: str = "",
+        description: str = "",
+        max_size: int = 0,
+        events: list[str] | None = None,
+        read_only: bool = False,
+        unlisted: bool = False,
+    ) -> room_pb2.Room:
+        """Creates a room at run time (you become its creator). `events` None accepts any event."""
+        request = room_pb2.CreateRoomRequest(
+            room_id=room_id,
+            name=name,
+            description=description,
+            max_size=max_size,
+            events=[room_pb2.EventDefinition(name=e) for e in events or ()],
+            read_only=read_only,
+            visibility=room_pb2.ROOM_VISIBILITY_UNLISTED if unlisted else room_pb2.ROOM_VISIBILITY_PUBLIC,
+        )
+        return (await self._call(self.room_stub.CreateRoom, request)).room
+
+    async def delete_room(self, room_id: str) -> None:
+        """Deletes a room you created (NOT_CREATOR otherwise)."""
+        await self._call(self.room_stub.DeleteRoom, room_pb2.DeleteRoomRequest(room_id=room_id))
+
+    async def participants(self, room_id: str) -> dict[str, list[str]]:
+        """Who is in a room: user id -> their connections."""
+        response = await self._call(self.room_stub.ListParticipants, room_pb2.ListParticipantsRequest(room_id=room_id))
+        return {p.user_id: list(p.session_ids) for p in response.participants}
+
+    async def join(self, room_id: str) -> Room:
+        """Joins a room over the realtime stream; returns its handle."""
+        stream = await self.stream()
+        reply = await stream.command(join=gateway_pb2.JoinCommand(room_id=room_id))
+        room = self._rooms.get(room_id)
+        if room is None or not room.joined:
+            room = self._rooms[room_id] = Room(self, stream, reply.join.room, reply.join.subscriptions)
+        return room
+
+    def forget_room(self, room_id: str) -> None:
+        self._rooms.pop(room_id, None)
+
+    # Realtime stream and its callbacks
+
+    def on_connect(self, handler: Callable[[gateway_pb2.Welcome], Any]) -> None:
+        """Calls `handler(welcome)` when the realtime stream opens."""
+        self._callbacks["connect"].append(handler)
+
+    def on_disconnect(self, handler: Callable[[ParleyError | None], Any]) -> None:
+        """Calls `handler(error_or_None)` when the realtime stream ends."""
+        self._callbacks["disconnect"].append(handler)
+
+    def on_error(self, handler: Callable[[ParleyError], Any]) -> None:
+        """Calls `handler(error)` when the server ends the stream with an error (GoAway)."""
+        self._callbacks["error"].append(handler)
+
+    def on_room_created(self, handler: Callable[[room_pb2.Room], Any]) -> None:
+        self._callbacks["room_created"].append(handler)
+
+    def on_room_deleted(self, handler: Callable[[room_pb2.Room], Any]) -> None:
+        self._callbacks["room_deleted"].append(handler)
+
+    def on_direct_message(self, handler: Callable[[str, Any], Any]) -> None:
+        """Calls `handler(sender, data)` for messages a backend sends to this connection."""
+        self._callbacks["direct_message"].append(handler)
+
+    async def stream(self) -> ConnectStream:
+        """The realtime stream, opened on first use."""
+        async with self._stream_lock:
+            if self._stream is None:
+                stream = ConnectStream(self._open_channel(), await self.access_token(), self._on_frame, self._on_end)
+                welcome = await stream.open()
+                self._stream = stream
+                self._fire("connect", welcome)
+            return self._stream
+
+    def _on_frame(self, frame: gateway_pb2.ConnectResponse) -> None:
+        kind = frame.WhichOneof("frame")
+        if kind == "events":
+            for event in frame.events.events:
+                room = self._rooms.get(event.room_id)
+                if room is not None:
+                    room.dispatch(event)
+        elif kind == "subject_events":
+            for subject_event in frame.subject_events.events:
+                self.message.dispatch(subject_event)
+        elif kind == "presence":
+            room = self._rooms.get(frame.presence.room_id)
+            if room is not None:
+                room.dispatch_presence(frame.presence.user_id, frame.presence.joined)
+        elif kind == "room_changed":
+            change = frame.room_changed.change
+            if change.kind == room_pb2.RoomChange.KIND_DELETED:
+                gone = self._rooms.pop(change.room.room_id, None)
+                if gone is not None:
+                    gone.close()
+                self._fire("room_deleted", change.room)
+            else:
+                self._fire("room_created", change.room)
+        elif kind == "direct_message":
+            message = frame.direct_message
+            self._fire("direct_message", message.sender, json_format.MessageToDict(message.data))
+        elif kind == "go_away":
+            self._fire("error", error_from_status(frame.go_away.status))
+
+    def _on_end(self, error: ParleyError | None) -> None:
+        self._stream = None
+        for room in self._rooms.values():
+            room.close()
+        self._rooms.clear()
+        self._fire("disconnect", error)
+
+    def _fire(self, name: str, *args: Any) -> None:
+        for handler in self._callbacks.get(name, ()):
+            asyncio.get_running_loop().create_task(call_handler(handler, *args))
 
     # Plumbing
 

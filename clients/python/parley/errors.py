@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from parley.api.v1 import status_pb2 as status_pb2_api
 from parley.reasons import ERROR_DOMAIN
 
 
@@ -107,6 +108,16 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> ParleyError:
     reason, metadata = error_info(error.trailing_metadata() or ())
     kind = _BY_REASON.get(reason) or _BY_CODE.get(code, ParleyError)
     return kind(code, reason, message, metadata)
+
+
+def error_from_status(status: status_pb2_api.Status) -> ParleyError:
+    """The typed exception for a failed in-stream command (a Reply's status)."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    kind = _BY_REASON.get(status.reason) or _BY_CODE.get(code, ParleyError)
+    return kind(code, status.reason, status.message or code.name, dict(status.metadata))
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def error_info(trailers: object) -> tuple[str, dict[str, str]]:

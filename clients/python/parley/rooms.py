@@ -1,0 +1,190 @@
+"""Room handles: events in, events out, subscriptions, presence."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import json_format, struct_pb2
+
+from parley.gateway.v1 import gateway_pb2
+from parley.room.v1 import room_pb2
+
+if TYPE_CHECKING:
+    from parley.client import Client
+    from parley.stream import ConnectStream
+
+log = logging.getLogger("parley.client")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoomEvent:
+    """An event as delivered: the envelope and the JSON payload as Python values."""
+
+    room_id: str
+    event: str
+    data: Any
+    sender: str
+    time_ms: int
+    seq: int
+    handle: str
+    meta: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """Where a published event landed."""
+
+    seq: int
+    handle: str
+
+
+Handler = Callable[[RoomEvent], Awaitable[None] | None]
+PresenceHandler = Callable[[str, bool], Awaitable[None] | None]
+
+
+def to_value(data: Any) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    json_format.ParseDict(data, value)
+    return value
+
+
+def to_struct(data: dict[str, Any] | None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    if data:
+        struct.update(data)
+    return struct
+
+
+def room_event(event: gateway_pb2.Event) -> RoomEvent:
+    return RoomEvent(
+        room_id=event.room_id,
+        event=event.event,
+        data=json_format.MessageToDict(event.payload) if event.HasField("payload") else None,
+        sender=event.sender,
+        time_ms=event.time_ms,
+        seq=event.seq,
+        handle=event.handle,
+        meta=json_format.MessageToDict(event.meta) if event.HasField("meta") else {},
+    )
+
+
+async def call_handler(handler: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+    try:
+        result = handler(*args)
+        if result is not None:
+            await result
+    except Exception:
+        log.exception("an event handler failed")
+
+
+class Room:
+    """A room this client has joined. Get one with `await client.join(room_id)`."""
+
+    def __init__(
+        self, client: Client, stream: ConnectStream, info: room_pb2.Room, subscriptions: Sequence[str]
+    ) -> None:
+        self._client = client
+        self._stream = stream
+        self.info = info
+        self.subscriptions = list(subscriptions)
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._any: list[Handler] = []
+        self._presence: list[PresenceHandler] = []
+        self._queues: list[asyncio.Queue[RoomEvent | None]] = []
+        self.joined = True
+
+    @property
+    def id(self) -> str:
+        return self.info.room_id
+
+    def on(self, event: str, handler: Handler) -> None:
+        """Calls `handler(event)` for each event of this name (plain or async function)."""
+        self._handlers[event].append(handler)
+
+    def on_any(self, handler: Handler) -> None:
+        """Calls `handler(event)` for every event of the room."""
+        self._any.append(handler)
+
+    def on_presence(self, handler: PresenceHandler) -> None:
+        """Calls `handler(user_id, joined)` when someone joins or leaves."""
+        self._presence.append(handler)
+
+    async def events(self) -> AsyncIterator[RoomEvent]:
+        """Every event from now on, until the room is left: `async for ev in room.events()`."""
+        queue: asyncio.Queue[RoomEvent | None] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._queues.remove(queue)
+
+    async def trigger(
+        self, event: str, data: Any, *, meta: dict[str, Any] | None = None, echo: bool = True
+    ) -> Published:
+        """Publishes one event; returns its sequence number and handle."""
+        (published,) = await self.trigger_batch([(event, data, meta)], echo=echo)
+        return published
+
+    async def trigger_batch(
+        self, events: Sequence[tuple[str, Any, dict[str, Any] | None]], *, echo: bool = True
+    ) -> list[Published]:
+        """Publishes several events in one frame, in order, all or none."""
+        outgoing = [
+            gateway_pb2.OutgoingEvent(event=name, payload=to_value(data), meta=to_struct(meta))
+            for name, data, meta in events
+        ]
+        reply = await self._stream.command(
+            publish=gateway_pb2.PublishCommand(room_id=self.id, events=outgoing, no_echo=not echo)
+        )
+        return [Published(seq, handle) for seq, handle in zip(reply.publish.seqs, reply.publish.handles, strict=True)]
+
+    async def subscribe(self, *events: str) -> list[str]:
+        """Receives these events too; returns the subscriptions now in force."""
+        reply = await self._stream.command(subscribe=gateway_pb2.SubscribeCommand(room_id=self.id, events=events))
+        self.subscriptions = list(reply.subscription.subscriptions)
+        return self.subscriptions
+
+    async def subscribe_all(self) -> list[str]:
+        """Receives every event of the room."""
+        reply = await self._stream.command(subscribe=gateway_pb2.SubscribeCommand(room_id=self.id, all=True))
+        self.subscriptions = list(reply.subscription.subscriptions)
+        return self.subscriptions
+
+    async def unsubscribe(self, *events: str) -> list[str]:
+        """Stops receiving these events (all of them when none are named)."""
+        command = gateway_pb2.UnsubscribeCommand(room_id=self.id, events=events, all=not events)
+        reply = await self._stream.command(unsubscribe=command)
+        self.subscriptions = list(reply.subscription.subscriptions)
+        return self.subscriptions
+
+    async def participants(self) -> dict[str, list[str]]:
+        """Who is in the room: user id -> their connections (session ids)."""
+        return await self._client.participants(self.id)
+
+    async def leave(self) -> None:
+        """Leaves the room; `events()` iterators end."""
+        await self._stream.command(leave=gateway_pb2.LeaveCommand(room_id=self.id))
+        self._client.forget_room(self.id)
+        self.close()
+
+    def close(self) -> None:
+        self.joined = False
+        for queue in self._queues:
+            queue.put_nowait(None)
+
+    def dispatch(self, event: gateway_pb2.Event) -> None:
+        delivered = room_event(event)
+        for queue in self._queues:
+            queue.put_nowait(delivered)
+        for handler in [*self._handlers.get(delivered.event, ()), *self._any]:
+            asyncio.get_running_loop().create_task(call_handler(handler, delivered))
+
+    def dispatch_presence(self, user_id: str, joined: bool) -> None:
+        for handler in self._presence:
+            asyncio.get_running_loop().create_task(call_handler(handler, user_id, joined))

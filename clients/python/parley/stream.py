@@ -1,0 +1,104 @@
+"""The client's Connect stream: commands matched to replies, frames dispatched."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from parley.errors import ParleyError, error_from_rpc, error_from_status
+from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+log = logging.getLogger("parley.client")
+COMMAND_TIMEOUT_SECONDS = 10.0
+FrameHandler = Callable[[gateway_pb2.ConnectResponse], None]
+
+
+class ConnectStream:
+    """One open Connect stream. Commands return their Reply or raise the typed error."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        token: str,
+        on_frame: FrameHandler,
+        on_end: Callable[[ParleyError | None], None],
+    ) -> None:
+        self._outgoing: asyncio.Queue[gateway_pb2.ConnectRequest | None] = asyncio.Queue()
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        self._call = stub.Connect(self._requests(), metadata=(("authorization", f"Bearer {token}"),))
+        self._on_frame = on_frame
+        self._on_end = on_end
+        self._pending: dict[str, asyncio.Future[gateway_pb2.Reply]] = {}
+        self._ids = (f"c{n}" for n in itertools.count(1))
+        self._reader: asyncio.Task[None] | None = None
+        self._frames: AsyncIterator[gateway_pb2.ConnectResponse] | None = None
+        self.welcome: gateway_pb2.Welcome | None = None
+
+    async def _requests(self) -> AsyncIterator[gateway_pb2.ConnectRequest]:
+        while (request := await self._outgoing.get()) is not None:
+            yield request
+
+    async def open(self) -> gateway_pb2.Welcome:
+        self._frames = aiter(self._call)
+        try:
+            first = await anext(self._frames, None)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+        if first is None or first.WhichOneof("frame") != "welcome":
+            raise ParleyError(grpc.StatusCode.INTERNAL, "", "the server did not start the stream with a Welcome")
+        self.welcome = first.welcome
+        self._reader = asyncio.create_task(self._read())
+        return first.welcome
+
+    async def command(self, **command: Any) -> gateway_pb2.Reply:
+        """Sends one command and waits for its Reply; raises the typed error if it failed."""
+        if self._reader is None or self._reader.done():
+            raise ParleyError(grpc.StatusCode.UNAVAILABLE, "", "the stream is closed")
+        request_id = next(self._ids)
+        future: asyncio.Future[gateway_pb2.Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._outgoing.put_nowait(gateway_pb2.ConnectRequest(request_id=request_id, **command))
+        try:
+            reply = await asyncio.wait_for(future, COMMAND_TIMEOUT_SECONDS)
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.status.code != 0:
+            raise error_from_status(reply.status)
+        return reply
+
+    async def _read(self) -> None:
+        ending: ParleyError | None = None
+        try:
+            assert self._frames is not None
+            async for frame in self._frames:
+                if frame.WhichOneof("frame") == "reply":
+                    future = self._pending.get(frame.reply.request_id)
+                    if future is not None and not future.done():
+                        future.set_result(frame.reply)
+                    continue
+                try:
+                    self._on_frame(frame)
+                except Exception:
+                    log.exception("a frame handler failed")
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                ending = error_from_rpc(exc)
+        finally:
+            # Also on a local cancel, which grpc reports as CancelledError.
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ending or ParleyError(grpc.StatusCode.UNAVAILABLE, "", "the stream ended"))
+            self._on_end(ending)
+
+    async def close(self) -> None:
+        self._outgoing.put_nowait(None)
+        self._call.cancel()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(self._reader, return_exceptions=True)
