@@ -24,6 +24,15 @@ COMMANDS = [
     ["devices"],
     ["devices", "add"],
     ["devices", "revoke"],
+    ["rooms"],
+    ["rooms", "list"],
+    ["rooms", "create"],
+    ["rooms", "delete"],
+    ["listen"],
+    ["send"],
+    ["chat"],
+    ["pub"],
+    ["sub"],
 ]
 
 

@@ -238,6 +238,10 @@ class Client:
         """Looks up a user's public keys and active devices by username."""
         return await self._call(self.identity_stub.GetUser, identity_pb2.GetUserRequest(username=username))
 
+    async def get_user_by_id(self, user_id: str) -> identity_pb2.GetUserResponse:
+        """Looks up a user's name, public keys and active devices by user id."""
+        return await self._call(self.identity_stub.GetUser, identity_pb2.GetUserRequest(user_id=user_id))
+
     # Rooms
 
     @property

@@ -17,6 +17,8 @@ from typing import Any
 
 from google.protobuf import json_format, message
 
+from parley.cli import realtime
+from parley.cli.realtime import parse_json
 from parley.client import DEFAULT_ADDRESS, Client
 from parley.device_identity import DeviceIdentity
 from parley.errors import ParleyError
@@ -99,6 +101,58 @@ def build_parser() -> argparse.ArgumentParser:
         "revoke", help="revoke a device", description="Revoke one of your devices and end its sessions."
     )
     revoke.add_argument("device_id")
+
+    rooms = commands.add_parser("rooms", help="list, create or delete rooms", description="Manage rooms.")
+    room_commands = rooms.add_subparsers(dest="rooms_command", required=True, metavar="ACTION")
+    room_commands.add_parser("list", help="list public rooms", description="List public rooms with their sizes.")
+    create = room_commands.add_parser(
+        "create", help="create a room", description="Create a room at run time; you become its creator."
+    )
+    create.add_argument("room_id", help="1–64 characters of a-z 0-9 _ . : -")
+    create.add_argument("--name", default="", help="display name")
+    create.add_argument("--description", default="", help="what the room is for")
+    create.add_argument("--max-size", type=int, default=0, help="most participants (0: unbounded)")
+    create.add_argument("--events", default="", help="comma-separated events accepted (default: any)")
+    create.add_argument("--read-only", action="store_true", help="clients cannot publish; services can")
+    create.add_argument("--unlisted", action="store_true", help="reachable by id, not listed")
+    delete = room_commands.add_parser("delete", help="delete a room you created", description="Delete a room.")
+    delete.add_argument("room_id")
+
+    listen = commands.add_parser(
+        "listen",
+        help="print a room's events as JSON lines",
+        description="Join ROOM and print each event as a JSON line.",
+    )
+    listen.add_argument("room_id", metavar="ROOM")
+    listen.add_argument("--event", action="append", default=[], help="only this event (repeatable)")
+
+    send = commands.add_parser(
+        "send", help="publish one event", description="Join ROOM and publish EVENT with a JSON payload."
+    )
+    send.add_argument("room_id", metavar="ROOM")
+    send.add_argument("event", metavar="EVENT")
+    send.add_argument("data", metavar="JSON", help='the payload, e.g. \'{"text": "hi"}\'')
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat in a room from the terminal",
+        description='Join ROOM; each line you type is sent as {"text": line}; messages print as they arrive.',
+    )
+    chat.add_argument("room_id", metavar="ROOM")
+    chat.add_argument("--event", default="message", help="the event name to send and show (default: message)")
+
+    pub = commands.add_parser(
+        "pub", help="publish to a subject", description="Publish a JSON value to a pub/sub SUBJECT."
+    )
+    pub.add_argument("subject", metavar="SUBJECT")
+    pub.add_argument("data", metavar="JSON")
+
+    sub = commands.add_parser(
+        "sub",
+        help="print a subject's messages as JSON lines",
+        description='Subscribe to SUBJECT (a prefix when it ends in "*") and print each message.',
+    )
+    sub.add_argument("subject", metavar="SUBJECT")
     return parser
 
 
@@ -133,6 +187,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             me = await c.whoami()
             print(f"registered {me.username} ({me.user_id}), device {me.device_id}; keys in {args.key_file}")
         return 0
+    data = parse_json(args.data, "JSON") if args.command in ("send", "pub") else None
     client = Client(args.addr, key_file=_existing_key_file(args.key_file))
     async with client:
         if args.command == "user":
@@ -141,7 +196,29 @@ async def _dispatch(args: argparse.Namespace) -> int:
             _print(await client.whoami())
         elif args.command == "devices":
             await _devices(client, args)
+        elif args.command == "rooms":
+            await _rooms(client, args)
+        elif args.command == "listen":
+            await realtime.listen(client, args.room_id, args.event)
+        elif args.command == "send":
+            await realtime.send(client, args.room_id, args.event, data)
+        elif args.command == "chat":
+            await realtime.chat(client, args.room_id, args.event)
+        elif args.command == "pub":
+            await client.message.publish(args.subject, data)
+        elif args.command == "sub":
+            await realtime.subscribe_subject(client, args.subject)
     return 0
+
+
+async def _rooms(client: Client, args: argparse.Namespace) -> None:
+    if args.rooms_command == "list":
+        await realtime.rooms_list(client)
+    elif args.rooms_command == "create":
+        await realtime.rooms_create(client, args)
+    else:
+        await client.delete_room(args.room_id)
+        print(f"deleted room {args.room_id}")
 
 
 async def _serve(args: argparse.Namespace) -> int:
