@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from parley.stream import ConnectStream
 
 log = logging.getLogger("parley.client")
+BACKLOG_LIMIT = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,9 @@ class Room:
         self._any: list[Handler] = []
         self._presence: list[PresenceHandler] = []
         self._queues: list[asyncio.Queue[RoomEvent | None]] = []
+        # Events that arrive before the first `events()` iterator starts (e.g.
+        # the echo of a trigger) are kept for it, up to a bound.
+        self._backlog: deque[RoomEvent] | None = deque(maxlen=BACKLOG_LIMIT)
         self.joined = True
 
     @property
@@ -115,8 +119,16 @@ class Room:
         self._presence.append(handler)
 
     async def events(self) -> AsyncIterator[RoomEvent]:
-        """Every event from now on, until the room is left: `async for ev in room.events()`."""
+        """Events until the room is left: `async for ev in room.events()`.
+
+        The first iterator also gets the events that arrived since the join
+        (up to 1,000); later ones start from now.
+        """
         queue: asyncio.Queue[RoomEvent | None] = asyncio.Queue()
+        if self._backlog is not None:
+            for early in self._backlog:
+                queue.put_nowait(early)
+            self._backlog = None
         self._queues.append(queue)
         try:
             while (event := await queue.get()) is not None:
@@ -180,6 +192,8 @@ class Room:
 
     def dispatch(self, event: gateway_pb2.Event) -> None:
         delivered = room_event(event)
+        if self._backlog is not None:
+            self._backlog.append(delivered)
         for queue in self._queues:
             queue.put_nowait(delivered)
         for handler in [*self._handlers.get(delivered.event, ()), *self._any]:
