@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -189,6 +190,23 @@ async def test_gateway_sets_the_client_address_for_rate_limits(cluster: Cluster)
                 except grpc.aio.AioRpcError as exc:
                     codes.append(exc.code().name)
     assert codes == ["OK"] * 5 + ["RESOURCE_EXHAUSTED"] * 3
+
+
+async def test_rooms_and_events_through_the_gateway(cluster: Cluster) -> None:
+    async with (
+        Client(cluster.gateway, username="sally", key_file=cluster.tmp / "sally.json") as sally,
+        Client(cluster.gateway, username="tom", key_file=cluster.tmp / "tom.json") as tom,
+    ):
+        created: asyncio.Queue[str] = asyncio.Queue()
+        tom.on_room_created(lambda room: created.put_nowait(room.room_id))
+        lobby_for_tom = await tom.join("lobby")
+        lobby_for_sally = await sally.join("lobby")
+        published = await lobby_for_sally.trigger("message", {"text": "split hello"})
+        event = await asyncio.wait_for(anext(lobby_for_tom.events()), 5)
+        assert (event.data, event.seq, event.sender) == ({"text": "split hello"}, published.seq, sally.user_id)
+        assert set(await lobby_for_tom.participants()) == {sally.user_id, tom.user_id}
+        await sally.create_room("split-room")
+        assert await asyncio.wait_for(created.get(), 5) == "split-room"
 
 
 async def _gateway_health(cluster: Cluster, service: str) -> int:
