@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.support import REPO
 
 QUICK_START = re.compile(r"```console\n(.*?)```", re.S)
+PYTHON = re.compile(r"```python\n(.*?)```", re.S)
 
 
 def quick_start_commands() -> list[str]:
@@ -40,3 +41,18 @@ async def test_readme_quick_start_runs(server_address: str, tmp_path: Path) -> N
     assert "SERVING" in text
     assert '"username": "alice"' in text
     assert (tmp_path / ".config" / "parley" / "identity.json").exists()
+
+    program = PYTHON.search((REPO / "README.md").read_text())
+    assert program is not None, "README has no Python example"
+    python = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        program.group(1).replace("localhost:50051", server_address),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(python.communicate(), 60)
+    assert python.returncode == 0, err.decode()
+    assert "hi from Python" in out.decode()
