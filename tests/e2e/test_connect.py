@@ -303,3 +303,16 @@ async def test_connect_needs_a_user_token(world: World) -> None:
 async def test_ping(world: World) -> None:
     async with stream(world.address, await world.token(world.alice)) as alice:
         assert (await alice.command(ping=gateway_pb2.PingCommand())).status.code == 0
+
+
+async def test_rooms_per_connection_limit(data_dir: Path, tmp_path: Path) -> None:
+    config = make_config(data_dir, rooms=ROOMS, **{"gateway.max_rooms_per_connection": 2})
+    async with running(allinone.create_server, config) as (_, address):
+        async with Client(address, username="eve", key_file=tmp_path / "e.json") as eve:
+            async with stream(address, await eve.access_token()) as s:
+                await s.join("chat")
+                await s.join("anything")
+                third = await s.command(join=gateway_pb2.JoinCommand(room_id="news"))
+                assert third.status.reason == "TOO_MANY_ROOMS"
+                await s.ok(leave=gateway_pb2.LeaveCommand(room_id="chat"))
+                await s.join("news")
