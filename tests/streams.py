@@ -9,17 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from parley.values import to_value as value
 
 _ids = itertools.count(1)
-
-
-def value(data: Any) -> struct_pb2.Value:
-    result = struct_pb2.Value()
-    json_format.ParseDict(data, result)
-    return result
 
 
 def payload_of(event: gateway_pb2.Event) -> Any:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
 from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
 from parley.hooks import PublishContext, Transform
+from parley.values import to_value
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.feeds import EVENT_NAME, KIND, KIND_EVENT, SKIP_SESSION, RoomFeeds, room_subject
 from services.room.rules import EventRules, to_json
@@ -123,12 +122,6 @@ class Publisher:
             changed.meta.update(decision.meta)
         self._check_size(changed)
         return changed
-
-
-def to_value(data: Any) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    json_format.ParseDict(data, value)
-    return value
 
 
 def _context(event: gateway_pb2.OutgoingEvent, room_id: str, user_id: str, session_id: str) -> PublishContext:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import json_format
 
 from parley.gateway.v1 import gateway_pb2
-from parley.rooms import call_handler, to_value
+from parley.rooms import call_handler
+from parley.values import to_value
 
 if TYPE_CHECKING:
     from parley.client import Client

@@ -9,10 +9,11 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from parley.gateway.v1 import gateway_pb2
 from parley.room.v1 import room_pb2
+from parley.values import to_struct, to_value
 
 if TYPE_CHECKING:
     from parley.client import Client
@@ -46,19 +47,6 @@ class Published:
 
 Handler = Callable[[RoomEvent], Awaitable[None] | None]
 PresenceHandler = Callable[[str, bool], Awaitable[None] | None]
-
-
-def to_value(data: Any) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    json_format.ParseDict(data, value)
-    return value
-
-
-def to_struct(data: dict[str, Any] | None) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    if data:
-        struct.update(data)
-    return struct
 
 
 def room_event(event: gateway_pb2.Event) -> RoomEvent:
