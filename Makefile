@@ -47,7 +47,9 @@ lint: install ## ruff, mypy --strict, buf lint and buf format
 	$(BUF) format --diff --exit-code
 
 bench: install ## Run the benchmarks (JSON on stdout)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m bench.identity_bench
+	$(PY) -m bench.fanout_bench
 
 clean: ## Remove .venv, node_modules and caches (keeps ./data)
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
