@@ -195,7 +195,7 @@ class Realtime:
         result = await self.publisher.publish(request.room_id, request.events, request.sender or SYSTEM_SENDER)
         return gateway_pb2.PublishToRoomResponse(seqs=result.seqs, handles=result.handles, recipients=result.recipients)
 
-    async def subscribe_room(self, request: gateway_pb2.SubscribeRoomRequest) -> AsyncIterator[bytes]:
+    async def subscribe_room(self, request: gateway_pb2.SubscribeRoomRequest, context: Context) -> AsyncIterator[bytes]:
         """Yields SubscribeRoomResponse frames built from the events' bytes as published."""
         check_room_id(request.room_id)
         await self.commands.rules(request.room_id)  # ROOM_NOT_FOUND for an unknown room

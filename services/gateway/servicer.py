@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -33,6 +33,9 @@ class GatewayServicer:
         max_message_bytes: int,
     ) -> None:
         self._realtime = realtime
+        # The streams go straight to the realtime core: no extra layer per frame.
+        self.Connect = realtime.connect
+        self.SubscribeRoom = realtime.subscribe_room
         self._info = gateway_pb2.GetServerInfoResponse(
             version=version(), mode=mode, services=sorted(services), max_message_bytes=max_message_bytes
         )
@@ -42,20 +45,10 @@ class GatewayServicer:
     ) -> gateway_pb2.GetServerInfoResponse:
         return self._info
 
-    async def Connect(
-        self, request_iterator: AsyncIterator[gateway_pb2.ConnectRequest], context: Context
-    ) -> AsyncIterator[bytes]:
-        async for frame in self._realtime.connect(request_iterator, context):
-            yield frame
-
     async def PublishToRoom(
         self, request: gateway_pb2.PublishToRoomRequest, context: Context
     ) -> gateway_pb2.PublishToRoomResponse:
         return await self._realtime.publish_to_room(request)
-
-    async def SubscribeRoom(self, request: gateway_pb2.SubscribeRoomRequest, context: Context) -> AsyncIterator[bytes]:
-        async for frame in self._realtime.subscribe_room(request):
-            yield frame
 
     async def ListConnections(
         self, request: gateway_pb2.ListConnectionsRequest, context: Context

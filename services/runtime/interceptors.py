@@ -1,7 +1,9 @@
-"""Server interceptors: request decoding, errors, auth, telemetry.
+"""The server interceptor: telemetry, errors, auth and request decoding.
 
-Each wraps the handler's behaviour, so code around a call runs in the same
-task as the servicer (context variables such as the principal reach it).
+One wrapper per call runs the hooks around the servicer's behaviour, in the
+same task (context variables such as the principal reach the servicer), and
+parses the request inside them so malformed bytes get a proper error. Keeping
+it to one wrapper matters for streams: every response passes through it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -25,55 +27,55 @@ from services.runtime.tokens import TokenVerifier
 
 log = logging.getLogger("parley.rpc")
 
-Enter = Callable[[Context], AbstractAsyncContextManager[None]]
 CallHook = Callable[[MethodInfo, Context], AbstractAsyncContextManager[None]]
+Parse = Callable[[bytes], Any]
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
-def wrap_handler(handler: Any, enter: Enter) -> Any:
-    """Returns a copy of `handler` whose behaviour runs inside `enter(context)`."""
-    if handler.unary_unary is not None:
-        return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, enter))
-    if handler.stream_unary is not None:
-        return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, enter))
-    if handler.unary_stream is not None:
-        return handler._replace(unary_stream=_wrap_streaming(handler.unary_stream, enter))
-    return handler._replace(stream_stream=_wrap_streaming(handler.stream_stream, enter))
+class CallInterceptor(ServerInterceptor):
+    """Runs `hooks` (outermost first) around every call and decodes its request inside them."""
 
-
-def _wrap_unary(inner: Callable[..., Awaitable[Any]], enter: Enter) -> Callable[..., Awaitable[Any]]:
-    async def behaviour(request: Any, context: Context) -> Any:
-        async with enter(context):
-            return await inner(request, context)
-
-    return behaviour
-
-
-def _wrap_streaming(inner: Callable[..., Any], enter: Enter) -> Callable[..., Any]:
-    if not inspect.isasyncgenfunction(inner):
-        # Writes its responses with context.write() (e.g. Health.Watch).
-        return _wrap_unary(inner, enter)
-
-    async def behaviour(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with enter(context):
-            async for response in inner(request, context):
-                yield response
-
-    return behaviour
-
-
-class HookInterceptor(ServerInterceptor):
-    """Runs `hook(method, context)` around every call."""
-
-    def __init__(self, methods: MethodTable, hook: CallHook) -> None:
+    def __init__(self, methods: MethodTable, hooks: tuple[CallHook, CallHook, CallHook]) -> None:
         self._methods = methods
-        self._hook = hook
+        self._hooks = hooks
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
-        info = self._methods.lookup(details.method)
-        return wrap_handler(handler, lambda context: self._hook(info, context))
+        return wrap_handler(handler, self._methods.lookup(details.method), self._hooks)
+
+
+def wrap_handler(handler: Any, method: MethodInfo, hooks: tuple[CallHook, CallHook, CallHook]) -> Any:
+    """A copy of `handler` whose behaviour runs inside the hooks and parses its own request."""
+    kind = next(k for k in _KINDS if getattr(handler, k) is not None)
+    inner = getattr(handler, kind)
+    parse: Parse | None = handler.request_deserializer
+    streaming_requests = handler.request_streaming
+    outer, middle, innermost = hooks
+
+    def decode(request: Any) -> Any:
+        if parse is None:
+            return request
+        return _decode_stream(request, parse) if streaming_requests else _decode(request, parse)
+
+    if inspect.isasyncgenfunction(inner):
+
+        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            async with outer(method, context), middle(method, context), innermost(method, context):
+                async for response in inner(decode(request), context):
+                    yield response
+
+        behaviour: Any = streaming
+    else:
+        # Unary responses, or a stream written with context.write() (Health.Watch).
+
+        async def unary(request: Any, context: Context) -> Any:
+            async with outer(method, context), middle(method, context), innermost(method, context):
+                return await inner(decode(request), context)
+
+        behaviour = unary
+    return handler._replace(**{kind: behaviour, "request_deserializer": None})
 
 
 @contextlib.asynccontextmanager
@@ -129,26 +131,6 @@ def bearer_token(context: Context) -> str:
     )
 
 
-class DecodingInterceptor(ServerInterceptor):
-    """Decodes requests inside the call so malformed bytes get INVALID_ARGUMENT.
-
-    grpc's own deserializer failure surfaces as a bare INTERNAL; parsing here
-    lets the error carry reason MALFORMED_REQUEST and the server keep serving.
-    """
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        parse = handler.request_deserializer
-        if handler.request_streaming:
-            decode: Callable[[Any], Any] = lambda requests: _decode_stream(requests, parse)  # noqa: E731
-        else:
-            decode = lambda raw: _decode(raw, parse)  # noqa: E731
-        wrapped = _with_decoded_request(handler, decode)
-        return wrapped._replace(request_deserializer=None)
-
-
 def _decode(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
     try:
         return parse(raw)
@@ -163,23 +145,3 @@ def _decode(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
 async def _decode_stream(requests: AsyncIterator[bytes], parse: Callable[[bytes], Any]) -> AsyncIterator[Any]:
     async for raw in requests:
         yield _decode(raw, parse)
-
-
-def _with_decoded_request(handler: Any, decode: Callable[[Any], Any]) -> Any:
-    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-        inner = getattr(handler, kind)
-        if inner is None:
-            continue
-        if inspect.isasyncgenfunction(inner):
-
-            async def streaming(request: Any, context: Context, inner: Any = inner) -> AsyncIterator[Any]:
-                async for response in inner(decode(request), context):
-                    yield response
-
-            return handler._replace(**{kind: streaming})
-
-        async def unary(request: Any, context: Context, inner: Any = inner) -> Any:
-            return await inner(decode(request), context)
-
-        return handler._replace(**{kind: unary})
-    return handler

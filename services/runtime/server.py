@@ -22,7 +22,7 @@ from services.runtime.channels import channel_options
 from services.runtime.config import Config
 from services.runtime.grpc_types import HealthStatus, add_health_servicer
 from services.runtime.hooks import Hooks
-from services.runtime.interceptors import AuthHook, DecodingInterceptor, HookInterceptor, translate_errors
+from services.runtime.interceptors import AuthHook, CallInterceptor, translate_errors
 from services.runtime.keys import RemoteKeySource
 from services.runtime.methods import MethodTable
 from services.runtime.telemetry import RpcTelemetryHook, Telemetry, setup_telemetry
@@ -211,13 +211,8 @@ def _interceptors(
     methods: MethodTable, telemetry: Telemetry, verifier: TokenVerifier
 ) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     # Outermost first: telemetry sees the final status, errors are translated
-    # before it, auth runs inside error translation, decoding innermost.
-    return [
-        HookInterceptor(methods, RpcTelemetryHook(telemetry)),
-        HookInterceptor(methods, translate_errors),
-        HookInterceptor(methods, AuthHook(verifier)),
-        DecodingInterceptor(),
-    ]
+    # inside it, auth inside error translation; the request is parsed innermost.
+    return [CallInterceptor(methods, (RpcTelemetryHook(telemetry), translate_errors, AuthHook(verifier)))]
 
 
 def _bind(server: grpc.aio.Server, host: str, port: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,18 +12,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
-from services.runtime.interceptors import DecodingInterceptor, HookInterceptor, translate_errors
-from services.runtime.methods import MethodTable
+from services.runtime.interceptors import CallInterceptor, translate_errors
+from services.runtime.methods import MethodInfo, MethodTable
 from tests.support import error_reason, grpcurl_async
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
 
+@contextlib.asynccontextmanager
+async def no_hook(method: MethodInfo, context: object) -> AsyncIterator[None]:
+    yield
+
+
 async def forwarder_to(peer_address: str) -> tuple[grpc.aio.Server, grpc.aio.Channel, str]:
     channel = grpc.aio.insecure_channel(peer_address)
     peers = {service: Peer("backend", peer_address, channel) for service in (HEALTH, REFLECTION)}
-    server = grpc.aio.server(interceptors=[HookInterceptor(MethodTable([]), translate_errors), DecodingInterceptor()])
+    hooks = (translate_errors, no_hook, no_hook)
+    server = grpc.aio.server(interceptors=[CallInterceptor(MethodTable([]), hooks)])
     server.add_generic_rpc_handlers((ForwardingHandler(routes_for(peers)),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
