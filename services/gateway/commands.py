@@ -156,7 +156,10 @@ class CommandHandler:
         if command.all:
             interest.set_all(True)
         else:
-            interest.add(_event_names(command.events))
+            try:
+                interest.add(_event_names(command.events), MAX_SUBSCRIPTION_NAMES)
+            except ValueError as exc:
+                raise invalid_field("events", str(exc)) from None
         return gateway_pb2.SubscriptionResult(subscriptions=interest.names())
 
     def unsubscribe(
@@ -166,7 +169,10 @@ class CommandHandler:
         if command.all:
             interest.set_all(False)
         else:
-            interest.remove(_event_names(command.events))
+            try:
+                interest.remove(_event_names(command.events), MAX_SUBSCRIPTION_NAMES)
+            except ValueError as exc:
+                raise invalid_field("events", str(exc)) from None
         return gateway_pb2.SubscriptionResult(subscriptions=interest.names())
 
     def _interest(self, connection: Connection, room_id: str) -> Interest:
@@ -201,8 +207,13 @@ class CommandHandler:
         self._subjects.publish(command.subject, connection.user_id, command.data)
 
 
+MAX_SUBSCRIPTION_NAMES = 100
+
+
 def _event_names(names: Iterable[str]) -> set[str]:
     events = set(names)
+    if len(events) > MAX_SUBSCRIPTION_NAMES:
+        raise invalid_field("events", f"at most {MAX_SUBSCRIPTION_NAMES} names at once")
     for i, name in enumerate(sorted(events)):
         if name == ANY_EVENT or not EVENT_NAME.fullmatch(name):
             raise invalid_field(f"events[{i}]", f"{name!r} is not an event name (use `all` for every event)")

@@ -25,15 +25,20 @@ class Interest:
     def wants(self, event: str) -> bool:
         return (self.all and event not in self.excluded) or event in self.events
 
-    def add(self, events: set[str]) -> None:
-        self.excluded -= events
-        if not self.all:
-            self.events |= events
+    def add(self, events: set[str], limit: int) -> None:
+        """Receives these events too; ValueError (nothing changed) past `limit` names."""
+        added = self.events if self.all else self.events | events
+        self._replace(added, self.excluded - events, limit)
 
-    def remove(self, events: set[str]) -> None:
-        self.events -= events
-        if self.all:
-            self.excluded |= events
+    def remove(self, events: set[str], limit: int) -> None:
+        """Stops receiving these events; ValueError (nothing changed) past `limit` names."""
+        excluded = self.excluded | events if self.all else self.excluded
+        self._replace(self.events - events, excluded, limit)
+
+    def _replace(self, events: set[str], excluded: set[str], limit: int) -> None:
+        if len(events) + len(excluded) > limit:
+            raise ValueError(f"a room subscription lists at most {limit} event names")
+        self.events, self.excluded = events, excluded
 
     def set_all(self, on: bool) -> None:
         self.all = on

@@ -16,7 +16,7 @@ from services.gateway.connections import Connection
 KIND = "kind"
 KIND_EVENT = "event"
 KIND_FRAME = "frame"  # a whole frame for every member (presence)
-EVENT_NAME = "event"
+EVENT_HEADER = "event"
 SKIP_SESSION = "skip"  # a publisher that asked not to receive its own events
 
 
@@ -41,7 +41,7 @@ class RoomFeed:
             for member in self.members.values():
                 member.outbox.put(kinds.FRAME, message.data)
             return
-        event = headers[EVENT_NAME]
+        event = headers[EVENT_HEADER]
         skip = headers.get(SKIP_SESSION)
         item = wire.batch_item(message.data)
         room_id = self.room_id

@@ -13,10 +13,11 @@ from parley.gateway.v1 import gateway_pb2
 from parley.hooks import PublishContext, Transform
 from parley.values import to_value
 from services.gateway.bus import Bus, BusMessage
-from services.gateway.feeds import EVENT_NAME, KIND, KIND_EVENT, SKIP_SESSION, RoomFeeds, room_subject
-from services.room.rules import EventRules, to_json
+from services.gateway.feeds import EVENT_HEADER, KIND, KIND_EVENT, SKIP_SESSION, RoomFeeds, room_subject
+from services.room.definitions import EVENT_NAME
+from services.room.rules import ANY_EVENT, EventRules, to_json
 from services.runtime.config import GatewayConfig
-from services.runtime.errors import ServiceError, rate_limited
+from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
 
@@ -54,7 +55,15 @@ class Publisher:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, errors_pb2.ERROR_REASON_VALIDATION_FAILED, "events: is empty"
             )
+        if len(events) > self._config.events_per_window:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                errors_pb2.ERROR_REASON_VALIDATION_FAILED,
+                f"events: at most {self._config.events_per_window} in one publish",
+                field="events",
+            )
         for event in events:
+            check_event(event)
             self._check_size(event)
             rules.check(event.event, event.payload)
         wait = self._limit.try_acquire(user_id, len(events))
@@ -87,7 +96,7 @@ class Publisher:
                 handle=handle,
                 meta=outgoing.meta,
             )
-            headers = {KIND: KIND_EVENT, EVENT_NAME: outgoing.event}
+            headers = {KIND: KIND_EVENT, EVENT_HEADER: outgoing.event}
             if skip_session:
                 headers[SKIP_SESSION] = skip_session
             self._bus.publish(BusMessage(subject, event.SerializeToString(), headers))
@@ -101,7 +110,7 @@ class Publisher:
         return result
 
     def _check_size(self, event: gateway_pb2.OutgoingEvent) -> None:
-        size = event.payload.ByteSize() + event.meta.ByteSize()
+        size = len(event.event) + event.payload.ByteSize() + event.meta.ByteSize()
         if size > self._config.max_payload_bytes:
             raise payload_too_large(size, self._config.max_payload_bytes)
 
@@ -122,6 +131,11 @@ class Publisher:
             changed.meta.update(decision.meta)
         self._check_size(changed)
         return changed
+
+
+def check_event(event: gateway_pb2.OutgoingEvent) -> None:
+    if event.event == ANY_EVENT or not EVENT_NAME.fullmatch(event.event):
+        raise invalid_field("event", "must be 1–64 characters of letters, digits and '_.:-', not starting with '-'")
 
 
 def _context(event: gateway_pb2.OutgoingEvent, room_id: str, user_id: str, session_id: str) -> PublishContext:

@@ -23,7 +23,7 @@ from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
-from services.gateway.publishing import SYSTEM_SENDER, Publisher
+from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
 from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
 from services.room.definitions import check_room_id
@@ -191,6 +191,7 @@ class Realtime:
             raise invalid_field("events", "is empty")
         rules = await self.commands.rules(request.room_id)
         for event in request.events:
+            check_event(event)
             rules.validate(event.event, event.payload)
         result = await self.publisher.publish(request.room_id, request.events, request.sender or SYSTEM_SENDER)
         return gateway_pb2.PublishToRoomResponse(seqs=result.seqs, handles=result.handles, recipients=result.recipients)
@@ -199,20 +200,23 @@ class Realtime:
         """Yields SubscribeRoomResponse frames built from the events' bytes as published."""
         check_room_id(request.room_id)
         await self.commands.rules(request.room_id)  # ROOM_NOT_FOUND for an unknown room
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        # The backend's own outbox: bounded like a connection's, batched the same way.
+        outbox = Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes)
 
         def deliver(message: BusMessage) -> None:
             if message.headers.get(KIND) != KIND_FRAME:
-                queue.put_nowait(wire.batch_item(message.data))
+                outbox.put(kinds.EVENT, wire.batch_item(message.data))
 
         subscription = self.bus.subscribe(room_subject(request.room_id), deliver)
         try:
             while True:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                # SubscribeRoomResponse is `repeated Event events = 1`: its encoding is the items.
-                yield b"".join(items)
+                try:
+                    frames = await outbox.next_frames()
+                except SlowConsumer:
+                    raise slow_consumer(self.config.max_outbound_bytes) from None
+                for frame in frames or ():
+                    # SubscribeRoomResponse is `repeated Event events = 1`: the frame's body.
+                    yield wire.frame_body(frame)
         finally:
             subscription.cancel()
 

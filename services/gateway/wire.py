@@ -16,6 +16,12 @@ from parley.gateway.v1 import gateway_pb2
 _EVENTS_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER << 3 | 2])
 _SUBJECT_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUMBER << 3 | 2])
 _BATCH_ITEM_TAG = bytes([gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER << 3 | 2])
+# One tag byte each, and one item tag for both batch kinds: field numbers must stay small and equal.
+assert gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER == gateway_pb2.SubjectEventBatch.EVENTS_FIELD_NUMBER
+assert gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER == gateway_pb2.SubscribeRoomResponse.EVENTS_FIELD_NUMBER
+assert (
+    max(gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER, gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUMBER) <= 15
+)
 
 
 def varint(value: int) -> bytes:
@@ -41,6 +47,14 @@ def events_frame(items: Sequence[bytes]) -> bytes:
 def subject_events_frame(items: Sequence[bytes]) -> bytes:
     body = b"".join(items)
     return _SUBJECT_FRAME_TAG + varint(len(body)) + body
+
+
+def frame_body(frame: bytes) -> bytes:
+    """The EventBatch inside an events frame (tag, length, body -> body)."""
+    position = 1
+    while frame[position] & 0x80:
+        position += 1
+    return frame[position + 1 :]
 
 
 def frame(response: gateway_pb2.ConnectResponse) -> bytes:

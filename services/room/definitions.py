@@ -14,7 +14,8 @@ from services.runtime.config import ConfigError, EventDefinition, RoomDefinition
 from services.runtime.errors import ServiceError, invalid_field
 
 ROOM_ID = re.compile(r"[a-z0-9_.:-]{1,64}")
-EVENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}|\*")
+# No leading "-": "-typing" means "all but typing" in a subscription list.
+EVENT_NAME = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,63}|\*")
 MAX_EVENTS = 100
 VISIBILITY = {"public": room_pb2.ROOM_VISIBILITY_PUBLIC, "unlisted": room_pb2.ROOM_VISIBILITY_UNLISTED}
 

@@ -71,12 +71,13 @@ class RoomRegistry:
             raise permission_denied(
                 errors_pb2.ERROR_REASON_NOT_CREATOR, f"room {room_id!r} is declared in the config file; remove it there"
             )
-        if not caller.is_service and caller.user_id != room.creator:
+        if not caller.is_service and (not room.creator or caller.user_id != room.creator):
             raise permission_denied(
                 errors_pb2.ERROR_REASON_NOT_CREATOR, f"only the creator of {room_id!r} may delete it"
             )
         await self._db.transaction(lambda db: store.delete_room(db, room_id))
-        del self._rooms[room_id]
+        if self._rooms.pop(room_id, None) is None:
+            raise room_not_found(room_id)  # deleted by a concurrent call
         self._announce(room_pb2.RoomChange(kind=DELETED, room=room))
         return room
 

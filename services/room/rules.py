@@ -7,6 +7,7 @@ Used by the room service when rooms are defined and by gateways on publish.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -41,11 +42,44 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def compile_schema(schema: dict[str, Any], field: str) -> Validator:
-    """A validator for `schema`; INVALID_ARGUMENT naming `field` when the schema is not valid."""
+MAX_SCHEMA_BYTES = 16 * 1024
+# Regular expressions run on every publish on the gateway's event loop; a
+# room creator could pick one that backtracks for ever.
+REGEX_KEYWORDS = frozenset({"pattern", "patternProperties"})
+
+
+def check_schema_is_safe(schema: Any, field: str, *, allow_regex: bool) -> None:
+    """Refuses what would make a validator reach outside or stall the server.
+
+    Only local references ("#/...") are allowed: fastjsonschema would fetch any
+    other `$ref` with urllib, synchronously, from inside the server.
+    """
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise invalid_field(field, f"at most {MAX_SCHEMA_BYTES} bytes of JSON")
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+                raise invalid_field(field, 'only local $ref ("#/...") is allowed')
+            for key in ("$id", "id", "$schema"):
+                value = node.get(key)
+                if isinstance(value, str) and ":" in value and key != "$schema":
+                    raise invalid_field(field, f"{key} may not name a URI")
+            if not allow_regex and REGEX_KEYWORDS & node.keys():
+                raise invalid_field(field, "pattern and patternProperties are not allowed in rooms created at run time")
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+
+
+def compile_schema(schema: dict[str, Any], field: str, *, allow_regex: bool = True) -> Validator:
+    """A validator for `schema`; INVALID_ARGUMENT naming `field` when the schema is not valid or safe."""
+    check_schema_is_safe(schema, field, allow_regex=allow_regex)
     try:
         validator: Validator = fastjsonschema.compile(schema)
-    except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
+    except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError, OSError) as exc:
         raise invalid_field(field, f"not a valid JSON Schema: {exc}") from exc
     return validator
 
@@ -54,8 +88,10 @@ class EventRules:
     def __init__(self, room: room_pb2.Room) -> None:
         self.room_id = room.room_id
         self.read_only = not room.events
+        # Regex keywords are for rooms an operator declared, not run-time rooms.
+        allow_regex = not room.creator
         self._validators: dict[str, Validator | None] = {
-            event.name: compile_schema(schema_to_dict(event.schema), f"events[{i}].schema")
+            event.name: compile_schema(schema_to_dict(event.schema), f"events[{i}].schema", allow_regex=allow_regex)
             if event.HasField("schema")
             else None
             for i, event in enumerate(room.events)

@@ -27,7 +27,7 @@ async def room_module(config: Config) -> ServiceModule:
     except BaseException:
         await db.close()
         raise
-    servicer = RoomServicer(registry, Membership())
+    servicer = RoomServicer(registry, Membership(), config.room_service.creations_per_hour)
     return ServiceModule(
         services=[SERVICE],
         register=lambda server: room_pb2_grpc.add_RoomServiceServicer_to_server(servicer, server),

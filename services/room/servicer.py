@@ -8,16 +8,18 @@ from parley.room.v1 import room_pb2, room_pb2_grpc
 from services.room import definitions
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
-from services.runtime.errors import invalid_field
+from services.runtime.errors import invalid_field, rate_limited
 from services.runtime.grpc_types import Context
 from services.runtime.paging import clamp_page_size, decode_page_token, encode_page_token
 from services.runtime.principal import current_principal
+from services.runtime.ratelimit import RateLimiter
 
 
 class RoomServicer(room_pb2_grpc.RoomServiceServicer):
-    def __init__(self, registry: RoomRegistry, membership: Membership) -> None:
+    def __init__(self, registry: RoomRegistry, membership: Membership, creations_per_hour: int) -> None:
         self._registry = registry
         self._membership = membership
+        self._creations = RateLimiter(creations_per_hour, 3600.0)
 
     def _with_size(self, room: room_pb2.Room) -> room_pb2.Room:
         sized = room_pb2.Room()
@@ -38,6 +40,10 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     async def CreateRoom(self, request: room_pb2.CreateRoomRequest, context: Context) -> room_pb2.CreateRoomResponse:
         caller = current_principal()
         room = definitions.from_request(request, creator=caller.user_id)
+        if not caller.is_service:
+            wait = self._creations.try_acquire(caller.user_id)
+            if wait:
+                raise rate_limited("too many rooms created; try again later", wait)
         return room_pb2.CreateRoomResponse(room=await self._registry.create(room))
 
     async def DeleteRoom(self, request: room_pb2.DeleteRoomRequest, context: Context) -> room_pb2.DeleteRoomResponse:

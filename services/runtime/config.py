@@ -119,8 +119,12 @@ class GatewayConfig:
     events_per_window: int = 200
     window_seconds: int = 10
     max_rooms_per_connection: int = 100
-    # Commands a connection may have in flight before it stops being read.
-    max_pending_commands: int = 64
+
+
+@dataclasses.dataclass
+class RoomServiceConfig:
+    # Rooms one user may create per hour (services are not limited).
+    creations_per_hour: int = 60
 
 
 @dataclasses.dataclass
@@ -201,6 +205,7 @@ class Config:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     files: FilesConfig = dataclasses.field(default_factory=FilesConfig)
     gateway: GatewayConfig = dataclasses.field(default_factory=GatewayConfig)
+    room_service: RoomServiceConfig = dataclasses.field(default_factory=RoomServiceConfig)
     hooks: HooksConfig = dataclasses.field(default_factory=HooksConfig)
     rooms: list[RoomDefinition] = dataclasses.field(default_factory=list)
     # Where the config file is; relative paths in it (schema files) start here.

@@ -111,7 +111,7 @@ class TokenVerifier:
         """The app's authenticate hook: an Identity or a user id, or None to refuse."""
         assert self._authenticate is not None
         accepted = await self._authenticate(token)
-        if isinstance(accepted, Identity):
+        if isinstance(accepted, Identity) and accepted.user_id:
             return Principal(user_id=accepted.user_id, device_id=accepted.device_id, issuer="hook")
         if isinstance(accepted, str) and accepted:
             return Principal(user_id=accepted, issuer="hook")

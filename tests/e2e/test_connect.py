@@ -316,3 +316,23 @@ async def test_rooms_per_connection_limit(data_dir: Path, tmp_path: Path) -> Non
                 assert third.status.reason == "TOO_MANY_ROOMS"
                 await s.ok(leave=gateway_pb2.LeaveCommand(room_id="chat"))
                 await s.join("news")
+
+
+async def test_event_names_are_checked_and_counted(world: World) -> None:
+    async with stream(world.address, await world.token(world.alice)) as alice:
+        await alice.join("anything")
+        for bad in ("x" * 65, "-typing", "*", ""):
+            reply = await alice.publish("anything", bad, {})
+            assert reply.status.reason == "VALIDATION_FAILED", bad
+            assert reply.status.metadata["field"] == "event"
+
+
+async def test_a_batch_larger_than_the_rate_window_is_invalid(data_dir: Path, tmp_path: Path) -> None:
+    config = make_config(data_dir, rooms=ROOMS, **{"gateway.events_per_window": 3})
+    async with running(allinone.create_server, config) as (_, address):
+        async with Client(address, username="bea", key_file=tmp_path / "b.json") as bea:
+            async with stream(address, await bea.access_token()) as s:
+                await s.join("anything")
+                events = [gateway_pb2.OutgoingEvent(event="e", payload=value(1))] * 4
+                reply = await s.command(publish=gateway_pb2.PublishCommand(room_id="anything", events=events))
+                assert reply.status.reason == "VALIDATION_FAILED"

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from parley import Client
+from parley import Client, RateLimitedError
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services import allinone
 from services.runtime.config import ConfigError, EventDefinition, RoomDefinition
@@ -179,3 +179,40 @@ def test_a_bad_config_room_is_a_config_error(data_dir: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"rooms\.x"):
         asyncio.run(allinone.create_server(config))
+
+
+@pytest.mark.parametrize(
+    ("schema", "complaint"),
+    [
+        ({"$ref": "http://127.0.0.1:1/evil.json"}, "only local $ref"),
+        ({"$ref": "file:///etc/passwd"}, "only local $ref"),
+        ({"$id": "http://example.com/s", "type": "object"}, "may not name a URI"),
+        ({"type": "string", "pattern": "(a+)+$"}, "pattern and patternProperties are not allowed"),
+        ({"type": "object", "description": "x" * 20_000}, "at most"),
+    ],
+)
+async def test_unsafe_schemas_are_refused(
+    rooms: tuple[room_pb2_grpc.RoomServiceStub, Client], schema: dict[str, object], complaint: str
+) -> None:
+    stub, rita = rooms
+    request = room_pb2.CreateRoomRequest(
+        room_id="x", events=[room_pb2.EventDefinition(name="e", schema=struct(schema))]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateRoom(request, metadata=bearer(await rita.access_token()))
+    assert error_reason(caught.value) == "VALIDATION_FAILED"
+    assert complaint in (caught.value.details() or "")
+
+
+async def test_room_creation_is_rate_limited_per_user(data_dir: Path, tmp_path: Path) -> None:
+    config = make_config(data_dir, **{"room_service.creations_per_hour": 2})
+    async with running(allinone.create_server, config) as (_, address):
+        async with Client(address, username="max", key_file=tmp_path / "m.json") as user:
+            await user.create_room("one")
+            await user.create_room("two")
+            with pytest.raises(RateLimitedError):
+                await user.create_room("three")
+        async with grpc.aio.insecure_channel(address) as channel:
+            await room_pb2_grpc.RoomServiceStub(channel).CreateRoom(
+                room_pb2.CreateRoomRequest(room_id="by-service"), metadata=SERVICE
+            )

@@ -87,14 +87,17 @@ async def test_outbox_finish_and_fail_send_what_is_queued_first() -> None:
 
 def test_interest_all_but_some_and_some() -> None:
     interest = Interest(["*"])
-    interest.remove({"typing"})
+    interest.remove({"typing"}, 10)
     assert (interest.wants("message"), interest.wants("typing"), interest.names()) == (True, False, ["*", "-typing"])
-    interest.add({"typing"})
+    interest.add({"typing"}, 10)
     assert interest.wants("typing")
     interest.set_all(False)
     assert not interest.wants("message")
-    interest.add({"message"})
+    interest.add({"message"}, 10)
     assert (interest.wants("message"), interest.wants("typing"), interest.names()) == (True, False, ["message"])
+    with pytest.raises(ValueError, match="at most 2"):
+        interest.add({"a", "b"}, 2)
+    assert interest.names() == ["message"]  # unchanged by the refused change
 
 
 @pytest.mark.parametrize(

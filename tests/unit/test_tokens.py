@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from parley.hooks import Identity
 from services.runtime.config import AuthConfig, ExternalJwtConfig
 from services.runtime.errors import ServiceError, unavailable
 from services.runtime.principal import Principal
@@ -433,3 +434,13 @@ async def test_external_issuer_ignored_when_disabled(verifier: TokenVerifier) ->
     error = await rejected(verifier, app_token())
     assert error.reason == "TOKEN_INVALID"
     assert "not trusted" in error.message
+
+
+async def test_authenticate_hook_cannot_name_an_empty_user(source: FakeKeySource) -> None:
+    async def hook(token: str) -> Identity:
+        return Identity(user_id="")
+
+    verifier = TokenVerifier(auth_config(), source, authenticate=hook)
+    with pytest.raises(ServiceError) as refused:
+        await verifier.verify("whatever")
+    assert refused.value.reason == "TOKEN_INVALID"
