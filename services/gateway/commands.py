@@ -17,6 +17,7 @@ from services.gateway.publishing import Publisher, payload_too_large
 from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
 from services.room.definitions import EVENT_NAME, check_room_id
+from services.room.registry import room_not_found
 from services.room.rules import ANY_EVENT, EventRules
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
@@ -105,7 +106,7 @@ class CommandHandler:
     async def join(self, connection: Connection, room_id: str) -> gateway_pb2.JoinResult:
         check_room_id(room_id)
         if room_id in connection.rooms:
-            room = await self._rooms.get(room_id)
+            room = self._directory.room(room_id) or await self._rooms.get(room_id)
             return gateway_pb2.JoinResult(room=room, subscriptions=connection.rooms[room_id].names())
         if len(connection.rooms) >= self._config.max_rooms_per_connection:
             raise ServiceError(
@@ -118,7 +119,12 @@ class CommandHandler:
             errors_pb2.ERROR_REASON_JOIN_DENIED,
             JoinContext(session_id=connection.session_id, user_id=connection.user_id, room_id=room_id),
         )
+        deletions = self._directory.deletions(room_id)
         joined = await self._rooms.join(room_id, connection.user_id, connection.session_id)
+        if self._directory.deletions(room_id) != deletions:
+            # The room was deleted while the join was under way: do not keep a ghost member.
+            await self._rooms.leave(room_id, connection.user_id, connection.session_id)
+            raise room_not_found(room_id)
         self._directory.remember(joined.room)
         interest = Interest(list(joined.room.default_subscriptions))
         connection.rooms[room_id] = interest

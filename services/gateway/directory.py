@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -22,10 +22,14 @@ ChangeHandler = Callable[[room_pb2.RoomChange], Awaitable[None]]
 class RoomDirectory:
     def __init__(self) -> None:
         self._rooms: dict[str, tuple[room_pb2.Room, EventRules]] = {}
+        # How often each room id was deleted: a join that saw the count change
+        # while it was under way joined a room that no longer exists.
+        self._deletions: dict[str, int] = {}
 
     def remember(self, room: room_pb2.Room) -> EventRules:
         cached = self._rooms.get(room.room_id)
         if cached is not None and cached[0].events == room.events:
+            self._rooms[room.room_id] = (room, cached[1])
             return cached[1]
         rules = EventRules(room)
         self._rooms[room.room_id] = (room, rules)
@@ -33,32 +37,90 @@ class RoomDirectory:
 
     def forget(self, room_id: str) -> None:
         self._rooms.pop(room_id, None)
+        self._deletions[room_id] = self._deletions.get(room_id, 0) + 1
+
+    def deletions(self, room_id: str) -> int:
+        return self._deletions.get(room_id, 0)
 
     def rules(self, room_id: str) -> EventRules | None:
         cached = self._rooms.get(room_id)
         return cached[1] if cached else None
 
+    def room(self, room_id: str) -> room_pb2.Room | None:
+        cached = self._rooms.get(room_id)
+        return cached[0] if cached else None
 
-async def follow_room_changes(client: RoomClient, directory: RoomDirectory, on_change: ChangeHandler) -> None:
+    def room_ids(self) -> set[str]:
+        return set(self._rooms)
+
+
+async def follow_room_changes(
+    client: RoomClient, directory: RoomDirectory, on_change: ChangeHandler, on_resync: Callable[[], Awaitable[None]]
+) -> None:
     """Runs until cancelled: applies the room service's changes, reconnecting when it goes away.
 
-    The snapshot each (re)connection starts with refreshes the cache silently;
-    changes after it are passed to `on_change` (clients are told).
+    The first snapshot fills the cache. After a reconnection, the snapshot is
+    compared with the cache (rooms created or deleted meanwhile are announced),
+    and `on_resync` registers this gateway's memberships again, in case the
+    room service restarted and forgot them.
     """
+    synced_before = False
     while True:
-        snapshot_done = False
         try:
-            async for response in client.watch():
-                for change in response.changes:
-                    if change.kind == room_pb2.RoomChange.KIND_DELETED:
-                        directory.forget(change.room.room_id)
-                    else:
-                        directory.remember(change.room)
-                    if snapshot_done:
-                        await on_change(change)
-                snapshot_done = snapshot_done or response.snapshot_complete
+            async for _ in _watch(client, directory, on_change, announce_snapshot=synced_before):
+                if synced_before:
+                    await on_resync()
+                synced_before = True
         except grpc.aio.AioRpcError as exc:
             log.info("room watch ended; retrying", extra={"code": exc.code().name})
-        except ServiceError:
+        except Exception:
             log.exception("room watch failed; retrying")
         await asyncio.sleep(RETRY_SECONDS)
+
+
+async def _watch(
+    client: RoomClient, directory: RoomDirectory, on_change: ChangeHandler, announce_snapshot: bool
+) -> AsyncIterator[None]:
+    """Applies one watch; yields once, when its snapshot has been applied."""
+    snapshot: dict[str, room_pb2.Room] = {}
+    snapshot_done = False
+    async for response in client.watch():
+        for change in response.changes:
+            if snapshot_done:
+                await _apply(directory, change, on_change)
+            else:
+                snapshot[change.room.room_id] = change.room
+        if response.snapshot_complete and not snapshot_done:
+            snapshot_done = True
+            await _apply_snapshot(directory, snapshot, on_change, announce_snapshot)
+            yield
+
+
+async def _apply_snapshot(
+    directory: RoomDirectory, snapshot: dict[str, room_pb2.Room], on_change: ChangeHandler, announce: bool
+) -> None:
+    known = directory.room_ids()
+    for room_id in known - snapshot.keys():
+        room = directory.room(room_id) or room_pb2.Room(room_id=room_id)
+        await _apply(directory, room_pb2.RoomChange(kind=room_pb2.RoomChange.KIND_DELETED, room=room), on_change)
+    for room_id, room in snapshot.items():
+        if announce and room_id not in known:
+            await _apply(directory, room_pb2.RoomChange(kind=room_pb2.RoomChange.KIND_CREATED, room=room), on_change)
+        else:
+            _remember(directory, room)
+
+
+async def _apply(directory: RoomDirectory, change: room_pb2.RoomChange, on_change: ChangeHandler) -> None:
+    if change.kind == room_pb2.RoomChange.KIND_DELETED:
+        directory.forget(change.room.room_id)
+    else:
+        _remember(directory, change.room)
+    await on_change(change)
+
+
+def _remember(directory: RoomDirectory, room: room_pb2.Room) -> None:
+    try:
+        directory.remember(room)
+    except ServiceError:
+        # A definition this gateway cannot compile is refused at publish time instead.
+        log.exception("cannot use the rules of room %s", room.room_id)

@@ -73,12 +73,19 @@ class Publisher:
             )
         if self._hooks.has("before_publish"):
             events = [await self._before_publish(e, room_id, user_id, session_id) for e in events]
-        return await self.publish(room_id, events, user_id, skip_session=session_id if no_echo else "")
+        return await self.publish(room_id, events, user_id, session_id=session_id, no_echo=no_echo)
 
     async def publish(
-        self, room_id: str, events: Sequence[gateway_pb2.OutgoingEvent], sender: str, skip_session: str = ""
+        self,
+        room_id: str,
+        events: Sequence[gateway_pb2.OutgoingEvent],
+        sender: str,
+        *,
+        session_id: str = "",
+        no_echo: bool = False,
     ) -> gateway_pb2.PublishResult:
         """Sequences, encodes once and publishes; no checks (callers have made them)."""
+        skip_session = session_id if no_echo else ""
         before = self._feeds.delivered(room_id)
         result = gateway_pb2.PublishResult()
         now_ms = int(time.time() * 1000)
@@ -105,7 +112,7 @@ class Publisher:
         result.recipients = self._feeds.delivered(room_id) - before
         if self._hooks.has("after_publish"):
             for outgoing in events:
-                context = _context(outgoing, room_id, sender, "")
+                context = _context(outgoing, room_id, sender, session_id)
                 await self._hooks.notify("after_publish", context, result.recipients)
         return result
 

@@ -13,7 +13,7 @@ import grpc
 
 from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
-from parley.hooks import RoomContext, SessionContext
+from parley.hooks import JoinContext, RoomContext, SessionContext
 from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
@@ -28,7 +28,7 @@ from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
 from services.room.definitions import check_room_id
 from services.runtime.config import GatewayConfig
-from services.runtime.errors import ServiceError, invalid_field, not_found, unavailable
+from services.runtime.errors import ServiceError, internal, invalid_field, not_found, unavailable
 from services.runtime.grpc_types import Context
 from services.runtime.hooks import Hooks
 from services.runtime.principal import require_user
@@ -60,6 +60,8 @@ class Realtime:
         self.hooks = hooks
         self.connections = ConnectionRegistry()
         self.stopping = False
+        # True when the room service runs in this same process (all-in-one).
+        self.membership_is_local = False
         self.feeds = RoomFeeds(bus)
         self.directory = RoomDirectory()
         self.scheduler = FlushScheduler(config.batch_window_ms / 1000)
@@ -77,11 +79,13 @@ class Realtime:
         caller = require_user()
         stream = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        cut_off: list[asyncio.TimerHandle] = []
 
         def cut_off_later() -> None:
-            # A consumer that does not read at all never reaches the error below.
+            # A consumer that does not read at all never reaches the error below:
+            # its stream task is cancelled after a grace period (unless it ends first).
             if stream is not None:
-                loop.call_later(SLOW_CONSUMER_GRACE_SECONDS, stream.cancel)
+                cut_off.append(loop.call_later(SLOW_CONSUMER_GRACE_SECONDS, stream.cancel))
 
         connection = Connection(
             session_id=f"s{secrets.token_hex(12)}",
@@ -90,10 +94,12 @@ class Realtime:
             outbox=Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, cut_off_later),
         )
         self.connections.add(connection)
-        reader = asyncio.create_task(self._read_commands(connection, requests))
+        reader: asyncio.Task[None] | None = None
         try:
             yield wire.frame(gateway_pb2.ConnectResponse(welcome=self._welcome(connection)))
             await self.hooks.notify("on_connected", _session(connection))
+            # Commands are read only now, so on_connected comes before any join hook.
+            reader = asyncio.create_task(self._read_commands(connection, requests))
             while True:
                 try:
                     frames = await connection.outbox.next_frames()
@@ -110,8 +116,11 @@ class Realtime:
                 yield wire.frame(gateway_pb2.ConnectResponse(go_away=gateway_pb2.GoAway(status=status_of(ending))))
                 raise ending
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            for handle in cut_off:
+                handle.cancel()
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
             await self._disconnect(connection)
 
     def _welcome(self, connection: Connection) -> gateway_pb2.Welcome:
@@ -142,6 +151,10 @@ class Realtime:
             return
         except grpc.aio.AbortError:
             return
+        except Exception:
+            log.exception("a command failed unexpectedly", extra={"session": connection.session_id})
+            connection.outbox.fail(internal())
+            return
         connection.outbox.finish()
 
     async def _disconnect(self, connection: Connection) -> None:
@@ -149,9 +162,9 @@ class Realtime:
         self.subjects.unsubscribe_all(connection)
         for room_id in list(connection.rooms):
             self.commands.drop(connection, room_id)
-        # When the gateway is stopping, membership (live state) goes with the
-        # process and nobody is left to tell.
-        if not self.stopping:
+        # A stopping all-in-one gateway takes the membership (live state) with
+        # it; a room service in its own process must still be told.
+        if not (self.stopping and self.membership_is_local):
             try:
                 left = await self.rooms.leave("", connection.user_id, connection.session_id)
             except ServiceError:
@@ -171,11 +184,22 @@ class Realtime:
 
     # Room changes (from the room service's feed)
 
+    async def rejoin_all(self) -> None:
+        """Registers every local membership with the room service again (after it restarted)."""
+        for connection in self.connections.all():
+            for room_id in list(connection.rooms):
+                try:
+                    await self.rooms.join(room_id, connection.user_id, connection.session_id)
+                except ServiceError:
+                    log.warning("could not re-register a membership", exc_info=True, extra={"room": room_id})
+
     async def on_room_change(self, change: room_pb2.RoomChange) -> None:
         """Every connection is told; members of a deleted room are taken out of it."""
         if change.kind == room_pb2.RoomChange.KIND_DELETED:
             for connection in self.feeds.forget_room(change.room.room_id):
                 connection.rooms.pop(change.room.room_id, None)
+                context = JoinContext(connection.session_id, connection.user_id, change.room.room_id)
+                await self.hooks.notify("on_left", context)
         frame = wire.frame(gateway_pb2.ConnectResponse(room_changed=gateway_pb2.RoomChanged(change=change)))
         for connection in self.connections.all():
             connection.outbox.put(kinds.FRAME, frame, urgent=True)
@@ -237,17 +261,18 @@ class Realtime:
         return sorted({room for c in self.connections.of_user(user_id) for room in c.rooms})
 
     async def remove_user_from_rooms(self, user_id: str) -> list[str]:
-        """Takes every connection of the user out of every room; each connection is told."""
+        """Takes this gateway's connections of the user out of every room; each is told."""
+        left: set[str] = set()
         for connection in self.connections.of_user(user_id):
             for room_id in list(connection.rooms):
                 self.commands.drop(connection, room_id)
-                presence = gateway_pb2.Presence(room_id=room_id, user_id=user_id, joined=False)
-                connection.outbox.put(
-                    kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(presence=presence)), urgent=True
+                presence = gateway_pb2.ConnectResponse(
+                    presence=gateway_pb2.Presence(room_id=room_id, user_id=user_id, joined=False)
                 )
-        left = await self.rooms.leave("", user_id, "")
-        await self.commands.announce_left(user_id, "", left)
-        return left
+                connection.outbox.put(kinds.FRAME, wire.frame(presence), urgent=True)
+                left.update(await self.rooms.leave(room_id, user_id, connection.session_id))
+        await self.commands.announce_left(user_id, "", sorted(left))
+        return sorted(left)
 
     def send_to_connection(self, request: gateway_pb2.SendToConnectionRequest) -> None:
         connection = self.connections.get(request.session_id)

@@ -46,6 +46,7 @@ def gateway_module(
     """GatewayService. `room_address` None means the room service is on this same server."""
     rooms = RoomClient(config.server, internal_secret(config), room_address or "")
     realtime = Realtime(config.gateway, InProcessBus(), rooms, Hooks(config.hooks))
+    realtime.membership_is_local = room_address is None
     services = [s.full_name for s in (SERVICE, *PUBLIC_SERVICES)]
     servicer = GatewayServicer(realtime, mode, services, config.server.max_message_bytes)
     tasks: list[asyncio.Task[None]] = []
@@ -53,7 +54,8 @@ def gateway_module(
     def start(health: HealthStatus, own_address: str) -> None:
         if room_address is None:
             rooms.address = own_address
-        tasks.append(asyncio.create_task(follow_room_changes(rooms, realtime.directory, realtime.on_room_change)))
+        follow = follow_room_changes(rooms, realtime.directory, realtime.on_room_change, realtime.rejoin_all)
+        tasks.append(asyncio.create_task(follow))
 
     async def drain() -> None:
         for task in tasks:

@@ -116,7 +116,9 @@ class AuthHook:
         try:
             yield
         finally:
-            reset_principal(token)
+            # A stream whose task was cancelled is finalised in another context.
+            with contextlib.suppress(ValueError):
+                reset_principal(token)
 
 
 def bearer_token(context: Context) -> str:

@@ -336,3 +336,25 @@ async def test_a_batch_larger_than_the_rate_window_is_invalid(data_dir: Path, tm
                 events = [gateway_pb2.OutgoingEvent(event="e", payload=value(1))] * 4
                 reply = await s.command(publish=gateway_pb2.PublishCommand(room_id="anything", events=events))
                 assert reply.status.reason == "VALIDATION_FAILED"
+
+
+async def test_membership_is_released_when_a_stream_ends(world: World, tmp_path: Path) -> None:
+    async with Client(world.address, username="carl", key_file=tmp_path / "c.json") as carl:
+        async with (
+            stream(world.address, await world.token(world.alice)) as a,
+            stream(world.address, await world.token(world.bob)) as b,
+        ):
+            await a.join("game")
+            await b.join("game")
+        # Both streams ended: the room service forgot them, and the slots are free again.
+        async with grpc.aio.insecure_channel(world.address) as channel:
+            rooms = room_pb2_grpc.RoomServiceStub(channel)
+            token = bearer(await carl.access_token())
+            for _ in range(50):
+                people = await rooms.ListParticipants(room_pb2.ListParticipantsRequest(room_id="game"), metadata=token)
+                if not people.participants:
+                    break
+                await asyncio.sleep(0.05)
+            assert list(people.participants) == []
+        async with stream(world.address, await carl.access_token()) as c:
+            await c.join("game")

@@ -69,5 +69,13 @@ async def test_a_stalled_client_is_cut_with_slow_consumer(data_dir: Path, tmp_pa
                 assert error is not None
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert stalled.events.qsize() < COMMANDS * EVENTS_PER_COMMAND
+                # The cut connection no longer counts as a member of the room.
+                participants = set(await pub.participants("firehose"))
+                for _ in range(50):
+                    if stuck.user_id not in participants:
+                        break
+                    await asyncio.sleep(0.05)
+                    participants = set(await pub.participants("firehose"))
+                assert participants == {pub.user_id, fast.user_id}
             await stalled.close()
             await stalled_channel.close()

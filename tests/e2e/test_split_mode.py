@@ -209,6 +209,25 @@ async def test_rooms_and_events_through_the_gateway(cluster: Cluster) -> None:
         assert await asyncio.wait_for(created.get(), 5) == "split-room"
 
 
+async def test_a_restarted_room_service_gets_the_memberships_back(cluster: Cluster) -> None:
+    async with Client(cluster.gateway, username="uma", key_file=cluster.tmp / "uma.json") as uma:
+        lobby = await uma.join("lobby")
+        room = cluster.processes["room"]
+        port = room.port
+        assert room.terminate() == 0
+        cluster.start("room", port)
+        for _ in range(100):
+            try:
+                if uma.user_id in await lobby.participants():
+                    break
+            except UnavailableError:
+                pass
+            await asyncio.sleep(0.1)
+        assert uma.user_id in await lobby.participants()
+        published = await lobby.trigger("message", {"text": "still here"})
+        assert published.seq > 0
+
+
 async def _gateway_health(cluster: Cluster, service: str) -> int:
     async with grpc.aio.insecure_channel(cluster.gateway) as channel:
         response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
