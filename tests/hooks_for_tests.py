@@ -35,7 +35,7 @@ def before_publish(ctx: PublishContext) -> Deny | Transform | bool | None:
 
 
 def after_publish(ctx: PublishContext, recipients: int) -> None:
-    calls.append(("after_publish", (ctx.room_id, ctx.event, recipients)))
+    calls.append(("after_publish", (ctx.user_id, ctx.room_id, ctx.event, recipients)))
 
 
 def on_connected(ctx: SessionContext) -> None:

@@ -40,41 +40,53 @@ class Bus(Protocol):
 
 
 class _InProcessSubscription:
-    def __init__(self, registry: dict[str, list[Handler]], key: str, handler: Handler) -> None:
+    def __init__(self, registry: dict[str, dict[int, Handler]], key: str, handler: Handler) -> None:
         self._registry = registry
         self._key = key
-        self._handler = handler
+        self._id = id(self)
+        registry.setdefault(key, {})[self._id] = handler
 
     def cancel(self) -> None:
         handlers = self._registry.get(self._key)
-        if handlers and self._handler in handlers:
-            handlers.remove(self._handler)
-            if not handlers:
-                del self._registry[self._key]
+        if handlers is not None and handlers.pop(self._id, None) is not None and not handlers:
+            del self._registry[self._key]
+
+
+def _namespace(subject: str) -> str:
+    return subject.partition(".")[0]
 
 
 class InProcessBus:
-    """Delivers synchronously to handlers in this process; a handler that raises is logged."""
+    """Delivers synchronously to handlers in this process; a handler that raises is logged.
+
+    Prefix subscriptions are indexed by the subject's namespace (the part
+    before the first "."), so room events never scan subject wildcards.
+    """
 
     def __init__(self) -> None:
-        self._exact: dict[str, list[Handler]] = {}
-        self._prefixes: dict[str, list[Handler]] = {}
+        self._exact: dict[str, dict[int, Handler]] = {}
+        self._prefixes: dict[str, dict[str, dict[int, Handler]]] = {}
 
     def publish(self, message: BusMessage) -> None:
-        for handler in list(self._exact.get(message.subject, ())):
-            self._deliver(handler, message)
-        for prefix, handlers in list(self._prefixes.items()):
-            if message.subject.startswith(prefix):
-                for handler in list(handlers):
-                    self._deliver(handler, message)
+        exact = self._exact.get(message.subject)
+        if exact:
+            for handler in tuple(exact.values()):
+                self._deliver(handler, message)
+        by_prefix = self._prefixes.get(_namespace(message.subject))
+        if by_prefix:
+            for prefix, handlers in tuple(by_prefix.items()):
+                if message.subject.startswith(prefix):
+                    for handler in tuple(handlers.values()):
+                        self._deliver(handler, message)
 
     def subscribe(self, subject: str, handler: Handler) -> Subscription:
-        self._exact.setdefault(subject, []).append(handler)
         return _InProcessSubscription(self._exact, subject, handler)
 
     def subscribe_prefix(self, prefix: str, handler: Handler) -> Subscription:
-        self._prefixes.setdefault(prefix, []).append(handler)
-        return _InProcessSubscription(self._prefixes, prefix, handler)
+        namespace = _namespace(prefix)
+        if "." not in prefix:
+            raise ValueError(f"a prefix subscription names its namespace first: {prefix!r}")
+        return _InProcessSubscription(self._prefixes.setdefault(namespace, {}), prefix, handler)
 
     @staticmethod
     def _deliver(handler: Handler, message: BusMessage) -> None:

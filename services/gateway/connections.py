@@ -62,6 +62,8 @@ class Connection:
     # room -> what this connection receives of it.
     rooms: dict[str, Interest] = dataclasses.field(default_factory=dict)
     subjects: set[str] = dataclasses.field(default_factory=set)
+    # The last subject message delivered (deduplicates overlapping patterns).
+    last_subject_message: object = None
 
 
 class ConnectionRegistry:

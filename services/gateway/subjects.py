@@ -64,6 +64,10 @@ class SubjectRouter:
         outbox = connection.outbox
 
         def deliver(message: BusMessage) -> None:
+            # Overlapping patterns of one connection deliver a message once.
+            if connection.last_subject_message is message:
+                return
+            connection.last_subject_message = message
             subject = message.subject[len(BUS_PREFIX) :]
             if subject.startswith(USER_PREFIX) and subject != own:
                 return

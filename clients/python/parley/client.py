@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +79,7 @@ class Client:
         self._stream_lock = asyncio.Lock()
         self._rooms: dict[str, Room] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = defaultdict(list)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.message = Messages(self)
         """Pub/sub subjects: `client.message.subscribe(...)`, `client.message.publish(...)`."""
 
@@ -300,10 +301,18 @@ class Client:
     async def join(self, room_id: str) -> Room:
         """Joins a room over the realtime stream; returns its handle."""
         stream = await self.stream()
-        reply = await stream.command(join=gateway_pb2.JoinCommand(room_id=room_id))
         room = self._rooms.get(room_id)
         if room is None or not room.joined:
-            room = self._rooms[room_id] = Room(self, stream, reply.join.room, reply.join.subscriptions)
+            # Registered before the command: events can arrive ahead of the reply.
+            room = self._rooms[room_id] = Room(self, stream, room_pb2.Room(room_id=room_id), [])
+        try:
+            reply = await stream.command(join=gateway_pb2.JoinCommand(room_id=room_id))
+        except BaseException:
+            if self._rooms.get(room_id) is room and not room.info.name:
+                del self._rooms[room_id]
+            raise
+        room.info = reply.join.room
+        room.subscriptions = list(reply.join.subscriptions)
         return room
 
     def forget_room(self, room_id: str) -> None:
@@ -340,6 +349,7 @@ class Client:
                 stream = ConnectStream(self._open_channel(), await self.access_token(), self._on_frame, self._on_end)
                 welcome = await stream.open()
                 self._stream = stream
+                await self.message.resubscribe(stream)
                 self._fire("connect", welcome)
             return self._stream
 
@@ -381,7 +391,13 @@ class Client:
 
     def _fire(self, name: str, *args: Any) -> None:
         for handler in self._callbacks.get(name, ()):
-            asyncio.get_running_loop().create_task(call_handler(handler, *args))
+            self.spawn(call_handler(handler, *args))
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs a handler call in the background, keeping a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # Plumbing
 

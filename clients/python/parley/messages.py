@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from parley.values import to_value
 
 if TYPE_CHECKING:
     from parley.client import Client
+    from parley.stream import ConnectStream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +56,14 @@ class Messages:
         stream = await self._client.stream()
         await stream.command(subject_publish=gateway_pb2.SubjectPublishCommand(subject=subject, data=to_value(data)))
 
+    async def resubscribe(self, stream: ConnectStream) -> None:
+        """Subscriptions live on a stream: a new stream gets them again."""
+        for subject in self._handlers:
+            await stream.command(subject_subscribe=gateway_pb2.SubjectSubscribeCommand(subject=subject))
+
     def dispatch(self, event: gateway_pb2.SubjectEvent) -> None:
         message = SubjectMessage(event.subject, event.sender, json_format.MessageToDict(event.data))
         for pattern, handlers in self._handlers.items():
             if matches(pattern, event.subject):
                 for handler in handlers:
-                    asyncio.get_running_loop().create_task(call_handler(handler, message))
+                    self._client.spawn(call_handler(handler, message))

@@ -112,6 +112,8 @@ class Room:
         The first iterator also gets the events that arrived since the join
         (up to 1,000); later ones start from now.
         """
+        if not self.joined:
+            return
         queue: asyncio.Queue[RoomEvent | None] = asyncio.Queue()
         if self._backlog is not None:
             for early in self._backlog:
@@ -185,8 +187,8 @@ class Room:
         for queue in self._queues:
             queue.put_nowait(delivered)
         for handler in [*self._handlers.get(delivered.event, ()), *self._any]:
-            asyncio.get_running_loop().create_task(call_handler(handler, delivered))
+            self._client.spawn(call_handler(handler, delivered))
 
     def dispatch_presence(self, user_id: str, joined: bool) -> None:
         for handler in self._presence:
-            asyncio.get_running_loop().create_task(call_handler(handler, user_id, joined))
+            self._client.spawn(call_handler(handler, user_id, joined))

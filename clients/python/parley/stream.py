@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from parley.errors import ParleyError, error_from_rpc, error_from_status
+from parley.errors import ParleyError, UnavailableError, error_from_rpc, error_from_status
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger("parley.client")
@@ -66,6 +66,12 @@ class ConnectStream:
         self._outgoing.put_nowait(gateway_pb2.ConnectRequest(request_id=request_id, **command))
         try:
             reply = await asyncio.wait_for(future, COMMAND_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise UnavailableError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "",
+                f"no reply within {COMMAND_TIMEOUT_SECONDS:.0f}s; the command may or may not have taken effect",
+            ) from None
         finally:
             self._pending.pop(request_id, None)
         if reply.status.code != 0:

@@ -65,8 +65,12 @@ async def listen(client: Client, room_id: str, events: list[str]) -> None:
         await room.unsubscribe()
         await room.subscribe(*events)
     print(json.dumps({"listening": room_id, "subscriptions": room.subscriptions}), flush=True)
+    wanted = set(events)
     async for event in room.events():
-        print(event_line(event), flush=True)
+        # Events that arrived before the subscription changed are filtered here.
+        if not wanted or event.event in wanted:
+            print(event_line(event), flush=True)
+    raise SystemExit("error: the stream ended")
 
 
 async def send(client: Client, room_id: str, event: str, data: Any) -> None:
@@ -101,10 +105,12 @@ async def chat(client: Client, room_id: str, event: str) -> None:
 
 
 async def subscribe_subject(client: Client, subject: str) -> None:
-    queue: asyncio.Queue[str] = asyncio.Queue()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    client.on_disconnect(lambda error: queue.put_nowait(None))
     await client.message.subscribe(
         subject, lambda m: queue.put_nowait(json.dumps({"subject": m.subject, "sender": m.sender, "data": m.data}))
     )
     print(json.dumps({"subscribed": subject}), flush=True)
-    while True:
-        print(await queue.get(), flush=True)
+    while (line := await queue.get()) is not None:
+        print(line, flush=True)
+    raise SystemExit("error: the stream ended")
