@@ -135,3 +135,22 @@ async def test_chat(setup: tuple[Cli, Cli]) -> None:
         assert texts == [{"text": "hi there"}, {"text": "bye"}]
     finally:
         await stop(listener)
+
+
+async def test_chat_shows_what_others_say(setup: tuple[Cli, Cli]) -> None:
+    ann, ben = setup
+    chat = await ben.start("chat", "chat")
+    assert chat.stdout is not None
+    assert chat.stdin is not None
+    try:
+        intro = await asyncio.wait_for(chat.stdout.readline(), 20)
+        assert intro.decode().startswith("in chat as ben")
+        for text in ("first", "second"):
+            code, _, err = await ann.run("send", "chat", "message", json.dumps({"text": text}))
+            assert code == 0, err
+        shown = [(await asyncio.wait_for(chat.stdout.readline(), 20)).decode().strip() for _ in range(2)]
+        assert shown == ["[ann] first", "[ann] second"]
+        chat.stdin.close()
+        assert await asyncio.wait_for(chat.wait(), 20) == 0
+    finally:
+        await stop(chat)

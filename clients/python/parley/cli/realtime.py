@@ -92,15 +92,22 @@ async def chat(client: Client, room_id: str, event: str) -> None:
                 names[user_id] = user_id  # a system or named sender
         return names[user_id]
 
-    async def show(incoming: RoomEvent) -> None:
-        text = incoming.data.get("text") if isinstance(incoming.data, dict) else incoming.data
-        print(f"[{await name_of(incoming.sender)}] {text}", flush=True)
+    async def show_in_order() -> None:
+        async for incoming in room.events():
+            if incoming.event != event:
+                continue
+            text = incoming.data.get("text") if isinstance(incoming.data, dict) else incoming.data
+            print(f"[{await name_of(incoming.sender)}] {text}", flush=True)
 
-    room.on(event, show)
+    printer = asyncio.create_task(show_in_order())
     print(f"in {room_id} as {client.identity.username}; type to talk, Ctrl-D to leave", flush=True)
-    while (line := await asyncio.to_thread(sys.stdin.readline)) != "":
-        if line.strip():
-            await room.trigger(event, {"text": line.rstrip("\n")}, echo=False)
+    try:
+        while (line := await asyncio.to_thread(sys.stdin.readline)) != "":
+            if line.strip():
+                await room.trigger(event, {"text": line.rstrip("\n")}, echo=False)
+    finally:
+        printer.cancel()
+        await asyncio.gather(printer, return_exceptions=True)
     await room.leave()
 
 
