@@ -1,8 +1,15 @@
-"""Per-room log state on SQLite."""
+"""Per-room logs on SQLite.
+
+`events` is a WITHOUT ROWID table clustered by (room_id, seq), so a
+newest-first page is one short range scan; `events_by_name` serves pages of
+one event name. Every function runs inside the caller's transaction on the
+database thread.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import secrets
 
 import sqlite_utils
 
@@ -20,7 +27,37 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE events (
+            room_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            sender TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            handle TEXT NOT NULL,
+            meta BLOB NOT NULL,
+            PRIMARY KEY (room_id, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX events_by_name ON events(room_id, event, seq);
+        CREATE TABLE idempotency_keys (
+            room_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            key TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            handle TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (room_id, sender, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);
+        """
+    )
+
+
+MIGRATIONS = [_migration_1, _migration_2]
+EVENT_COLUMNS = "seq, event, payload, sender, time_ms, handle, meta"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +68,108 @@ class LogStateRow:
     created_at: float
 
 
+@dataclasses.dataclass(frozen=True)
+class EventRow:
+    """An event as stored; payload and meta are serialised protobuf messages."""
+
+    seq: int
+    event: str
+    payload: bytes
+    sender: str
+    time_ms: int
+    handle: str
+    meta: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class NewEventRow:
+    event: str
+    payload: bytes
+    sender: str
+    time_ms: int
+    handle: str
+    meta: bytes
+    idempotency_key: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Appended:
+    seq: int
+    handle: str
+    duplicate: bool
+
+
 def log_state(db: sqlite_utils.Database, room_id: str) -> LogStateRow | None:
     """The room's log state; None for a room whose log was never started."""
     row = db.execute(
         "SELECT room_id, epoch, last_seq, created_at FROM room_logs WHERE room_id = ?", [room_id]
     ).fetchone()
     return None if row is None else LogStateRow(*row)
+
+
+def append(
+    db: sqlite_utils.Database, room_id: str, events: list[NewEventRow], now: float, idempotency_window: float
+) -> tuple[str, list[Appended]]:
+    """Appends with consecutive sequences; retries within the window return the original."""
+    state = log_state(db, room_id)
+    if state is None:
+        state = LogStateRow(room_id, secrets.token_hex(8), 0, now)
+        db.execute(
+            "INSERT INTO room_logs (room_id, epoch, last_seq, created_at) VALUES (?, ?, 0, ?)",
+            [room_id, state.epoch, now],
+        )
+    last_seq = state.last_seq
+    appended: list[Appended] = []
+    for event in events:
+        if event.idempotency_key:
+            earlier = db.execute(
+                "SELECT seq, handle FROM idempotency_keys "
+                "WHERE room_id = ? AND sender = ? AND key = ? AND created_at >= ?",
+                [room_id, event.sender, event.idempotency_key, now - idempotency_window],
+            ).fetchone()
+            if earlier is not None:
+                appended.append(Appended(earlier[0], earlier[1], duplicate=True))
+                continue
+        last_seq += 1
+        db.execute(
+            f"INSERT INTO events (room_id, {EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [room_id, last_seq, event.event, event.payload, event.sender, event.time_ms, event.handle, event.meta],
+        )
+        if event.idempotency_key:
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency_keys (room_id, sender, key, seq, handle, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [room_id, event.sender, event.idempotency_key, last_seq, event.handle, now],
+            )
+        appended.append(Appended(last_seq, event.handle, duplicate=False))
+    if last_seq != state.last_seq:
+        db.execute("UPDATE room_logs SET last_seq = ? WHERE room_id = ?", [last_seq, room_id])
+    return state.epoch, appended
+
+
+def page_before(
+    db: sqlite_utils.Database, room_id: str, before_seq: int, limit: int, event: str = ""
+) -> list[EventRow]:
+    """Up to `limit` events with seq < before_seq (0: no bound), newest first."""
+    where = ["room_id = ?"]
+    params: list[object] = [room_id]
+    if event:
+        where.append("event = ?")
+        params.append(event)
+    if before_seq:
+        where.append("seq < ?")
+        params.append(before_seq)
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
+    return [EventRow(*row) for row in db.execute(sql, [*params, limit]).fetchall()]
+
+
+def page_by_offset(db: sqlite_utils.Database, room_id: str, start: int, end: int, event: str = "") -> list[EventRow]:
+    """Events [start, end) counting from the newest (0), newest first."""
+    where = "room_id = ? AND event = ?" if event else "room_id = ?"
+    params: list[object] = [room_id, event] if event else [room_id]
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?"
+    return [EventRow(*row) for row in db.execute(sql, [*params, end - start, start]).fetchall()]
+
+
+def prune_idempotency_keys(db: sqlite_utils.Database, older_than: float) -> int:
+    return db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", [older_than]).rowcount

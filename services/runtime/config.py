@@ -122,6 +122,14 @@ class GatewayConfig:
 
 
 @dataclasses.dataclass
+class HistoryConfig:
+    # A retried publish with the same idempotency key is stored once within this window.
+    idempotency_window_seconds: float = 600.0
+    default_page_size: int = 100
+    max_page_size: int = 500
+
+
+@dataclasses.dataclass
 class RoomServiceConfig:
     # Rooms one user may create per hour (services are not limited).
     creations_per_hour: int = 60
@@ -206,6 +214,7 @@ class Config:
     files: FilesConfig = dataclasses.field(default_factory=FilesConfig)
     gateway: GatewayConfig = dataclasses.field(default_factory=GatewayConfig)
     room_service: RoomServiceConfig = dataclasses.field(default_factory=RoomServiceConfig)
+    history: HistoryConfig = dataclasses.field(default_factory=HistoryConfig)
     hooks: HooksConfig = dataclasses.field(default_factory=HooksConfig)
     rooms: list[RoomDefinition] = dataclasses.field(default_factory=list)
     # Where the config file is; relative paths in it (schema files) start here.

@@ -22,22 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from parley.api.v1 import annotations_pb2 as parley_dot_api_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/history/v1/history.proto\x12\x11parley.history.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x08LogState\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x14\n\x05\x65poch\x18\x02 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x03 \x01(\x04R\x07lastSeq\x12;\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\"-\n\x12GetLogStateRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"H\n\x13GetLogStateResponse\x12\x31\n\x05state\x18\x01 \x01(\x0b\x32\x1b.parley.history.v1.LogStateR\x05state2n\n\x0eHistoryService\x12\\\n\x0bGetLogState\x12%.parley.history.v1.GetLogStateRequest\x1a&.parley.history.v1.GetLogStateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/history/v1/history.proto\x12\x11parley.history.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fparley/api/v1/annotations.proto\"\x91\x01\n\x08LogState\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x14\n\x05\x65poch\x18\x02 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x03 \x01(\x04R\x07lastSeq\x12;\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\"-\n\x12GetLogStateRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"H\n\x13GetLogStateResponse\x12\x31\n\x05state\x18\x01 \x01(\x0b\x32\x1b.parley.history.v1.LogStateR\x05state\"\xf1\x01\n\x08NewEvent\x12\x14\n\x05\x65vent\x18\x01 \x01(\tR\x05\x65vent\x12\x30\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06sender\x18\x03 \x01(\tR\x06sender\x12\x17\n\x07time_ms\x18\x04 \x01(\x03R\x06timeMs\x12\x16\n\x06handle\x18\x05 \x01(\tR\x06handle\x12+\n\x04meta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructR\x04meta\x12\'\n\x0fidempotency_key\x18\x07 \x01(\tR\x0eidempotencyKey\"\xdd\x01\n\x0bLoggedEvent\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n\x05\x65vent\x18\x02 \x01(\tR\x05\x65vent\x12\x30\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06sender\x18\x04 \x01(\tR\x06sender\x12\x17\n\x07time_ms\x18\x05 \x01(\x03R\x06timeMs\x12\x16\n\x06handle\x18\x06 \x01(\tR\x06handle\x12+\n\x04meta\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructR\x04meta\"c\n\x13\x41ppendEventsRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x33\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.parley.history.v1.NewEventR\x06\x65vents\"W\n\rAppendedEvent\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\x12\x1c\n\tduplicate\x18\x03 \x01(\x08R\tduplicate\"j\n\x14\x41ppendEventsResponse\x12\x14\n\x05\x65poch\x18\x01 \x01(\tR\x05\x65poch\x12<\n\x08\x61ppended\x18\x02 \x03(\x0b\x32 .parley.history.v1.AppendedEventR\x08\x61ppended\"5\n\x0bOffsetRange\x12\x14\n\x05start\x18\x01 \x01(\x05R\x05start\x12\x10\n\x03\x65nd\x18\x02 \x01(\x05R\x03\x65nd\"\xd3\x01\n\x11ListEventsRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\x12\x1d\n\nbefore_seq\x18\x04 \x01(\x04R\tbeforeSeq\x12\x14\n\x05\x65vent\x18\x05 \x01(\tR\x05\x65vent\x12\x34\n\x05range\x18\x06 \x01(\x0b\x32\x1e.parley.history.v1.OffsetRangeR\x05range\"\xa5\x01\n\x12ListEventsResponse\x12\x36\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n\x05\x65poch\x18\x03 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x04 \x01(\x04R\x07lastSeq2\xb0\x02\n\x0eHistoryService\x12\\\n\x0bGetLogState\x12%.parley.history.v1.GetLogStateRequest\x1a&.parley.history.v1.GetLogStateResponse\x12\x65\n\x0c\x41ppendEvents\x12&.parley.history.v1.AppendEventsRequest\x1a\'.parley.history.v1.AppendEventsResponse\"\x04\xc8\xf3\x18\x03\x12Y\n\nListEvents\x12$.parley.history.v1.ListEventsRequest\x1a%.parley.history.v1.ListEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.history.v1.history_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGSTATE']._serialized_start=88
-  _globals['_LOGSTATE']._serialized_end=233
-  _globals['_GETLOGSTATEREQUEST']._serialized_start=235
-  _globals['_GETLOGSTATEREQUEST']._serialized_end=280
-  _globals['_GETLOGSTATERESPONSE']._serialized_start=282
-  _globals['_GETLOGSTATERESPONSE']._serialized_end=354
-  _globals['_HISTORYSERVICE']._serialized_start=356
-  _globals['_HISTORYSERVICE']._serialized_end=466
+  _globals['_HISTORYSERVICE'].methods_by_name['AppendEvents']._loaded_options = None
+  _globals['_HISTORYSERVICE'].methods_by_name['AppendEvents']._serialized_options = b'\310\363\030\003'
+  _globals['_LOGSTATE']._serialized_start=151
+  _globals['_LOGSTATE']._serialized_end=296
+  _globals['_GETLOGSTATEREQUEST']._serialized_start=298
+  _globals['_GETLOGSTATEREQUEST']._serialized_end=343
+  _globals['_GETLOGSTATERESPONSE']._serialized_start=345
+  _globals['_GETLOGSTATERESPONSE']._serialized_end=417
+  _globals['_NEWEVENT']._serialized_start=420
+  _globals['_NEWEVENT']._serialized_end=661
+  _globals['_LOGGEDEVENT']._serialized_start=664
+  _globals['_LOGGEDEVENT']._serialized_end=885
+  _globals['_APPENDEVENTSREQUEST']._serialized_start=887
+  _globals['_APPENDEVENTSREQUEST']._serialized_end=986
+  _globals['_APPENDEDEVENT']._serialized_start=988
+  _globals['_APPENDEDEVENT']._serialized_end=1075
+  _globals['_APPENDEVENTSRESPONSE']._serialized_start=1077
+  _globals['_APPENDEVENTSRESPONSE']._serialized_end=1183
+  _globals['_OFFSETRANGE']._serialized_start=1185
+  _globals['_OFFSETRANGE']._serialized_end=1238
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1241
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1452
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1455
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1620
+  _globals['_HISTORYSERVICE']._serialized_start=1623
+  _globals['_HISTORYSERVICE']._serialized_end=1927
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -90,3 +93,259 @@ class GetLogStateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLogStateResponse: _TypeAlias = GetLogStateResponse  # noqa: Y015
+
+@_typing.final
+class NewEvent(_message.Message):
+    """An event to append."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    event: _builtins.str
+    sender: _builtins.str
+    time_ms: _builtins.int
+    """Publication time, milliseconds since the Unix epoch (set by the gateway)."""
+    handle: _builtins.str
+    """Stable id chosen by the publisher."""
+    idempotency_key: _builtins.str
+    """Optional; a retry with the same key from the same sender is stored once."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def meta(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        event: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        sender: _builtins.str = ...,
+        time_ms: _builtins.int = ...,
+        handle: _builtins.str = ...,
+        meta: _struct_pb2.Struct | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handle", b"handle", "idempotency_key", b"idempotency_key", "meta", b"meta", "payload", b"payload", "sender", b"sender", "time_ms", b"time_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewEvent: _TypeAlias = NewEvent  # noqa: Y015
+
+@_typing.final
+class LoggedEvent(_message.Message):
+    """An event as the log keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    event: _builtins.str
+    sender: _builtins.str
+    time_ms: _builtins.int
+    handle: _builtins.str
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def meta(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        event: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        sender: _builtins.str = ...,
+        time_ms: _builtins.int = ...,
+        handle: _builtins.str = ...,
+        meta: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handle", b"handle", "meta", b"meta", "payload", b"payload", "sender", b"sender", "seq", b"seq", "time_ms", b"time_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoggedEvent: _TypeAlias = LoggedEvent  # noqa: Y015
+
+@_typing.final
+class AppendEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___NewEvent]:
+        """Appended in order, with consecutive sequences."""
+
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___NewEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendEventsRequest: _TypeAlias = AppendEventsRequest  # noqa: Y015
+
+@_typing.final
+class AppendedEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    handle: _builtins.str
+    duplicate: _builtins.bool
+    """True when this was a retry: seq and handle are the original's."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        handle: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "handle", b"handle", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendedEvent: _TypeAlias = AppendedEvent  # noqa: Y015
+
+@_typing.final
+class AppendEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    APPENDED_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.str
+    @_builtins.property
+    def appended(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendedEvent]: ...
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.str = ...,
+        appended: _abc.Iterable[Global___AppendedEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appended", b"appended", "epoch", b"epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendEventsResponse: _TypeAlias = AppendEventsResponse  # noqa: Y015
+
+@_typing.final
+class OffsetRange(_message.Message):
+    """Offsets count from the newest matching event (0 is the newest), like the
+    seed's getHistory(event, start, end): events [start, end), newest first.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    end: _builtins.int
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OffsetRange: _TypeAlias = OffsetRange  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    BEFORE_SEQ_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    page_size: _builtins.int
+    """At most 500; 0 means 100. Ignored with `range`."""
+    page_token: _builtins.str
+    """From a previous response; continues towards older events."""
+    before_seq: _builtins.int
+    """Start below this sequence (0: from the newest)."""
+    event: _builtins.str
+    """Only events with this name."""
+    @_builtins.property
+    def range(self) -> Global___OffsetRange:
+        """Offset paging instead of cursor paging."""
+
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        before_seq: _builtins.int = ...,
+        event: _builtins.str = ...,
+        range: Global___OffsetRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_seq", b"before_seq", "event", b"event", "page_size", b"page_size", "page_token", b"page_token", "range", b"range", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there is nothing older (or with `range`)."""
+    epoch: _builtins.str
+    last_seq: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___LoggedEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+        epoch: _builtins.str = ...,
+        last_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "events", b"events", "last_seq", b"last_seq", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class HistoryServiceStub:
-    """Per-room durable logs (first draft: log state; appends and pages arrive
-    with the history issue).
+    """Per-room durable logs: append-only, a gap-free sequence per room, an epoch
+    per room, group-committed appends, idempotent retries, and newest-first
+    pages by cursor or by offset.
     """
 
     def __init__(self, channel):
@@ -41,16 +42,45 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.GetLogStateRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.GetLogStateResponse.FromString,
                 _registered_method=True)
+        self.AppendEvents = channel.unary_unary(
+                '/parley.history.v1.HistoryService/AppendEvents',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.AppendEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.AppendEventsResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/parley.history.v1.HistoryService/ListEvents',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
-    """Per-room durable logs (first draft: log state; appends and pages arrive
-    with the history issue).
+    """Per-room durable logs: append-only, a gap-free sequence per room, an epoch
+    per room, group-committed appends, idempotent retries, and newest-first
+    pages by cursor or by offset.
     """
 
     def GetLogState(self, request, context):
         """The state of a room's log: its epoch and newest sequence. A room that has
         never been written has no epoch yet and last_seq 0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendEvents(self, request, context):
+        """Appends events to a room's log and returns their sequences. Concurrent
+        appends share one transaction; the call returns once they are durable.
+        An event whose (sender, idempotency_key) was appended within the
+        idempotency window is not stored again: the original sequence comes back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """A page of a room's log, newest first: by cursor (before_seq / page_token)
+        or by offset (range), optionally only one event name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -64,6 +94,16 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.GetLogStateRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.GetLogStateResponse.SerializeToString,
             ),
+            'AppendEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendEvents,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.AppendEventsRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.AppendEventsResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.history.v1.HistoryService', rpc_method_handlers)
@@ -73,8 +113,9 @@ def add_HistoryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class HistoryService:
-    """Per-room durable logs (first draft: log state; appends and pages arrive
-    with the history issue).
+    """Per-room durable logs: append-only, a gap-free sequence per room, an epoch
+    per room, group-committed appends, idempotent retries, and newest-first
+    pages by cursor or by offset.
     """
 
     @staticmethod
@@ -94,6 +135,60 @@ class HistoryService:
             '/parley.history.v1.HistoryService/GetLogState',
             parley_dot_history_dot_v1_dot_history__pb2.GetLogStateRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.GetLogStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/AppendEvents',
+            parley_dot_history_dot_v1_dot_history__pb2.AppendEventsRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.AppendEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/ListEvents',
+            parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

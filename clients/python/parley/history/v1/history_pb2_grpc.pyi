@@ -27,8 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class HistoryServiceStub:
-    """Per-room durable logs (first draft: log state; appends and pages arrive
-    with the history issue).
+    """Per-room durable logs: append-only, a gap-free sequence per room, an epoch
+    per room, group-committed appends, idempotent retries, and newest-first
+    pages by cursor or by offset.
     """
 
     @_typing.overload
@@ -39,11 +40,22 @@ class HistoryServiceStub:
     """The state of a room's log: its epoch and newest sequence. A room that has
     never been written has no epoch yet and last_seq 0.
     """
+    AppendEvents: _grpc.UnaryUnaryMultiCallable[_history_pb2.AppendEventsRequest, _history_pb2.AppendEventsResponse]
+    """Appends events to a room's log and returns their sequences. Concurrent
+    appends share one transaction; the call returns once they are durable.
+    An event whose (sender, idempotency_key) was appended within the
+    idempotency window is not stored again: the original sequence comes back.
+    """
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListEventsRequest, _history_pb2.ListEventsResponse]
+    """A page of a room's log, newest first: by cursor (before_seq / page_token)
+    or by offset (range), optionally only one event name.
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
-    """Per-room durable logs (first draft: log state; appends and pages arrive
-    with the history issue).
+    """Per-room durable logs: append-only, a gap-free sequence per room, an epoch
+    per room, group-committed appends, idempotent retries, and newest-first
+    pages by cursor or by offset.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -51,10 +63,21 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     """The state of a room's log: its epoch and newest sequence. A room that has
     never been written has no epoch yet and last_seq 0.
     """
+    AppendEvents: _aio.UnaryUnaryMultiCallable[_history_pb2.AppendEventsRequest, _history_pb2.AppendEventsResponse]  # type: ignore[assignment]
+    """Appends events to a room's log and returns their sequences. Concurrent
+    appends share one transaction; the call returns once they are durable.
+    An event whose (sender, idempotency_key) was appended within the
+    idempotency window is not stored again: the original sequence comes back.
+    """
+    ListEvents: _aio.UnaryUnaryMultiCallable[_history_pb2.ListEventsRequest, _history_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """A page of a room's log, newest first: by cursor (before_seq / page_token)
+    or by offset (range), optionally only one event name.
+    """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Per-room durable logs (first draft: log state; appends and pages arrive
-    with the history issue).
+    """Per-room durable logs: append-only, a gap-free sequence per room, an epoch
+    per room, group-committed appends, idempotent retries, and newest-first
+    pages by cursor or by offset.
     """
 
     @_abc_1.abstractmethod
@@ -65,6 +88,28 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_history_pb2.GetLogStateResponse, _abc.Awaitable[_history_pb2.GetLogStateResponse]]:
         """The state of a room's log: its epoch and newest sequence. A room that has
         never been written has no epoch yet and last_seq 0.
+        """
+
+    @_abc_1.abstractmethod
+    def AppendEvents(
+        self,
+        request: _history_pb2.AppendEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.AppendEventsResponse, _abc.Awaitable[_history_pb2.AppendEventsResponse]]:
+        """Appends events to a room's log and returns their sequences. Concurrent
+        appends share one transaction; the call returns once they are durable.
+        An event whose (sender, idempotency_key) was appended within the
+        idempotency window is not stored again: the original sequence comes back.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _history_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.ListEventsResponse, _abc.Awaitable[_history_pb2.ListEventsResponse]]:
+        """A page of a room's log, newest first: by cursor (before_seq / page_token)
+        or by offset (range), optionally only one event name.
         """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,140 @@
+"""gRPC face of the history service."""
+
+from __future__ import annotations
+
+import base64
+
+from google.protobuf import struct_pb2
+
+from parley.history.v1 import history_pb2, history_pb2_grpc
+from services.history import store
+from services.history.appender import GroupCommitter
+from services.runtime.config import HistoryConfig
+from services.runtime.errors import invalid_field
+from services.runtime.grpc_types import Context
+from services.runtime.sqlite import SqliteDatabase
+from services.runtime.timestamps import to_timestamp
+
+MAX_ROOM_ID = 128
+MAX_EVENTS_PER_APPEND = 1000
+
+
+def check_room_id(room_id: str) -> None:
+    if not room_id:
+        raise invalid_field("room_id", "is required")
+    if len(room_id) > MAX_ROOM_ID:
+        raise invalid_field("room_id", f"must be at most {MAX_ROOM_ID} characters")
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"before:{seq}".encode()).decode()
+
+
+def decode_cursor(token: str) -> int:
+    try:
+        kind, _, seq = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind != "before":
+            raise ValueError(kind)
+        return int(seq)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid_field("page_token", "is not a token this server issued") from exc
+
+
+def logged(row: store.EventRow) -> history_pb2.LoggedEvent:
+    return history_pb2.LoggedEvent(
+        seq=row.seq,
+        event=row.event,
+        payload=struct_pb2.Value.FromString(row.payload),
+        sender=row.sender,
+        time_ms=row.time_ms,
+        handle=row.handle,
+        meta=struct_pb2.Struct.FromString(row.meta),
+    )
+
+
+class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
+    def __init__(self, db: SqliteDatabase, committer: GroupCommitter, config: HistoryConfig) -> None:
+        self._db = db
+        self._committer = committer
+        self._config = config
+
+    async def GetLogState(
+        self, request: history_pb2.GetLogStateRequest, context: Context
+    ) -> history_pb2.GetLogStateResponse:
+        check_room_id(request.room_id)
+        row = await self._db.run(lambda db: store.log_state(db, request.room_id))
+        if row is None:
+            return history_pb2.GetLogStateResponse(state=history_pb2.LogState(room_id=request.room_id))
+        return history_pb2.GetLogStateResponse(
+            state=history_pb2.LogState(
+                room_id=row.room_id, epoch=row.epoch, last_seq=row.last_seq, create_time=to_timestamp(row.created_at)
+            )
+        )
+
+    async def AppendEvents(
+        self, request: history_pb2.AppendEventsRequest, context: Context
+    ) -> history_pb2.AppendEventsResponse:
+        check_room_id(request.room_id)
+        if not request.events:
+            raise invalid_field("events", "is empty")
+        if len(request.events) > MAX_EVENTS_PER_APPEND:
+            raise invalid_field("events", f"at most {MAX_EVENTS_PER_APPEND} in one append")
+        rows = []
+        for i, event in enumerate(request.events):
+            if not event.event:
+                raise invalid_field(f"events[{i}].event", "is required")
+            if not event.handle:
+                raise invalid_field(f"events[{i}].handle", "is required")
+            rows.append(
+                store.NewEventRow(
+                    event=event.event,
+                    payload=event.payload.SerializeToString(),
+                    sender=event.sender,
+                    time_ms=event.time_ms,
+                    handle=event.handle,
+                    meta=event.meta.SerializeToString(),
+                    idempotency_key=event.idempotency_key,
+                )
+            )
+        epoch, appended = await self._committer.append(request.room_id, rows)
+        return history_pb2.AppendEventsResponse(
+            epoch=epoch,
+            appended=[history_pb2.AppendedEvent(seq=a.seq, handle=a.handle, duplicate=a.duplicate) for a in appended],
+        )
+
+    async def ListEvents(
+        self, request: history_pb2.ListEventsRequest, context: Context
+    ) -> history_pb2.ListEventsResponse:
+        check_room_id(request.room_id)
+        room_id, event = request.room_id, request.event
+        if request.HasField("range"):
+            start, end = request.range.start, request.range.end
+            if start < 0 or end <= start:
+                raise invalid_field("range", "needs 0 <= start < end")
+            if end - start > self._config.max_page_size:
+                raise invalid_field("range", f"spans at most {self._config.max_page_size} events")
+            rows, state = await self._db.run(
+                lambda db: (store.page_by_offset(db, room_id, start, end, event), store.log_state(db, room_id))
+            )
+            return _page(rows, state, next_token="")
+        if request.page_size < 0:
+            raise invalid_field("page_size", "must not be negative")
+        size = min(request.page_size or self._config.default_page_size, self._config.max_page_size)
+        before = decode_cursor(request.page_token) if request.page_token else request.before_seq
+        rows, state = await self._db.run(
+            lambda db: (store.page_before(db, room_id, before, size + 1, event), store.log_state(db, room_id))
+        )
+        more = len(rows) > size
+        rows = rows[:size]
+        return _page(rows, state, next_token=encode_cursor(rows[-1].seq) if more else "")
+
+
+def _page(
+    rows: list[store.EventRow], state: store.LogStateRow | None, next_token: str
+) -> history_pb2.ListEventsResponse:
+    return history_pb2.ListEventsResponse(
+        events=[logged(row) for row in rows],
+        next_page_token=next_token,
+        epoch=state.epoch if state else "",
+        last_seq=state.last_seq if state else 0,
+    )

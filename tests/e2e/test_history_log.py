@@ -1,0 +1,151 @@
+"""The history service's log through real RPCs: appends, idempotency, pages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from parley import Client
+from parley.history.v1 import history_pb2, history_pb2_grpc
+from parley.values import to_value
+from services import allinone
+from tests.support import SERVICE_SECRET, bearer, error_reason, make_config, running
+
+SERVICE = bearer(f"svc:backend:{SERVICE_SECRET}")
+
+
+def new_event(n: int, event: str = "message", key: str = "") -> history_pb2.NewEvent:
+    return history_pb2.NewEvent(
+        event=event, payload=to_value({"n": n}), sender="u1", time_ms=n, handle=f"h{n}", idempotency_key=key
+    )
+
+
+@pytest.fixture
+async def history(data_dir: Path) -> AsyncIterator[history_pb2_grpc.HistoryServiceStub]:
+    async with running(allinone.create_server, make_config(data_dir)) as (_, address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield history_pb2_grpc.HistoryServiceStub(channel)
+
+
+async def append(
+    stub: history_pb2_grpc.HistoryServiceStub, room: str, *events: history_pb2.NewEvent
+) -> history_pb2.AppendEventsResponse:
+    response: history_pb2.AppendEventsResponse = await stub.AppendEvents(
+        history_pb2.AppendEventsRequest(room_id=room, events=events), metadata=SERVICE
+    )
+    return response
+
+
+async def test_concurrent_appends_get_gap_free_sequences(history: history_pb2_grpc.HistoryServiceStub) -> None:
+    results = await asyncio.gather(*(append(history, "busy", new_event(n), new_event(n)) for n in range(200)))
+    seqs = sorted(a.seq for r in results for a in r.appended)
+    assert seqs == list(range(1, 401))
+    assert len({r.epoch for r in results}) == 1
+    for r in results:
+        first, second = r.appended
+        assert second.seq == first.seq + 1  # one request's events stay together
+    state = await history.GetLogState(history_pb2.GetLogStateRequest(room_id="busy"), metadata=SERVICE)
+    assert state.state.last_seq == 400
+
+
+async def test_a_retry_with_the_same_key_is_stored_once(history: history_pb2_grpc.HistoryServiceStub) -> None:
+    first = await append(history, "r", new_event(1, key="abc"))
+    retry = await append(history, "r", new_event(1, key="abc"))
+    assert (retry.appended[0].seq, retry.appended[0].duplicate) == (first.appended[0].seq, True)
+    page = await history.ListEvents(history_pb2.ListEventsRequest(room_id="r"), metadata=SERVICE)
+    assert len(page.events) == 1
+
+
+async def test_pages_by_cursor_and_offset_over_ten_thousand_events(
+    history: history_pb2_grpc.HistoryServiceStub,
+) -> None:
+    for chunk in range(10):
+        await append(
+            history,
+            "big",
+            *(new_event(n, "typing" if n % 4 == 0 else "message") for n in range(chunk * 1000, chunk * 1000 + 1000)),
+        )
+    seen: list[int] = []
+    token = ""
+    while True:
+        page = await history.ListEvents(
+            history_pb2.ListEventsRequest(room_id="big", page_size=500, page_token=token), metadata=SERVICE
+        )
+        seen += [e.seq for e in page.events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(range(10_000, 0, -1))
+    typing: list[int] = []
+    token = ""
+    while True:
+        page = await history.ListEvents(
+            history_pb2.ListEventsRequest(room_id="big", event="typing", page_size=300, page_token=token),
+            metadata=SERVICE,
+        )
+        assert all(e.event == "typing" for e in page.events)
+        typing += [e.seq for e in page.events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert typing == [s for s in range(10_000, 0, -1) if (s - 1) % 4 == 0]
+    window = await history.ListEvents(
+        history_pb2.ListEventsRequest(room_id="big", event="message", range=history_pb2.OffsetRange(start=3, end=8)),
+        metadata=SERVICE,
+    )
+    messages = [s for s in range(10_000, 0, -1) if (s - 1) % 4 != 0]
+    assert [e.seq for e in window.events] == messages[3:8]
+    assert window.last_seq == 10_000
+    below = await history.ListEvents(
+        history_pb2.ListEventsRequest(room_id="big", before_seq=11, page_size=3), metadata=SERVICE
+    )
+    assert [e.seq for e in below.events] == [10, 9, 8]
+    assert below.events[0].payload.struct_value.fields["n"].number_value == 9
+
+
+async def test_page_sizes_are_clamped_and_bad_input_named(history: history_pb2_grpc.HistoryServiceStub) -> None:
+    await append(history, "small", *(new_event(n) for n in range(600)))
+    default = await history.ListEvents(history_pb2.ListEventsRequest(room_id="small"), metadata=SERVICE)
+    huge = await history.ListEvents(history_pb2.ListEventsRequest(room_id="small", page_size=10_000), metadata=SERVICE)
+    assert (len(default.events), len(huge.events)) == (100, 500)
+    for request, field in [
+        (history_pb2.ListEventsRequest(room_id="small", page_token="nope"), "page_token"),
+        (history_pb2.ListEventsRequest(room_id="small", range=history_pb2.OffsetRange(start=5, end=5)), "range"),
+        (history_pb2.ListEventsRequest(room_id=""), "room_id"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await history.ListEvents(request, metadata=SERVICE)
+        assert error_reason(caught.value) == "VALIDATION_FAILED"
+        assert (caught.value.details() or "").startswith(f"{field}:")
+
+
+async def test_only_services_append(data_dir: Path, tmp_path: Path) -> None:
+    async with running(allinone.create_server, make_config(data_dir)) as (_, address):
+        async with Client(address, username="val", key_file=tmp_path / "v.json") as val:
+            stub = history_pb2_grpc.HistoryServiceStub(val._open_channel())
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.AppendEvents(
+                    history_pb2.AppendEventsRequest(room_id="r", events=[new_event(1)]),
+                    metadata=bearer(await val.access_token()),
+                )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(caught.value) == "SERVICE_ONLY"
+
+
+async def test_the_log_survives_a_restart(data_dir: Path) -> None:
+    config = make_config(data_dir)
+    async with running(allinone.create_server, config) as (_, address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            first = await append(history_pb2_grpc.HistoryServiceStub(channel), "kept", new_event(1), new_event(2))
+    async with running(allinone.create_server, config) as (_, address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = history_pb2_grpc.HistoryServiceStub(channel)
+            page = await stub.ListEvents(history_pb2.ListEventsRequest(room_id="kept"), metadata=SERVICE)
+            assert [e.seq for e in page.events] == [2, 1]
+            assert page.epoch == first.epoch
+            more = await append(stub, "kept", new_event(3))
+            assert more.appended[0].seq == 3

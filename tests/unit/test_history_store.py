@@ -1,0 +1,86 @@
+"""The log's sequence invariants, on a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import sqlite_utils
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.history import store
+from services.runtime.sqlite import apply_migrations
+
+# Batches of events; each event may carry an idempotency key from a small pool,
+# so retries (same sender and key) happen often.
+batches = st.lists(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["", "k1", "k2", "k3", "k4"])), min_size=1, max_size=5
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+def fresh_db() -> sqlite_utils.Database:
+    path = Path(tempfile.mkdtemp()) / "h.sqlite3"
+    db = sqlite_utils.Database(sqlite3.connect(path, isolation_level=None))
+    apply_migrations(db, store.MIGRATIONS)
+    return db
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches)
+def test_sequences_are_gap_free_and_retries_return_the_original(plan: list[list[tuple[str, str]]]) -> None:
+    db = fresh_db()
+    first_seq_of_key: dict[tuple[str, str], int] = {}
+    stored = 0
+    epochs = set()
+    for n, batch in enumerate(plan):
+        rows = [
+            store.NewEventRow("e", b"", sender, 0, f"h{n}.{i}", b"", idempotency_key=key)
+            for i, (sender, key) in enumerate(batch)
+        ]
+        epoch, appended = store.append(db, "room", rows, now=1000.0 + n, idempotency_window=3600)
+        epochs.add(epoch)
+        for row, result in zip(rows, appended, strict=True):
+            identity = (row.sender, row.idempotency_key)
+            if row.idempotency_key and identity in first_seq_of_key:
+                assert result.duplicate
+                assert result.seq == first_seq_of_key[identity]
+            else:
+                stored += 1
+                assert not result.duplicate
+                assert result.seq == stored
+                if row.idempotency_key:
+                    first_seq_of_key[identity] = result.seq
+    assert len(epochs) == 1
+    seqs = [row.seq for row in store.page_before(db, "room", 0, 10_000)]
+    assert seqs == list(range(stored, 0, -1))
+    state = store.log_state(db, "room")
+    assert state is not None
+    assert state.last_seq == stored
+
+
+def test_an_idempotency_key_expires_with_its_window() -> None:
+    db = fresh_db()
+    row = store.NewEventRow("e", b"", "s", 0, "h", b"", idempotency_key="k")
+    _, first = store.append(db, "room", [row], now=0.0, idempotency_window=10)
+    _, retry = store.append(db, "room", [row], now=5.0, idempotency_window=10)
+    _, late = store.append(db, "room", [row], now=20.0, idempotency_window=10)
+    assert (first[0].seq, retry[0].seq, retry[0].duplicate) == (1, 1, True)
+    assert (late[0].seq, late[0].duplicate) == (2, False)
+    assert store.prune_idempotency_keys(db, older_than=15.0) == 0
+    assert store.prune_idempotency_keys(db, older_than=30.0) == 1
+
+
+def test_rooms_have_their_own_sequences_and_epochs() -> None:
+    db = fresh_db()
+    row = store.NewEventRow("e", b"", "s", 0, "h", b"")
+    epoch_a, a = store.append(db, "a", [row, row], now=0.0, idempotency_window=0)
+    epoch_b, b = store.append(db, "b", [row], now=0.0, idempotency_window=0)
+    assert [x.seq for x in a] == [1, 2]
+    assert [x.seq for x in b] == [1]
+    assert epoch_a != epoch_b
