@@ -49,6 +49,7 @@ lint: install ## ruff, mypy --strict, buf lint and buf format
 bench: install ## Run the benchmarks (JSON on stdout)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m bench.identity_bench
+	$(PY) -m bench.history_bench
 	$(PY) -m bench.fanout_bench
 
 clean: ## Remove .venv, node_modules and caches (keeps ./data)

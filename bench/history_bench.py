@@ -1,0 +1,254 @@
+"""History benchmark: group-committed appends and page reads from a big log.
+
+    python -m bench.history_bench [--seconds N] [--concurrency C] [--rows R] [--out FILE]
+
+Starts `parley serve` in a child process (SQLite WAL, synchronous=NORMAL) and
+measures, printing one JSON document:
+
+- appends/s through `HistoryService.AppendEvents` from C concurrent callers,
+  one event per call (group commit shares transactions between callers), and
+  with ten events per call;
+- the baseline in the same run: one SQLite transaction per event on a scratch
+  database in this process (what an append costs without group commit);
+- page latency p50/p99 for 100 events, newest first, from a room of R events
+  (1,000,000 by default, written into the data directory before the server
+  starts), through the RPC and straight from the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import sqlite_utils
+
+from parley.history.v1 import history_pb2, history_pb2_grpc
+from parley.values import to_value
+from services.history import store
+from services.runtime.sqlite import apply_migrations
+
+SECRET = "bench-secret"
+CREDENTIALS = (("authorization", f"Bearer svc:bench:{SECRET}"),)
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+PAYLOAD = to_value({"text": "x" * 80}).SerializeToString()
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50": round(ordered[len(ordered) // 2] * 1000, 3),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
+    }
+
+
+def open_db(path: Path) -> sqlite_utils.Database:
+    connection = sqlite3.connect(path, isolation_level=None)
+    db = sqlite_utils.Database(connection)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    apply_migrations(db, store.MIGRATIONS)
+    return db
+
+
+def preload(path: Path, room: str, rows: int) -> float:
+    """Writes `rows` events into `room` in batches; returns seconds taken."""
+    started = time.perf_counter()
+    db = open_db(path)
+    store.append(db, room, [store.NewEventRow("message", PAYLOAD, "u", 0, "h0", b"")], 0.0, 0)
+    batch = 10_000
+    for first in range(2, rows + 1, batch):
+        last = min(rows, first + batch - 1)
+        db.execute("BEGIN")
+        db.conn.executemany(
+            "INSERT INTO events (room_id, seq, event, payload, sender, time_ms, handle, meta) VALUES (?,?,?,?,?,?,?,?)",
+            [(room, seq, "message", PAYLOAD, "u", seq, f"h{seq}", b"") for seq in range(first, last + 1)],
+        )
+        db.execute("UPDATE room_logs SET last_seq = ? WHERE room_id = ?", [last, room])
+        db.execute("COMMIT")
+    db.conn.close()
+    return time.perf_counter() - started
+
+
+def baseline_single_row_commits(seconds: float) -> dict[str, Any]:
+    """One transaction per event, straight on SQLite: the cost group commit avoids."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = open_db(Path(tmp) / "baseline.sqlite3")
+        count = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            db.execute("BEGIN IMMEDIATE")
+            store.append(db, "r", [store.NewEventRow("message", PAYLOAD, "u", 0, f"h{count}", b"")], 0.0, 0)
+            db.execute("COMMIT")
+            count += 1
+        elapsed = time.perf_counter() - started
+        db.conn.close()
+    return {"appends": count, "per_second": round(count / elapsed, 1)}
+
+
+def store_page_latency(path: Path, room: str, rows: int, samples: int) -> dict[str, Any]:
+    db = open_db(path)
+    times = []
+    for _ in range(samples):
+        before = random.randint(101, rows + 1)
+        started = time.perf_counter()
+        page = store.page_before(db, room, before, 100)
+        times.append(time.perf_counter() - started)
+        assert len(page) == 100
+    db.conn.close()
+    return percentiles(times)
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        env = {
+            **os.environ,
+            "PARLEY_LOGGING_LEVEL": "WARNING",
+            "PARLEY_AUTH_SERVICE_CREDENTIALS": f"bench={SECRET}",
+        }
+        self.log = open(data_dir.parent / "server.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "parley.cli.main", "serve", "--port", "0", "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            match = LISTENING.search(line)
+            if match:
+                self.address = f"127.0.0.1:{match.group(2)}"
+                return
+            if not line and self.process.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError("the server did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self.log.close()
+
+
+async def appends_per_second(address: str, seconds: float, concurrency: int, per_call: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = history_pb2_grpc.HistoryServiceStub(channel)
+        count = 0
+        latencies: list[float] = []
+        stop_at = time.perf_counter() + seconds
+
+        async def caller(worker: int) -> None:
+            nonlocal count
+            n = 0
+            while time.perf_counter() < stop_at:
+                events = [
+                    history_pb2.NewEvent(event="message", sender="u", handle=f"w{worker}.{n}.{i}")
+                    for i in range(per_call)
+                ]
+                for event in events:
+                    event.payload.ParseFromString(PAYLOAD)
+                started = time.perf_counter()
+                await stub.AppendEvents(
+                    history_pb2.AppendEventsRequest(room_id=f"append-{per_call}", events=events), metadata=CREDENTIALS
+                )
+                latencies.append(time.perf_counter() - started)
+                count += per_call
+                n += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "events_per_call": per_call,
+        "concurrency": concurrency,
+        "appends": count,
+        "per_second": round(count / elapsed, 1),
+        "call_latency_ms": percentiles(latencies),
+    }
+
+
+async def rpc_page_latency(address: str, room: str, rows: int, samples: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = history_pb2_grpc.HistoryServiceStub(channel)
+        times = []
+        for _ in range(samples):
+            before = random.randint(101, rows + 1)
+            started = time.perf_counter()
+            page = await stub.ListEvents(
+                history_pb2.ListEventsRequest(room_id=room, before_seq=before, page_size=100), metadata=CREDENTIALS
+            )
+            times.append(time.perf_counter() - started)
+            assert len(page.events) == 100
+    return percentiles(times)
+
+
+async def run(seconds: float, concurrency: int, rows: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        data_dir.mkdir()
+        loaded_in = preload(data_dir / "history.sqlite3", "big", rows)
+        result: dict[str, Any] = {
+            "benchmark": "history",
+            "parameters": {"seconds": seconds, "concurrency": concurrency, "rows": rows},
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "sqlite": sqlite3.sqlite_version,
+            },
+            "preload_seconds": round(loaded_in, 1),
+            "baseline_single_row_commits": baseline_single_row_commits(seconds),
+            "store_page_100_of_big_room_ms": store_page_latency(data_dir / "history.sqlite3", "big", rows, 2000),
+        }
+        server = Server(data_dir)
+        try:
+            await appends_per_second(server.address, 0.5, concurrency, 1)  # warm-up
+            result["appends_one_per_call"] = await appends_per_second(server.address, seconds, concurrency, 1)
+            result["appends_ten_per_call"] = await appends_per_second(server.address, seconds, concurrency, 10)
+            result["rpc_page_100_of_big_room_ms"] = await rpc_page_latency(server.address, "big", rows, 1000)
+        finally:
+            server.stop()
+        baseline = result["baseline_single_row_commits"]["per_second"]
+        result["ratios"] = {
+            "one_per_call_over_single_row_commits": round(result["appends_one_per_call"]["per_second"] / baseline, 2),
+            "ten_per_call_over_single_row_commits": round(result["appends_ten_per_call"]["per_second"] / baseline, 2),
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.history_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per append phase (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=64, help="concurrent appenders (default %(default)s)")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="events in the big room (default %(default)s)")
+    parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.seconds, args.concurrency, args.rows))
+    document = json.dumps(result, indent=2)
+    print(document)
+    if args.out:
+        args.out.write_text(document + "\n")
+
+
+if __name__ == "__main__":
+    main()
