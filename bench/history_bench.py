@@ -44,6 +44,9 @@ SECRET = "bench-secret"
 CREDENTIALS = (("authorization", f"Bearer svc:bench:{SECRET}"),)
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 PAYLOAD = to_value({"text": "x" * 80}).SerializeToString()
+BODY = history_pb2.LoggedEvent(
+    event="message", payload=to_value({"text": "x" * 80}), sender="u", time_ms=1, handle="h"
+).SerializeToString()
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -67,14 +70,14 @@ def preload(path: Path, room: str, rows: int) -> float:
     """Writes `rows` events into `room` in batches; returns seconds taken."""
     started = time.perf_counter()
     db = open_db(path)
-    store.append(db, room, [store.NewEventRow("message", PAYLOAD, "u", 0, "h0", b"")], 0.0, 0)
+    store.append(db, room, [store.NewEventRow("message", "u", "h0", BODY)], 0.0, 0)
     batch = 10_000
     for first in range(2, rows + 1, batch):
         last = min(rows, first + batch - 1)
         db.execute("BEGIN")
         db.conn.executemany(
-            "INSERT INTO events (room_id, seq, event, payload, sender, time_ms, handle, meta) VALUES (?,?,?,?,?,?,?,?)",
-            [(room, seq, "message", PAYLOAD, "u", seq, f"h{seq}", b"") for seq in range(first, last + 1)],
+            "INSERT INTO events (room_id, seq, event, sender, handle, body) VALUES (?,?,?,?,?,?)",
+            [(room, seq, "message", "u", f"h{seq}", BODY) for seq in range(first, last + 1)],
         )
         db.execute("UPDATE room_logs SET last_seq = ? WHERE room_id = ?", [last, room])
         db.execute("COMMIT")
@@ -90,7 +93,7 @@ def baseline_single_row_commits(seconds: float) -> dict[str, Any]:
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
             db.execute("BEGIN IMMEDIATE")
-            store.append(db, "r", [store.NewEventRow("message", PAYLOAD, "u", 0, f"h{count}", b"")], 0.0, 0)
+            store.append(db, "r", [store.NewEventRow("message", "u", f"h{count}", BODY)], 0.0, 0)
             db.execute("COMMIT")
             count += 1
         elapsed = time.perf_counter() - started

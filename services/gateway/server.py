@@ -15,7 +15,7 @@ from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
 from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
 from services.gateway.room_client import RoomClient
-from services.gateway.servicer import SERVICE, GatewayServicer, gateway_handler
+from services.gateway.servicer import SERVICE, GatewayServicer
 from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
 from services.room.server import SERVICE as ROOM_SERVICE
@@ -23,6 +23,7 @@ from services.runtime.channels import open_channel
 from services.runtime.config import INTERNAL_SERVICE, Config, ConfigError
 from services.runtime.grpc_types import HealthStatus
 from services.runtime.hooks import Hooks
+from services.runtime.raw_handlers import passthrough_handler
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry
 
@@ -65,7 +66,7 @@ def gateway_module(
 
     return ServiceModule(
         services=[SERVICE],
-        register=lambda server: server.add_generic_rpc_handlers((gateway_handler(servicer),)),
+        register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
         close=rooms.close,
         start=start,
         before_drain=drain,

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
-
-import grpc
-from google.protobuf import message, message_factory
 
 from parley.gateway.v1 import gateway_pb2
 from services.gateway.realtime import Realtime
@@ -90,28 +86,3 @@ class GatewayServicer:
 def _require_user_id(user_id: str) -> None:
     if not user_id:
         raise invalid_field("user_id", "is required")
-
-
-def _serialize(response: bytes | message.Message) -> bytes:
-    """Frames built from pre-encoded events are bytes already; everything else is a message."""
-    return response if isinstance(response, bytes) else response.SerializeToString()
-
-
-def gateway_handler(servicer: GatewayServicer) -> grpc.GenericRpcHandler[Any, Any]:
-    """GatewayService's methods, with responses that may be pre-encoded bytes."""
-    handlers = {}
-    for method in SERVICE.methods:
-        request_type = message_factory.GetMessageClass(method.input_type)
-        behaviour = getattr(servicer, method.name)
-        if method.client_streaming and method.server_streaming:
-            make = grpc.stream_stream_rpc_method_handler
-        elif method.server_streaming:
-            make = grpc.unary_stream_rpc_method_handler
-        elif method.client_streaming:
-            make = grpc.stream_unary_rpc_method_handler
-        else:
-            make = grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(
-            behaviour, request_deserializer=request_type.FromString, response_serializer=_serialize
-        )
-    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

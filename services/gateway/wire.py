@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from parley.gateway.v1 import gateway_pb2
+from services.runtime.protowire import varint
 
 # Wire tags (field number << 3 | length-delimited).
 _EVENTS_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER << 3 | 2])
@@ -22,15 +23,6 @@ assert gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER == gateway_pb2.SubscribeRoomRe
 assert (
     max(gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER, gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUMBER) <= 15
 )
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def batch_item(encoded: bytes) -> bytes:

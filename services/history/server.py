@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from parley.history.v1 import history_pb2, history_pb2_grpc
+from parley.history.v1 import history_pb2
 from services.history import store
 from services.history.appender import GroupCommitter
 from services.history.servicer import HistoryServicer
 from services.runtime.config import Config
+from services.runtime.raw_handlers import passthrough_handler
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
@@ -26,7 +27,7 @@ async def history_module(config: Config) -> ServiceModule:
 
     return ServiceModule(
         services=[SERVICE],
-        register=lambda server: history_pb2_grpc.add_HistoryServiceServicer_to_server(servicer, server),
+        register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
         close=close,
     )
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import base64
 
-from google.protobuf import struct_pb2
-
-from parley.history.v1 import history_pb2, history_pb2_grpc
+from parley.history.v1 import history_pb2
 from services.history import store
 from services.history.appender import GroupCommitter
+from services.runtime import protowire
 from services.runtime.config import HistoryConfig
 from services.runtime.errors import invalid_field
 from services.runtime.grpc_types import Context
@@ -40,19 +39,18 @@ def decode_cursor(token: str) -> int:
         raise invalid_field("page_token", "is not a token this server issued") from exc
 
 
-def logged(row: store.EventRow) -> history_pb2.LoggedEvent:
-    return history_pb2.LoggedEvent(
-        seq=row.seq,
-        event=row.event,
-        payload=struct_pb2.Value.FromString(row.payload),
-        sender=row.sender,
-        time_ms=row.time_ms,
-        handle=row.handle,
-        meta=struct_pb2.Struct.FromString(row.meta),
-    )
+_EVENTS_FIELD = history_pb2.ListEventsResponse.EVENTS_FIELD_NUMBER
+_SEQ_FIELD = history_pb2.LoggedEvent.SEQ_FIELD_NUMBER
 
 
-class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
+def page_item(row: store.EventRow) -> bytes:
+    """One `events` element of a ListEventsResponse: the stored body with its seq in front."""
+    return protowire.length_delimited(_EVENTS_FIELD, protowire.uint_field(_SEQ_FIELD, row.seq) + row.body)
+
+
+class HistoryServicer:
+    """HistoryService; registered with `passthrough_handler` (pages are pre-encoded bytes)."""
+
     def __init__(self, db: SqliteDatabase, committer: GroupCommitter, config: HistoryConfig) -> None:
         self._db = db
         self._committer = committer
@@ -85,14 +83,20 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
                 raise invalid_field(f"events[{i}].event", "is required")
             if not event.handle:
                 raise invalid_field(f"events[{i}].handle", "is required")
+            body = history_pb2.LoggedEvent(
+                event=event.event,
+                payload=event.payload,
+                sender=event.sender,
+                time_ms=event.time_ms,
+                handle=event.handle,
+                meta=event.meta,
+            )
             rows.append(
                 store.NewEventRow(
                     event=event.event,
-                    payload=event.payload.SerializeToString(),
                     sender=event.sender,
-                    time_ms=event.time_ms,
                     handle=event.handle,
-                    meta=event.meta.SerializeToString(),
+                    body=body.SerializeToString(),
                     idempotency_key=event.idempotency_key,
                 )
             )
@@ -102,9 +106,8 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             appended=[history_pb2.AppendedEvent(seq=a.seq, handle=a.handle, duplicate=a.duplicate) for a in appended],
         )
 
-    async def ListEvents(
-        self, request: history_pb2.ListEventsRequest, context: Context
-    ) -> history_pb2.ListEventsResponse:
+    async def ListEvents(self, request: history_pb2.ListEventsRequest, context: Context) -> bytes:
+        """A ListEventsResponse encoded by joining the stored event bodies (no decoding)."""
         check_room_id(request.room_id)
         room_id, event = request.room_id, request.event
         if request.HasField("range"):
@@ -129,12 +132,10 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         return _page(rows, state, next_token=encode_cursor(rows[-1].seq) if more else "")
 
 
-def _page(
-    rows: list[store.EventRow], state: store.LogStateRow | None, next_token: str
-) -> history_pb2.ListEventsResponse:
-    return history_pb2.ListEventsResponse(
-        events=[logged(row) for row in rows],
+def _page(rows: list[store.EventRow], state: store.LogStateRow | None, next_token: str) -> bytes:
+    tail = history_pb2.ListEventsResponse(
         next_page_token=next_token,
         epoch=state.epoch if state else "",
         last_seq=state.last_seq if state else 0,
     )
+    return b"".join(page_item(row) for row in rows) + tail.SerializeToString()

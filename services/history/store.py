@@ -34,11 +34,10 @@ def _migration_2(db: sqlite_utils.Database) -> None:
             room_id TEXT NOT NULL,
             seq INTEGER NOT NULL,
             event TEXT NOT NULL,
-            payload BLOB NOT NULL,
             sender TEXT NOT NULL,
-            time_ms INTEGER NOT NULL,
             handle TEXT NOT NULL,
-            meta BLOB NOT NULL,
+            -- The event as served (a LoggedEvent without its seq), encoded once.
+            body BLOB NOT NULL,
             PRIMARY KEY (room_id, seq)
         ) WITHOUT ROWID;
         CREATE INDEX events_by_name ON events(room_id, event, seq);
@@ -57,7 +56,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = [_migration_1, _migration_2]
-EVENT_COLUMNS = "seq, event, payload, sender, time_ms, handle, meta"
+EVENT_COLUMNS = "seq, event, sender, handle, body"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,25 +69,21 @@ class LogStateRow:
 
 @dataclasses.dataclass(frozen=True)
 class EventRow:
-    """An event as stored; payload and meta are serialised protobuf messages."""
+    """An event as stored: routing columns, and the encoded body served as it is."""
 
     seq: int
     event: str
-    payload: bytes
     sender: str
-    time_ms: int
     handle: str
-    meta: bytes
+    body: bytes
 
 
 @dataclasses.dataclass(frozen=True)
 class NewEventRow:
     event: str
-    payload: bytes
     sender: str
-    time_ms: int
     handle: str
-    meta: bytes
+    body: bytes
     idempotency_key: str = ""
 
 
@@ -132,8 +127,8 @@ def append(
                 continue
         last_seq += 1
         db.execute(
-            f"INSERT INTO events (room_id, {EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [room_id, last_seq, event.event, event.payload, event.sender, event.time_ms, event.handle, event.meta],
+            f"INSERT INTO events (room_id, {EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            [room_id, last_seq, event.event, event.sender, event.handle, event.body],
         )
         if event.idempotency_key:
             db.execute(

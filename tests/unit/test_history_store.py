@@ -40,7 +40,7 @@ def test_sequences_are_gap_free_and_retries_return_the_original(plan: list[list[
     epochs = set()
     for n, batch in enumerate(plan):
         rows = [
-            store.NewEventRow("e", b"", sender, 0, f"h{n}.{i}", b"", idempotency_key=key)
+            store.NewEventRow("e", sender, f"h{n}.{i}", b"", idempotency_key=key)
             for i, (sender, key) in enumerate(batch)
         ]
         epoch, appended = store.append(db, "room", rows, now=1000.0 + n, idempotency_window=3600)
@@ -66,7 +66,7 @@ def test_sequences_are_gap_free_and_retries_return_the_original(plan: list[list[
 
 def test_an_idempotency_key_expires_with_its_window() -> None:
     db = fresh_db()
-    row = store.NewEventRow("e", b"", "s", 0, "h", b"", idempotency_key="k")
+    row = store.NewEventRow("e", "s", "h", b"", idempotency_key="k")
     _, first = store.append(db, "room", [row], now=0.0, idempotency_window=10)
     _, retry = store.append(db, "room", [row], now=5.0, idempotency_window=10)
     _, late = store.append(db, "room", [row], now=20.0, idempotency_window=10)
@@ -78,7 +78,7 @@ def test_an_idempotency_key_expires_with_its_window() -> None:
 
 def test_rooms_have_their_own_sequences_and_epochs() -> None:
     db = fresh_db()
-    row = store.NewEventRow("e", b"", "s", 0, "h", b"")
+    row = store.NewEventRow("e", "s", "h", b"")
     epoch_a, a = store.append(db, "a", [row, row], now=0.0, idempotency_window=0)
     epoch_b, b = store.append(db, "b", [row], now=0.0, idempotency_window=0)
     assert [x.seq for x in a] == [1, 2]

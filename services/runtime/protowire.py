@@ -1,0 +1,33 @@
+"""The few protobuf wire-format pieces needed to build messages by concatenation.
+
+A message's encoding is its fields' encodings in any order, and a repeated
+message field is each element behind its tag and length, so pre-encoded parts
+can be joined without decoding them.
+"""
+
+from __future__ import annotations
+
+VARINT = 0
+LENGTH_DELIMITED = 2
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def tag(field_number: int, wire_type: int) -> bytes:
+    return varint(field_number << 3 | wire_type)
+
+
+def length_delimited(field_number: int, body: bytes) -> bytes:
+    """One length-delimited field (a message or bytes) with its tag and length."""
+    return tag(field_number, LENGTH_DELIMITED) + varint(len(body)) + body
+
+
+def uint_field(field_number: int, value: int) -> bytes:
+    return tag(field_number, VARINT) + varint(value) if value else b""
