@@ -6,8 +6,8 @@ Starts `parley serve` in a child process (SQLite WAL, synchronous=NORMAL) and
 measures, printing one JSON document:
 
 - appends/s through `HistoryService.AppendEvents` from C concurrent callers,
-  one event per call (group commit shares transactions between callers), and
-  with ten events per call;
+  one event per call (group commit shares transactions between callers), ten
+  per call, and a hundred per call from 16 callers (as a gateway batches);
 - the baseline in the same run: one SQLite transaction per event on a scratch
   database in this process (what an append costs without group commit);
 - page latency p50/p99 for 100 events, newest first, from a room of R events
@@ -228,6 +228,8 @@ async def run(seconds: float, concurrency: int, rows: int) -> dict[str, Any]:
             await appends_per_second(server.address, 0.5, concurrency, 1)  # warm-up
             result["appends_one_per_call"] = await appends_per_second(server.address, seconds, concurrency, 1)
             result["appends_ten_per_call"] = await appends_per_second(server.address, seconds, concurrency, 10)
+            # As a gateway appends: many publishers' events batched into one call.
+            result["appends_hundred_per_call"] = await appends_per_second(server.address, seconds, 16, 100)
             result["rpc_page_100_of_big_room_ms"] = await rpc_page_latency(server.address, "big", rows, 1000)
         finally:
             server.stop()
@@ -235,6 +237,9 @@ async def run(seconds: float, concurrency: int, rows: int) -> dict[str, Any]:
         result["ratios"] = {
             "one_per_call_over_single_row_commits": round(result["appends_one_per_call"]["per_second"] / baseline, 2),
             "ten_per_call_over_single_row_commits": round(result["appends_ten_per_call"]["per_second"] / baseline, 2),
+            "hundred_per_call_over_single_row_commits": round(
+                result["appends_hundred_per_call"]["per_second"] / baseline, 2
+            ),
         }
     return result
 
