@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import time
+from collections.abc import Callable
 
+import sqlite_utils
+
+from parley.api.v1 import errors_pb2
 from parley.history.v1 import history_pb2
 from services.history import store
 from services.history.appender import GroupCommitter
 from services.runtime import protowire
 from services.runtime.config import HistoryConfig
-from services.runtime.errors import invalid_field
+from services.runtime.errors import ServiceError, invalid_field, not_found, permission_denied
 from services.runtime.grpc_types import Context
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.timestamps import to_timestamp
@@ -41,6 +46,12 @@ def decode_cursor(token: str) -> int:
 
 _EVENTS_FIELD = history_pb2.ListEventsResponse.EVENTS_FIELD_NUMBER
 _SEQ_FIELD = history_pb2.LoggedEvent.SEQ_FIELD_NUMBER
+
+
+def event_not_found(room_id: str, handle: str, why: str = "") -> ServiceError:
+    return not_found(
+        errors_pb2.ERROR_REASON_EVENT_NOT_FOUND, f"no event {handle!r} in room {room_id!r}{why}", handle=handle
+    )
 
 
 def page_item(row: store.EventRow) -> bytes:
@@ -105,6 +116,55 @@ class HistoryServicer:
             epoch=epoch,
             appended=[history_pb2.AppendedEvent(seq=a.seq, handle=a.handle, duplicate=a.duplicate) for a in appended],
         )
+
+    async def EditEvent(self, request: history_pb2.EditEventRequest, context: Context) -> history_pb2.EditEventResponse:
+        def change(event: history_pb2.LoggedEvent, now_ms: int) -> None:
+            event.payload.CopyFrom(request.payload)
+            event.edit_time_ms = now_ms
+
+        return history_pb2.EditEventResponse(
+            event=await self._rewrite(request.room_id, request.handle, request.editor, change)
+        )
+
+    async def DeleteEvent(
+        self, request: history_pb2.DeleteEventRequest, context: Context
+    ) -> history_pb2.DeleteEventResponse:
+        def tombstone(event: history_pb2.LoggedEvent, now_ms: int) -> None:
+            event.ClearField("payload")
+            event.ClearField("meta")
+            event.deleted = True
+            event.edit_time_ms = now_ms
+
+        return history_pb2.DeleteEventResponse(
+            event=await self._rewrite(request.room_id, request.handle, request.editor, tombstone)
+        )
+
+    async def _rewrite(
+        self, room_id: str, handle: str, editor: str, change: Callable[[history_pb2.LoggedEvent, int], None]
+    ) -> history_pb2.LoggedEvent:
+        """Changes one event in place, as its sender; returns it as now stored."""
+        check_room_id(room_id)
+        if not handle:
+            raise invalid_field("handle", "is required")
+        if not editor:
+            raise invalid_field("editor", "is required")
+        now_ms = int(time.time() * 1000)
+
+        def rewrite(db: sqlite_utils.Database) -> history_pb2.LoggedEvent:
+            row = store.event_by_handle(db, room_id, handle)
+            if row is None:
+                raise event_not_found(room_id, handle)
+            event = history_pb2.LoggedEvent.FromString(row.body)
+            if event.deleted:
+                raise event_not_found(room_id, handle, " (it was deleted)")
+            if row.sender != editor:
+                raise permission_denied(errors_pb2.ERROR_REASON_NOT_AUTHOR, "only the sender may change an event")
+            change(event, now_ms)
+            store.replace_body(db, room_id, row.seq, event.SerializeToString())
+            event.seq = row.seq
+            return event
+
+        return await self._db.transaction(rewrite)
 
     async def ListEvents(self, request: history_pb2.ListEventsRequest, context: Context) -> bytes:
         """A ListEventsResponse encoded by joining the stored event bodies (no decoding)."""

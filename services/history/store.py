@@ -55,7 +55,11 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE INDEX events_by_handle ON events(room_id, handle)")
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3]
 EVENT_COLUMNS = "seq, event, sender, handle, body"
 
 
@@ -164,6 +168,18 @@ def page_by_offset(db: sqlite_utils.Database, room_id: str, start: int, end: int
     params: list[object] = [room_id, event] if event else [room_id]
     sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?"
     return [EventRow(*row) for row in db.execute(sql, [*params, end - start, start]).fetchall()]
+
+
+def event_by_handle(db: sqlite_utils.Database, room_id: str, handle: str) -> EventRow | None:
+    row = db.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ? AND handle = ?", [room_id, handle]
+    ).fetchone()
+    return None if row is None else EventRow(*row)
+
+
+def replace_body(db: sqlite_utils.Database, room_id: str, seq: int, body: bytes) -> None:
+    """Edits and tombstones change an event in place; its sequence stays."""
+    db.execute("UPDATE events SET body = ? WHERE room_id = ? AND seq = ?", [body, room_id, seq])
 
 
 def prune_idempotency_keys(db: sqlite_utils.Database, older_than: float) -> int:

@@ -149,3 +149,52 @@ async def test_the_log_survives_a_restart(data_dir: Path) -> None:
             assert page.epoch == first.epoch
             more = await append(stub, "kept", new_event(3))
             assert more.appended[0].seq == 3
+
+
+async def test_edit_and_delete_by_handle_keep_sequences(history: history_pb2_grpc.HistoryServiceStub) -> None:
+    await append(history, "talk", new_event(1), new_event(2), new_event(3))
+    edited = await history.EditEvent(
+        history_pb2.EditEventRequest(room_id="talk", handle="h2", payload=to_value({"n": 22}), editor="u1"),
+        metadata=SERVICE,
+    )
+    assert (edited.event.seq, edited.event.edit_time_ms > 0) == (2, True)
+    deleted = await history.DeleteEvent(
+        history_pb2.DeleteEventRequest(room_id="talk", handle="h3", editor="u1"), metadata=SERVICE
+    )
+    assert (deleted.event.seq, deleted.event.deleted) == (3, True)
+    page = await history.ListEvents(history_pb2.ListEventsRequest(room_id="talk"), metadata=SERVICE)
+    by_seq = {e.seq: e for e in page.events}
+    assert sorted(by_seq) == [1, 2, 3]  # the tombstone keeps the sequence gap-free
+    assert by_seq[2].payload.struct_value.fields["n"].number_value == 22
+    assert by_seq[2].edit_time_ms > 0
+    assert (by_seq[3].deleted, by_seq[3].HasField("payload"), by_seq[3].handle) == (True, False, "h3")
+    assert by_seq[1].edit_time_ms == 0
+
+
+async def test_only_the_sender_changes_an_event(history: history_pb2_grpc.HistoryServiceStub) -> None:
+    await append(history, "talk", new_event(1))
+    for call in (
+        history.EditEvent(
+            history_pb2.EditEventRequest(room_id="talk", handle="h1", payload=to_value(0), editor="someone-else"),
+            metadata=SERVICE,
+        ),
+        history.DeleteEvent(history_pb2.DeleteEventRequest(room_id="talk", handle="h1", editor="u2"), metadata=SERVICE),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await call
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error_reason(denied.value) == "NOT_AUTHOR"
+
+
+async def test_unknown_or_deleted_events_are_not_found(history: history_pb2_grpc.HistoryServiceStub) -> None:
+    await append(history, "talk", new_event(1))
+    await history.DeleteEvent(
+        history_pb2.DeleteEventRequest(room_id="talk", handle="h1", editor="u1"), metadata=SERVICE
+    )
+    for handle in ("h1", "nope"):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await history.EditEvent(
+                history_pb2.EditEventRequest(room_id="talk", handle=handle, payload=to_value(1), editor="u1"),
+                metadata=SERVICE,
+            )
+        assert error_reason(missing.value) == "EVENT_NOT_FOUND"

@@ -41,6 +41,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_ROOM_NOT_FOUND: _ErrorReason.ValueType  # 22
     ERROR_REASON_CHANNEL_NOT_FOUND: _ErrorReason.ValueType  # 23
     ERROR_REASON_SESSION_NOT_FOUND: _ErrorReason.ValueType  # 24
+    ERROR_REASON_EVENT_NOT_FOUND: _ErrorReason.ValueType  # 25
+    """No event with that handle in the room (or it was deleted)."""
     ERROR_REASON_TOKEN_MISSING: _ErrorReason.ValueType  # 30
     """UNAUTHENTICATED"""
     ERROR_REASON_TOKEN_INVALID: _ErrorReason.ValueType  # 31
@@ -103,6 +105,8 @@ ERROR_REASON_DEVICE_NOT_FOUND: ErrorReason.ValueType  # 21
 ERROR_REASON_ROOM_NOT_FOUND: ErrorReason.ValueType  # 22
 ERROR_REASON_CHANNEL_NOT_FOUND: ErrorReason.ValueType  # 23
 ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 24
+ERROR_REASON_EVENT_NOT_FOUND: ErrorReason.ValueType  # 25
+"""No event with that handle in the room (or it was deleted)."""
 ERROR_REASON_TOKEN_MISSING: ErrorReason.ValueType  # 30
 """UNAUTHENTICATED"""
 ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 31

@@ -151,11 +151,17 @@ class LoggedEvent(_message.Message):
     TIME_MS_FIELD_NUMBER: _builtins.int
     HANDLE_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
+    EDIT_TIME_MS_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     event: _builtins.str
     sender: _builtins.str
     time_ms: _builtins.int
     handle: _builtins.str
+    edit_time_ms: _builtins.int
+    """Set when the payload was replaced, milliseconds since the Unix epoch."""
+    deleted: _builtins.bool
+    """A tombstone: the event was deleted; payload and meta are gone."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -170,10 +176,12 @@ class LoggedEvent(_message.Message):
         time_ms: _builtins.int = ...,
         handle: _builtins.str = ...,
         meta: _struct_pb2.Struct | None = ...,
+        edit_time_ms: _builtins.int = ...,
+        deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handle", b"handle", "meta", b"meta", "payload", b"payload", "sender", b"sender", "seq", b"seq", "time_ms", b"time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "edit_time_ms", b"edit_time_ms", "event", b"event", "handle", b"handle", "meta", b"meta", "payload", b"payload", "sender", b"sender", "seq", b"seq", "time_ms", b"time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -349,3 +357,99 @@ class ListEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class EditEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    EDITOR_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    handle: _builtins.str
+    editor: _builtins.str
+    """The user asking; must be the event's sender."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        handle: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        editor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["editor", b"editor", "handle", b"handle", "payload", b"payload", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditEventRequest: _TypeAlias = EditEventRequest  # noqa: Y015
+
+@_typing.final
+class EditEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___LoggedEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___LoggedEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditEventResponse: _TypeAlias = EditEventResponse  # noqa: Y015
+
+@_typing.final
+class DeleteEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    EDITOR_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    handle: _builtins.str
+    editor: _builtins.str
+    """The user asking; must be the event's sender."""
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        handle: _builtins.str = ...,
+        editor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["editor", b"editor", "handle", b"handle", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEventRequest: _TypeAlias = DeleteEventRequest  # noqa: Y015
+
+@_typing.final
+class DeleteEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___LoggedEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___LoggedEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEventResponse: _TypeAlias = DeleteEventResponse  # noqa: Y015

@@ -52,6 +52,16 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.EditEvent = channel.unary_unary(
+                '/parley.history.v1.HistoryService/EditEvent',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.EditEventRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.EditEventResponse.FromString,
+                _registered_method=True)
+        self.DeleteEvent = channel.unary_unary(
+                '/parley.history.v1.HistoryService/DeleteEvent',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.DeleteEventRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DeleteEventResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -86,6 +96,22 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EditEvent(self, request, context):
+        """Replaces an event's payload in place and records the edit time; only its
+        sender may (NOT_AUTHOR otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEvent(self, request, context):
+        """Removes an event's payload and meta, leaving a tombstone so sequences stay
+        gap-free; only its sender may (NOT_AUTHOR otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +129,16 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'EditEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditEvent,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.EditEventRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.EditEventResponse.SerializeToString,
+            ),
+            'DeleteEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEvent,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DeleteEventRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.DeleteEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +225,60 @@ class HistoryService:
             '/parley.history.v1.HistoryService/ListEvents',
             parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/EditEvent',
+            parley_dot_history_dot_v1_dot_history__pb2.EditEventRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.EditEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/DeleteEvent',
+            parley_dot_history_dot_v1_dot_history__pb2.DeleteEventRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.DeleteEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

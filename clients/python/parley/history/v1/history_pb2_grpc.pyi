@@ -50,6 +50,14 @@ class HistoryServiceStub:
     """A page of a room's log, newest first: by cursor (before_seq / page_token)
     or by offset (range), optionally only one event name.
     """
+    EditEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]
+    """Replaces an event's payload in place and records the edit time; only its
+    sender may (NOT_AUTHOR otherwise).
+    """
+    DeleteEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.DeleteEventRequest, _history_pb2.DeleteEventResponse]
+    """Removes an event's payload and meta, leaving a tombstone so sequences stay
+    gap-free; only its sender may (NOT_AUTHOR otherwise).
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -72,6 +80,14 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_history_pb2.ListEventsRequest, _history_pb2.ListEventsResponse]  # type: ignore[assignment]
     """A page of a room's log, newest first: by cursor (before_seq / page_token)
     or by offset (range), optionally only one event name.
+    """
+    EditEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]  # type: ignore[assignment]
+    """Replaces an event's payload in place and records the edit time; only its
+    sender may (NOT_AUTHOR otherwise).
+    """
+    DeleteEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.DeleteEventRequest, _history_pb2.DeleteEventResponse]  # type: ignore[assignment]
+    """Removes an event's payload and meta, leaving a tombstone so sequences stay
+    gap-free; only its sender may (NOT_AUTHOR otherwise).
     """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +126,26 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_history_pb2.ListEventsResponse, _abc.Awaitable[_history_pb2.ListEventsResponse]]:
         """A page of a room's log, newest first: by cursor (before_seq / page_token)
         or by offset (range), optionally only one event name.
+        """
+
+    @_abc_1.abstractmethod
+    def EditEvent(
+        self,
+        request: _history_pb2.EditEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.EditEventResponse, _abc.Awaitable[_history_pb2.EditEventResponse]]:
+        """Replaces an event's payload in place and records the edit time; only its
+        sender may (NOT_AUTHOR otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteEvent(
+        self,
+        request: _history_pb2.DeleteEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.DeleteEventResponse, _abc.Awaitable[_history_pb2.DeleteEventResponse]]:
+        """Removes an event's payload and meta, leaving a tombstone so sequences stay
+        gap-free; only its sender may (NOT_AUTHOR otherwise).
         """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
