@@ -29,4 +29,4 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
 
 
 async def all_in_one_gateway_module(config: Config) -> ServiceModule:
-    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE, room_address=None)
+    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE, local_peers=True)

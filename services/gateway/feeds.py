@@ -59,7 +59,6 @@ class RoomFeeds:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self._feeds: dict[str, RoomFeed] = {}
-        self._sequences: dict[str, int] = {}
 
     def add(self, room_id: str, connection: Connection) -> None:
         feed = self._feeds.get(room_id)
@@ -84,16 +83,9 @@ class RoomFeeds:
         feed = self._feeds.get(room_id)
         return feed.delivered if feed else 0
 
-    def next_seq(self, room_id: str) -> int:
-        # Per-room positions are kept here until the history service assigns them.
-        seq = self._sequences.get(room_id, 0) + 1
-        self._sequences[room_id] = seq
-        return seq
-
     def forget_room(self, room_id: str) -> list[Connection]:
         """Drops a deleted room's feed; returns the members it had."""
         feed = self._feeds.pop(room_id, None)
-        self._sequences.pop(room_id, None)
         if feed is None:
             return []
         feed.close()

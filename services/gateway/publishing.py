@@ -10,10 +10,12 @@ import grpc
 
 from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
+from parley.history.v1 import history_pb2
 from parley.hooks import PublishContext, Transform
 from parley.values import to_value
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.feeds import EVENT_HEADER, KIND, KIND_EVENT, SKIP_SESSION, RoomFeeds, room_subject
+from services.gateway.history_client import HistoryClient
 from services.room.definitions import EVENT_NAME
 from services.room.rules import ANY_EVENT, EventRules, to_json
 from services.runtime.config import GatewayConfig
@@ -34,8 +36,9 @@ def payload_too_large(size: int, limit: int) -> ServiceError:
 
 
 class Publisher:
-    def __init__(self, config: GatewayConfig, bus: Bus, feeds: RoomFeeds, hooks: Hooks) -> None:
+    def __init__(self, config: GatewayConfig, bus: Bus, feeds: RoomFeeds, hooks: Hooks, history: HistoryClient) -> None:
         self._config = config
+        self._history = history
         self._bus = bus
         self._feeds = feeds
         self._hooks = hooks
@@ -73,10 +76,11 @@ class Publisher:
             )
         if self._hooks.has("before_publish"):
             events = [await self._before_publish(e, room_id, user_id, session_id) for e in events]
-        return await self.publish(room_id, events, user_id, session_id=session_id, no_echo=no_echo)
+        return await self.publish(rules, room_id, events, user_id, session_id=session_id, no_echo=no_echo)
 
     async def publish(
         self,
+        rules: EventRules,
         room_id: str,
         events: Sequence[gateway_pb2.OutgoingEvent],
         sender: str,
@@ -84,31 +88,53 @@ class Publisher:
         session_id: str = "",
         no_echo: bool = False,
     ) -> gateway_pb2.PublishResult:
-        """Sequences, encodes once and publishes; no checks (callers have made them)."""
-        skip_session = session_id if no_echo else ""
+        """Appends to the room's log, then fans out what is new; no checks (callers made them).
+
+        The history service assigns every event its sequence; events whose
+        definition keeps no history take their place as transient entries. A
+        retry (same idempotency key) gets the original sequence and is not
+        delivered again. Nothing is delivered unless the append succeeded.
+        """
+        now_ms = int(time.time() * 1000)
+        appended = await self._history.append(
+            room_id,
+            [
+                history_pb2.NewEvent(
+                    event=outgoing.event,
+                    payload=outgoing.payload,
+                    sender=sender,
+                    time_ms=now_ms,
+                    handle=secrets.token_hex(8),
+                    meta=outgoing.meta,
+                    idempotency_key=outgoing.idempotency_key,
+                    transient=not rules.keeps_history(outgoing.event),
+                )
+                for outgoing in events
+            ],
+        )
         before = self._feeds.delivered(room_id)
         result = gateway_pb2.PublishResult()
-        now_ms = int(time.time() * 1000)
         subject = room_subject(room_id)
-        for outgoing in events:
-            seq = self._feeds.next_seq(room_id)
-            handle = secrets.token_hex(8)
+        skip_session = session_id if no_echo else ""
+        for outgoing, placed in zip(events, appended.appended, strict=True):
+            result.seqs.append(placed.seq)
+            result.handles.append(placed.handle)
+            if placed.duplicate:
+                continue
             event = gateway_pb2.Event(
                 room_id=room_id,
                 event=outgoing.event,
                 payload=outgoing.payload,
                 sender=sender,
                 time_ms=now_ms,
-                seq=seq,
-                handle=handle,
+                seq=placed.seq,
+                handle=placed.handle,
                 meta=outgoing.meta,
             )
             headers = {KIND: KIND_EVENT, EVENT_HEADER: outgoing.event}
             if skip_session:
                 headers[SKIP_SESSION] = skip_session
             self._bus.publish(BusMessage(subject, event.SerializeToString(), headers))
-            result.seqs.append(seq)
-            result.handles.append(handle)
         result.recipients = self._feeds.delivered(room_id) - before
         if self._hooks.has("after_publish"):
             for outgoing in events:

@@ -22,6 +22,7 @@ from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
+from services.gateway.history_client import HistoryClient
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
 from services.gateway.room_client import RoomClient
@@ -53,7 +54,9 @@ def slow_consumer(limit: int) -> ServiceError:
 
 
 class Realtime:
-    def __init__(self, config: GatewayConfig, bus: Bus, rooms: RoomClient, hooks: Hooks) -> None:
+    def __init__(
+        self, config: GatewayConfig, bus: Bus, rooms: RoomClient, history: HistoryClient, hooks: Hooks
+    ) -> None:
         self.config = config
         self.bus = bus
         self.rooms = rooms
@@ -65,7 +68,7 @@ class Realtime:
         self.feeds = RoomFeeds(bus)
         self.directory = RoomDirectory()
         self.scheduler = FlushScheduler(config.batch_window_ms / 1000)
-        self.publisher = Publisher(config, bus, self.feeds, hooks)
+        self.publisher = Publisher(config, bus, self.feeds, hooks, history)
         self.subjects = SubjectRouter(bus)
         self.commands = CommandHandler(
             config, bus, self.feeds, self.directory, rooms, self.publisher, self.subjects, hooks
@@ -217,7 +220,7 @@ class Realtime:
         for event in request.events:
             check_event(event)
             rules.validate(event.event, event.payload)
-        result = await self.publisher.publish(request.room_id, request.events, request.sender or SYSTEM_SENDER)
+        result = await self.publisher.publish(rules, request.room_id, request.events, request.sender or SYSTEM_SENDER)
         return gateway_pb2.PublishToRoomResponse(seqs=result.seqs, handles=result.handles, recipients=result.recipients)
 
     async def subscribe_room(self, request: gateway_pb2.SubscribeRoomRequest, context: Context) -> AsyncIterator[bytes]:

@@ -4,6 +4,7 @@ mode, the forwarding of the other services' public RPCs to their processes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from google.protobuf import descriptor
 
@@ -12,6 +13,8 @@ from services.file.server import SERVICE as FILE_SERVICE
 from services.gateway.bus import InProcessBus
 from services.gateway.directory import follow_room_changes
 from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
+from services.gateway.history_client import HistoryClient
+from services.gateway.peer_client import PeerClient
 from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
 from services.gateway.room_client import RoomClient
@@ -41,20 +44,20 @@ def internal_secret(config: Config) -> str:
     return secret
 
 
-def gateway_module(
-    config: Config, mode: gateway_pb2.DeploymentMode.ValueType, room_address: str | None
-) -> ServiceModule:
-    """GatewayService. `room_address` None means the room service is on this same server."""
-    rooms = RoomClient(config.server, internal_secret(config), room_address or "")
-    realtime = Realtime(config.gateway, InProcessBus(), rooms, Hooks(config.hooks))
-    realtime.membership_is_local = room_address is None
+def gateway_module(config: Config, mode: gateway_pb2.DeploymentMode.ValueType, local_peers: bool) -> ServiceModule:
+    """GatewayService. With `local_peers` the room and history services are on this same server."""
+    secret = internal_secret(config)
+    rooms = RoomClient(config.server, secret, "" if local_peers else config.peers.room)
+    history = HistoryClient(config.server, secret, "" if local_peers else config.peers.history)
+    realtime = Realtime(config.gateway, InProcessBus(), rooms, history, Hooks(config.hooks))
+    realtime.membership_is_local = local_peers
     services = [s.full_name for s in (SERVICE, *PUBLIC_SERVICES)]
     servicer = GatewayServicer(realtime, mode, services, config.server.max_message_bytes)
     tasks: list[asyncio.Task[None]] = []
 
     def start(health: HealthStatus, own_address: str) -> None:
-        if room_address is None:
-            rooms.address = own_address
+        if local_peers:
+            rooms.address = history.address = own_address
         follow = follow_room_changes(rooms, realtime.directory, realtime.on_room_change, realtime.rejoin_all)
         tasks.append(asyncio.create_task(follow))
 
@@ -67,10 +70,18 @@ def gateway_module(
     return ServiceModule(
         services=[SERVICE],
         register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
-        close=rooms.close,
+        close=closing(rooms, history),
         start=start,
         before_drain=drain,
     )
+
+
+def closing(*clients: PeerClient) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        for client in clients:
+            await client.close()
+
+    return close
 
 
 class PeerConnections:
@@ -116,7 +127,7 @@ async def forwarding_module(config: Config) -> ServiceModule:
 
 
 async def split_gateway_module(config: Config) -> ServiceModule:
-    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_SPLIT, config.peers.room)
+    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_SPLIT, local_peers=False)
 
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:

@@ -109,6 +109,7 @@ class HistoryServicer:
                     handle=event.handle,
                     body=body.SerializeToString(),
                     idempotency_key=event.idempotency_key,
+                    transient=event.transient,
                 )
             )
         epoch, appended = await self._committer.append(request.room_id, rows)

@@ -90,12 +90,17 @@ class EventRules:
         self.read_only = not room.events
         # Regex keywords are for rooms an operator declared, not run-time rooms.
         allow_regex = not room.creator
+        self._keeps_history = {event.name: event.history.enabled for event in room.events}
         self._validators: dict[str, Validator | None] = {
             event.name: compile_schema(schema_to_dict(event.schema), f"events[{i}].schema", allow_regex=allow_regex)
             if event.HasField("schema")
             else None
             for i, event in enumerate(room.events)
         }
+
+    def keeps_history(self, event: str) -> bool:
+        """Whether the event's definition (or the room's "*") enables history."""
+        return self._keeps_history.get(event, self._keeps_history.get(ANY_EVENT, False))
 
     def accepts(self, event: str) -> bool:
         return event in self._validators or ANY_EVENT in self._validators

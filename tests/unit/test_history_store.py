@@ -84,3 +84,14 @@ def test_rooms_have_their_own_sequences_and_epochs() -> None:
     assert [x.seq for x in a] == [1, 2]
     assert [x.seq for x in b] == [1]
     assert epoch_a != epoch_b
+
+
+def test_transient_events_hold_their_place_but_are_not_kept() -> None:
+    db = fresh_db()
+    kept = store.NewEventRow("message", "s", "h1", b"body")
+    passing = store.NewEventRow("typing", "s", "h2", b"ignored", transient=True)
+    _, appended = store.append(db, "room", [kept, passing, kept], now=0.0, idempotency_window=0)
+    assert [a.seq for a in appended] == [1, 2, 3]
+    assert [row.seq for row in store.page_before(db, "room", 0, 10)] == [3, 1]
+    assert store.page_by_offset(db, "room", 0, 10, event="typing") == []
+    assert store.event_by_handle(db, "room", "h2") is None

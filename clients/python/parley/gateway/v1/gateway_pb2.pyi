@@ -427,7 +427,12 @@ class OutgoingEvent(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     event: _builtins.str
+    idempotency_key: _builtins.str
+    """Optional; a retry with the same key is stored and delivered once, and
+    gets the original sequence back.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -438,10 +443,11 @@ class OutgoingEvent(_message.Message):
         event: _builtins.str = ...,
         payload: _struct_pb2.Value | None = ...,
         meta: _struct_pb2.Struct | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "meta", b"meta", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "idempotency_key", b"idempotency_key", "meta", b"meta", "payload", b"payload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -107,6 +107,7 @@ class NewEvent(_message.Message):
     HANDLE_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    TRANSIENT_FIELD_NUMBER: _builtins.int
     event: _builtins.str
     sender: _builtins.str
     time_ms: _builtins.int
@@ -115,6 +116,10 @@ class NewEvent(_message.Message):
     """Stable id chosen by the publisher."""
     idempotency_key: _builtins.str
     """Optional; a retry with the same key from the same sender is stored once."""
+    transient: _builtins.bool
+    """The event takes its place in the sequence but is not kept (its definition
+    does not enable history): pages leave it out, the sequence stays gap-free.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -129,10 +134,11 @@ class NewEvent(_message.Message):
         handle: _builtins.str = ...,
         meta: _struct_pb2.Struct | None = ...,
         idempotency_key: _builtins.str = ...,
+        transient: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handle", b"handle", "idempotency_key", b"idempotency_key", "meta", b"meta", "payload", b"payload", "sender", b"sender", "time_ms", b"time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handle", b"handle", "idempotency_key", b"idempotency_key", "meta", b"meta", "payload", b"payload", "sender", b"sender", "time_ms", b"time_ms", "transient", b"transient"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,16 @@
+"""The gateway's calls to the history service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from parley.history.v1 import history_pb2, history_pb2_grpc
+from services.gateway.peer_client import PeerClient
+
+
+class HistoryClient(PeerClient):
+    async def append(self, room_id: str, events: Sequence[history_pb2.NewEvent]) -> history_pb2.AppendEventsResponse:
+        """Appends before fan-out: returns once the events are durable, with their sequences."""
+        stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+        request = history_pb2.AppendEventsRequest(room_id=room_id, events=events)
+        return await self.call(stub.AppendEvents, request, "append to history")

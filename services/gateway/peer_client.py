@@ -1,0 +1,53 @@
+"""The gateway's calls to other Parley services, as Parley's own service."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from parley.errors import error_info
+from services.runtime.channels import open_channel
+from services.runtime.config import INTERNAL_SERVICE, ServerConfig
+from services.runtime.errors import ServiceError, unavailable
+from services.runtime.tokens import service_token
+
+T = TypeVar("T")
+CALL_TIMEOUT_SECONDS = 10.0
+
+
+def relay(exc: grpc.aio.AioRpcError, what: str) -> ServiceError:
+    """The peer's error as a ServiceError with the same code and reason."""
+    reason, metadata = error_info(exc.trailing_metadata() or ())
+    if not reason:
+        return unavailable(f"{what}: no answer ({exc.code().name}: {exc.details()})")
+    return ServiceError.named(exc.code(), reason, exc.details() or "", **metadata)
+
+
+class PeerClient:
+    """A lazily opened channel to a peer, and calls that carry Parley's service credential."""
+
+    def __init__(self, server: ServerConfig, secret: str, address: str = "") -> None:
+        # Set later for a peer on this very server (all-in-one: its own address).
+        self.address = address
+        self._server = server
+        self.metadata = (("authorization", f"Bearer {service_token(INTERNAL_SERVICE, secret)}"),)
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = open_channel(self.address, self._server)
+        return self._channel
+
+    async def call(self, method: Callable[..., Awaitable[T]], request: object, what: str) -> T:
+        try:
+            return await method(request, metadata=self.metadata, timeout=CALL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            raise relay(exc, what) from exc
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
