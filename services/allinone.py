@@ -8,7 +8,9 @@ import secrets
 from parley.gateway.v1 import gateway_pb2
 from services.file.server import file_module
 from services.gateway.server import gateway_module
-from services.history.server import history_module
+from services.history.local import InProcessHistory
+from services.history.server import history_parts
+from services.history.servicer import HistoryServicer
 from services.identity.server import identity_module
 from services.room.server import room_module
 from services.runtime.config import INTERNAL_SERVICE, Config
@@ -24,9 +26,17 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
     """
     config = copy.deepcopy(config)
     config.auth.service_credentials.setdefault(INTERNAL_SERVICE, secrets.token_urlsafe(32))
-    factories = [identity_module, room_module, history_module, file_module, all_in_one_gateway_module]
+    servicers: list[HistoryServicer] = []
+
+    async def history(config: Config) -> ServiceModule:
+        module, servicer = await history_parts(config)
+        servicers.append(servicer)
+        return module
+
+    async def gateway(config: Config) -> ServiceModule:
+        # The publish path appends in process; joins reach the room service over loopback.
+        in_process = InProcessHistory(servicers[0])
+        return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE, local_peers=True, history=in_process)
+
+    factories = [identity_module, room_module, history, file_module, gateway]
     return await serve_modules(config, factories, process_name="all", identity_address=None, telemetry=telemetry)
-
-
-async def all_in_one_gateway_module(config: Config) -> ServiceModule:
-    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE, local_peers=True)

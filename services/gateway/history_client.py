@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from services.gateway.peer_client import PeerClient
+
+
+class HistoryAppender(Protocol):
+    """Where the publish path appends: the history service over gRPC, or in process."""
+
+    async def append(
+        self, room_id: str, events: Sequence[history_pb2.NewEvent]
+    ) -> history_pb2.AppendEventsResponse: ...
+
+    async def close(self) -> None: ...
 
 
 class HistoryClient(PeerClient):

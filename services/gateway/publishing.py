@@ -15,7 +15,7 @@ from parley.hooks import PublishContext, Transform
 from parley.values import to_value
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.feeds import EVENT_HEADER, KIND, KIND_EVENT, SKIP_SESSION, RoomFeeds, room_subject
-from services.gateway.history_client import HistoryClient
+from services.gateway.history_client import HistoryAppender
 from services.room.definitions import EVENT_NAME
 from services.room.rules import ANY_EVENT, EventRules, to_json
 from services.runtime.config import GatewayConfig
@@ -36,7 +36,9 @@ def payload_too_large(size: int, limit: int) -> ServiceError:
 
 
 class Publisher:
-    def __init__(self, config: GatewayConfig, bus: Bus, feeds: RoomFeeds, hooks: Hooks, history: HistoryClient) -> None:
+    def __init__(
+        self, config: GatewayConfig, bus: Bus, feeds: RoomFeeds, hooks: Hooks, history: HistoryAppender
+    ) -> None:
         self._config = config
         self._history = history
         self._bus = bus

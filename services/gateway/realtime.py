@@ -22,7 +22,7 @@ from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
-from services.gateway.history_client import HistoryClient
+from services.gateway.history_client import HistoryAppender
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
 from services.gateway.room_client import RoomClient
@@ -55,7 +55,7 @@ def slow_consumer(limit: int) -> ServiceError:
 
 class Realtime:
     def __init__(
-        self, config: GatewayConfig, bus: Bus, rooms: RoomClient, history: HistoryClient, hooks: Hooks
+        self, config: GatewayConfig, bus: Bus, rooms: RoomClient, history: HistoryAppender, hooks: Hooks
     ) -> None:
         self.config = config
         self.bus = bus

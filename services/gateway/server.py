@@ -13,7 +13,7 @@ from services.file.server import SERVICE as FILE_SERVICE
 from services.gateway.bus import InProcessBus
 from services.gateway.directory import follow_room_changes
 from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
-from services.gateway.history_client import HistoryClient
+from services.gateway.history_client import HistoryAppender, HistoryClient
 from services.gateway.peer_client import PeerClient
 from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
@@ -44,11 +44,18 @@ def internal_secret(config: Config) -> str:
     return secret
 
 
-def gateway_module(config: Config, mode: gateway_pb2.DeploymentMode.ValueType, local_peers: bool) -> ServiceModule:
-    """GatewayService. With `local_peers` the room and history services are on this same server."""
+def gateway_module(
+    config: Config,
+    mode: gateway_pb2.DeploymentMode.ValueType,
+    local_peers: bool,
+    history: HistoryAppender | None = None,
+) -> ServiceModule:
+    """GatewayService. With `local_peers` the room service is on this same server
+    (reached over a loopback channel) and `history` is the in-process history service."""
     secret = internal_secret(config)
     rooms = RoomClient(config.server, secret, "" if local_peers else config.peers.room)
-    history = HistoryClient(config.server, secret, "" if local_peers else config.peers.history)
+    if history is None:
+        history = HistoryClient(config.server, secret, config.peers.history)
     realtime = Realtime(config.gateway, InProcessBus(), rooms, history, Hooks(config.hooks))
     realtime.membership_is_local = local_peers
     services = [s.full_name for s in (SERVICE, *PUBLIC_SERVICES)]
@@ -57,7 +64,7 @@ def gateway_module(config: Config, mode: gateway_pb2.DeploymentMode.ValueType, l
 
     def start(health: HealthStatus, own_address: str) -> None:
         if local_peers:
-            rooms.address = history.address = own_address
+            rooms.address = own_address
         follow = follow_room_changes(rooms, realtime.directory, realtime.on_room_change, realtime.rejoin_all)
         tasks.append(asyncio.create_task(follow))
 
@@ -76,7 +83,7 @@ def gateway_module(config: Config, mode: gateway_pb2.DeploymentMode.ValueType, l
     )
 
 
-def closing(*clients: PeerClient) -> Callable[[], Awaitable[None]]:
+def closing(*clients: PeerClient | HistoryAppender) -> Callable[[], Awaitable[None]]:
     async def close() -> None:
         for client in clients:
             await client.close()

@@ -16,6 +16,12 @@ SERVICE = history_pb2.DESCRIPTOR.services_by_name["HistoryService"]
 
 
 async def history_module(config: Config) -> ServiceModule:
+    module, _ = await history_parts(config)
+    return module
+
+
+async def history_parts(config: Config) -> tuple[ServiceModule, HistoryServicer]:
+    """The module, and its servicer for an in-process gateway (all-in-one)."""
     db = SqliteDatabase(config.server.data_dir / "history.sqlite3", store.MIGRATIONS)
     await db.open()
     committer = GroupCommitter(db, config.history.idempotency_window_seconds)
@@ -25,11 +31,12 @@ async def history_module(config: Config) -> ServiceModule:
         await committer.close()
         await db.close()
 
-    return ServiceModule(
+    module = ServiceModule(
         services=[SERVICE],
         register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
         close=close,
     )
+    return module, servicer
 
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:

@@ -83,6 +83,10 @@ class HistoryServicer:
     async def AppendEvents(
         self, request: history_pb2.AppendEventsRequest, context: Context
     ) -> history_pb2.AppendEventsResponse:
+        return await self.append(request)
+
+    async def append(self, request: history_pb2.AppendEventsRequest) -> history_pb2.AppendEventsResponse:
+        """AppendEvents itself; the all-in-one gateway calls it in process."""
         check_room_id(request.room_id)
         if not request.events:
             raise invalid_field("events", "is empty")

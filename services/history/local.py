@@ -1,0 +1,23 @@
+"""The history service in process, for a gateway on the same server (all-in-one).
+
+Same interface as the gateway's gRPC HistoryClient, without the round trip:
+the publish path is identical in both modes except for the transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from parley.history.v1 import history_pb2
+from services.history.servicer import HistoryServicer
+
+
+class InProcessHistory:
+    def __init__(self, servicer: HistoryServicer) -> None:
+        self._servicer = servicer
+
+    async def append(self, room_id: str, events: Sequence[history_pb2.NewEvent]) -> history_pb2.AppendEventsResponse:
+        return await self._servicer.append(history_pb2.AppendEventsRequest(room_id=room_id, events=events))
+
+    async def close(self) -> None:
+        """Nothing to close: the history module owns the servicer."""
