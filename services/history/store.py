@@ -2,8 +2,10 @@
 
 `events` is a WITHOUT ROWID table clustered by (room_id, seq), so a
 newest-first page is one short range scan; `events_by_name` serves pages of
-one event name. Every function runs inside the caller's transaction on the
-database thread.
+one event name. `room_logs.last_seq` is the sequence: every event takes the
+next number, but only kept events (history enabled) get a row, so a number
+without a row was a transient event. Every function runs inside the caller's
+transaction on the database thread.
 """
 
 from __future__ import annotations
@@ -59,12 +61,7 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_by_handle ON events(room_id, handle)")
 
 
-def _migration_4(db: sqlite_utils.Database) -> None:
-    # 0: the event holds its place in the sequence but was not kept (no history).
-    db.execute("ALTER TABLE events ADD COLUMN kept INTEGER NOT NULL DEFAULT 1")
-
-
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
+MIGRATIONS = [_migration_1, _migration_2, _migration_3]
 EVENT_COLUMNS = "seq, event, sender, handle, body"
 
 
@@ -94,7 +91,8 @@ class NewEventRow:
     handle: str
     body: bytes
     idempotency_key: str = ""
-    # Takes a sequence number but keeps nothing (body ignored).
+    # Takes a sequence number but keeps nothing (body ignored): no row is
+    # written, so a sequence without a row is a transient event.
     transient: bool = False
 
 
@@ -137,18 +135,11 @@ def append(
                 appended.append(Appended(earlier[0], earlier[1], duplicate=True))
                 continue
         last_seq += 1
-        db.execute(
-            f"INSERT INTO events (room_id, {EVENT_COLUMNS}, kept) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                room_id,
-                last_seq,
-                event.event,
-                event.sender,
-                event.handle,
-                b"" if event.transient else event.body,
-                0 if event.transient else 1,
-            ],
-        )
+        if not event.transient:
+            db.execute(
+                f"INSERT INTO events (room_id, {EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                [room_id, last_seq, event.event, event.sender, event.handle, event.body],
+            )
         if event.idempotency_key:
             db.execute(
                 "INSERT OR REPLACE INTO idempotency_keys (room_id, sender, key, seq, handle, created_at) "
@@ -165,7 +156,7 @@ def page_before(
     db: sqlite_utils.Database, room_id: str, before_seq: int, limit: int, event: str = ""
 ) -> list[EventRow]:
     """Up to `limit` events with seq < before_seq (0: no bound), newest first."""
-    where = ["room_id = ?", "kept = 1"]
+    where = ["room_id = ?"]
     params: list[object] = [room_id]
     if event:
         where.append("event = ?")
@@ -179,7 +170,7 @@ def page_before(
 
 def page_by_offset(db: sqlite_utils.Database, room_id: str, start: int, end: int, event: str = "") -> list[EventRow]:
     """Events [start, end) counting from the newest (0), newest first."""
-    where = "room_id = ? AND kept = 1 AND event = ?" if event else "room_id = ? AND kept = 1"
+    where = "room_id = ? AND event = ?" if event else "room_id = ?"
     params: list[object] = [room_id, event] if event else [room_id]
     sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?"
     return [EventRow(*row) for row in db.execute(sql, [*params, end - start, start]).fetchall()]
@@ -187,7 +178,7 @@ def page_by_offset(db: sqlite_utils.Database, room_id: str, start: int, end: int
 
 def event_by_handle(db: sqlite_utils.Database, room_id: str, handle: str) -> EventRow | None:
     row = db.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ? AND handle = ? AND kept = 1", [room_id, handle]
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ? AND handle = ?", [room_id, handle]
     ).fetchone()
     return None if row is None else EventRow(*row)
 
