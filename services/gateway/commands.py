@@ -8,11 +8,16 @@ import grpc
 
 from parley.api.v1 import errors_pb2, status_pb2
 from parley.gateway.v1 import gateway_pb2
+from parley.history.v1 import history_pb2
 from parley.hooks import JoinContext
+from parley.room.v1 import room_pb2
+from services.gateway import outbox as kinds
+from services.gateway import wire
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.connections import Connection, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
+from services.gateway.history_client import HistoryAppender
 from services.gateway.publishing import Publisher, payload_too_large
 from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
@@ -29,6 +34,36 @@ def status_of(error: ServiceError) -> status_pb2.Status:
     return status_pb2.Status(
         code=error.code.value[0], message=error.message, reason=error.reason, metadata=error.metadata
     )
+
+
+# A history read that returns no events, only the log's epoch and newest sequence.
+NOTHING_AFTER = 2**62
+
+
+def _room_event(room_id: str, logged: history_pb2.LoggedEvent) -> gateway_pb2.Event:
+    return gateway_pb2.Event(
+        room_id=room_id,
+        event=logged.event,
+        payload=logged.payload,
+        sender=logged.sender,
+        time_ms=logged.time_ms,
+        seq=logged.seq,
+        handle=logged.handle,
+        meta=logged.meta,
+    )
+
+
+def _sync_selection(events: list[history_pb2.LoggedEvent], last: int) -> list[history_pb2.LoggedEvent]:
+    """All of them, or the newest `last` of each event name, oldest first."""
+    if not last:
+        return events
+    chosen: list[history_pb2.LoggedEvent] = []
+    counts: dict[str, int] = {}
+    for event in reversed(events):
+        if counts.get(event.event, 0) < last:
+            counts[event.event] = counts.get(event.event, 0) + 1
+            chosen.append(event)
+    return chosen[::-1]
 
 
 def not_in_room(room_id: str) -> ServiceError:
@@ -53,6 +88,7 @@ class CommandHandler:
         feeds: RoomFeeds,
         directory: RoomDirectory,
         rooms: RoomClient,
+        history: HistoryAppender,
         publisher: Publisher,
         subjects: SubjectRouter,
         hooks: Hooks,
@@ -62,6 +98,7 @@ class CommandHandler:
         self._feeds = feeds
         self._directory = directory
         self._rooms = rooms
+        self._history = history
         self._publisher = publisher
         self._subjects = subjects
         self._hooks = hooks
@@ -81,7 +118,7 @@ class CommandHandler:
     ) -> None:
         command = request.WhichOneof("command")
         if command == "join":
-            reply.join.CopyFrom(await self.join(connection, request.join.room_id))
+            reply.join.CopyFrom(await self.join(connection, request.join))
         elif command == "leave":
             await self.leave(connection, request.leave.room_id)
         elif command == "subscribe":
@@ -103,7 +140,8 @@ class CommandHandler:
                 grpc.StatusCode.UNIMPLEMENTED, errors_pb2.ERROR_REASON_VALIDATION_FAILED, "unknown or missing command"
             )
 
-    async def join(self, connection: Connection, room_id: str) -> gateway_pb2.JoinResult:
+    async def join(self, connection: Connection, command: gateway_pb2.JoinCommand) -> gateway_pb2.JoinResult:
+        room_id = command.room_id
         check_room_id(room_id)
         if room_id in connection.rooms:
             room = self._directory.room(room_id) or await self._rooms.get(room_id)
@@ -128,13 +166,79 @@ class CommandHandler:
         self._directory.remember(joined.room)
         interest = Interest(list(joined.room.default_subscriptions))
         connection.rooms[room_id] = interest
+        # Live events are held while the log is read, then merged with it by sequence.
+        connection.held[room_id] = []
         self._feeds.add(room_id, connection)
+        try:
+            catch_up = await self._read_history(command, joined.room)
+        except BaseException:
+            connection.held.pop(room_id, None)
+            self.drop(connection, room_id)
+            await self._rooms.leave(room_id, connection.user_id, connection.session_id)
+            raise
+        result = gateway_pb2.JoinResult(
+            room=joined.room, subscriptions=interest.names(), epoch=catch_up.epoch, last_seq=catch_up.last_seq
+        )
+        self._deliver_catch_up(connection, joined.room, command, catch_up, result)
         if joined.first_connection:
             self._bus.publish(presence_frame(room_id, connection.user_id, True))
             await self._hooks.notify(
                 "on_joined", JoinContext(session_id=connection.session_id, user_id=connection.user_id, room_id=room_id)
             )
-        return gateway_pb2.JoinResult(room=joined.room, subscriptions=interest.names())
+        return result
+
+    async def _read_history(
+        self, command: gateway_pb2.JoinCommand, room: room_pb2.Room
+    ) -> history_pb2.ListEventsSinceResponse:
+        """The history read a join makes: the missed events (resume), the recent ones
+        (sync on join), or just the log's epoch and newest sequence."""
+        cap = self._config.replay_cap
+        if command.since_seq or command.epoch:
+            return await self._history.since(room.room_id, command.since_seq, cap + 1)
+        state = await self._history.since(room.room_id, NOTHING_AFTER, 1)
+        if not (room.sync_history_on_join.all or room.sync_history_on_join.last):
+            return state
+        # Kept events among the last `replay_cap` sequence numbers; newer ones are held live.
+        return await self._history.since(room.room_id, max(0, state.last_seq - cap), cap)
+
+    def _deliver_catch_up(
+        self,
+        connection: Connection,
+        room: room_pb2.Room,
+        command: gateway_pb2.JoinCommand,
+        catch_up: history_pb2.ListEventsSinceResponse,
+        result: gateway_pb2.JoinResult,
+    ) -> None:
+        """One HistoryBatch (replay or sync, merged with live events held meanwhile), then live again."""
+        room_id = room.room_id
+        interest = connection.rooms[room_id]
+        held = connection.held.pop(room_id, [])
+        resuming = bool(command.since_seq or command.epoch)
+        replayed: list[history_pb2.LoggedEvent] = []
+        kind = gateway_pb2.HistoryBatch.KIND_SYNC
+        if resuming:
+            kind = gateway_pb2.HistoryBatch.KIND_REPLAY
+            gap = catch_up.last_seq - command.since_seq
+            result.recovered = command.epoch == catch_up.epoch and 0 <= gap <= self._config.replay_cap
+            if result.recovered:
+                replayed = list(catch_up.events)
+        elif room.sync_history_on_join.all or room.sync_history_on_join.last:
+            replayed = _sync_selection(list(catch_up.events), room.sync_history_on_join.last)
+        merged = {e.seq: _room_event(room_id, e) for e in replayed if not e.deleted and interest.wants(e.event)}
+        for seq, data in held:
+            merged.setdefault(seq, gateway_pb2.Event.FromString(data))
+        if not resuming and not replayed:
+            for seq in sorted(merged):
+                connection.outbox.put(kinds.EVENT, wire.batch_item(merged[seq].SerializeToString()))
+            return
+        batch = gateway_pb2.HistoryBatch(
+            room_id=room_id,
+            kind=kind,
+            events=[merged[seq] for seq in sorted(merged)],
+            recovered=result.recovered,
+            epoch=catch_up.epoch,
+        )
+        connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(history=batch)), urgent=True)
 
     async def leave(self, connection: Connection, room_id: str) -> None:
         check_room_id(room_id)

@@ -64,6 +64,9 @@ class Connection:
     subjects: set[str] = dataclasses.field(default_factory=set)
     # The last subject message delivered (deduplicates overlapping patterns).
     last_subject_message: object = None
+    # Rooms whose history is being read for this connection: live events are
+    # held here (seq, encoded event) and merged with the history by sequence.
+    held: dict[str, list[tuple[int, bytes]]] = dataclasses.field(default_factory=dict)
 
 
 class ConnectionRegistry:

@@ -17,6 +17,7 @@ KIND = "kind"
 KIND_EVENT = "event"
 KIND_FRAME = "frame"  # a whole frame for every member (presence)
 EVENT_HEADER = "event"
+SEQ_HEADER = "seq"
 SKIP_SESSION = "skip"  # a publisher that asked not to receive its own events
 
 
@@ -49,7 +50,13 @@ class RoomFeed:
             if session_id == skip:
                 continue
             interest = member.rooms.get(room_id)
-            if interest is not None and interest.wants(event) and member.outbox.put(kinds.EVENT, item):
+            if interest is None or not interest.wants(event):
+                continue
+            held = member.held.get(room_id)
+            if held is not None:
+                held.append((int(headers[SEQ_HEADER]), message.data))
+                self.delivered += 1
+            elif member.outbox.put(kinds.EVENT, item):
                 self.delivered += 1
 
 

@@ -16,6 +16,8 @@ class HistoryAppender(Protocol):
         self, room_id: str, events: Sequence[history_pb2.NewEvent]
     ) -> history_pb2.AppendEventsResponse: ...
 
+    async def since(self, room_id: str, after_seq: int, limit: int) -> history_pb2.ListEventsSinceResponse: ...
+
     async def close(self) -> None: ...
 
 
@@ -25,3 +27,9 @@ class HistoryClient(PeerClient):
         stub = history_pb2_grpc.HistoryServiceStub(self.channel)
         request = history_pb2.AppendEventsRequest(room_id=room_id, events=events)
         return await self.call(stub.AppendEvents, request, "append to history")
+
+    async def since(self, room_id: str, after_seq: int, limit: int) -> history_pb2.ListEventsSinceResponse:
+        """Kept events after `after_seq`, oldest first, with the log's epoch and newest sequence."""
+        stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+        request = history_pb2.ListEventsSinceRequest(room_id=room_id, after_seq=after_seq, limit=limit)
+        return await self.call(stub.ListEventsSince, request, "read history")

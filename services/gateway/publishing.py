@@ -14,7 +14,7 @@ from parley.history.v1 import history_pb2
 from parley.hooks import PublishContext, Transform
 from parley.values import to_value
 from services.gateway.bus import Bus, BusMessage
-from services.gateway.feeds import EVENT_HEADER, KIND, KIND_EVENT, SKIP_SESSION, RoomFeeds, room_subject
+from services.gateway.feeds import EVENT_HEADER, KIND, KIND_EVENT, SEQ_HEADER, SKIP_SESSION, RoomFeeds, room_subject
 from services.gateway.history_client import HistoryAppender
 from services.room.definitions import EVENT_NAME
 from services.room.rules import ANY_EVENT, EventRules, to_json
@@ -133,7 +133,7 @@ class Publisher:
                 handle=placed.handle,
                 meta=outgoing.meta,
             )
-            headers = {KIND: KIND_EVENT, EVENT_HEADER: outgoing.event}
+            headers = {KIND: KIND_EVENT, EVENT_HEADER: outgoing.event, SEQ_HEADER: str(placed.seq)}
             if skip_session:
                 headers[SKIP_SESSION] = skip_session
             self._bus.publish(BusMessage(subject, event.SerializeToString(), headers))

@@ -71,7 +71,7 @@ class Realtime:
         self.publisher = Publisher(config, bus, self.feeds, hooks, history)
         self.subjects = SubjectRouter(bus)
         self.commands = CommandHandler(
-            config, bus, self.feeds, self.directory, rooms, self.publisher, self.subjects, hooks
+            config, bus, self.feeds, self.directory, rooms, history, self.publisher, self.subjects, hooks
         )
 
     # The Connect stream

@@ -19,5 +19,10 @@ class InProcessHistory:
     async def append(self, room_id: str, events: Sequence[history_pb2.NewEvent]) -> history_pb2.AppendEventsResponse:
         return await self._servicer.append(history_pb2.AppendEventsRequest(room_id=room_id, events=events))
 
+    async def since(self, room_id: str, after_seq: int, limit: int) -> history_pb2.ListEventsSinceResponse:
+        return await self._servicer.since(
+            history_pb2.ListEventsSinceRequest(room_id=room_id, after_seq=after_seq, limit=limit)
+        )
+
     async def close(self) -> None:
         """Nothing to close: the history module owns the servicer."""

@@ -171,6 +171,30 @@ class HistoryServicer:
 
         return await self._db.transaction(rewrite)
 
+    async def ListEventsSince(
+        self, request: history_pb2.ListEventsSinceRequest, context: Context
+    ) -> history_pb2.ListEventsSinceResponse:
+        return await self.since(request)
+
+    async def since(self, request: history_pb2.ListEventsSinceRequest) -> history_pb2.ListEventsSinceResponse:
+        """ListEventsSince itself; the all-in-one gateway calls it in process."""
+        check_room_id(request.room_id)
+        if request.limit < 0:
+            raise invalid_field("limit", "must not be negative")
+        limit = min(request.limit or self._config.max_page_size, self._config.max_page_size)
+        room_id, after = request.room_id, request.after_seq
+        rows, state = await self._db.run(
+            lambda db: (store.since(db, room_id, after, limit), store.log_state(db, room_id))
+        )
+        response = history_pb2.ListEventsSinceResponse(
+            epoch=state.epoch if state else "", last_seq=state.last_seq if state else 0
+        )
+        for row in rows:
+            event = response.events.add()
+            event.ParseFromString(row.body)
+            event.seq = row.seq
+        return response
+
     async def ListEvents(self, request: history_pb2.ListEventsRequest, context: Context) -> bytes:
         """A ListEventsResponse encoded by joining the stored event bodies (no decoding)."""
         check_room_id(request.room_id)

@@ -168,6 +168,12 @@ def page_before(
     return [EventRow(*row) for row in db.execute(sql, [*params, limit]).fetchall()]
 
 
+def since(db: sqlite_utils.Database, room_id: str, after_seq: int, limit: int) -> list[EventRow]:
+    """Up to `limit` kept events with seq > after_seq, oldest first."""
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+    return [EventRow(*row) for row in db.execute(sql, [room_id, after_seq, limit]).fetchall()]
+
+
 def page_by_offset(db: sqlite_utils.Database, room_id: str, start: int, end: int, event: str = "") -> list[EventRow]:
     """Events [start, end) counting from the newest (0), newest first."""
     where = "room_id = ? AND event = ?" if event else "room_id = ?"

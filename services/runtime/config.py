@@ -119,6 +119,8 @@ class GatewayConfig:
     events_per_window: int = 200
     window_seconds: int = 10
     max_rooms_per_connection: int = 100
+    # A resume replays at most this many missed events; beyond, recovered=false.
+    replay_cap: int = 1000
 
 
 @dataclasses.dataclass

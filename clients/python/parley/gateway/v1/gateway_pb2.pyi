@@ -281,15 +281,25 @@ class JoinCommand(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROOM_ID_FIELD_NUMBER: _builtins.int
+    SINCE_SEQ_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
+    since_seq: _builtins.int
+    """Resume: the last sequence this client saw in the room, and the room's
+    epoch then. Every kept event after it is sent (a HistoryBatch) before
+    live events, with no gap and no duplicate.
+    """
+    epoch: _builtins.str
     def __init__(
         self,
         *,
         room_id: _builtins.str = ...,
+        since_seq: _builtins.int = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "room_id", b"room_id", "since_seq", b"since_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -301,6 +311,17 @@ class JoinResult(_message.Message):
 
     ROOM_FIELD_NUMBER: _builtins.int
     SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    RECOVERED_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.str
+    """The room's log: its epoch and newest sequence at the join."""
+    last_seq: _builtins.int
+    recovered: _builtins.bool
+    """For a resume: true when every kept event since `since_seq` was replayed;
+    false when continuity cannot be proven (another epoch, or more missed
+    than the server replays) and the client should reload its history.
+    """
     @_builtins.property
     def room(self) -> _room_pb2.Room: ...
     @_builtins.property
@@ -312,10 +333,13 @@ class JoinResult(_message.Message):
         *,
         room: _room_pb2.Room | None = ...,
         subscriptions: _abc.Iterable[_builtins.str] | None = ...,
+        epoch: _builtins.str = ...,
+        last_seq: _builtins.int = ...,
+        recovered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["room", b"room", "subscriptions", b"subscriptions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "last_seq", b"last_seq", "recovered", b"recovered", "room", b"room", "subscriptions", b"subscriptions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,6 +709,58 @@ class Reply(_message.Message):
 Global___Reply: _TypeAlias = Reply  # noqa: Y015
 
 @_typing.final
+class HistoryBatch(_message.Message):
+    """Events from a room's log, oldest first: a replay after a resume, or the
+    history a room sends on join (sync_history_on_join).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[HistoryBatch._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: HistoryBatch._Kind.ValueType  # 0
+        KIND_REPLAY: HistoryBatch._Kind.ValueType  # 1
+        KIND_SYNC: HistoryBatch._Kind.ValueType  # 2
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: HistoryBatch.Kind.ValueType  # 0
+    KIND_REPLAY: HistoryBatch.Kind.ValueType  # 1
+    KIND_SYNC: HistoryBatch.Kind.ValueType  # 2
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    RECOVERED_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    kind: Global___HistoryBatch.Kind.ValueType
+    recovered: _builtins.bool
+    """For a replay: see JoinResult.recovered."""
+    epoch: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        kind: Global___HistoryBatch.Kind.ValueType = ...,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        recovered: _builtins.bool = ...,
+        epoch: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "events", b"events", "kind", b"kind", "recovered", b"recovered", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryBatch: _TypeAlias = HistoryBatch  # noqa: Y015
+
+@_typing.final
 class Presence(_message.Message):
     """Someone joined or left a room this connection is in."""
 
@@ -792,6 +868,7 @@ class ConnectResponse(_message.Message):
     SUBJECT_EVENTS_FIELD_NUMBER: _builtins.int
     DIRECT_MESSAGE_FIELD_NUMBER: _builtins.int
     GO_AWAY_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -808,6 +885,8 @@ class ConnectResponse(_message.Message):
     def direct_message(self) -> Global___DirectMessage: ...
     @_builtins.property
     def go_away(self) -> Global___GoAway: ...
+    @_builtins.property
+    def history(self) -> Global___HistoryBatch: ...
     def __init__(
         self,
         *,
@@ -819,12 +898,13 @@ class ConnectResponse(_message.Message):
         subject_events: Global___SubjectEventBatch | None = ...,
         direct_message: Global___DirectMessage | None = ...,
         go_away: Global___GoAway | None = ...,
+        history: Global___HistoryBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "events", b"events", "frame", b"frame", "go_away", b"go_away", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "events", b"events", "frame", b"frame", "go_away", b"go_away", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 

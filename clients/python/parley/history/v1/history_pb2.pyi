@@ -459,3 +459,59 @@ class DeleteEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteEventResponse: _TypeAlias = DeleteEventResponse  # noqa: Y015
+
+@_typing.final
+class ListEventsSinceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    after_seq: _builtins.int
+    """Events with a larger sequence."""
+    limit: _builtins.int
+    """At most this many (0 means history.max_page_size)."""
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsSinceRequest: _TypeAlias = ListEventsSinceRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsSinceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.str
+    last_seq: _builtins.int
+    """The log's newest sequence when this was read."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedEvent]:
+        """Oldest first; transient events (no history) are not in the log."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___LoggedEvent] | None = ...,
+        epoch: _builtins.str = ...,
+        last_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "events", b"events", "last_seq", b"last_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsSinceResponse: _TypeAlias = ListEventsSinceResponse  # noqa: Y015

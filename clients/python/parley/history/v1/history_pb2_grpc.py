@@ -52,6 +52,11 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.ListEventsSince = channel.unary_unary(
+                '/parley.history.v1.HistoryService/ListEventsSince',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsSinceRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsSinceResponse.FromString,
+                _registered_method=True)
         self.EditEvent = channel.unary_unary(
                 '/parley.history.v1.HistoryService/EditEvent',
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.EditEventRequest.SerializeToString,
@@ -96,6 +101,13 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEventsSince(self, request, context):
+        """Kept events after a sequence, oldest first (for resume and sync on join).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EditEvent(self, request, context):
         """Replaces an event's payload in place and records the edit time; only its
         sender may (NOT_AUTHOR otherwise).
@@ -129,6 +141,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'ListEventsSince': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEventsSince,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsSinceRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsSinceResponse.SerializeToString,
             ),
             'EditEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.EditEvent,
@@ -225,6 +242,33 @@ class HistoryService:
             '/parley.history.v1.HistoryService/ListEvents',
             parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEventsSince(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/ListEventsSince',
+            parley_dot_history_dot_v1_dot_history__pb2.ListEventsSinceRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.ListEventsSinceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,8 @@ class HistoryServiceStub:
     """A page of a room's log, newest first: by cursor (before_seq / page_token)
     or by offset (range), optionally only one event name.
     """
+    ListEventsSince: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListEventsSinceRequest, _history_pb2.ListEventsSinceResponse]
+    """Kept events after a sequence, oldest first (for resume and sync on join)."""
     EditEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]
     """Replaces an event's payload in place and records the edit time; only its
     sender may (NOT_AUTHOR otherwise).
@@ -81,6 +83,8 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     """A page of a room's log, newest first: by cursor (before_seq / page_token)
     or by offset (range), optionally only one event name.
     """
+    ListEventsSince: _aio.UnaryUnaryMultiCallable[_history_pb2.ListEventsSinceRequest, _history_pb2.ListEventsSinceResponse]  # type: ignore[assignment]
+    """Kept events after a sequence, oldest first (for resume and sync on join)."""
     EditEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]  # type: ignore[assignment]
     """Replaces an event's payload in place and records the edit time; only its
     sender may (NOT_AUTHOR otherwise).
@@ -127,6 +131,14 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         """A page of a room's log, newest first: by cursor (before_seq / page_token)
         or by offset (range), optionally only one event name.
         """
+
+    @_abc_1.abstractmethod
+    def ListEventsSince(
+        self,
+        request: _history_pb2.ListEventsSinceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.ListEventsSinceResponse, _abc.Awaitable[_history_pb2.ListEventsSinceResponse]]:
+        """Kept events after a sequence, oldest first (for resume and sync on join)."""
 
     @_abc_1.abstractmethod
     def EditEvent(
