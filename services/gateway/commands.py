@@ -40,7 +40,7 @@ def status_of(error: ServiceError) -> status_pb2.Status:
 NOTHING_AFTER = 2**62
 
 
-def _room_event(room_id: str, logged: history_pb2.LoggedEvent) -> gateway_pb2.Event:
+def _room_event(room_id: str, epoch: str, logged: history_pb2.LoggedEvent) -> gateway_pb2.Event:
     return gateway_pb2.Event(
         room_id=room_id,
         event=logged.event,
@@ -50,6 +50,7 @@ def _room_event(room_id: str, logged: history_pb2.LoggedEvent) -> gateway_pb2.Ev
         seq=logged.seq,
         handle=logged.handle,
         meta=logged.meta,
+        epoch=epoch,
     )
 
 
@@ -224,7 +225,11 @@ class CommandHandler:
                 replayed = list(catch_up.events)
         elif room.sync_history_on_join.all or room.sync_history_on_join.last:
             replayed = _sync_selection(list(catch_up.events), room.sync_history_on_join.last)
-        merged = {e.seq: _room_event(room_id, e) for e in replayed if not e.deleted and interest.wants(e.event)}
+        merged = {
+            e.seq: _room_event(room_id, catch_up.epoch, e)
+            for e in replayed
+            if not e.deleted and interest.wants(e.event)
+        }
         for seq, data in held:
             merged.setdefault(seq, gateway_pb2.Event.FromString(data))
         if not resuming and not replayed:

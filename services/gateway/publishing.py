@@ -132,6 +132,7 @@ class Publisher:
                 seq=placed.seq,
                 handle=placed.handle,
                 meta=outgoing.meta,
+                epoch=appended.epoch,
             )
             headers = {KIND: KIND_EVENT, EVENT_HEADER: outgoing.event, SEQ_HEADER: str(placed.seq)}
             if skip_session:

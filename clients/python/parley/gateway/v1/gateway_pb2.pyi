@@ -104,6 +104,7 @@ class Event(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     HANDLE_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     event: _builtins.str
     """The event name, e.g. "message"."""
@@ -115,6 +116,8 @@ class Event(_message.Message):
     """Position in the room, increasing by one per event."""
     handle: _builtins.str
     """Stable id of this event (for edits, deletes, replies)."""
+    epoch: _builtins.str
+    """The room log's epoch: resume with (epoch, seq) of the last event seen."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Value:
         """Any JSON value."""
@@ -132,10 +135,11 @@ class Event(_message.Message):
         seq: _builtins.int = ...,
         handle: _builtins.str = ...,
         meta: _struct_pb2.Struct | None = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handle", b"handle", "meta", b"meta", "payload", b"payload", "room_id", b"room_id", "sender", b"sender", "seq", b"seq", "time_ms", b"time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "event", b"event", "handle", b"handle", "meta", b"meta", "payload", b"payload", "room_id", b"room_id", "sender", b"sender", "seq", b"seq", "time_ms", b"time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
