@@ -232,6 +232,7 @@ class CommandHandler:
         }
         for seq, data in held:
             merged.setdefault(seq, gateway_pb2.Event.FromString(data))
+        connection.caught_up[room_id] = max([catch_up.last_seq, *merged])
         if not resuming and not replayed:
             for seq in sorted(merged):
                 connection.outbox.put(kinds.EVENT, wire.batch_item(merged[seq].SerializeToString()))
@@ -256,6 +257,7 @@ class CommandHandler:
     def drop(self, connection: Connection, room_id: str) -> None:
         """Takes the connection out of a room locally (the room service is told separately)."""
         connection.rooms.pop(room_id, None)
+        connection.caught_up.pop(room_id, None)
         self._feeds.remove(room_id, connection)
 
     async def announce_left(self, user_id: str, session_id: str, room_ids: list[str]) -> None:

@@ -67,6 +67,9 @@ class Connection:
     # Rooms whose history is being read for this connection: live events are
     # held here (seq, encoded event) and merged with the history by sequence.
     held: dict[str, list[tuple[int, bytes]]] = dataclasses.field(default_factory=dict)
+    # Per room, the sequence a catch-up (replay or sync) covered: an event the
+    # log already had then but whose fan-out comes later is not sent twice.
+    caught_up: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class ConnectionRegistry:

@@ -43,6 +43,7 @@ class RoomFeed:
                 member.outbox.put(kinds.FRAME, message.data)
             return
         event = headers[EVENT_HEADER]
+        seq = int(headers[SEQ_HEADER])
         skip = headers.get(SKIP_SESSION)
         item = wire.batch_item(message.data)
         room_id = self.room_id
@@ -52,9 +53,11 @@ class RoomFeed:
             interest = member.rooms.get(room_id)
             if interest is None or not interest.wants(event):
                 continue
+            if member.caught_up and seq <= member.caught_up.get(room_id, 0):
+                continue
             held = member.held.get(room_id)
             if held is not None:
-                held.append((int(headers[SEQ_HEADER]), message.data))
+                held.append((seq, message.data))
                 self.delivered += 1
             elif member.outbox.put(kinds.EVENT, item):
                 self.delivered += 1

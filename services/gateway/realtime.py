@@ -201,6 +201,7 @@ class Realtime:
         if change.kind == room_pb2.RoomChange.KIND_DELETED:
             for connection in self.feeds.forget_room(change.room.room_id):
                 connection.rooms.pop(change.room.room_id, None)
+                connection.caught_up.pop(change.room.room_id, None)
                 context = JoinContext(connection.session_id, connection.user_id, change.room.room_id)
                 await self.hooks.notify("on_left", context)
         frame = wire.frame(gateway_pb2.ConnectResponse(room_changed=gateway_pb2.RoomChanged(change=change)))
