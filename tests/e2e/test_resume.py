@@ -129,3 +129,25 @@ async def test_sync_on_join_sends_the_last_n_of_each_event(server: tuple[str, Cl
         batch = (await s.next_other("history")).history
         assert batch.kind == gateway_pb2.HistoryBatch.KIND_SYNC
         assert [(e.event, e.seq) for e in batch.events] == [("note", 5), ("pin", 6), ("note", 7), ("pin", 8)]
+
+
+async def test_the_sdk_resumes_where_it_left_off(server: tuple[str, Client, Client]) -> None:
+    _, ann, bo = server
+    room = await ann.join("chat")
+    published = await (await bo.join("chat")).trigger("message", {"n": 1})
+    first = await asyncio.wait_for(anext(room.events()), 5)
+    assert (first.seq, first.epoch != "") == (published.seq, True)
+    batches: list[tuple[str, list[int], bool]] = []
+    ann.on_history(lambda room_id, events, recovered: batches.append((room_id, [e.seq for e in events], recovered)))
+    await ann.close()  # the stream ends; the client remembers where it was
+    bo_room = await bo.join("chat")
+    missed = [(await bo_room.trigger("message", {"n": n})).seq for n in range(2, 5)]
+    again = await ann.join("chat")
+    assert again.recovered
+    events = again.events()
+    replayed = [(await asyncio.wait_for(anext(events), 5)).seq for _ in range(3)]
+    assert replayed == missed
+    live = await bo_room.trigger("message", {"n": 5})
+    assert (await asyncio.wait_for(anext(events), 5)).seq == live.seq
+    await asyncio.sleep(0.05)
+    assert batches == [("chat", missed, True)]

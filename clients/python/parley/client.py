@@ -33,7 +33,7 @@ from parley.gateway.v1 import gateway_pb2
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from parley.messages import Messages
 from parley.room.v1 import room_pb2, room_pb2_grpc
-from parley.rooms import Room, call_handler
+from parley.rooms import Room, RoomEvent, call_handler, room_event
 from parley.stream import ConnectStream
 
 T = TypeVar("T")
@@ -78,6 +78,8 @@ class Client:
         self._stream: ConnectStream | None = None
         self._stream_lock = asyncio.Lock()
         self._rooms: dict[str, Room] = {}
+        # (epoch, last seq) of rooms this client was in when its stream ended.
+        self._positions: dict[str, tuple[str, int]] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
         self.message = Messages(self)
@@ -298,25 +300,40 @@ class Client:
         response = await self._call(self.room_stub.ListParticipants, room_pb2.ListParticipantsRequest(room_id=room_id))
         return {p.user_id: list(p.session_ids) for p in response.participants}
 
-    async def join(self, room_id: str) -> Room:
-        """Joins a room over the realtime stream; returns its handle."""
+    async def join(self, room_id: str, *, resume: bool = True) -> Room:
+        """Joins a room over the realtime stream; returns its handle.
+
+        If this client was in the room before (e.g. before its stream ended), it
+        resumes from the last event it saw: every kept event it missed comes
+        first (`room.recovered` says whether that was possible), then live events.
+        """
         stream = await self.stream()
         room = self._rooms.get(room_id)
+        position = self._positions.get(room_id, ("", 0)) if resume else ("", 0)
         if room is None or not room.joined:
             # Registered before the command: events can arrive ahead of the reply.
             room = self._rooms[room_id] = Room(self, stream, room_pb2.Room(room_id=room_id), [])
+            room.epoch, room.last_seq = position
+        command = gateway_pb2.JoinCommand(room_id=room_id, epoch=position[0], since_seq=position[1])
         try:
-            reply = await stream.command(join=gateway_pb2.JoinCommand(room_id=room_id))
+            reply = await stream.command(join=command)
         except BaseException:
             if self._rooms.get(room_id) is room and not room.info.name:
                 del self._rooms[room_id]
             raise
         room.info = reply.join.room
         room.subscriptions = list(reply.join.subscriptions)
+        room.recovered = reply.join.recovered
+        if reply.join.last_seq > room.last_seq and not (position[1] and reply.join.recovered):
+            # A fresh start: resume later from the log's position at this join.
+            room.epoch, room.last_seq = reply.join.epoch, reply.join.last_seq
+        room.epoch = room.epoch or reply.join.epoch
         return room
 
     def forget_room(self, room_id: str) -> None:
+        """The room was left on purpose: a later join starts afresh."""
         self._rooms.pop(room_id, None)
+        self._positions.pop(room_id, None)
 
     # Realtime stream and its callbacks
 
@@ -337,6 +354,13 @@ class Client:
 
     def on_room_deleted(self, handler: Callable[[room_pb2.Room], Any]) -> None:
         self._callbacks["room_deleted"].append(handler)
+
+    def on_history(self, handler: Callable[[str, list[RoomEvent], bool], Any]) -> None:
+        """Calls `handler(room_id, events, recovered)` for each history batch (replay or sync on join).
+
+        The events are also delivered to the room's handlers and `events()`, in order.
+        """
+        self._callbacks["history"].append(handler)
 
     def on_direct_message(self, handler: Callable[[str, Any], Any]) -> None:
         """Calls `handler(sender, data)` for messages a backend sends to this connection."""
@@ -379,12 +403,21 @@ class Client:
         elif kind == "direct_message":
             message = frame.direct_message
             self._fire("direct_message", message.sender, json_format.MessageToDict(message.data))
+        elif kind == "history":
+            batch = frame.history
+            room = self._rooms.get(batch.room_id)
+            if room is not None:
+                for event in batch.events:
+                    room.dispatch(event)
+                room.recovered = batch.recovered
+            self._fire("history", batch.room_id, [room_event(e) for e in batch.events], batch.recovered)
         elif kind == "go_away":
             self._fire("error", error_from_status(frame.go_away.status))
 
     def _on_end(self, error: ParleyError | None) -> None:
         self._stream = None
         for room in self._rooms.values():
+            self._positions[room.id] = (room.epoch, room.last_seq)
             room.close()
         self._rooms.clear()
         self._fire("disconnect", error)

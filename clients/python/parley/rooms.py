@@ -35,6 +35,7 @@ class RoomEvent:
     seq: int
     handle: str
     meta: dict[str, Any]
+    epoch: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,7 @@ def room_event(event: gateway_pb2.Event) -> RoomEvent:
         seq=event.seq,
         handle=event.handle,
         meta=json_format.MessageToDict(event.meta) if event.HasField("meta") else {},
+        epoch=event.epoch,
     )
 
 
@@ -89,6 +91,11 @@ class Room:
         # the echo of a trigger) are kept for it, up to a bound.
         self._backlog: deque[RoomEvent] | None = deque(maxlen=BACKLOG_LIMIT)
         self.joined = True
+        # Where this client is in the room's log: a later join resumes from here.
+        self.epoch = ""
+        self.last_seq = 0
+        # After a resume: True when every missed kept event was replayed.
+        self.recovered = False
 
     @property
     def id(self) -> str:
@@ -182,6 +189,8 @@ class Room:
 
     def dispatch(self, event: gateway_pb2.Event) -> None:
         delivered = room_event(event)
+        if delivered.seq > self.last_seq:
+            self.last_seq, self.epoch = delivered.seq, delivered.epoch or self.epoch
         if self._backlog is not None:
             self._backlog.append(delivered)
         for queue in self._queues:
