@@ -54,6 +54,10 @@ def _room_event(room_id: str, epoch: str, logged: history_pb2.LoggedEvent) -> ga
     )
 
 
+def _resuming(command: gateway_pb2.JoinCommand) -> bool:
+    return command.resume or bool(command.since_seq or command.epoch)
+
+
 def _sync_selection(events: list[history_pb2.LoggedEvent], last: int) -> list[history_pb2.LoggedEvent]:
     """All of them, or the newest `last` of each event name, oldest first."""
     if not last:
@@ -194,7 +198,7 @@ class CommandHandler:
         """The history read a join makes: the missed events (resume), the recent ones
         (sync on join), or just the log's epoch and newest sequence."""
         cap = self._config.replay_cap
-        if command.since_seq or command.epoch:
+        if _resuming(command):
             return await self._history.since(room.room_id, command.since_seq, cap + 1)
         state = await self._history.since(room.room_id, NOTHING_AFTER, 1)
         if not (room.sync_history_on_join.all or room.sync_history_on_join.last):
@@ -214,13 +218,15 @@ class CommandHandler:
         room_id = room.room_id
         interest = connection.rooms[room_id]
         held = connection.held.pop(room_id, [])
-        resuming = bool(command.since_seq or command.epoch)
+        resuming = _resuming(command)
         replayed: list[history_pb2.LoggedEvent] = []
         kind = gateway_pb2.HistoryBatch.KIND_SYNC
         if resuming:
             kind = gateway_pb2.HistoryBatch.KIND_REPLAY
             gap = catch_up.last_seq - command.since_seq
-            result.recovered = command.epoch == catch_up.epoch and 0 <= gap <= self._config.replay_cap
+            # An empty epoch at 0: the log did not exist yet, so any epoch now continues it.
+            same_log = command.epoch == catch_up.epoch or (not command.epoch and not command.since_seq)
+            result.recovered = same_log and 0 <= gap <= self._config.replay_cap
             if result.recovered:
                 replayed = list(catch_up.events)
         elif room.sync_history_on_join.all or room.sync_history_on_join.last:

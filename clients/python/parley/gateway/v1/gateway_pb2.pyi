@@ -287,6 +287,7 @@ class JoinCommand(_message.Message):
     ROOM_ID_FIELD_NUMBER: _builtins.int
     SINCE_SEQ_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     since_seq: _builtins.int
     """Resume: the last sequence this client saw in the room, and the room's
@@ -294,16 +295,21 @@ class JoinCommand(_message.Message):
     live events, with no gap and no duplicate.
     """
     epoch: _builtins.str
+    resume: _builtins.bool
+    """Resume even from nothing (since_seq 0, no epoch: the room's log was empty
+    when this client last saw it). Implied by a since_seq or an epoch.
+    """
     def __init__(
         self,
         *,
         room_id: _builtins.str = ...,
         since_seq: _builtins.int = ...,
         epoch: _builtins.str = ...,
+        resume: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "room_id", b"room_id", "since_seq", b"since_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "resume", b"resume", "room_id", b"room_id", "since_seq", b"since_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
