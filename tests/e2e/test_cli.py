@@ -31,6 +31,7 @@ COMMANDS = [
     ["listen"],
     ["send"],
     ["chat"],
+    ["history"],
     ["pub"],
     ["sub"],
 ]

@@ -13,7 +13,7 @@ import pytest
 
 from parley import Client
 from services import allinone
-from services.runtime.config import RoomDefinition
+from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
 from tests.support import make_config, running
 
 
@@ -67,7 +67,8 @@ async def stop(process: asyncio.subprocess.Process) -> None:
 
 @pytest.fixture
 async def setup(data_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[Cli, Cli]]:
-    config = make_config(data_dir, rooms=[RoomDefinition(id="chat")])
+    kept = RoomDefinition(id="kept", events=[EventDefinition(name="*", history=HistorySettings(enabled=True))])
+    config = make_config(data_dir, rooms=[RoomDefinition(id="chat"), kept])
     async with running(allinone.create_server, config) as (_, address):
         for name in ("ann", "ben"):
             async with Client(address, username=name, key_file=tmp_path / f"{name}.json"):
@@ -81,7 +82,7 @@ async def test_rooms_list_create_delete(setup: tuple[Cli, Cli]) -> None:
     assert (code, out.strip()) == (0, "created room games"), err
     code, out, _ = await ann.run("rooms", "list")
     lines = out.splitlines()
-    assert [line.split()[0] for line in lines] == ["chat", "games"]
+    assert [line.split()[0] for line in lines] == ["chat", "games", "kept"]
     assert "0/4" in lines[1]
     code, _, err = await ben.run("rooms", "delete", "games")
     assert code == 1
@@ -154,3 +155,23 @@ async def test_chat_shows_what_others_say(setup: tuple[Cli, Cli]) -> None:
         assert await asyncio.wait_for(chat.wait(), 20) == 0
     finally:
         await stop(chat)
+
+
+async def test_history_prints_kept_events_newest_first(setup: tuple[Cli, Cli]) -> None:
+    ann, ben = setup
+    for n in range(4):
+        code, _, err = await ann.run("send", "kept", "note" if n % 2 else "message", json.dumps({"n": n}))
+        assert code == 0, err
+    code, out, err = await ben.run("history", "kept", "--limit", "3")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(line["event"], line["data"], line["seq"]) for line in lines] == [
+        ("note", {"n": 3}, 4),
+        ("message", {"n": 2}, 3),
+        ("note", {"n": 1}, 2),
+    ]
+    code, out, _ = await ben.run("history", "kept", "--event", "message", "--before", "3")
+    assert [json.loads(line)["data"] for line in out.splitlines()] == [{"n": 0}]
+    code, _, err = await ben.run("history", "kept", "--limit", "-2")
+    assert code == 2
+    assert "negative" in err

@@ -30,10 +30,11 @@ from parley.errors import (
     error_from_status,
 )
 from parley.gateway.v1 import gateway_pb2
+from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from parley.messages import Messages
 from parley.room.v1 import room_pb2, room_pb2_grpc
-from parley.rooms import Room, RoomEvent, call_handler, room_event
+from parley.rooms import Room, RoomEvent, call_handler, logged_event, room_event
 from parley.stream import ConnectStream
 
 T = TypeVar("T")
@@ -332,6 +333,44 @@ class Client:
             room.epoch, room.last_seq = reply.join.epoch, reply.join.last_seq
         room.epoch = room.epoch or reply.join.epoch
         return room
+
+    # History
+
+    @property
+    def history_stub(self) -> history_pb2_grpc.HistoryServiceAsyncStub:
+        """The generated HistoryService stub on this client's channel."""
+        return history_pb2_grpc.HistoryServiceStub(self._open_channel())
+
+    async def history(self, room_id: str, *, limit: int = 50, before: int = 0, event: str = "") -> list[RoomEvent]:
+        """A room's kept events, newest first, without joining it.
+
+        Up to `limit` events (several pages when the server's page is smaller)
+        with a sequence below `before` (0: from the newest), only `event` if given.
+        Page further back with `before=events[-1].seq`.
+        """
+        if limit < 0 or before < 0:
+            raise ParleyError(grpc.StatusCode.INVALID_ARGUMENT, "", "limit and before must not be negative")
+        events: list[RoomEvent] = []
+        request = history_pb2.ListEventsRequest(room_id=room_id, before_seq=before, event=event)
+        while len(events) < limit:
+            request.page_size = limit - len(events)
+            page = await self._call(self.history_stub.ListEvents, request)
+            events += [logged_event(room_id, page.epoch, e) for e in page.events]
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+        return events
+
+    async def get_history(self, room_id: str, event: str = "", start: int = 0, end: int = 50) -> list[RoomEvent]:
+        """Kept events by offset, newest first: offsets `start` to `end` (exclusive), 0 the newest.
+
+        With `event`, offsets count only that event's entries (the seed's `getHistory`).
+        """
+        request = history_pb2.ListEventsRequest(
+            room_id=room_id, event=event, range=history_pb2.OffsetRange(start=start, end=end)
+        )
+        page = await self._call(self.history_stub.ListEvents, request)
+        return [logged_event(room_id, page.epoch, e) for e in page.events]
 
     def forget_room(self, room_id: str) -> None:
         """The room was left on purpose: a later join starts afresh."""

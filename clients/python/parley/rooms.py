@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import json_format
 
 from parley.gateway.v1 import gateway_pb2
+from parley.history.v1 import history_pb2
 from parley.room.v1 import room_pb2
 from parley.values import to_struct, to_value
 
@@ -36,6 +37,10 @@ class RoomEvent:
     handle: str
     meta: dict[str, Any]
     epoch: str = ""
+    # From the history log only: when the payload was last edited (ms), and
+    # whether the event was deleted (then data is None and meta empty).
+    edit_time_ms: int = 0
+    deleted: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,22 @@ def room_event(event: gateway_pb2.Event) -> RoomEvent:
         handle=event.handle,
         meta=json_format.MessageToDict(event.meta) if event.HasField("meta") else {},
         epoch=event.epoch,
+    )
+
+
+def logged_event(room_id: str, epoch: str, event: history_pb2.LoggedEvent) -> RoomEvent:
+    return RoomEvent(
+        room_id=room_id,
+        event=event.event,
+        data=json_format.MessageToDict(event.payload) if event.HasField("payload") else None,
+        sender=event.sender,
+        time_ms=event.time_ms,
+        seq=event.seq,
+        handle=event.handle,
+        meta=json_format.MessageToDict(event.meta) if event.HasField("meta") else {},
+        epoch=epoch,
+        edit_time_ms=event.edit_time_ms,
+        deleted=event.deleted,
     )
 
 
@@ -175,6 +196,14 @@ class Room:
     async def participants(self) -> dict[str, list[str]]:
         """Who is in the room: user id -> their connections (session ids)."""
         return await self._client.participants(self.id)
+
+    async def history(self, *, limit: int = 50, before: int = 0, event: str = "") -> list[RoomEvent]:
+        """Kept events newest first: up to `limit`, below sequence `before` (0: from the newest)."""
+        return await self._client.history(self.id, limit=limit, before=before, event=event)
+
+    async def get_history(self, event: str = "", start: int = 0, end: int = 50) -> list[RoomEvent]:
+        """Kept events by offset, newest first: `start` 0 is the newest (of `event`, or of all)."""
+        return await self._client.get_history(self.id, event, start, end)
 
     async def leave(self) -> None:
         """Leaves the room; `events()` iterators end."""

@@ -133,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("event", metavar="EVENT")
     send.add_argument("data", metavar="JSON", help='the payload, e.g. \'{"text": "hi"}\'')
 
+    history = commands.add_parser(
+        "history",
+        help="print a room's kept events as JSON lines",
+        description="Print ROOM's kept events, newest first, one JSON line each (no need to join).",
+    )
+    history.add_argument("room_id", metavar="ROOM")
+    history.add_argument("--event", default="", help="only this event")
+    history.add_argument("--limit", type=_not_negative, default=50, help="at most this many (default: 50)")
+    history.add_argument("--before", type=_not_negative, default=0, help="only events with a smaller sequence")
+
     chat = commands.add_parser(
         "chat",
         help="chat in a room from the terminal",
@@ -202,6 +212,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
             await realtime.listen(client, args.room_id, args.event)
         elif args.command == "send":
             await realtime.send(client, args.room_id, args.event, data)
+        elif args.command == "history":
+            for event in await client.history(args.room_id, limit=args.limit, before=args.before, event=args.event):
+                print(realtime.event_line(event))
         elif args.command == "chat":
             await realtime.chat(client, args.room_id, args.event)
         elif args.command == "pub":
@@ -253,6 +266,16 @@ async def _devices(client: Client, args: argparse.Namespace) -> None:
             state = "revoked" if device.HasField("revoke_time") else "active"
             mine = " (this device)" if device.device_id == client.device_id else ""
             print(f"{device.device_id}  {state:7}  {device.display_name or '-'}{mine}")
+
+
+def _not_negative(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return number
 
 
 def _existing_key_file(path: Path) -> Path:

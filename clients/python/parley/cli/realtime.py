@@ -30,6 +30,8 @@ def event_line(event: RoomEvent) -> str:
             "seq": event.seq,
             "handle": event.handle,
             "meta": event.meta,
+            **({"edit_time_ms": event.edit_time_ms} if event.edit_time_ms else {}),
+            **({"deleted": True} if event.deleted else {}),
         }
     )
 
