@@ -14,6 +14,7 @@ from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.bus import Bus, BusMessage
+from services.gateway.changes import EventChanges
 from services.gateway.connections import Connection, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
@@ -95,6 +96,7 @@ class CommandHandler:
         rooms: RoomClient,
         history: HistoryAppender,
         publisher: Publisher,
+        changes: EventChanges,
         subjects: SubjectRouter,
         hooks: Hooks,
     ) -> None:
@@ -105,6 +107,7 @@ class CommandHandler:
         self._rooms = rooms
         self._history = history
         self._publisher = publisher
+        self._changes = changes
         self._subjects = subjects
         self._hooks = hooks
         self._subject_limit = RateLimiter(config.events_per_window, float(config.window_seconds))
@@ -138,6 +141,10 @@ class CommandHandler:
             self._subjects.unsubscribe(connection, request.subject_unsubscribe.subject)
         elif command == "subject_publish":
             self._subject_publish(connection, request.subject_publish)
+        elif command == "edit":
+            reply.changed.CopyFrom(await self.edit(connection, request.edit))
+        elif command == "delete":
+            reply.changed.CopyFrom(await self.delete(connection, request.delete))
         elif command == "ping":
             return
         else:
@@ -313,6 +320,15 @@ class CommandHandler:
         return await self._publisher.publish_from_client(
             rules, command.room_id, command.events, connection.user_id, connection.session_id, command.no_echo
         )
+
+    async def edit(self, connection: Connection, command: gateway_pb2.EditCommand) -> gateway_pb2.EventChanged:
+        self._interest(connection, command.room_id)
+        rules = await self.rules(command.room_id)
+        return await self._changes.edit(rules, command.room_id, command.handle, command.payload, connection.user_id)
+
+    async def delete(self, connection: Connection, command: gateway_pb2.DeleteCommand) -> gateway_pb2.EventChanged:
+        self._interest(connection, command.room_id)
+        return await self._changes.delete(command.room_id, command.handle, connection.user_id)
 
     async def rules(self, room_id: str) -> EventRules:
         rules = self._directory.rules(room_id)

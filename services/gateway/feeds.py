@@ -16,6 +16,7 @@ from services.gateway.connections import Connection
 KIND = "kind"
 KIND_EVENT = "event"
 KIND_FRAME = "frame"  # a whole frame for every member (presence)
+KIND_CHANGE = "change"  # a whole frame for members subscribed to the event (edits, deletes)
 EVENT_HEADER = "event"
 SEQ_HEADER = "seq"
 SKIP_SESSION = "skip"  # a publisher that asked not to receive its own events
@@ -43,6 +44,12 @@ class RoomFeed:
                 member.outbox.put(kinds.FRAME, message.data)
             return
         event = headers[EVENT_HEADER]
+        if headers.get(KIND) == KIND_CHANGE:
+            for member in self.members.values():
+                interest = member.rooms.get(self.room_id)
+                if interest is not None and interest.wants(event):
+                    member.outbox.put(kinds.FRAME, message.data)
+            return
         seq = int(headers[SEQ_HEADER])
         skip = headers.get(SKIP_SESSION)
         item = wire.batch_item(message.data)

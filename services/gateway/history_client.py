@@ -10,13 +10,19 @@ from services.gateway.peer_client import PeerClient
 
 
 class HistoryAppender(Protocol):
-    """Where the publish path appends: the history service over gRPC, or in process."""
+    """The history service as the gateway uses it: over gRPC, or in process (all-in-one)."""
 
     async def append(
         self, room_id: str, events: Sequence[history_pb2.NewEvent]
     ) -> history_pb2.AppendEventsResponse: ...
 
     async def since(self, room_id: str, after_seq: int, limit: int) -> history_pb2.ListEventsSinceResponse: ...
+
+    async def get(self, room_id: str, handle: str) -> history_pb2.GetEventResponse: ...
+
+    async def edit(self, request: history_pb2.EditEventRequest) -> history_pb2.EditEventResponse: ...
+
+    async def delete(self, request: history_pb2.DeleteEventRequest) -> history_pb2.DeleteEventResponse: ...
 
     async def close(self) -> None: ...
 
@@ -33,3 +39,16 @@ class HistoryClient(PeerClient):
         stub = history_pb2_grpc.HistoryServiceStub(self.channel)
         request = history_pb2.ListEventsSinceRequest(room_id=room_id, after_seq=after_seq, limit=limit)
         return await self.call(stub.ListEventsSince, request, "read history")
+
+    async def get(self, room_id: str, handle: str) -> history_pb2.GetEventResponse:
+        stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+        request = history_pb2.GetEventRequest(room_id=room_id, handle=handle)
+        return await self.call(stub.GetEvent, request, "read history")
+
+    async def edit(self, request: history_pb2.EditEventRequest) -> history_pb2.EditEventResponse:
+        stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+        return await self.call(stub.EditEvent, request, "edit an event")
+
+    async def delete(self, request: history_pb2.DeleteEventRequest) -> history_pb2.DeleteEventResponse:
+        stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+        return await self.call(stub.DeleteEvent, request, "delete an event")

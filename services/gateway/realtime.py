@@ -18,6 +18,7 @@ from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.bus import Bus, BusMessage
+from services.gateway.changes import EventChanges
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
@@ -71,7 +72,16 @@ class Realtime:
         self.publisher = Publisher(config, bus, self.feeds, hooks, history)
         self.subjects = SubjectRouter(bus)
         self.commands = CommandHandler(
-            config, bus, self.feeds, self.directory, rooms, history, self.publisher, self.subjects, hooks
+            config,
+            bus,
+            self.feeds,
+            self.directory,
+            rooms,
+            history,
+            self.publisher,
+            EventChanges(config, bus, history),
+            self.subjects,
+            hooks,
         )
 
     # The Connect stream

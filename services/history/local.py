@@ -24,5 +24,14 @@ class InProcessHistory:
             history_pb2.ListEventsSinceRequest(room_id=room_id, after_seq=after_seq, limit=limit)
         )
 
+    async def get(self, room_id: str, handle: str) -> history_pb2.GetEventResponse:
+        return await self._servicer.get(history_pb2.GetEventRequest(room_id=room_id, handle=handle))
+
+    async def edit(self, request: history_pb2.EditEventRequest) -> history_pb2.EditEventResponse:
+        return await self._servicer.edit(request)
+
+    async def delete(self, request: history_pb2.DeleteEventRequest) -> history_pb2.DeleteEventResponse:
+        return await self._servicer.delete(request)
+
     async def close(self) -> None:
         """Nothing to close: the history module owns the servicer."""

@@ -8,13 +8,12 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-from parley.api.v1 import errors_pb2
 from parley.history.v1 import history_pb2
 from services.history import store
 from services.history.appender import GroupCommitter
 from services.runtime import protowire
 from services.runtime.config import HistoryConfig
-from services.runtime.errors import ServiceError, invalid_field, not_found, permission_denied
+from services.runtime.errors import event_not_found, invalid_field, not_author
 from services.runtime.grpc_types import Context
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.timestamps import to_timestamp
@@ -46,12 +45,6 @@ def decode_cursor(token: str) -> int:
 
 _EVENTS_FIELD = history_pb2.ListEventsResponse.EVENTS_FIELD_NUMBER
 _SEQ_FIELD = history_pb2.LoggedEvent.SEQ_FIELD_NUMBER
-
-
-def event_not_found(room_id: str, handle: str, why: str = "") -> ServiceError:
-    return not_found(
-        errors_pb2.ERROR_REASON_EVENT_NOT_FOUND, f"no event {handle!r} in room {room_id!r}{why}", handle=handle
-    )
 
 
 def page_item(row: store.EventRow) -> bytes:
@@ -123,6 +116,11 @@ class HistoryServicer:
         )
 
     async def EditEvent(self, request: history_pb2.EditEventRequest, context: Context) -> history_pb2.EditEventResponse:
+        return await self.edit(request)
+
+    async def edit(self, request: history_pb2.EditEventRequest) -> history_pb2.EditEventResponse:
+        """EditEvent itself; the all-in-one gateway calls it in process."""
+
         def change(event: history_pb2.LoggedEvent, now_ms: int) -> None:
             event.payload.CopyFrom(request.payload)
             event.edit_time_ms = now_ms
@@ -134,6 +132,11 @@ class HistoryServicer:
     async def DeleteEvent(
         self, request: history_pb2.DeleteEventRequest, context: Context
     ) -> history_pb2.DeleteEventResponse:
+        return await self.delete(request)
+
+    async def delete(self, request: history_pb2.DeleteEventRequest) -> history_pb2.DeleteEventResponse:
+        """DeleteEvent itself; the all-in-one gateway calls it in process."""
+
         def tombstone(event: history_pb2.LoggedEvent, now_ms: int) -> None:
             event.ClearField("payload")
             event.ClearField("meta")
@@ -143,6 +146,24 @@ class HistoryServicer:
         return history_pb2.DeleteEventResponse(
             event=await self._rewrite(request.room_id, request.handle, request.editor, tombstone)
         )
+
+    async def GetEvent(self, request: history_pb2.GetEventRequest, context: Context) -> history_pb2.GetEventResponse:
+        return await self.get(request)
+
+    async def get(self, request: history_pb2.GetEventRequest) -> history_pb2.GetEventResponse:
+        """GetEvent itself; the all-in-one gateway calls it in process."""
+        check_room_id(request.room_id)
+        if not request.handle:
+            raise invalid_field("handle", "is required")
+        room_id, handle = request.room_id, request.handle
+        row, state = await self._db.run(
+            lambda db: (store.event_by_handle(db, room_id, handle), store.log_state(db, room_id))
+        )
+        if row is None:
+            raise event_not_found(room_id, handle)
+        event = history_pb2.LoggedEvent.FromString(row.body)
+        event.seq = row.seq
+        return history_pb2.GetEventResponse(event=event, epoch=state.epoch if state else "")
 
     async def _rewrite(
         self, room_id: str, handle: str, editor: str, change: Callable[[history_pb2.LoggedEvent, int], None]
@@ -163,7 +184,7 @@ class HistoryServicer:
             if event.deleted:
                 raise event_not_found(room_id, handle, " (it was deleted)")
             if row.sender != editor:
-                raise permission_denied(errors_pb2.ERROR_REASON_NOT_AUTHOR, "only the sender may change an event")
+                raise not_author()
             change(event, now_ms)
             store.replace_body(db, room_id, row.seq, event.SerializeToString())
             event.seq = row.seq

@@ -62,6 +62,16 @@ def not_found(reason: Reason, message: str, **metadata: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.NOT_FOUND, reason, message, **metadata)
 
 
+def event_not_found(room_id: str, handle: str, why: str = "") -> ServiceError:
+    return not_found(
+        errors_pb2.ERROR_REASON_EVENT_NOT_FOUND, f"no event {handle!r} in room {room_id!r}{why}", handle=handle
+    )
+
+
+def not_author() -> ServiceError:
+    return permission_denied(errors_pb2.ERROR_REASON_NOT_AUTHOR, "only the sender may change an event")
+
+
 def already_exists(reason: Reason, message: str, **metadata: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.ALREADY_EXISTS, reason, message, **metadata)
 

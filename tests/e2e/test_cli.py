@@ -32,6 +32,8 @@ COMMANDS = [
     ["send"],
     ["chat"],
     ["history"],
+    ["edit"],
+    ["delete"],
     ["pub"],
     ["sub"],
 ]

@@ -175,3 +175,24 @@ async def test_history_prints_kept_events_newest_first(setup: tuple[Cli, Cli]) -
     code, _, err = await ben.run("history", "kept", "--limit", "-2")
     assert code == 2
     assert "negative" in err
+
+
+async def test_edit_and_delete_from_the_command_line(setup: tuple[Cli, Cli]) -> None:
+    ann, ben = setup
+    code, out, err = await ann.run("send", "kept", "message", '{"text": "typo"}')
+    assert code == 0, err
+    handle = json.loads(out)["handle"]
+    code, out, err = await ben.run("edit", "kept", handle, '{"text": "not mine"}')
+    assert code == 1
+    assert "NOT_AUTHOR" in err
+    code, out, err = await ann.run("edit", "kept", handle, '{"text": "fixed"}')
+    assert code == 0, err
+    assert json.loads(out)["data"] == {"text": "fixed"}
+    code, out, _ = await ann.run("history", "kept", "--limit", "1")
+    assert json.loads(out)["data"] == {"text": "fixed"}
+    assert "edit_time_ms" in json.loads(out)
+    code, out, err = await ann.run("delete", "kept", handle)
+    assert code == 0, err
+    assert json.loads(out)["deleted"] is True
+    code, out, _ = await ann.run("history", "kept", "--limit", "1")
+    assert json.loads(out)["deleted"] is True

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parley import Client, UnavailableError
+from parley import Client, EventChange, UnavailableError
 from parley.file.v1 import file_pb2, file_pb2_grpc
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -28,6 +28,10 @@ challenges_per_minute = 6
 id = "lobby"
 name = "Lobby"
 description = "Say hello"
+
+  [[rooms.events]]
+  name = "*"
+  history = { enabled = true }
 """
 
 
@@ -205,6 +209,12 @@ async def test_rooms_and_events_through_the_gateway(cluster: Cluster) -> None:
         event = await asyncio.wait_for(anext(lobby_for_tom.events()), 5)
         assert (event.data, event.seq, event.sender) == ({"text": "split hello"}, published.seq, sally.user_id)
         assert set(await lobby_for_tom.participants()) == {sally.user_id, tom.user_id}
+        edits: asyncio.Queue[EventChange] = asyncio.Queue()
+        lobby_for_tom.on_edited(edits.put_nowait)
+        await lobby_for_sally.edit(published.handle, {"text": "split hello, edited"})
+        assert (await asyncio.wait_for(edits.get(), 5)).data == {"text": "split hello, edited"}
+        (kept,) = await tom.history("lobby")
+        assert (kept.handle, kept.data) == (published.handle, {"text": "split hello, edited"})
         await sally.create_room("split-room")
         assert await asyncio.wait_for(created.get(), 5) == "split-room"
 

@@ -17,12 +17,13 @@ from parley.errors import (
     ValidationError,
 )
 from parley.messages import SubjectMessage
-from parley.rooms import Published, Room, RoomEvent
+from parley.rooms import EventChange, Published, Room, RoomEvent
 
 __all__ = [
     "AlreadyExistsError",
     "Client",
     "DeviceIdentity",
+    "EventChange",
     "NotFoundError",
     "ParleyError",
     "PermissionDeniedError",

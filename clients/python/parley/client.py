@@ -453,6 +453,10 @@ class Client:
                     room.dispatch(event)
                 room.recovered = batch.recovered
             self._fire("history", batch.room_id, [room_event(e) for e in batch.events], batch.recovered)
+        elif kind == "event_changed":
+            room = self._rooms.get(frame.event_changed.room_id)
+            if room is not None:
+                room.dispatch_change(frame.event_changed)
         elif kind == "go_away":
             self._fire("error", error_from_status(frame.go_away.status))
 

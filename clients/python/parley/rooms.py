@@ -51,7 +51,22 @@ class Published:
     handle: str
 
 
+@dataclasses.dataclass(frozen=True)
+class EventChange:
+    """A kept event its sender edited (`data` is the new payload) or deleted (`data` is None)."""
+
+    room_id: str
+    handle: str
+    seq: int
+    event: str
+    sender: str
+    deleted: bool
+    data: Any
+    time_ms: int
+
+
 Handler = Callable[[RoomEvent], Awaitable[None] | None]
+ChangeHandler = Callable[[EventChange], Awaitable[None] | None]
 PresenceHandler = Callable[[str, bool], Awaitable[None] | None]
 
 
@@ -85,6 +100,19 @@ def logged_event(room_id: str, epoch: str, event: history_pb2.LoggedEvent) -> Ro
     )
 
 
+def event_change(change: gateway_pb2.EventChanged) -> EventChange:
+    return EventChange(
+        room_id=change.room_id,
+        handle=change.handle,
+        seq=change.seq,
+        event=change.event,
+        sender=change.sender,
+        deleted=change.kind == gateway_pb2.EventChanged.KIND_DELETED,
+        data=json_format.MessageToDict(change.payload) if change.HasField("payload") else None,
+        time_ms=change.change_time_ms,
+    )
+
+
 async def call_handler(handler: Callable[..., Awaitable[None] | None], *args: Any) -> None:
     try:
         result = handler(*args)
@@ -107,6 +135,7 @@ class Room:
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._any: list[Handler] = []
         self._presence: list[PresenceHandler] = []
+        self._changes: dict[bool, list[ChangeHandler]] = defaultdict(list)
         self._queues: list[asyncio.Queue[RoomEvent | None]] = []
         # Events that arrive before the first `events()` iterator starts (e.g.
         # the echo of a trigger) are kept for it, up to a bound.
@@ -133,6 +162,14 @@ class Room:
     def on_presence(self, handler: PresenceHandler) -> None:
         """Calls `handler(user_id, joined)` when someone joins or leaves."""
         self._presence.append(handler)
+
+    def on_edited(self, handler: ChangeHandler) -> None:
+        """Calls `handler(change)` when a kept event you are subscribed to is edited."""
+        self._changes[False].append(handler)
+
+    def on_deleted(self, handler: ChangeHandler) -> None:
+        """Calls `handler(change)` when a kept event you are subscribed to is deleted."""
+        self._changes[True].append(handler)
 
     async def events(self) -> AsyncIterator[RoomEvent]:
         """Events until the room is left: `async for ev in room.events()`.
@@ -173,6 +210,18 @@ class Room:
             publish=gateway_pb2.PublishCommand(room_id=self.id, events=outgoing, no_echo=not echo)
         )
         return [Published(seq, handle) for seq, handle in zip(reply.publish.seqs, reply.publish.handles, strict=True)]
+
+    async def edit(self, handle: str, data: Any) -> EventChange:
+        """Replaces the payload of a kept event you sent (it must pass the event's schema)."""
+        reply = await self._stream.command(
+            edit=gateway_pb2.EditCommand(room_id=self.id, handle=handle, payload=to_value(data))
+        )
+        return event_change(reply.changed)
+
+    async def delete(self, handle: str) -> EventChange:
+        """Deletes a kept event you sent; the log keeps a tombstone in its place."""
+        reply = await self._stream.command(delete=gateway_pb2.DeleteCommand(room_id=self.id, handle=handle))
+        return event_change(reply.changed)
 
     async def subscribe(self, *events: str) -> list[str]:
         """Receives these events too; returns the subscriptions now in force."""
@@ -226,6 +275,11 @@ class Room:
             queue.put_nowait(delivered)
         for handler in [*self._handlers.get(delivered.event, ()), *self._any]:
             self._client.spawn(call_handler(handler, delivered))
+
+    def dispatch_change(self, change: gateway_pb2.EventChanged) -> None:
+        changed = event_change(change)
+        for handler in self._changes[changed.deleted]:
+            self._client.spawn(call_handler(handler, changed))
 
     def dispatch_presence(self, user_id: str, joined: bool) -> None:
         for handler in self._presence:

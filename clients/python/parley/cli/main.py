@@ -143,6 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=_not_negative, default=50, help="at most this many (default: 50)")
     history.add_argument("--before", type=_not_negative, default=0, help="only events with a smaller sequence")
 
+    edit = commands.add_parser(
+        "edit",
+        help="replace the payload of an event you sent",
+        description="Join ROOM and replace the payload of the kept event HANDLE (yours) with JSON.",
+    )
+    edit.add_argument("room_id", metavar="ROOM")
+    edit.add_argument("handle", metavar="HANDLE", help="the event's handle (from send or history)")
+    edit.add_argument("data", metavar="JSON", help="the new payload")
+
+    delete = commands.add_parser(
+        "delete",
+        help="delete an event you sent",
+        description="Join ROOM and delete the kept event HANDLE (yours); the log keeps a tombstone.",
+    )
+    delete.add_argument("room_id", metavar="ROOM")
+    delete.add_argument("handle", metavar="HANDLE", help="the event's handle (from send or history)")
+
     chat = commands.add_parser(
         "chat",
         help="chat in a room from the terminal",
@@ -197,7 +214,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             me = await c.whoami()
             print(f"registered {me.username} ({me.user_id}), device {me.device_id}; keys in {args.key_file}")
         return 0
-    data = parse_json(args.data, "JSON") if args.command in ("send", "pub") else None
+    data = parse_json(args.data, "JSON") if args.command in ("send", "pub", "edit") else None
     client = Client(args.addr, key_file=_existing_key_file(args.key_file))
     async with client:
         if args.command == "user":
@@ -215,6 +232,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         elif args.command == "history":
             for event in await client.history(args.room_id, limit=args.limit, before=args.before, event=args.event):
                 print(realtime.event_line(event))
+        elif args.command in ("edit", "delete"):
+            await realtime.change(client, args.room_id, args.handle, data, delete=args.command == "delete")
         elif args.command == "chat":
             await realtime.chat(client, args.room_id, args.event)
         elif args.command == "pub":

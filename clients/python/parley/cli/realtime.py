@@ -81,6 +81,12 @@ async def send(client: Client, room_id: str, event: str, data: Any) -> None:
     print(json.dumps({"seq": published.seq, "handle": published.handle}))
 
 
+async def change(client: Client, room_id: str, handle: str, data: Any, *, delete: bool) -> None:
+    room = await client.join(room_id)
+    changed = await room.delete(handle) if delete else await room.edit(handle, data)
+    print(json.dumps({"seq": changed.seq, "handle": changed.handle, "deleted": changed.deleted, "data": changed.data}))
+
+
 async def chat(client: Client, room_id: str, event: str) -> None:
     """Type a line to send it as {"text": line}; incoming messages print as they come."""
     room = await client.join(room_id)

@@ -635,6 +635,8 @@ class ConnectRequest(_message.Message):
     SUBJECT_UNSUBSCRIBE_FIELD_NUMBER: _builtins.int
     SUBJECT_PUBLISH_FIELD_NUMBER: _builtins.int
     PING_FIELD_NUMBER: _builtins.int
+    EDIT_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Chosen by the client; echoed in the Reply. Required."""
     @_builtins.property
@@ -655,6 +657,10 @@ class ConnectRequest(_message.Message):
     def subject_publish(self) -> Global___SubjectPublishCommand: ...
     @_builtins.property
     def ping(self) -> Global___PingCommand: ...
+    @_builtins.property
+    def edit(self) -> Global___EditCommand: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteCommand: ...
     def __init__(
         self,
         *,
@@ -668,16 +674,137 @@ class ConnectRequest(_message.Message):
         subject_unsubscribe: Global___SubjectUnsubscribeCommand | None = ...,
         subject_publish: Global___SubjectPublishCommand | None = ...,
         ping: Global___PingCommand | None = ...,
+        edit: Global___EditCommand | None = ...,
+        delete: Global___DeleteCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class EditCommand(_message.Message):
+    """Replaces the payload of a kept event you sent (NOT_AUTHOR otherwise); the
+    new payload must pass the event's schema. Members subscribed to the event
+    get an EventChanged frame.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    handle: _builtins.str
+    """The event's handle, from PublishResult or Event."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        handle: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle", "payload", b"payload", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditCommand: _TypeAlias = EditCommand  # noqa: Y015
+
+@_typing.final
+class DeleteCommand(_message.Message):
+    """Deletes a kept event you sent (NOT_AUTHOR otherwise), leaving a tombstone
+    in the log; members subscribed to the event get an EventChanged frame.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    handle: _builtins.str
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        handle: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCommand: _TypeAlias = DeleteCommand  # noqa: Y015
+
+@_typing.final
+class EventChanged(_message.Message):
+    """A kept event was edited or deleted by its sender."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[EventChanged._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: EventChanged._Kind.ValueType  # 0
+        KIND_EDITED: EventChanged._Kind.ValueType  # 1
+        KIND_DELETED: EventChanged._Kind.ValueType  # 2
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: EventChanged.Kind.ValueType  # 0
+    KIND_EDITED: EventChanged.Kind.ValueType  # 1
+    KIND_DELETED: EventChanged.Kind.ValueType  # 2
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_MS_FIELD_NUMBER: _builtins.int
+    kind: Global___EventChanged.Kind.ValueType
+    room_id: _builtins.str
+    handle: _builtins.str
+    seq: _builtins.int
+    event: _builtins.str
+    sender: _builtins.str
+    change_time_ms: _builtins.int
+    """When the change was made, milliseconds since the Unix epoch."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value:
+        """The new payload (edits only)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___EventChanged.Kind.ValueType = ...,
+        room_id: _builtins.str = ...,
+        handle: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        event: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        change_time_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time_ms", b"change_time_ms", "event", b"event", "handle", b"handle", "kind", b"kind", "payload", b"payload", "room_id", b"room_id", "sender", b"sender", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventChanged: _TypeAlias = EventChanged  # noqa: Y015
 
 @_typing.final
 class Reply(_message.Message):
@@ -690,6 +817,7 @@ class Reply(_message.Message):
     JOIN_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
     PUBLISH_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def status(self) -> _status_pb2.Status: ...
@@ -699,6 +827,10 @@ class Reply(_message.Message):
     def subscription(self) -> Global___SubscriptionResult: ...
     @_builtins.property
     def publish(self) -> Global___PublishResult: ...
+    @_builtins.property
+    def changed(self) -> Global___EventChanged:
+        """For edit and delete: the change, as the room's members get it."""
+
     def __init__(
         self,
         *,
@@ -707,12 +839,13 @@ class Reply(_message.Message):
         join: Global___JoinResult | None = ...,
         subscription: Global___SubscriptionResult | None = ...,
         publish: Global___PublishResult | None = ...,
+        changed: Global___EventChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["join", b"join", "publish", b"publish", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "join", b"join", "publish", b"publish", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["join", b"join", "publish", b"publish", "request_id", b"request_id", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "join", b"join", "publish", b"publish", "request_id", b"request_id", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["join", "subscription", "publish"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["join", "subscription", "publish", "changed"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -879,6 +1012,7 @@ class ConnectResponse(_message.Message):
     DIRECT_MESSAGE_FIELD_NUMBER: _builtins.int
     GO_AWAY_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    EVENT_CHANGED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -897,6 +1031,8 @@ class ConnectResponse(_message.Message):
     def go_away(self) -> Global___GoAway: ...
     @_builtins.property
     def history(self) -> Global___HistoryBatch: ...
+    @_builtins.property
+    def event_changed(self) -> Global___EventChanged: ...
     def __init__(
         self,
         *,
@@ -909,12 +1045,13 @@ class ConnectResponse(_message.Message):
         direct_message: Global___DirectMessage | None = ...,
         go_away: Global___GoAway | None = ...,
         history: Global___HistoryBatch | None = ...,
+        event_changed: Global___EventChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 

@@ -52,6 +52,11 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.GetEvent = channel.unary_unary(
+                '/parley.history.v1.HistoryService/GetEvent',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.GetEventRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.GetEventResponse.FromString,
+                _registered_method=True)
         self.ListEventsSince = channel.unary_unary(
                 '/parley.history.v1.HistoryService/ListEventsSince',
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsSinceRequest.SerializeToString,
@@ -101,6 +106,13 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEvent(self, request, context):
+        """One kept event by its handle, as now stored (EVENT_NOT_FOUND if unknown).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEventsSince(self, request, context):
         """Kept events after a sequence, oldest first (for resume and sync on join).
         """
@@ -141,6 +153,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'GetEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvent,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.GetEventRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.GetEventResponse.SerializeToString,
             ),
             'ListEventsSince': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEventsSince,
@@ -242,6 +259,33 @@ class HistoryService:
             '/parley.history.v1.HistoryService/ListEvents',
             parley_dot_history_dot_v1_dot_history__pb2.ListEventsRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/GetEvent',
+            parley_dot_history_dot_v1_dot_history__pb2.GetEventRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.GetEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

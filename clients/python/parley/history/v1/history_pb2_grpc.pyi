@@ -50,6 +50,8 @@ class HistoryServiceStub:
     """A page of a room's log, newest first: by cursor (before_seq / page_token)
     or by offset (range), optionally only one event name.
     """
+    GetEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.GetEventRequest, _history_pb2.GetEventResponse]
+    """One kept event by its handle, as now stored (EVENT_NOT_FOUND if unknown)."""
     ListEventsSince: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListEventsSinceRequest, _history_pb2.ListEventsSinceResponse]
     """Kept events after a sequence, oldest first (for resume and sync on join)."""
     EditEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]
@@ -83,6 +85,8 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     """A page of a room's log, newest first: by cursor (before_seq / page_token)
     or by offset (range), optionally only one event name.
     """
+    GetEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.GetEventRequest, _history_pb2.GetEventResponse]  # type: ignore[assignment]
+    """One kept event by its handle, as now stored (EVENT_NOT_FOUND if unknown)."""
     ListEventsSince: _aio.UnaryUnaryMultiCallable[_history_pb2.ListEventsSinceRequest, _history_pb2.ListEventsSinceResponse]  # type: ignore[assignment]
     """Kept events after a sequence, oldest first (for resume and sync on join)."""
     EditEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]  # type: ignore[assignment]
@@ -131,6 +135,14 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         """A page of a room's log, newest first: by cursor (before_seq / page_token)
         or by offset (range), optionally only one event name.
         """
+
+    @_abc_1.abstractmethod
+    def GetEvent(
+        self,
+        request: _history_pb2.GetEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.GetEventResponse, _abc.Awaitable[_history_pb2.GetEventResponse]]:
+        """One kept event by its handle, as now stored (EVENT_NOT_FOUND if unknown)."""
 
     @_abc_1.abstractmethod
     def ListEventsSince(

@@ -1,0 +1,84 @@
+"""Edits and deletes of kept events by their sender, announced to the room's members."""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2
+
+from parley.gateway.v1 import gateway_pb2
+from parley.history.v1 import history_pb2
+from services.gateway.bus import Bus, BusMessage
+from services.gateway.feeds import EVENT_HEADER, KIND, KIND_CHANGE, room_subject
+from services.gateway.history_client import HistoryAppender
+from services.gateway.publishing import payload_too_large
+from services.room.rules import EventRules
+from services.runtime.config import GatewayConfig
+from services.runtime.errors import event_not_found, invalid_field, not_author, rate_limited
+from services.runtime.ratelimit import RateLimiter
+
+EDITED = gateway_pb2.EventChanged.KIND_EDITED
+DELETED = gateway_pb2.EventChanged.KIND_DELETED
+
+
+class EventChanges:
+    """Checks a change (sender, schema, size, rate), makes it in the log, then announces it."""
+
+    def __init__(self, config: GatewayConfig, bus: Bus, history: HistoryAppender) -> None:
+        self._config = config
+        self._bus = bus
+        self._history = history
+        self._limit = RateLimiter(config.events_per_window, float(config.window_seconds))
+
+    async def edit(
+        self, rules: EventRules, room_id: str, handle: str, payload: struct_pb2.Value, user_id: str
+    ) -> gateway_pb2.EventChanged:
+        size = payload.ByteSize()
+        if size > self._config.max_payload_bytes:
+            raise payload_too_large(size, self._config.max_payload_bytes)
+        stored = await self._own_event(room_id, handle, user_id)
+        # An event keeps its name, so the schema checked here is the one that applies.
+        rules.check(stored.event, payload)
+        edited = await self._history.edit(
+            history_pb2.EditEventRequest(room_id=room_id, handle=handle, payload=payload, editor=user_id)
+        )
+        return self._announce(EDITED, room_id, edited.event)
+
+    async def delete(self, room_id: str, handle: str, user_id: str) -> gateway_pb2.EventChanged:
+        await self._own_event(room_id, handle, user_id)
+        deleted = await self._history.delete(
+            history_pb2.DeleteEventRequest(room_id=room_id, handle=handle, editor=user_id)
+        )
+        return self._announce(DELETED, room_id, deleted.event)
+
+    async def _own_event(self, room_id: str, handle: str, user_id: str) -> history_pb2.LoggedEvent:
+        if not handle:
+            raise invalid_field("handle", "is required")
+        wait = self._limit.try_acquire(user_id)
+        if wait:
+            raise rate_limited(
+                f"more than {self._config.events_per_window} changes in {self._config.window_seconds}s", wait
+            )
+        stored = (await self._history.get(room_id, handle)).event
+        if stored.deleted:
+            raise event_not_found(room_id, handle, " (it was deleted)")
+        if stored.sender != user_id:
+            raise not_author()
+        return stored
+
+    def _announce(
+        self, kind: gateway_pb2.EventChanged.Kind.ValueType, room_id: str, event: history_pb2.LoggedEvent
+    ) -> gateway_pb2.EventChanged:
+        change = gateway_pb2.EventChanged(
+            kind=kind,
+            room_id=room_id,
+            handle=event.handle,
+            seq=event.seq,
+            event=event.event,
+            sender=event.sender,
+            change_time_ms=event.edit_time_ms,
+        )
+        if kind == EDITED:
+            change.payload.CopyFrom(event.payload)
+        frame = gateway_pb2.ConnectResponse(event_changed=change)
+        headers = {KIND: KIND_CHANGE, EVENT_HEADER: event.event}
+        self._bus.publish(BusMessage(room_subject(room_id), frame.SerializeToString(), headers))
+        return change

@@ -1,0 +1,141 @@
+"""Edits and deletes over the Connect stream: author only, schema checked, announced, in the log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from parley import Client, EventChange
+from parley.errors import ParleyError
+from services import allinone
+from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
+from tests.support import make_config, running
+
+TEXT = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "minLength": 1}}}
+ROOMS = [
+    RoomDefinition(
+        id="chat",
+        events=[
+            EventDefinition(name="message", schema=TEXT, history=HistorySettings(enabled=True)),
+            EventDefinition(name="note", history=HistorySettings(enabled=True)),
+            EventDefinition(name="typing"),
+        ],
+    )
+]
+
+
+@pytest.fixture
+async def pair(data_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[Client, Client]]:
+    async with running(allinone.create_server, make_config(data_dir, rooms=ROOMS)) as (_, address):
+        async with (
+            Client(address, username="ada", key_file=tmp_path / "a.json") as ada,
+            Client(address, username="ben", key_file=tmp_path / "b.json") as ben,
+        ):
+            yield ada, ben
+
+
+def collect(room_changes: list[EventChange], arrived: asyncio.Event) -> Callable[[EventChange], None]:
+    def handler(change: EventChange) -> None:
+        room_changes.append(change)
+        arrived.set()
+
+    return handler
+
+
+async def wait_for(changes: list[EventChange], arrived: asyncio.Event, count: int) -> None:
+    while len(changes) < count:
+        arrived.clear()
+        await asyncio.wait_for(arrived.wait(), 5)
+
+
+async def test_an_edit_and_a_delete_reach_members_and_the_log(pair: tuple[Client, Client]) -> None:
+    ada, ben = pair
+    mine, theirs = await ada.join("chat"), await ben.join("chat")
+    edited: list[EventChange] = []
+    deleted: list[EventChange] = []
+    arrived = asyncio.Event()
+    theirs.on_edited(collect(edited, arrived))
+    theirs.on_deleted(collect(deleted, arrived))
+    first = await mine.trigger("message", {"text": "helo"})
+    second = await mine.trigger("message", {"text": "oops"})
+
+    change = await mine.edit(first.handle, {"text": "hello"})
+    assert (change.seq, change.deleted, change.data) == (first.seq, False, {"text": "hello"})
+    await wait_for(edited, arrived, 1)
+    assert edited[0] == change
+    assert edited[0].time_ms > 0
+
+    gone = await mine.delete(second.handle)
+    assert (gone.seq, gone.deleted, gone.data) == (second.seq, True, None)
+    await wait_for(deleted, arrived, 1)
+    assert deleted[0].handle == second.handle
+
+    log = await ben.history("chat")
+    expected = [(second.seq, True, None), (first.seq, False, {"text": "hello"})]
+    assert [(e.seq, e.deleted, e.data) for e in log] == expected
+    assert log[1].edit_time_ms == change.time_ms
+
+
+async def test_only_the_sender_may_change_an_event(pair: tuple[Client, Client]) -> None:
+    ada, ben = pair
+    mine, theirs = await ada.join("chat"), await ben.join("chat")
+    sent = await mine.trigger("message", {"text": "mine"})
+    for attempt in (theirs.edit(sent.handle, {"text": "yours now"}), theirs.delete(sent.handle)):
+        with pytest.raises(ParleyError) as refused:
+            await attempt
+        assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_AUTHOR")
+    assert (await ada.history("chat"))[0].data == {"text": "mine"}
+
+
+async def test_an_edit_must_pass_the_schema_and_name_a_kept_event(pair: tuple[Client, Client]) -> None:
+    ada, _ = pair
+    room = await ada.join("chat")
+    sent = await room.trigger("message", {"text": "valid"})
+    with pytest.raises(ParleyError) as invalid:
+        await room.edit(sent.handle, {"text": ""})
+    assert invalid.value.reason == "VALIDATION_FAILED"
+    note = await room.trigger("note", {"any": "shape"})
+    assert (await room.edit(note.handle, [1, 2, 3])).data == [1, 2, 3]
+
+    transient = await room.trigger("typing", {})
+    for handle in (transient.handle, "no-such-handle"):
+        with pytest.raises(ParleyError) as missing:
+            await room.edit(handle, {"text": "x"})
+        assert missing.value.reason == "EVENT_NOT_FOUND"
+    await room.delete(sent.handle)
+    with pytest.raises(ParleyError) as twice:
+        await room.delete(sent.handle)
+    assert twice.value.reason == "EVENT_NOT_FOUND"
+    with pytest.raises(ParleyError) as empty:
+        await room.edit("", {"text": "x"})
+    assert empty.value.reason == "VALIDATION_FAILED"
+
+
+async def test_changes_go_only_to_members_subscribed_to_the_event(pair: tuple[Client, Client]) -> None:
+    ada, ben = pair
+    mine, theirs = await ada.join("chat"), await ben.join("chat")
+    await theirs.unsubscribe()
+    await theirs.subscribe("note")
+    changes: list[EventChange] = []
+    arrived = asyncio.Event()
+    theirs.on_edited(collect(changes, arrived))
+    message = await mine.trigger("message", {"text": "unseen"})
+    note = await mine.trigger("note", 1)
+    await mine.edit(message.handle, {"text": "still unseen"})
+    await mine.edit(note.handle, 2)
+    await wait_for(changes, arrived, 1)
+    assert [c.handle for c in changes] == [note.handle]
+
+
+async def test_changing_needs_the_room_joined(pair: tuple[Client, Client]) -> None:
+    ada, ben = pair
+    sent = await (await ada.join("chat")).trigger("message", {"text": "hi"})
+    room = await ben.join("chat")
+    await room.leave()
+    with pytest.raises(ParleyError) as outside:
+        await room.delete(sent.handle)
+    assert outside.value.reason == "NOT_IN_ROOM"
