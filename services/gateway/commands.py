@@ -17,6 +17,7 @@ from services.gateway.bus import Bus, BusMessage
 from services.gateway.changes import EventChanges
 from services.gateway.connections import Connection, Interest
 from services.gateway.directory import RoomDirectory
+from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
 from services.gateway.history_client import HistoryAppender
 from services.gateway.publishing import Publisher, payload_too_large
@@ -97,6 +98,7 @@ class CommandHandler:
         history: HistoryAppender,
         publisher: Publisher,
         changes: EventChanges,
+        signals: EphemeralSignals,
         subjects: SubjectRouter,
         hooks: Hooks,
     ) -> None:
@@ -108,6 +110,7 @@ class CommandHandler:
         self._history = history
         self._publisher = publisher
         self._changes = changes
+        self._signals = signals
         self._subjects = subjects
         self._hooks = hooks
         self._subject_limit = RateLimiter(config.events_per_window, float(config.window_seconds))
@@ -145,6 +148,10 @@ class CommandHandler:
             reply.changed.CopyFrom(await self.edit(connection, request.edit))
         elif command == "delete":
             reply.changed.CopyFrom(await self.delete(connection, request.delete))
+        elif command == "ephemeral":
+            signal = request.ephemeral
+            self._interest(connection, signal.room_id)
+            self._signals.send(connection, signal.room_id, signal.subject, signal.data)
         elif command == "ping":
             return
         else:
@@ -269,6 +276,7 @@ class CommandHandler:
 
     def drop(self, connection: Connection, room_id: str) -> None:
         """Takes the connection out of a room locally (the room service is told separately)."""
+        self._signals.end_all(connection, room_id)
         connection.rooms.pop(room_id, None)
         connection.caught_up.pop(room_id, None)
         self._feeds.remove(room_id, connection)

@@ -15,7 +15,7 @@ from services.gateway.connections import Connection
 # Bus headers.
 KIND = "kind"
 KIND_EVENT = "event"
-KIND_FRAME = "frame"  # a whole frame for every member (presence)
+KIND_FRAME = "frame"  # a whole frame for every member but SKIP_SESSION (presence, ephemerals)
 KIND_CHANGE = "change"  # a whole frame for members subscribed to the event (edits, deletes)
 EVENT_HEADER = "event"
 SEQ_HEADER = "seq"
@@ -40,8 +40,10 @@ class RoomFeed:
     def _deliver(self, message: BusMessage) -> None:
         headers = message.headers
         if headers.get(KIND) == KIND_FRAME:
-            for member in self.members.values():
-                member.outbox.put(kinds.FRAME, message.data)
+            skip = headers.get(SKIP_SESSION)
+            for session_id, member in self.members.items():
+                if session_id != skip:
+                    member.outbox.put(kinds.FRAME, message.data)
             return
         event = headers[EVENT_HEADER]
         if headers.get(KIND) == KIND_CHANGE:

@@ -22,6 +22,7 @@ from services.gateway.changes import EventChanges
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
+from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
 from services.gateway.history_client import HistoryAppender
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
@@ -80,6 +81,7 @@ class Realtime:
             history,
             self.publisher,
             EventChanges(config, bus, history),
+            EphemeralSignals(config, bus),
             self.subjects,
             hooks,
         )

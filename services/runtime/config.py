@@ -121,6 +121,8 @@ class GatewayConfig:
     max_rooms_per_connection: int = 100
     # A resume replays at most this many missed events; beyond, recovered=false.
     replay_cap: int = 1000
+    # An ephemeral signal (typing) expires this long after it was last sent.
+    ephemeral_ttl_seconds: float = 5.0
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from parley.errors import (
     ValidationError,
 )
 from parley.messages import SubjectMessage
-from parley.rooms import EventChange, Published, Room, RoomEvent
+from parley.rooms import EventChange, Published, Room, RoomEvent, Signal
 
 __all__ = [
     "AlreadyExistsError",
@@ -32,6 +32,7 @@ __all__ = [
     "Room",
     "RoomEvent",
     "RoomFullError",
+    "Signal",
     "SubjectMessage",
     "UnauthenticatedError",
     "UnavailableError",

@@ -457,6 +457,10 @@ class Client:
             room = self._rooms.get(frame.event_changed.room_id)
             if room is not None:
                 room.dispatch_change(frame.event_changed)
+        elif kind == "ephemeral":
+            room = self._rooms.get(frame.ephemeral.room_id)
+            if room is not None:
+                room.dispatch_signal(frame.ephemeral)
         elif kind == "go_away":
             self._fire("error", error_from_status(frame.go_away.status))
 

@@ -65,7 +65,21 @@ class EventChange:
     time_ms: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    """An ephemeral signal from another member (typing, a cursor), or its end (`expired`)."""
+
+    room_id: str
+    subject: str
+    sender: str
+    data: Any
+    expired: bool
+    # Until it expires unless renewed (0 when expired).
+    ttl_ms: int
+
+
 Handler = Callable[[RoomEvent], Awaitable[None] | None]
+SignalHandler = Callable[[Signal], Awaitable[None] | None]
 ChangeHandler = Callable[[EventChange], Awaitable[None] | None]
 PresenceHandler = Callable[[str, bool], Awaitable[None] | None]
 
@@ -136,6 +150,7 @@ class Room:
         self._any: list[Handler] = []
         self._presence: list[PresenceHandler] = []
         self._changes: dict[bool, list[ChangeHandler]] = defaultdict(list)
+        self._signals: list[SignalHandler] = []
         self._queues: list[asyncio.Queue[RoomEvent | None]] = []
         # Events that arrive before the first `events()` iterator starts (e.g.
         # the echo of a trigger) are kept for it, up to a bound.
@@ -170,6 +185,10 @@ class Room:
     def on_deleted(self, handler: ChangeHandler) -> None:
         """Calls `handler(change)` when a kept event you are subscribed to is deleted."""
         self._changes[True].append(handler)
+
+    def on_ephemeral(self, handler: SignalHandler) -> None:
+        """Calls `handler(signal)` for each ephemeral signal of another member, and when one expires."""
+        self._signals.append(handler)
 
     async def events(self) -> AsyncIterator[RoomEvent]:
         """Events until the room is left: `async for ev in room.events()`.
@@ -222,6 +241,13 @@ class Room:
         """Deletes a kept event you sent; the log keeps a tombstone in its place."""
         reply = await self._stream.command(delete=gateway_pb2.DeleteCommand(room_id=self.id, handle=handle))
         return event_change(reply.changed)
+
+    async def send_ephemeral(self, subject: str, data: Any = None) -> None:
+        """Signals the other members (e.g. subject "typing"); never stored. It expires after the
+        server's ephemeral_ttl_seconds (5 by default) unless sent again."""
+        await self._stream.command(
+            ephemeral=gateway_pb2.EphemeralCommand(room_id=self.id, subject=subject, data=to_value(data))
+        )
 
     async def subscribe(self, *events: str) -> list[str]:
         """Receives these events too; returns the subscriptions now in force."""
@@ -280,6 +306,18 @@ class Room:
         changed = event_change(change)
         for handler in self._changes[changed.deleted]:
             self._client.spawn(call_handler(handler, changed))
+
+    def dispatch_signal(self, signal: gateway_pb2.Ephemeral) -> None:
+        received = Signal(
+            room_id=signal.room_id,
+            subject=signal.subject,
+            sender=signal.sender,
+            data=json_format.MessageToDict(signal.data) if signal.HasField("data") else None,
+            expired=signal.expired,
+            ttl_ms=signal.ttl_ms,
+        )
+        for handler in self._signals:
+            self._client.spawn(call_handler(handler, received))
 
     def dispatch_presence(self, user_id: str, joined: bool) -> None:
         for handler in self._presence:

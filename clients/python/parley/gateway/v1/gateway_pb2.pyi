@@ -637,6 +637,7 @@ class ConnectRequest(_message.Message):
     PING_FIELD_NUMBER: _builtins.int
     EDIT_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Chosen by the client; echoed in the Reply. Required."""
     @_builtins.property
@@ -661,6 +662,8 @@ class ConnectRequest(_message.Message):
     def edit(self) -> Global___EditCommand: ...
     @_builtins.property
     def delete(self) -> Global___DeleteCommand: ...
+    @_builtins.property
+    def ephemeral(self) -> Global___EphemeralCommand: ...
     def __init__(
         self,
         *,
@@ -676,12 +679,13 @@ class ConnectRequest(_message.Message):
         ping: Global___PingCommand | None = ...,
         edit: Global___EditCommand | None = ...,
         delete: Global___DeleteCommand | None = ...,
+        ephemeral: Global___EphemeralCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete", "ephemeral"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -744,6 +748,80 @@ class DeleteCommand(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteCommand: _TypeAlias = DeleteCommand  # noqa: Y015
+
+@_typing.final
+class EphemeralCommand(_message.Message):
+    """A signal to the other members of a room (typing, cursors): never stored,
+    no sequence, rate limited. It stays active for gateway.ephemeral_ttl_seconds
+    unless sent again; then (or when the sender leaves) members get it with
+    `expired`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    subject: _builtins.str
+    """What the signal is about, e.g. "typing" (an event-name-like string)."""
+    @_builtins.property
+    def data(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        data: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "room_id", b"room_id", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EphemeralCommand: _TypeAlias = EphemeralCommand  # noqa: Y015
+
+@_typing.final
+class Ephemeral(_message.Message):
+    """An ephemeral signal from another member, or the end of one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    subject: _builtins.str
+    sender: _builtins.str
+    expired: _builtins.bool
+    """The sender stopped renewing it (or left): e.g. no longer typing."""
+    ttl_ms: _builtins.int
+    """Until it expires unless renewed (0 when expired)."""
+    @_builtins.property
+    def data(self) -> _struct_pb2.Value:
+        """Absent when expired."""
+
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        data: _struct_pb2.Value | None = ...,
+        expired: _builtins.bool = ...,
+        ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "expired", b"expired", "room_id", b"room_id", "sender", b"sender", "subject", b"subject", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Ephemeral: _TypeAlias = Ephemeral  # noqa: Y015
 
 @_typing.final
 class EventChanged(_message.Message):
@@ -1013,6 +1091,7 @@ class ConnectResponse(_message.Message):
     GO_AWAY_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     EVENT_CHANGED_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -1033,6 +1112,8 @@ class ConnectResponse(_message.Message):
     def history(self) -> Global___HistoryBatch: ...
     @_builtins.property
     def event_changed(self) -> Global___EventChanged: ...
+    @_builtins.property
+    def ephemeral(self) -> Global___Ephemeral: ...
     def __init__(
         self,
         *,
@@ -1046,12 +1127,13 @@ class ConnectResponse(_message.Message):
         go_away: Global___GoAway | None = ...,
         history: Global___HistoryBatch | None = ...,
         event_changed: Global___EventChanged | None = ...,
+        ephemeral: Global___Ephemeral | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed", "ephemeral"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
