@@ -240,7 +240,9 @@ class CommandHandler:
             gap = catch_up.last_seq - command.since_seq
             # An empty epoch at 0: the log did not exist yet, so any epoch now continues it.
             same_log = command.epoch == catch_up.epoch or (not command.epoch and not command.since_seq)
-            result.recovered = same_log and 0 <= gap <= self._config.replay_cap
+            # Retention removed events after the client's position: they are gone.
+            nothing_pruned = catch_up.pruned_seq <= command.since_seq
+            result.recovered = same_log and nothing_pruned and 0 <= gap <= self._config.replay_cap
             if result.recovered:
                 replayed = list(catch_up.events)
         elif room.sync_history_on_join.all or room.sync_history_on_join.last:

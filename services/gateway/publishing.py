@@ -98,9 +98,10 @@ class Publisher:
         delivered again. Nothing is delivered unless the append succeeded.
         """
         now_ms = int(time.time() * 1000)
-        appended = await self._history.append(
-            room_id,
-            [
+        new_events = []
+        for outgoing in events:
+            keep_last, keep_seconds = rules.retention(outgoing.event)
+            new_events.append(
                 history_pb2.NewEvent(
                     event=outgoing.event,
                     payload=outgoing.payload,
@@ -110,10 +111,11 @@ class Publisher:
                     meta=outgoing.meta,
                     idempotency_key=outgoing.idempotency_key,
                     transient=not rules.keeps_history(outgoing.event),
+                    keep_last=keep_last,
+                    keep_seconds=keep_seconds,
                 )
-                for outgoing in events
-            ],
-        )
+            )
+        appended = await self._history.append(room_id, new_events)
         before = self._feeds.delivered(room_id)
         result = gateway_pb2.PublishResult()
         subject = room_subject(room_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from parley.history.v1 import history_pb2
 from services.history import store
 from services.history.appender import GroupCommitter
+from services.history.pruner import Pruner
 from services.history.servicer import HistoryServicer
 from services.runtime.config import Config
 from services.runtime.raw_handlers import passthrough_handler
@@ -26,8 +27,10 @@ async def history_parts(config: Config) -> tuple[ServiceModule, HistoryServicer]
     await db.open()
     committer = GroupCommitter(db, config.history.idempotency_window_seconds)
     servicer = HistoryServicer(db, committer, config.history)
+    pruner = Pruner(db, config.history)
 
     async def close() -> None:
+        await pruner.close()
         await committer.close()
         await db.close()
 
@@ -35,6 +38,7 @@ async def history_parts(config: Config) -> tuple[ServiceModule, HistoryServicer]
         services=[SERVICE],
         register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
         close=close,
+        start=lambda health, address: pruner.start(),
     )
     return module, servicer
 

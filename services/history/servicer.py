@@ -107,6 +107,9 @@ class HistoryServicer:
                     body=body.SerializeToString(),
                     idempotency_key=event.idempotency_key,
                     transient=event.transient,
+                    time_ms=event.time_ms or int(time.time() * 1000),
+                    keep_last=event.keep_last,
+                    keep_seconds=event.keep_seconds,
                 )
             )
         epoch, appended = await self._committer.append(request.room_id, rows)
@@ -208,7 +211,9 @@ class HistoryServicer:
             lambda db: (store.since(db, room_id, after, limit), store.log_state(db, room_id))
         )
         response = history_pb2.ListEventsSinceResponse(
-            epoch=state.epoch if state else "", last_seq=state.last_seq if state else 0
+            epoch=state.epoch if state else "",
+            last_seq=state.last_seq if state else 0,
+            pruned_seq=state.pruned_seq if state else 0,
         )
         for row in rows:
             event = response.events.add()

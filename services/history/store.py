@@ -61,7 +61,24 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_by_handle ON events(room_id, handle)")
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3]
+def _migration_4(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE retention (
+            room_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            keep_last INTEGER NOT NULL,
+            keep_seconds INTEGER NOT NULL,
+            PRIMARY KEY (room_id, event)
+        ) WITHOUT ROWID;
+        ALTER TABLE room_logs ADD COLUMN pruned_seq INTEGER NOT NULL DEFAULT 0;
+        -- Publication time, for age-based retention (NULL in rows from before it).
+        ALTER TABLE events ADD COLUMN time_ms INTEGER;
+        """
+    )
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
 EVENT_COLUMNS = "seq, event, sender, handle, body"
 
 
@@ -71,6 +88,8 @@ class LogStateRow:
     epoch: str
     last_seq: int
     created_at: float
+    # The largest sequence retention removed.
+    pruned_seq: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +113,10 @@ class NewEventRow:
     # Takes a sequence number but keeps nothing (body ignored): no row is
     # written, so a sequence without a row is a transient event.
     transient: bool = False
+    time_ms: int = 0
+    # Retention of this event name in this room (0: no limit).
+    keep_last: int = 0
+    keep_seconds: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +129,7 @@ class Appended:
 def log_state(db: sqlite_utils.Database, room_id: str) -> LogStateRow | None:
     """The room's log state; None for a room whose log was never started."""
     row = db.execute(
-        "SELECT room_id, epoch, last_seq, created_at FROM room_logs WHERE room_id = ?", [room_id]
+        "SELECT room_id, epoch, last_seq, created_at, pruned_seq FROM room_logs WHERE room_id = ?", [room_id]
     ).fetchone()
     return None if row is None else LogStateRow(*row)
 
@@ -124,6 +147,7 @@ def append(
         )
     last_seq = state.last_seq
     appended: list[Appended] = []
+    policies: dict[str, tuple[int, int]] = {}
     for event in events:
         if event.idempotency_key:
             earlier = db.execute(
@@ -137,9 +161,10 @@ def append(
         last_seq += 1
         if not event.transient:
             db.execute(
-                f"INSERT INTO events (room_id, {EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                [room_id, last_seq, event.event, event.sender, event.handle, event.body],
+                f"INSERT INTO events (room_id, {EVENT_COLUMNS}, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [room_id, last_seq, event.event, event.sender, event.handle, event.body, event.time_ms],
             )
+            policies[event.event] = (event.keep_last, event.keep_seconds)
         if event.idempotency_key:
             db.execute(
                 "INSERT OR REPLACE INTO idempotency_keys (room_id, sender, key, seq, handle, created_at) "
@@ -149,7 +174,54 @@ def append(
         appended.append(Appended(last_seq, event.handle, duplicate=False))
     if last_seq != state.last_seq:
         db.execute("UPDATE room_logs SET last_seq = ? WHERE room_id = ?", [last_seq, room_id])
+    for name, (keep_last, keep_seconds) in policies.items():
+        _set_retention(db, room_id, name, keep_last, keep_seconds)
     return state.epoch, appended
+
+
+def _set_retention(db: sqlite_utils.Database, room_id: str, event: str, keep_last: int, keep_seconds: int) -> None:
+    """Records the policy the pruner applies; a policy without limits is forgotten."""
+    if not (keep_last or keep_seconds):
+        db.execute("DELETE FROM retention WHERE room_id = ? AND event = ?", [room_id, event])
+        return
+    db.execute(
+        "INSERT INTO retention (room_id, event, keep_last, keep_seconds) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (room_id, event) DO UPDATE SET keep_last = excluded.keep_last, "
+        "keep_seconds = excluded.keep_seconds "
+        "WHERE keep_last != excluded.keep_last OR keep_seconds != excluded.keep_seconds",
+        [room_id, event, keep_last, keep_seconds],
+    )
+
+
+def prune(db: sqlite_utils.Database, now_ms: int) -> int:
+    """Applies every retention policy; returns how many events were removed.
+
+    Each room's `pruned_seq` rises to the largest sequence removed, so a
+    resume from before it knows events are gone.
+    """
+    removed = 0
+    policies = db.execute("SELECT room_id, event, keep_last, keep_seconds FROM retention").fetchall()
+    for room_id, event, keep_last, keep_seconds in policies:
+        bound = 0  # remove rows with seq <= bound
+        if keep_last:
+            row = db.execute(
+                "SELECT seq FROM events WHERE room_id = ? AND event = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                [room_id, event, keep_last],
+            ).fetchone()
+            bound = row[0] if row else 0
+        if keep_seconds:
+            (oldest_kept,) = db.execute(
+                "SELECT MAX(seq) FROM events WHERE room_id = ? AND event = ? AND time_ms < ?",
+                [room_id, event, now_ms - keep_seconds * 1000],
+            ).fetchone()
+            bound = max(bound, oldest_kept or 0)
+        if not bound:
+            continue
+        removed += db.execute(
+            "DELETE FROM events WHERE room_id = ? AND event = ? AND seq <= ?", [room_id, event, bound]
+        ).rowcount
+        db.execute("UPDATE room_logs SET pruned_seq = MAX(pruned_seq, ?) WHERE room_id = ?", [bound, room_id])
+    return removed
 
 
 def page_before(

@@ -41,6 +41,8 @@ def check_room(room: room_pb2.Room) -> room_pb2.Room:
         if event.name in seen:
             raise invalid_field(f"events[{i}].name", f"{event.name!r} is listed twice")
         seen.add(event.name)
+        if event.history.limit < 0 or event.history.max_age_seconds < 0:
+            raise invalid_field(f"events[{i}].history", "limit and max_age_seconds must not be negative")
     for i, name in enumerate(room.default_subscriptions):
         if name != ANY_EVENT and not EVENT_NAME.fullmatch(name):
             raise invalid_field(f"default_subscriptions[{i}]", "is not an event name")

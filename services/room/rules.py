@@ -91,6 +91,7 @@ class EventRules:
         # Regex keywords are for rooms an operator declared, not run-time rooms.
         allow_regex = not room.creator
         self._keeps_history = {event.name: event.history.enabled for event in room.events}
+        self._retention = {event.name: (event.history.limit, event.history.max_age_seconds) for event in room.events}
         self._validators: dict[str, Validator | None] = {
             event.name: compile_schema(schema_to_dict(event.schema), f"events[{i}].schema", allow_regex=allow_regex)
             if event.HasField("schema")
@@ -101,6 +102,10 @@ class EventRules:
     def keeps_history(self, event: str) -> bool:
         """Whether the event's definition (or the room's "*") enables history."""
         return self._keeps_history.get(event, self._keeps_history.get(ANY_EVENT, False))
+
+    def retention(self, event: str) -> tuple[int, int]:
+        """(keep the newest N, keep at most S seconds) for a kept event; 0 is no limit."""
+        return self._retention.get(event, self._retention.get(ANY_EVENT, (0, 0)))
 
     def accepts(self, event: str) -> bool:
         return event in self._validators or ANY_EVENT in self._validators

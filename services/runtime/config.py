@@ -131,6 +131,8 @@ class HistoryConfig:
     idempotency_window_seconds: float = 600.0
     default_page_size: int = 100
     max_page_size: int = 500
+    # How often retention (per event definition) and old idempotency keys are pruned.
+    prune_interval_seconds: float = 60.0
 
 
 @dataclasses.dataclass

@@ -108,6 +108,8 @@ class NewEvent(_message.Message):
     META_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TRANSIENT_FIELD_NUMBER: _builtins.int
+    KEEP_LAST_FIELD_NUMBER: _builtins.int
+    KEEP_SECONDS_FIELD_NUMBER: _builtins.int
     event: _builtins.str
     sender: _builtins.str
     time_ms: _builtins.int
@@ -120,6 +122,12 @@ class NewEvent(_message.Message):
     """The event takes its place in the sequence but is not kept (its definition
     does not enable history): pages leave it out, the sequence stays gap-free.
     """
+    keep_last: _builtins.int
+    """Retention of this event name in this room (from its definition), applied
+    by the background pruner: keep the newest `keep_last` (0: no count
+    limit), none older than `keep_seconds` (0: no age limit).
+    """
+    keep_seconds: _builtins.int
     @_builtins.property
     def payload(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -135,10 +143,12 @@ class NewEvent(_message.Message):
         meta: _struct_pb2.Struct | None = ...,
         idempotency_key: _builtins.str = ...,
         transient: _builtins.bool = ...,
+        keep_last: _builtins.int = ...,
+        keep_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handle", b"handle", "idempotency_key", b"idempotency_key", "meta", b"meta", "payload", b"payload", "sender", b"sender", "time_ms", b"time_ms", "transient", b"transient"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handle", b"handle", "idempotency_key", b"idempotency_key", "keep_last", b"keep_last", "keep_seconds", b"keep_seconds", "meta", b"meta", "payload", b"payload", "sender", b"sender", "time_ms", b"time_ms", "transient", b"transient"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -541,9 +551,14 @@ class ListEventsSinceResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
+    PRUNED_SEQ_FIELD_NUMBER: _builtins.int
     epoch: _builtins.str
     last_seq: _builtins.int
     """The log's newest sequence when this was read."""
+    pruned_seq: _builtins.int
+    """The largest sequence retention ever removed: a reader that last saw an
+    older one has missed events that are gone.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedEvent]:
         """Oldest first; transient events (no history) are not in the log."""
@@ -554,10 +569,11 @@ class ListEventsSinceResponse(_message.Message):
         events: _abc.Iterable[Global___LoggedEvent] | None = ...,
         epoch: _builtins.str = ...,
         last_seq: _builtins.int = ...,
+        pruned_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "events", b"events", "last_seq", b"last_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "events", b"events", "last_seq", b"last_seq", "pruned_seq", b"pruned_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,48 @@
+"""The history service's background pruning: retention per event definition, old idempotency keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from services.history import store
+from services.runtime.config import HistoryConfig
+from services.runtime.sqlite import SqliteDatabase
+
+log = logging.getLogger("parley.history")
+
+
+class Pruner:
+    def __init__(self, db: SqliteDatabase, config: HistoryConfig) -> None:
+        self._db = db
+        self._config = config
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def prune_once(self) -> tuple[int, int]:
+        """Removes what retention no longer keeps; returns (events, idempotency keys) removed."""
+        now = time.time()
+        window = self._config.idempotency_window_seconds
+        return await self._db.transaction(
+            lambda db: (store.prune(db, int(now * 1000)), store.prune_idempotency_keys(db, now - window))
+        )
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.prune_interval_seconds)
+            try:
+                events, keys = await self.prune_once()
+            except Exception:
+                log.exception("pruning the history failed; trying again next round")
+                continue
+            if events or keys:
+                log.info("pruned history", extra={"events": events, "idempotency_keys": keys})
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
