@@ -90,6 +90,8 @@ PARLEY_ENV = {
     "PARLEY_LOGGING_LEVEL": "WARNING",
 }
 BENCH_TOML = f'[[rooms]]\nid = "{ROOM}"\n'
+# --history: every event of the room is kept (appended to the log before fan-out, as always, but stored).
+HISTORY_EVENTS_TOML = '\n  [[rooms.events]]\n  name = "*"\n  history = { enabled = true }\n'
 # Process groups of every child started, killed on the way out if still alive.
 _children: set[int] = set()
 
@@ -143,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="a much smaller run for smoke testing: N up to 100, few messages, 200 idle connections (< 1 minute)",
+    )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="Parley keeps every event in the room's history (stored, not only sequenced) while fanning out",
     )
     parser.add_argument("--workers", type=int, default=2, help="subscriber worker processes, at least 2 (default 2)")
     parser.add_argument(
@@ -599,10 +606,10 @@ class System(Protocol):
 class ParleySystem:
     name = "parley"
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, keep_history: bool = False) -> None:
         self._tmp = tmp
         config = tmp / "bench.toml"
-        config.write_text(BENCH_TOML)
+        config.write_text(BENCH_TOML + (HISTORY_EVENTS_TOML if keep_history else ""))
         command = [
             sys.executable,
             "-m",
@@ -1018,13 +1025,14 @@ async def coordinate(args: argparse.Namespace, chosen: Sequence[str], tmp: Path)
     for name in chosen:
         directory = tmp / name
         directory.mkdir()
-        system: System = ParleySystem(directory) if name == "parley" else SocketIOSystem(directory)
+        system: System = ParleySystem(directory, args.history) if name == "parley" else SocketIOSystem(directory)
         results[name] = await run_system(system, scenarios, idle_connections, args.workers, directory)
     comparison = compare(results, scenarios)
     return {
         "benchmark": "fanout",
         "parameters": {
             "quick": args.quick,
+            "parley_keeps_history": args.history,
             "worker_processes": args.workers,
             "payload_bytes": PAYLOAD_BYTES,
             "scenarios": [dataclasses.asdict(s) for s in scenarios],
