@@ -149,9 +149,7 @@ class CommandHandler:
         elif command == "delete":
             reply.changed.CopyFrom(await self.delete(connection, request.delete))
         elif command == "ephemeral":
-            signal = request.ephemeral
-            self._interest(connection, signal.room_id)
-            self._signals.send(connection, signal.room_id, signal.subject, signal.data)
+            self.ephemeral(connection, request.ephemeral)
         elif command == "ping":
             return
         else:
@@ -339,6 +337,10 @@ class CommandHandler:
     async def delete(self, connection: Connection, command: gateway_pb2.DeleteCommand) -> gateway_pb2.EventChanged:
         self._interest(connection, command.room_id)
         return await self._changes.delete(command.room_id, command.handle, connection.user_id)
+
+    def ephemeral(self, connection: Connection, command: gateway_pb2.EphemeralCommand) -> None:
+        self._interest(connection, command.room_id)
+        self._signals.send(connection, command.room_id, command.subject, command.data)
 
     async def rules(self, room_id: str) -> EventRules:
         rules = self._directory.rules(room_id)

@@ -39,14 +39,15 @@ class RoomFeed:
 
     def _deliver(self, message: BusMessage) -> None:
         headers = message.headers
-        if headers.get(KIND) == KIND_FRAME:
+        kind = headers.get(KIND)
+        if kind == KIND_FRAME:
             skip = headers.get(SKIP_SESSION)
             for session_id, member in self.members.items():
                 if session_id != skip:
                     member.outbox.put(kinds.FRAME, message.data)
             return
         event = headers[EVENT_HEADER]
-        if headers.get(KIND) == KIND_CHANGE:
+        if kind == KIND_CHANGE:
             for member in self.members.values():
                 interest = member.rooms.get(self.room_id)
                 if interest is not None and interest.wants(event):
