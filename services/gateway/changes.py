@@ -7,7 +7,7 @@ from google.protobuf import struct_pb2
 from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2
 from services.gateway.bus import Bus, BusMessage
-from services.gateway.feeds import EVENT_HEADER, KIND, KIND_CHANGE, room_subject
+from services.gateway.feeds import EVENT_HEADER, KIND, KIND_CHANGE, SEQ_HEADER, room_subject
 from services.gateway.history_client import HistoryAppender
 from services.gateway.publishing import payload_too_large
 from services.room.rules import EventRules
@@ -40,14 +40,14 @@ class EventChanges:
         edited = await self._history.edit(
             history_pb2.EditEventRequest(room_id=room_id, handle=handle, payload=payload, editor=user_id)
         )
-        return self._announce(EDITED, room_id, edited.event)
+        return self._announce(room_id, edited.event)
 
     async def delete(self, room_id: str, handle: str, user_id: str) -> gateway_pb2.EventChanged:
         await self._own_event(room_id, handle, user_id)
         deleted = await self._history.delete(
             history_pb2.DeleteEventRequest(room_id=room_id, handle=handle, editor=user_id)
         )
-        return self._announce(DELETED, room_id, deleted.event)
+        return self._announce(room_id, deleted.event)
 
     async def _own_event(self, room_id: str, handle: str, user_id: str) -> history_pb2.LoggedEvent:
         if not handle:
@@ -64,21 +64,26 @@ class EventChanges:
             raise not_author()
         return stored
 
-    def _announce(
-        self, kind: gateway_pb2.EventChanged.Kind.ValueType, room_id: str, event: history_pb2.LoggedEvent
-    ) -> gateway_pb2.EventChanged:
-        change = gateway_pb2.EventChanged(
-            kind=kind,
-            room_id=room_id,
-            handle=event.handle,
-            seq=event.seq,
-            event=event.event,
-            sender=event.sender,
-            change_time_ms=event.edit_time_ms,
-        )
-        if kind == EDITED:
-            change.payload.CopyFrom(event.payload)
+    def _announce(self, room_id: str, event: history_pb2.LoggedEvent) -> gateway_pb2.EventChanged:
+        change = event_changed(room_id, event)
         frame = gateway_pb2.ConnectResponse(event_changed=change)
-        headers = {KIND: KIND_CHANGE, EVENT_HEADER: event.event}
+        headers = {KIND: KIND_CHANGE, EVENT_HEADER: event.event, SEQ_HEADER: str(event.change_seq)}
         self._bus.publish(BusMessage(room_subject(room_id), frame.SerializeToString(), headers))
         return change
+
+
+def event_changed(room_id: str, event: history_pb2.LoggedEvent) -> gateway_pb2.EventChanged:
+    """The change a logged event's latest edit or delete made, as members get it."""
+    change = gateway_pb2.EventChanged(
+        kind=DELETED if event.deleted else EDITED,
+        room_id=room_id,
+        handle=event.handle,
+        seq=event.seq,
+        event=event.event,
+        sender=event.sender,
+        change_time_ms=event.edit_time_ms,
+        change_seq=event.change_seq,
+    )
+    if not event.deleted:
+        change.payload.CopyFrom(event.payload)
+    return change

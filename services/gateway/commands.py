@@ -14,7 +14,7 @@ from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.bus import Bus, BusMessage
-from services.gateway.changes import EventChanges
+from services.gateway.changes import EventChanges, event_changed
 from services.gateway.connections import Connection, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
@@ -250,21 +250,30 @@ class CommandHandler:
             for e in replayed
             if not e.deleted and interest.wants(e.event)
         }
-        for seq, data in held:
-            merged.setdefault(seq, gateway_pb2.Event.FromString(data))
-        connection.caught_up[room_id] = max([catch_up.last_seq, *merged])
+        # Changes made after the read go out after the batch; earlier ones are in it.
+        late_changes = [h for h in held if h.change and h.seq > catch_up.last_seq]
+        for seq, data, change in held:
+            if not change:
+                merged.setdefault(seq, gateway_pb2.Event.FromString(data))
+        connection.caught_up[room_id] = max([catch_up.last_seq, *merged, *(h.seq for h in late_changes)])
         if not resuming and not replayed:
             for seq in sorted(merged):
                 connection.outbox.put(kinds.EVENT, wire.batch_item(merged[seq].SerializeToString()))
-            return
-        batch = gateway_pb2.HistoryBatch(
-            room_id=room_id,
-            kind=kind,
-            events=[merged[seq] for seq in sorted(merged)],
-            recovered=result.recovered,
-            epoch=catch_up.epoch,
-        )
-        connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(history=batch)), urgent=True)
+        else:
+            changes = [
+                event_changed(room_id, e) for e in catch_up.changed if result.recovered and interest.wants(e.event)
+            ]
+            batch = gateway_pb2.HistoryBatch(
+                room_id=room_id,
+                kind=kind,
+                events=[merged[seq] for seq in sorted(merged)],
+                recovered=result.recovered,
+                epoch=catch_up.epoch,
+                changes=changes,
+            )
+            connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(history=batch)), urgent=True)
+        for late in late_changes:
+            connection.outbox.put(kinds.FRAME, late.data)
 
     async def leave(self, connection: Connection, room_id: str) -> None:
         check_room_id(room_id)

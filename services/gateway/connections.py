@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
+from typing import NamedTuple
 
 from services.gateway.outbox import Outbox
 
@@ -52,6 +53,14 @@ class Interest:
         return sorted(self.events)
 
 
+class Held(NamedTuple):
+    """A live delivery held during a catch-up: an encoded Event, or an EventChanged frame."""
+
+    seq: int
+    data: bytes
+    change: bool = False
+
+
 @dataclasses.dataclass(eq=False)
 class Connection:
     session_id: str
@@ -65,8 +74,8 @@ class Connection:
     # The last subject message delivered (deduplicates overlapping patterns).
     last_subject_message: object = None
     # Rooms whose history is being read for this connection: live events are
-    # held here (seq, encoded event) and merged with the history by sequence.
-    held: dict[str, list[tuple[int, bytes]]] = dataclasses.field(default_factory=dict)
+    # held here and merged with the history by sequence.
+    held: dict[str, list[Held]] = dataclasses.field(default_factory=dict)
     # Per room, the sequence a catch-up (replay or sync) covered: an event the
     # log already had then but whose fan-out comes later is not sent twice.
     caught_up: dict[str, int] = dataclasses.field(default_factory=dict)

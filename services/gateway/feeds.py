@@ -10,7 +10,7 @@ from __future__ import annotations
 from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.bus import Bus, BusMessage, Subscription
-from services.gateway.connections import Connection
+from services.gateway.connections import Connection, Held
 
 # Bus headers.
 KIND = "kind"
@@ -47,13 +47,10 @@ class RoomFeed:
                     member.outbox.put(kinds.FRAME, message.data)
             return
         event = headers[EVENT_HEADER]
-        if kind == KIND_CHANGE:
-            for member in self.members.values():
-                interest = member.rooms.get(self.room_id)
-                if interest is not None and interest.wants(event):
-                    member.outbox.put(kinds.FRAME, message.data)
-            return
         seq = int(headers[SEQ_HEADER])
+        if kind == KIND_CHANGE:
+            self._deliver_change(event, seq, message.data)
+            return
         skip = headers.get(SKIP_SESSION)
         item = wire.batch_item(message.data)
         room_id = self.room_id
@@ -67,10 +64,25 @@ class RoomFeed:
                 continue
             held = member.held.get(room_id)
             if held is not None:
-                held.append((seq, message.data))
+                held.append(Held(seq, message.data))
                 self.delivered += 1
             elif member.outbox.put(kinds.EVENT, item):
                 self.delivered += 1
+
+    def _deliver_change(self, event: str, seq: int, frame: bytes) -> None:
+        """An EventChanged frame, to members subscribed to the event, held or skipped like an event."""
+        room_id = self.room_id
+        for member in self.members.values():
+            interest = member.rooms.get(room_id)
+            if interest is None or not interest.wants(event):
+                continue
+            if member.caught_up and seq <= member.caught_up.get(room_id, 0):
+                continue
+            held = member.held.get(room_id)
+            if held is not None:
+                held.append(Held(seq, frame, change=True))
+            else:
+                member.outbox.put(kinds.FRAME, frame)
 
 
 class RoomFeeds:

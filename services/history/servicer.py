@@ -189,7 +189,8 @@ class HistoryServicer:
             if row.sender != editor:
                 raise not_author()
             change(event, now_ms)
-            store.replace_body(db, room_id, row.seq, event.SerializeToString())
+            event.change_seq = store.next_change_seq(db, room_id)
+            store.replace_body(db, room_id, row.seq, event.SerializeToString(), event.change_seq)
             event.seq = row.seq
             return event
 
@@ -207,18 +208,23 @@ class HistoryServicer:
             raise invalid_field("limit", "must not be negative")
         limit = min(request.limit or self._config.max_page_size, self._config.max_page_size)
         room_id, after = request.room_id, request.after_seq
-        rows, state = await self._db.run(
-            lambda db: (store.since(db, room_id, after, limit), store.log_state(db, room_id))
+        rows, changed, state = await self._db.run(
+            lambda db: (
+                store.since(db, room_id, after, limit),
+                store.changed_since(db, room_id, after, limit),
+                store.log_state(db, room_id),
+            )
         )
         response = history_pb2.ListEventsSinceResponse(
             epoch=state.epoch if state else "",
             last_seq=state.last_seq if state else 0,
             pruned_seq=state.pruned_seq if state else 0,
         )
-        for row in rows:
-            event = response.events.add()
-            event.ParseFromString(row.body)
-            event.seq = row.seq
+        for found, into in ((rows, response.events), (changed, response.changed)):
+            for row in found:
+                event = into.add()
+                event.ParseFromString(row.body)
+                event.seq = row.seq
         return response
 
     async def ListEvents(self, request: history_pb2.ListEventsRequest, context: Context) -> bytes:

@@ -78,7 +78,17 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
+def _migration_5(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        -- The log position of the latest edit or delete of the event.
+        ALTER TABLE events ADD COLUMN changed_seq INTEGER;
+        CREATE INDEX events_by_change ON events(room_id, changed_seq) WHERE changed_seq IS NOT NULL;
+        """
+    )
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
 EVENT_COLUMNS = "seq, event, sender, handle, body"
 
 
@@ -261,9 +271,27 @@ def event_by_handle(db: sqlite_utils.Database, room_id: str, handle: str) -> Eve
     return None if row is None else EventRow(*row)
 
 
-def replace_body(db: sqlite_utils.Database, room_id: str, seq: int, body: bytes) -> None:
-    """Edits and tombstones change an event in place; its sequence stays."""
-    db.execute("UPDATE events SET body = ? WHERE room_id = ? AND seq = ?", [body, room_id, seq])
+def next_change_seq(db: sqlite_utils.Database, room_id: str) -> int:
+    """A change (edit, delete) takes the log's next sequence number, like an event."""
+    db.execute("UPDATE room_logs SET last_seq = last_seq + 1 WHERE room_id = ?", [room_id])
+    (seq,) = db.execute("SELECT last_seq FROM room_logs WHERE room_id = ?", [room_id]).fetchone()
+    return int(seq)
+
+
+def replace_body(db: sqlite_utils.Database, room_id: str, seq: int, body: bytes, change_seq: int) -> None:
+    """Edits and tombstones change an event in place; its sequence stays, the change has its own."""
+    db.execute(
+        "UPDATE events SET body = ?, changed_seq = ? WHERE room_id = ? AND seq = ?", [body, change_seq, room_id, seq]
+    )
+
+
+def changed_since(db: sqlite_utils.Database, room_id: str, after_seq: int, limit: int) -> list[EventRow]:
+    """Events at or before `after_seq` changed after it, by change, oldest first."""
+    sql = (
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ? AND changed_seq > ? AND seq <= ? "
+        "ORDER BY changed_seq LIMIT ?"
+    )
+    return [EventRow(*row) for row in db.execute(sql, [room_id, after_seq, after_seq, limit]).fetchall()]
 
 
 def prune_idempotency_keys(db: sqlite_utils.Database, older_than: float) -> int:

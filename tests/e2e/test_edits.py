@@ -139,3 +139,29 @@ async def test_changing_needs_the_room_joined(pair: tuple[Client, Client]) -> No
     with pytest.raises(ParleyError) as outside:
         await room.delete(sent.handle)
     assert outside.value.reason == "NOT_IN_ROOM"
+
+
+async def test_a_resume_replays_changes_to_events_seen_before(pair: tuple[Client, Client]) -> None:
+    ada, ben = pair
+    mine, theirs = await ada.join("chat"), await ben.join("chat")
+    changes: list[EventChange] = []
+    arrived = asyncio.Event()
+    theirs.on_edited(collect(changes, arrived))
+    theirs.on_deleted(collect(changes, arrived))
+    first, second = await mine.trigger_batch([("message", {"text": "a"}, None), ("message", {"text": "b"}, None)])
+    seen = theirs.events()
+    assert [(await asyncio.wait_for(anext(seen), 5)).seq for _ in range(2)] == [first.seq, second.seq]
+    await ben.close()  # ben is away while the events change
+    edited = await mine.edit(first.handle, {"text": "a, edited"})
+    deleted = await mine.delete(second.handle)
+    assert (edited.seq, deleted.seq) == (first.seq, second.seq)
+    again = await ben.join("chat")
+    await wait_for(changes, arrived, 2)
+    assert again.recovered
+    assert [(c.handle, c.deleted, c.data) for c in changes] == [
+        (first.handle, False, {"text": "a, edited"}),
+        (second.handle, True, None),
+    ]
+    # Each change has its own place in the log, after the events: 3 and 4.
+    assert [c.change_seq for c in changes] == [edited.change_seq, deleted.change_seq] == [3, 4]
+    assert again.last_seq == changes[-1].change_seq

@@ -79,8 +79,9 @@ class Client:
         self._stream: ConnectStream | None = None
         self._stream_lock = asyncio.Lock()
         self._rooms: dict[str, Room] = {}
-        # (epoch, last seq) of rooms this client was in when its stream ended.
-        self._positions: dict[str, tuple[str, int]] = {}
+        # Rooms this client was in when its stream ended: a join resumes from
+        # their (epoch, last seq) and keeps their handlers.
+        self._left_behind: dict[str, Room] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
         self.message = Messages(self)
@@ -306,16 +307,19 @@ class Client:
 
         If this client was in the room before (e.g. before its stream ended), it
         resumes from the last event it saw: every kept event it missed comes
-        first (`room.recovered` says whether that was possible), then live events.
+        first (`room.recovered` says whether that was possible), then live events;
+        edits and deletes of earlier events made meanwhile reach `on_edited` /
+        `on_deleted`. The room's handlers carry over to the returned handle.
         """
         stream = await self.stream()
         room = self._rooms.get(room_id)
-        position = self._positions.get(room_id) if resume else None
+        before = self._left_behind.get(room_id) if resume else None
+        position = (before.epoch, before.last_seq) if before is not None else None
         if room is None or not room.joined:
             # Registered before the command: events can arrive ahead of the reply.
             room = self._rooms[room_id] = Room(self, stream, room_pb2.Room(room_id=room_id), [])
-            if position is not None:
-                room.epoch, room.last_seq = position
+            if before is not None:
+                room.continue_from(before)
         command = gateway_pb2.JoinCommand(room_id=room_id)
         if position is not None:
             command.epoch, command.since_seq, command.resume = position[0], position[1], True
@@ -375,7 +379,7 @@ class Client:
     def forget_room(self, room_id: str) -> None:
         """The room was left on purpose: a later join starts afresh."""
         self._rooms.pop(room_id, None)
-        self._positions.pop(room_id, None)
+        self._left_behind.pop(room_id, None)
 
     # Realtime stream and its callbacks
 
@@ -451,6 +455,8 @@ class Client:
             if room is not None:
                 for event in batch.events:
                     room.dispatch(event)
+                for edit_or_delete in batch.changes:
+                    room.dispatch_change(edit_or_delete)
                 room.recovered = batch.recovered
             self._fire("history", batch.room_id, [room_event(e) for e in batch.events], batch.recovered)
         elif kind == "event_changed":
@@ -467,7 +473,7 @@ class Client:
     def _on_end(self, error: ParleyError | None) -> None:
         self._stream = None
         for room in self._rooms.values():
-            self._positions[room.id] = (room.epoch, room.last_seq)
+            self._left_behind[room.id] = room
             room.close()
         self._rooms.clear()
         self._fire("disconnect", error)

@@ -63,6 +63,8 @@ class EventChange:
     deleted: bool
     data: Any
     time_ms: int
+    # The change's own place in the room's log (after `seq`).
+    change_seq: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,7 @@ def event_change(change: gateway_pb2.EventChanged) -> EventChange:
         deleted=change.kind == gateway_pb2.EventChanged.KIND_DELETED,
         data=json_format.MessageToDict(change.payload) if change.HasField("payload") else None,
         time_ms=change.change_time_ms,
+        change_seq=change.change_seq,
     )
 
 
@@ -161,6 +164,12 @@ class Room:
         self.last_seq = 0
         # After a resume: True when every missed kept event was replayed.
         self.recovered = False
+
+    def continue_from(self, before: Room) -> None:
+        """A resumed room: the same place in the log and the same handlers as before the stream ended."""
+        self.epoch, self.last_seq = before.epoch, before.last_seq
+        self._handlers, self._any, self._presence = before._handlers, before._any, before._presence
+        self._changes, self._signals = before._changes, before._signals
 
     @property
     def id(self) -> str:
@@ -303,6 +312,8 @@ class Room:
             self._client.spawn(call_handler(handler, delivered))
 
     def dispatch_change(self, change: gateway_pb2.EventChanged) -> None:
+        if change.change_seq > self.last_seq:
+            self.last_seq = change.change_seq
         changed = event_change(change)
         for handler in self._changes[changed.deleted]:
             self._client.spawn(call_handler(handler, changed))

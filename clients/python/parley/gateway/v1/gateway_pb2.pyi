@@ -852,6 +852,7 @@ class EventChanged(_message.Message):
     SENDER_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     CHANGE_TIME_MS_FIELD_NUMBER: _builtins.int
+    CHANGE_SEQ_FIELD_NUMBER: _builtins.int
     kind: Global___EventChanged.Kind.ValueType
     room_id: _builtins.str
     handle: _builtins.str
@@ -860,6 +861,10 @@ class EventChanged(_message.Message):
     sender: _builtins.str
     change_time_ms: _builtins.int
     """When the change was made, milliseconds since the Unix epoch."""
+    change_seq: _builtins.int
+    """The change's own position in the room's log (after `seq`): clients track
+    it like an event's seq, and a resume from before it replays the change.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value:
         """The new payload (edits only)."""
@@ -875,10 +880,11 @@ class EventChanged(_message.Message):
         sender: _builtins.str = ...,
         payload: _struct_pb2.Value | None = ...,
         change_time_ms: _builtins.int = ...,
+        change_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time_ms", b"change_time_ms", "event", b"event", "handle", b"handle", "kind", b"kind", "payload", b"payload", "room_id", b"room_id", "sender", b"sender", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_seq", b"change_seq", "change_time_ms", b"change_time_ms", "event", b"event", "handle", b"handle", "kind", b"kind", "payload", b"payload", "room_id", b"room_id", "sender", b"sender", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -957,6 +963,7 @@ class HistoryBatch(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     RECOVERED_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     kind: Global___HistoryBatch.Kind.ValueType
     recovered: _builtins.bool
@@ -964,6 +971,12 @@ class HistoryBatch(_message.Message):
     epoch: _builtins.str
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventChanged]:
+        """For a replay: edits and deletes, made since the position resumed from,
+        of events at or before it (later events come in `events` as they are now).
+        """
+
     def __init__(
         self,
         *,
@@ -972,10 +985,11 @@ class HistoryBatch(_message.Message):
         events: _abc.Iterable[Global___Event] | None = ...,
         recovered: _builtins.bool = ...,
         epoch: _builtins.str = ...,
+        changes: _abc.Iterable[Global___EventChanged] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "events", b"events", "kind", b"kind", "recovered", b"recovered", "room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "epoch", b"epoch", "events", b"events", "kind", b"kind", "recovered", b"recovered", "room_id", b"room_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

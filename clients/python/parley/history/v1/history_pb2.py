@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from parley.api.v1 import annotations_pb2 as parley_dot_api_dot_v1_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/history/v1/history.proto\x12\x11parley.history.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fparley/api/v1/annotations.proto\"\x91\x01\n\x08LogState\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x14\n\x05\x65poch\x18\x02 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x03 \x01(\x04R\x07lastSeq\x12;\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\"-\n\x12GetLogStateRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"H\n\x13GetLogStateResponse\x12\x31\n\x05state\x18\x01 \x01(\x0b\x32\x1b.parley.history.v1.LogStateR\x05state\"\xcf\x02\n\x08NewEvent\x12\x14\n\x05\x65vent\x18\x01 \x01(\tR\x05\x65vent\x12\x30\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06sender\x18\x03 \x01(\tR\x06sender\x12\x17\n\x07time_ms\x18\x04 \x01(\x03R\x06timeMs\x12\x16\n\x06handle\x18\x05 \x01(\tR\x06handle\x12+\n\x04meta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructR\x04meta\x12\'\n\x0fidempotency_key\x18\x07 \x01(\tR\x0eidempotencyKey\x12\x1c\n\ttransient\x18\x08 \x01(\x08R\ttransient\x12\x1b\n\tkeep_last\x18\t \x01(\rR\x08keepLast\x12!\n\x0ckeep_seconds\x18\n \x01(\x04R\x0bkeepSeconds\"\x99\x02\n\x0bLoggedEvent\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n\x05\x65vent\x18\x02 \x01(\tR\x05\x65vent\x12\x30\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06sender\x18\x04 \x01(\tR\x06sender\x12\x17\n\x07time_ms\x18\x05 \x01(\x03R\x06timeMs\x12\x16\n\x06handle\x18\x06 \x01(\tR\x06handle\x12+\n\x04meta\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructR\x04meta\x12 \n\x0c\x65\x64it_time_ms\x18\x08 \x01(\x03R\neditTimeMs\x12\x18\n\x07\x64\x65leted\x18\t \x01(\x08R\x07\x64\x65leted\"c\n\x13\x41ppendEventsRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x33\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.parley.history.v1.NewEventR\x06\x65vents\"W\n\rAppendedEvent\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\x12\x1c\n\tduplicate\x18\x03 \x01(\x08R\tduplicate\"j\n\x14\x41ppendEventsResponse\x12\x14\n\x05\x65poch\x18\x01 \x01(\tR\x05\x65poch\x12<\n\x08\x61ppended\x18\x02 \x03(\x0b\x32 .parley.history.v1.AppendedEventR\x08\x61ppended\"5\n\x0bOffsetRange\x12\x14\n\x05start\x18\x01 \x01(\x05R\x05start\x12\x10\n\x03\x65nd\x18\x02 \x01(\x05R\x03\x65nd\"\xd3\x01\n\x11ListEventsRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\x12\x1d\n\nbefore_seq\x18\x04 \x01(\x04R\tbeforeSeq\x12\x14\n\x05\x65vent\x18\x05 \x01(\tR\x05\x65vent\x12\x34\n\x05range\x18\x06 \x01(\x0b\x32\x1e.parley.history.v1.OffsetRangeR\x05range\"\xa5\x01\n\x12ListEventsResponse\x12\x36\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n\x05\x65poch\x18\x03 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x04 \x01(\x04R\x07lastSeq\"B\n\x0fGetEventRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\"^\n\x10GetEventResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x05\x65vent\x12\x14\n\x05\x65poch\x18\x02 \x01(\tR\x05\x65poch\"\x8d\x01\n\x10\x45\x64itEventRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\x12\x30\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06\x65\x64itor\x18\x04 \x01(\tR\x06\x65\x64itor\"I\n\x11\x45\x64itEventResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x05\x65vent\"]\n\x12\x44\x65leteEventRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\x12\x16\n\x06\x65\x64itor\x18\x03 \x01(\tR\x06\x65\x64itor\"K\n\x13\x44\x65leteEventResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x05\x65vent\"d\n\x16ListEventsSinceRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x1b\n\tafter_seq\x18\x02 \x01(\x04R\x08\x61\x66terSeq\x12\x14\n\x05limit\x18\x03 \x01(\x05R\x05limit\"\xa1\x01\n\x17ListEventsSinceResponse\x12\x36\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x06\x65vents\x12\x14\n\x05\x65poch\x18\x02 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x03 \x01(\x04R\x07lastSeq\x12\x1d\n\npruned_seq\x18\x04 \x01(\x04R\tprunedSeq2\xb1\x05\n\x0eHistoryService\x12\\\n\x0bGetLogState\x12%.parley.history.v1.GetLogStateRequest\x1a&.parley.history.v1.GetLogStateResponse\x12\x65\n\x0c\x41ppendEvents\x12&.parley.history.v1.AppendEventsRequest\x1a\'.parley.history.v1.AppendEventsResponse\"\x04\xc8\xf3\x18\x03\x12Y\n\nListEvents\x12$.parley.history.v1.ListEventsRequest\x1a%.parley.history.v1.ListEventsResponse\x12S\n\x08GetEvent\x12\".parley.history.v1.GetEventRequest\x1a#.parley.history.v1.GetEventResponse\x12h\n\x0fListEventsSince\x12).parley.history.v1.ListEventsSinceRequest\x1a*.parley.history.v1.ListEventsSinceResponse\x12\\\n\tEditEvent\x12#.parley.history.v1.EditEventRequest\x1a$.parley.history.v1.EditEventResponse\"\x04\xc8\xf3\x18\x03\x12\x62\n\x0b\x44\x65leteEvent\x12%.parley.history.v1.DeleteEventRequest\x1a&.parley.history.v1.DeleteEventResponse\"\x04\xc8\xf3\x18\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/history/v1/history.proto\x12\x11parley.history.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fparley/api/v1/annotations.proto\"\x91\x01\n\x08LogState\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x14\n\x05\x65poch\x18\x02 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x03 \x01(\x04R\x07lastSeq\x12;\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\"-\n\x12GetLogStateRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\"H\n\x13GetLogStateResponse\x12\x31\n\x05state\x18\x01 \x01(\x0b\x32\x1b.parley.history.v1.LogStateR\x05state\"\xcf\x02\n\x08NewEvent\x12\x14\n\x05\x65vent\x18\x01 \x01(\tR\x05\x65vent\x12\x30\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06sender\x18\x03 \x01(\tR\x06sender\x12\x17\n\x07time_ms\x18\x04 \x01(\x03R\x06timeMs\x12\x16\n\x06handle\x18\x05 \x01(\tR\x06handle\x12+\n\x04meta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructR\x04meta\x12\'\n\x0fidempotency_key\x18\x07 \x01(\tR\x0eidempotencyKey\x12\x1c\n\ttransient\x18\x08 \x01(\x08R\ttransient\x12\x1b\n\tkeep_last\x18\t \x01(\rR\x08keepLast\x12!\n\x0ckeep_seconds\x18\n \x01(\x04R\x0bkeepSeconds\"\xb8\x02\n\x0bLoggedEvent\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n\x05\x65vent\x18\x02 \x01(\tR\x05\x65vent\x12\x30\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06sender\x18\x04 \x01(\tR\x06sender\x12\x17\n\x07time_ms\x18\x05 \x01(\x03R\x06timeMs\x12\x16\n\x06handle\x18\x06 \x01(\tR\x06handle\x12+\n\x04meta\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructR\x04meta\x12 \n\x0c\x65\x64it_time_ms\x18\x08 \x01(\x03R\neditTimeMs\x12\x18\n\x07\x64\x65leted\x18\t \x01(\x08R\x07\x64\x65leted\x12\x1d\n\nchange_seq\x18\n \x01(\x04R\tchangeSeq\"c\n\x13\x41ppendEventsRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x33\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.parley.history.v1.NewEventR\x06\x65vents\"W\n\rAppendedEvent\x12\x10\n\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\x12\x1c\n\tduplicate\x18\x03 \x01(\x08R\tduplicate\"j\n\x14\x41ppendEventsResponse\x12\x14\n\x05\x65poch\x18\x01 \x01(\tR\x05\x65poch\x12<\n\x08\x61ppended\x18\x02 \x03(\x0b\x32 .parley.history.v1.AppendedEventR\x08\x61ppended\"5\n\x0bOffsetRange\x12\x14\n\x05start\x18\x01 \x01(\x05R\x05start\x12\x10\n\x03\x65nd\x18\x02 \x01(\x05R\x03\x65nd\"\xd3\x01\n\x11ListEventsRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\x12\x1d\n\nbefore_seq\x18\x04 \x01(\x04R\tbeforeSeq\x12\x14\n\x05\x65vent\x18\x05 \x01(\tR\x05\x65vent\x12\x34\n\x05range\x18\x06 \x01(\x0b\x32\x1e.parley.history.v1.OffsetRangeR\x05range\"\xa5\x01\n\x12ListEventsResponse\x12\x36\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x06\x65vents\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n\x05\x65poch\x18\x03 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x04 \x01(\x04R\x07lastSeq\"B\n\x0fGetEventRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\"^\n\x10GetEventResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x05\x65vent\x12\x14\n\x05\x65poch\x18\x02 \x01(\tR\x05\x65poch\"\x8d\x01\n\x10\x45\x64itEventRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\x12\x30\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueR\x07payload\x12\x16\n\x06\x65\x64itor\x18\x04 \x01(\tR\x06\x65\x64itor\"I\n\x11\x45\x64itEventResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x05\x65vent\"]\n\x12\x44\x65leteEventRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x16\n\x06handle\x18\x02 \x01(\tR\x06handle\x12\x16\n\x06\x65\x64itor\x18\x03 \x01(\tR\x06\x65\x64itor\"K\n\x13\x44\x65leteEventResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x05\x65vent\"d\n\x16ListEventsSinceRequest\x12\x17\n\x07room_id\x18\x01 \x01(\tR\x06roomId\x12\x1b\n\tafter_seq\x18\x02 \x01(\x04R\x08\x61\x66terSeq\x12\x14\n\x05limit\x18\x03 \x01(\x05R\x05limit\"\xdb\x01\n\x17ListEventsSinceResponse\x12\x36\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x06\x65vents\x12\x14\n\x05\x65poch\x18\x02 \x01(\tR\x05\x65poch\x12\x19\n\x08last_seq\x18\x03 \x01(\x04R\x07lastSeq\x12\x1d\n\npruned_seq\x18\x04 \x01(\x04R\tprunedSeq\x12\x38\n\x07\x63hanged\x18\x05 \x03(\x0b\x32\x1e.parley.history.v1.LoggedEventR\x07\x63hanged2\xb1\x05\n\x0eHistoryService\x12\\\n\x0bGetLogState\x12%.parley.history.v1.GetLogStateRequest\x1a&.parley.history.v1.GetLogStateResponse\x12\x65\n\x0c\x41ppendEvents\x12&.parley.history.v1.AppendEventsRequest\x1a\'.parley.history.v1.AppendEventsResponse\"\x04\xc8\xf3\x18\x03\x12Y\n\nListEvents\x12$.parley.history.v1.ListEventsRequest\x1a%.parley.history.v1.ListEventsResponse\x12S\n\x08GetEvent\x12\".parley.history.v1.GetEventRequest\x1a#.parley.history.v1.GetEventResponse\x12h\n\x0fListEventsSince\x12).parley.history.v1.ListEventsSinceRequest\x1a*.parley.history.v1.ListEventsSinceResponse\x12\\\n\tEditEvent\x12#.parley.history.v1.EditEventRequest\x1a$.parley.history.v1.EditEventResponse\"\x04\xc8\xf3\x18\x03\x12\x62\n\x0b\x44\x65leteEvent\x12%.parley.history.v1.DeleteEventRequest\x1a&.parley.history.v1.DeleteEventResponse\"\x04\xc8\xf3\x18\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,35 +49,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NEWEVENT']._serialized_start=420
   _globals['_NEWEVENT']._serialized_end=755
   _globals['_LOGGEDEVENT']._serialized_start=758
-  _globals['_LOGGEDEVENT']._serialized_end=1039
-  _globals['_APPENDEVENTSREQUEST']._serialized_start=1041
-  _globals['_APPENDEVENTSREQUEST']._serialized_end=1140
-  _globals['_APPENDEDEVENT']._serialized_start=1142
-  _globals['_APPENDEDEVENT']._serialized_end=1229
-  _globals['_APPENDEVENTSRESPONSE']._serialized_start=1231
-  _globals['_APPENDEVENTSRESPONSE']._serialized_end=1337
-  _globals['_OFFSETRANGE']._serialized_start=1339
-  _globals['_OFFSETRANGE']._serialized_end=1392
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1395
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1606
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1609
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1774
-  _globals['_GETEVENTREQUEST']._serialized_start=1776
-  _globals['_GETEVENTREQUEST']._serialized_end=1842
-  _globals['_GETEVENTRESPONSE']._serialized_start=1844
-  _globals['_GETEVENTRESPONSE']._serialized_end=1938
-  _globals['_EDITEVENTREQUEST']._serialized_start=1941
-  _globals['_EDITEVENTREQUEST']._serialized_end=2082
-  _globals['_EDITEVENTRESPONSE']._serialized_start=2084
-  _globals['_EDITEVENTRESPONSE']._serialized_end=2157
-  _globals['_DELETEEVENTREQUEST']._serialized_start=2159
-  _globals['_DELETEEVENTREQUEST']._serialized_end=2252
-  _globals['_DELETEEVENTRESPONSE']._serialized_start=2254
-  _globals['_DELETEEVENTRESPONSE']._serialized_end=2329
-  _globals['_LISTEVENTSSINCEREQUEST']._serialized_start=2331
-  _globals['_LISTEVENTSSINCEREQUEST']._serialized_end=2431
-  _globals['_LISTEVENTSSINCERESPONSE']._serialized_start=2434
-  _globals['_LISTEVENTSSINCERESPONSE']._serialized_end=2595
-  _globals['_HISTORYSERVICE']._serialized_start=2598
-  _globals['_HISTORYSERVICE']._serialized_end=3287
+  _globals['_LOGGEDEVENT']._serialized_end=1070
+  _globals['_APPENDEVENTSREQUEST']._serialized_start=1072
+  _globals['_APPENDEVENTSREQUEST']._serialized_end=1171
+  _globals['_APPENDEDEVENT']._serialized_start=1173
+  _globals['_APPENDEDEVENT']._serialized_end=1260
+  _globals['_APPENDEVENTSRESPONSE']._serialized_start=1262
+  _globals['_APPENDEVENTSRESPONSE']._serialized_end=1368
+  _globals['_OFFSETRANGE']._serialized_start=1370
+  _globals['_OFFSETRANGE']._serialized_end=1423
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1426
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1637
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1640
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1805
+  _globals['_GETEVENTREQUEST']._serialized_start=1807
+  _globals['_GETEVENTREQUEST']._serialized_end=1873
+  _globals['_GETEVENTRESPONSE']._serialized_start=1875
+  _globals['_GETEVENTRESPONSE']._serialized_end=1969
+  _globals['_EDITEVENTREQUEST']._serialized_start=1972
+  _globals['_EDITEVENTREQUEST']._serialized_end=2113
+  _globals['_EDITEVENTRESPONSE']._serialized_start=2115
+  _globals['_EDITEVENTRESPONSE']._serialized_end=2188
+  _globals['_DELETEEVENTREQUEST']._serialized_start=2190
+  _globals['_DELETEEVENTREQUEST']._serialized_end=2283
+  _globals['_DELETEEVENTRESPONSE']._serialized_start=2285
+  _globals['_DELETEEVENTRESPONSE']._serialized_end=2360
+  _globals['_LISTEVENTSSINCEREQUEST']._serialized_start=2362
+  _globals['_LISTEVENTSSINCEREQUEST']._serialized_end=2462
+  _globals['_LISTEVENTSSINCERESPONSE']._serialized_start=2465
+  _globals['_LISTEVENTSSINCERESPONSE']._serialized_end=2684
+  _globals['_HISTORYSERVICE']._serialized_start=2687
+  _globals['_HISTORYSERVICE']._serialized_end=3376
 # @@protoc_insertion_point(module_scope)

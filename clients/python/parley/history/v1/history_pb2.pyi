@@ -169,6 +169,7 @@ class LoggedEvent(_message.Message):
     META_FIELD_NUMBER: _builtins.int
     EDIT_TIME_MS_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
+    CHANGE_SEQ_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     event: _builtins.str
     sender: _builtins.str
@@ -178,6 +179,10 @@ class LoggedEvent(_message.Message):
     """Set when the payload was replaced, milliseconds since the Unix epoch."""
     deleted: _builtins.bool
     """A tombstone: the event was deleted; payload and meta are gone."""
+    change_seq: _builtins.int
+    """The log position of the latest edit or delete: a change takes the next
+    sequence number, so a resume from before it gets the change.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -194,10 +199,11 @@ class LoggedEvent(_message.Message):
         meta: _struct_pb2.Struct | None = ...,
         edit_time_ms: _builtins.int = ...,
         deleted: _builtins.bool = ...,
+        change_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "edit_time_ms", b"edit_time_ms", "event", b"event", "handle", b"handle", "meta", b"meta", "payload", b"payload", "sender", b"sender", "seq", b"seq", "time_ms", b"time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_seq", b"change_seq", "deleted", b"deleted", "edit_time_ms", b"edit_time_ms", "event", b"event", "handle", b"handle", "meta", b"meta", "payload", b"payload", "sender", b"sender", "seq", b"seq", "time_ms", b"time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,6 +558,7 @@ class ListEventsSinceResponse(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     PRUNED_SEQ_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
     epoch: _builtins.str
     last_seq: _builtins.int
     """The log's newest sequence when this was read."""
@@ -563,6 +570,12 @@ class ListEventsSinceResponse(_message.Message):
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedEvent]:
         """Oldest first; transient events (no history) are not in the log."""
 
+    @_builtins.property
+    def changed(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedEvent]:
+        """Events at or before `after_seq` that were edited or deleted after it, in
+        their current form, by change_seq.
+        """
+
     def __init__(
         self,
         *,
@@ -570,10 +583,11 @@ class ListEventsSinceResponse(_message.Message):
         epoch: _builtins.str = ...,
         last_seq: _builtins.int = ...,
         pruned_seq: _builtins.int = ...,
+        changed: _abc.Iterable[Global___LoggedEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "events", b"events", "last_seq", b"last_seq", "pruned_seq", b"pruned_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "epoch", b"epoch", "events", b"events", "last_seq", b"last_seq", "pruned_seq", b"pruned_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
