@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from parley import Client, EventChange
 from parley.errors import ParleyError
+from parley.history.v1 import history_pb2
 from services import allinone
+from services.history.servicer import HistoryServicer
 from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
 from tests.support import make_config, running
 
@@ -165,3 +168,39 @@ async def test_a_resume_replays_changes_to_events_seen_before(pair: tuple[Client
     # Each change has its own place in the log, after the events: 3 and 4.
     assert [c.change_seq for c in changes] == [edited.change_seq, deleted.change_seq] == [3, 4]
     assert again.last_seq == changes[-1].change_seq
+
+
+@pytest.mark.parametrize("edit_lands", ["before the read", "after the read"])
+async def test_a_change_during_a_resume_arrives_once(
+    pair: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, edit_lands: str
+) -> None:
+    ada, ben = pair
+    mine, theirs = await ada.join("chat"), await ben.join("chat")
+    changes: list[EventChange] = []
+    arrived = asyncio.Event()
+    theirs.on_edited(collect(changes, arrived))
+    sent = await mine.trigger("message", {"text": "v1"})
+    assert (await asyncio.wait_for(anext(theirs.events()), 5)).seq == sent.seq
+    await ben.close()
+
+    read = HistoryServicer.since
+
+    async def slow_read(self: HistoryServicer, request: history_pb2.ListEventsSinceRequest) -> Any:
+        # The resume's read of the log is slow: the edit lands before or after it, while live events are held.
+        if edit_lands == "before the read":
+            await asyncio.sleep(0.3)
+            return await read(self, request)
+        result = await read(self, request)
+        await asyncio.sleep(0.3)
+        return result
+
+    monkeypatch.setattr(HistoryServicer, "since", slow_read)
+    joining = asyncio.create_task(ben.join("chat"))
+    await asyncio.sleep(0.1)
+    await mine.edit(sent.handle, {"text": "v2"})
+    again = await joining
+    await wait_for(changes, arrived, 1)
+    await asyncio.sleep(0.2)  # a second copy would have come by now
+    assert [(c.handle, c.data) for c in changes] == [(sent.handle, {"text": "v2"})]
+    assert again.recovered
+    assert again.last_seq == changes[0].change_seq
