@@ -250,12 +250,21 @@ class CommandHandler:
             for e in replayed
             if not e.deleted and interest.wants(e.event)
         }
-        # Changes made after the read go out after the batch; earlier ones are in it.
-        late_changes = [h for h in held if h.change and h.seq > catch_up.last_seq]
+        # The read has these events as they were when it ran (tombstones included):
+        # a held copy of one of them, or of a change to it made before the read, is older news.
+        covered = {e.seq for e in catch_up.events}
+        covered.update(e.seq for e in catch_up.changed if result.recovered)
+        late_changes = []
         for seq, data, change in held:
             if not change:
-                merged.setdefault(seq, gateway_pb2.Event.FromString(data))
-        connection.caught_up[room_id] = max([catch_up.last_seq, *merged, *(h.seq for h in late_changes)])
+                if seq not in covered:
+                    merged.setdefault(seq, gateway_pb2.Event.FromString(data))
+            elif (
+                seq > catch_up.last_seq or gateway_pb2.ConnectResponse.FromString(data).event_changed.seq not in covered
+            ):
+                late_changes.append(data)
+        # Live deliveries at or below this were in the read; later ones come from the feed.
+        connection.caught_up[room_id] = catch_up.last_seq
         if not resuming and not replayed:
             for seq in sorted(merged):
                 connection.outbox.put(kinds.EVENT, wire.batch_item(merged[seq].SerializeToString()))
@@ -273,7 +282,7 @@ class CommandHandler:
             )
             connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(history=batch)), urgent=True)
         for late in late_changes:
-            connection.outbox.put(kinds.FRAME, late.data)
+            connection.outbox.put(kinds.FRAME, late)
 
     async def leave(self, connection: Connection, room_id: str) -> None:
         check_room_id(room_id)

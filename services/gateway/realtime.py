@@ -23,7 +23,7 @@ from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
-from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
+from services.gateway.feeds import KIND, KIND_EVENT, RoomFeeds, room_subject
 from services.gateway.history_client import HistoryAppender
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
@@ -244,7 +244,8 @@ class Realtime:
         outbox = Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes)
 
         def deliver(message: BusMessage) -> None:
-            if message.headers.get(KIND) != KIND_FRAME:
+            # Only events: presence, ephemerals and edits are whole frames for connections.
+            if message.headers.get(KIND) == KIND_EVENT:
                 outbox.put(kinds.EVENT, wire.batch_item(message.data))
 
         subscription = self.bus.subscribe(room_subject(request.room_id), deliver)

@@ -222,15 +222,20 @@ def prune(db: sqlite_utils.Database, now_ms: int) -> int:
         if keep_seconds:
             (oldest_kept,) = db.execute(
                 "SELECT MAX(seq) FROM events WHERE room_id = ? AND event = ? AND time_ms < ?",
-                [room_id, event, now_ms - keep_seconds * 1000],
+                [room_id, event, max(0, now_ms - keep_seconds * 1000)],
             ).fetchone()
             bound = max(bound, oldest_kept or 0)
         if not bound:
             continue
+        # A removed event's latest change counts as removed too: a resume from before it cannot replay it.
+        (last_change,) = db.execute(
+            "SELECT MAX(changed_seq) FROM events WHERE room_id = ? AND event = ? AND seq <= ?", [room_id, event, bound]
+        ).fetchone()
         removed += db.execute(
             "DELETE FROM events WHERE room_id = ? AND event = ? AND seq <= ?", [room_id, event, bound]
         ).rowcount
-        db.execute("UPDATE room_logs SET pruned_seq = MAX(pruned_seq, ?) WHERE room_id = ?", [bound, room_id])
+        gone = max(bound, last_change or 0)
+        db.execute("UPDATE room_logs SET pruned_seq = MAX(pruned_seq, ?) WHERE room_id = ?", [gone, room_id])
     return removed
 
 

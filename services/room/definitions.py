@@ -27,6 +27,11 @@ def check_room_id(room_id: str, field: str = "room_id") -> None:
         raise invalid_field(field, "must be 1–64 characters of a-z, 0-9, '_', '.', ':' and '-'")
 
 
+# Retention bounds: ten million events, a hundred years.
+MAX_HISTORY_LIMIT = 10_000_000
+MAX_HISTORY_AGE_SECONDS = 100 * 365 * 24 * 3600
+
+
 def check_room(room: room_pb2.Room) -> room_pb2.Room:
     """Validates a definition (ids, names, sizes, schemas); returns it unchanged."""
     check_room_id(room.room_id)
@@ -41,8 +46,12 @@ def check_room(room: room_pb2.Room) -> room_pb2.Room:
         if event.name in seen:
             raise invalid_field(f"events[{i}].name", f"{event.name!r} is listed twice")
         seen.add(event.name)
-        if event.history.limit < 0 or event.history.max_age_seconds < 0:
-            raise invalid_field(f"events[{i}].history", "limit and max_age_seconds must not be negative")
+        if not 0 <= event.history.limit <= MAX_HISTORY_LIMIT:
+            raise invalid_field(f"events[{i}].history.limit", f"must be 0 (no limit) to {MAX_HISTORY_LIMIT:,}")
+        if not 0 <= event.history.max_age_seconds <= MAX_HISTORY_AGE_SECONDS:
+            raise invalid_field(
+                f"events[{i}].history.max_age_seconds", f"must be 0 (no limit) to {MAX_HISTORY_AGE_SECONDS:,}"
+            )
     for i, name in enumerate(room.default_subscriptions):
         if name != ANY_EVENT and not EVENT_NAME.fullmatch(name):
             raise invalid_field(f"default_subscriptions[{i}]", "is not an event name")

@@ -266,6 +266,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"logging.format must be json or text, got {config.logging.format!r}")
     if not 0 < config.files.data_shares <= config.files.total_shares <= 255:
         raise ConfigError("files: need 0 < data_shares <= total_shares <= 255")
+    if config.history.prune_interval_seconds <= 0:
+        raise ConfigError("history.prune_interval_seconds must be positive")
+    if config.gateway.ephemeral_ttl_seconds <= 0:
+        raise ConfigError("gateway.ephemeral_ttl_seconds must be positive")
     external = config.auth.external_jwt
     if external.enabled:
         if not external.audience:

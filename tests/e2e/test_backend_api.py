@@ -13,7 +13,7 @@ import pytest
 from parley import Client
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from services import allinone
-from services.runtime.config import RoomDefinition
+from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
 from tests.streams import payload_of, stream, value
 from tests.support import SERVICE_SECRET, bearer, error_reason, make_config, running
 
@@ -29,7 +29,8 @@ class Backend:
 
 @pytest.fixture
 async def backend(data_dir: Path, tmp_path: Path) -> AsyncIterator[Backend]:
-    config = make_config(data_dir, rooms=[RoomDefinition(id="news", events=[]), RoomDefinition(id="lobby")])
+    kept = RoomDefinition(id="kept", events=[EventDefinition(name="*", history=HistorySettings(enabled=True))])
+    config = make_config(data_dir, rooms=[RoomDefinition(id="news", events=[]), RoomDefinition(id="lobby"), kept])
     async with running(allinone.create_server, config) as (_, address):
         async with Client(address, username="alice", key_file=tmp_path / "a.json") as alice:
             async with grpc.aio.insecure_channel(address) as channel:
@@ -70,6 +71,22 @@ async def test_subscribe_to_a_rooms_events(backend: Backend) -> None:
             seen += [payload_of(e) for e in batch.events]
     feed.cancel()
     assert seen == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_room_feed_carries_events_only(backend: Backend) -> None:
+    feed = backend.gateway.SubscribeRoom(gateway_pb2.SubscribeRoomRequest(room_id="kept"), metadata=SERVICE)
+    room = await backend.alice.join("kept")
+    await asyncio.sleep(0.1)  # the subscription is in place
+    first = await room.trigger("message", {"n": 1})
+    await room.edit(first.handle, {"n": 1, "edited": True})
+    await room.send_ephemeral("typing")
+    await room.trigger("message", {"n": 2})
+    seen: list[object] = []
+    while len(seen) < 2:
+        batch = await asyncio.wait_for(feed.read(), 3)
+        seen += [payload_of(e) for e in batch.events]
+    feed.cancel()
+    assert seen == [{"n": 1}, {"n": 2}]  # no frames of edits or signals posing as events
 
 
 async def test_connections_rooms_and_presence_queries(backend: Backend) -> None:

@@ -12,10 +12,12 @@ import pytest
 
 from parley import Client, EventChange
 from parley.errors import ParleyError
+from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2
 from services import allinone
 from services.history.servicer import HistoryServicer
 from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
+from tests.streams import stream
 from tests.support import make_config, running
 
 TEXT = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "minLength": 1}}}
@@ -32,13 +34,18 @@ ROOMS = [
 
 
 @pytest.fixture
-async def pair(data_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[Client, Client]]:
+async def server_address(data_dir: Path) -> AsyncIterator[str]:
     async with running(allinone.create_server, make_config(data_dir, rooms=ROOMS)) as (_, address):
-        async with (
-            Client(address, username="ada", key_file=tmp_path / "a.json") as ada,
-            Client(address, username="ben", key_file=tmp_path / "b.json") as ben,
-        ):
-            yield ada, ben
+        yield address
+
+
+@pytest.fixture
+async def pair(server_address: str, tmp_path: Path) -> AsyncIterator[tuple[Client, Client]]:
+    async with (
+        Client(server_address, username="ada", key_file=tmp_path / "a.json") as ada,
+        Client(server_address, username="ben", key_file=tmp_path / "b.json") as ben,
+    ):
+        yield ada, ben
 
 
 def collect(room_changes: list[EventChange], arrived: asyncio.Event) -> Callable[[EventChange], None]:
@@ -204,3 +211,30 @@ async def test_a_change_during_a_resume_arrives_once(
     assert [(c.handle, c.data) for c in changes] == [(sent.handle, {"text": "v2"})]
     assert again.recovered
     assert again.last_seq == changes[0].change_seq
+
+
+async def test_a_delete_during_a_plain_join_is_not_lost(
+    pair: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, server_address: str
+) -> None:
+    ada, ben = pair
+    mine = await ada.join("chat")
+    read = HistoryServicer.since
+
+    async def slow_read(self: HistoryServicer, request: history_pb2.ListEventsSinceRequest) -> Any:
+        await asyncio.sleep(0.3)  # the publish and the delete land while live events are held
+        return await read(self, request)
+
+    monkeypatch.setattr(HistoryServicer, "since", slow_read)
+    async with stream(server_address, await ben.access_token()) as s:
+        joining = asyncio.create_task(s.join("chat"))
+        await asyncio.sleep(0.1)
+        sent = await mine.trigger("message", {"text": "secret"})
+        await mine.delete(sent.handle)
+        await joining
+        held = await s.next_event()  # the event, held during the read, then its delete
+        change = (await s.next_other("event_changed")).event_changed
+    assert (held.handle, change.handle, change.kind) == (
+        sent.handle,
+        sent.handle,
+        gateway_pb2.EventChanged.KIND_DELETED,
+    )

@@ -433,3 +433,9 @@ def test_config_error_is_a_value_error() -> None:
 def test_external_jwt_needs_audience_key_and_own_issuer(settings: dict[str, str], complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint):
         load_config(overrides=settings)
+
+
+@pytest.mark.parametrize("setting", ["history.prune_interval_seconds", "gateway.ephemeral_ttl_seconds"])
+def test_intervals_must_be_positive(setting: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"{setting} must be positive")):
+        load_config(overrides={setting: 0})

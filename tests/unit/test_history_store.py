@@ -135,3 +135,15 @@ def test_retention_by_age_and_a_policy_that_is_lifted() -> None:
     store.append(db, "r", [_kept("msg", 11_000)], 10.0, 600)  # the definition no longer limits "msg"
     assert store.prune(db, now_ms=60_000) == 0
     assert [seq for seq, _ in _seqs(db, "r")] == [7, 8, 9, 10, 11]
+
+
+def test_pruning_a_changed_event_counts_its_change_as_pruned() -> None:
+    db = fresh_db()
+    store.append(db, "r", [_kept("msg", t, keep_last=2) for t in range(1, 4)], 10.0, 600)
+    change_seq = store.next_change_seq(db, "r")
+    store.replace_body(db, "r", 1, b"", change_seq)  # event 1 deleted or edited: its change is seq 4
+    assert store.prune(db, now_ms=10_000) == 1
+    state = store.log_state(db, "r")
+    assert state is not None
+    # A client at seq 3 never saw change 4, and it is gone with event 1: its resume is not recovered.
+    assert state.pruned_seq == change_seq == 4
