@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from parley import Client
-from parley.errors import ParleyError
+from parley.errors import ParleyError, ValidationError
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.values import to_value
 from services import allinone
@@ -95,9 +95,9 @@ async def test_history_without_joining_shows_edits_and_tombstones(server: tuple[
 
 async def test_bad_arguments_are_refused(server: tuple[str, Client]) -> None:
     _, ada = server
-    with pytest.raises(ParleyError) as negative:
+    with pytest.raises(ValidationError) as negative:
         await ada.history("chat", limit=-1)
-    assert negative.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert (negative.value.code, negative.value.field) == (grpc.StatusCode.INVALID_ARGUMENT, "limit")
     with pytest.raises(ParleyError) as bad_room:
         await ada.history("")
     assert bad_room.value.code is grpc.StatusCode.INVALID_ARGUMENT

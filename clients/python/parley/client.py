@@ -26,6 +26,7 @@ from parley.errors import (
     NotFoundError,
     ParleyError,
     UnauthenticatedError,
+    ValidationError,
     error_from_rpc,
     error_from_status,
 )
@@ -352,8 +353,14 @@ class Client:
         with a sequence below `before` (0: from the newest), only `event` if given.
         Page further back with `before=events[-1].seq`.
         """
-        if limit < 0 or before < 0:
-            raise ParleyError(grpc.StatusCode.INVALID_ARGUMENT, "", "limit and before must not be negative")
+        for field, number in (("limit", limit), ("before", before)):
+            if number < 0:
+                raise ValidationError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "VALIDATION_FAILED",
+                    f"{field}: must not be negative",
+                    {"field": field},
+                )
         events: list[RoomEvent] = []
         request = history_pb2.ListEventsRequest(room_id=room_id, before_seq=before, event=event)
         while len(events) < limit:
