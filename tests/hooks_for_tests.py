@@ -28,6 +28,8 @@ async def before_join(ctx: JoinContext) -> Deny | None:
 def before_publish(ctx: PublishContext) -> Deny | Transform | bool | None:
     if ctx.event != "message":
         return None
+    if ctx.edit_of:
+        calls.append(("before_publish_edit", ctx.edit_of))
     text = str(ctx.payload.get("text", ""))
     if "spam" in text:
         return False

@@ -9,7 +9,7 @@ from parley.history.v1 import history_pb2
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.feeds import EVENT_HEADER, KIND, KIND_CHANGE, SEQ_HEADER, room_subject
 from services.gateway.history_client import HistoryAppender
-from services.gateway.publishing import payload_too_large
+from services.gateway.publishing import Publisher, payload_too_large
 from services.room.rules import EventRules
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import event_not_found, invalid_field, not_author, rate_limited
@@ -22,14 +22,21 @@ DELETED = gateway_pb2.EventChanged.KIND_DELETED
 class EventChanges:
     """Checks a change (sender, schema, size, rate), makes it in the log, then announces it."""
 
-    def __init__(self, config: GatewayConfig, bus: Bus, history: HistoryAppender) -> None:
+    def __init__(self, config: GatewayConfig, bus: Bus, history: HistoryAppender, publisher: Publisher) -> None:
+        self._publisher = publisher
         self._config = config
         self._bus = bus
         self._history = history
         self._limit = RateLimiter(config.events_per_window, float(config.window_seconds))
 
     async def edit(
-        self, rules: EventRules, room_id: str, handle: str, payload: struct_pb2.Value, user_id: str
+        self,
+        rules: EventRules,
+        room_id: str,
+        handle: str,
+        payload: struct_pb2.Value,
+        user_id: str,
+        session_id: str,
     ) -> gateway_pb2.EventChanged:
         size = payload.ByteSize()
         if size > self._config.max_payload_bytes:
@@ -37,6 +44,9 @@ class EventChanges:
         stored = await self._own_event(room_id, handle, user_id)
         # An event keeps its name, so the schema checked here is the one that applies.
         rules.check(stored.event, payload)
+        # The before_publish hook screens the new payload too (it may deny or change it).
+        proposed = gateway_pb2.OutgoingEvent(event=stored.event, payload=payload, meta=stored.meta)
+        payload = (await self._publisher.screen(proposed, room_id, user_id, session_id, edit_of=handle)).payload
         edited = await self._history.edit(
             history_pb2.EditEventRequest(room_id=room_id, handle=handle, payload=payload, editor=user_id)
         )

@@ -350,7 +350,9 @@ class CommandHandler:
     async def edit(self, connection: Connection, command: gateway_pb2.EditCommand) -> gateway_pb2.EventChanged:
         self._interest(connection, command.room_id)
         rules = await self.rules(command.room_id)
-        return await self._changes.edit(rules, command.room_id, command.handle, command.payload, connection.user_id)
+        return await self._changes.edit(
+            rules, command.room_id, command.handle, command.payload, connection.user_id, connection.session_id
+        )
 
     async def delete(self, connection: Connection, command: gateway_pb2.DeleteCommand) -> gateway_pb2.EventChanged:
         self._interest(connection, command.room_id)

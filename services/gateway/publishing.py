@@ -77,7 +77,7 @@ class Publisher:
                 f"more than {self._config.events_per_window} events in {self._config.window_seconds}s", wait
             )
         if self._hooks.has("before_publish"):
-            events = [await self._before_publish(e, room_id, user_id, session_id) for e in events]
+            events = [await self.screen(e, room_id, user_id, session_id) for e in events]
         return await self.publish(rules, room_id, events, user_id, session_id=session_id, no_echo=no_echo)
 
     async def publish(
@@ -152,13 +152,16 @@ class Publisher:
         if size > self._config.max_payload_bytes:
             raise payload_too_large(size, self._config.max_payload_bytes)
 
-    async def _before_publish(
-        self, event: gateway_pb2.OutgoingEvent, room_id: str, user_id: str, session_id: str
+    async def screen(
+        self, event: gateway_pb2.OutgoingEvent, room_id: str, user_id: str, session_id: str, edit_of: str = ""
     ) -> gateway_pb2.OutgoingEvent:
+        """The before_publish hook's verdict on an event (or on an edit's new payload): as is, changed, or denied."""
+        if not self._hooks.has("before_publish"):
+            return event
         decision = await self._hooks.decide(
             "before_publish",
             errors_pb2.ERROR_REASON_PUBLISH_DENIED,
-            _context(event, room_id, user_id, session_id),
+            _context(event, room_id, user_id, session_id, edit_of),
         )
         if not isinstance(decision, Transform):
             return event
@@ -176,8 +179,11 @@ def check_event(event: gateway_pb2.OutgoingEvent) -> None:
         raise invalid_field("event", "must be 1–64 characters of letters, digits and '_.:-', not starting with '-'")
 
 
-def _context(event: gateway_pb2.OutgoingEvent, room_id: str, user_id: str, session_id: str) -> PublishContext:
+def _context(
+    event: gateway_pb2.OutgoingEvent, room_id: str, user_id: str, session_id: str, edit_of: str = ""
+) -> PublishContext:
     return PublishContext(
+        edit_of=edit_of,
         session_id=session_id,
         user_id=user_id,
         room_id=room_id,

@@ -80,7 +80,7 @@ class Realtime:
             rooms,
             history,
             self.publisher,
-            EventChanges(config, bus, history),
+            EventChanges(config, bus, history, self.publisher),
             EphemeralSignals(config, bus),
             self.subjects,
             hooks,

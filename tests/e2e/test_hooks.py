@@ -8,19 +8,23 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from parley import Client
 from parley.gateway.v1 import gateway_pb2
 from parley.identity.v1 import identity_pb2
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services import allinone
-from services.runtime.config import ConfigError, HooksConfig, RoomDefinition
+from services.runtime.config import ConfigError, EventDefinition, HistorySettings, HooksConfig, RoomDefinition
 from tests import hooks_for_tests
-from tests.streams import payload_of, stream
+from tests.streams import payload_of, stream, value
 from tests.support import bearer, identity_stub, make_config, running, wait_until
 
 HOOKS = {name: f"tests.hooks_for_tests:{name}" for name in HooksConfig.__dataclass_fields__}
-ROOMS = [RoomDefinition(id=room) for room in ("lobby", "vip", "broken")]
+ROOMS = [
+    *(RoomDefinition(id=room) for room in ("lobby", "vip", "broken")),
+    RoomDefinition(id="kept", events=[EventDefinition(name="*", history=HistorySettings(enabled=True))]),
+]
 
 
 @pytest.fixture
@@ -63,6 +67,20 @@ async def test_before_publish_transforms_and_denies(address: str, token: str) ->
         assert spam.status.reason == "PUBLISH_DENIED"
         await s.publish("lobby", "other", {"text": "untouched"})
         assert payload_of(await s.next_event()) == {"text": "untouched"}
+
+
+async def test_before_publish_screens_edits_too(address: str, token: str) -> None:
+    async with stream(address, token) as s:
+        await s.join("kept")
+        published = await s.publish("kept", "message", {"text": "hello"})
+        handle = published.publish.handles[0]
+        spam = await s.command(
+            edit=gateway_pb2.EditCommand(room_id="kept", handle=handle, payload=value({"text": "now spam"}))
+        )
+        assert spam.status.reason == "PUBLISH_DENIED"
+        edited = await s.ok(edit=gateway_pb2.EditCommand(room_id="kept", handle=handle, payload=value({"text": "hi"})))
+        assert json_format.MessageToDict(edited.changed.payload) == {"text": "HI"}
+    assert any(call[0] == "before_publish_edit" and call[1] == handle for call in hooks_for_tests.calls)
 
 
 async def test_notification_hooks_see_the_session_life(address: str, token: str, tmp_path: Path) -> None:

@@ -70,6 +70,8 @@ class PublishContext:
     # The JSON payload and meta as Python values.
     payload: Any
     meta: dict[str, Any]
+    # Set when this is an edit's new payload: the handle of the event being edited.
+    edit_of: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
