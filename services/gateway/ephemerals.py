@@ -55,7 +55,12 @@ class EphemeralSignals:
         timer = asyncio.get_running_loop().call_later(ttl, self._expire, key)
         self._active[key] = (connection.user_id, timer)
         signal = gateway_pb2.Ephemeral(
-            room_id=room_id, subject=subject, sender=connection.user_id, data=data, ttl_ms=int(ttl * 1000)
+            room_id=room_id,
+            subject=subject,
+            sender=connection.user_id,
+            data=data,
+            ttl_ms=int(ttl * 1000),
+            session_id=connection.session_id,
         )
         self._relay(signal, connection.session_id)
 
@@ -70,7 +75,10 @@ class EphemeralSignals:
         if entry is None:
             return
         room_id, subject, session_id = key
-        self._relay(gateway_pb2.Ephemeral(room_id=room_id, subject=subject, sender=entry[0], expired=True), session_id)
+        ended = gateway_pb2.Ephemeral(
+            room_id=room_id, subject=subject, sender=entry[0], expired=True, session_id=session_id
+        )
+        self._relay(ended, session_id)
 
     def _relay(self, signal: gateway_pb2.Ephemeral, from_session: str) -> None:
         frame = gateway_pb2.ConnectResponse(ephemeral=signal)

@@ -110,3 +110,20 @@ async def test_signals_are_checked_and_rate_limited(pair: tuple[Client, Client])
     with pytest.raises(ParleyError) as not_joined:
         await outside.send_ephemeral("typing")
     assert not_joined.value.reason == "NOT_IN_ROOM"
+
+
+async def test_each_connection_of_a_user_has_its_own_signal(pair: tuple[Client, Client]) -> None:
+    ada, ben = pair
+    async with Client(ada.address, identity=ada.identity) as second_tab:
+        first, second = await ada.join("chat"), await second_tab.join("chat")
+        theirs = await ben.join("chat")
+        seen: asyncio.Queue[Signal] = asyncio.Queue()
+        theirs.on_ephemeral(seen.put_nowait)
+        await first.send_ephemeral("typing")
+        await second.send_ephemeral("typing")
+        signals = [await next_signal(seen) for _ in range(4)]  # two starts, then two ends
+    starts = [s.session_id for s in signals if not s.expired]
+    ends = [s.session_id for s in signals if s.expired]
+    assert len(set(starts)) == 2
+    assert sorted(starts) == sorted(ends)
+    assert {s.sender for s in signals} == {ada.user_id}

@@ -78,6 +78,8 @@ class Signal:
     expired: bool
     # Until it expires unless renewed (0 when expired).
     ttl_ms: int
+    # The sender's connection (one user may signal from several).
+    session_id: str = ""
 
 
 Handler = Callable[[RoomEvent], Awaitable[None] | None]
@@ -326,6 +328,7 @@ class Room:
             data=json_format.MessageToDict(signal.data) if signal.HasField("data") else None,
             expired=signal.expired,
             ttl_ms=signal.ttl_ms,
+            session_id=signal.session_id,
         )
         for handler in self._signals:
             self._client.spawn(call_handler(handler, received))

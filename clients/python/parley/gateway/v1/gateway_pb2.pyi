@@ -794,6 +794,7 @@ class Ephemeral(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
     TTL_MS_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     subject: _builtins.str
     sender: _builtins.str
@@ -801,6 +802,10 @@ class Ephemeral(_message.Message):
     """The sender stopped renewing it (or left): e.g. no longer typing."""
     ttl_ms: _builtins.int
     """Until it expires unless renewed (0 when expired)."""
+    session_id: _builtins.str
+    """The sender's connection: a user signalling from two connections (two
+    tabs typing) has a signal, and an expiry, for each.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Value:
         """Absent when expired."""
@@ -814,10 +819,11 @@ class Ephemeral(_message.Message):
         data: _struct_pb2.Value | None = ...,
         expired: _builtins.bool = ...,
         ttl_ms: _builtins.int = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "expired", b"expired", "room_id", b"room_id", "sender", b"sender", "subject", b"subject", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "expired", b"expired", "room_id", b"room_id", "sender", b"sender", "session_id", b"session_id", "subject", b"subject", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
