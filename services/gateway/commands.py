@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import grpc
 
@@ -15,7 +15,7 @@ from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.changes import EventChanges, event_changed
-from services.gateway.connections import Connection, Interest
+from services.gateway.connections import EXCLUDED_PREFIX, Connection, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
@@ -169,6 +169,7 @@ class CommandHandler:
                 errors_pb2.ERROR_REASON_TOO_MANY_ROOMS,
                 f"a connection may be in at most {self._config.max_rooms_per_connection} rooms",
             )
+        chosen = _chosen_interest(command.subscriptions)
         await self._hooks.decide(
             "before_join",
             errors_pb2.ERROR_REASON_JOIN_DENIED,
@@ -181,7 +182,7 @@ class CommandHandler:
             await self._rooms.leave(room_id, connection.user_id, connection.session_id)
             raise room_not_found(room_id)
         self._directory.remember(joined.room)
-        interest = Interest(list(joined.room.default_subscriptions))
+        interest = chosen or Interest(list(joined.room.default_subscriptions))
         connection.rooms[room_id] = interest
         # Live events are held while the log is read, then merged with it by sequence.
         connection.held[room_id] = []
@@ -379,6 +380,22 @@ class CommandHandler:
 
 
 MAX_SUBSCRIPTION_NAMES = 100
+
+
+def _chosen_interest(names: Sequence[str]) -> Interest | None:
+    """The subscriptions a join asks for (None: the room's defaults)."""
+    if not names:
+        return None
+    if len(names) > MAX_SUBSCRIPTION_NAMES:
+        raise invalid_field("subscriptions", f"at most {MAX_SUBSCRIPTION_NAMES} names")
+    for i, name in enumerate(names):
+        bare = name.removeprefix(EXCLUDED_PREFIX)
+        if name != ANY_EVENT and not (EVENT_NAME.fullmatch(bare) and bare != ANY_EVENT):
+            raise invalid_field(f"subscriptions[{i}]", f"{name!r} is not '*', an event name or '-' and an event name")
+    try:
+        return Interest.from_names(list(names))
+    except ValueError as exc:
+        raise invalid_field("subscriptions", str(exc)) from None
 
 
 def _event_names(names: Iterable[str]) -> set[str]:

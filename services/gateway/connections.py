@@ -23,6 +23,18 @@ class Interest:
         self.events = {name for name in subscriptions if name != ANY_EVENT}
         self.excluded: set[str] = set()
 
+    @classmethod
+    def from_names(cls, names: list[str]) -> Interest:
+        """The inverse of `names()`; ValueError for a name that is not one."""
+        interest = cls(names)
+        for name in names:
+            if name.startswith(EXCLUDED_PREFIX):
+                if not interest.all:
+                    raise ValueError(f"{name!r} excludes an event, which needs {ANY_EVENT!r} too")
+                interest.events.discard(name)
+                interest.excluded.add(name.removeprefix(EXCLUDED_PREFIX))
+        return interest
+
     def wants(self, event: str) -> bool:
         return (self.all and event not in self.excluded) or event in self.events
 

@@ -238,3 +238,22 @@ async def test_a_delete_during_a_plain_join_is_not_lost(
         sent.handle,
         gateway_pb2.EventChanged.KIND_DELETED,
     )
+
+
+async def test_a_resume_keeps_the_subscriptions_the_client_had(
+    pair: tuple[Client, Client], server_address: str
+) -> None:
+    ada, ben = pair
+    mine, theirs = await ada.join("chat"), await ben.join("chat")
+    assert await theirs.unsubscribe("note") == ["*", "-note"]
+    await ben.close()
+    await mine.trigger("note", {"skip": "me"})
+    kept = await mine.trigger("message", {"text": "for ben"})
+    again = await ben.join("chat")
+    assert (again.recovered, again.subscriptions) == (True, ["*", "-note"])
+    replayed = await asyncio.wait_for(anext(again.events()), 5)
+    assert replayed.handle == kept.handle  # the note was not replayed: ben had unsubscribed from it
+    async with stream(server_address, await ben.access_token()) as s:
+        for names, field in ((["-note"], "subscriptions"), (["no way"], "subscriptions[0]")):
+            refused = await s.command(join=gateway_pb2.JoinCommand(room_id="chat", subscriptions=names))
+            assert (refused.status.reason, refused.status.metadata["field"]) == ("VALIDATION_FAILED", field)

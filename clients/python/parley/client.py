@@ -315,15 +315,15 @@ class Client:
         stream = await self.stream()
         room = self._rooms.get(room_id)
         before = self._left_behind.get(room_id) if resume else None
-        position = (before.epoch, before.last_seq) if before is not None else None
         if room is None or not room.joined:
             # Registered before the command: events can arrive ahead of the reply.
             room = self._rooms[room_id] = Room(self, stream, room_pb2.Room(room_id=room_id), [])
             if before is not None:
                 room.continue_from(before)
         command = gateway_pb2.JoinCommand(room_id=room_id)
-        if position is not None:
-            command.epoch, command.since_seq, command.resume = position[0], position[1], True
+        if before is not None:
+            command.epoch, command.since_seq, command.resume = before.epoch, before.last_seq, True
+            command.subscriptions.extend(before.subscriptions)
         try:
             reply = await stream.command(join=command)
         except BaseException:
@@ -333,7 +333,7 @@ class Client:
         room.info = reply.join.room
         room.subscriptions = list(reply.join.subscriptions)
         room.recovered = reply.join.recovered
-        if reply.join.last_seq > room.last_seq and not (position is not None and reply.join.recovered):
+        if reply.join.last_seq > room.last_seq and not (before is not None and reply.join.recovered):
             # A fresh start: resume later from the log's position at this join.
             room.epoch, room.last_seq = reply.join.epoch, reply.join.last_seq
         room.epoch = room.epoch or reply.join.epoch

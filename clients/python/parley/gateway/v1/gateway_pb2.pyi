@@ -288,6 +288,7 @@ class JoinCommand(_message.Message):
     SINCE_SEQ_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     since_seq: _builtins.int
     """Resume: the last sequence this client saw in the room, and the room's
@@ -299,6 +300,13 @@ class JoinCommand(_message.Message):
     """Resume even from nothing (since_seq 0, no epoch: the room's log was empty
     when this client last saw it). Implied by a since_seq or an epoch.
     """
+    @_builtins.property
+    def subscriptions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Start with these subscriptions instead of the room's defaults, as
+        JoinResult.subscriptions gives them ("*", "-typing", "message"): a
+        resuming client keeps what it had, and its replay is filtered by it.
+        """
+
     def __init__(
         self,
         *,
@@ -306,10 +314,11 @@ class JoinCommand(_message.Message):
         since_seq: _builtins.int = ...,
         epoch: _builtins.str = ...,
         resume: _builtins.bool = ...,
+        subscriptions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "resume", b"resume", "room_id", b"room_id", "since_seq", b"since_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "resume", b"resume", "room_id", b"room_id", "since_seq", b"since_seq", "subscriptions", b"subscriptions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
