@@ -10,11 +10,9 @@ from parley.gateway.v1 import gateway_pb2
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.connections import Connection
 from services.gateway.feeds import KIND, KIND_FRAME, SKIP_SESSION, room_subject
-from services.gateway.publishing import payload_too_large
-from services.room.definitions import EVENT_NAME
-from services.room.rules import ANY_EVENT
+from services.gateway.publishing import check_event_name, payload_too_large
 from services.runtime.config import GatewayConfig
-from services.runtime.errors import invalid_field, rate_limited
+from services.runtime.errors import rate_limited
 from services.runtime.ratelimit import RateLimiter
 
 # (room, subject, session) of a signal that is active.
@@ -35,10 +33,7 @@ class EphemeralSignals:
         self._active: dict[SignalKey, tuple[str, asyncio.TimerHandle]] = {}
 
     def send(self, connection: Connection, room_id: str, subject: str, data: struct_pb2.Value) -> None:
-        if subject == ANY_EVENT or not EVENT_NAME.fullmatch(subject):
-            raise invalid_field(
-                "subject", "must be 1–64 characters of letters, digits and '_.:-', not starting with '-'"
-            )
+        check_event_name(subject, "subject")
         size = len(subject) + data.ByteSize()
         if size > self._config.max_payload_bytes:
             raise payload_too_large(size, self._config.max_payload_bytes)

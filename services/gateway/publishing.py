@@ -175,8 +175,13 @@ class Publisher:
 
 
 def check_event(event: gateway_pb2.OutgoingEvent) -> None:
-    if event.event == ANY_EVENT or not EVENT_NAME.fullmatch(event.event):
-        raise invalid_field("event", "must be 1–64 characters of letters, digits and '_.:-', not starting with '-'")
+    check_event_name(event.event, "event")
+
+
+def check_event_name(name: str, field: str) -> None:
+    """A concrete event name (not "*"): what events and ephemeral subjects are called."""
+    if name == ANY_EVENT or not EVENT_NAME.fullmatch(name):
+        raise invalid_field(field, "must be 1–64 characters of letters, digits and '_.:-', not starting with '-'")
 
 
 def _context(
