@@ -13,6 +13,7 @@ import time
 import sqlite_utils
 
 from services.history import store
+from services.history.hot import HotBuffer
 from services.runtime.sqlite import SqliteDatabase
 
 # A transaction takes at most this many append requests.
@@ -27,8 +28,9 @@ class _Request:
 
 
 class GroupCommitter:
-    def __init__(self, db: SqliteDatabase, idempotency_window_seconds: float) -> None:
+    def __init__(self, db: SqliteDatabase, idempotency_window_seconds: float, hot: HotBuffer) -> None:
         self._db = db
+        self._hot = hot
         self._window = idempotency_window_seconds
         self._queue: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
@@ -62,6 +64,7 @@ class GroupCommitter:
                 continue
             self.transactions += 1
             for request, result in zip(batch, results, strict=True):
+                self._hot.appended(request.room_id, request.events, *result)
                 if not request.done.done():
                     request.done.set_result(result)
 

@@ -7,6 +7,7 @@ import logging
 import time
 
 from services.history import store
+from services.history.hot import HotBuffer
 from services.runtime.config import HistoryConfig
 from services.runtime.sqlite import SqliteDatabase
 
@@ -14,8 +15,9 @@ log = logging.getLogger("parley.history")
 
 
 class Pruner:
-    def __init__(self, db: SqliteDatabase, config: HistoryConfig) -> None:
+    def __init__(self, db: SqliteDatabase, config: HistoryConfig, hot: HotBuffer) -> None:
         self._db = db
+        self._hot = hot
         self._config = config
         self._task: asyncio.Task[None] | None = None
 
@@ -26,9 +28,12 @@ class Pruner:
         """Removes what retention no longer keeps; returns (events, idempotency keys) removed."""
         now = time.time()
         window = self._config.idempotency_window_seconds
-        return await self._db.transaction(
+        pruned, keys = await self._db.transaction(
             lambda db: (store.prune(db, int(now * 1000)), store.prune_idempotency_keys(db, now - window))
         )
+        for each in pruned:
+            self._hot.pruned(each.room_id, each.event, each.bound)
+        return sum(each.removed for each in pruned), keys
 
     async def _run(self) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from parley.history.v1 import history_pb2
 from services.history import store
 from services.history.appender import GroupCommitter
+from services.history.hot import HotBuffer
 from services.history.pruner import Pruner
 from services.history.servicer import HistoryServicer
 from services.runtime.config import Config
@@ -25,9 +26,10 @@ async def history_parts(config: Config) -> tuple[ServiceModule, HistoryServicer]
     """The module, and its servicer for an in-process gateway (all-in-one)."""
     db = SqliteDatabase(config.server.data_dir / "history.sqlite3", store.MIGRATIONS)
     await db.open()
-    committer = GroupCommitter(db, config.history.idempotency_window_seconds)
-    servicer = HistoryServicer(db, committer, config.history)
-    pruner = Pruner(db, config.history)
+    hot = HotBuffer(config.history.hot_events_per_name, config.history.hot_buffer_bytes)
+    committer = GroupCommitter(db, config.history.idempotency_window_seconds, hot)
+    servicer = HistoryServicer(db, committer, config.history, hot)
+    pruner = Pruner(db, config.history, hot)
 
     async def close() -> None:
         await pruner.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ import sqlite_utils
 from parley.history.v1 import history_pb2
 from services.history import store
 from services.history.appender import GroupCommitter
+from services.history.hot import HotBuffer, Page, Snapshot, read_snapshot
 from services.runtime import protowire
 from services.runtime.config import HistoryConfig
 from services.runtime.errors import event_not_found, invalid_field, not_author
@@ -55,10 +57,11 @@ def page_item(row: store.EventRow) -> bytes:
 class HistoryServicer:
     """HistoryService; registered with `passthrough_handler` (pages are pre-encoded bytes)."""
 
-    def __init__(self, db: SqliteDatabase, committer: GroupCommitter, config: HistoryConfig) -> None:
+    def __init__(self, db: SqliteDatabase, committer: GroupCommitter, config: HistoryConfig, hot: HotBuffer) -> None:
         self._db = db
         self._committer = committer
         self._config = config
+        self._hot = hot
 
     async def GetLogState(
         self, request: history_pb2.GetLogStateRequest, context: Context
@@ -179,7 +182,7 @@ class HistoryServicer:
             raise invalid_field("editor", "is required")
         now_ms = int(time.time() * 1000)
 
-        def rewrite(db: sqlite_utils.Database) -> history_pb2.LoggedEvent:
+        def rewrite(db: sqlite_utils.Database) -> tuple[store.EventRow, history_pb2.LoggedEvent]:
             row = store.event_by_handle(db, room_id, handle)
             if row is None:
                 raise event_not_found(room_id, handle)
@@ -190,11 +193,14 @@ class HistoryServicer:
                 raise not_author()
             change(event, now_ms)
             event.change_seq = store.next_change_seq(db, room_id)
-            store.replace_body(db, room_id, row.seq, event.SerializeToString(), event.change_seq)
+            body = event.SerializeToString()
+            store.replace_body(db, room_id, row.seq, body, event.change_seq)
             event.seq = row.seq
-            return event
+            return dataclasses.replace(row, body=body), event
 
-        return await self._db.transaction(rewrite)
+        row, event = await self._db.transaction(rewrite)
+        self._hot.changed(room_id, row, event.change_seq)
+        return event
 
     async def ListEventsSince(
         self, request: history_pb2.ListEventsSinceRequest, context: Context
@@ -237,26 +243,38 @@ class HistoryServicer:
                 raise invalid_field("range", "needs 0 <= start < end")
             if end - start > self._config.max_page_size:
                 raise invalid_field("range", f"spans at most {self._config.max_page_size} events")
-            rows, state = await self._db.run(
-                lambda db: (store.page_by_offset(db, room_id, start, end, event), store.log_state(db, room_id))
+            page = self._hot.page_by_offset(room_id, start, end, event) or await self._read(
+                room_id, lambda db: store.page_by_offset(db, room_id, start, end, event)
             )
-            return _page(rows, state, next_token="")
+            return _page(page, next_token="")
         if request.page_size < 0:
             raise invalid_field("page_size", "must not be negative")
         size = min(request.page_size or self._config.default_page_size, self._config.max_page_size)
         before = decode_cursor(request.page_token) if request.page_token else request.before_seq
-        rows, state = await self._db.run(
-            lambda db: (store.page_before(db, room_id, before, size + 1, event), store.log_state(db, room_id))
+        page = self._hot.page_before(room_id, before, size + 1, event) or await self._read(
+            room_id, lambda db: store.page_before(db, room_id, before, size + 1, event)
         )
-        more = len(rows) > size
-        rows = rows[:size]
-        return _page(rows, state, next_token=encode_cursor(rows[-1].seq) if more else "")
+        more = len(page.rows) > size
+        page = dataclasses.replace(page, rows=page.rows[:size])
+        return _page(page, next_token=encode_cursor(page.rows[-1].seq) if more else "")
+
+    async def _read(self, room_id: str, rows: Callable[[sqlite_utils.Database], list[store.EventRow]]) -> Page:
+        """A page from the store; a room the hot buffer does not hold is read for it on the way."""
+        load = self._hot.begin_load(room_id)
+        hot_rows = self._hot.events_per_name
+
+        def read(db: sqlite_utils.Database) -> tuple[list[store.EventRow], store.LogStateRow | None, Snapshot | None]:
+            return rows(db), store.log_state(db, room_id), read_snapshot(db, room_id, hot_rows) if load else None
+
+        snapshot = None
+        try:
+            found, state, snapshot = await self._db.run(read)
+        finally:
+            if load:
+                self._hot.install(room_id, snapshot)
+        return Page(found, state.epoch if state else "", state.last_seq if state else 0)
 
 
-def _page(rows: list[store.EventRow], state: store.LogStateRow | None, next_token: str) -> bytes:
-    tail = history_pb2.ListEventsResponse(
-        next_page_token=next_token,
-        epoch=state.epoch if state else "",
-        last_seq=state.last_seq if state else 0,
-    )
-    return b"".join(page_item(row) for row in rows) + tail.SerializeToString()
+def _page(page: Page, next_token: str) -> bytes:
+    tail = history_pb2.ListEventsResponse(next_page_token=next_token, epoch=page.epoch, last_seq=page.last_seq)
+    return b"".join(page_item(row) for row in page.rows) + tail.SerializeToString()

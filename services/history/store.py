@@ -163,6 +163,7 @@ def append(
     last_seq = state.last_seq
     appended: list[Appended] = []
     policies: dict[str, tuple[int, int]] = {}
+    kept: list[tuple[object, ...]] = []
     for event in events:
         if event.idempotency_key:
             earlier = db.execute(
@@ -175,10 +176,7 @@ def append(
                 continue
         last_seq += 1
         if not event.transient:
-            db.execute(
-                f"INSERT INTO events (room_id, {EVENT_COLUMNS}, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [room_id, last_seq, event.event, event.sender, event.handle, event.body, event.time_ms],
-            )
+            kept.append((room_id, last_seq, event.event, event.sender, event.handle, event.body, event.time_ms))
             policies[event.event] = (event.keep_last, event.keep_seconds)
         if event.idempotency_key:
             db.execute(
@@ -187,6 +185,7 @@ def append(
                 [room_id, event.sender, event.idempotency_key, last_seq, event.handle, now],
             )
         appended.append(Appended(last_seq, event.handle, duplicate=False))
+    db.conn.executemany(f"INSERT INTO events (room_id, {EVENT_COLUMNS}, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?)", kept)
     if last_seq != state.last_seq:
         db.execute("UPDATE room_logs SET last_seq = ? WHERE room_id = ?", [last_seq, room_id])
     for name, (keep_last, keep_seconds) in policies.items():
@@ -208,13 +207,23 @@ def _set_retention(db: sqlite_utils.Database, room_id: str, event: str, keep_las
     )
 
 
-def prune(db: sqlite_utils.Database, now_ms: int) -> int:
-    """Applies every retention policy; returns how many events were removed.
+@dataclasses.dataclass(frozen=True)
+class Pruned:
+    """Retention removed the room's events of this name with seq <= bound."""
+
+    room_id: str
+    event: str
+    bound: int
+    removed: int
+
+
+def prune(db: sqlite_utils.Database, now_ms: int) -> list[Pruned]:
+    """Applies every retention policy; returns what each policy removed.
 
     Each room's `pruned_seq` rises to the largest sequence removed, so a
     resume from before it knows events are gone.
     """
-    removed = 0
+    pruned: list[Pruned] = []
     policies = db.execute("SELECT room_id, event, keep_last, keep_seconds FROM retention").fetchall()
     for room_id, event, keep_last, keep_seconds in policies:
         bound = 0  # remove rows with seq <= bound
@@ -236,12 +245,19 @@ def prune(db: sqlite_utils.Database, now_ms: int) -> int:
         (last_change,) = db.execute(
             "SELECT MAX(changed_seq) FROM events WHERE room_id = ? AND event = ? AND seq <= ?", [room_id, event, bound]
         ).fetchone()
-        removed += db.execute(
+        removed = db.execute(
             "DELETE FROM events WHERE room_id = ? AND event = ? AND seq <= ?", [room_id, event, bound]
         ).rowcount
         gone = max(bound, last_change or 0)
         db.execute("UPDATE room_logs SET pruned_seq = MAX(pruned_seq, ?) WHERE room_id = ?", [gone, room_id])
-    return removed
+        pruned.append(Pruned(room_id, event, bound, removed))
+    return pruned
+
+
+def keep_last_by_name(db: sqlite_utils.Database, room_id: str) -> dict[str, int]:
+    """The count limit recorded for each event name of the room that has one."""
+    rows = db.execute("SELECT event, keep_last FROM retention WHERE room_id = ? AND keep_last > 0", [room_id])
+    return dict(rows.fetchall())
 
 
 def page_before(

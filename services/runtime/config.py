@@ -133,6 +133,10 @@ class HistoryConfig:
     max_page_size: int = 500
     # How often retention (per event definition) and old idempotency keys are pruned.
     prune_interval_seconds: float = 60.0
+    # The hot buffer: the newest min(history.limit, this) events per (room, event name)
+    # are served from memory, within hot_buffer_bytes for all rooms (0 turns it off).
+    hot_events_per_name: int = 1000
+    hot_buffer_bytes: int = 64 * 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -268,6 +272,9 @@ def validate(config: Config) -> None:
         raise ConfigError("files: need 0 < data_shares <= total_shares <= 255")
     if config.history.prune_interval_seconds <= 0:
         raise ConfigError("history.prune_interval_seconds must be positive")
+    for name in ("hot_events_per_name", "hot_buffer_bytes"):
+        if getattr(config.history, name) < 0:
+            raise ConfigError(f"history.{name} must not be negative")
     if config.gateway.ephemeral_ttl_seconds <= 0:
         raise ConfigError("gateway.ephemeral_ttl_seconds must be positive")
     external = config.auth.external_jwt

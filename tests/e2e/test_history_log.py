@@ -24,9 +24,18 @@ def new_event(n: int, event: str = "message", key: str = "") -> history_pb2.NewE
     )
 
 
-@pytest.fixture
-async def history(data_dir: Path) -> AsyncIterator[history_pb2_grpc.HistoryServiceStub]:
-    async with running(allinone.create_server, make_config(data_dir)) as (_, address):
+# Every test runs with the hot buffer as configured by default, small enough that
+# pages cross from memory to the store and rooms are evicted, and turned off.
+HOT_BUFFERS = {
+    "hot-default": {},
+    "hot-small": {"history.hot_events_per_name": 7, "history.hot_buffer_bytes": 3000},
+    "hot-off": {"history.hot_events_per_name": 0},
+}
+
+
+@pytest.fixture(params=list(HOT_BUFFERS))
+async def history(data_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[history_pb2_grpc.HistoryServiceStub]:
+    async with running(allinone.create_server, make_config(data_dir, **HOT_BUFFERS[request.param])) as (_, address):
         async with grpc.aio.insecure_channel(address) as channel:
             yield history_pb2_grpc.HistoryServiceStub(channel)
 

@@ -439,3 +439,10 @@ def test_external_jwt_needs_audience_key_and_own_issuer(settings: dict[str, str]
 def test_intervals_must_be_positive(setting: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"{setting} must be positive")):
         load_config(overrides={setting: 0})
+
+
+@pytest.mark.parametrize("setting", ["history.hot_events_per_name", "history.hot_buffer_bytes"])
+def test_hot_buffer_sizes_must_not_be_negative(setting: str) -> None:
+    assert getattr(load_config(overrides={setting: 0}).history, setting.split(".")[1]) == 0  # 0 turns it off
+    with pytest.raises(ConfigError, match=re.escape(f"{setting} must not be negative")):
+        load_config(overrides={setting: -1})
