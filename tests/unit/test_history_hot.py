@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.history import store
-from services.history.hot import HotBuffer, read_snapshot, row_size
+from services.history.hot import HotBuffer, Page, read_snapshot, row_size
 from services.runtime.sqlite import apply_migrations
 
 ROOMS = ["a", "b"]
@@ -20,6 +20,11 @@ def fresh_db() -> sqlite_utils.Database:
     db = sqlite_utils.Database(sqlite3.connect(":memory:", isolation_level=None))
     apply_migrations(db, store.MIGRATIONS)
     return db
+
+
+def seqs(page: Page | None) -> list[int]:
+    assert page is not None, "memory did not answer"
+    return [row.seq for row in page.rows]
 
 
 class Mirror:
@@ -38,7 +43,9 @@ class Mirror:
             self.clock += 1000
             body = f"{name}-{self.handles}".encode()
             rows.append(
-                store.NewEventRow(name, "u", f"h{self.handles}", body, "", transient, self.clock, keep_last, keep_seconds)
+                store.NewEventRow(
+                    name, "u", f"h{self.handles}", body, "", transient, self.clock, keep_last, keep_seconds
+                )
             )
         epoch, appended = store.append(self.db, room, rows, 0.0, 600)
         self.hot.appended(room, rows, epoch, appended)
@@ -122,9 +129,9 @@ def test_a_loaded_room_answers_its_newest_pages_from_memory() -> None:
     assert mirror.hot.page_before("a", 0, 10) is None
     mirror.load("a")
     page = mirror.hot.page_before("a", 0, 10)
-    assert page is not None and [row.seq for row in page.rows] == list(range(35, 25, -1))
+    assert seqs(page) == list(range(35, 25, -1))
     notes = mirror.hot.page_before("a", 0, 10, "note")  # fewer than asked: the room has no more
-    assert notes is not None and [row.seq for row in notes.rows] == [35, 34, 33, 32, 31]
+    assert seqs(notes) == [35, 34, 33, 32, 31]
     assert page.last_seq == 38  # transient events took numbers, not rows
 
 
@@ -132,7 +139,7 @@ def test_a_name_past_its_capacity_sends_older_pages_to_the_store() -> None:
     mirror = Mirror(events_per_name=3, max_bytes=1 << 20)
     mirror.append("a", [("msg", False, 0, 0)] * 10)
     newest = mirror.hot.page_before("a", 0, 3)
-    assert newest is not None and [row.seq for row in newest.rows] == [10, 9, 8]
+    assert seqs(newest) == [10, 9, 8]
     assert mirror.hot.page_before("a", 0, 4) is None  # the fourth newest is only in the store
     assert mirror.hot.page_before("a", 8, 2) is None
 
@@ -143,7 +150,7 @@ def test_pruning_to_the_limit_makes_the_held_rows_all_there_is() -> None:
     assert mirror.hot.page_before("a", 0, 5) is None  # 7 older rows wait for the pruner
     mirror.prune()
     page = mirror.hot.page_before("a", 0, 5)
-    assert page is not None and [row.seq for row in page.rows] == [10, 9, 8]
+    assert seqs(page) == [10, 9, 8]
 
 
 def test_a_room_that_changed_while_it_was_read_is_not_installed() -> None:
@@ -154,7 +161,7 @@ def test_a_room_that_changed_while_it_was_read_is_not_installed() -> None:
     assert not mirror.hot.holds("a")
     mirror.load("a")
     page = mirror.hot.page_before("a", 0, 10)
-    assert page is not None and [row.seq for row in page.rows] == [4, 3, 2, 1]
+    assert seqs(page) == [4, 3, 2, 1]
 
 
 def test_rooms_are_evicted_least_recently_used_within_the_byte_budget() -> None:
@@ -176,4 +183,5 @@ def test_turned_off_it_holds_nothing() -> None:
     mirror = Mirror(events_per_name=0, max_bytes=1 << 20)
     mirror.append("a", [("msg", False, 0, 0)] * 3)
     mirror.load("a")
-    assert not mirror.hot.holds("a") and mirror.hot.page_before("a", 0, 1) is None
+    assert not mirror.hot.holds("a")
+    assert mirror.hot.page_before("a", 0, 1) is None
