@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from google.protobuf import struct_pb2
 
 from parley.gateway.v1 import gateway_pb2
@@ -47,17 +49,28 @@ class EventChanges:
         # The before_publish hook screens the new payload too (it may deny or change it).
         proposed = gateway_pb2.OutgoingEvent(event=stored.event, payload=payload, meta=stored.meta)
         payload = (await self._publisher.screen(proposed, room_id, user_id, session_id, edit_of=handle)).payload
-        edited = await self._history.edit(
-            history_pb2.EditEventRequest(room_id=room_id, handle=handle, payload=payload, editor=user_id)
-        )
-        return self._announce(room_id, edited.event)
+        request = history_pb2.EditEventRequest(room_id=room_id, handle=handle, payload=payload, editor=user_id)
+        return await self._change(room_id, self._history.edit(request))
 
     async def delete(self, room_id: str, handle: str, user_id: str) -> gateway_pb2.EventChanged:
         await self._own_event(room_id, handle, user_id)
-        deleted = await self._history.delete(
-            history_pb2.DeleteEventRequest(room_id=room_id, handle=handle, editor=user_id)
+        request = history_pb2.DeleteEventRequest(room_id=room_id, handle=handle, editor=user_id)
+        return await self._change(room_id, self._history.delete(request))
+
+    async def _change(
+        self, room_id: str, call: Awaitable[history_pb2.EditEventResponse | history_pb2.DeleteEventResponse]
+    ) -> gateway_pb2.EventChanged:
+        """Makes the change in the log, then announces it in its sequence's turn."""
+        order = self._publisher.order
+        write = order.begin(room_id)
+        try:
+            changed = (await call).event
+        except BaseException:
+            order.abandon(write)
+            raise
+        return await order.release(
+            write, changed.change_seq, changed.change_seq, lambda: self._announce(room_id, changed)
         )
-        return self._announce(room_id, deleted.event)
 
     async def _own_event(self, room_id: str, handle: str, user_id: str) -> history_pb2.LoggedEvent:
         if not handle:

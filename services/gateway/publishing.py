@@ -16,6 +16,7 @@ from parley.values import to_value
 from services.gateway.bus import Bus, BusMessage
 from services.gateway.feeds import EVENT_HEADER, KIND, KIND_EVENT, SEQ_HEADER, SKIP_SESSION, RoomFeeds, room_subject
 from services.gateway.history_client import HistoryAppender
+from services.gateway.ordering import RoomOrder
 from services.room.definitions import EVENT_NAME
 from services.room.rules import ANY_EVENT, EventRules, to_json
 from services.runtime.config import GatewayConfig
@@ -45,6 +46,8 @@ class Publisher:
         self._feeds = feeds
         self._hooks = hooks
         self._limit = RateLimiter(config.events_per_window, float(config.window_seconds))
+        # Shared with edits and deletes, which take sequences from the same logs.
+        self.order = RoomOrder()
 
     async def publish_from_client(
         self,
@@ -115,14 +118,41 @@ class Publisher:
                     keep_seconds=keep_seconds,
                 )
             )
-        appended = await self._history.append(room_id, new_events)
-        before = self._feeds.delivered(room_id)
-        result = gateway_pb2.PublishResult()
-        subject = room_subject(room_id)
-        skip_session = session_id if no_echo else ""
+        write = self.order.begin(room_id)
+        try:
+            appended = await self._history.append(room_id, new_events)
+            messages = self._messages(room_id, events, appended, sender, now_ms, session_id if no_echo else "")
+        except BaseException:
+            self.order.abandon(write)  # nothing to announce: later sequences must not wait for it
+            raise
+        result = gateway_pb2.PublishResult(
+            seqs=[placed.seq for placed in appended.appended], handles=[placed.handle for placed in appended.appended]
+        )
+        new_seqs = [placed.seq for placed in appended.appended if not placed.duplicate]
+        if new_seqs:
+            result.recipients = await self.order.release(
+                write, new_seqs[0], new_seqs[-1], lambda: self._fan_out(room_id, messages)
+            )
+        else:
+            self.order.abandon(write)  # every event was a retry already delivered
+        if self._hooks.has("after_publish"):
+            for outgoing in events:
+                context = _context(outgoing, room_id, sender, session_id)
+                await self._hooks.notify("after_publish", context, result.recipients)
+        return result
+
+    @staticmethod
+    def _messages(
+        room_id: str,
+        events: Sequence[gateway_pb2.OutgoingEvent],
+        appended: history_pb2.AppendEventsResponse,
+        sender: str,
+        time_ms: int,
+        skip_session: str,
+    ) -> list[BusMessage]:
+        """The bus messages of the events just appended (retries already delivered have none)."""
+        messages = []
         for outgoing, placed in zip(events, appended.appended, strict=True):
-            result.seqs.append(placed.seq)
-            result.handles.append(placed.handle)
             if placed.duplicate:
                 continue
             event = gateway_pb2.Event(
@@ -130,7 +160,7 @@ class Publisher:
                 event=outgoing.event,
                 payload=outgoing.payload,
                 sender=sender,
-                time_ms=now_ms,
+                time_ms=time_ms,
                 seq=placed.seq,
                 handle=placed.handle,
                 meta=outgoing.meta,
@@ -139,13 +169,15 @@ class Publisher:
             headers = {KIND: KIND_EVENT, EVENT_HEADER: outgoing.event, SEQ_HEADER: str(placed.seq)}
             if skip_session:
                 headers[SKIP_SESSION] = skip_session
-            self._bus.publish(BusMessage(subject, event.SerializeToString(), headers))
-        result.recipients = self._feeds.delivered(room_id) - before
-        if self._hooks.has("after_publish"):
-            for outgoing in events:
-                context = _context(outgoing, room_id, sender, session_id)
-                await self._hooks.notify("after_publish", context, result.recipients)
-        return result
+            messages.append(BusMessage(room_subject(room_id), event.SerializeToString(), headers))
+        return messages
+
+    def _fan_out(self, room_id: str, messages: list[BusMessage]) -> int:
+        """Publishes a room's messages; returns how many deliveries they made here."""
+        before = self._feeds.delivered(room_id)
+        for message in messages:
+            self._bus.publish(message)
+        return self._feeds.delivered(room_id) - before
 
     def _check_size(self, event: gateway_pb2.OutgoingEvent) -> None:
         size = len(event.event) + event.payload.ByteSize() + event.meta.ByteSize()

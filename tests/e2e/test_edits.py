@@ -257,3 +257,42 @@ async def test_a_resume_keeps_the_subscriptions_the_client_had(
         for names, field in ((["-note"], "subscriptions"), (["no way"], "subscriptions[0]")):
             refused = await s.command(join=gateway_pb2.JoinCommand(room_id="chat", subscriptions=names))
             assert (refused.status.reason, refused.status.metadata["field"]) == ("VALIDATION_FAILED", field)
+
+
+async def test_a_change_waits_for_a_publish_that_took_an_earlier_sequence(
+    pair: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, server_address: str, tmp_path: Path
+) -> None:
+    ada, ben = pair
+    mine, theirs = await ada.join("chat"), await ben.join("chat")
+    sent = await mine.trigger("message", {"text": "v1"})
+    seen: list[tuple[str, int]] = []
+    arrived = asyncio.Event()
+
+    def record(kind: str, seq: int) -> None:
+        seen.append((kind, seq))
+        arrived.set()
+
+    await asyncio.sleep(0.1)  # the first event has reached ben
+    theirs.on("message", lambda event: record("event", event.seq))
+    theirs.on_edited(lambda change: record("edit", change.change_seq))
+    append = HistoryServicer.append
+
+    async def slow_answer(self: HistoryServicer, request: history_pb2.AppendEventsRequest) -> Any:
+        answer = await append(self, request)  # the sequence is taken and durable...
+        await asyncio.sleep(0.3)  # ...but the gateway hears of it after the edit's, which comes next
+        return answer
+
+    # Ada publishes from one connection and edits from another (one connection's commands run in turn).
+    async with Client(server_address, username="ada", key_file=tmp_path / "a.json") as ada_elsewhere:
+        editing_room = await ada_elsewhere.join("chat")
+        monkeypatch.setattr(HistoryServicer, "append", slow_answer)
+        publishing = asyncio.create_task(mine.trigger("message", {"text": "meanwhile"}))
+        await asyncio.sleep(0.1)
+        change = await editing_room.edit(sent.handle, {"text": "v2"})
+        published = await publishing
+    assert change.change_seq == published.seq + 1
+    while len(seen) < 2:
+        arrived.clear()
+        await asyncio.wait_for(arrived.wait(), 5)
+    # Members get the log's order: a client stopped between the two resumes after the event, not past it.
+    assert seen == [("event", published.seq), ("edit", change.change_seq)]
