@@ -55,19 +55,25 @@ class RoomDirectory:
 
 
 async def follow_room_changes(
-    client: RoomClient, directory: RoomDirectory, on_change: ChangeHandler, on_resync: Callable[[], Awaitable[None]]
+    client: RoomClient,
+    directory: RoomDirectory,
+    on_change: ChangeHandler,
+    on_resync: Callable[[], Awaitable[None]],
+    on_snapshot: Callable[[], None],
 ) -> None:
     """Runs until cancelled: applies the room service's changes, reconnecting when it goes away.
 
     The first snapshot fills the cache. After a reconnection, the snapshot is
     compared with the cache (rooms created or deleted meanwhile are announced),
     and `on_resync` registers this gateway's memberships again, in case the
-    room service restarted and forgot them.
+    room service restarted and forgot them. `on_snapshot` follows every
+    snapshot applied.
     """
     synced_before = False
     while True:
         try:
             async for _ in _watch(client, directory, on_change, announce_snapshot=synced_before):
+                on_snapshot()
                 if synced_before:
                     await on_resync()
                 synced_before = True

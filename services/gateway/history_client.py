@@ -24,6 +24,8 @@ class HistoryAppender(Protocol):
 
     async def delete(self, request: history_pb2.DeleteEventRequest) -> history_pb2.DeleteEventResponse: ...
 
+    async def set_retention(self, request: history_pb2.SetRetentionRequest) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -52,3 +54,7 @@ class HistoryClient(PeerClient):
     async def delete(self, request: history_pb2.DeleteEventRequest) -> history_pb2.DeleteEventResponse:
         stub = history_pb2_grpc.HistoryServiceStub(self.channel)
         return await self.call(stub.DeleteEvent, request, "delete an event")
+
+    async def set_retention(self, request: history_pb2.SetRetentionRequest) -> None:
+        stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+        await self.call(stub.SetRetention, request, "set retention")

@@ -17,6 +17,7 @@ from services.gateway.history_client import HistoryAppender, HistoryClient
 from services.gateway.peer_client import PeerClient
 from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
+from services.gateway.retention import RetentionSync
 from services.gateway.room_client import RoomClient
 from services.gateway.servicer import SERVICE, GatewayServicer
 from services.history.server import SERVICE as HISTORY_SERVICE
@@ -58,6 +59,7 @@ def gateway_module(
         history = HistoryClient(config.server, secret, config.peers.history)
     realtime = Realtime(config.gateway, InProcessBus(), rooms, history, Hooks(config.hooks))
     realtime.membership_is_local = local_peers
+    retention = RetentionSync(history, realtime.directory)
     services = [s.full_name for s in (SERVICE, *PUBLIC_SERVICES)]
     servicer = GatewayServicer(realtime, mode, services, config.server.max_message_bytes)
     tasks: list[asyncio.Task[None]] = []
@@ -65,13 +67,16 @@ def gateway_module(
     def start(health: HealthStatus, own_address: str) -> None:
         if local_peers:
             rooms.address = own_address
-        follow = follow_room_changes(rooms, realtime.directory, realtime.on_room_change, realtime.rejoin_all)
+        follow = follow_room_changes(
+            rooms, realtime.directory, realtime.on_room_change, realtime.rejoin_all, retention.schedule
+        )
         tasks.append(asyncio.create_task(follow))
 
     async def drain() -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await retention.close()
         realtime.go_away("the server is shutting down; reconnect shortly")
 
     return ServiceModule(

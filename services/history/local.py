@@ -33,5 +33,8 @@ class InProcessHistory:
     async def delete(self, request: history_pb2.DeleteEventRequest) -> history_pb2.DeleteEventResponse:
         return await self._servicer.delete(request)
 
+    async def set_retention(self, request: history_pb2.SetRetentionRequest) -> None:
+        await self._servicer.set_retention(request)
+
     async def close(self) -> None:
         """Nothing to close: the history module owns the servicer."""

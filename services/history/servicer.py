@@ -22,13 +22,14 @@ from services.runtime.timestamps import to_timestamp
 
 MAX_ROOM_ID = 128
 MAX_EVENTS_PER_APPEND = 1000
+MAX_ROOMS_PER_RETENTION = 1000
 
 
-def check_room_id(room_id: str) -> None:
+def check_room_id(room_id: str, field: str = "room_id") -> None:
     if not room_id:
-        raise invalid_field("room_id", "is required")
+        raise invalid_field(field, "is required")
     if len(room_id) > MAX_ROOM_ID:
-        raise invalid_field("room_id", f"must be at most {MAX_ROOM_ID} characters")
+        raise invalid_field(field, f"must be at most {MAX_ROOM_ID} characters")
 
 
 def encode_cursor(seq: int) -> str:
@@ -152,6 +153,32 @@ class HistoryServicer:
         return history_pb2.DeleteEventResponse(
             event=await self._rewrite(request.room_id, request.handle, request.editor, tombstone)
         )
+
+    async def SetRetention(
+        self, request: history_pb2.SetRetentionRequest, context: Context
+    ) -> history_pb2.SetRetentionResponse:
+        return await self.set_retention(request)
+
+    async def set_retention(self, request: history_pb2.SetRetentionRequest) -> history_pb2.SetRetentionResponse:
+        """SetRetention itself; the all-in-one gateway calls it in process."""
+        if len(request.rooms) > MAX_ROOMS_PER_RETENTION:
+            raise invalid_field("rooms", f"at most {MAX_ROOMS_PER_RETENTION} in one call")
+        policies = []
+        for i, room in enumerate(request.rooms):
+            check_room_id(room.room_id, f"rooms[{i}].room_id")
+            named = {}
+            for j, event in enumerate(room.events):
+                if not event.event:
+                    raise invalid_field(f"rooms[{i}].events[{j}].event", "is required")
+                named[event.event] = (event.keep_last, event.keep_seconds)
+            policies.append((room.room_id, named, (room.other.keep_last, room.other.keep_seconds)))
+
+        def apply(db: sqlite_utils.Database) -> None:
+            for room_id, named, other in policies:
+                store.set_room_retention(db, room_id, named, other)
+
+        await self._db.transaction(apply)
+        return history_pb2.SetRetentionResponse()
 
     async def GetEvent(self, request: history_pb2.GetEventRequest, context: Context) -> history_pb2.GetEventResponse:
         return await self.get(request)

@@ -193,6 +193,22 @@ def append(
     return state.epoch, appended
 
 
+def set_room_retention(
+    db: sqlite_utils.Database, room_id: str, named: dict[str, tuple[int, int]], other: tuple[int, int]
+) -> None:
+    """Replaces the room's policies: `named` per event name, `other` for names recorded but not named."""
+    recorded = {name for (name,) in db.execute("SELECT event FROM retention WHERE room_id = ?", [room_id])}
+    for name in recorded - named.keys():
+        _set_retention(db, room_id, name, *other)
+    for name, (keep_last, keep_seconds) in named.items():
+        _set_retention(db, room_id, name, keep_last, keep_seconds)
+
+
+def retention_of(db: sqlite_utils.Database, room_id: str) -> dict[str, tuple[int, int]]:
+    rows = db.execute("SELECT event, keep_last, keep_seconds FROM retention WHERE room_id = ?", [room_id])
+    return {name: (keep_last, keep_seconds) for name, keep_last, keep_seconds in rows.fetchall()}
+
+
 def _set_retention(db: sqlite_utils.Database, room_id: str, event: str, keep_last: int, keep_seconds: int) -> None:
     """Records the policy the pruner applies; a policy without limits is forgotten."""
     if not (keep_last or keep_seconds):

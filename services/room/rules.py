@@ -107,6 +107,12 @@ class EventRules:
         """(keep the newest N, keep at most S seconds) for a kept event; 0 is no limit."""
         return self._retention.get(event, self._retention.get(ANY_EVENT, (0, 0)))
 
+    def retention_policy(self) -> tuple[dict[str, tuple[int, int]], tuple[int, int]]:
+        """`retention` of every kept event name the room defines, and of any other name ("*")."""
+        named = {name: limits for name, limits in self._retention.items() if self._keeps_history[name]}
+        other = named.pop(ANY_EVENT, (0, 0))
+        return named, other
+
     def accepts(self, event: str) -> bool:
         return event in self._validators or ANY_EVENT in self._validators
 

@@ -132,6 +132,23 @@ async def test_page_sizes_are_clamped_and_bad_input_named(history: history_pb2_g
         assert (caught.value.details() or "").startswith(f"{field}:")
 
 
+async def test_retention_is_set_per_room_and_bad_input_named(history: history_pb2_grpc.HistoryServiceStub) -> None:
+    def request(*rooms: history_pb2.RoomRetention) -> history_pb2.SetRetentionRequest:
+        return history_pb2.SetRetentionRequest(rooms=rooms)
+
+    keep_two = history_pb2.EventRetention(event="message", keep_last=2)
+    await history.SetRetention(request(history_pb2.RoomRetention(room_id="r", events=[keep_two])), metadata=SERVICE)
+    for bad, field in [
+        (request(history_pb2.RoomRetention(room_id="")), "rooms[0].room_id"),
+        (request(history_pb2.RoomRetention(room_id="r", events=[history_pb2.EventRetention()])), "rooms[0].events[0]"),
+        (request(*[history_pb2.RoomRetention(room_id=f"r{i}") for i in range(1001)]), "rooms"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await history.SetRetention(bad, metadata=SERVICE)
+        assert error_reason(caught.value) == "VALIDATION_FAILED"
+        assert (caught.value.details() or "").startswith(field)
+
+
 async def test_only_services_append(data_dir: Path, tmp_path: Path) -> None:
     async with running(allinone.create_server, make_config(data_dir)) as (_, address):
         async with Client(address, username="val", key_file=tmp_path / "v.json") as val:

@@ -73,3 +73,28 @@ async def test_a_resume_across_pruned_events_is_not_recovered(server: tuple[str,
         assert recent.join.recovered
         batch = (await s.next_other("history")).history
         assert [e.seq for e in batch.events] == [5, 6]
+
+
+def _feed(limit: int) -> list[RoomDefinition]:
+    return [RoomDefinition(id="feed", events=[EventDefinition(name="message", history=HistorySettings(True, limit))])]
+
+
+async def test_a_changed_limit_applies_at_once_not_when_the_event_is_next_published(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    async def history_after_restart(limit: int, prune_every: float, publish: int = 0) -> list[int]:
+        config = make_config(data_dir, rooms=_feed(limit), **{"history.prune_interval_seconds": prune_every})
+        async with running(allinone.create_server, config) as (_, address):
+            async with Client(address, username="ann", key_file=tmp_path / "a.json") as ann:
+                if publish:
+                    room = await ann.join("feed")
+                    await room.trigger_batch([("message", {"n": n}, None) for n in range(publish)])
+                await asyncio.sleep(0.6)  # several pruning rounds
+                return [e.seq for e in await ann.history("feed", limit=100)]
+
+    # Published under a limit of 2, stopped before the pruner ran.
+    assert await history_after_restart(limit=2, prune_every=3600, publish=6) == [6, 5, 4, 3, 2, 1]
+    # The limit is lifted: nothing is published, and nothing more is pruned.
+    assert await history_after_restart(limit=0, prune_every=0.05) == [6, 5, 4, 3, 2, 1]
+    # The limit is lowered: the pruner applies it without waiting for a publish.
+    assert await history_after_restart(limit=3, prune_every=0.05) == [6, 5, 4]

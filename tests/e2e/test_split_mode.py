@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,13 @@ description = "Say hello"
   [[rooms.events]]
   name = "*"
   history = { enabled = true }
+
+[[rooms]]
+id = "news"
+
+  [[rooms.events]]
+  name = "headline"
+  history = { enabled = true, limit = 2, max_age_seconds = 86400 }
 """
 
 
@@ -166,7 +175,7 @@ async def test_other_services_are_forwarded(cluster: Cluster) -> None:
         token = bearer(await client.access_token())
     async with grpc.aio.insecure_channel(cluster.gateway) as channel:
         rooms = await room_pb2_grpc.RoomServiceStub(channel).ListRooms(room_pb2.ListRoomsRequest(), metadata=token)
-        assert [r.room_id for r in rooms.rooms] == ["lobby"]
+        assert [r.room_id for r in rooms.rooms] == ["lobby", "news"]
         state = await history_pb2_grpc.HistoryServiceStub(channel).GetLogState(
             history_pb2.GetLogStateRequest(room_id="lobby"), metadata=token
         )
@@ -287,3 +296,15 @@ async def test_identity_down_then_back(cluster: Cluster) -> None:
 
 async def _is(cluster: Cluster, service: str, status: int) -> bool:
     return await _gateway_health(cluster, service) == status
+
+
+async def test_the_gateway_hands_each_rooms_retention_to_the_history_service(cluster: Cluster) -> None:
+    log = cluster.tmp / "data" / "history" / "history.sqlite3"
+
+    def recorded() -> list[tuple[str, str, int, int]]:
+        with contextlib.closing(sqlite3.connect(f"file:{log}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT room_id, event, keep_last, keep_seconds FROM retention").fetchall()
+
+    # Over SetRetention, at the gateway's start: nothing was published in "news".
+    await wait_until(lambda: log.exists() and recorded())
+    assert recorded() == [("news", "headline", 2, 86400)]

@@ -151,3 +151,17 @@ def test_pruning_a_changed_event_counts_its_change_as_pruned() -> None:
     assert state is not None
     # A client at seq 3 never saw change 4, and it is gone with event 1: its resume is not recovered.
     assert state.pruned_seq == change_seq == 4
+
+
+def test_a_rooms_retention_is_replaced_whole() -> None:
+    db = fresh_db()
+    # Recorded at publish time: "msg" by its own definition, "x" and "y" under the room's "*".
+    store.append(db, "r", [_kept("msg", 1, keep_last=5), _kept("x", 2, keep_last=1), _kept("y", 3, keep_last=1)], 0, 1)
+    store.append(db, "other", [_kept("msg", 1, keep_last=9)], 0, 1)
+    # "msg" is now kept for an hour without a count; "*" now keeps 3 of each other name.
+    store.set_room_retention(db, "r", {"msg": (0, 3600), "new": (7, 0)}, other=(3, 0))
+    assert store.retention_of(db, "r") == {"msg": (0, 3600), "new": (7, 0), "x": (3, 0), "y": (3, 0)}
+    # Limits lifted everywhere: nothing is pruned any more.
+    store.set_room_retention(db, "r", {"msg": (0, 0)}, other=(0, 0))
+    assert store.retention_of(db, "r") == {}
+    assert store.retention_of(db, "other") == {"msg": (9, 0)}  # another room's policy is its own

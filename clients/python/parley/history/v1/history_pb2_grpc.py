@@ -72,6 +72,11 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.DeleteEventRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DeleteEventResponse.FromString,
                 _registered_method=True)
+        self.SetRetention = channel.unary_unary(
+                '/parley.history.v1.HistoryService/SetRetention',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.SetRetentionRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.SetRetentionResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -136,6 +141,16 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRetention(self, request, context):
+        """Sets what each listed room's log keeps, from its event definitions: the
+        background pruner applies it. Gateways call it whenever they read the
+        room definitions, so a limit lifted or lowered applies at once, not only
+        when its event is next published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +188,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteEvent,
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DeleteEventRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.DeleteEventResponse.SerializeToString,
+            ),
+            'SetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetention,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.SetRetentionRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.SetRetentionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -367,6 +387,33 @@ class HistoryService:
             '/parley.history.v1.HistoryService/DeleteEvent',
             parley_dot_history_dot_v1_dot_history__pb2.DeleteEventRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.DeleteEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/SetRetention',
+            parley_dot_history_dot_v1_dot_history__pb2.SetRetentionRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.SetRetentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,12 @@ class HistoryServiceStub:
     """Removes an event's payload and meta, leaving a tombstone so sequences stay
     gap-free; only its sender may (NOT_AUTHOR otherwise).
     """
+    SetRetention: _grpc.UnaryUnaryMultiCallable[_history_pb2.SetRetentionRequest, _history_pb2.SetRetentionResponse]
+    """Sets what each listed room's log keeps, from its event definitions: the
+    background pruner applies it. Gateways call it whenever they read the
+    room definitions, so a limit lifted or lowered applies at once, not only
+    when its event is next published.
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -96,6 +102,12 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     DeleteEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.DeleteEventRequest, _history_pb2.DeleteEventResponse]  # type: ignore[assignment]
     """Removes an event's payload and meta, leaving a tombstone so sequences stay
     gap-free; only its sender may (NOT_AUTHOR otherwise).
+    """
+    SetRetention: _aio.UnaryUnaryMultiCallable[_history_pb2.SetRetentionRequest, _history_pb2.SetRetentionResponse]  # type: ignore[assignment]
+    """Sets what each listed room's log keeps, from its event definitions: the
+    background pruner applies it. Gateways call it whenever they read the
+    room definitions, so a limit lifted or lowered applies at once, not only
+    when its event is next published.
     """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -170,6 +182,18 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_history_pb2.DeleteEventResponse, _abc.Awaitable[_history_pb2.DeleteEventResponse]]:
         """Removes an event's payload and meta, leaving a tombstone so sequences stay
         gap-free; only its sender may (NOT_AUTHOR otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def SetRetention(
+        self,
+        request: _history_pb2.SetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.SetRetentionResponse, _abc.Awaitable[_history_pb2.SetRetentionResponse]]:
+        """Sets what each listed room's log keeps, from its event definitions: the
+        background pruner applies it. Gateways call it whenever they read the
+        room definitions, so a limit lifted or lowered applies at once, not only
+        when its event is next published.
         """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
