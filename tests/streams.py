@@ -108,8 +108,12 @@ class Stream:
             event = await asyncio.wait_for(self.events.get(), within)
             raise AssertionError(f"unexpected event {event}")
 
-    async def close(self) -> None:
+    def half_close(self) -> None:
+        """No more commands: the server ends the stream."""
         self._outgoing.put_nowait(None)
+
+    async def close(self) -> None:
+        self.half_close()
         self.call.cancel()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)

@@ -65,6 +65,8 @@ class Realtime:
         self.hooks = hooks
         self.connections = ConnectionRegistry()
         self.stopping = False
+        # Connections whose end is still being cleaned up (see `_end`).
+        self._endings: set[asyncio.Future[None]] = set()
         # True when the room service runs in this same process (all-in-one).
         self.membership_is_local = False
         self.feeds = RoomFeeds(bus)
@@ -133,10 +135,25 @@ class Realtime:
         finally:
             for handle in cut_off:
                 handle.cancel()
+            await self._end(connection, reader)
+
+    async def _end(self, connection: Connection, reader: asyncio.Task[None] | None) -> None:
+        """Stops reading commands and leaves every room, even if the stream is cancelled meanwhile.
+
+        A client that half-closes and then cancels its stream would otherwise
+        cancel the leave half-way, and its membership would outlive it.
+        """
+
+        async def end() -> None:
             if reader is not None:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
             await self._disconnect(connection)
+
+        ending = asyncio.ensure_future(end())
+        self._endings.add(ending)
+        ending.add_done_callback(self._endings.discard)
+        await asyncio.shield(ending)
 
     def _welcome(self, connection: Connection) -> gateway_pb2.Welcome:
         return gateway_pb2.Welcome(

@@ -14,6 +14,7 @@ from parley import Client
 from parley.gateway.v1 import gateway_pb2
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services import allinone
+from services.gateway.room_client import RoomClient
 from services.runtime.config import EventDefinition, RoomDefinition
 from tests.streams import Stream, payload_of, stream, value
 from tests.support import bearer, make_config, running
@@ -201,6 +202,32 @@ async def test_presence_join_and_leave(world: World) -> None:
             await bob.join("anything")
             await alice.next_other("presence")
         # Bob's stream closed: the room hears he is gone.
+        gone = await alice.next_other("presence")
+        assert (gone.presence.user_id, gone.presence.joined) == (world.bob.user_id, False)
+
+
+async def test_a_stream_cancelled_while_it_ends_still_leaves_its_rooms(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leaving = asyncio.Event()
+    leave = RoomClient.leave
+
+    async def slow_leave(self: RoomClient, room_id: str, user_id: str, session_id: str) -> list[str]:
+        leaving.set()
+        await asyncio.sleep(0.2)
+        return await leave(self, room_id, user_id, session_id)
+
+    monkeypatch.setattr(RoomClient, "leave", slow_leave)
+    async with stream(world.address, await world.token(world.alice)) as alice:
+        await alice.join("anything")
+        await alice.next_other("presence")
+        async with grpc.aio.insecure_channel(world.address) as channel:
+            bob = await Stream(channel, await world.token(world.bob)).open()
+            await bob.join("anything")
+            await alice.next_other("presence")
+            bob.half_close()  # the server ends bob's stream and starts leaving his rooms...
+            await asyncio.wait_for(leaving.wait(), 5)
+            bob.call.cancel()  # ...when the cancel of the same stream arrives
         gone = await alice.next_other("presence")
         assert (gone.presence.user_id, gone.presence.joined) == (world.bob.user_id, False)
 
