@@ -151,3 +151,19 @@ async def test_the_sdk_resumes_where_it_left_off(server: tuple[str, Client, Clie
     assert (await asyncio.wait_for(anext(events), 5)).seq == live.seq
     await asyncio.sleep(0.05)
     assert batches == [("chat", missed, True)]
+
+
+async def test_handlers_registered_right_after_a_join_get_what_came_with_it(
+    server: tuple[str, Client, Client],
+) -> None:
+    _, ann, bo = server
+    board = await ann.join("board")
+    await board.trigger_batch([("note", {"n": n}, None) for n in range(3)] + [("pin", {"n": 9}, None)])
+    synced: list[tuple[str, int]] = []
+    done = asyncio.Event()
+    room = await bo.join("board")  # sync on join: the last 2 notes and the pin come with the join
+    room.on_any(lambda event: (synced.append((event.event, event.data["n"])), done.set()))
+    while len(synced) < 3:
+        done.clear()
+        await asyncio.wait_for(done.wait(), 5)
+    assert synced == [("note", 1), ("note", 2), ("pin", 9)]

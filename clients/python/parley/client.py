@@ -337,6 +337,9 @@ class Client:
             # A fresh start: resume later from the log's position at this join.
             room.epoch, room.last_seq = reply.join.epoch, reply.join.last_seq
         room.epoch = room.epoch or reply.join.epoch
+        # Runs after the caller's code up to its next await: handlers it registers
+        # there get the events and changes that came with the join.
+        asyncio.get_running_loop().call_soon(room.release_held)
         return room
 
     # History

@@ -160,6 +160,9 @@ class Room:
         # Events that arrive before the first `events()` iterator starts (e.g.
         # the echo of a trigger) are kept for it, up to a bound.
         self._backlog: deque[RoomEvent] | None = deque(maxlen=BACKLOG_LIMIT)
+        # Until the join has returned to its caller, handler calls wait here: what
+        # arrives with the join reaches handlers registered right after it.
+        self._held: list[tuple[Callable[[], Sequence[Callable[..., Any]]], tuple[Any, ...]]] | None = []
         self.joined = True
         # Where this client is in the room's log: a later join resumes from here.
         self.epoch = ""
@@ -310,15 +313,13 @@ class Room:
             self._backlog.append(delivered)
         for queue in self._queues:
             queue.put_nowait(delivered)
-        for handler in [*self._handlers.get(delivered.event, ()), *self._any]:
-            self._client.spawn(call_handler(handler, delivered))
+        self._notify(lambda: [*self._handlers.get(delivered.event, ()), *self._any], delivered)
 
     def dispatch_change(self, change: gateway_pb2.EventChanged) -> None:
         if change.change_seq > self.last_seq:
             self.last_seq = change.change_seq
         changed = event_change(change)
-        for handler in self._changes[changed.deleted]:
-            self._client.spawn(call_handler(handler, changed))
+        self._notify(lambda: self._changes[changed.deleted], changed)
 
     def dispatch_signal(self, signal: gateway_pb2.Ephemeral) -> None:
         received = Signal(
@@ -330,9 +331,21 @@ class Room:
             ttl_ms=signal.ttl_ms,
             session_id=signal.session_id,
         )
-        for handler in self._signals:
-            self._client.spawn(call_handler(handler, received))
+        self._notify(lambda: self._signals, received)
 
     def dispatch_presence(self, user_id: str, joined: bool) -> None:
-        for handler in self._presence:
-            self._client.spawn(call_handler(handler, user_id, joined))
+        self._notify(lambda: self._presence, user_id, joined)
+
+    def _notify(self, handlers: Callable[[], Sequence[Callable[..., Any]]], *args: Any) -> None:
+        """Calls the handlers registered by now, or, while the join is returning, by the time it has."""
+        if self._held is not None:
+            self._held.append((handlers, args))
+            return
+        for handler in handlers():
+            self._client.spawn(call_handler(handler, *args))
+
+    def release_held(self) -> None:
+        """Once the code that joined has registered its handlers, they get what arrived with the join."""
+        held, self._held = self._held or [], None
+        for handlers, args in held:
+            self._notify(handlers, *args)
