@@ -22,7 +22,10 @@ DELETED = gateway_pb2.EventChanged.KIND_DELETED
 
 
 class EventChanges:
-    """Checks a change (sender, schema, size, rate), makes it in the log, then announces it."""
+    """Checks a change (sender, schema, size, rate), makes it in the log, then announces it.
+
+    Clients change their own events; a backend may change any (GatewayService.EditRoomEvent).
+    """
 
     def __init__(self, config: GatewayConfig, bus: Bus, history: HistoryAppender, publisher: Publisher) -> None:
         self._publisher = publisher
@@ -40,12 +43,9 @@ class EventChanges:
         user_id: str,
         session_id: str,
     ) -> gateway_pb2.EventChanged:
-        size = payload.ByteSize()
-        if size > self._config.max_payload_bytes:
-            raise payload_too_large(size, self._config.max_payload_bytes)
-        stored = await self._own_event(room_id, handle, user_id)
-        # An event keeps its name, so the schema checked here is the one that applies.
-        rules.check(stored.event, payload)
+        """A client's edit of its own event: rate limited and screened by the before_publish hook."""
+        self._count(user_id, handle)
+        stored = await self._checked_edit(rules, room_id, handle, payload, user_id)
         # The before_publish hook screens the new payload too (it may deny or change it).
         proposed = gateway_pb2.OutgoingEvent(event=stored.event, payload=payload, meta=stored.meta)
         payload = (await self._publisher.screen(proposed, room_id, user_id, session_id, edit_of=handle)).payload
@@ -53,9 +53,33 @@ class EventChanges:
         return await self._change(room_id, self._history.edit(request))
 
     async def delete(self, room_id: str, handle: str, user_id: str) -> gateway_pb2.EventChanged:
-        await self._own_event(room_id, handle, user_id)
-        request = history_pb2.DeleteEventRequest(room_id=room_id, handle=handle, editor=user_id)
+        """A client's delete of its own event (rate limited)."""
+        self._count(user_id, handle)
+        return await self.delete_by_service(room_id, handle, as_user=user_id)
+
+    async def edit_by_service(
+        self, rules: EventRules, room_id: str, handle: str, payload: struct_pb2.Value, as_user: str
+    ) -> gateway_pb2.EventChanged:
+        """A backend's edit, as the event's sender or (as_user empty) on its own authority."""
+        await self._checked_edit(rules, room_id, handle, payload, as_user)
+        request = history_pb2.EditEventRequest(room_id=room_id, handle=handle, payload=payload, editor=as_user)
+        return await self._change(room_id, self._history.edit(request))
+
+    async def delete_by_service(self, room_id: str, handle: str, as_user: str) -> gateway_pb2.EventChanged:
+        await self._stored(room_id, handle, as_user)
+        request = history_pb2.DeleteEventRequest(room_id=room_id, handle=handle, editor=as_user)
         return await self._change(room_id, self._history.delete(request))
+
+    async def _checked_edit(
+        self, rules: EventRules, room_id: str, handle: str, payload: struct_pb2.Value, editor: str
+    ) -> history_pb2.LoggedEvent:
+        size = payload.ByteSize()
+        if size > self._config.max_payload_bytes:
+            raise payload_too_large(size, self._config.max_payload_bytes)
+        stored = await self._stored(room_id, handle, editor)
+        # An event keeps its name, so the schema checked here is the one that applies.
+        rules.check(stored.event, payload)
+        return stored
 
     async def _change(
         self, room_id: str, call: Awaitable[history_pb2.EditEventResponse | history_pb2.DeleteEventResponse]
@@ -72,7 +96,7 @@ class EventChanges:
             write, changed.change_seq, changed.change_seq, lambda: self._announce(room_id, changed)
         )
 
-    async def _own_event(self, room_id: str, handle: str, user_id: str) -> history_pb2.LoggedEvent:
+    def _count(self, user_id: str, handle: str) -> None:
         if not handle:
             raise invalid_field("handle", "is required")
         wait = self._limit.try_acquire(user_id)
@@ -80,10 +104,15 @@ class EventChanges:
             raise rate_limited(
                 f"more than {self._config.events_per_window} changes in {self._config.window_seconds}s", wait
             )
+
+    async def _stored(self, room_id: str, handle: str, editor: str) -> history_pb2.LoggedEvent:
+        """The event as stored, if `editor` may change it (any event when empty: a service)."""
+        if not handle:
+            raise invalid_field("handle", "is required")
         stored = (await self._history.get(room_id, handle)).event
         if stored.deleted:
             raise event_not_found(room_id, handle, " (it was deleted)")
-        if stored.sender != user_id:
+        if editor and stored.sender != editor:
             raise not_author()
         return stored
 

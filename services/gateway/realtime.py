@@ -74,6 +74,7 @@ class Realtime:
         self.scheduler = FlushScheduler(config.batch_window_ms / 1000)
         self.publisher = Publisher(config, bus, self.feeds, hooks, history)
         self.subjects = SubjectRouter(bus)
+        self.changes = EventChanges(config, bus, history, self.publisher)
         self.commands = CommandHandler(
             config,
             bus,
@@ -82,7 +83,7 @@ class Realtime:
             rooms,
             history,
             self.publisher,
-            EventChanges(config, bus, history, self.publisher),
+            self.changes,
             EphemeralSignals(config, bus),
             self.subjects,
             hooks,
@@ -252,6 +253,22 @@ class Realtime:
             rules.validate(event.event, event.payload)
         result = await self.publisher.publish(rules, request.room_id, request.events, request.sender or SYSTEM_SENDER)
         return gateway_pb2.PublishToRoomResponse(seqs=result.seqs, handles=result.handles, recipients=result.recipients)
+
+    async def edit_room_event(self, request: gateway_pb2.EditRoomEventRequest) -> gateway_pb2.EditRoomEventResponse:
+        check_room_id(request.room_id)
+        rules = await self.commands.rules(request.room_id)
+        change = await self.changes.edit_by_service(
+            rules, request.room_id, request.handle, request.payload, request.as_user
+        )
+        return gateway_pb2.EditRoomEventResponse(change=change)
+
+    async def delete_room_event(
+        self, request: gateway_pb2.DeleteRoomEventRequest
+    ) -> gateway_pb2.DeleteRoomEventResponse:
+        check_room_id(request.room_id)
+        await self.commands.rules(request.room_id)  # ROOM_NOT_FOUND for an unknown room
+        change = await self.changes.delete_by_service(request.room_id, request.handle, request.as_user)
+        return gateway_pb2.DeleteRoomEventResponse(change=change)
 
     async def subscribe_room(self, request: gateway_pb2.SubscribeRoomRequest, context: Context) -> AsyncIterator[bytes]:
         """Yields SubscribeRoomResponse frames built from the events' bytes as published."""

@@ -46,6 +46,16 @@ class GatewayServicer:
     ) -> gateway_pb2.PublishToRoomResponse:
         return await self._realtime.publish_to_room(request)
 
+    async def EditRoomEvent(
+        self, request: gateway_pb2.EditRoomEventRequest, context: Context
+    ) -> gateway_pb2.EditRoomEventResponse:
+        return await self._realtime.edit_room_event(request)
+
+    async def DeleteRoomEvent(
+        self, request: gateway_pb2.DeleteRoomEventRequest, context: Context
+    ) -> gateway_pb2.DeleteRoomEventResponse:
+        return await self._realtime.delete_room_event(request)
+
     async def ListConnections(
         self, request: gateway_pb2.ListConnectionsRequest, context: Context
     ) -> gateway_pb2.ListConnectionsResponse:

@@ -144,6 +144,67 @@ async def test_send_to_one_connection(backend: Backend) -> None:
         assert error_reason(missing.value) == "SESSION_NOT_FOUND"
 
 
+async def test_a_backend_edits_and_deletes_as_the_sender_or_on_its_own_authority(backend: Backend) -> None:
+    async with stream(backend.address, await backend.alice.access_token()) as alice:
+        await alice.join("kept")
+        first, second = [(await alice.publish("kept", "message", {"n": n})).publish for n in (1, 2)]
+        await alice.next_event()
+        await alice.next_event()
+        as_alice = await backend.gateway.EditRoomEvent(
+            gateway_pb2.EditRoomEventRequest(
+                room_id="kept", handle=first.handles[0], payload=value({"n": 10}), as_user=backend.alice.user_id
+            ),
+            metadata=SERVICE,
+        )
+        live = (await alice.next_other("event_changed")).event_changed
+        assert live == as_alice.change
+        assert (live.kind, live.seq, payload_of(live)) == (
+            gateway_pb2.EventChanged.KIND_EDITED,
+            first.seqs[0],
+            {"n": 10},
+        )
+        moderated = await backend.gateway.DeleteRoomEvent(
+            gateway_pb2.DeleteRoomEventRequest(room_id="kept", handle=second.handles[0]), metadata=SERVICE
+        )
+        live = (await alice.next_other("event_changed")).event_changed
+        assert (live.kind, live.handle, live.change_seq) == (
+            gateway_pb2.EventChanged.KIND_DELETED,
+            second.handles[0],
+            moderated.change.change_seq,
+        )
+    log = await backend.alice.history("kept")
+    assert [(e.seq, e.deleted, e.data) for e in log] == [
+        (second.seqs[0], True, None),
+        (first.seqs[0], False, {"n": 10}),
+    ]
+    for call, reason in [
+        (
+            backend.gateway.EditRoomEvent(
+                gateway_pb2.EditRoomEventRequest(
+                    room_id="kept", handle=first.handles[0], payload=value(1), as_user="someone-else"
+                ),
+                metadata=SERVICE,
+            ),
+            "NOT_AUTHOR",
+        ),
+        (
+            backend.gateway.DeleteRoomEvent(
+                gateway_pb2.DeleteRoomEventRequest(room_id="kept", handle=second.handles[0]), metadata=SERVICE
+            ),
+            "EVENT_NOT_FOUND",  # already deleted
+        ),
+        (
+            backend.gateway.DeleteRoomEvent(
+                gateway_pb2.DeleteRoomEventRequest(room_id="nowhere", handle="h"), metadata=SERVICE
+            ),
+            "ROOM_NOT_FOUND",
+        ),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert error_reason(refused.value) == reason
+
+
 async def test_a_user_token_is_refused(backend: Backend) -> None:
     user_token = bearer(await backend.alice.access_token())
     calls = [
@@ -152,6 +213,8 @@ async def test_a_user_token_is_refused(backend: Backend) -> None:
         backend.gateway.ListOnlineUsers(gateway_pb2.ListOnlineUsersRequest(), metadata=user_token),
         backend.gateway.RemoveUserFromRooms(gateway_pb2.RemoveUserFromRoomsRequest(user_id="x"), metadata=user_token),
         backend.gateway.SendToConnection(gateway_pb2.SendToConnectionRequest(session_id="x"), metadata=user_token),
+        backend.gateway.EditRoomEvent(gateway_pb2.EditRoomEventRequest(room_id="kept"), metadata=user_token),
+        backend.gateway.DeleteRoomEvent(gateway_pb2.DeleteRoomEventRequest(room_id="kept"), metadata=user_token),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -1223,6 +1223,104 @@ class PublishToRoomResponse(_message.Message):
 Global___PublishToRoomResponse: _TypeAlias = PublishToRoomResponse  # noqa: Y015
 
 @_typing.final
+class EditRoomEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    AS_USER_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    handle: _builtins.str
+    as_user: _builtins.str
+    """The user the edit is made as: must be the event's sender (NOT_AUTHOR).
+    Empty: the service itself, for any event.
+    """
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        handle: _builtins.str = ...,
+        payload: _struct_pb2.Value | None = ...,
+        as_user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_user", b"as_user", "handle", b"handle", "payload", b"payload", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditRoomEventRequest: _TypeAlias = EditRoomEventRequest  # noqa: Y015
+
+@_typing.final
+class EditRoomEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___EventChanged: ...
+    def __init__(
+        self,
+        *,
+        change: Global___EventChanged | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditRoomEventResponse: _TypeAlias = EditRoomEventResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRoomEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    HANDLE_FIELD_NUMBER: _builtins.int
+    AS_USER_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    handle: _builtins.str
+    as_user: _builtins.str
+    """As in EditRoomEventRequest."""
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        handle: _builtins.str = ...,
+        as_user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_user", b"as_user", "handle", b"handle", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRoomEventRequest: _TypeAlias = DeleteRoomEventRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRoomEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___EventChanged: ...
+    def __init__(
+        self,
+        *,
+        change: Global___EventChanged | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRoomEventResponse: _TypeAlias = DeleteRoomEventResponse  # noqa: Y015
+
+@_typing.final
 class SubscribeRoomRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

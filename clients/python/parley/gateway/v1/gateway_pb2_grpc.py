@@ -52,6 +52,16 @@ class GatewayServiceStub:
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomRequest.SerializeToString,
                 response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomResponse.FromString,
                 _registered_method=True)
+        self.EditRoomEvent = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/EditRoomEvent',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.EditRoomEventRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.EditRoomEventResponse.FromString,
+                _registered_method=True)
+        self.DeleteRoomEvent = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/DeleteRoomEvent',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRoomEventRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRoomEventResponse.FromString,
+                _registered_method=True)
         self.SubscribeRoom = channel.unary_stream(
                 '/parley.gateway.v1.GatewayService/SubscribeRoom',
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRoomRequest.SerializeToString,
@@ -115,6 +125,22 @@ class GatewayServiceServicer:
         """Backend API (service credentials only).
 
         Publishes into a room as "system" or a named sender; read-only rooms included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditRoomEvent(self, request, context):
+        """Edits a kept event: as its sender (as_user), or with as_user empty on the
+        service's own authority (moderation). The payload is checked against the
+        event's schema; members subscribed to the event get the change live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRoomEvent(self, request, context):
+        """Deletes a kept event (a tombstone stays), the same way as EditRoomEvent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +212,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.PublishToRoom,
                     request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomRequest.FromString,
                     response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomResponse.SerializeToString,
+            ),
+            'EditRoomEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditRoomEvent,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.EditRoomEventRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.EditRoomEventResponse.SerializeToString,
+            ),
+            'DeleteRoomEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRoomEvent,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRoomEventRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRoomEventResponse.SerializeToString,
             ),
             'SubscribeRoom': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeRoom,
@@ -307,6 +343,60 @@ class GatewayService:
             '/parley.gateway.v1.GatewayService/PublishToRoom',
             parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomRequest.SerializeToString,
             parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditRoomEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/EditRoomEvent',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.EditRoomEventRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.EditRoomEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRoomEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/DeleteRoomEvent',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRoomEventRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRoomEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

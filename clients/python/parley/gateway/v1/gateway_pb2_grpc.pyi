@@ -48,6 +48,13 @@ class GatewayServiceStub:
 
     Publishes into a room as "system" or a named sender; read-only rooms included.
     """
+    EditRoomEvent: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EditRoomEventRequest, _gateway_pb2.EditRoomEventResponse]
+    """Edits a kept event: as its sender (as_user), or with as_user empty on the
+    service's own authority (moderation). The payload is checked against the
+    event's schema; members subscribed to the event get the change live.
+    """
+    DeleteRoomEvent: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteRoomEventRequest, _gateway_pb2.DeleteRoomEventResponse]
+    """Deletes a kept event (a tombstone stays), the same way as EditRoomEvent."""
     SubscribeRoom: _grpc.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRoomRequest, _gateway_pb2.SubscribeRoomResponse]
     """Every event published in a room from now on, for backend consumers."""
     ListConnections: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListConnectionsRequest, _gateway_pb2.ListConnectionsResponse]
@@ -83,6 +90,13 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 
     Publishes into a room as "system" or a named sender; read-only rooms included.
     """
+    EditRoomEvent: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EditRoomEventRequest, _gateway_pb2.EditRoomEventResponse]  # type: ignore[assignment]
+    """Edits a kept event: as its sender (as_user), or with as_user empty on the
+    service's own authority (moderation). The payload is checked against the
+    event's schema; members subscribed to the event get the change live.
+    """
+    DeleteRoomEvent: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteRoomEventRequest, _gateway_pb2.DeleteRoomEventResponse]  # type: ignore[assignment]
+    """Deletes a kept event (a tombstone stays), the same way as EditRoomEvent."""
     SubscribeRoom: _aio.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRoomRequest, _gateway_pb2.SubscribeRoomResponse]  # type: ignore[assignment]
     """Every event published in a room from now on, for backend consumers."""
     ListConnections: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListConnectionsRequest, _gateway_pb2.ListConnectionsResponse]  # type: ignore[assignment]
@@ -133,6 +147,25 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Publishes into a room as "system" or a named sender; read-only rooms included.
         """
+
+    @_abc_1.abstractmethod
+    def EditRoomEvent(
+        self,
+        request: _gateway_pb2.EditRoomEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.EditRoomEventResponse, _abc.Awaitable[_gateway_pb2.EditRoomEventResponse]]:
+        """Edits a kept event: as its sender (as_user), or with as_user empty on the
+        service's own authority (moderation). The payload is checked against the
+        event's schema; members subscribed to the event get the change live.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteRoomEvent(
+        self,
+        request: _gateway_pb2.DeleteRoomEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.DeleteRoomEventResponse, _abc.Awaitable[_gateway_pb2.DeleteRoomEventResponse]]:
+        """Deletes a kept event (a tombstone stays), the same way as EditRoomEvent."""
 
     @_abc_1.abstractmethod
     def SubscribeRoom(

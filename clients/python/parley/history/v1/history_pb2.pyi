@@ -438,7 +438,9 @@ class EditEventRequest(_message.Message):
     room_id: _builtins.str
     handle: _builtins.str
     editor: _builtins.str
-    """The user asking; must be the event's sender."""
+    """The user asking: must be the event's sender. Empty: the calling service
+    on its own authority (moderation), for any event.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Value: ...
     def __init__(
@@ -487,7 +489,7 @@ class DeleteEventRequest(_message.Message):
     room_id: _builtins.str
     handle: _builtins.str
     editor: _builtins.str
-    """The user asking; must be the event's sender."""
+    """As in EditEventRequest."""
     def __init__(
         self,
         *,

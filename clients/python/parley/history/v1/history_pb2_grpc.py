@@ -127,7 +127,8 @@ class HistoryServiceServicer:
 
     def EditEvent(self, request, context):
         """Replaces an event's payload in place and records the edit time; only its
-        sender may (NOT_AUTHOR otherwise).
+        sender may (NOT_AUTHOR otherwise), or the calling service itself. Members
+        are not told: GatewayService.EditRoomEvent edits and announces.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +136,8 @@ class HistoryServiceServicer:
 
     def DeleteEvent(self, request, context):
         """Removes an event's payload and meta, leaving a tombstone so sequences stay
-        gap-free; only its sender may (NOT_AUTHOR otherwise).
+        gap-free; who may as for EditEvent. GatewayService.DeleteRoomEvent deletes
+        and announces.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

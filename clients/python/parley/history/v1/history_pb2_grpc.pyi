@@ -56,11 +56,13 @@ class HistoryServiceStub:
     """Kept events after a sequence, oldest first (for resume and sync on join)."""
     EditEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]
     """Replaces an event's payload in place and records the edit time; only its
-    sender may (NOT_AUTHOR otherwise).
+    sender may (NOT_AUTHOR otherwise), or the calling service itself. Members
+    are not told: GatewayService.EditRoomEvent edits and announces.
     """
     DeleteEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.DeleteEventRequest, _history_pb2.DeleteEventResponse]
     """Removes an event's payload and meta, leaving a tombstone so sequences stay
-    gap-free; only its sender may (NOT_AUTHOR otherwise).
+    gap-free; who may as for EditEvent. GatewayService.DeleteRoomEvent deletes
+    and announces.
     """
     SetRetention: _grpc.UnaryUnaryMultiCallable[_history_pb2.SetRetentionRequest, _history_pb2.SetRetentionResponse]
     """Sets what each listed room's log keeps, from its event definitions: the
@@ -97,11 +99,13 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     """Kept events after a sequence, oldest first (for resume and sync on join)."""
     EditEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]  # type: ignore[assignment]
     """Replaces an event's payload in place and records the edit time; only its
-    sender may (NOT_AUTHOR otherwise).
+    sender may (NOT_AUTHOR otherwise), or the calling service itself. Members
+    are not told: GatewayService.EditRoomEvent edits and announces.
     """
     DeleteEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.DeleteEventRequest, _history_pb2.DeleteEventResponse]  # type: ignore[assignment]
     """Removes an event's payload and meta, leaving a tombstone so sequences stay
-    gap-free; only its sender may (NOT_AUTHOR otherwise).
+    gap-free; who may as for EditEvent. GatewayService.DeleteRoomEvent deletes
+    and announces.
     """
     SetRetention: _aio.UnaryUnaryMultiCallable[_history_pb2.SetRetentionRequest, _history_pb2.SetRetentionResponse]  # type: ignore[assignment]
     """Sets what each listed room's log keeps, from its event definitions: the
@@ -171,7 +175,8 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.EditEventResponse, _abc.Awaitable[_history_pb2.EditEventResponse]]:
         """Replaces an event's payload in place and records the edit time; only its
-        sender may (NOT_AUTHOR otherwise).
+        sender may (NOT_AUTHOR otherwise), or the calling service itself. Members
+        are not told: GatewayService.EditRoomEvent edits and announces.
         """
 
     @_abc_1.abstractmethod
@@ -181,7 +186,8 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.DeleteEventResponse, _abc.Awaitable[_history_pb2.DeleteEventResponse]]:
         """Removes an event's payload and meta, leaving a tombstone so sequences stay
-        gap-free; only its sender may (NOT_AUTHOR otherwise).
+        gap-free; who may as for EditEvent. GatewayService.DeleteRoomEvent deletes
+        and announces.
         """
 
     @_abc_1.abstractmethod
