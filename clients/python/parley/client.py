@@ -11,6 +11,8 @@ tokens are refreshed shortly before they expire.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
@@ -43,6 +45,20 @@ DEFAULT_ADDRESS = "localhost:50051"
 # Refresh the access token when it has less than this many seconds left.
 REFRESH_MARGIN_SECONDS = 30.0
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# A stream that ended with one of these is not reopened by itself.
+FINAL_ENDINGS = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
+)
+# Worth trying again on a new stream.
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+RECONNECT_FIRST_DELAY_SECONDS = 0.1
+RECONNECT_MAX_DELAY_SECONDS = 10.0
+
+
+def reconnect_delay(attempt: int) -> float:
+    """Exponential backoff with jitter: ~0.1 s, 0.2, 0.4, ... up to 10 s."""
+    ceiling = min(RECONNECT_MAX_DELAY_SECONDS, RECONNECT_FIRST_DELAY_SECONDS * 2.0 ** min(attempt, 20))
+    return ceiling * random.uniform(0.5, 1.0)
 
 
 class Client:
@@ -56,6 +72,9 @@ class Client:
         identity: keys to use instead of a key file (tests, embedding).
         device_name: a label for a newly created device.
         timeout: seconds each call may take.
+        reconnect: when the realtime stream ends (network, server restart, a
+            slow-consumer cut), open a new one with backoff and join the rooms
+            again, resuming each from its last event; `False` leaves that to you.
     """
 
     def __init__(
@@ -67,6 +86,7 @@ class Client:
         identity: DeviceIdentity | None = None,
         device_name: str = "",
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        reconnect: bool = True,
     ) -> None:
         self.address = address
         self._username = username
@@ -83,6 +103,11 @@ class Client:
         # Rooms this client was in when its stream ended: a join resumes from
         # their (epoch, last seq) and keeps their handlers.
         self._left_behind: dict[str, Room] = {}
+        self._reconnect = reconnect
+        self._closing = False
+        # Rooms to join again once a new stream is open, and the task doing it.
+        self._to_rejoin: dict[str, Room] = {}
+        self._reconnector: asyncio.Task[None] | None = None
         self._callbacks: dict[str, list[Callable[..., Any]]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
         self.message = Messages(self)
@@ -111,6 +136,11 @@ class Client:
 
     async def close(self) -> None:
         """Closes the stream and the channel; the key file and the server-side session remain."""
+        self._closing = True
+        if self._reconnector is not None:
+            self._reconnector.cancel()
+            await asyncio.gather(self._reconnector, return_exceptions=True)
+        self._leave_behind(list(self._to_rejoin.values()))
         if self._stream is not None:
             await self._stream.close()
             self._stream = None
@@ -313,6 +343,9 @@ class Client:
         `on_deleted`. The room's handlers carry over to the returned handle.
         """
         stream = await self.stream()
+        waiting = self._to_rejoin.pop(room_id, None)
+        if waiting is not None:
+            return await self._rejoin(stream, waiting)
         room = self._rooms.get(room_id)
         before = self._left_behind.get(room_id) if resume else None
         if room is None or not room.joined:
@@ -320,15 +353,24 @@ class Client:
             room = self._rooms[room_id] = Room(self, stream, room_pb2.Room(room_id=room_id), [])
             if before is not None:
                 room.continue_from(before)
-        command = gateway_pb2.JoinCommand(room_id=room_id)
+        return await self._send_join(stream, room, before)
+
+    async def _rejoin(self, stream: ConnectStream, room: Room) -> Room:
+        """The same room handle, joined again on a new stream from where it was."""
+        room.rebind(stream)
+        self._rooms[room.id] = room
+        return await self._send_join(stream, room, room)
+
+    async def _send_join(self, stream: ConnectStream, room: Room, before: Room | None) -> Room:
+        command = gateway_pb2.JoinCommand(room_id=room.id)
         if before is not None:
             command.epoch, command.since_seq, command.resume = before.epoch, before.last_seq, True
             command.subscriptions.extend(before.subscriptions)
         try:
             reply = await stream.command(join=command)
         except BaseException:
-            if self._rooms.get(room_id) is room and not room.info.name:
-                del self._rooms[room_id]
+            if self._rooms.get(room.id) is room and not room.info.name:
+                del self._rooms[room.id]
             raise
         room.info = reply.join.room
         room.subscriptions = list(reply.join.subscriptions)
@@ -390,6 +432,7 @@ class Client:
         """The room was left on purpose: a later join starts afresh."""
         self._rooms.pop(room_id, None)
         self._left_behind.pop(room_id, None)
+        self._to_rejoin.pop(room_id, None)
 
     # Realtime stream and its callbacks
 
@@ -426,6 +469,7 @@ class Client:
         """The realtime stream, opened on first use."""
         async with self._stream_lock:
             if self._stream is None:
+                self._closing = False
                 stream = ConnectStream(self._open_channel(), await self.access_token(), self._on_frame, self._on_end)
                 welcome = await stream.open()
                 self._stream = stream
@@ -482,11 +526,55 @@ class Client:
 
     def _on_end(self, error: ParleyError | None) -> None:
         self._stream = None
-        for room in self._rooms.values():
+        rooms, self._rooms = self._rooms, {}
+        if self._reconnect and not self._closing and not (error is not None and error.code in FINAL_ENDINGS):
+            # The same room handles carry on once joined again: iterators stay open.
+            for room in rooms.values():
+                room.suspend()
+            self._to_rejoin.update(rooms)
+            if self._reconnector is None or self._reconnector.done():
+                self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_and_rejoin())
+        else:
+            self._leave_behind([*rooms.values(), *self._to_rejoin.values()])
+        self._fire("disconnect", error)
+
+    def _leave_behind(self, rooms: list[Room]) -> None:
+        """The rooms end (iterators stop); joining one again later resumes from where it was."""
+        for room in rooms:
+            self._to_rejoin.pop(room.id, None)
             self._left_behind[room.id] = room
             room.close()
-        self._rooms.clear()
-        self._fire("disconnect", error)
+
+    async def _reconnect_and_rejoin(self) -> None:
+        """Opens a new stream after the last one ended, with backoff, and joins the rooms again."""
+        for attempt in itertools.count():
+            if self._closing:
+                return
+            await asyncio.sleep(reconnect_delay(attempt))
+            try:
+                stream = await self.stream()
+            except ParleyError as exc:
+                if exc.code in TRANSIENT:
+                    continue
+                self._leave_behind(list(self._to_rejoin.values()))
+                self._fire("error", exc)
+                return
+            for room in list(self._to_rejoin.values()):
+                if self._stream is not stream:
+                    break
+                self._to_rejoin.pop(room.id, None)
+                try:
+                    await self._rejoin(stream, room)
+                except ParleyError as exc:
+                    if exc.code in TRANSIENT:
+                        self._rooms.pop(room.id, None)
+                        self._to_rejoin[room.id] = room
+                        break
+                    self._rooms.pop(room.id, None)
+                    self._leave_behind([room])  # e.g. the room was deleted meanwhile
+                    self._fire("error", exc)
+            if self._stream is stream and not self._to_rejoin:
+                return
 
     def _fire(self, name: str, *args: Any) -> None:
         for handler in self._callbacks.get(name, ()):

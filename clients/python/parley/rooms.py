@@ -164,6 +164,8 @@ class Room:
         # arrives with the join reaches handlers registered right after it.
         self._held: list[tuple[Callable[[], Sequence[Callable[..., Any]]], tuple[Any, ...]]] | None = []
         self.joined = True
+        # Left for good (or the stream ended and the client does not reconnect): iterators have ended.
+        self.closed = False
         # Where this client is in the room's log: a later join resumes from here.
         self.epoch = ""
         self.last_seq = 0
@@ -208,9 +210,10 @@ class Room:
         """Events until the room is left: `async for ev in room.events()`.
 
         The first iterator also gets the events that arrived since the join
-        (up to 1,000); later ones start from now.
+        (up to 1,000); later ones start from now. Iterators carry on across
+        the client's reconnections.
         """
-        if not self.joined:
+        if self.closed:
             return
         queue: asyncio.Queue[RoomEvent | None] = asyncio.Queue()
         if self._backlog is not None:
@@ -300,8 +303,18 @@ class Room:
         self._client.forget_room(self.id)
         self.close()
 
+    def suspend(self) -> None:
+        """The stream ended and the client is joining again: `joined` is False until it has."""
+        self.joined = False
+
+    def rebind(self, stream: ConnectStream) -> None:
+        """Joined again on a new stream: commands go there."""
+        self._stream = stream
+        self.joined = True
+
     def close(self) -> None:
         self.joined = False
+        self.closed = True
         for queue in self._queues:
             queue.put_nowait(None)
 
