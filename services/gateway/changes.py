@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from google.protobuf import struct_pb2
 
@@ -16,6 +16,7 @@ from services.room.rules import EventRules
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import event_not_found, invalid_field, not_author, rate_limited
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.uncancellable import uncancellable
 
 EDITED = gateway_pb2.EventChanged.KIND_EDITED
 DELETED = gateway_pb2.EventChanged.KIND_DELETED
@@ -45,7 +46,7 @@ class EventChanges:
     ) -> gateway_pb2.EventChanged:
         """A client's edit of its own event: rate limited and screened by the before_publish hook."""
         self._count(user_id, handle)
-        stored = await self._checked_edit(rules, room_id, handle, payload, user_id)
+        stored = await self._checked_edit(rules.check, room_id, handle, payload, user_id)
         # The before_publish hook screens the new payload too (it may deny or change it).
         proposed = gateway_pb2.OutgoingEvent(event=stored.event, payload=payload, meta=stored.meta)
         payload = (await self._publisher.screen(proposed, room_id, user_id, session_id, edit_of=handle)).payload
@@ -61,7 +62,8 @@ class EventChanges:
         self, rules: EventRules, room_id: str, handle: str, payload: struct_pb2.Value, as_user: str
     ) -> gateway_pb2.EventChanged:
         """A backend's edit, as the event's sender or (as_user empty) on its own authority."""
-        await self._checked_edit(rules, room_id, handle, payload, as_user)
+        # Like PublishToRoom: read-only rooms too, only the schema applies.
+        await self._checked_edit(rules.validate, room_id, handle, payload, as_user)
         request = history_pb2.EditEventRequest(room_id=room_id, handle=handle, payload=payload, editor=as_user)
         return await self._change(room_id, self._history.edit(request))
 
@@ -71,30 +73,39 @@ class EventChanges:
         return await self._change(room_id, self._history.delete(request))
 
     async def _checked_edit(
-        self, rules: EventRules, room_id: str, handle: str, payload: struct_pb2.Value, editor: str
+        self,
+        check: Callable[[str, struct_pb2.Value], None],
+        room_id: str,
+        handle: str,
+        payload: struct_pb2.Value,
+        editor: str,
     ) -> history_pb2.LoggedEvent:
         size = payload.ByteSize()
         if size > self._config.max_payload_bytes:
             raise payload_too_large(size, self._config.max_payload_bytes)
         stored = await self._stored(room_id, handle, editor)
         # An event keeps its name, so the schema checked here is the one that applies.
-        rules.check(stored.event, payload)
+        check(stored.event, payload)
         return stored
 
     async def _change(
         self, room_id: str, call: Awaitable[history_pb2.EditEventResponse | history_pb2.DeleteEventResponse]
     ) -> gateway_pb2.EventChanged:
-        """Makes the change in the log, then announces it in its sequence's turn."""
+        """Makes the change in the log, then announces it in its sequence's turn (even if the caller goes away)."""
         order = self._publisher.order
-        write = order.begin(room_id)
-        try:
-            changed = (await call).event
-        except BaseException:
-            order.abandon(write)
-            raise
-        return await order.release(
-            write, changed.change_seq, changed.change_seq, lambda: self._announce(room_id, changed)
-        )
+
+        async def change_and_announce() -> gateway_pb2.EventChanged:
+            write = order.begin(room_id)
+            try:
+                changed = (await call).event
+            except BaseException:
+                order.abandon(write)
+                raise
+            return await order.release(
+                write, changed.change_seq, changed.change_seq, lambda: self._announce(room_id, changed)
+            )
+
+        return await uncancellable(change_and_announce())
 
     def _count(self, user_id: str, handle: str) -> None:
         if not handle:

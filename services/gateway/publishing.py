@@ -23,6 +23,7 @@ from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.uncancellable import uncancellable
 
 SYSTEM_SENDER = "system"
 
@@ -118,10 +119,29 @@ class Publisher:
                     keep_seconds=keep_seconds,
                 )
             )
+        # Once asked for, the sequences are taken: they are announced even if the caller goes away.
+        result = await uncancellable(
+            self._sequence_and_fan_out(room_id, events, new_events, sender, now_ms, session_id if no_echo else "")
+        )
+        if self._hooks.has("after_publish"):
+            for outgoing in events:
+                context = _context(outgoing, room_id, sender, session_id)
+                await self._hooks.notify("after_publish", context, result.recipients)
+        return result
+
+    async def _sequence_and_fan_out(
+        self,
+        room_id: str,
+        events: Sequence[gateway_pb2.OutgoingEvent],
+        new_events: list[history_pb2.NewEvent],
+        sender: str,
+        time_ms: int,
+        skip_session: str,
+    ) -> gateway_pb2.PublishResult:
         write = self.order.begin(room_id)
         try:
             appended = await self._history.append(room_id, new_events)
-            messages = self._messages(room_id, events, appended, sender, now_ms, session_id if no_echo else "")
+            messages = self._messages(room_id, events, appended, sender, time_ms, skip_session)
         except BaseException:
             self.order.abandon(write)  # nothing to announce: later sequences must not wait for it
             raise
@@ -135,10 +155,6 @@ class Publisher:
             )
         else:
             self.order.abandon(write)  # every event was a retry already delivered
-        if self._hooks.has("after_publish"):
-            for outgoing in events:
-                context = _context(outgoing, room_id, sender, session_id)
-                await self._hooks.notify("after_publish", context, result.recipients)
         return result
 
     @staticmethod

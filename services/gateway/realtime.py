@@ -35,6 +35,7 @@ from services.runtime.errors import ServiceError, internal, invalid_field, not_f
 from services.runtime.grpc_types import Context
 from services.runtime.hooks import Hooks
 from services.runtime.principal import require_user
+from services.runtime.uncancellable import uncancellable
 
 log = logging.getLogger("parley.gateway")
 # How long a slow consumer that does not read at all keeps its stream.
@@ -65,8 +66,6 @@ class Realtime:
         self.hooks = hooks
         self.connections = ConnectionRegistry()
         self.stopping = False
-        # Connections whose end is still being cleaned up (see `_end`).
-        self._endings: set[asyncio.Future[None]] = set()
         # True when the room service runs in this same process (all-in-one).
         self.membership_is_local = False
         self.feeds = RoomFeeds(bus)
@@ -151,10 +150,7 @@ class Realtime:
                 await asyncio.gather(reader, return_exceptions=True)
             await self._disconnect(connection)
 
-        ending = asyncio.ensure_future(end())
-        self._endings.add(ending)
-        ending.add_done_callback(self._endings.discard)
-        await asyncio.shield(ending)
+        await uncancellable(end())
 
     def _welcome(self, connection: Connection) -> gateway_pb2.Welcome:
         return gateway_pb2.Welcome(

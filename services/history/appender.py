@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from functools import partial
 
 import sqlite_utils
 
@@ -64,7 +65,7 @@ class GroupCommitter:
                 continue
             self.transactions += 1
             for request, result in zip(batch, results, strict=True):
-                self._hot.appended(request.room_id, request.events, *result)
+                self._hot.apply(request.room_id, partial(self._hot.appended, request.room_id, request.events, *result))
                 if not request.done.done():
                     request.done.set_result(result)
 

@@ -19,12 +19,15 @@ import bisect
 import dataclasses
 import heapq
 import itertools
+import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import sqlite_utils
 
 from services.history import store
+
+log = logging.getLogger("parley.history")
 
 # What a held room costs beyond its rows, and a row beyond its strings.
 ROOM_OVERHEAD = 512
@@ -214,10 +217,35 @@ class HotBuffer:
             return
         i = bisect.bisect_left(names.seqs, row.seq)
         if i < len(names.seqs) and names.seqs[i] == row.seq:
-            delta = row_size(row) - row_size(names.rows[i])
-            names.rows[i] = row
+            size = row_size(row)
+            delta = size - names.sizes[i]
+            names.rows[i], names.sizes[i] = row, size
             room.size += delta
             self._bytes += delta
+            self._evict()
+
+    def apply(self, room_id: str, change: Callable[[], None]) -> None:
+        """Applies a committed change; if that fails, stops holding the room rather than serve it wrong."""
+        try:
+            change()
+        except Exception:
+            log.exception("the hot buffer could not follow a change; the room is read from the store")
+            self.forget(room_id)
+
+    def forget(self, room_id: str) -> None:
+        """Stops holding a room (the next read loads it again from the store)."""
+        room = self._rooms.pop(room_id, None)
+        if room is not None:
+            self._bytes -= room.size
+        if room_id in self._loading:
+            self._loading[room_id] = True
+
+    def recount(self) -> int:
+        """The bytes the held rooms take, counted afresh from their rows (a check on `bytes_held`)."""
+        return sum(
+            ROOM_OVERHEAD + sum(row_size(row) for names in room.names.values() for row in names.rows)
+            for room in self._rooms.values()
+        )
 
     def pruned(self, room_id: str, event: str, bound: int) -> None:
         """Retention removed the stored rows of `event` with seq <= bound."""

@@ -29,7 +29,7 @@ async def history_parts(config: Config) -> tuple[ServiceModule, HistoryServicer]
     hot = HotBuffer(config.history.hot_events_per_name, config.history.hot_buffer_bytes)
     committer = GroupCommitter(db, config.history.idempotency_window_seconds, hot)
     servicer = HistoryServicer(db, committer, config.history, hot)
-    pruner = Pruner(db, config.history, hot)
+    pruner = Pruner(db, config.history, hot, servicer.retention_received)
 
     async def close() -> None:
         await pruner.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import time
@@ -19,6 +20,7 @@ from services.runtime.errors import event_not_found, invalid_field, not_author
 from services.runtime.grpc_types import Context
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.timestamps import to_timestamp
+from services.runtime.uncancellable import uncancellable
 
 MAX_ROOM_ID = 128
 MAX_EVENTS_PER_APPEND = 1000
@@ -63,6 +65,8 @@ class HistoryServicer:
         self._committer = committer
         self._config = config
         self._hot = hot
+        # Set by the first SetRetention: the pruner waits for it (see Pruner).
+        self.retention_received = asyncio.Event()
 
     async def GetLogState(
         self, request: history_pb2.GetLogStateRequest, context: Context
@@ -178,6 +182,7 @@ class HistoryServicer:
                 store.set_room_retention(db, room_id, named, other)
 
         await self._db.transaction(apply)
+        self.retention_received.set()
         return history_pb2.SetRetentionResponse()
 
     async def GetEvent(self, request: history_pb2.GetEventRequest, context: Context) -> history_pb2.GetEventResponse:
@@ -223,9 +228,13 @@ class HistoryServicer:
             event.seq = row.seq
             return dataclasses.replace(row, body=body), event
 
-        row, event = await self._db.transaction(rewrite)
-        self._hot.changed(room_id, row, event.change_seq)
-        return event
+        async def commit() -> history_pb2.LoggedEvent:
+            row, event = await self._db.transaction(rewrite)
+            self._hot.apply(room_id, lambda: self._hot.changed(room_id, row, event.change_seq))
+            return event
+
+        # A caller that stops waiting does not stop the change, nor its mirroring in the hot buffer.
+        return await uncancellable(commit())
 
     async def ListEventsSince(
         self, request: history_pb2.ListEventsSinceRequest, context: Context

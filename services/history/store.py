@@ -198,10 +198,29 @@ def set_room_retention(
 ) -> None:
     """Replaces the room's policies: `named` per event name, `other` for names recorded but not named."""
     recorded = {name for (name,) in db.execute("SELECT event FROM retention WHERE room_id = ?", [room_id])}
+    if any(other):
+        recorded |= event_names(db, room_id)  # names kept under "*" before it had limits
     for name in recorded - named.keys():
         _set_retention(db, room_id, name, *other)
     for name, (keep_last, keep_seconds) in named.items():
         _set_retention(db, room_id, name, keep_last, keep_seconds)
+
+
+def event_names(db: sqlite_utils.Database, room_id: str) -> set[str]:
+    """The distinct event names in the room's log, one index seek per name (not a scan of its events)."""
+    rows = db.execute(
+        """
+        WITH RECURSIVE names(event) AS (
+            SELECT MIN(event) FROM events WHERE room_id = :room
+            UNION ALL
+            SELECT (SELECT MIN(event) FROM events WHERE room_id = :room AND event > names.event)
+            FROM names WHERE names.event IS NOT NULL
+        )
+        SELECT event FROM names WHERE event IS NOT NULL
+        """,
+        {"room": room_id},
+    )
+    return {name for (name,) in rows.fetchall()}
 
 
 def retention_of(db: sqlite_utils.Database, room_id: str) -> dict[str, tuple[int, int]]:

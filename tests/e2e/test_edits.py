@@ -14,6 +14,7 @@ from parley import Client, EventChange
 from parley.errors import ParleyError
 from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2
+from parley.values import to_value
 from services import allinone
 from services.history.servicer import HistoryServicer
 from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
@@ -296,3 +297,33 @@ async def test_a_change_waits_for_a_publish_that_took_an_earlier_sequence(
         await asyncio.wait_for(arrived.wait(), 5)
     # Members get the log's order: a client stopped between the two resumes after the event, not past it.
     assert seen == [("event", published.seq), ("edit", change.change_seq)]
+
+
+async def test_a_publish_is_delivered_even_if_its_sender_is_gone_before_it_is_sequenced(
+    pair: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, server_address: str
+) -> None:
+    ada, ben = pair
+    theirs = await ben.join("chat")
+    append = HistoryServicer.append
+
+    async def slow_append(self: HistoryServicer, request: history_pb2.AppendEventsRequest) -> Any:
+        await asyncio.sleep(0.3)
+        return await append(self, request)
+
+    monkeypatch.setattr(HistoryServicer, "append", slow_append)
+    async with stream(server_address, await ada.access_token()) as s:
+        await s.join("chat")
+        s.send_raw(
+            gateway_pb2.ConnectRequest(
+                request_id="last-words",
+                publish=gateway_pb2.PublishCommand(
+                    room_id="chat",
+                    events=[gateway_pb2.OutgoingEvent(event="message", payload=to_value({"text": "bye"}))],
+                ),
+            )
+        )
+        await asyncio.sleep(0.1)  # the publish waits for its sequence when the stream goes
+    # The sequence was taken and the event kept: it reaches the room too, not only the log.
+    delivered = await asyncio.wait_for(anext(theirs.events()), 5)
+    assert delivered.data == {"text": "bye"}
+    assert [e.seq for e in await ben.history("chat")] == [delivered.seq]

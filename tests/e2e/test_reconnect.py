@@ -58,3 +58,38 @@ async def test_without_reconnect_the_rooms_end_and_a_join_resumes(data_dir: Path
                 again = await cy.join("chat")
                 assert again is not room
                 assert (again.recovered, again.last_seq) == (True, sent.seq)
+
+
+async def test_a_room_gone_after_the_restart_ends_and_the_others_are_joined_again(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    temporary = RoomDefinition(id="temp", events=[EventDefinition(name="*")])
+    async with running(allinone.create_server, make_config(data_dir, rooms=[*ROOMS, temporary])) as (server, address):
+        port = int(address.rsplit(":", 1)[1])
+        async with Client(address, username="dee", key_file=tmp_path / "d.json") as dee:
+            errors: list[Exception] = []
+            dee.on_error(errors.append)
+            chat, temp = await dee.join("chat"), await dee.join("temp")
+            await server.stop(1)
+            await wait_until(lambda: not chat.joined)
+            # The application asks for the room itself while the client is reconnecting: the same handle.
+            async with running(allinone.create_server, make_config(data_dir, rooms=ROOMS, **{"server.port": port})):
+                assert await dee.join("chat") is chat
+                await wait_until(lambda: temp.closed)  # no such room any more: it ends
+                assert chat.joined
+                # on_error says why (after the server's own GoAway when it stopped).
+                await wait_until(lambda: "ROOM_NOT_FOUND" in [getattr(e, "reason", "") for e in errors])
+
+
+async def test_close_while_reconnecting_ends_the_rooms(data_dir: Path, tmp_path: Path) -> None:
+    async with running(allinone.create_server, make_config(data_dir, rooms=ROOMS)) as (server, address):
+        eve = Client(address, username="eve", key_file=tmp_path / "e.json")
+        await eve.connect()
+        room = await eve.join("chat")
+        events = room.events()
+        await server.stop(1)
+        await wait_until(lambda: not room.joined)
+        await asyncio.sleep(0.3)  # a few attempts against a server that is not there
+        await eve.close()
+        assert room.closed
+        assert await anext(events, None) is None  # the iterator ends

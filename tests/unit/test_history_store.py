@@ -165,3 +165,9 @@ def test_a_rooms_retention_is_replaced_whole() -> None:
     store.set_room_retention(db, "r", {"msg": (0, 0)}, other=(0, 0))
     assert store.retention_of(db, "r") == {}
     assert store.retention_of(db, "other") == {"msg": (9, 0)}  # another room's policy is its own
+    # "z" was kept under an unlimited "*" (no policy recorded); "*" gains a limit: it applies to "z" too.
+    store.append(db, "r", [_kept("z", 4)], 0, 1)
+    store.set_room_retention(db, "r", {"msg": (0, 0)}, other=(2, 0))
+    assert store.retention_of(db, "r") == {"x": (2, 0), "y": (2, 0), "z": (2, 0)}
+    assert store.event_names(db, "r") == {"msg", "x", "y", "z"}
+    assert store.event_names(db, "nowhere") == set()

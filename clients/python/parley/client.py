@@ -11,7 +11,7 @@ tokens are refreshed shortly before they expire.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import logging
 import random
 import time
 from collections import defaultdict
@@ -41,6 +41,7 @@ from parley.rooms import Room, RoomEvent, call_handler, logged_event, room_event
 from parley.stream import ConnectStream
 
 T = TypeVar("T")
+log = logging.getLogger("parley.client")
 DEFAULT_ADDRESS = "localhost:50051"
 # Refresh the access token when it has less than this many seconds left.
 REFRESH_MARGIN_SECONDS = 30.0
@@ -51,8 +52,14 @@ FINAL_ENDINGS = frozenset(
 )
 # Worth trying again on a new stream.
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+# A stream that stayed up this long resets the backoff.
+STABLE_STREAM_SECONDS = 10.0
 RECONNECT_FIRST_DELAY_SECONDS = 0.1
 RECONNECT_MAX_DELAY_SECONDS = 10.0
+
+
+def _worth_retrying(error: ParleyError) -> bool:
+    return error.code in TRANSIENT or bool(getattr(error, "retryable", False))
 
 
 def reconnect_delay(attempt: int) -> float:
@@ -108,6 +115,8 @@ class Client:
         # Rooms to join again once a new stream is open, and the task doing it.
         self._to_rejoin: dict[str, Room] = {}
         self._reconnector: asyncio.Task[None] | None = None
+        self._reconnect_attempt = 0
+        self._stream_opened_at = 0.0
         self._callbacks: dict[str, list[Callable[..., Any]]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
         self.message = Messages(self)
@@ -136,17 +145,18 @@ class Client:
 
     async def close(self) -> None:
         """Closes the stream and the channel; the key file and the server-side session remain."""
-        self._closing = True
-        if self._reconnector is not None:
-            self._reconnector.cancel()
-            await asyncio.gather(self._reconnector, return_exceptions=True)
-        self._leave_behind(list(self._to_rejoin.values()))
-        if self._stream is not None:
-            await self._stream.close()
-            self._stream = None
-        if self._channel is not None:
-            await self._channel.close(None)
-            self._channel = None
+        async with self._stream_lock:  # no stream opens while this one closes
+            self._closing = True
+            if self._reconnector is not None:
+                self._reconnector.cancel()
+                await asyncio.gather(self._reconnector, return_exceptions=True)
+            self._leave_behind(list(self._to_rejoin.values()))
+            if self._stream is not None:
+                await self._stream.close()
+                self._stream = None
+            if self._channel is not None:
+                await self._channel.close(None)
+                self._channel = None
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -345,7 +355,7 @@ class Client:
         stream = await self.stream()
         waiting = self._to_rejoin.pop(room_id, None)
         if waiting is not None:
-            return await self._rejoin(stream, waiting)
+            return await self._rejoin(stream, waiting)  # the reconnection was joining it anyway
         room = self._rooms.get(room_id)
         before = self._left_behind.get(room_id) if resume else None
         if room is None or not room.joined:
@@ -356,10 +366,25 @@ class Client:
         return await self._send_join(stream, room, before)
 
     async def _rejoin(self, stream: ConnectStream, room: Room) -> Room:
-        """The same room handle, joined again on a new stream from where it was."""
+        """The same room handle, joined again on a new stream from where it was.
+
+        If that fails for the connection's sake the room waits for the next
+        one; if the room itself refuses (deleted, full, denied) it ends.
+        """
         room.rebind(stream)
         self._rooms[room.id] = room
-        return await self._send_join(stream, room, room)
+        try:
+            return await self._send_join(stream, room, room)
+        except ParleyError as exc:
+            if self._rooms.get(room.id) is room:
+                del self._rooms[room.id]
+            if self._stream is not stream or _worth_retrying(exc):
+                room.suspend()
+                self._to_rejoin[room.id] = room
+                self._start_reconnecting()
+            else:
+                self._leave_behind([room])
+            raise
 
     async def _send_join(self, stream: ConnectStream, room: Room, before: Room | None) -> Room:
         command = gateway_pb2.JoinCommand(room_id=room.id)
@@ -445,7 +470,8 @@ class Client:
         self._callbacks["disconnect"].append(handler)
 
     def on_error(self, handler: Callable[[ParleyError], Any]) -> None:
-        """Calls `handler(error)` when the server ends the stream with an error (GoAway)."""
+        """Calls `handler(error)` when the server ends the stream with an error (GoAway), or a room
+        cannot be joined again after a reconnection (e.g. ROOM_NOT_FOUND: the room ends)."""
         self._callbacks["error"].append(handler)
 
     def on_room_created(self, handler: Callable[[room_pb2.Room], Any]) -> None:
@@ -466,16 +492,17 @@ class Client:
         self._callbacks["direct_message"].append(handler)
 
     async def stream(self) -> ConnectStream:
-        """The realtime stream, opened on first use."""
+        """The realtime stream, opened on first use (and again after `close()`)."""
         async with self._stream_lock:
-            if self._stream is None:
+            stream = self._stream
+            if stream is None:
                 self._closing = False
                 stream = ConnectStream(self._open_channel(), await self.access_token(), self._on_frame, self._on_end)
                 welcome = await stream.open()
-                self._stream = stream
+                self._stream, self._stream_opened_at = stream, time.monotonic()
                 await self.message.resubscribe(stream)
                 self._fire("connect", welcome)
-            return self._stream
+            return stream
 
     def _on_frame(self, frame: gateway_pb2.ConnectResponse) -> None:
         kind = frame.WhichOneof("frame")
@@ -525,6 +552,8 @@ class Client:
             self._fire("error", error_from_status(frame.go_away.status))
 
     def _on_end(self, error: ParleyError | None) -> None:
+        if self._stream is not None and time.monotonic() - self._stream_opened_at >= STABLE_STREAM_SECONDS:
+            self._reconnect_attempt = 0  # it held: the next reconnection starts with a short wait again
         self._stream = None
         rooms, self._rooms = self._rooms, {}
         if self._reconnect and not self._closing and not (error is not None and error.code in FINAL_ENDINGS):
@@ -532,11 +561,16 @@ class Client:
             for room in rooms.values():
                 room.suspend()
             self._to_rejoin.update(rooms)
-            if self._reconnector is None or self._reconnector.done():
-                self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_and_rejoin())
+            self._start_reconnecting()
         else:
+            if self._reconnector is not None:
+                self._reconnector.cancel()
             self._leave_behind([*rooms.values(), *self._to_rejoin.values()])
         self._fire("disconnect", error)
+
+    def _start_reconnecting(self) -> None:
+        if not self._closing and (self._reconnector is None or self._reconnector.done()):
+            self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_and_rejoin())
 
     def _leave_behind(self, rooms: list[Room]) -> None:
         """The rooms end (iterators stop); joining one again later resumes from where it was."""
@@ -547,32 +581,31 @@ class Client:
 
     async def _reconnect_and_rejoin(self) -> None:
         """Opens a new stream after the last one ended, with backoff, and joins the rooms again."""
-        for attempt in itertools.count():
-            if self._closing:
-                return
-            await asyncio.sleep(reconnect_delay(attempt))
+        while not self._closing:
+            await asyncio.sleep(reconnect_delay(self._reconnect_attempt))
+            self._reconnect_attempt += 1
             try:
                 stream = await self.stream()
+                for room_id in list(self._to_rejoin):
+                    if self._stream is not stream:
+                        break  # it ended too: its rooms wait for the next one
+                    room = self._to_rejoin.pop(room_id, None)
+                    if room is None:
+                        continue  # joined again by the application meanwhile
+                    try:
+                        await self._rejoin(stream, room)
+                    except ParleyError as exc:  # `_rejoin` put the room where it belongs
+                        if room.closed:
+                            self._fire("error", exc)  # the room refused: nobody else is told
             except ParleyError as exc:
-                if exc.code in TRANSIENT:
-                    continue
-                self._leave_behind(list(self._to_rejoin.values()))
-                self._fire("error", exc)
-                return
-            for room in list(self._to_rejoin.values()):
-                if self._stream is not stream:
-                    break
-                self._to_rejoin.pop(room.id, None)
-                try:
-                    await self._rejoin(stream, room)
-                except ParleyError as exc:
-                    if exc.code in TRANSIENT:
-                        self._rooms.pop(room.id, None)
-                        self._to_rejoin[room.id] = room
-                        break
-                    self._rooms.pop(room.id, None)
-                    self._leave_behind([room])  # e.g. the room was deleted meanwhile
+                if exc.code in FINAL_ENDINGS:
+                    self._leave_behind(list(self._to_rejoin.values()))
                     self._fire("error", exc)
+                    return
+                continue
+            except Exception:
+                log.exception("reconnecting failed; trying again")
+                continue
             if self._stream is stream and not self._to_rejoin:
                 return
 

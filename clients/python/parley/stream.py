@@ -59,7 +59,7 @@ class ConnectStream:
     async def command(self, **command: Any) -> gateway_pb2.Reply:
         """Sends one command and waits for its Reply; raises the typed error if it failed."""
         if self._reader is None or self._reader.done():
-            raise ParleyError(grpc.StatusCode.UNAVAILABLE, "", "the stream is closed")
+            raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "", "the stream is closed")
         request_id = next(self._ids)
         future: asyncio.Future[gateway_pb2.Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -97,9 +97,10 @@ class ConnectStream:
                 ending = error_from_rpc(exc)
         finally:
             # Also on a local cancel, which grpc reports as CancelledError.
+            failure = ending or UnavailableError(grpc.StatusCode.UNAVAILABLE, "", "the stream ended")
             for future in self._pending.values():
                 if not future.done():
-                    future.set_exception(ending or ParleyError(grpc.StatusCode.UNAVAILABLE, "", "the stream ended"))
+                    future.set_exception(failure)
             self._on_end(ending)
 
     async def close(self) -> None:
