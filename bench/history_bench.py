@@ -14,8 +14,9 @@ measures, printing one JSON document:
   (1,000,000 by default, written into the data directory before the server
   starts): through the RPC for pages among the newest 1,000 (served by the hot
   buffer) and for older pages (the store), and in this process straight from
-  the store and from a hot buffer holding the newest 1,000 (the baseline each
-  path is compared with).
+  the store and from a hot buffer holding the newest 1,000, and the RPC's own
+  floor (GetLogState on the same channel): the baselines each path is
+  compared with.
 """
 
 from __future__ import annotations
@@ -232,6 +233,18 @@ async def rpc_page_latency(address: str, room: str, samples: int, cursor: Callab
     return percentiles(times)
 
 
+async def rpc_floor_latency(address: str, room: str, samples: int) -> dict[str, Any]:
+    """The same channel's smallest call (GetLogState: one key lookup): what any page pays for the RPC itself."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = history_pb2_grpc.HistoryServiceStub(channel)
+        times = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            await stub.GetLogState(history_pb2.GetLogStateRequest(room_id=room), metadata=CREDENTIALS)
+            times.append(time.perf_counter() - started)
+    return percentiles(times)
+
+
 async def run(seconds: float, concurrency: int, rows: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
@@ -265,6 +278,7 @@ async def run(seconds: float, concurrency: int, rows: int) -> dict[str, Any]:
                     server.address, "big", 2000, lambda: hot_cursor(rows)
                 ),
                 "older_from_store": await rpc_page_latency(server.address, "big", 2000, lambda: deep_cursor(rows)),
+                "baseline_get_log_state": await rpc_floor_latency(server.address, "big", 2000),
             }
         finally:
             server.stop()
