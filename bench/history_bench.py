@@ -116,7 +116,7 @@ def hot_cursor(rows: int) -> int:
 
 
 def deep_cursor(rows: int) -> int:
-    return random.randint(101, rows - 2 * HOT_WINDOW)
+    return random.randint(102, rows - 2 * HOT_WINDOW)  # 101 older events below it
 
 
 def in_process_page_latency(path: Path, room: str, rows: int, samples: int) -> dict[str, Any]:
@@ -300,6 +300,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="events in the big room (default %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
     args = parser.parse_args()
+    if args.rows < 5000:
+        parser.error("--rows must be at least 5000 (pages are drawn from the newest 800 and from older ones)")
     result = asyncio.run(run(args.seconds, args.concurrency, args.rows))
     document = json.dumps(result, indent=2)
     print(document)
