@@ -23,7 +23,7 @@ from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
-from services.gateway.feeds import KIND, KIND_EVENT, RoomFeeds, room_subject
+from services.gateway.feeds import KIND, KIND_CHANGE, KIND_EVENT, RoomFeeds, room_subject
 from services.gateway.history_client import HistoryAppender
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
@@ -274,9 +274,14 @@ class Realtime:
         outbox = Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes)
 
         def deliver(message: BusMessage) -> None:
-            # Only events: presence, ephemerals and edits are whole frames for connections.
-            if message.headers.get(KIND) == KIND_EVENT:
+            # Events and changes; presence and ephemerals are for connections.
+            kind = message.headers.get(KIND)
+            if kind == KIND_EVENT:
                 outbox.put(kinds.EVENT, wire.batch_item(message.data))
+            elif kind == KIND_CHANGE:
+                change = gateway_pb2.ConnectResponse.FromString(message.data).event_changed
+                response = gateway_pb2.SubscribeRoomResponse(changes=[change])
+                outbox.put(kinds.FRAME, wire.whole_body_frame(response.SerializeToString()))
 
         subscription = self.bus.subscribe(room_subject(request.room_id), deliver)
         try:
@@ -286,7 +291,7 @@ class Realtime:
                 except SlowConsumer:
                     raise slow_consumer(self.config.max_outbound_bytes) from None
                 for frame in frames or ():
-                    # SubscribeRoomResponse is `repeated Event events = 1`: the frame's body.
+                    # An events frame's body is a SubscribeRoomResponse (`repeated Event events = 1`).
                     yield wire.frame_body(frame)
         finally:
             subscription.cancel()

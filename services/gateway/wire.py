@@ -49,5 +49,10 @@ def frame_body(frame: bytes) -> bytes:
     return frame[position + 1 :]
 
 
+def whole_body_frame(body: bytes) -> bytes:
+    """A frame whose `frame_body` is `body` as given (a backend feed's own response)."""
+    return _EVENTS_FRAME_TAG + varint(len(body)) + body
+
+
 def frame(response: gateway_pb2.ConnectResponse) -> bytes:
     return response.SerializeToString()

@@ -73,20 +73,28 @@ async def test_subscribe_to_a_rooms_events(backend: Backend) -> None:
     assert seen == [{"n": 1}, {"n": 2}]
 
 
-async def test_a_room_feed_carries_events_only(backend: Backend) -> None:
+async def test_a_room_feed_carries_events_and_changes_in_order(backend: Backend) -> None:
     feed = backend.gateway.SubscribeRoom(gateway_pb2.SubscribeRoomRequest(room_id="kept"), metadata=SERVICE)
     room = await backend.alice.join("kept")
     await asyncio.sleep(0.1)  # the subscription is in place
     first = await room.trigger("message", {"n": 1})
-    await room.edit(first.handle, {"n": 1, "edited": True})
+    edited = await room.edit(first.handle, {"n": 1, "edited": True})
     await room.send_ephemeral("typing")
-    await room.trigger("message", {"n": 2})
-    seen: list[object] = []
-    while len(seen) < 2:
-        batch = await asyncio.wait_for(feed.read(), 3)
-        seen += [payload_of(e) for e in batch.events]
+    second = await room.trigger("message", {"n": 2})
+    gone = await room.delete(second.handle)
+    seen: list[tuple[str, int, object]] = []
+    while len(seen) < 4:
+        response = await asyncio.wait_for(feed.read(), 3)
+        seen += [("event", e.seq, payload_of(e)) for e in response.events]
+        seen += [("change", c.change_seq, c.kind) for c in response.changes]
     feed.cancel()
-    assert seen == [{"n": 1}, {"n": 2}]  # no frames of edits or signals posing as events
+    # No signals, no frames posing as events; the log's order.
+    assert seen == [
+        ("event", first.seq, {"n": 1}),
+        ("change", edited.change_seq, gateway_pb2.EventChanged.KIND_EDITED),
+        ("event", second.seq, {"n": 2}),
+        ("change", gone.change_seq, gateway_pb2.EventChanged.KIND_DELETED),
+    ]
 
 
 async def test_connections_rooms_and_presence_queries(backend: Backend) -> None:

@@ -147,7 +147,8 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubscribeRoom(self, request, context):
-        """Every event published in a room from now on, for backend consumers.
+        """Every event published in a room from now on, and every edit and delete,
+        for backend consumers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

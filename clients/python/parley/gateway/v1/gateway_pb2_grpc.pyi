@@ -56,7 +56,9 @@ class GatewayServiceStub:
     DeleteRoomEvent: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteRoomEventRequest, _gateway_pb2.DeleteRoomEventResponse]
     """Deletes a kept event (a tombstone stays), the same way as EditRoomEvent."""
     SubscribeRoom: _grpc.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRoomRequest, _gateway_pb2.SubscribeRoomResponse]
-    """Every event published in a room from now on, for backend consumers."""
+    """Every event published in a room from now on, and every edit and delete,
+    for backend consumers.
+    """
     ListConnections: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListConnectionsRequest, _gateway_pb2.ListConnectionsResponse]
     """Open connections: of one user, or of everyone."""
     ListOnlineUsers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListOnlineUsersRequest, _gateway_pb2.ListOnlineUsersResponse]
@@ -98,7 +100,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     DeleteRoomEvent: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteRoomEventRequest, _gateway_pb2.DeleteRoomEventResponse]  # type: ignore[assignment]
     """Deletes a kept event (a tombstone stays), the same way as EditRoomEvent."""
     SubscribeRoom: _aio.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRoomRequest, _gateway_pb2.SubscribeRoomResponse]  # type: ignore[assignment]
-    """Every event published in a room from now on, for backend consumers."""
+    """Every event published in a room from now on, and every edit and delete,
+    for backend consumers.
+    """
     ListConnections: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListConnectionsRequest, _gateway_pb2.ListConnectionsResponse]  # type: ignore[assignment]
     """Open connections: of one user, or of everyone."""
     ListOnlineUsers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListOnlineUsersRequest, _gateway_pb2.ListOnlineUsersResponse]  # type: ignore[assignment]
@@ -173,7 +177,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.SubscribeRoomRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_gateway_pb2.SubscribeRoomResponse], _abc.AsyncIterator[_gateway_pb2.SubscribeRoomResponse]]:
-        """Every event published in a room from now on, for backend consumers."""
+        """Every event published in a room from now on, and every edit and delete,
+        for backend consumers.
+        """
 
     @_abc_1.abstractmethod
     def ListConnections(
