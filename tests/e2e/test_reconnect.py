@@ -93,3 +93,22 @@ async def test_close_while_reconnecting_ends_the_rooms(data_dir: Path, tmp_path:
         await eve.close()
         assert room.closed
         assert await anext(events, None) is None  # the iterator ends
+
+
+async def test_a_room_left_while_reconnecting_is_not_joined_again(data_dir: Path, tmp_path: Path) -> None:
+    async with running(allinone.create_server, make_config(data_dir, rooms=ROOMS)) as (server, address):
+        port = int(address.rsplit(":", 1)[1])
+        async with Client(address, username="fay", key_file=tmp_path / "f.json") as fay:
+            room = await fay.join("chat")
+            reconnected = asyncio.Event()
+            await server.stop(1)
+            await wait_until(lambda: not room.joined)
+            await room.leave()  # no stream to send it on: the room just ends here
+            assert room.closed
+            fay.on_connect(lambda welcome: reconnected.set())
+            async with running(allinone.create_server, make_config(data_dir, rooms=ROOMS, **{"server.port": port})):
+                await asyncio.wait_for(reconnected.wait(), 15)  # the client itself still reconnects
+                await asyncio.sleep(0.3)
+                assert not room.joined
+                people = await fay.participants("chat")
+                assert fay.user_id not in people

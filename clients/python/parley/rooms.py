@@ -298,8 +298,9 @@ class Room:
         return await self._client.get_history(self.id, event, start, end)
 
     async def leave(self) -> None:
-        """Leaves the room; `events()` iterators end."""
-        await self._stream.command(leave=gateway_pb2.LeaveCommand(room_id=self.id))
+        """Leaves the room; `events()` iterators end (also while reconnecting: it is not joined again)."""
+        if self.joined:
+            await self._stream.command(leave=gateway_pb2.LeaveCommand(room_id=self.id))
         self._client.forget_room(self.id)
         self.close()
 
