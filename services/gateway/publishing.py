@@ -119,15 +119,11 @@ class Publisher:
                     keep_seconds=keep_seconds,
                 )
             )
-        # Once asked for, the sequences are taken: they are announced even if the caller goes away.
-        result = await uncancellable(
-            self._sequence_and_fan_out(room_id, events, new_events, sender, now_ms, session_id if no_echo else "")
+        # Once asked for, the sequences are taken: they are announced (and after_publish
+        # told) even if the caller goes away.
+        return await uncancellable(
+            self._sequence_and_fan_out(room_id, events, new_events, sender, now_ms, session_id, no_echo)
         )
-        if self._hooks.has("after_publish"):
-            for outgoing in events:
-                context = _context(outgoing, room_id, sender, session_id)
-                await self._hooks.notify("after_publish", context, result.recipients)
-        return result
 
     async def _sequence_and_fan_out(
         self,
@@ -136,12 +132,13 @@ class Publisher:
         new_events: list[history_pb2.NewEvent],
         sender: str,
         time_ms: int,
-        skip_session: str,
+        session_id: str,
+        no_echo: bool,
     ) -> gateway_pb2.PublishResult:
         write = self.order.begin(room_id)
         try:
             appended = await self._history.append(room_id, new_events)
-            messages = self._messages(room_id, events, appended, sender, time_ms, skip_session)
+            messages = self._messages(room_id, events, appended, sender, time_ms, session_id if no_echo else "")
         except BaseException:
             self.order.abandon(write)  # nothing to announce: later sequences must not wait for it
             raise
@@ -155,6 +152,10 @@ class Publisher:
             )
         else:
             self.order.abandon(write)  # every event was a retry already delivered
+        if self._hooks.has("after_publish"):
+            for outgoing in events:
+                context = _context(outgoing, room_id, sender, session_id)
+                await self._hooks.notify("after_publish", context, result.recipients)
         return result
 
     @staticmethod

@@ -18,6 +18,7 @@ from google.protobuf import descriptor
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
+from services.runtime import uncancellable
 from services.runtime.channels import channel_options
 from services.runtime.config import Config
 from services.runtime.grpc_types import HealthStatus, add_health_servicer
@@ -90,6 +91,8 @@ class ParleyServer:
             await self.health.enter_graceful_shutdown()
             await close_all(self._drainers)
             await self.grpc_server.stop(self._grace if grace is None else grace)
+            # Appends, announcements and connection endings started by calls that were cut off.
+            await uncancellable.drain(self._grace if grace is None else grace)
         finally:
             await close_all(self._closers)
             self.telemetry.shutdown()

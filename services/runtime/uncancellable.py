@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("parley")
 
 # Strong references: the loop keeps only weak ones to tasks.
 _running: set[asyncio.Future[Any]] = set()
@@ -15,16 +17,28 @@ _running: set[asyncio.Future[Any]] = set()
 async def uncancellable(work: Awaitable[T]) -> T:
     """Runs `work` to its end even if the caller is cancelled meanwhile.
 
-    The caller still gets its CancelledError; the work goes on, and a failure
-    nobody waits for any more is dropped (the work logs what matters itself).
+    The caller still gets its CancelledError; the work goes on, and if it
+    then fails, nobody is left to tell but the log.
     """
     task = asyncio.ensure_future(work)
     _running.add(task)
-    task.add_done_callback(_finished)
-    return await asyncio.shield(task)
+    task.add_done_callback(_running.discard)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_log_failure)
+        raise
 
 
-def _finished(task: asyncio.Future[Any]) -> None:
-    _running.discard(task)
-    if not task.cancelled():
-        task.exception()  # marks it retrieved
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("work whose caller went away failed", exc_info=task.exception())
+
+
+async def drain(within: float) -> None:
+    """Waits up to `within` seconds for such work still under way (a server stopping), then leaves it."""
+    if not _running:
+        return
+    _, pending = await asyncio.wait(set(_running), timeout=within)
+    if pending:
+        log.warning("stopping with work unfinished", extra={"tasks": len(pending)})

@@ -327,3 +327,32 @@ async def test_a_publish_is_delivered_even_if_its_sender_is_gone_before_it_is_se
     delivered = await asyncio.wait_for(anext(theirs.events()), 5)
     assert delivered.data == {"text": "bye"}
     assert [e.seq for e in await ben.history("chat")] == [delivered.seq]
+
+
+async def test_an_edit_is_announced_even_if_its_author_is_gone_before_it_is_made(
+    pair: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, server_address: str
+) -> None:
+    ada, ben = pair
+    mine, theirs = await ada.join("chat"), await ben.join("chat")
+    sent = await mine.trigger("message", {"text": "v1"})
+    changes: list[EventChange] = []
+    arrived = asyncio.Event()
+    theirs.on_edited(collect(changes, arrived))
+    edit = HistoryServicer.edit
+
+    async def slow_edit(self: HistoryServicer, request: history_pb2.EditEventRequest) -> Any:
+        await asyncio.sleep(0.3)
+        return await edit(self, request)
+
+    monkeypatch.setattr(HistoryServicer, "edit", slow_edit)
+    async with stream(server_address, await ada.access_token()) as s:
+        await s.join("chat")
+        s.send_raw(
+            gateway_pb2.ConnectRequest(
+                request_id="last-edit",
+                edit=gateway_pb2.EditCommand(room_id="chat", handle=sent.handle, payload=to_value({"text": "v2"})),
+            )
+        )
+        await asyncio.sleep(0.1)  # the edit is under way when the stream goes
+    await wait_for(changes, arrived, 1)
+    assert changes[0].data == {"text": "v2"}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from parley import Client, RoomEvent
+from parley.stream import ConnectStream
 from services import allinone
 from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
 from tests.support import make_config, running, wait_until
@@ -112,3 +115,23 @@ async def test_a_room_left_while_reconnecting_is_not_joined_again(data_dir: Path
                 assert not room.joined
                 people = await fay.participants("chat")
                 assert fay.user_id not in people
+
+
+async def test_close_does_not_wait_for_a_reconnection_stuck_opening(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(allinone.create_server, make_config(data_dir, rooms=ROOMS)) as (server, address):
+        gil = Client(address, username="gil", key_file=tmp_path / "g.json")
+        await gil.connect()
+        room = await gil.join("chat")
+        opening = asyncio.Event()
+
+        async def stuck(self: ConnectStream) -> None:
+            opening.set()
+            await asyncio.sleep(3600)  # a server that accepts the connection and never answers
+
+        monkeypatch.setattr(ConnectStream, "open", stuck)
+        await server.stop(1)
+        await asyncio.wait_for(opening.wait(), 10)
+        await asyncio.wait_for(gil.close(), 2)
+        assert room.closed

@@ -39,7 +39,8 @@ async def test_prune_once_removes_old_keys_and_events_past_retention(tmp_path: P
 async def test_background_pruning_waits_for_the_current_policies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policies_arrive: bool
 ) -> None:
-    monkeypatch.setattr(pruner_module, "RETENTION_GRACE_SECONDS", 0.5)
+    # With the policies sent, only their arrival can start pruning in time; without, the grace does.
+    monkeypatch.setattr(pruner_module, "RETENTION_GRACE_SECONDS", 30 if policies_arrive else 0.5)
     db = SqliteDatabase(tmp_path / "h.sqlite3", store.MIGRATIONS)
     await db.open()
     received = asyncio.Event()

@@ -145,11 +145,12 @@ class Client:
 
     async def close(self) -> None:
         """Closes the stream and the channel; the key file and the server-side session remain."""
+        self._closing = True
+        if self._reconnector is not None:  # it may hold the stream lock while it opens a stream
+            self._reconnector.cancel()
+            await asyncio.gather(self._reconnector, return_exceptions=True)
         async with self._stream_lock:  # no stream opens while this one closes
             self._closing = True
-            if self._reconnector is not None:
-                self._reconnector.cancel()
-                await asyncio.gather(self._reconnector, return_exceptions=True)
             self._leave_behind(list(self._to_rejoin.values()))
             if self._stream is not None:
                 await self._stream.close()
@@ -378,6 +379,8 @@ class Client:
         except ParleyError as exc:
             if self._rooms.get(room.id) is room:
                 del self._rooms[room.id]
+            if room.closed or self._closing:
+                raise  # ended meanwhile (closed client, a final ending): it stays ended
             if self._stream is not stream or _worth_retrying(exc):
                 room.suspend()
                 self._to_rejoin[room.id] = room

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections import defaultdict, deque
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 
+from parley.errors import UnavailableError
 from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2
 from parley.room.v1 import room_pb2
@@ -300,7 +302,8 @@ class Room:
     async def leave(self) -> None:
         """Leaves the room; `events()` iterators end (also while reconnecting: it is not joined again)."""
         if self.joined:
-            await self._stream.command(leave=gateway_pb2.LeaveCommand(room_id=self.id))
+            with contextlib.suppress(UnavailableError):  # the stream ended meanwhile, and the membership with it
+                await self._stream.command(leave=gateway_pb2.LeaveCommand(room_id=self.id))
         self._client.forget_room(self.id)
         self.close()
 

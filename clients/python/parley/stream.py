@@ -47,9 +47,17 @@ class ConnectStream:
     async def open(self) -> gateway_pb2.Welcome:
         self._frames = aiter(self._call)
         try:
-            first = await anext(self._frames, None)
+            first = await asyncio.wait_for(anext(self._frames, None), COMMAND_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
+        except TimeoutError:
+            self._call.cancel()
+            raise UnavailableError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "", f"no Welcome within {COMMAND_TIMEOUT_SECONDS:.0f}s"
+            ) from None
+        except BaseException:
+            self._call.cancel()
+            raise
         if first is None or first.WhichOneof("frame") != "welcome":
             raise ParleyError(grpc.StatusCode.INTERNAL, "", "the server did not start the stream with a Welcome")
         self.welcome = first.welcome
