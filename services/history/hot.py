@@ -43,7 +43,6 @@ class _NameRows:
     """One event name's newest rows, oldest first."""
 
     floor: int
-    capacity: int
     seqs: list[int] = dataclasses.field(default_factory=list)
     rows: list[store.EventRow] = dataclasses.field(default_factory=list)
     sizes: list[int] = dataclasses.field(default_factory=list)
@@ -64,10 +63,10 @@ class _Room:
     names: dict[str, _NameRows] = dataclasses.field(default_factory=dict)
     size: int = ROOM_OVERHEAD
 
-    def name_rows(self, event: str, capacity: int) -> _NameRows:
+    def name_rows(self, event: str) -> _NameRows:
         rows = self.names.get(event)
         if rows is None:
-            rows = self.names[event] = _NameRows(floor=self.floor, capacity=capacity)
+            rows = self.names[event] = _NameRows(floor=self.floor)
         return rows
 
     def cover(self, event: str) -> tuple[list[_NameRows], int]:
@@ -254,7 +253,7 @@ class HotBuffer:
             if room_id in self._loading:
                 self._loading[room_id] = True
             return
-        names = room.name_rows(event, self.events_per_name)
+        names = room.name_rows(event)
         cut = bisect.bisect_right(names.seqs, bound)
         self._drop_oldest(room, names, cut)
         if names.floor <= bound + 1:
@@ -267,8 +266,7 @@ class HotBuffer:
 
     def _extend(self, room: _Room, event: str, rows: list[store.EventRow], capacity: int) -> None:
         """Adds newer rows of one name, keeping its newest `capacity`."""
-        names = room.name_rows(event, capacity)
-        names.capacity = capacity
+        names = room.name_rows(event)
         dropped = len(rows) > capacity
         if dropped:
             rows = rows[-capacity:]
