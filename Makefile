@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev,otlp]"
-	npm install --no-audit --no-fund --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 run: install ## Start Parley all-in-one on localhost:50051 (SQLite under ./data)

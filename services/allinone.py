@@ -38,5 +38,9 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
         in_process = InProcessHistory(servicers[0])
         return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE, local_peers=True, history=in_process)
 
-    factories = [identity_module, room_module, history, file_module, gateway]
+    async def room(config: Config) -> ServiceModule:
+        # Deleting a room erases its history: over loopback, as in split mode.
+        return await room_module(config, history_on_this_server=True)
+
+    factories = [identity_module, room, history, file_module, gateway]
     return await serve_modules(config, factories, process_name="all", identity_address=None, telemetry=telemetry)

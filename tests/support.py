@@ -39,6 +39,8 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         "server.data_dir": data_dir,
         "server.grace_seconds": 1.0,
         "auth.service_credentials": {"backend": SERVICE_SECRET},
+        # Tests register many users from one address; test_registration_limit sets its own.
+        "auth.registrations_per_minute": 10_000,
     }
     values.update(overrides)
     return load_config(overrides=values)
@@ -113,7 +115,12 @@ class ServerProcess:
         self.args = args
         self.log_path = log_path
         self._log: IO[str] = open(log_path, "a")  # noqa: SIM115
-        full_env = {**os.environ, "PARLEY_LOGGING_LEVEL": "WARNING", **env}
+        full_env = {
+            **os.environ,
+            "PARLEY_LOGGING_LEVEL": "WARNING",
+            "PARLEY_AUTH_REGISTRATIONS_PER_MINUTE": "10000",
+            **env,
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "parley.cli.main", "serve", *args],
             stdout=subprocess.PIPE,

@@ -8,9 +8,12 @@ one subject or to every subject starting with a prefix.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Protocol
+
+from services.gateway.prefix_tree import PrefixTree
 
 log = logging.getLogger("parley.bus")
 
@@ -39,54 +42,59 @@ class Bus(Protocol):
     def subscribe_prefix(self, prefix: str, handler: Handler) -> Subscription: ...
 
 
-class _InProcessSubscription:
-    def __init__(self, registry: dict[str, dict[int, Handler]], key: str, handler: Handler) -> None:
+class _ExactSubscription:
+    def __init__(self, registry: dict[str, dict[int, Handler]], subject: str, token: int, handler: Handler) -> None:
         self._registry = registry
-        self._key = key
-        self._id = id(self)
-        registry.setdefault(key, {})[self._id] = handler
+        self._subject = subject
+        self._token = token
+        registry.setdefault(subject, {})[token] = handler
 
     def cancel(self) -> None:
-        handlers = self._registry.get(self._key)
-        if handlers is not None and handlers.pop(self._id, None) is not None and not handlers:
-            del self._registry[self._key]
+        handlers = self._registry.get(self._subject)
+        if handlers is not None and handlers.pop(self._token, None) is not None and not handlers:
+            del self._registry[self._subject]
 
 
-def _namespace(subject: str) -> str:
-    return subject.partition(".")[0]
+class _PrefixSubscription:
+    def __init__(self, tree: PrefixTree[Handler], prefix: str, token: int, handler: Handler) -> None:
+        self._tree = tree
+        self._prefix = prefix
+        self._token = token
+        tree.add(prefix, token, handler)
+
+    def cancel(self) -> None:
+        self._tree.remove(self._prefix, self._token)
 
 
 class InProcessBus:
     """Delivers synchronously to handlers in this process; a handler that raises is logged.
 
-    Prefix subscriptions are indexed by the subject's namespace (the part
-    before the first "."), so room events never scan subject wildcards.
+    Prefix subscriptions live in a prefix tree, so a publish costs the length
+    of its subject plus its deliveries, not the number of wildcards held.
     """
 
     def __init__(self) -> None:
         self._exact: dict[str, dict[int, Handler]] = {}
-        self._prefixes: dict[str, dict[str, dict[int, Handler]]] = {}
+        # Public so that its size can be inspected (nothing outlives its cancel).
+        self.prefixes: PrefixTree[Handler] = PrefixTree()
+        self._tokens = itertools.count()
 
     def publish(self, message: BusMessage) -> None:
         exact = self._exact.get(message.subject)
-        if exact:
-            for handler in tuple(exact.values()):
-                self._deliver(handler, message)
-        by_prefix = self._prefixes.get(_namespace(message.subject))
-        if by_prefix:
-            for prefix, handlers in tuple(by_prefix.items()):
-                if message.subject.startswith(prefix):
-                    for handler in tuple(handlers.values()):
-                        self._deliver(handler, message)
+        # Gathered first: a handler may subscribe or cancel while we deliver.
+        handlers = [*exact.values()] if exact else []
+        handlers += self.prefixes.matching(message.subject)
+        for handler in handlers:
+            self._deliver(handler, message)
 
     def subscribe(self, subject: str, handler: Handler) -> Subscription:
-        return _InProcessSubscription(self._exact, subject, handler)
+        return _ExactSubscription(self._exact, subject, next(self._tokens), handler)
 
     def subscribe_prefix(self, prefix: str, handler: Handler) -> Subscription:
-        namespace = _namespace(prefix)
+        # A namespace first keeps prefixes expressible on a token-based bus (NATS `ns.>`).
         if "." not in prefix:
             raise ValueError(f"a prefix subscription names its namespace first: {prefix!r}")
-        return _InProcessSubscription(self._prefixes.setdefault(namespace, {}), prefix, handler)
+        return _PrefixSubscription(self.prefixes, prefix, next(self._tokens), handler)
 
     @staticmethod
     def _deliver(handler: Handler, message: BusMessage) -> None:

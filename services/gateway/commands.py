@@ -30,6 +30,7 @@ from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.request_checks import check_request
 
 
 def status_of(error: ServiceError) -> status_pb2.Status:
@@ -118,6 +119,7 @@ class CommandHandler:
     async def handle(self, connection: Connection, request: gateway_pb2.ConnectRequest) -> gateway_pb2.Reply:
         reply = gateway_pb2.Reply(request_id=request.request_id)
         try:
+            check_request(request)
             await self._dispatch(connection, request, reply)
         except ServiceError as error:
             reply.ClearField("result")
@@ -367,7 +369,8 @@ class CommandHandler:
         rules = self._directory.rules(room_id)
         if rules is None:
             rules = self._directory.remember(await self._rooms.get(room_id))
-        return rules
+        # The room's schemas compile on first use, off the event loop (each distinct one once).
+        return await rules.compile()
 
     def _subject_publish(self, connection: Connection, command: gateway_pb2.SubjectPublishCommand) -> None:
         size = command.data.ByteSize()

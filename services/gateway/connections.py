@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import NamedTuple
 
 from services.gateway.outbox import Outbox
+from services.runtime.errors import ServiceError
 
 ANY_EVENT = "*"
 EXCLUDED_PREFIX = "-"
@@ -91,6 +94,13 @@ class Connection:
     # Per room, the sequence a catch-up (replay or sync) covered: an event the
     # log already had then but whose fan-out comes later is not sent twice.
     caught_up: dict[str, int] = dataclasses.field(default_factory=dict)
+    # When the access token the stream runs on expires (0: never), and the timer that ends it then.
+    token_expires_at: float = 0.0
+    token_timer: asyncio.TimerHandle | None = None
+    # Set once the server ends the stream (revoked device, expired token): no command runs after it.
+    ended: ServiceError | None = None
+    # Ends the stream with an error: what is queued is sent, then a GoAway; a reader that never reads is cut off.
+    end_with: Callable[[ServiceError], None] = lambda error: None
 
 
 class ConnectionRegistry:
@@ -115,6 +125,12 @@ class ConnectionRegistry:
 
     def of_user(self, user_id: str) -> list[Connection]:
         return sorted(self._by_user.get(user_id, ()), key=lambda c: c.session_id)
+
+    def count_of(self, user_id: str) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def of_device(self, device_id: str) -> list[Connection]:
+        return [c for c in self._by_session.values() if c.device_id == device_id]
 
     def all(self) -> list[Connection]:
         return list(self._by_session.values())

@@ -1,5 +1,10 @@
 """Room definitions cached on the gateway, kept current by the room service's
-change feed, so publishing never calls the room service."""
+change feed, so publishing never calls the room service.
+
+Remembering a room is cheap: its schemas are compiled when it is first
+published to (`EventRules.compile`, off the event loop). Clients are told of
+changes without the schemas (`notice_of`): GetRoom serves them.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import grpc
 from parley.room.v1 import room_pb2
 from services.gateway.room_client import RoomClient
 from services.room.rules import EventRules
-from services.runtime.errors import ServiceError
 
 log = logging.getLogger("parley.gateway")
 RETRY_SECONDS = 1.0
@@ -27,6 +31,7 @@ class RoomDirectory:
         self._deletions: dict[str, int] = {}
 
     def remember(self, room: room_pb2.Room) -> EventRules:
+        """Caches the room; its rules compile their schemas when first awaited (`EventRules.compile`)."""
         cached = self._rooms.get(room.room_id)
         if cached is not None and cached[0].events == room.events:
             self._rooms[room.room_id] = (room, cached[1])
@@ -113,20 +118,27 @@ async def _apply_snapshot(
         if announce and room_id not in known:
             await _apply(directory, room_pb2.RoomChange(kind=room_pb2.RoomChange.KIND_CREATED, room=room), on_change)
         else:
-            _remember(directory, room)
+            directory.remember(room)
 
 
 async def _apply(directory: RoomDirectory, change: room_pb2.RoomChange, on_change: ChangeHandler) -> None:
     if change.kind == room_pb2.RoomChange.KIND_DELETED:
         directory.forget(change.room.room_id)
     else:
-        _remember(directory, change.room)
-    await on_change(change)
+        directory.remember(change.room)
+    await on_change(notice_of(change))
 
 
-def _remember(directory: RoomDirectory, room: room_pb2.Room) -> None:
-    try:
-        directory.remember(room)
-    except ServiceError:
-        # A definition this gateway cannot compile is refused at publish time instead.
-        log.exception("cannot use the rules of room %s", room.room_id)
+def notice_of(change: room_pb2.RoomChange) -> room_pb2.RoomChange:
+    """The change as clients are told of it: the room without its events' JSON Schemas.
+
+    Schemas can be large and every connection gets every change; a client
+    that wants them asks GetRoom.
+    """
+    if not any(event.HasField("schema") for event in change.room.events):
+        return change
+    notice = room_pb2.RoomChange()
+    notice.CopyFrom(change)
+    for event in notice.room.events:
+        event.ClearField("schema")
+    return notice

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from parley.history.v1 import history_pb2, history_pb2_grpc
-from services.gateway.peer_client import PeerClient
+from services.runtime.peer_client import PeerClient
 
 
 class HistoryAppender(Protocol):

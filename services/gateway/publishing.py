@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Sequence
 
 import grpc
+from google.protobuf import json_format
 
 from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
@@ -23,8 +25,10 @@ from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.request_checks import check_json
 from services.runtime.uncancellable import uncancellable
 
+log = logging.getLogger("parley.hooks")
 SYSTEM_SENDER = "system"
 
 
@@ -214,13 +218,36 @@ class Publisher:
         )
         if not isinstance(decision, Transform):
             return event
-        changed = gateway_pb2.OutgoingEvent(event=event.event, meta=event.meta)
+        changed = _transformed(event, decision)
+        self._check_size(changed)
+        return changed
+
+
+def _transformed(event: gateway_pb2.OutgoingEvent, decision: Transform) -> gateway_pb2.OutgoingEvent:
+    """The event a Transform asks for, held to the rules a client's payload obeys (HOOK_FAILED if not)."""
+    changed = gateway_pb2.OutgoingEvent(event=event.event, meta=event.meta)
+    try:
         changed.payload.CopyFrom(to_value(decision.payload))
         if decision.meta is not None:
             changed.meta.Clear()
             changed.meta.update(decision.meta)
-        self._check_size(changed)
-        return changed
+        check_json(changed.payload, "payload")
+        check_json(changed.meta, "meta")
+    except ServiceError as error:
+        raise _bad_transform(error.message, **error.metadata) from None
+    except (json_format.Error, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise _bad_transform(str(exc)) from exc
+    return changed
+
+
+def _bad_transform(why: str, **metadata: str) -> ServiceError:
+    log.error("before_publish returned a Transform that cannot be published: %s", why)
+    return ServiceError(
+        grpc.StatusCode.INTERNAL,
+        errors_pb2.ERROR_REASON_HOOK_FAILED,
+        f"the before_publish hook returned a Transform that is not JSON a frame can carry: {why}",
+        **metadata,
+    )
 
 
 def check_event(event: gateway_pb2.OutgoingEvent) -> None:

@@ -14,6 +14,7 @@ import grpc
 from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
 from parley.hooks import JoinContext, RoomContext, SessionContext
+from parley.identity.v1 import identity_pb2
 from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
@@ -31,10 +32,19 @@ from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
 from services.room.definitions import check_room_id
 from services.runtime.config import GatewayConfig
-from services.runtime.errors import ServiceError, internal, invalid_field, not_found, unavailable
+from services.runtime.errors import (
+    ServiceError,
+    internal,
+    invalid_field,
+    not_found,
+    permission_denied,
+    unauthenticated,
+    unavailable,
+)
 from services.runtime.grpc_types import Context
 from services.runtime.hooks import Hooks
 from services.runtime.principal import require_user
+from services.runtime.tokens import TokenVerifier
 from services.runtime.uncancellable import uncancellable
 
 log = logging.getLogger("parley.gateway")
@@ -48,11 +58,9 @@ def protocol_violation(message: str) -> ServiceError:
     )
 
 
-def slow_consumer(limit: int) -> ServiceError:
+def slow_consumer(cut: SlowConsumer) -> ServiceError:
     return ServiceError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        errors_pb2.ERROR_REASON_SLOW_CONSUMER,
-        f"this connection fell more than {limit} bytes behind; reconnect and resume",
+        grpc.StatusCode.RESOURCE_EXHAUSTED, errors_pb2.ERROR_REASON_SLOW_CONSUMER, f"{cut}; reconnect and resume"
     )
 
 
@@ -65,14 +73,18 @@ class Realtime:
         self.rooms = rooms
         self.hooks = hooks
         self.connections = ConnectionRegistry()
+        # The server's token verifier (set before it starts): in-band refreshes
+        # are checked with it, and it refuses the tokens of revoked devices.
+        self.verifier: TokenVerifier | None = None
+        self.clock_skew_seconds = 0.0
         self.stopping = False
         # True when the room service runs in this same process (all-in-one).
         self.membership_is_local = False
         self.feeds = RoomFeeds(bus)
         self.directory = RoomDirectory()
-        self.scheduler = FlushScheduler(config.batch_window_ms / 1000)
+        self.scheduler = FlushScheduler(config.batch_window_ms / 1000, config.max_outbound_bytes_total)
         self.publisher = Publisher(config, bus, self.feeds, hooks, history)
-        self.subjects = SubjectRouter(bus)
+        self.subjects = SubjectRouter(bus, config.max_subject_subscriptions_per_user)
         self.changes = EventChanges(config, bus, history, self.publisher)
         self.commands = CommandHandler(
             config,
@@ -94,6 +106,12 @@ class Realtime:
         self, requests: AsyncIterator[gateway_pb2.ConnectRequest], context: Context
     ) -> AsyncIterator[bytes]:
         caller = require_user()
+        if self.connections.count_of(caller.user_id) >= self.config.max_connections_per_user:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                errors_pb2.ERROR_REASON_TOO_MANY_CONNECTIONS,
+                f"a user may hold at most {self.config.max_connections_per_user} open streams on this gateway",
+            )
         stream = asyncio.current_task()
         loop = asyncio.get_running_loop()
         cut_off: list[asyncio.TimerHandle] = []
@@ -110,7 +128,16 @@ class Realtime:
             device_id=caller.device_id,
             outbox=Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, cut_off_later),
         )
+
+        def end_with(error: ServiceError) -> None:
+            if connection.ended is None:
+                connection.ended = error
+                connection.outbox.fail(error)
+                cut_off_later()
+
+        connection.end_with = end_with
         self.connections.add(connection)
+        self._expire_with_token(connection, caller.expires_at)
         reader: asyncio.Task[None] | None = None
         try:
             yield wire.frame(gateway_pb2.ConnectResponse(welcome=self._welcome(connection)))
@@ -120,8 +147,8 @@ class Realtime:
             while True:
                 try:
                     frames = await connection.outbox.next_frames()
-                except SlowConsumer:
-                    ending = slow_consumer(self.config.max_outbound_bytes)
+                except SlowConsumer as cut:
+                    ending = slow_consumer(cut)
                 except ServiceError as error:
                     ending = error
                 else:
@@ -135,7 +162,53 @@ class Realtime:
         finally:
             for handle in cut_off:
                 handle.cancel()
+            if connection.token_timer is not None:
+                connection.token_timer.cancel()
+            connection.outbox.release()
             await self._end(connection, reader)
+
+    # Token life and revocation
+
+    def _expire_with_token(self, connection: Connection, expires_at: float) -> None:
+        """Ends the stream when its token expires (with the verifier's clock-skew leeway)."""
+        if connection.token_timer is not None:
+            connection.token_timer.cancel()
+            connection.token_timer = None
+        connection.token_expires_at = expires_at
+        if not expires_at:
+            return
+        delay = expires_at + self.clock_skew_seconds - time.time()
+        error = unauthenticated(
+            errors_pb2.ERROR_REASON_TOKEN_EXPIRED,
+            "the access token of this stream expired; send a RefreshCommand with a fresh one before it does",
+        )
+        loop = asyncio.get_running_loop()
+        connection.token_timer = loop.call_later(max(0.0, delay), connection.end_with, error)
+
+    async def _refresh(self, connection: Connection, command: gateway_pb2.RefreshCommand) -> gateway_pb2.RefreshResult:
+        """Moves the stream onto a fresh token of the same user and device."""
+        if not command.access_token:
+            raise invalid_field("refresh.access_token", "is required")
+        assert self.verifier is not None, "the server hands the gateway its verifier before starting"
+        principal = await self.verifier.verify(command.access_token)
+        if principal.user_id != connection.user_id or principal.device_id != connection.device_id:
+            raise permission_denied(
+                errors_pb2.ERROR_REASON_NOT_OWNER, "the new token must be for this stream's user and device"
+            )
+        if connection.ended is None:
+            self._expire_with_token(connection, principal.expires_at)
+        return gateway_pb2.RefreshResult(token_expire_time_ms=int(principal.expires_at * 1000))
+
+    def on_device_revoked(self, device: identity_pb2.RevokedDevice) -> None:
+        """The device's tokens stop counting here, and its open streams end now."""
+        revoked_at = device.revoke_time.ToNanoseconds() / 1e9
+        assert self.verifier is not None, "the server hands the gateway its verifier before starting"
+        self.verifier.revoked_devices.add(device.device_id, revoked_at)
+        error = unauthenticated(
+            errors_pb2.ERROR_REASON_DEVICE_REVOKED, f"device {device.device_id} was revoked; this stream is closed"
+        )
+        for connection in self.connections.of_device(device.device_id):
+            connection.end_with(error)
 
     async def _end(self, connection: Connection, reader: asyncio.Task[None] | None) -> None:
         """Stops reading commands and leaves every room, even if the stream is cancelled meanwhile.
@@ -164,15 +237,21 @@ class Realtime:
                 max_rooms=self.config.max_rooms_per_connection,
             ),
             server_time_ms=int(time.time() * 1000),
+            token_expire_time_ms=int(connection.token_expires_at * 1000),
         )
 
     async def _read_commands(self, connection: Connection, requests: AsyncIterator[Any]) -> None:
         try:
             async for request in requests:
+                if connection.ended is not None:
+                    return
                 if not request.request_id:
                     connection.outbox.fail(protocol_violation("request_id: every command needs one"))
                     return
-                reply = await self.commands.handle(connection, request)
+                if request.WhichOneof("command") == "refresh":
+                    reply = await self._refresh_reply(connection, request)
+                else:
+                    reply = await self.commands.handle(connection, request)
                 connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(reply=reply)), urgent=True)
         except ServiceError as error:
             # A frame that is not a ConnectRequest at all.
@@ -185,6 +264,15 @@ class Realtime:
             connection.outbox.fail(internal())
             return
         connection.outbox.finish()
+
+    async def _refresh_reply(self, connection: Connection, request: gateway_pb2.ConnectRequest) -> gateway_pb2.Reply:
+        reply = gateway_pb2.Reply(request_id=request.request_id)
+        try:
+            reply.refresh.CopyFrom(await self._refresh(connection, request.refresh))
+        except ServiceError as error:
+            reply.ClearField("result")
+            reply.status.CopyFrom(status_of(error))
+        return reply
 
     async def _disconnect(self, connection: Connection) -> None:
         self.connections.remove(connection)
@@ -288,13 +376,14 @@ class Realtime:
             while True:
                 try:
                     frames = await outbox.next_frames()
-                except SlowConsumer:
-                    raise slow_consumer(self.config.max_outbound_bytes) from None
+                except SlowConsumer as cut:
+                    raise slow_consumer(cut) from None
                 for frame in frames or ():
                     # An events frame's body is a SubscribeRoomResponse (`repeated Event events = 1`).
                     yield wire.frame_body(frame)
         finally:
             subscription.cancel()
+            outbox.release()
 
     def list_connections(self, user_id: str) -> list[gateway_pb2.Connection]:
         chosen = self.connections.of_user(user_id) if user_id else self.connections.all()

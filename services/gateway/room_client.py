@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from parley.room.v1 import room_pb2, room_pb2_grpc
-from services.gateway.peer_client import PeerClient
+from services.runtime.peer_client import PeerClient
 
 
 class RoomClient(PeerClient):

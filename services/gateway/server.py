@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from google.protobuf import descriptor
+from opentelemetry.metrics import Meter
 
 from parley.gateway.v1 import gateway_pb2
 from services.file.server import SERVICE as FILE_SERVICE
@@ -14,35 +15,29 @@ from services.gateway.bus import InProcessBus
 from services.gateway.directory import follow_room_changes
 from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
 from services.gateway.history_client import HistoryAppender, HistoryClient
-from services.gateway.peer_client import PeerClient
+from services.gateway.identity_client import IdentityClient
 from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
 from services.gateway.retention import RetentionSync
+from services.gateway.revocations import follow_revocations
 from services.gateway.room_client import RoomClient
 from services.gateway.servicer import SERVICE, GatewayServicer
 from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
 from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.channels import open_channel
-from services.runtime.config import INTERNAL_SERVICE, Config, ConfigError
+from services.runtime.config import Config
 from services.runtime.grpc_types import HealthStatus
 from services.runtime.hooks import Hooks
+from services.runtime.peer_client import PeerClient, internal_secret
 from services.runtime.raw_handlers import passthrough_handler
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
-from services.runtime.telemetry import Telemetry
+from services.runtime.telemetry import Telemetry, observe_gauge
+from services.runtime.tokens import TokenVerifier
 
 # Services whose public RPCs clients reach through the gateway.
 PUBLIC_SERVICES = (IDENTITY_SERVICE, ROOM_SERVICE, HISTORY_SERVICE, FILE_SERVICE)
-
-
-def internal_secret(config: Config) -> str:
-    secret = config.auth.service_credentials.get(INTERNAL_SERVICE, "")
-    if not secret:
-        raise ConfigError(
-            f"auth.service_credentials needs a {INTERNAL_SERVICE!r} entry shared by every service in split mode, "
-            f"e.g. PARLEY_AUTH_SERVICE_CREDENTIALS={INTERNAL_SERVICE}=<secret>"
-        )
-    return secret
+OUTBOX_BYTES_METRIC = "parley.gateway.outbox.bytes"
 
 
 def gateway_module(
@@ -55,10 +50,12 @@ def gateway_module(
     (reached over a loopback channel) and `history` is the in-process history service."""
     secret = internal_secret(config)
     rooms = RoomClient(config.server, secret, "" if local_peers else config.peers.room)
+    identity = IdentityClient(config.server, secret, "" if local_peers else config.peers.identity)
     if history is None:
         history = HistoryClient(config.server, secret, config.peers.history)
     realtime = Realtime(config.gateway, InProcessBus(), rooms, history, Hooks(config.hooks))
     realtime.membership_is_local = local_peers
+    realtime.clock_skew_seconds = config.auth.clock_skew_seconds
     retention = RetentionSync(history, realtime.directory)
     services = [s.full_name for s in (SERVICE, *PUBLIC_SERVICES)]
     servicer = GatewayServicer(realtime, mode, services, config.server.max_message_bytes)
@@ -66,11 +63,24 @@ def gateway_module(
 
     def start(health: HealthStatus, own_address: str) -> None:
         if local_peers:
-            rooms.address = own_address
+            rooms.address = identity.address = own_address
         follow = follow_room_changes(
             rooms, realtime.directory, realtime.on_room_change, realtime.rejoin_all, retention.schedule
         )
         tasks.append(asyncio.create_task(follow))
+        tasks.append(asyncio.create_task(follow_revocations(identity, realtime.on_device_revoked)))
+
+    def use_verifier(verifier: TokenVerifier) -> None:
+        realtime.verifier = verifier
+
+    def use_meter(meter: Meter) -> None:
+        observe_gauge(
+            meter,
+            OUTBOX_BYTES_METRIC,
+            realtime.scheduler.budget.held_bytes,
+            unit="By",
+            description="Bytes queued for this gateway's streams and not yet sent (capped by max_outbound_bytes_total)",
+        )
 
     async def drain() -> None:
         for task in tasks:
@@ -82,9 +92,11 @@ def gateway_module(
     return ServiceModule(
         services=[SERVICE],
         register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
-        close=closing(rooms, history),
+        close=closing(rooms, identity, history),
         start=start,
         before_drain=drain,
+        use_verifier=use_verifier,
+        use_meter=use_meter,
     )
 
 

@@ -2,12 +2,13 @@
 
 `user:<id>` subjects reach only that user: subscribing to another user's
 subject is refused, and a wildcard that covers `user:` subjects delivers only
-the subscriber's own.
+the subscriber's own. Subscriptions are capped per connection and per user.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import grpc
 
@@ -22,6 +23,10 @@ from services.runtime.errors import ServiceError, invalid_field, permission_deni
 SUBJECT = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 USER_PREFIX = "user:"
 BUS_PREFIX = "subject."
+# `user:` subjects travel apart from the rest, as exact bus subjects only
+# their owner subscribes to: publishing one never runs through other users'
+# wildcards.
+OWNED_BUS_PREFIX = "owned."
 MAX_SUBJECTS_PER_CONNECTION = 100
 
 
@@ -43,10 +48,40 @@ def check_subscription_owner(pattern: str, user_id: str) -> None:
         )
 
 
+def bus_subject(subject: str) -> str:
+    return (OWNED_BUS_PREFIX if subject.startswith(USER_PREFIX) else BUS_PREFIX) + subject
+
+
+def bus_routes(pattern: str, user_id: str) -> tuple[list[str], list[str]]:
+    """What `user_id`'s subscription to `pattern` listens to on the bus: (exact subjects, prefixes).
+
+    A wildcard covers the subscriber's own `user:` subject, if it matches, and
+    no other user's.
+    """
+    if not pattern.endswith("*"):
+        return [bus_subject(pattern)], []
+    stem = pattern[:-1]
+    own = f"{USER_PREFIX}{user_id}"
+    exact = [bus_subject(own)] if own.startswith(stem) else []
+    prefixes = [] if stem.startswith(USER_PREFIX) else [BUS_PREFIX + stem]
+    return exact, prefixes
+
+
+def too_many_subscriptions(message: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors_pb2.ERROR_REASON_TOO_MANY_SUBSCRIPTIONS,
+        f"{message}; unsubscribe from a subject first",
+    )
+
+
 class SubjectRouter:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, max_per_user: int) -> None:
         self._bus = bus
-        self._subscriptions: dict[tuple[str, str], Subscription] = {}
+        self._max_per_user = max_per_user
+        self._subscriptions: dict[tuple[str, str], list[Subscription]] = {}
+        # Subscriptions per user over all their connections on this gateway.
+        self._held: Counter[str] = Counter()
 
     def subscribe(self, connection: Connection, pattern: str) -> None:
         check_subject(pattern, pattern=True)
@@ -55,12 +90,13 @@ class SubjectRouter:
         if key in self._subscriptions:
             return
         if len(connection.subjects) >= MAX_SUBJECTS_PER_CONNECTION:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                errors_pb2.ERROR_REASON_RATE_LIMITED,
-                f"at most {MAX_SUBJECTS_PER_CONNECTION} subject subscriptions per connection",
+            raise too_many_subscriptions(
+                f"a connection may hold at most {MAX_SUBJECTS_PER_CONNECTION} subject subscriptions"
             )
-        own = f"{USER_PREFIX}{connection.user_id}"
+        if self._held[connection.user_id] >= self._max_per_user:
+            raise too_many_subscriptions(
+                f"a user may hold at most {self._max_per_user} subject subscriptions over all their connections"
+            )
         outbox = connection.outbox
 
         def deliver(message: BusMessage) -> None:
@@ -68,22 +104,24 @@ class SubjectRouter:
             if connection.last_subject_message is message:
                 return
             connection.last_subject_message = message
-            subject = message.subject[len(BUS_PREFIX) :]
-            if subject.startswith(USER_PREFIX) and subject != own:
-                return
             outbox.put(kinds.SUBJECT, message.data)
 
-        if pattern.endswith("*"):
-            subscription = self._bus.subscribe_prefix(BUS_PREFIX + pattern[:-1], deliver)
-        else:
-            subscription = self._bus.subscribe(BUS_PREFIX + pattern, deliver)
-        self._subscriptions[key] = subscription
+        exact, prefixes = bus_routes(pattern, connection.user_id)
+        self._subscriptions[key] = [
+            *(self._bus.subscribe(subject, deliver) for subject in exact),
+            *(self._bus.subscribe_prefix(prefix, deliver) for prefix in prefixes),
+        ]
+        self._held[connection.user_id] += 1
         connection.subjects.add(pattern)
 
     def unsubscribe(self, connection: Connection, pattern: str) -> None:
-        subscription = self._subscriptions.pop((connection.session_id, pattern), None)
-        if subscription is not None:
-            subscription.cancel()
+        subscriptions = self._subscriptions.pop((connection.session_id, pattern), None)
+        if subscriptions is not None:
+            for subscription in subscriptions:
+                subscription.cancel()
+            self._held[connection.user_id] -= 1
+            if not self._held[connection.user_id]:
+                del self._held[connection.user_id]
         connection.subjects.discard(pattern)
 
     def unsubscribe_all(self, connection: Connection) -> None:
@@ -94,4 +132,4 @@ class SubjectRouter:
         check_subject(subject, pattern=False)
         event = gateway_pb2.SubjectEvent(subject=subject, sender=sender)
         event.data.CopyFrom(data)  # type: ignore[arg-type]
-        self._bus.publish(BusMessage(BUS_PREFIX + subject, wire.batch_item(event.SerializeToString()), {}))
+        self._bus.publish(BusMessage(bus_subject(subject), wire.batch_item(event.SerializeToString()), {}))

@@ -43,7 +43,10 @@ def decode_cursor(token: str) -> int:
         kind, _, seq = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
         if kind != "before":
             raise ValueError(kind)
-        return int(seq)
+        before = int(seq)
+        if not 0 <= before < 2**63:
+            raise ValueError(seq)
+        return before
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid_field("page_token", "is not a token this server issued") from exc
 
@@ -184,6 +187,25 @@ class HistoryServicer:
         await self._db.transaction(apply)
         self.retention_received.set()
         return history_pb2.SetRetentionResponse()
+
+    async def DropLog(self, request: history_pb2.DropLogRequest, context: Context) -> history_pb2.DropLogResponse:
+        return await self.drop_log(request)
+
+    async def drop_log(self, request: history_pb2.DropLogRequest) -> history_pb2.DropLogResponse:
+        """DropLog itself: the room's log is erased, and its next append starts a new epoch."""
+        check_room_id(request.room_id)
+        room_id = request.room_id
+
+        async def commit() -> int:
+            # Appends and changes take their turn on the one database thread: those
+            # committed before the drop are erased with it, later ones start the new
+            # log. The hot buffer follows in commit order, as it does for them.
+            dropped = await self._db.transaction(lambda db: store.drop_log(db, room_id))
+            self._hot.forget(room_id)
+            return dropped
+
+        # A caller that stops waiting does not stop the drop, nor the hot buffer's forgetting.
+        return history_pb2.DropLogResponse(dropped_events=await uncancellable(commit()))
 
     async def GetEvent(self, request: history_pb2.GetEventRequest, context: Context) -> history_pb2.GetEventResponse:
         return await self.get(request)

@@ -355,5 +355,17 @@ def changed_since(db: sqlite_utils.Database, room_id: str, after_seq: int, limit
     return [EventRow(*row) for row in db.execute(sql, [room_id, after_seq, after_seq, limit]).fetchall()]
 
 
+def drop_log(db: sqlite_utils.Database, room_id: str) -> int:
+    """Erases the room's log: events, idempotency keys, retention, and its epoch; returns the events erased.
+
+    The room's next append starts a new log under a new epoch.
+    """
+    dropped = db.execute("DELETE FROM events WHERE room_id = ?", [room_id]).rowcount
+    db.execute("DELETE FROM idempotency_keys WHERE room_id = ?", [room_id])
+    db.execute("DELETE FROM retention WHERE room_id = ?", [room_id])
+    db.execute("DELETE FROM room_logs WHERE room_id = ?", [room_id])
+    return int(dropped)
+
+
 def prune_idempotency_keys(db: sqlite_utils.Database, older_than: float) -> int:
     return db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", [older_than]).rowcount

@@ -13,7 +13,7 @@ from parley.api.v1 import errors_pb2
 from parley.crypto import identity as proofs
 from parley.identity.v1 import identity_pb2
 from services.identity import store, validation
-from services.runtime.errors import ServiceError, already_exists, not_found
+from services.runtime.errors import ServiceError, already_exists, not_found, permission_denied, unauthenticated
 from services.runtime.sqlite import SqliteDatabase
 
 
@@ -24,6 +24,26 @@ def _bad_certificate() -> ServiceError:
         "device.certificate: does not verify under the user signing key",
         field="device.certificate",
     )
+
+
+def require_active_device(db: sqlite_utils.Database, user_id: str, device_id: str) -> None:
+    """The caller of an identity change must be one of the user's devices, not revoked.
+
+    Checked in the store, not just the token: a token outlives its device's
+    revocation by up to its lifetime, and must not keep the power to change
+    the account (add or revoke devices, end sessions, change keys).
+    """
+    if not device_id:
+        raise permission_denied(
+            errors_pb2.ERROR_REASON_NOT_OWNER, "identity changes need an access token issued to one of your devices"
+        )
+    device = store.device_by_id(db, device_id)
+    if device is None or device.user_id != user_id:
+        raise permission_denied(errors_pb2.ERROR_REASON_NOT_OWNER, f"device {device_id!r} is not one of yours")
+    if device.revoked_at is not None:
+        raise unauthenticated(
+            errors_pb2.ERROR_REASON_DEVICE_REVOKED, f"this device ({device_id}) was revoked; its tokens change nothing"
+        )
 
 
 class Accounts:
@@ -55,12 +75,13 @@ class Accounts:
         await self._db.transaction(insert)
         return user, device_row
 
-    async def add_device(self, user_id: str, device: identity_pb2.DeviceKeys) -> store.DeviceRow:
+    async def add_device(self, user_id: str, caller_device: str, device: identity_pb2.DeviceKeys) -> store.DeviceRow:
         validation.check_device_keys(device)
         now = self._clock()
 
         def insert(db: sqlite_utils.Database) -> store.DeviceRow:
             user = self._user(db, user_id)
+            require_active_device(db, user_id, caller_device)
             if not validation.certificate_verifies(user.signing_key, device):
                 raise _bad_certificate()
             row = self._device_row(user_id, device, now)
@@ -70,10 +91,11 @@ class Accounts:
 
         return await self._db.transaction(insert)
 
-    async def revoke_device(self, user_id: str, device_id: str) -> store.DeviceRow:
+    async def revoke_device(self, user_id: str, caller_device: str, device_id: str) -> store.DeviceRow:
         now = self._clock()
 
         def revoke(db: sqlite_utils.Database) -> store.DeviceRow:
+            require_active_device(db, user_id, caller_device)
             device = store.device_by_id(db, device_id)
             if device is None or device.user_id != user_id:
                 raise not_found(errors_pb2.ERROR_REASON_DEVICE_NOT_FOUND, f"you have no device {device_id!r}")
@@ -84,6 +106,9 @@ class Accounts:
             return refreshed
 
         return await self._db.transaction(revoke)
+
+    async def revoked_since(self, since: float) -> list[store.DeviceRow]:
+        return await self._db.run(lambda db: store.devices_revoked_since(db, since))
 
     async def user(self, user_id: str) -> store.UserRow:
         return await self._db.run(lambda db: self._user(db, user_id))

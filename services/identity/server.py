@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.identity.accounts import Accounts
+from services.identity.revocations import RevocationFeed
 from services.identity.servicer import IdentityServicer
 from services.identity.sessions import SessionIssuer
 from services.identity.store import MIGRATIONS
@@ -30,6 +31,7 @@ async def identity_module(config: Config) -> ServiceModule:
         SessionIssuer(db, signer, config.auth),
         signer,
         config.auth,
+        RevocationFeed(),
         trust_forwarded_client=config.server.trust_forwarded_client,
     )
     return ServiceModule(

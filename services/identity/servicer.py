@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
+
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.identity import store
 from services.identity.accounts import Accounts
+from services.identity.revocations import RevocationFeed
 from services.identity.sessions import IssuedSession, SessionIssuer
 from services.identity.token_signing import PublishedKey, TokenSigner
 from services.identity.validation import check_username
 from services.runtime.client_address import client_address
 from services.runtime.config import AuthConfig
-from services.runtime.errors import invalid_field
+from services.runtime.errors import invalid_field, rate_limited
 from services.runtime.grpc_types import Context
 from services.runtime.principal import current_principal, require_user
+from services.runtime.ratelimit import RateLimiter
 from services.runtime.timestamps import to_timestamp
 
 
@@ -23,6 +28,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         sessions: SessionIssuer,
         signer: TokenSigner,
         auth: AuthConfig,
+        revocations: RevocationFeed,
         trust_forwarded_client: bool = False,
     ) -> None:
         self._trust_forwarded_client = trust_forwarded_client
@@ -30,10 +36,16 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._sessions = sessions
         self._signer = signer
         self._auth = auth
+        self._revocations = revocations
+        self._registrations = RateLimiter(auth.registrations_per_minute, 60.0)
 
     async def RegisterUser(
         self, request: identity_pb2.RegisterUserRequest, context: Context
     ) -> identity_pb2.RegisterUserResponse:
+        address = client_address(context, self._trust_forwarded_client)
+        wait = self._registrations.try_acquire(address)
+        if wait:
+            raise rate_limited(f"too many accounts registered from {address}; retry in {wait:.1f}s", wait)
         user, device = await self._accounts.register(request.username, request.user_signing_key, request.device)
         return identity_pb2.RegisterUserResponse(user=_user(user), device=_device(device))
 
@@ -73,7 +85,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     async def Logout(self, request: identity_pb2.LogoutRequest, context: Context) -> identity_pb2.LogoutResponse:
         caller = require_user()
-        revoked = await self._sessions.logout(caller.device_id, request.refresh_token)
+        revoked = await self._sessions.logout(caller.user_id, caller.device_id, request.refresh_token)
         return identity_pb2.LogoutResponse(revoked_sessions=revoked)
 
     async def WhoAmI(self, request: identity_pb2.WhoAmIRequest, context: Context) -> identity_pb2.WhoAmIResponse:
@@ -95,7 +107,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.AddDeviceRequest, context: Context
     ) -> identity_pb2.AddDeviceResponse:
         caller = require_user()
-        device = await self._accounts.add_device(caller.user_id, request.device)
+        device = await self._accounts.add_device(caller.user_id, caller.device_id, request.device)
         return identity_pb2.AddDeviceResponse(device=_device(device))
 
     async def ListDevices(
@@ -111,7 +123,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         caller = require_user()
         if not request.device_id:
             raise invalid_field("device_id", "is required")
-        device = await self._accounts.revoke_device(caller.user_id, request.device_id)
+        device = await self._accounts.revoke_device(caller.user_id, caller.device_id, request.device_id)
+        self._revocations.announce(device)
         return identity_pb2.RevokeDeviceResponse(device=_device(device))
 
     async def GetUser(self, request: identity_pb2.GetUserRequest, context: Context) -> identity_pb2.GetUserResponse:
@@ -131,6 +144,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         return identity_pb2.GetVerificationKeysResponse(
             keys=[_verification_key(k) for k in self._signer.published_keys()], issuer=self._auth.issuer
         )
+
+    async def WatchRevocations(
+        self, request: identity_pb2.WatchRevocationsRequest, context: Context
+    ) -> AsyncIterator[identity_pb2.WatchRevocationsResponse]:
+        # A token issued before a revocation lives at most this long after it.
+        window = self._auth.access_token_ttl_seconds + self._auth.clock_skew_seconds
+        async for response in self._revocations.watch(lambda: self._accounts.revoked_since(time.time() - window)):
+            yield response
 
     async def RotateSigningKey(
         self, request: identity_pb2.RotateSigningKeyRequest, context: Context

@@ -17,6 +17,7 @@ from nacl.encoding import RawEncoder
 from parley.api.v1 import errors_pb2
 from parley.crypto import identity as proofs
 from services.identity import store
+from services.identity.accounts import require_active_device
 from services.identity.token_signing import TokenSigner
 from services.runtime.config import AuthConfig
 from services.runtime.errors import ServiceError, not_found, rate_limited, unauthenticated
@@ -141,10 +142,11 @@ class SessionIssuer:
         token, row = await self._deferring_errors(rotate)
         return self._issue(row, token)
 
-    async def logout(self, device_id: str, refresh_token: str) -> int:
+    async def logout(self, user_id: str, device_id: str, refresh_token: str) -> int:
         now = self._clock()
 
         def revoke(db: sqlite_utils.Database) -> int:
+            require_active_device(db, user_id, device_id)
             if not refresh_token:
                 return store.revoke_device_sessions(db, device_id, now)
             row = store.refresh_token(db, hash_refresh_token(refresh_token))

@@ -179,6 +179,12 @@ def insert_device(db: sqlite_utils.Database, device: DeviceRow) -> None:
     _insert(db, "devices", device)
 
 
+def devices_revoked_since(db: sqlite_utils.Database, since: float) -> list[DeviceRow]:
+    return _all(
+        db, DeviceRow, _select(DeviceRow, "devices", "WHERE revoked_at >= ? ORDER BY revoked_at, device_id"), [since]
+    )
+
+
 def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> None:
     db.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL", [now, device_id])
 

@@ -12,7 +12,10 @@ import sqlite_utils
 from parley.api.v1 import errors_pb2
 from parley.room.v1 import room_pb2
 from services.room import store
-from services.runtime.errors import ServiceError, already_exists, not_found, permission_denied
+from services.room.allowance import SchemaAllowance
+from services.room.definitions import compile_rules, schema_bytes_of
+from services.room.history_client import RoomLogs
+from services.runtime.errors import ServiceError, already_exists, not_found, permission_denied, unavailable
 from services.runtime.principal import Principal
 from services.runtime.sqlite import SqliteDatabase
 
@@ -27,15 +30,34 @@ def room_not_found(room_id: str) -> ServiceError:
 
 
 class RoomRegistry:
-    def __init__(self, db: SqliteDatabase, declared: list[room_pb2.Room]) -> None:
+    """Every room; a run-time room's log in the history service is erased when it goes.
+
+    A deleted room's history is gone: deleting erases its log before the room
+    goes, and creating erases whatever a publish racing that deletion left,
+    so a room re-created with the same id starts a new log with a new epoch.
+    If the history service cannot be reached, neither happens (UNAVAILABLE).
+    """
+
+    def __init__(
+        self, db: SqliteDatabase, declared: list[room_pb2.Room], logs: RoomLogs, allowance: SchemaAllowance
+    ) -> None:
         self._db = db
+        self._logs = logs
+        self._allowance = allowance
         self._declared = {room.room_id for room in declared}
         self._rooms = {room.room_id: room for room in declared}
+        # Room ids being created or deleted: one change at a time per id.
+        self._changing: set[str] = set()
         self._watchers: set[asyncio.Queue[room_pb2.RoomChange | None]] = set()
 
     async def load(self) -> None:
-        for room in await self._db.run(store.all_rooms):
-            self._rooms.setdefault(room.room_id, room)
+        def read(db: sqlite_utils.Database) -> list[tuple[room_pb2.Room, int]]:
+            return [(room, schema_bytes_of(room)) for room in store.all_rooms(db)]
+
+        for room, size in await self._db.run(read):
+            if room.room_id not in self._rooms:
+                self._rooms[room.room_id] = room
+                self._allowance.record(room.room_id, room.creator, size)
 
     def get(self, room_id: str) -> room_pb2.Room:
         room = self._rooms.get(room_id)
@@ -51,17 +73,29 @@ class RoomRegistry:
         )
         return listed[:limit], len(listed) > limit
 
-    async def create(self, room: room_pb2.Room) -> room_pb2.Room:
-        now = time.time()
-
-        def insert(db: sqlite_utils.Database) -> bool:
-            return room.room_id not in self._declared and store.insert_room(db, room, now)
-
-        if room.room_id in self._rooms or not await self._db.transaction(insert):
+    async def create(self, room: room_pb2.Room, schema_bytes: int) -> room_pb2.Room:
+        """Creates a run-time room holding `schema_bytes` of JSON Schema (counted against its creator)."""
+        room_id = room.room_id
+        if room_id in self._rooms or room_id in self._declared or room_id in self._changing:
             raise already_exists(
-                errors_pb2.ERROR_REASON_ROOM_EXISTS, f"room {room.room_id!r} already exists", room_id=room.room_id
+                errors_pb2.ERROR_REASON_ROOM_EXISTS, f"room {room_id!r} already exists", room_id=room_id
             )
-        self._rooms[room.room_id] = room
+        self._allowance.take(room_id, room.creator, schema_bytes)
+        self._changing.add(room_id)
+        try:
+            await compile_rules(room)
+            await self._logs.drop_log(room_id)
+            now = time.time()
+            if not await self._db.transaction(lambda db: store.insert_room(db, room, now)):
+                raise already_exists(
+                    errors_pb2.ERROR_REASON_ROOM_EXISTS, f"room {room_id!r} already exists", room_id=room_id
+                )
+        except BaseException:
+            self._allowance.give_back(room_id)
+            raise
+        finally:
+            self._changing.discard(room_id)
+        self._rooms[room_id] = room
         self._announce(room_pb2.RoomChange(kind=CREATED, room=room))
         return room
 
@@ -75,9 +109,17 @@ class RoomRegistry:
             raise permission_denied(
                 errors_pb2.ERROR_REASON_NOT_CREATOR, f"only the creator of {room_id!r} may delete it"
             )
-        await self._db.transaction(lambda db: store.delete_room(db, room_id))
-        if self._rooms.pop(room_id, None) is None:
-            raise room_not_found(room_id)  # deleted by a concurrent call
+        if room_id in self._changing:
+            raise unavailable(f"room {room_id!r} is being deleted; try again")
+        self._changing.add(room_id)
+        try:
+            # The log first: if history cannot be reached, nothing changes.
+            await self._logs.drop_log(room_id)
+            await self._db.transaction(lambda db: store.delete_room(db, room_id))
+        finally:
+            self._changing.discard(room_id)
+        del self._rooms[room_id]
+        self._allowance.give_back(room_id)
         self._announce(room_pb2.RoomChange(kind=DELETED, room=room))
         return room
 

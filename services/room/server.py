@@ -6,10 +6,14 @@ from pathlib import Path
 
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services.room import definitions, store
+from services.room.allowance import SchemaAllowance
+from services.room.history_client import HistoryLogs
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
 from services.room.servicer import RoomServicer
 from services.runtime.config import Config
+from services.runtime.grpc_types import HealthStatus
+from services.runtime.peer_client import internal_secret
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
@@ -17,26 +21,44 @@ from services.runtime.telemetry import Telemetry
 SERVICE = room_pb2.DESCRIPTOR.services_by_name["RoomService"]
 
 
-async def room_module(config: Config) -> ServiceModule:
+async def room_module(config: Config, history_on_this_server: bool = False) -> ServiceModule:
+    """RoomService. It calls the history service at `peers.history`, or over a loopback
+    channel when the history service is on this same server (all-in-one)."""
     declared = [definitions.from_config(d, config.config_dir or Path.cwd()) for d in config.rooms]
+    await definitions.compile_declared(declared)
+    history = HistoryLogs(
+        config.server, internal_secret(config), "" if history_on_this_server else config.peers.history
+    )
     db = SqliteDatabase(config.server.data_dir / "room.sqlite3", store.MIGRATIONS)
     await db.open()
-    registry = RoomRegistry(db, declared)
+    registry = RoomRegistry(db, declared, history, SchemaAllowance(config.room_service.max_schema_bytes_per_user))
     try:
         await registry.load()
     except BaseException:
         await db.close()
         raise
-    servicer = RoomServicer(registry, Membership(), config.room_service.creations_per_hour)
+    servicer = RoomServicer(
+        registry, Membership(), config.room_service.creations_per_hour, config.room_service.max_schema_bytes_per_room
+    )
+
+    def start(health: HealthStatus, own_address: str) -> None:
+        if history_on_this_server:
+            history.address = own_address
+
+    async def close() -> None:
+        await history.close()
+        await db.close()
+
     return ServiceModule(
         services=[SERVICE],
         register=lambda server: room_pb2_grpc.add_RoomServiceServicer_to_server(servicer, server),
-        close=db.close,
+        close=close,
+        start=start,
     )
 
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:
-    """The room service alone; verification keys come from `peers.identity`."""
+    """The room service alone; verification keys come from `peers.identity`, history is at `peers.history`."""
     return await serve_modules(
         config, [room_module], process_name="room", identity_address=config.peers.identity, telemetry=telemetry
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from parley.room.v1 import room_pb2, room_pb2_grpc
@@ -13,13 +14,17 @@ from services.runtime.grpc_types import Context
 from services.runtime.paging import clamp_page_size, decode_page_token, encode_page_token
 from services.runtime.principal import current_principal
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.uncancellable import uncancellable
 
 
 class RoomServicer(room_pb2_grpc.RoomServiceServicer):
-    def __init__(self, registry: RoomRegistry, membership: Membership, creations_per_hour: int) -> None:
+    def __init__(
+        self, registry: RoomRegistry, membership: Membership, creations_per_hour: int, max_schema_bytes_per_room: int
+    ) -> None:
         self._registry = registry
         self._membership = membership
         self._creations = RateLimiter(creations_per_hour, 3600.0)
+        self._max_schema_bytes = max_schema_bytes_per_room
 
     def _with_size(self, room: room_pb2.Room) -> room_pb2.Room:
         sized = room_pb2.Room()
@@ -39,17 +44,26 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
 
     async def CreateRoom(self, request: room_pb2.CreateRoomRequest, context: Context) -> room_pb2.CreateRoomResponse:
         caller = current_principal()
-        room = definitions.from_request(request, creator=caller.user_id)
+        # Large schemas take a while to read and measure: not on the event loop.
+        room, schema_bytes = await asyncio.to_thread(
+            definitions.from_request, request, caller.user_id, self._max_schema_bytes
+        )
         if not caller.is_service:
             wait = self._creations.try_acquire(caller.user_id)
             if wait:
                 raise rate_limited("too many rooms created; try again later", wait)
-        return room_pb2.CreateRoomResponse(room=await self._registry.create(room))
+        return room_pb2.CreateRoomResponse(room=await self._registry.create(room, schema_bytes))
 
     async def DeleteRoom(self, request: room_pb2.DeleteRoomRequest, context: Context) -> room_pb2.DeleteRoomResponse:
         definitions.check_room_id(request.room_id)
-        await self._registry.delete(request.room_id, current_principal())
-        self._membership.drop_room(request.room_id)
+        caller = current_principal()
+
+        async def delete() -> None:
+            await self._registry.delete(request.room_id, caller)
+            self._membership.drop_room(request.room_id)
+
+        # Once its log is erased, the room goes too, members and all, even if the caller stops waiting.
+        await uncancellable(delete())
         return room_pb2.DeleteRoomResponse()
 
     async def ListParticipants(

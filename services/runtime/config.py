@@ -83,6 +83,8 @@ class AuthConfig:
     clock_skew_seconds: float = 5.0
     # Login challenges one username may request per minute from one address.
     challenges_per_minute: int = 30
+    # Accounts RegisterUser creates per minute for one client address (bursts up to this).
+    registrations_per_minute: int = 10
     # Backend credentials: name -> secret; sent as `svc:<name>:<secret>`.
     # Parley's own services call each other as INTERNAL_SERVICE ("parley"):
     # all-in-one mode makes that secret up, split mode needs it configured.
@@ -119,6 +121,12 @@ class GatewayConfig:
     events_per_window: int = 200
     window_seconds: int = 10
     max_rooms_per_connection: int = 100
+    # Open Connect streams one user may hold on this gateway.
+    max_connections_per_user: int = 100
+    # Subject subscriptions (exact or wildcard) one user may hold over all their streams.
+    max_subject_subscriptions_per_user: int = 1000
+    # Bytes queued for all connections together; past it the furthest behind are cut first.
+    max_outbound_bytes_total: int = 512 * MiB
     # A resume replays at most this many missed events; beyond, recovered=false.
     replay_cap: int = 1000
     # An ephemeral signal (typing) expires this long after it was last sent.
@@ -143,6 +151,10 @@ class HistoryConfig:
 class RoomServiceConfig:
     # Rooms one user may create per hour (services are not limited).
     creations_per_hour: int = 60
+    # JSON Schema bytes (as compact JSON) in one run-time room, and in all the
+    # live rooms one user created.
+    max_schema_bytes_per_room: int = 64 * 1024
+    max_schema_bytes_per_user: int = 256 * 1024
 
 
 @dataclasses.dataclass
@@ -277,6 +289,16 @@ def validate(config: Config) -> None:
             raise ConfigError(f"history.{name} must not be negative")
     if config.gateway.ephemeral_ttl_seconds <= 0:
         raise ConfigError("gateway.ephemeral_ttl_seconds must be positive")
+    for section, name in (
+        ("auth", "registrations_per_minute"),
+        ("gateway", "max_connections_per_user"),
+        ("gateway", "max_subject_subscriptions_per_user"),
+        ("gateway", "max_outbound_bytes_total"),
+        ("room_service", "max_schema_bytes_per_room"),
+        ("room_service", "max_schema_bytes_per_user"),
+    ):
+        if getattr(getattr(config, section), name) <= 0:
+            raise ConfigError(f"{section}.{name} must be positive")
     external = config.auth.external_jwt
     if external.enabled:
         if not external.audience:

@@ -23,6 +23,7 @@ from services.runtime import errors
 from services.runtime.grpc_types import Context, ServerInterceptor
 from services.runtime.methods import MethodInfo, MethodTable
 from services.runtime.principal import reset_principal, set_principal
+from services.runtime.request_checks import check_request
 from services.runtime.tokens import TokenVerifier
 
 log = logging.getLogger("parley.rpc")
@@ -134,6 +135,13 @@ def bearer_token(context: Context) -> str:
 
 
 def _decode(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
+    """A unary request, parsed and held to the rules every request obeys."""
+    request = _parse(raw, parse)
+    check_request(request)
+    return request
+
+
+def _parse(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
     try:
         return parse(raw)
     except (message.DecodeError, ValueError) as exc:
@@ -145,5 +153,7 @@ def _decode(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
 
 
 async def _decode_stream(requests: AsyncIterator[bytes], parse: Callable[[bytes], Any]) -> AsyncIterator[Any]:
+    # A stream's messages are checked by its handler (Connect's in CommandHandler.handle):
+    # a bad command gets a reply, where failing here would end the whole stream.
     async for raw in requests:
-        yield _decode(raw, parse)
+        yield _parse(raw, parse)

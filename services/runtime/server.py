@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import descriptor
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.metrics import Meter
 
 from services.runtime import uncancellable
 from services.runtime.channels import channel_options
@@ -55,6 +56,11 @@ class ServiceModule:
     # Called when a stop begins, before in-flight calls are given their grace:
     # ends the module's own long-lived streams and tells its clients to go.
     before_drain: Closer | None = None
+    # Given the server's token verifier before it starts (the gateway checks
+    # in-band token refreshes with it and tells it of revoked devices).
+    use_verifier: Callable[[TokenVerifier], None] | None = None
+    # Given the server's meter before it starts, to register the module's own metrics.
+    use_meter: Callable[[Meter], None] | None = None
 
 
 ModuleFactory = Callable[[Config], Awaitable[ServiceModule]]
@@ -170,6 +176,11 @@ async def build_server(
     hooks = Hooks(config.hooks)
     authenticate = functools.partial(hooks.call, "authenticate") if hooks.has("authenticate") else None
     verifier = TokenVerifier(config.auth, key_source, authenticate=authenticate)
+    for module in modules:
+        if module.use_verifier is not None:
+            module.use_verifier(verifier)
+        if module.use_meter is not None:
+            module.use_meter(telemetry.meter)
     server = grpc.aio.server(
         options=server_options(config),
         interceptors=_interceptors(MethodTable(described), telemetry, verifier),

@@ -11,12 +11,12 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import IO, Any
 
 import grpc
 from opentelemetry import propagate, trace
-from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -101,6 +101,15 @@ def setup_telemetry(
         SdkMeterProvider(resource=resource, metric_readers=readers) if readers else NoOpMeterProvider()
     )
     return Telemetry(tracer_provider, meter_provider, console)
+
+
+def observe_gauge(meter: Meter, name: str, read: Callable[[], float], *, unit: str, description: str) -> None:
+    """An observable gauge whose value is `read()` each time metrics are collected."""
+
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(read())]
+
+    meter.create_observable_gauge(name, callbacks=[observe], unit=unit, description=description)
 
 
 def _one_line_span(span: Any) -> str:

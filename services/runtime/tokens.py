@@ -18,6 +18,7 @@ from parley.hooks import Identity
 from services.runtime.config import AuthConfig
 from services.runtime.errors import ServiceError, unauthenticated
 from services.runtime.principal import Principal
+from services.runtime.revocations import RevokedDevices
 
 SERVICE_TOKEN_PREFIX = "svc:"
 log = logging.getLogger("parley.auth")
@@ -75,6 +76,8 @@ class TokenVerifier:
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
         self._external_key = _load_external_key(auth)
+        # A token lives at most its lifetime after the revocation of its device.
+        self.revoked_devices = RevokedDevices(2 * auth.access_token_ttl_seconds + auth.clock_skew_seconds, clock)
 
     async def verify(self, token: str) -> Principal:
         if token.startswith(SERVICE_TOKEN_PREFIX):
@@ -91,6 +94,8 @@ class TokenVerifier:
             claims = self._decode(token, cached.key, ["EdDSA"], issuer, audience=None, required=PARLEY_CLAIMS)
             if cached.expires_at is not None and float(claims["exp"]) > cached.expires_at:
                 raise unauthenticated(errors_pb2.ERROR_REASON_TOKEN_INVALID, "token outlives its (retired) signing key")
+            if str(claims.get("dev", "")) in self.revoked_devices:
+                raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, "the device of this token was revoked")
             return self._principal(claims, issuer)
         external = self._auth.external_jwt
         if external.enabled and issuer == external.issuer:

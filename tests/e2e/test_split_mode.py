@@ -16,12 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from parley import Client, EventChange, UnavailableError
 from parley.file.v1 import file_pb2, file_pb2_grpc
+from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from parley.room.v1 import room_pb2, room_pb2_grpc
+from tests.streams import Stream
 from tests.support import ServerProcess, bearer, error_reason, grpcurl, wait_until
 
-PEERS = ("identity", "room", "history", "file")
+PEERS = ("identity", "history", "room", "file")
 ROOMS_TOML = """
 [auth]
 challenges_per_minute = 6
@@ -226,6 +228,36 @@ async def test_rooms_and_events_through_the_gateway(cluster: Cluster) -> None:
         assert (kept.handle, kept.data) == (published.handle, {"text": "split hello, edited"})
         await sally.create_room("split-room")
         assert await asyncio.wait_for(created.get(), 5) == "split-room"
+
+
+async def test_revoking_a_device_cuts_it_off_through_the_gateway(cluster: Cluster) -> None:
+    async with Client(cluster.gateway, username="vera", key_file=cluster.tmp / "vera.json") as laptop:
+        phone = await laptop.add_device("phone")
+        async with Client(cluster.gateway, identity=phone, reconnect=False) as thief:
+            stolen = await thief.access_token()
+            async with grpc.aio.insecure_channel(cluster.gateway) as channel:
+                stream = await Stream(channel, stolen).open()
+                joined = await stream.command(join=gateway_pb2.JoinCommand(room_id="lobby"))
+                assert joined.status.code == 0, joined.status
+                await laptop.revoke_device(phone.device_id)
+                ended = await asyncio.wait_for(stream.ended, 10)
+                assert ended is not None
+                assert error_reason(ended) == "DEVICE_REVOKED"
+                identity = identity_pb2_grpc.IdentityServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await identity.RevokeDevice(
+                        identity_pb2.RevokeDeviceRequest(device_id=laptop.device_id), metadata=bearer(stolen)
+                    )
+                assert error_reason(refused.value) == "DEVICE_REVOKED"
+        # Straight to the identity process, past the gateway: its store refuses too.
+        async with grpc.aio.insecure_channel(cluster.processes["identity"].address) as channel:
+            identity = identity_pb2_grpc.IdentityServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await identity.RevokeDevice(
+                    identity_pb2.RevokeDeviceRequest(device_id=laptop.device_id), metadata=bearer(stolen)
+                )
+            assert error_reason(refused.value) == "DEVICE_REVOKED"
+        assert [d.device_id for d in await laptop.devices()] == [laptop.device_id]
 
 
 async def test_a_restarted_room_service_gets_the_memberships_back(cluster: Cluster) -> None:

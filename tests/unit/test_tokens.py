@@ -19,6 +19,7 @@ from parley.hooks import Identity
 from services.runtime.config import AuthConfig, ExternalJwtConfig
 from services.runtime.errors import ServiceError, unavailable
 from services.runtime.principal import Principal
+from services.runtime.revocations import RevokedDevices
 from services.runtime.tokens import PublishedKey, TokenVerifier, service_token
 from tests.support import FakeClock
 
@@ -444,3 +445,31 @@ async def test_authenticate_hook_cannot_name_an_empty_user(source: FakeKeySource
     with pytest.raises(ServiceError) as refused:
         await verifier.verify("whatever")
     assert refused.value.reason == "TOKEN_INVALID"
+
+
+# --- Revoked devices ---------------------------------------------------------------
+
+
+async def test_tokens_of_a_revoked_device_are_refused(
+    verifier: TokenVerifier, signing_key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    token = mint(signing_key, dev="d-stolen")
+    assert (await verifier.verify(token)).device_id == "d-stolen"
+    assert verifier.revoked_devices.add("d-stolen", clock())
+    assert not verifier.revoked_devices.add("d-stolen", clock())  # known already
+    error = await rejected(verifier, token)
+    assert error.reason == "DEVICE_REVOKED"
+    assert (await verifier.verify(mint(signing_key, dev="d-other"))).device_id == "d-other"
+
+
+def test_revoked_devices_are_forgotten_once_their_tokens_must_have_expired() -> None:
+    clock = FakeClock()
+    revoked = RevokedDevices(keep_seconds=600, clock=clock)
+    revoked.add("d-old", clock())
+    clock.advance(599)
+    revoked.add("d-new", clock())
+    assert "d-old" in revoked
+    clock.advance(2)
+    revoked.add("d-newer", clock())
+    assert "d-old" not in revoked
+    assert len(revoked) == 2

@@ -50,6 +50,19 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 FINAL_ENDINGS = frozenset(
     {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
 )
+# Ends a stream whose token expired: a new stream with a fresh token carries on.
+TOKEN_EXPIRED = "TOKEN_EXPIRED"
+# The token keeper refreshes this long before the stream's token expires (within
+# REFRESH_MARGIN_SECONDS, so access_token() gets a new one), and retries this often.
+TOKEN_KEEPER_LEAD_SECONDS = REFRESH_MARGIN_SECONDS - 5.0
+TOKEN_KEEPER_RETRY_SECONDS = 2.0
+
+
+def _is_final(error: ParleyError | None) -> bool:
+    """A stream ending the client does not recover from by opening another one."""
+    return error is not None and error.code in FINAL_ENDINGS and error.reason != TOKEN_EXPIRED
+
+
 # Worth trying again on a new stream.
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 # A stream that stayed up this long resets the backoff.
@@ -117,6 +130,8 @@ class Client:
         self._reconnector: asyncio.Task[None] | None = None
         self._reconnect_attempt = 0
         self._stream_opened_at = 0.0
+        # Hands the open stream a fresh access token before the one it runs on expires.
+        self._token_keeper: asyncio.Task[None] | None = None
         self._callbacks: dict[str, list[Callable[..., Any]]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
         self.message = Messages(self)
@@ -149,6 +164,9 @@ class Client:
         if self._reconnector is not None:  # it may hold the stream lock while it opens a stream
             self._reconnector.cancel()
             await asyncio.gather(self._reconnector, return_exceptions=True)
+        if self._token_keeper is not None:
+            self._token_keeper.cancel()
+            await asyncio.gather(self._token_keeper, return_exceptions=True)
         async with self._stream_lock:  # no stream opens while this one closes
             self._closing = True
             self._leave_behind(list(self._to_rejoin.values()))
@@ -503,9 +521,37 @@ class Client:
                 stream = ConnectStream(self._open_channel(), await self.access_token(), self._on_frame, self._on_end)
                 welcome = await stream.open()
                 self._stream, self._stream_opened_at = stream, time.monotonic()
+                if self._token_keeper is not None:
+                    self._token_keeper.cancel()
+                self._token_keeper = asyncio.get_running_loop().create_task(
+                    self._keep_token_fresh(stream, welcome.token_expire_time_ms / 1000)
+                )
                 await self.message.resubscribe(stream)
                 self._fire("connect", welcome)
             return stream
+
+    async def _keep_token_fresh(self, stream: ConnectStream, expires_at: float) -> None:
+        """Sends the stream a RefreshCommand shortly before its token expires, for as long as it is open.
+
+        The server ends a stream whose token expired (TOKEN_EXPIRED); a failed
+        refresh is tried again until then, and a stream that ends anyway is
+        reopened with a fresh token like any other ending.
+        """
+        while expires_at and self._stream is stream:
+            left = expires_at - time.time()
+            # Halfway through a short-lived token, rather than refreshing at once again and again.
+            await asyncio.sleep(max(0.0, left - TOKEN_KEEPER_LEAD_SECONDS, left / 2))
+            if self._stream is not stream:
+                return
+            try:
+                token = await self.access_token()
+                reply = await stream.command(refresh=gateway_pb2.RefreshCommand(access_token=token))
+                expires_at = reply.refresh.token_expire_time_ms / 1000
+            except ParleyError as exc:
+                if self._stream is not stream:
+                    return
+                log.warning("could not hand the stream a fresh token: %s", exc)
+                await asyncio.sleep(TOKEN_KEEPER_RETRY_SECONDS)
 
     def _on_frame(self, frame: gateway_pb2.ConnectResponse) -> None:
         kind = frame.WhichOneof("frame")
@@ -559,7 +605,7 @@ class Client:
             self._reconnect_attempt = 0  # it held: the next reconnection starts with a short wait again
         self._stream = None
         rooms, self._rooms = self._rooms, {}
-        if self._reconnect and not self._closing and not (error is not None and error.code in FINAL_ENDINGS):
+        if self._reconnect and not self._closing and not _is_final(error):
             # The same room handles carry on once joined again: iterators stay open.
             for room in rooms.values():
                 room.suspend()

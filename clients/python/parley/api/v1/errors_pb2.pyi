@@ -72,6 +72,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_PAYLOAD_TOO_LARGE: _ErrorReason.ValueType  # 61
     ERROR_REASON_SLOW_CONSUMER: _ErrorReason.ValueType  # 62
     ERROR_REASON_TOO_MANY_ROOMS: _ErrorReason.ValueType  # 63
+    ERROR_REASON_TOO_MANY_CONNECTIONS: _ErrorReason.ValueType  # 64
+    """A user has more open Connect streams than gateway.max_connections_per_user."""
+    ERROR_REASON_TOO_MANY_SUBSCRIPTIONS: _ErrorReason.ValueType  # 65
+    """A user holds more subject subscriptions than gateway.max_subject_subscriptions_per_user."""
+    ERROR_REASON_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 66
+    """A per-user allowance is used up (e.g. bytes of JSON Schema in the rooms a user created)."""
     ERROR_REASON_SERVICE_UNAVAILABLE: _ErrorReason.ValueType  # 70
     """UNAVAILABLE: a peer service cannot be reached; retry later."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 80
@@ -136,6 +142,12 @@ ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 60
 ERROR_REASON_PAYLOAD_TOO_LARGE: ErrorReason.ValueType  # 61
 ERROR_REASON_SLOW_CONSUMER: ErrorReason.ValueType  # 62
 ERROR_REASON_TOO_MANY_ROOMS: ErrorReason.ValueType  # 63
+ERROR_REASON_TOO_MANY_CONNECTIONS: ErrorReason.ValueType  # 64
+"""A user has more open Connect streams than gateway.max_connections_per_user."""
+ERROR_REASON_TOO_MANY_SUBSCRIPTIONS: ErrorReason.ValueType  # 65
+"""A user holds more subject subscriptions than gateway.max_subject_subscriptions_per_user."""
+ERROR_REASON_QUOTA_EXCEEDED: ErrorReason.ValueType  # 66
+"""A per-user allowance is used up (e.g. bytes of JSON Schema in the rooms a user created)."""
 ERROR_REASON_SERVICE_UNAVAILABLE: ErrorReason.ValueType  # 70
 """UNAVAILABLE: a peer service cannot be reached; retry later."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 80

@@ -257,10 +257,16 @@ class Welcome(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     SERVER_TIME_MS_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRE_TIME_MS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     user_id: _builtins.str
     device_id: _builtins.str
     server_time_ms: _builtins.int
+    token_expire_time_ms: _builtins.int
+    """When the access token this stream runs on expires (ms since the Unix
+    epoch; 0 for tokens without an expiry). The stream ends then with
+    TOKEN_EXPIRED unless a RefreshCommand brings a newer token first.
+    """
     @_builtins.property
     def limits(self) -> Global___Limits: ...
     def __init__(
@@ -271,10 +277,11 @@ class Welcome(_message.Message):
         device_id: _builtins.str = ...,
         limits: Global___Limits | None = ...,
         server_time_ms: _builtins.int = ...,
+        token_expire_time_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "limits", b"limits", "server_time_ms", b"server_time_ms", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "limits", b"limits", "server_time_ms", b"server_time_ms", "session_id", b"session_id", "token_expire_time_ms", b"token_expire_time_ms", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,6 +654,7 @@ class ConnectRequest(_message.Message):
     EDIT_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
     EPHEMERAL_FIELD_NUMBER: _builtins.int
+    REFRESH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Chosen by the client; echoed in the Reply. Required."""
     @_builtins.property
@@ -673,6 +681,8 @@ class ConnectRequest(_message.Message):
     def delete(self) -> Global___DeleteCommand: ...
     @_builtins.property
     def ephemeral(self) -> Global___EphemeralCommand: ...
+    @_builtins.property
+    def refresh(self) -> Global___RefreshCommand: ...
     def __init__(
         self,
         *,
@@ -689,16 +699,60 @@ class ConnectRequest(_message.Message):
         edit: Global___EditCommand | None = ...,
         delete: Global___DeleteCommand | None = ...,
         ephemeral: Global___EphemeralCommand | None = ...,
+        refresh: Global___RefreshCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete", "ephemeral"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete", "ephemeral", "refresh"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class RefreshCommand(_message.Message):
+    """Hands the stream a fresh access token (from IdentityService.RefreshToken)
+    for the same user and device, before the current one expires.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    access_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        access_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshCommand: _TypeAlias = RefreshCommand  # noqa: Y015
+
+@_typing.final
+class RefreshResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_EXPIRE_TIME_MS_FIELD_NUMBER: _builtins.int
+    token_expire_time_ms: _builtins.int
+    """When the new token expires; the stream now lasts until then."""
+    def __init__(
+        self,
+        *,
+        token_expire_time_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_expire_time_ms", b"token_expire_time_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshResult: _TypeAlias = RefreshResult  # noqa: Y015
 
 @_typing.final
 class EditCommand(_message.Message):
@@ -917,6 +971,7 @@ class Reply(_message.Message):
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
     PUBLISH_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
+    REFRESH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def status(self) -> _status_pb2.Status: ...
@@ -930,6 +985,8 @@ class Reply(_message.Message):
     def changed(self) -> Global___EventChanged:
         """For edit and delete: the change, as the room's members get it."""
 
+    @_builtins.property
+    def refresh(self) -> Global___RefreshResult: ...
     def __init__(
         self,
         *,
@@ -939,12 +996,13 @@ class Reply(_message.Message):
         subscription: Global___SubscriptionResult | None = ...,
         publish: Global___PublishResult | None = ...,
         changed: Global___EventChanged | None = ...,
+        refresh: Global___RefreshResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "join", b"join", "publish", b"publish", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "join", b"join", "publish", b"publish", "refresh", b"refresh", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "join", b"join", "publish", b"publish", "request_id", b"request_id", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "join", b"join", "publish", b"publish", "refresh", b"refresh", "request_id", b"request_id", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["join", "subscription", "publish", "changed"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["join", "subscription", "publish", "changed", "refresh"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

@@ -77,6 +77,11 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.SetRetentionRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.SetRetentionResponse.FromString,
                 _registered_method=True)
+        self.DropLog = channel.unary_unary(
+                '/parley.history.v1.HistoryService/DropLog',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -153,6 +158,16 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DropLog(self, request, context):
+        """Erases a room's log: its events, idempotency keys, retention and epoch.
+        The room service calls it when a room is deleted (and before one is
+        created), so a room re-created with the same id starts a new log with a
+        new epoch and nobody can read the old one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +210,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.SetRetention,
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.SetRetentionRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.SetRetentionResponse.SerializeToString,
+            ),
+            'DropLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropLog,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +436,33 @@ class HistoryService:
             '/parley.history.v1.HistoryService/SetRetention',
             parley_dot_history_dot_v1_dot_history__pb2.SetRetentionRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.SetRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/DropLog',
+            parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,12 @@ class HistoryServiceStub:
     room definitions, so a limit lifted or lowered applies at once, not only
     when its event is next published.
     """
+    DropLog: _grpc.UnaryUnaryMultiCallable[_history_pb2.DropLogRequest, _history_pb2.DropLogResponse]
+    """Erases a room's log: its events, idempotency keys, retention and epoch.
+    The room service calls it when a room is deleted (and before one is
+    created), so a room re-created with the same id starts a new log with a
+    new epoch and nobody can read the old one.
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -112,6 +118,12 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     background pruner applies it. Gateways call it whenever they read the
     room definitions, so a limit lifted or lowered applies at once, not only
     when its event is next published.
+    """
+    DropLog: _aio.UnaryUnaryMultiCallable[_history_pb2.DropLogRequest, _history_pb2.DropLogResponse]  # type: ignore[assignment]
+    """Erases a room's log: its events, idempotency keys, retention and epoch.
+    The room service calls it when a room is deleted (and before one is
+    created), so a room re-created with the same id starts a new log with a
+    new epoch and nobody can read the old one.
     """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -200,6 +212,18 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         background pruner applies it. Gateways call it whenever they read the
         room definitions, so a limit lifted or lowered applies at once, not only
         when its event is next published.
+        """
+
+    @_abc_1.abstractmethod
+    def DropLog(
+        self,
+        request: _history_pb2.DropLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.DropLogResponse, _abc.Awaitable[_history_pb2.DropLogResponse]]:
+        """Erases a room's log: its events, idempotency keys, retention and epoch.
+        The room service calls it when a room is deleted (and before one is
+        created), so a room re-created with the same id starts a new log with a
+        new epoch and nobody can read the old one.
         """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

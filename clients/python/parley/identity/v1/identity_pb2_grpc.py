@@ -100,6 +100,11 @@ class IdentityServiceStub:
                 request_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.RotateSigningKeyRequest.SerializeToString,
                 response_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.RotateSigningKeyResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/parley.identity.v1.IdentityService/WatchRevocations',
+                request_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -200,6 +205,15 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """Revoked devices whose access tokens may still be unexpired (the snapshot),
+        then every revocation as it happens. Gateways follow it to end the
+        streams of a revoked device at once and to refuse its remaining tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +276,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.RotateSigningKey,
                     request_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.RotateSigningKeyRequest.FromString,
                     response_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.RotateSigningKeyResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -594,6 +613,33 @@ class IdentityService:
             '/parley.identity.v1.IdentityService/RotateSigningKey',
             parley_dot_identity_dot_v1_dot_identity__pb2.RotateSigningKeyRequest.SerializeToString,
             parley_dot_identity_dot_v1_dot_identity__pb2.RotateSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.identity.v1.IdentityService/WatchRevocations',
+            parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsRequest.SerializeToString,
+            parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

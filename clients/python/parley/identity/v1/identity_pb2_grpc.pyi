@@ -73,6 +73,11 @@ class IdentityServiceStub:
     """Starts signing tokens with a fresh key; older keys stay published until
     the tokens they signed have expired.
     """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_identity_pb2.WatchRevocationsRequest, _identity_pb2.WatchRevocationsResponse]
+    """Revoked devices whose access tokens may still be unexpired (the snapshot),
+    then every revocation as it happens. Gateways follow it to end the
+    streams of a revoked device at once and to refuse its remaining tokens.
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -118,6 +123,11 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.RotateSigningKeyRequest, _identity_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
     """Starts signing tokens with a fresh key; older keys stay published until
     the tokens they signed have expired.
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_identity_pb2.WatchRevocationsRequest, _identity_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """Revoked devices whose access tokens may still be unexpired (the snapshot),
+    then every revocation as it happens. Gateways follow it to end the
+    streams of a revoked device at once and to refuse its remaining tokens.
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -233,6 +243,17 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.RotateSigningKeyResponse, _abc.Awaitable[_identity_pb2.RotateSigningKeyResponse]]:
         """Starts signing tokens with a fresh key; older keys stay published until
         the tokens they signed have expired.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _identity_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_identity_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_identity_pb2.WatchRevocationsResponse]]:
+        """Revoked devices whose access tokens may still be unexpired (the snapshot),
+        then every revocation as it happens. Gateways follow it to end the
+        streams of a revoked device at once and to refuse its remaining tokens.
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

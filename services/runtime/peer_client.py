@@ -1,4 +1,4 @@
-"""The gateway's calls to other Parley services, as Parley's own service."""
+"""Calls from one Parley service to another, as Parley's own service."""
 
 from __future__ import annotations
 
@@ -9,12 +9,23 @@ import grpc
 
 from parley.errors import error_info
 from services.runtime.channels import open_channel
-from services.runtime.config import INTERNAL_SERVICE, ServerConfig
+from services.runtime.config import INTERNAL_SERVICE, Config, ConfigError, ServerConfig
 from services.runtime.errors import ServiceError, unavailable
 from services.runtime.tokens import service_token
 
 T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 10.0
+
+
+def internal_secret(config: Config) -> str:
+    """The shared secret Parley's services call each other with (`auth.service_credentials`)."""
+    secret = config.auth.service_credentials.get(INTERNAL_SERVICE, "")
+    if not secret:
+        raise ConfigError(
+            f"auth.service_credentials needs a {INTERNAL_SERVICE!r} entry shared by every service in split mode, "
+            f"e.g. PARLEY_AUTH_SERVICE_CREDENTIALS={INTERNAL_SERVICE}=<secret>"
+        )
+    return secret
 
 
 def relay(exc: grpc.aio.AioRpcError, what: str) -> ServiceError:
@@ -38,6 +49,9 @@ class PeerClient:
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
+            if not self.address:
+                # A peer on this server is dialled once the server has started.
+                raise unavailable("the service is starting; try again")
             self._channel = open_channel(self.address, self._server)
         return self._channel
 

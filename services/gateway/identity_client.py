@@ -1,0 +1,19 @@
+"""The gateway's calls to the identity service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from parley.identity.v1 import identity_pb2, identity_pb2_grpc
+from services.runtime.peer_client import PeerClient
+
+
+class IdentityClient(PeerClient):
+    async def watch_revocations(self) -> AsyncIterator[identity_pb2.WatchRevocationsResponse]:
+        stub = identity_pb2_grpc.IdentityServiceStub(self.channel)
+        call = stub.WatchRevocations(identity_pb2.WatchRevocationsRequest(), metadata=self.metadata)
+        try:
+            async for response in call:
+                yield response
+        finally:
+            call.cancel()

@@ -1,0 +1,123 @@
+"""Streams that never read cannot together hold more than gateway.max_outbound_bytes_total."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from parley import Client
+from parley.gateway.v1 import gateway_pb2
+from parley.values import to_value as value
+from services import allinone
+from services.runtime.config import RoomDefinition
+from services.runtime.telemetry import setup_telemetry
+from tests.streams import Stream, stream
+from tests.support import make_config, running, wait_until
+
+TOTAL_CAP = 600_000
+EVENTS_PER_COMMAND = 50
+PAYLOAD = "x" * 1000  # about 1.1 kB an event in an outbox
+
+
+def outbox_bytes(reader: InMemoryMetricReader) -> int:
+    data = reader.get_metrics_data()
+    assert data is not None
+    (point,) = [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "parley.gateway.outbox.bytes"
+        for point in metric.data.data_points
+    ]
+    return int(point.value)  # type: ignore[attr-defined]
+
+
+@contextlib.asynccontextmanager
+async def stalled_stream(address: str, client: Client) -> AsyncIterator[Stream]:
+    """A stream that joins the firehose and then reads nothing, on a channel of its own."""
+    # No BDP probing: a client that does not read keeps a small flow-control window.
+    async with grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        stalled = await Stream(channel, await client.access_token()).open(read=False)
+        stalled.send_raw(gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose")))
+        try:
+            yield stalled
+        finally:
+            await stalled.close()
+
+
+async def test_the_streams_furthest_behind_are_cut_when_all_outboxes_pass_the_cap(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    config = make_config(
+        data_dir,
+        rooms=[RoomDefinition(id="firehose")],
+        # Each stream alone stays far below its own cap; only the total is at stake.
+        **{"gateway.max_outbound_bytes_total": TOTAL_CAP, "gateway.events_per_window": 1_000_000},
+    )
+    reader = InMemoryMetricReader()
+    telemetry = setup_telemetry(config.telemetry, "parley-test", metric_reader=reader)
+    async with running(allinone.create_server, config, telemetry=telemetry) as (_, address):
+        names = ("pubr", "fast", "behind", "later1", "later2")
+        clients = [Client(address, username=name, key_file=tmp_path / f"{name}.json") for name in names]
+        async with contextlib.AsyncExitStack() as stack:
+            pub, fast, behind, late_1, late_2 = [await stack.enter_async_context(c) for c in clients]
+            publisher = await stack.enter_async_context(stream(address, await pub.access_token()))
+            healthy = await stack.enter_async_context(stream(address, await fast.access_token()))
+            await publisher.join("firehose")
+            await healthy.join("firehose")
+            received: list[gateway_pb2.Event] = []
+            sent = 0
+
+            async def joined(client: Client) -> None:
+                while (await publisher.next_other("presence")).presence.user_id != client.user_id:
+                    pass
+
+            async def publish(commands: int) -> None:
+                nonlocal sent
+                events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
+                for _ in range(commands):
+                    command = gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
+                    await publisher.ok(publish=command)
+                    sent += EVENTS_PER_COMMAND
+                    # The reading client takes every burst as it comes.
+                    received.extend([await healthy.next_event() for _ in range(EVENTS_PER_COMMAND)])
+                    assert outbox_bytes(reader) <= TOTAL_CAP
+
+            # One stream falls far behind alone (about 0.5 MB, under the cap)...
+            far_behind = await stack.enter_async_context(stalled_stream(address, behind))
+            await joined(behind)
+            await publish(9)
+            assert outbox_bytes(reader) > 200_000
+            # ...then two more stop reading too, and together they pass the cap.
+            later = [await stack.enter_async_context(stalled_stream(address, c)) for c in (late_1, late_2)]
+            for client in (late_1, late_2):
+                await joined(client)
+            await publish(5)
+
+            assert [e.seq for e in received] == list(range(1, sent + 1))
+            assert not healthy.ended.done()
+
+            far_behind.start_reading()
+            go_away = await far_behind.next_other("go_away", within=10)
+            assert go_away.go_away.status.reason == "SLOW_CONSUMER"
+            error = await asyncio.wait_for(far_behind.ended, 10)
+            assert error is not None
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+            # The two that fell behind less were kept: they read everything since they joined.
+            for stalled in later:
+                stalled.start_reading()
+                seqs = [(await stalled.next_event(within=5)).seq]
+                while seqs[-1] < sent:
+                    seqs.append((await stalled.next_event(within=5)).seq)
+                assert seqs == list(range(seqs[0], sent + 1))
+                others = [stalled.others.get_nowait() for _ in range(stalled.others.qsize())]
+                assert "go_away" not in [f.WhichOneof("frame") for f in others]
+                assert not stalled.ended.done()
+            await wait_until(lambda: outbox_bytes(reader) == 0, within=5)

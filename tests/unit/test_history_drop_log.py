@@ -1,0 +1,72 @@
+"""DropLog among concurrent appends: the store and the hot buffer agree, and the next log has a new epoch."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from parley.history.v1 import history_pb2
+from parley.values import to_value
+from services.history.server import history_parts
+from services.history.servicer import HistoryServicer
+from tests.support import make_config
+
+
+def append(servicer: HistoryServicer, n: int) -> asyncio.Future[history_pb2.AppendEventsResponse]:
+    event = history_pb2.NewEvent(event="m", payload=to_value(n), sender="u", handle=f"h{n}", idempotency_key=f"k{n}")
+    return asyncio.ensure_future(servicer.append(history_pb2.AppendEventsRequest(room_id="r", events=[event])))
+
+
+async def held_page(servicer: HistoryServicer) -> history_pb2.ListEventsResponse:
+    encoded = await servicer.ListEvents(history_pb2.ListEventsRequest(room_id="r"), None)  # type: ignore[arg-type]
+    return history_pb2.ListEventsResponse.FromString(encoded)
+
+
+async def test_appends_before_a_drop_go_with_it_and_later_ones_start_a_new_log(tmp_path: Path) -> None:
+    module, servicer = await history_parts(make_config(tmp_path))
+    try:
+        first = await append(servicer, 0)
+        assert [e.handle for e in (await held_page(servicer)).events] == ["h0"]  # the room is held in memory
+        before = [append(servicer, n) for n in range(1, 6)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # their group commit is on the database thread
+        dropping = asyncio.ensure_future(servicer.drop_log(history_pb2.DropLogRequest(room_id="r")))
+        await asyncio.sleep(0)
+        after = [append(servicer, n) for n in range(6, 11)]
+        old = await asyncio.gather(*before)
+        dropped = await dropping
+        new = await asyncio.gather(*after)
+
+        assert {r.epoch for r in old} == {first.epoch}
+        assert dropped.dropped_events == 6
+        assert {r.epoch for r in new} != {first.epoch}
+        assert [r.appended[0].seq for r in new] == [1, 2, 3, 4, 5]
+        stored = await servicer.since(history_pb2.ListEventsSinceRequest(room_id="r"))
+        held = await held_page(servicer)
+        assert [e.handle for e in stored.events] == [f"h{n}" for n in range(6, 11)]
+        assert [e.handle for e in held.events] == [f"h{n}" for n in range(10, 5, -1)]
+        assert (held.epoch, held.last_seq) == (stored.epoch, stored.last_seq) == (new[0].epoch, 5)
+        # The idempotency keys went with the log: a retry of an old event is a new one.
+        again = await append(servicer, 1)
+        assert (again.appended[0].seq, again.appended[0].duplicate) == (6, False)
+    finally:
+        assert module.close is not None
+        await module.close()
+
+
+async def test_a_cancelled_drop_still_empties_the_hot_buffer(tmp_path: Path) -> None:
+    module, servicer = await history_parts(make_config(tmp_path))
+    try:
+        await append(servicer, 0)
+        assert len((await held_page(servicer)).events) == 1
+        dropping = asyncio.ensure_future(servicer.drop_log(history_pb2.DropLogRequest(room_id="r")))
+        await asyncio.sleep(0)  # the transaction is under way on the database thread
+        dropping.cancel()
+        await asyncio.sleep(0.2)
+        held = await held_page(servicer)
+        state = await servicer.GetLogState(history_pb2.GetLogStateRequest(room_id="r"), None)  # type: ignore[arg-type]
+        assert (list(held.events), held.epoch) == ([], "")
+        assert (state.state.epoch, state.state.last_seq) == ("", 0)
+    finally:
+        assert module.close is not None
+        await module.close()
