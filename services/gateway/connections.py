@@ -107,18 +107,21 @@ class ConnectionRegistry:
     def __init__(self) -> None:
         self._by_session: dict[str, Connection] = {}
         self._by_user: dict[str, set[Connection]] = defaultdict(set)
+        self._by_device: dict[str, set[Connection]] = defaultdict(set)
 
     def add(self, connection: Connection) -> None:
         self._by_session[connection.session_id] = connection
         self._by_user[connection.user_id].add(connection)
+        self._by_device[connection.device_id].add(connection)
 
     def remove(self, connection: Connection) -> None:
         self._by_session.pop(connection.session_id, None)
-        mine = self._by_user.get(connection.user_id)
-        if mine is not None:
-            mine.discard(connection)
-            if not mine:
-                del self._by_user[connection.user_id]
+        for index, key in ((self._by_user, connection.user_id), (self._by_device, connection.device_id)):
+            mine = index.get(key)
+            if mine is not None:
+                mine.discard(connection)
+                if not mine:
+                    del index[key]
 
     def get(self, session_id: str) -> Connection | None:
         return self._by_session.get(session_id)
@@ -130,7 +133,7 @@ class ConnectionRegistry:
         return len(self._by_user.get(user_id, ()))
 
     def of_device(self, device_id: str) -> list[Connection]:
-        return [c for c in self._by_session.values() if c.device_id == device_id]
+        return list(self._by_device.get(device_id, ()))
 
     def all(self) -> list[Connection]:
         return list(self._by_session.values())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import sys
-import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -33,43 +32,80 @@ class SlowConsumer(Exception):
     """The connection fell behind by more than its outbox, or all outboxes together, allow."""
 
 
-_FURTHEST_BEHIND = "this connection was furthest behind when the server's streams together held more than {} bytes"
+_FURTHEST_BEHIND = (
+    "this connection was among the furthest behind when the server's streams together held more than {} bytes"
+)
+# What queueing one item costs beyond its bytes (a deque slot and a tuple), so
+# that many streams holding one shared event are not counted as free.
+ITEM_OVERHEAD_BYTES = 64
 
 
 class OutboxBudget:
-    """The bytes held in all the outboxes of a gateway, kept under `max_bytes`.
+    """The memory held for all the streams of a gateway, kept under `max_bytes`.
 
-    The total is kept up to date on every put and flush; who is furthest
-    behind is only looked for when a put would pass the cap.
+    An event is encoded once and queued for every recipient: its bytes are
+    counted once, however many outboxes hold it (plus a small cost per queued
+    item), for as long as any holds it — queued, or handed to the stream and
+    not yet written. The total is exact at all times (the metric reads it);
+    who is furthest behind is only looked for when a put would pass the cap,
+    and then enough is cut to get back under three quarters of it, so a burst
+    of puts past the cap does not search again and again.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.total_bytes = 0
-        # Weak: a stream that ends with frames still queued drops its outbox,
-        # and those bytes stop counting once it is collected (see held_bytes).
-        self._outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
+        # id(data) -> [holders, size]; a holder keeps `data` alive, so its id stays its own.
+        self._held: dict[int, list[int]] = {}
+        self._outboxes: set[Outbox] = set()
 
     def track(self, outbox: Outbox) -> None:
         self._outboxes.add(outbox)
 
-    def held_bytes(self) -> int:
-        """Recounts the total from the outboxes that still exist."""
-        self.total_bytes = sum(outbox.pending_bytes for outbox in self._outboxes)
-        return self.total_bytes
+    def forget(self, outbox: Outbox) -> None:
+        self._outboxes.discard(outbox)
 
-    def make_room(self, outbox: Outbox, size: int) -> bool:
-        """Cuts the outboxes furthest behind until `size` more bytes fit; False if `outbox` itself was cut."""
+    def charge(self, data: bytes) -> None:
+        entry = self._held.get(id(data))
+        if entry is None:
+            self._held[id(data)] = [1, len(data)]
+            self.total_bytes += len(data) + ITEM_OVERHEAD_BYTES
+        else:
+            entry[0] += 1
+            self.total_bytes += ITEM_OVERHEAD_BYTES
+
+    def discharge(self, data: bytes) -> None:
+        entry = self._held[id(data)]
+        entry[0] -= 1
+        self.total_bytes -= ITEM_OVERHEAD_BYTES
+        if not entry[0]:
+            del self._held[id(data)]
+            self.total_bytes -= entry[1]
+
+    def make_room(self, outbox: Outbox, data: bytes) -> bool:
+        """Cuts the outboxes furthest behind until `data` fits; False if `outbox` itself was cut."""
+        size = ITEM_OVERHEAD_BYTES + (0 if id(data) in self._held else len(data))
         if self.total_bytes + size <= self.max_bytes:
             return True
         if size > self.max_bytes:
             outbox.cut(SlowConsumer(f"a single frame is larger than the {self.max_bytes} bytes all streams may hold"))
             return False
-        if self.held_bytes() + size <= self.max_bytes:
-            return True
+        if not self._cut_down(min(self.max_bytes - size, self.max_bytes * 3 // 4), outbox):
+            return False
+        if self.total_bytes + size > self.max_bytes:  # nobody else holds anything to cut
+            outbox.cut(SlowConsumer(_FURTHEST_BEHIND.format(self.max_bytes)))
+            return False
+        return True
+
+    def settle(self, outbox: Outbox) -> bool:
+        """After `outbox` built its frames (its own copies of shared events): back under the cap, cutting the
+        furthest behind; False if `outbox` itself was cut."""
+        return self.total_bytes <= self.max_bytes or self._cut_down(self.max_bytes * 3 // 4, outbox)
+
+    def _cut_down(self, target: int, outbox: Outbox) -> bool:
         behind = [(-o.pending_bytes, n, o) for n, o in enumerate(self._outboxes) if o.pending_bytes]
         heapq.heapify(behind)
-        while behind and self.total_bytes + size > self.max_bytes:
+        while behind and self.total_bytes > target:
             _, _, victim = heapq.heappop(behind)
             victim.cut(SlowConsumer(_FURTHEST_BEHIND.format(self.max_bytes)))
             if victim is outbox:
@@ -106,6 +142,8 @@ class FlushScheduler:
 
 
 class Outbox:
+    """One stream's queue. Frames taken by `next_frames` count until `sent` says they were written."""
+
     def __init__(
         self,
         scheduler: FlushScheduler,
@@ -119,6 +157,8 @@ class Outbox:
         self._max_frame_bytes = max_frame_bytes
         self._on_overflow = on_overflow
         self._items: deque[tuple[int, bytes]] = deque()
+        # Frames handed to the stream and not yet written (a reader that stopped holds them).
+        self._in_flight: deque[bytes] = deque()
         self._bytes = 0
         self._ready = asyncio.Event()
         self._closed = False
@@ -127,6 +167,7 @@ class Outbox:
 
     @property
     def pending_bytes(self) -> int:
+        """Bytes queued or in flight for this stream (shared ones counted in full: how far behind it is)."""
         return self._bytes
 
     def put(self, kind: int, data: bytes, *, urgent: bool = False) -> bool:
@@ -136,24 +177,33 @@ class Outbox:
         if self._bytes + len(data) > self._max_bytes:
             self.cut(SlowConsumer(f"this connection fell more than {self._max_bytes} bytes behind"))
             return False
-        if not self._budget.make_room(self, len(data)):
+        if not self._budget.make_room(self, data):
             return False
         self._items.append((kind, data))
         self._bytes += len(data)
-        self._budget.total_bytes += len(data)
+        self._budget.charge(data)
         if urgent:
             self._ready.set()
         else:
             self._scheduler.mark(self)
         return True
 
+    def sent(self, frame: bytes) -> None:
+        """A frame from `next_frames` was written to the stream."""
+        if self._in_flight and self._in_flight[0] is frame:
+            self._in_flight.popleft()
+            self._bytes -= len(frame)
+            self._budget.discharge(frame)
+
     def cut(self, error: SlowConsumer) -> None:
-        """Drops what is queued and ends the stream with `error` (even one already ending)."""
+        """Drops what is queued and ends the stream with `error` (even one already ending).
+
+        Frames in flight stop counting too: the stream is cancelled soon (its
+        `on_overflow`), which frees them.
+        """
         if isinstance(self._error, SlowConsumer):
             return
-        self._items.clear()
-        self._budget.total_bytes -= self._bytes
-        self._bytes = 0
+        self._drop_all()
         self._closed = True
         self._error = error
         self._ready.set()
@@ -161,12 +211,20 @@ class Outbox:
             self._on_overflow()
 
     def release(self) -> None:
-        """The stream is gone: what is still queued will never be sent and stops counting at once."""
-        self._items.clear()
-        self._budget.total_bytes -= self._bytes
-        self._bytes = 0
+        """The stream is gone: nothing more is sent, and nothing it held counts any more."""
+        self._drop_all()
         self._closed = True
         self._ready.set()
+        self._budget.forget(self)
+
+    def _drop_all(self) -> None:
+        for _, data in self._items:
+            self._budget.discharge(data)
+        for frame in self._in_flight:
+            self._budget.discharge(frame)
+        self._items.clear()
+        self._in_flight.clear()
+        self._bytes = 0
 
     def wake(self) -> None:
         self._ready.set()
@@ -189,6 +247,7 @@ class Outbox:
         """The frames gathered by the next flush (adjacent events merged); None at the end.
 
         Raises the error the outbox was failed with (SlowConsumer on overflow).
+        The caller reports each frame with `sent` once it is written.
         """
         while not self._items:
             if self._closed:
@@ -201,10 +260,8 @@ class Outbox:
         group_kind = -1
         group: list[bytes] = []
         group_bytes = 0
-        self._budget.total_bytes -= self._bytes
-        self._bytes = 0
-        while self._items:
-            kind, data = self._items.popleft()
+        items, self._items = self._items, deque()
+        for kind, data in items:
             if kind == FRAME or kind != group_kind or group_bytes + len(data) > self._max_frame_bytes:
                 _flush_group(frames, group_kind, group)
                 group, group_bytes, group_kind = [], 0, kind
@@ -215,6 +272,16 @@ class Outbox:
                 group.append(data)
                 group_bytes += len(data)
         _flush_group(frames, group_kind, group)
+        # The frames replace the items: charged before the items are let go, so shared bytes never look free.
+        for frame in frames:
+            self._budget.charge(frame)
+        for _, data in items:
+            self._budget.discharge(data)
+        self._in_flight.extend(frames)
+        self._bytes = sum(len(frame) for frame in self._in_flight)
+        if not self._budget.settle(self):
+            assert self._error is not None
+            raise self._error
         return frames
 
 

@@ -136,6 +136,9 @@ class Realtime:
                 cut_off_later()
 
         connection.end_with = end_with
+        if self.verifier is not None and caller.device_id in self.verifier.revoked_devices:
+            # Revoked after its token was checked: no await between this and `add`, so no revocation is missed.
+            raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, "the device of this token was revoked")
         self.connections.add(connection)
         self._expire_with_token(connection, caller.expires_at)
         reader: asyncio.Task[None] | None = None
@@ -156,6 +159,7 @@ class Realtime:
                         return
                     for frame in frames:
                         yield frame
+                        connection.outbox.sent(frame)
                     continue
                 yield wire.frame(gateway_pb2.ConnectResponse(go_away=gateway_pb2.GoAway(status=status_of(ending))))
                 raise ending
@@ -201,9 +205,9 @@ class Realtime:
 
     def on_device_revoked(self, device: identity_pb2.RevokedDevice) -> None:
         """The device's tokens stop counting here, and its open streams end now."""
-        revoked_at = device.revoke_time.ToNanoseconds() / 1e9
         assert self.verifier is not None, "the server hands the gateway its verifier before starting"
-        self.verifier.revoked_devices.add(device.device_id, revoked_at)
+        if not self.verifier.revoked_devices.add(device.device_id):
+            return  # known already (a snapshot after a reconnection repeats what was seen)
         error = unauthenticated(
             errors_pb2.ERROR_REASON_DEVICE_REVOKED, f"device {device.device_id} was revoked; this stream is closed"
         )
@@ -275,6 +279,8 @@ class Realtime:
         return reply
 
     async def _disconnect(self, connection: Connection) -> None:
+        if connection.token_timer is not None:  # a refresh answered while the stream ended may have set a new one
+            connection.token_timer.cancel()
         self.connections.remove(connection)
         self.subjects.unsubscribe_all(connection)
         for room_id in list(connection.rooms):
@@ -381,6 +387,7 @@ class Realtime:
                 for frame in frames or ():
                     # An events frame's body is a SubscribeRoomResponse (`repeated Event events = 1`).
                     yield wire.frame_body(frame)
+                    outbox.sent(frame)
         finally:
             subscription.cancel()
             outbox.release()

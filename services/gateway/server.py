@@ -77,7 +77,7 @@ def gateway_module(
         observe_gauge(
             meter,
             OUTBOX_BYTES_METRIC,
-            realtime.scheduler.budget.held_bytes,
+            lambda: realtime.scheduler.budget.total_bytes,
             unit="By",
             description="Bytes queued for this gateway's streams and not yet sent (capped by max_outbound_bytes_total)",
         )

@@ -75,13 +75,21 @@ class Accounts:
         await self._db.transaction(insert)
         return user, device_row
 
-    async def add_device(self, user_id: str, caller_device: str, device: identity_pb2.DeviceKeys) -> store.DeviceRow:
+    async def add_device(
+        self, user_id: str, caller_device: str, device: identity_pb2.DeviceKeys, max_devices: int
+    ) -> store.DeviceRow:
         validation.check_device_keys(device)
         now = self._clock()
 
         def insert(db: sqlite_utils.Database) -> store.DeviceRow:
             user = self._user(db, user_id)
             require_active_device(db, user_id, caller_device)
+            if len(store.devices_of(db, user_id, include_revoked=False)) >= max_devices:
+                raise ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    errors_pb2.ERROR_REASON_QUOTA_EXCEEDED,
+                    f"a user may have at most {max_devices} devices; revoke one first",
+                )
             if not validation.certificate_verifies(user.signing_key, device):
                 raise _bad_certificate()
             row = self._device_row(user_id, device, now)

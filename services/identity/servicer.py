@@ -18,7 +18,9 @@ from services.runtime.errors import invalid_field, rate_limited
 from services.runtime.grpc_types import Context
 from services.runtime.principal import current_principal, require_user
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.revocations import token_life_after_revocation
 from services.runtime.timestamps import to_timestamp
+from services.runtime.uncancellable import uncancellable
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
@@ -38,6 +40,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._auth = auth
         self._revocations = revocations
         self._registrations = RateLimiter(auth.registrations_per_minute, 60.0)
+        self._device_changes = RateLimiter(auth.device_changes_per_hour, 3600.0)
 
     async def RegisterUser(
         self, request: identity_pb2.RegisterUserRequest, context: Context
@@ -107,7 +110,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.AddDeviceRequest, context: Context
     ) -> identity_pb2.AddDeviceResponse:
         caller = require_user()
-        device = await self._accounts.add_device(caller.user_id, caller.device_id, request.device)
+        self._limit_device_changes(caller.user_id)
+        device = await self._accounts.add_device(
+            caller.user_id, caller.device_id, request.device, self._auth.max_devices_per_user
+        )
         return identity_pb2.AddDeviceResponse(device=_device(device))
 
     async def ListDevices(
@@ -123,9 +129,22 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         caller = require_user()
         if not request.device_id:
             raise invalid_field("device_id", "is required")
-        device = await self._accounts.revoke_device(caller.user_id, caller.device_id, request.device_id)
-        self._revocations.announce(device)
+        self._limit_device_changes(caller.user_id)
+
+        async def revoke() -> store.DeviceRow:
+            revoked = await self._accounts.revoke_device(caller.user_id, caller.device_id, request.device_id)
+            self._revocations.announce(revoked)
+            return revoked
+
+        # Once committed, the gateways must hear of it, even if the caller stops waiting.
+        device = await uncancellable(revoke())
         return identity_pb2.RevokeDeviceResponse(device=_device(device))
+
+    def _limit_device_changes(self, user_id: str) -> None:
+        # Each revocation is announced to every gateway and kept there for a token's lifetime.
+        wait = self._device_changes.try_acquire(user_id)
+        if wait:
+            raise rate_limited(f"too many devices added or revoked; retry in {wait:.1f}s", wait)
 
     async def GetUser(self, request: identity_pb2.GetUserRequest, context: Context) -> identity_pb2.GetUserResponse:
         lookup = request.WhichOneof("lookup")
@@ -148,8 +167,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def WatchRevocations(
         self, request: identity_pb2.WatchRevocationsRequest, context: Context
     ) -> AsyncIterator[identity_pb2.WatchRevocationsResponse]:
-        # A token issued before a revocation lives at most this long after it.
-        window = self._auth.access_token_ttl_seconds + self._auth.clock_skew_seconds
+        window = token_life_after_revocation(self._auth)
         async for response in self._revocations.watch(lambda: self._accounts.revoked_since(time.time() - window)):
             yield response
 

@@ -18,7 +18,7 @@ from parley.hooks import Identity
 from services.runtime.config import AuthConfig
 from services.runtime.errors import ServiceError, unauthenticated
 from services.runtime.principal import Principal
-from services.runtime.revocations import RevokedDevices
+from services.runtime.revocations import RevokedDevices, token_life_after_revocation
 
 SERVICE_TOKEN_PREFIX = "svc:"
 log = logging.getLogger("parley.auth")
@@ -77,7 +77,7 @@ class TokenVerifier:
         self._lock = asyncio.Lock()
         self._external_key = _load_external_key(auth)
         # A token lives at most its lifetime after the revocation of its device.
-        self.revoked_devices = RevokedDevices(2 * auth.access_token_ttl_seconds + auth.clock_skew_seconds, clock)
+        self.revoked_devices = RevokedDevices(token_life_after_revocation(auth), clock)
 
     async def verify(self, token: str) -> Principal:
         if token.startswith(SERVICE_TOKEN_PREFIX):

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from parley import Client, RateLimitedError
+from parley import Client, ParleyError, RateLimitedError
 from parley.api.v1 import errors_pb2
 from parley.device_identity import DeviceIdentity
 from parley.gateway.v1 import gateway_pb2
@@ -184,7 +184,9 @@ async def test_the_sdk_refreshes_its_stream_in_band(short_tokens: str, tmp_path:
         Client(short_tokens, username="bob", key_file=tmp_path / "bob.json") as bob,
     ):
         endings: list[object] = []
+        welcomes: list[gateway_pb2.Welcome] = []
         ann.on_disconnect(endings.append)
+        ann.on_connect(welcomes.append)
         await ann.create_room("talk")
         room = await ann.join("talk")
         received: list[object] = []
@@ -193,7 +195,10 @@ async def test_the_sdk_refreshes_its_stream_in_band(short_tokens: str, tmp_path:
         bob_room = await bob.join("talk")
         await bob_room.trigger("note", "hello")
         await wait_until(lambda: received == ["hello"])
+        # One stream all along, whose first token expired long ago: it was refreshed in-band.
         assert endings == []
+        assert len(welcomes) == 1
+        assert 0 < welcomes[0].token_expire_time_ms < time.time() * 1000 - 2_000
 
 
 async def test_registration_is_rate_limited_per_address(data_dir: Path, tmp_path: Path) -> None:
@@ -231,3 +236,17 @@ async def test_connections_per_user_are_capped(data_dir: Path, tmp_path: Path) -
                     return True
 
                 await wait_until(third_opens)
+
+
+async def test_devices_per_user_and_device_changes_are_bounded(data_dir: Path, tmp_path: Path) -> None:
+    """Each revocation reaches every gateway and stays there a token's lifetime: churning devices is bounded."""
+    settings = {"auth.max_devices_per_user": 2, "auth.device_changes_per_hour": 3}
+    async with running(allinone.create_server, make_config(data_dir, **settings)) as (_, address):
+        async with Client(address, username="churn", key_file=tmp_path / "churn.json") as churn:
+            phone = await churn.add_device("phone")
+            with pytest.raises(ParleyError) as full:
+                await churn.add_device("tablet")
+            assert full.value.reason == reason_name(errors_pb2.ERROR_REASON_QUOTA_EXCEEDED)
+            await churn.revoke_device(phone.device_id)
+            with pytest.raises(RateLimitedError):
+                await churn.add_device("tablet")

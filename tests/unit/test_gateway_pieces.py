@@ -56,6 +56,9 @@ async def test_outbox_batches_events_between_frames() -> None:
     decoded = [gateway_pb2.ConnectResponse.FromString(f) for f in frames]
     assert [d.WhichOneof("frame") for d in decoded] == ["events", "reply", "events"]
     assert [e.seq for e in decoded[0].events.events] == [1, 2]
+    assert outbox.pending_bytes == sum(len(f) for f in frames)  # until written
+    for frame in frames:
+        outbox.sent(frame)
     assert outbox.pending_bytes == 0
 
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
+from parley.api.v1 import errors_pb2
 from parley.device_identity import DeviceIdentity
 from parley.errors import (
     AlreadyExistsError,
@@ -36,6 +37,7 @@ from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from parley.messages import Messages
+from parley.reasons import reason_name
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from parley.rooms import Room, RoomEvent, call_handler, logged_event, room_event
 from parley.stream import ConnectStream
@@ -51,10 +53,9 @@ FINAL_ENDINGS = frozenset(
     {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
 )
 # Ends a stream whose token expired: a new stream with a fresh token carries on.
-TOKEN_EXPIRED = "TOKEN_EXPIRED"
-# The token keeper refreshes this long before the stream's token expires (within
-# REFRESH_MARGIN_SECONDS, so access_token() gets a new one), and retries this often.
-TOKEN_KEEPER_LEAD_SECONDS = REFRESH_MARGIN_SECONDS - 5.0
+TOKEN_EXPIRED = reason_name(errors_pb2.ERROR_REASON_TOKEN_EXPIRED)
+# The token keeper hands the stream a fresh token this long before its own expires, and retries this often.
+TOKEN_KEEPER_LEAD_SECONDS = 25.0
 TOKEN_KEEPER_RETRY_SECONDS = 2.0
 
 
@@ -523,28 +524,29 @@ class Client:
                 self._stream, self._stream_opened_at = stream, time.monotonic()
                 if self._token_keeper is not None:
                     self._token_keeper.cancel()
-                self._token_keeper = asyncio.get_running_loop().create_task(
-                    self._keep_token_fresh(stream, welcome.token_expire_time_ms / 1000)
-                )
+                self._token_keeper = asyncio.get_running_loop().create_task(self._keep_token_fresh(stream, welcome))
                 await self.message.resubscribe(stream)
                 self._fire("connect", welcome)
             return stream
 
-    async def _keep_token_fresh(self, stream: ConnectStream, expires_at: float) -> None:
+    async def _keep_token_fresh(self, stream: ConnectStream, welcome: gateway_pb2.Welcome) -> None:
         """Sends the stream a RefreshCommand shortly before its token expires, for as long as it is open.
 
-        The server ends a stream whose token expired (TOKEN_EXPIRED); a failed
-        refresh is tried again until then, and a stream that ends anyway is
-        reopened with a fresh token like any other ending.
+        Expiry times are the server's; `welcome.server_time_ms` tells how far
+        this machine's clock is from it. The server ends a stream whose token
+        expired (TOKEN_EXPIRED); a failed refresh is tried again until then,
+        and a stream that ends anyway is reopened like after any other ending.
         """
+        server_ahead = welcome.server_time_ms / 1000 - time.time()
+        expires_at = welcome.token_expire_time_ms / 1000  # server clock; 0: never
         while expires_at and self._stream is stream:
-            left = expires_at - time.time()
+            left = expires_at - (time.time() + server_ahead)
             # Halfway through a short-lived token, rather than refreshing at once again and again.
             await asyncio.sleep(max(0.0, left - TOKEN_KEEPER_LEAD_SECONDS, left / 2))
             if self._stream is not stream:
                 return
             try:
-                token = await self.access_token()
+                token = await self._token_expiring_after(expires_at)
                 reply = await stream.command(refresh=gateway_pb2.RefreshCommand(access_token=token))
                 expires_at = reply.refresh.token_expire_time_ms / 1000
             except ParleyError as exc:
@@ -552,6 +554,16 @@ class Client:
                     return
                 log.warning("could not hand the stream a fresh token: %s", exc)
                 await asyncio.sleep(TOKEN_KEEPER_RETRY_SECONDS)
+
+    async def _token_expiring_after(self, server_time: float) -> str:
+        """An access token that outlives `server_time` (the server's clock), refreshed if the current one does not."""
+        async with self._token_lock:
+            if self._session is None:
+                await self.login()
+            elif self._session.access_token_expire_time.ToNanoseconds() / 1e9 <= server_time:
+                await self._refresh()
+            assert self._session is not None
+            return self._session.access_token
 
     def _on_frame(self, frame: gateway_pb2.ConnectResponse) -> None:
         kind = frame.WhichOneof("frame")
@@ -601,6 +613,9 @@ class Client:
             self._fire("error", error_from_status(frame.go_away.status))
 
     def _on_end(self, error: ParleyError | None) -> None:
+        if self._token_keeper is not None:
+            self._token_keeper.cancel()
+            self._token_keeper = None
         if self._stream is not None and time.monotonic() - self._stream_opened_at >= STABLE_STREAM_SECONDS:
             self._reconnect_attempt = 0  # it held: the next reconnection starts with a short wait again
         self._stream = None

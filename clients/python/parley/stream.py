@@ -91,6 +91,14 @@ class ConnectStream:
         try:
             assert self._frames is not None
             async for frame in self._frames:
+                if frame is None:  # grpc's way of saying the bytes did not decode as a ConnectResponse
+                    ending = ParleyError(
+                        grpc.StatusCode.INTERNAL,
+                        "",
+                        "the server sent a frame that does not decode; the stream is closed",
+                    )
+                    self._call.cancel()
+                    break
                 if frame.WhichOneof("frame") == "reply":
                     future = self._pending.get(frame.reply.request_id)
                     if future is not None and not future.done():
