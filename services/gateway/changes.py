@@ -16,6 +16,7 @@ from services.room.rules import EventRules
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import event_not_found, invalid_field, not_author, rate_limited
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.request_checks import check_json
 from services.runtime.uncancellable import uncancellable
 
 EDITED = gateway_pb2.EventChanged.KIND_EDITED
@@ -43,10 +44,15 @@ class EventChanges:
         payload: struct_pb2.Value,
         user_id: str,
         session_id: str,
+        field: str,
     ) -> gateway_pb2.EventChanged:
-        """A client's edit of its own event: rate limited and screened by the before_publish hook."""
+        """A client's edit of its own event: rate limited and screened by the before_publish hook.
+
+        `payload` is walked (JSON rules) once its rate and size allow it; `field`
+        names it in the request ("edit.payload").
+        """
         self._count(user_id, handle)
-        stored = await self._checked_edit(rules.check, room_id, handle, payload, user_id)
+        stored = await self._checked_edit(rules.check, room_id, handle, payload, user_id, unchecked_field=field)
         # The before_publish hook screens the new payload too (it may deny or change it).
         proposed = gateway_pb2.OutgoingEvent(event=stored.event, payload=payload, meta=stored.meta)
         payload = (await self._publisher.screen(proposed, room_id, user_id, session_id, edit_of=handle)).payload
@@ -79,10 +85,14 @@ class EventChanges:
         handle: str,
         payload: struct_pb2.Value,
         editor: str,
+        unchecked_field: str = "",
     ) -> history_pb2.LoggedEvent:
+        """The event to edit, once the new payload passed its checks (the JSON rules too if `unchecked_field`)."""
         size = payload.ByteSize()
         if size > self._config.max_payload_bytes:
             raise payload_too_large(size, self._config.max_payload_bytes)
+        if unchecked_field:
+            check_json(payload, unchecked_field)
         stored = await self._stored(room_id, handle, editor)
         # An event keeps its name, so the schema checked here is the one that applies.
         check(stored.event, payload)

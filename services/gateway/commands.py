@@ -30,7 +30,7 @@ from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
-from services.runtime.request_checks import check_request
+from services.runtime.request_checks import check_json, check_request
 
 
 def status_of(error: ServiceError) -> status_pb2.Status:
@@ -41,6 +41,11 @@ def status_of(error: ServiceError) -> status_pb2.Status:
 
 # A history read that returns no events, only the log's epoch and newest sequence.
 NOTHING_AFTER = 2**62
+
+# Commands whose handler checks their values (the request rules) itself, after
+# the command's cheap limits (count, size, rate): a flood of big commands is then
+# refused before any payload is walked. Every other command is checked whole first.
+CHECKED_AFTER_LIMITS = frozenset({"publish", "edit", "ephemeral", "subject_publish"})
 
 
 def _room_event(room_id: str, epoch: str, logged: history_pb2.LoggedEvent) -> gateway_pb2.Event:
@@ -119,7 +124,8 @@ class CommandHandler:
     async def handle(self, connection: Connection, request: gateway_pb2.ConnectRequest) -> gateway_pb2.Reply:
         reply = gateway_pb2.Reply(request_id=request.request_id)
         try:
-            check_request(request)
+            if request.WhichOneof("command") not in CHECKED_AFTER_LIMITS:
+                check_request(request)
             await self._dispatch(connection, request, reply)
         except ServiceError as error:
             reply.ClearField("result")
@@ -347,14 +353,26 @@ class CommandHandler:
             raise not_in_room(command.room_id)
         rules = await self.rules(command.room_id)
         return await self._publisher.publish_from_client(
-            rules, command.room_id, command.events, connection.user_id, connection.session_id, command.no_echo
+            rules,
+            command.room_id,
+            command.events,
+            connection.user_id,
+            connection.session_id,
+            command.no_echo,
+            within="publish.events",
         )
 
     async def edit(self, connection: Connection, command: gateway_pb2.EditCommand) -> gateway_pb2.EventChanged:
         self._interest(connection, command.room_id)
         rules = await self.rules(command.room_id)
         return await self._changes.edit(
-            rules, command.room_id, command.handle, command.payload, connection.user_id, connection.session_id
+            rules,
+            command.room_id,
+            command.handle,
+            command.payload,
+            connection.user_id,
+            connection.session_id,
+            field="edit.payload",
         )
 
     async def delete(self, connection: Connection, command: gateway_pb2.DeleteCommand) -> gateway_pb2.EventChanged:
@@ -363,7 +381,7 @@ class CommandHandler:
 
     def ephemeral(self, connection: Connection, command: gateway_pb2.EphemeralCommand) -> None:
         self._interest(connection, command.room_id)
-        self._signals.send(connection, command.room_id, command.subject, command.data)
+        self._signals.send(connection, command.room_id, command.subject, command.data, field="ephemeral.data")
 
     async def rules(self, room_id: str) -> EventRules:
         rules = self._directory.rules(room_id)
@@ -379,6 +397,7 @@ class CommandHandler:
         wait = self._subject_limit.try_acquire(connection.user_id)
         if wait:
             raise rate_limited("too many subject messages", wait)
+        check_json(command.data, "subject_publish.data")
         self._subjects.publish(command.subject, connection.user_id, command.data)
 
 

@@ -14,6 +14,7 @@ from services.gateway.publishing import check_event_name, payload_too_large
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import rate_limited
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.request_checks import check_json
 
 # (room, subject, session) of a signal that is active.
 SignalKey = tuple[str, str, str]
@@ -32,7 +33,8 @@ class EphemeralSignals:
         self._limit = RateLimiter(config.events_per_window, float(config.window_seconds))
         self._active: dict[SignalKey, tuple[str, asyncio.TimerHandle]] = {}
 
-    def send(self, connection: Connection, room_id: str, subject: str, data: struct_pb2.Value) -> None:
+    def send(self, connection: Connection, room_id: str, subject: str, data: struct_pb2.Value, field: str) -> None:
+        """Relays a signal; `data` is walked (JSON rules) once its size and rate allow it, `field` naming it."""
         check_event_name(subject, "subject")
         size = len(subject) + data.ByteSize()
         if size > self._config.max_payload_bytes:
@@ -42,6 +44,7 @@ class EphemeralSignals:
             raise rate_limited(
                 f"more than {self._config.events_per_window} signals in {self._config.window_seconds}s", wait
             )
+        check_json(data, field)
         ttl = self._config.ephemeral_ttl_seconds
         key = (room_id, subject, connection.session_id)
         previous = self._active.pop(key, None)

@@ -25,7 +25,7 @@ from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
-from services.runtime.request_checks import check_json
+from services.runtime.request_checks import check_json, check_request
 from services.runtime.uncancellable import uncancellable
 
 log = logging.getLogger("parley.hooks")
@@ -62,8 +62,14 @@ class Publisher:
         user_id: str,
         session_id: str,
         no_echo: bool,
+        within: str,
     ) -> gateway_pb2.PublishResult:
-        """All of `events` or none: each is checked before any is sent."""
+        """All of `events` or none: each is checked before any is sent.
+
+        The cheap limits (count, names, sizes, the sender's rate) come first, so
+        that a flood of big publishes is refused before any payload is walked;
+        `within` names where the events sit in the request ("publish.events").
+        """
         if not events:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, errors_pb2.ERROR_REASON_VALIDATION_FAILED, "events: is empty"
@@ -78,12 +84,16 @@ class Publisher:
         for event in events:
             check_event(event)
             self._check_size(event)
-            rules.check(event.event, event.payload)
         wait = self._limit.try_acquire(user_id, len(events))
         if wait:
             raise rate_limited(
                 f"more than {self._config.events_per_window} events in {self._config.window_seconds}s", wait
             )
+        # Each event within the request budget: their count, sizes and rate bound the whole.
+        for i, event in enumerate(events):
+            check_request(event, f"{within}[{i}]")
+        for event in events:
+            rules.check(event.event, event.payload)
         if self._hooks.has("before_publish"):
             events = [await self.screen(e, room_id, user_id, session_id) for e in events]
         return await self.publish(rules, room_id, events, user_id, session_id=session_id, no_echo=no_echo)

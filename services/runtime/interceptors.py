@@ -22,8 +22,8 @@ from parley.api.v1 import annotations_pb2, errors_pb2
 from services.runtime import errors
 from services.runtime.grpc_types import Context, ServerInterceptor
 from services.runtime.methods import MethodInfo, MethodTable
-from services.runtime.principal import reset_principal, set_principal
-from services.runtime.request_checks import check_request
+from services.runtime.principal import current_principal, reset_principal, set_principal
+from services.runtime.request_checks import MAX_REQUEST_VALUES, check_request
 from services.runtime.tokens import TokenVerifier
 
 log = logging.getLogger("parley.rpc")
@@ -31,6 +31,11 @@ log = logging.getLogger("parley.rpc")
 CallHook = Callable[[MethodInfo, Context], AbstractAsyncContextManager[None]]
 Parse = Callable[[bytes], Any]
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+# Streams whose handler checks each message itself: Connect answers a bad
+# command with a Reply, where a refusal here would end the whole stream. Every
+# other stream's messages are checked here, like unary requests.
+CHECKED_BY_HANDLER = frozenset({"/parley.gateway.v1.GatewayService/Connect"})
 
 
 class CallInterceptor(ServerInterceptor):
@@ -53,12 +58,15 @@ def wrap_handler(handler: Any, method: MethodInfo, hooks: tuple[CallHook, CallHo
     inner = getattr(handler, kind)
     parse: Parse | None = handler.request_deserializer
     streaming_requests = handler.request_streaming
+    checked_here = method.full_name not in CHECKED_BY_HANDLER
     outer, middle, innermost = hooks
 
     def decode(request: Any) -> Any:
         if parse is None:
             return request
-        return _decode_stream(request, parse) if streaming_requests else _decode(request, parse)
+        if streaming_requests:
+            return _decode_stream(request, parse, checked_here)
+        return _decode(request, parse)
 
     if inspect.isasyncgenfunction(inner):
 
@@ -137,8 +145,14 @@ def bearer_token(context: Context) -> str:
 def _decode(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
     """A unary request, parsed and held to the rules every request obeys."""
     request = _parse(raw, parse)
-    check_request(request)
+    check_request(request, max_values=_values_allowed())
     return request
+
+
+def _values_allowed() -> int | None:
+    """The JSON values a request may hold: services' requests (a backend's batch, the
+    gateway appending a client's publish) may hold all that fits in a message."""
+    return None if current_principal().is_service else MAX_REQUEST_VALUES
 
 
 def _parse(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
@@ -152,8 +166,12 @@ def _parse(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
         ) from exc
 
 
-async def _decode_stream(requests: AsyncIterator[bytes], parse: Callable[[bytes], Any]) -> AsyncIterator[Any]:
-    # A stream's messages are checked by its handler (Connect's in CommandHandler.handle):
-    # a bad command gets a reply, where failing here would end the whole stream.
+async def _decode_stream(
+    requests: AsyncIterator[bytes], parse: Callable[[bytes], Any], checked_here: bool
+) -> AsyncIterator[Any]:
+    """A stream's requests, parsed, and checked unless its handler checks them (CHECKED_BY_HANDLER)."""
     async for raw in requests:
-        yield _parse(raw, parse)
+        request = _parse(raw, parse)
+        if checked_here:
+            check_request(request, max_values=_values_allowed())
+        yield request

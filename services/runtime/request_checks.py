@@ -8,6 +8,9 @@
   express: finite numbers, a defined null, a kind set on every element. And it
   nests at most MAX_JSON_DEPTH arrays and objects deep, so that every frame
   that carries it later can still be decoded (see MAX_JSON_DEPTH).
+- A request holds at most MAX_REQUEST_VALUES JSON values, and as many entries
+  of repeated fields that are walked: the walk runs on the event loop, and this
+  bounds what one request can cost (see MAX_REQUEST_VALUES).
 
 Per message type, the fields that can lead to one of these are worked out once;
 a request is walked along its set fields only, skipping whole subtrees that
@@ -20,6 +23,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from typing import Any, cast
 
 from google.protobuf import descriptor, message, struct_pb2
@@ -34,6 +38,14 @@ from services.runtime.errors import invalid_field
 # Room > EventDefinition > Struct): at 24 levels of objects they reach 75 and 76,
 # leaving room for frames to grow.
 MAX_JSON_DEPTH = 24
+# Walking a JSON value costs about 0.4 µs (up to 0.7 µs in objects): this many
+# cost at most ~25 ms of event loop. The densest JSON (`[null, null, ...]`, 4
+# bytes a value) fits 16,371 values in 64 KiB, the default gateway payload limit
+# and room_service.max_schema_bytes_per_room: any payload or room's schemas
+# within those fits twice over. A Connect publish checks each of its events
+# apart, once the events' count, sizes and the sender's rate allow them; and
+# services (whose batches hold many users' payloads) are not held to it.
+MAX_REQUEST_VALUES = 32_768
 UNSIGNED_LIMIT = 2**63
 
 _JSON_TYPES = frozenset(
@@ -49,27 +61,56 @@ _SHOWN_KEY_CHARS = 32
 _NULL_VALUE = struct_pb2.NULL_VALUE
 
 
-def check_request(request: message.Message) -> None:
-    """Raises INVALID_ARGUMENT / VALIDATION_FAILED naming the first field that breaks a rule."""
+def check_request(request: message.Message, within: str = "", *, max_values: int | None = MAX_REQUEST_VALUES) -> None:
+    """Raises INVALID_ARGUMENT / VALIDATION_FAILED naming the first field that breaks a rule.
+
+    `within` is where `request` sits in a larger one (e.g. "publish.events[2]"),
+    named before the fields; `max_values` None: no bound (a service's request).
+    """
     plan = _plans.get(request.DESCRIPTOR.full_name)
     if plan is None:
         plan = _plan_of(cast(descriptor.Descriptor, request.DESCRIPTOR))
     if plan:
-        _check_message(request, plan, "")
+        _check_message(request, plan, f"{within}." if within else "", _Budget(max_values))
 
 
-def check_json(value: struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue, field: str) -> None:
-    """The JSON rules alone, for a payload that does not come in a request (a hook's result)."""
+def check_json(
+    value: struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue,
+    field: str,
+    *,
+    max_values: int | None = MAX_REQUEST_VALUES,
+) -> None:
+    """The JSON rules alone, for one value: a command's payload, a hook's result."""
+    _check_json(value, field, _Budget(max_values))
+
+
+def fields_to_check(message_type: descriptor.Descriptor) -> frozenset[str]:
+    """The fields of a message type that can hold something these rules refuse."""
+    return frozenset(rule.name for rule in _plan_of(message_type).values())
+
+
+class _Budget:
+    """What is left to walk of a request: JSON values, and entries of repeated fields."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.json_values = sys.maxsize if limit is None else limit
+        self.entries = self.json_values
+
+
+def _check_json(
+    value: struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue, field: str, budget: _Budget
+) -> None:
     try:
         if isinstance(value, struct_pb2.Value):
-            _check_value(value, 0)
+            _check_value(value, 0, budget)
         elif isinstance(value, struct_pb2.Struct):
-            _check_struct(value, 1)
+            _check_struct(value, 1, budget)
         else:
-            _check_list(value, 1)
+            _check_list(value, 1, budget)
     except _TooDeep:
         raise invalid_field(field, f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep") from None
-    except _NotJson as problem:
+    except _Refused as problem:
         raise invalid_field(field + "".join(reversed(problem.steps)), problem.message) from None
 
 
@@ -139,37 +180,41 @@ def _rule_of(field: descriptor.FieldDescriptor, name: str | None = None) -> _Rul
     return _Rule(name, "message", repeated, plan=plan)
 
 
-def _check_message(request: message.Message, plan: dict[int, _Rule], prefix: str) -> None:
+def _check_message(request: message.Message, plan: dict[int, _Rule], prefix: str, budget: _Budget) -> None:
     for field, value in request.ListFields():
         rule = plan.get(field.number)
         if rule is None:
             continue
         path = prefix + rule.name
+        if rule.kind == "map" or rule.repeated:
+            budget.entries -= len(value)
+            if budget.entries < 0:
+                raise invalid_field(path, f"the request has more than {budget.limit} repeated entries")
         if rule.kind == "map":
-            _check_map(rule, value, path)
+            _check_map(rule, value, path, budget)
         elif rule.repeated:
             for i, item in enumerate(value):
-                _check_one(rule, item, f"{path}[{i}]")
+                _check_one(rule, item, f"{path}[{i}]", budget)
         else:
-            _check_one(rule, value, path)
+            _check_one(rule, value, path, budget)
 
 
-def _check_map(rule: _Rule, entries: Any, path: str) -> None:
+def _check_map(rule: _Rule, entries: Any, path: str, budget: _Budget) -> None:
     for key in entries:
         shown = f"{path}[{_quoted(key) if isinstance(key, str) else key}]"
         if rule.map_key_unsigned and key >= UNSIGNED_LIMIT:
             raise invalid_field(shown, "keys must be below 2^63")
         if rule.map_value is not None:
-            _check_one(rule.map_value, entries[key], shown)
+            _check_one(rule.map_value, entries[key], shown, budget)
 
 
-def _check_one(rule: _Rule, value: Any, path: str) -> None:
+def _check_one(rule: _Rule, value: Any, path: str, budget: _Budget) -> None:
     if rule.kind == "message":
         assert rule.plan is not None
         if rule.plan:
-            _check_message(value, rule.plan, path + ".")
+            _check_message(value, rule.plan, path + ".", budget)
     elif rule.kind == "json":
-        check_json(value, path)
+        _check_json(value, path, budget)
     elif rule.kind == "enum":
         if value not in rule.enum_values:
             raise invalid_field(path, f"{value} is not a {rule.enum_name} value")
@@ -181,8 +226,8 @@ class _TooDeep(Exception):
     pass
 
 
-class _NotJson(Exception):
-    """A value JSON cannot express; `steps` is its path from the innermost step out."""
+class _Refused(Exception):
+    """A value JSON cannot express, or one too many; `steps` is its path from the innermost step out."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -191,43 +236,54 @@ class _NotJson(Exception):
 
 
 # The walk builds no paths: a problem collects its path on the way out.
-def _check_value(value: struct_pb2.Value, depth: int) -> None:
+def _check_value(value: struct_pb2.Value, depth: int, budget: _Budget) -> None:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
         if not math.isfinite(number):
-            raise _NotJson(f"{_number_name(number)} is not a JSON number (JSON numbers are finite)")
+            raise _Refused(f"{_number_name(number)} is not a JSON number (JSON numbers are finite)")
     elif kind == "struct_value":
-        _check_struct(value.struct_value, depth + 1)
+        _check_struct(value.struct_value, depth + 1, budget)
     elif kind == "list_value":
-        _check_list(value.list_value, depth + 1)
+        _check_list(value.list_value, depth + 1, budget)
     elif kind == "null_value":
         if value.null_value != _NULL_VALUE:
-            raise _NotJson(f"{value.null_value} is not a NullValue value")
+            raise _Refused(f"{value.null_value} is not a NullValue value")
     elif kind is None:
-        raise _NotJson("has no value (JSON null is null_value)")
+        raise _Refused("has no value (JSON null is null_value)")
 
 
-def _check_struct(struct: struct_pb2.Struct, depth: int) -> None:
+def _check_struct(struct: struct_pb2.Struct, depth: int, budget: _Budget) -> None:
     if depth > MAX_JSON_DEPTH:
         raise _TooDeep
-    for key, item in struct.fields.items():
+    fields = struct.fields
+    _take(budget, len(fields))
+    for key, item in fields.items():
         try:
-            _check_value(item, depth)
-        except _NotJson as problem:
+            _check_value(item, depth, budget)
+        except _Refused as problem:
             problem.steps.append(_key(key))
             raise
 
 
-def _check_list(values: struct_pb2.ListValue, depth: int) -> None:
+def _check_list(values: struct_pb2.ListValue, depth: int, budget: _Budget) -> None:
     if depth > MAX_JSON_DEPTH:
         raise _TooDeep
-    for i, item in enumerate(values.values):
+    items = values.values
+    _take(budget, len(items))
+    for i, item in enumerate(items):
         try:
-            _check_value(item, depth)
-        except _NotJson as problem:
+            _check_value(item, depth, budget)
+        except _Refused as problem:
             problem.steps.append(f"[{i}]")
             raise
+
+
+def _take(budget: _Budget, values: int) -> None:
+    """Counts a container's values before walking them: one too many is refused unwalked."""
+    budget.json_values -= values
+    if budget.json_values < 0:
+        raise _Refused(f"the request has more than {budget.limit} JSON values")
 
 
 def _key(key: str) -> str:

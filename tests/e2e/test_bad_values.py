@@ -23,8 +23,9 @@ from parley.room.v1 import room_pb2, room_pb2_grpc
 from parley.rooms import EventChange, RoomEvent, Signal
 from parley.values import to_value
 from services import allinone
+from services.runtime import request_checks
 from services.runtime.config import EventDefinition, HistorySettings, HooksConfig, RoomDefinition
-from services.runtime.request_checks import MAX_JSON_DEPTH
+from services.runtime.request_checks import MAX_JSON_DEPTH, MAX_REQUEST_VALUES
 from tests.streams import Stream, stream
 from tests.support import SERVICE_SECRET, bearer, grpcurl_command, make_config, running, wait_until
 
@@ -467,3 +468,125 @@ async def test_an_edit_no_replay_frame_could_carry_does_not_make_the_room_unjoin
         await asyncio.wait_for(erin.join("kept"), 5)
         await wait_until(lambda: synced, within=5)
         assert [[e.data for e in batch] for batch in synced] == [[{"ok": 1}]]
+
+
+# What a request can make the server walk: a budget of values, and the cheap refusals first
+
+
+def nulls(count: int) -> struct_pb2.Value:
+    """A list of `count` nulls: the most JSON values per byte (4 bytes each)."""
+    value = struct_pb2.Value()
+    value.list_value.values.extend([struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)] * count)
+    return value
+
+
+def commands_carrying(data: struct_pb2.Value, handle: str) -> dict[str, dict[str, Any]]:
+    """One Connect command per kind that carries JSON, each carrying `data`."""
+    return {
+        "publish": {
+            "publish": gateway_pb2.PublishCommand(
+                room_id="kept", events=[gateway_pb2.OutgoingEvent(event="note", payload=data)]
+            )
+        },
+        "edit": {"edit": gateway_pb2.EditCommand(room_id="kept", handle=handle, payload=data)},
+        "ephemeral": {"ephemeral": gateway_pb2.EphemeralCommand(room_id="kept", subject="cursor", data=data)},
+        "subject_publish": {"subject_publish": gateway_pb2.SubjectPublishCommand(subject="dots", data=data)},
+    }
+
+
+BUDGET = f"the request has more than {MAX_REQUEST_VALUES} JSON values"
+
+
+async def test_a_command_over_the_value_budget_is_refused_and_the_stream_goes_on(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Payloads large enough to hold more values than the budget.
+    config = make_config(data_dir, rooms=ROOMS, **{"gateway.max_payload_bytes": 256 * 1024})
+    async with (
+        running(allinone.create_server, config) as (_, address),
+        Client(address, username="alice", key_file=tmp_path / "alice.json") as alice,
+        grpc.aio.insecure_channel(address) as channel,
+        stream(address, await alice.access_token()) as s,
+    ):
+        await s.join("kept")
+        handle = (await s.publish("kept", "note", {"ok": 1})).publish.handles[0]
+        fields = {
+            "publish": "publish.events[0].payload",
+            "edit": "edit.payload",
+            "ephemeral": "ephemeral.data",
+            "subject_publish": "subject_publish.data",
+        }
+        for kind, command in commands_carrying(nulls(MAX_REQUEST_VALUES + 1), handle).items():
+            error = refused_in_stream(await s.command(**command))
+            assert (error.field, error.message) == (fields[kind], f"{fields[kind]}: {BUDGET}")
+            await assert_stream_lives(s)
+        # A publish checks event by event: two events of a full budget each go through.
+        full = gateway_pb2.OutgoingEvent(event="note", payload=nulls(MAX_REQUEST_VALUES))
+        await s.ok(publish=gateway_pb2.PublishCommand(room_id="kept", events=[full, full]))
+
+        # A user's unary call is held to the budget; a service's (a backend's batch) is not.
+        schema = room_pb2.EventDefinition(name="e", schema=struct({"enum": [True] * (MAX_REQUEST_VALUES + 1)}))
+        rooms = room_pb2_grpc.RoomServiceStub(channel)
+        error = await refused(
+            rooms.CreateRoom(
+                room_pb2.CreateRoomRequest(room_id="shaped", events=[schema]),
+                metadata=bearer(await alice.access_token()),
+            )
+        )
+        assert (error.field, error.message) == ("events[0].schema.enum", f"events[0].schema.enum: {BUDGET}")
+        big = gateway_pb2.OutgoingEvent(event="note", payload=nulls(MAX_REQUEST_VALUES + 1))
+        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+        await gateway.PublishToRoom(gateway_pb2.PublishToRoomRequest(room_id="kept", events=[big]), metadata=SERVICE)
+        history = history_pb2_grpc.HistoryServiceStub(channel)
+        page = await history.ListEvents(history_pb2.ListEventsRequest(room_id="kept"), metadata=SERVICE)
+        assert [len(e.payload.list_value.values) for e in page.events] == [
+            MAX_REQUEST_VALUES + 1,
+            MAX_REQUEST_VALUES,
+            MAX_REQUEST_VALUES,
+            0,
+        ]
+
+
+async def test_limits_refuse_big_commands_before_their_values_are_walked(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walked: list[int] = []
+    original = request_checks._check_list
+
+    def counting(values: struct_pb2.ListValue, *rest: Any) -> None:
+        walked.append(len(values.values))
+        original(values, *rest)
+
+    monkeypatch.setattr(request_checks, "_check_list", counting)
+
+    async def refused_unwalked(s: Stream, reason: str, command: dict[str, Any]) -> None:
+        walked.clear()
+        reply = await s.command(**command)
+        assert reply.status.reason == reason, reply.status
+        assert walked == []
+
+    window = 2
+    config = make_config(data_dir, rooms=ROOMS, **{"gateway.events_per_window": window, "gateway.window_seconds": 600})
+    async with (
+        running(allinone.create_server, config) as (_, address),
+        Client(address, username="alice", key_file=tmp_path / "alice.json") as alice,
+        stream(address, await alice.access_token()) as s,
+    ):
+        await s.join("kept")
+        handle = (await s.publish("kept", "note", {"ok": 1})).publish.handles[0]
+        # Within the size limit (64 KiB): nulls(16_000) is 64,004 bytes; nulls(17_000) is over it.
+        big, oversized, small = nulls(16_000), nulls(17_000), to_value([1])
+        too_many = [gateway_pb2.OutgoingEvent(event="note", payload=big)] * (window + 1)
+        await refused_unwalked(
+            s, "VALIDATION_FAILED", {"publish": gateway_pb2.PublishCommand(room_id="kept", events=too_many)}
+        )
+        for kind in ("publish", "edit", "ephemeral", "subject_publish"):
+            walked.clear()
+            for _ in range(window if kind != "publish" else window - 1):  # one publish came first
+                await s.ok(**commands_carrying(small, handle)[kind])
+            assert walked, "an allowed command's values are walked"
+            await refused_unwalked(s, "RATE_LIMITED", commands_carrying(big, handle)[kind])
+            # An edit counts against the rate before its size; the others the other way round.
+            reason = "RATE_LIMITED" if kind == "edit" else "PAYLOAD_TOO_LARGE"
+            await refused_unwalked(s, reason, commands_carrying(oversized, handle)[kind])
+        await assert_stream_lives(s)

@@ -23,3 +23,37 @@ def test_history_bench_runs_and_reports_each_path() -> None:
     for phase in ("appends_one_per_call", "appends_ten_per_call", "appends_hundred_per_call"):
         assert result[phase]["appends"] > 0
     assert result["baseline_single_row_commits"]["per_second"] > 0
+
+
+def test_hardening_bench_runs_and_reports_each_scenario() -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "bench.hardening_bench", "--seconds", "0.05", "--wildcards", "0,150"),
+            *("--schema-events", "2", "--schema-bytes", "1500"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["tree"]["hardened"]
+    held = result["subject_publish"]["by_wildcards_held"]
+    assert set(held) == {"0", "150"}
+    assert held["150"]["connections"] == 2  # at most 100 per connection
+    assert all(phase["publishes"] > 0 and phase["cpu_us_per_publish"] > 0 for phase in held.values())
+    assert result["subject_publish"]["with_default_caps"]["accepted"] == 150
+    created = result["create_room_with_largest_schemas"]
+    assert created["events"] == 2
+    for create in ("first_create", "second_create_same_schemas"):
+        assert created[create]["pings_until_created_and_notified"]["count"] > 0
+        assert 0 < created[create]["room_changed_frame_bytes"] < 1024  # a notice without the schemas
+    checks = result["request_checks"]
+    assert checks["request_checks_present"]
+    assert set(checks["by_payload"]) == {"small", "64KiB_records", "64KiB_one_string"}
+    for payload in checks["by_payload"].values():
+        assert payload["payload_bytes"] <= 64 * 1024
+        assert payload["check_us"] > 0
+        assert payload["parse_us_baseline"] > 0

@@ -17,8 +17,15 @@ from parley.history.v1 import history_pb2
 from parley.identity.v1 import identity_pb2
 from parley.room.v1 import room_pb2
 from parley.values import to_value
+from services.gateway.commands import CHECKED_AFTER_LIMITS
 from services.runtime.errors import ServiceError
-from services.runtime.request_checks import MAX_JSON_DEPTH, check_json, check_request
+from services.runtime.request_checks import (
+    MAX_JSON_DEPTH,
+    MAX_REQUEST_VALUES,
+    check_json,
+    check_request,
+    fields_to_check,
+)
 
 # Protobuf decoders refuse more than this many message levels below a root.
 DECODER_LIMIT = 100
@@ -234,6 +241,76 @@ def test_json_within_the_limits_is_accepted_and_any_nan_inf_or_extra_depth_is_re
     bad = data.draw(st.sampled_from([math.nan, math.inf, -math.inf, nested(MAX_JSON_DEPTH + 1 - len(path))]))
     error = refusal(edit_of(to_value(replaced(value, path, bad))))
     assert error.metadata["field"].startswith("edit.payload")
+
+
+# How much one request may make the walk do
+
+
+def nulls(count: int) -> struct_pb2.Value:
+    """A list of `count` nulls: the most JSON values per byte (4 bytes each)."""
+    value = struct_pb2.Value()
+    value.list_value.values.extend([struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)] * count)
+    return value
+
+
+def test_the_value_budget_fits_the_densest_payload_of_the_default_size_twice() -> None:
+    densest = nulls(1000)
+    per_value = densest.ByteSize() / 1000
+    assert 4 <= per_value < 4.01
+    assert 2 * (64 * 1024) / per_value <= MAX_REQUEST_VALUES
+
+
+def test_a_request_holds_at_most_the_budget_of_json_values_in_all() -> None:
+    check_request(edit_of(nulls(MAX_REQUEST_VALUES)))
+    error = refusal(edit_of(nulls(MAX_REQUEST_VALUES + 1)))
+    assert error.message == f"edit.payload: the request has more than {MAX_REQUEST_VALUES} JSON values"
+    half = MAX_REQUEST_VALUES // 2
+    payload = struct_pb2.Value()
+    payload.list_value.values.extend([nulls(half), nulls(half)])  # with the outer list's 2: one too many
+    assert refusal(edit_of(payload)).metadata == {"field": "edit.payload[1]"}
+    events = [gateway_pb2.OutgoingEvent(payload=nulls(half)), gateway_pb2.OutgoingEvent(payload=nulls(half + 1))]
+    assert refusal(gateway_pb2.PublishToRoomRequest(events=events)).metadata == {"field": "events[1].payload"}
+
+
+def test_values_over_the_budget_are_refused_before_they_are_walked() -> None:
+    payload = nulls(MAX_REQUEST_VALUES + 1)
+    payload.list_value.values[-1].number_value = math.nan
+    assert "more than" in refusal(edit_of(payload)).message
+
+
+def test_entries_of_repeated_fields_count_too() -> None:
+    many = [history_pb2.RoomRetention()] * (MAX_REQUEST_VALUES + 1)
+    error = refusal(history_pb2.SetRetentionRequest(rooms=many))
+    assert error.message == f"rooms: the request has more than {MAX_REQUEST_VALUES} repeated entries"
+
+
+def test_without_a_budget_a_request_may_hold_any_number_of_values() -> None:
+    events = [gateway_pb2.OutgoingEvent(payload=nulls(MAX_REQUEST_VALUES))] * 3
+    check_request(gateway_pb2.PublishToRoomRequest(events=events), max_values=None)
+    check_json(nulls(MAX_REQUEST_VALUES + 1), "payload", max_values=None)
+
+
+def test_a_part_of_a_request_is_checked_with_its_place_in_the_request() -> None:
+    event = gateway_pb2.OutgoingEvent(event="e", payload=to_value({"x": math.inf}))
+    with pytest.raises(ServiceError) as caught:
+        check_request(event, "publish.events[3]")
+    assert caught.value.metadata == {"field": "publish.events[3].payload.x"}
+
+
+def test_connect_commands_checked_after_their_limits_hold_only_what_their_handlers_check() -> None:
+    # Their handlers walk exactly these fields: a new field to check needs a handler's check first.
+    walked_by_handler = {
+        "publish": {"events"},  # each event whole (check_request per event)
+        "edit": {"payload"},
+        "ephemeral": {"data"},
+        "subject_publish": {"data"},
+    }
+    assert set(CHECKED_AFTER_LIMITS) == set(walked_by_handler)
+    commands = gateway_pb2.ConnectRequest.DESCRIPTOR.fields_by_name
+    for command, fields in walked_by_handler.items():
+        command_type = commands[command].message_type
+        assert command_type is not None
+        assert fields_to_check(command_type) == fields, command
 
 
 # The plan: what is walked
