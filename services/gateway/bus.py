@@ -87,6 +87,10 @@ class InProcessBus:
         for handler in handlers:
             self._deliver(handler, message)
 
+    def subscription_count(self) -> int:
+        """Subscriptions not yet cancelled, exact and prefix."""
+        return sum(map(len, self._exact.values())) + self.prefixes.value_count()
+
     def subscribe(self, subject: str, handler: Handler) -> Subscription:
         return _ExactSubscription(self._exact, subject, next(self._tokens), handler)
 

@@ -86,8 +86,6 @@ class Connection:
     # room -> what this connection receives of it.
     rooms: dict[str, Interest] = dataclasses.field(default_factory=dict)
     subjects: set[str] = dataclasses.field(default_factory=set)
-    # The last subject message delivered (deduplicates overlapping patterns).
-    last_subject_message: object = None
     # Rooms whose history is being read for this connection: live events are
     # held here and merged with the history by sequence.
     held: dict[str, list[Held]] = dataclasses.field(default_factory=dict)

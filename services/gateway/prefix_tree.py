@@ -80,12 +80,17 @@ class PrefixTree(Generic[V]):
         return [value for node in self.path(key) for value in node.values.values()]
 
     def node_count(self) -> int:
-        count, pending = 0, [self._root]
+        return sum(1 for _ in self._nodes())
+
+    def value_count(self) -> int:
+        return sum(len(node.values) for node in self._nodes())
+
+    def _nodes(self) -> Iterator[_Node[V]]:
+        pending = [self._root]
         while pending:
             node = pending.pop()
-            count += 1
+            yield node
             pending.extend(node.children.values())
-        return count
 
     @staticmethod
     def _split(parent: _Node[V], child: _Node[V], at: int) -> _Node[V]:

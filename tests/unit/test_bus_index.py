@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -220,3 +221,147 @@ async def test_a_connection_holds_a_limited_number_of_subscriptions() -> None:
     with pytest.raises(ServiceError) as refused:
         router.subscribe(mine, "one-more")
     assert refused.value.reason == "TOO_MANY_SUBSCRIPTIONS"
+
+
+class RecordingOutbox(Outbox):
+    """An outbox that also counts the subject messages put into it."""
+
+    def __init__(self) -> None:
+        super().__init__(FlushScheduler(60), max_bytes=10_000_000, max_frame_bytes=1_000_000)
+        self.received = 0
+
+    def put(self, kind: int, data: bytes, *, urgent: bool = False) -> bool:
+        self.received += 1
+        return super().put(kind, data, urgent=urgent)
+
+
+def recording(user_id: str, session: str) -> tuple[Connection, RecordingOutbox]:
+    outbox = RecordingOutbox()
+    return Connection(session_id=session, user_id=user_id, device_id="d", outbox=outbox), outbox
+
+
+def hears(pattern: str, subject: str, user_id: str) -> bool:
+    """The naive rule: the pattern matches, and a `user:` subject is only ever its owner's."""
+    if subject.startswith("user:") and subject != f"user:{user_id}":
+        return False
+    return subject.startswith(pattern[:-1]) if pattern.endswith("*") else subject == pattern
+
+
+# Stems that nest, and that cross the `user:` boundary, for users "a" and "b".
+stems = st.sampled_from(["", "u", "us", "user", "user:", "user:a", "user:ab", "user:b", "x", "xy", "xyz", "y"])
+subject_patterns = st.builds(lambda stem, wildcard: stem + ("*" if wildcard or not stem else ""), stems, st.booleans())
+published = stems.filter(bool)
+CONNECTION_USERS = ("a", "a", "b")  # two streams of one user, one of another
+PER_USER_CAP = 6
+router_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("subscribe"), st.integers(0, 2), subject_patterns),
+        st.tuples(st.just("unsubscribe"), st.integers(0, 2), st.integers(0, 10)),
+        st.tuples(st.just("close"), st.integers(0, 2), st.just(0)),
+        st.tuples(st.just("publish"), st.integers(0, 2), published),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(router_operations)
+def test_subject_deliveries_equal_a_naive_model(operations: list[tuple[str, int, Any]]) -> None:
+    asyncio.run(deliveries_equal_a_naive_model(operations))
+
+
+async def deliveries_equal_a_naive_model(operations: list[tuple[str, int, Any]]) -> None:
+    bus = CountingBus()
+    router = SubjectRouter(bus, max_per_user=PER_USER_CAP)
+    streams = [recording(user, f"s{n}") for n, user in enumerate(CONNECTION_USERS)]
+    model: list[set[str]] = [set() for _ in streams]
+
+    def held_by(user_id: str) -> int:
+        return sum(len(model[n]) for n, user in enumerate(CONNECTION_USERS) if user == user_id)
+
+    for action, n, argument in operations:
+        mine, user = streams[n][0], CONNECTION_USERS[n]
+        if action == "subscribe":
+            foreign = argument.startswith("user:") and not argument.endswith("*") and argument != f"user:{user}"
+            refused = foreign or (argument not in model[n] and held_by(user) >= PER_USER_CAP)
+            if refused:
+                with pytest.raises(ServiceError) as error:
+                    router.subscribe(mine, argument)
+                assert error.value.reason == ("NOT_OWNER" if foreign else "TOO_MANY_SUBSCRIPTIONS")
+            else:
+                router.subscribe(mine, argument)
+                model[n].add(argument)
+        elif action == "unsubscribe" and model[n]:
+            pattern = sorted(model[n])[argument % len(model[n])]
+            router.unsubscribe(mine, pattern)
+            model[n].discard(pattern)
+        elif action == "close":
+            router.unsubscribe_all(mine)
+            model[n].clear()
+        elif action == "publish":
+            for _, outbox in streams:
+                outbox.received = 0
+            bus.deliveries = 0
+            router.publish(argument, "someone", to_value(1))
+            expected = [any(hears(p, argument, user) for p in model[k]) for k, user in enumerate(CONNECTION_USERS)]
+            assert [outbox.received for _, outbox in streams] == [int(wanted) for wanted in expected]
+            # One handler call per connection reached, however many of its patterns match.
+            assert bus.deliveries == sum(expected) <= len(streams)
+        assert [mine.subjects for mine, _ in streams] == model
+    for mine, _ in streams:
+        router.unsubscribe_all(mine)
+    assert bus.subscription_count() == 0
+
+
+NESTED = [f"{'p' * length}*" for length in range(1, 101)]  # p*, pp*, ppp*, ... each covering the next
+
+
+async def test_nested_wildcards_cost_one_handler_call_per_connection() -> None:
+    bus = CountingBus()
+    router = SubjectRouter(bus, max_per_user=1000)
+    streams = [recording("me", f"s{n}") for n in range(10)]
+    for mine, _ in streams:
+        for pattern in NESTED:
+            router.subscribe(mine, pattern)
+    assert bus.subscription_count() == len(streams)  # `p*` alone stands for the 100 on each connection
+    router.publish("p" * 120, "someone", to_value(1))
+    assert bus.deliveries == len(streams)  # not 1,000
+    assert [outbox.received for _, outbox in streams] == [1] * len(streams)
+    # Caps still count the patterns asked for, not the bus subscriptions behind them.
+    with pytest.raises(ServiceError) as refused:
+        router.subscribe(recording("me", "s-extra")[0], "q")
+    assert "1000 subject subscriptions" in refused.value.message
+
+    # Unsubscribing the outer wildcard hands its place to the next one in.
+    for mine, _ in streams:
+        router.unsubscribe(mine, "p*")
+    assert bus.subscription_count() == len(streams)
+    bus.deliveries = 0
+    router.publish("p" * 120, "someone", to_value(1))
+    router.publish("p", "someone", to_value(1))  # only `p*` matched this one
+    assert bus.deliveries == len(streams)
+    assert [outbox.received for _, outbox in streams] == [2] * len(streams)
+
+
+async def test_exact_subjects_under_a_wildcard_need_no_subscription_of_their_own() -> None:
+    bus = CountingBus()
+    router = SubjectRouter(bus, max_per_user=1000)
+    mine, outbox = recording("me", "s")
+    for pattern in ("presence:lobby", "presence:*", "presence:l*", "user:me", "user:*", "*"):
+        router.subscribe(mine, pattern)
+    # `*` covers every subject but `user:` ones, which need `owned.user:me`: two subscriptions for six patterns.
+    assert bus.subscription_count() == 2
+    router.publish("presence:lobby", "x", to_value(1))
+    router.publish("user:me", "x", to_value(1))
+    assert (bus.deliveries, outbox.received) == (2, 2)
+    router.unsubscribe(mine, "*")
+    router.unsubscribe(mine, "presence:*")
+    assert bus.subscription_count() == 2  # `presence:l*` and `owned.user:me`
+    router.publish("presence:lobby", "x", to_value(1))
+    router.publish("presence:other", "x", to_value(1))
+    assert (bus.deliveries, outbox.received) == (3, 3)
+    router.unsubscribe(mine, "presence:l*")
+    router.publish("presence:lobby", "x", to_value(1))
+    assert (bus.deliveries, outbox.received) == (4, 4)  # the exact subscription is back on the bus
+    router.unsubscribe_all(mine)
+    assert bus.subscription_count() == 0
