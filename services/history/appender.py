@@ -21,11 +21,14 @@ from services.runtime.sqlite import SqliteDatabase
 MAX_BATCH = 1000
 
 
+Result = tuple[str, list[store.Appended]]
+
+
 @dataclasses.dataclass
 class _Request:
     room_id: str
     events: list[store.NewEventRow]
-    done: asyncio.Future[tuple[str, list[store.Appended]]]
+    done: asyncio.Future[Result]
 
 
 class GroupCommitter:
@@ -37,8 +40,9 @@ class GroupCommitter:
         self._writer: asyncio.Task[None] | None = None
         self.transactions = 0
 
-    async def append(self, room_id: str, events: list[store.NewEventRow]) -> tuple[str, list[store.Appended]]:
-        done: asyncio.Future[tuple[str, list[store.Appended]]] = asyncio.get_running_loop().create_future()
+    async def append(self, room_id: str, events: list[store.NewEventRow]) -> Result:
+        """The events' epoch and sequences; raises store.LogClosed when the room's log is closed."""
+        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(room_id, events, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
@@ -53,8 +57,8 @@ class GroupCommitter:
 
             def write(
                 db: sqlite_utils.Database, batch: list[_Request] = batch, now: float = now
-            ) -> list[tuple[str, list[store.Appended]]]:
-                return [store.append(db, r.room_id, r.events, now, self._window) for r in batch]
+            ) -> list[Result | store.LogClosed]:
+                return [_append_one(db, r, now, self._window) for r in batch]
 
             try:
                 results = await self._db.transaction(write)
@@ -65,6 +69,10 @@ class GroupCommitter:
                 continue
             self.transactions += 1
             for request, result in zip(batch, results, strict=True):
+                if isinstance(result, store.LogClosed):
+                    if not request.done.done():
+                        request.done.set_exception(result)
+                    continue
                 self._hot.apply(request.room_id, partial(self._hot.appended, request.room_id, request.events, *result))
                 if not request.done.done():
                     request.done.set_result(result)
@@ -72,3 +80,11 @@ class GroupCommitter:
     async def close(self) -> None:
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
+
+
+def _append_one(db: sqlite_utils.Database, request: _Request, now: float, window: float) -> Result | store.LogClosed:
+    """One request's part of the transaction; a closed log refuses it (writing nothing) and the others go on."""
+    try:
+        return store.append(db, request.room_id, request.events, now, window)
+    except store.LogClosed as closed:
+        return closed

@@ -36,9 +36,5 @@ class InProcessHistory:
     async def set_retention(self, request: history_pb2.SetRetentionRequest) -> None:
         await self._servicer.set_retention(request)
 
-    async def drop_log(self, room_id: str) -> int:
-        response = await self._servicer.drop_log(history_pb2.DropLogRequest(room_id=room_id))
-        return response.dropped_events
-
     async def close(self) -> None:
         """Nothing to close: the history module owns the servicer."""

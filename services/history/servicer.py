@@ -10,13 +10,14 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from parley.api.v1 import errors_pb2
 from parley.history.v1 import history_pb2
 from services.history import store
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer, Page, Snapshot, read_snapshot
 from services.runtime import protowire
 from services.runtime.config import HistoryConfig
-from services.runtime.errors import event_not_found, invalid_field, not_author
+from services.runtime.errors import ServiceError, event_not_found, invalid_field, not_author, not_found
 from services.runtime.grpc_types import Context
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.timestamps import to_timestamp
@@ -32,6 +33,11 @@ def check_room_id(room_id: str, field: str = "room_id") -> None:
         raise invalid_field(field, "is required")
     if len(room_id) > MAX_ROOM_ID:
         raise invalid_field(field, f"must be at most {MAX_ROOM_ID} characters")
+
+
+def log_closed(room_id: str) -> ServiceError:
+    """The room was deleted: its log refuses appends and changes (the reason a publisher racing the deletion gets)."""
+    return not_found(errors_pb2.ERROR_REASON_ROOM_NOT_FOUND, f"room {room_id!r} was deleted", room_id=room_id)
 
 
 def encode_cursor(seq: int) -> str:
@@ -123,7 +129,10 @@ class HistoryServicer:
                     keep_seconds=event.keep_seconds,
                 )
             )
-        epoch, appended = await self._committer.append(request.room_id, rows)
+        try:
+            epoch, appended = await self._committer.append(request.room_id, rows)
+        except store.LogClosed:
+            raise log_closed(request.room_id) from None
         return history_pb2.AppendEventsResponse(
             epoch=epoch,
             appended=[history_pb2.AppendedEvent(seq=a.seq, handle=a.handle, duplicate=a.duplicate) for a in appended],
@@ -192,16 +201,23 @@ class HistoryServicer:
         return await self.drop_log(request)
 
     async def drop_log(self, request: history_pb2.DropLogRequest) -> history_pb2.DropLogResponse:
-        """DropLog itself: the room's log is erased, and its next append starts a new epoch."""
+        """DropLog itself: the room's log is erased, and then closed, or open for a new epoch."""
         check_room_id(request.room_id)
-        room_id = request.room_id
+        if request.close and request.reopen_only:
+            raise invalid_field("reopen_only", "cannot be combined with close")
+        room_id, close, reopen_only = request.room_id, request.close, request.reopen_only
+
+        def drop(db: sqlite_utils.Database) -> int:
+            return store.reopen_log(db, room_id) if reopen_only else store.drop_log(db, room_id, close=close)
 
         async def commit() -> int:
             # Appends and changes take their turn on the one database thread: those
             # committed before the drop are erased with it, later ones start the new
-            # log. The hot buffer follows in commit order, as it does for them.
-            dropped = await self._db.transaction(lambda db: store.drop_log(db, room_id))
-            self._hot.forget(room_id)
+            # log or, once it is closed, are refused. The hot buffer follows in commit
+            # order, as it does for them (a reopened log held nothing to forget).
+            dropped = await self._db.transaction(drop)
+            if not reopen_only:
+                self._hot.forget(room_id)
             return dropped
 
         # A caller that stops waiting does not stop the drop, nor the hot buffer's forgetting.
@@ -237,7 +253,7 @@ class HistoryServicer:
         def rewrite(db: sqlite_utils.Database) -> tuple[store.EventRow, history_pb2.LoggedEvent]:
             row = store.event_by_handle(db, room_id, handle)
             if row is None:
-                raise event_not_found(room_id, handle)
+                raise log_closed(room_id) if store.is_closed(db, room_id) else event_not_found(room_id, handle)
             event = history_pb2.LoggedEvent.FromString(row.body)
             if event.deleted:
                 raise event_not_found(room_id, handle, " (it was deleted)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 
 import sqlite_utils
 
@@ -93,7 +94,13 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_by_age ON events(room_id, event, time_ms)")
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6]
+def _migration_7(db: sqlite_utils.Database) -> None:
+    # Logs of deleted rooms: erased, and refusing appends until reopened. A closed
+    # log has no room_logs row, so an append looks here only to start a log.
+    db.execute("CREATE TABLE closed_logs (room_id TEXT PRIMARY KEY, closed_at REAL NOT NULL) WITHOUT ROWID")
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7]
 EVENT_COLUMNS = "seq, event, sender, handle, body"
 
 
@@ -134,6 +141,14 @@ class NewEventRow:
     keep_seconds: int = 0
 
 
+class LogClosed(Exception):
+    """The room's log is closed (its room was deleted): nothing is appended or changed."""
+
+    def __init__(self, room_id: str) -> None:
+        super().__init__(f"the log of {room_id!r} is closed")
+        self.room_id = room_id
+
+
 @dataclasses.dataclass(frozen=True)
 class Appended:
     seq: int
@@ -152,9 +167,14 @@ def log_state(db: sqlite_utils.Database, room_id: str) -> LogStateRow | None:
 def append(
     db: sqlite_utils.Database, room_id: str, events: list[NewEventRow], now: float, idempotency_window: float
 ) -> tuple[str, list[Appended]]:
-    """Appends with consecutive sequences; retries within the window return the original."""
+    """Appends with consecutive sequences; retries within the window return the original.
+
+    Raises LogClosed, having written nothing, when the room's log is closed.
+    """
     state = log_state(db, room_id)
     if state is None:
+        if is_closed(db, room_id):
+            raise LogClosed(room_id)
         state = LogStateRow(room_id, secrets.token_hex(8), 0, now)
         db.execute(
             "INSERT INTO room_logs (room_id, epoch, last_seq, created_at) VALUES (?, ?, 0, ?)",
@@ -196,7 +216,12 @@ def append(
 def set_room_retention(
     db: sqlite_utils.Database, room_id: str, named: dict[str, tuple[int, int]], other: tuple[int, int]
 ) -> None:
-    """Replaces the room's policies: `named` per event name, `other` for names recorded but not named."""
+    """Replaces the room's policies: `named` per event name, `other` for names recorded but not named.
+
+    A closed log keeps none (a gateway may not have heard of the deletion yet).
+    """
+    if is_closed(db, room_id):
+        return
     recorded = {name for (name,) in db.execute("SELECT event FROM retention WHERE room_id = ?", [room_id])}
     if any(other):
         recorded |= event_names(db, room_id)  # names kept under "*" before it had limits
@@ -355,16 +380,30 @@ def changed_since(db: sqlite_utils.Database, room_id: str, after_seq: int, limit
     return [EventRow(*row) for row in db.execute(sql, [room_id, after_seq, after_seq, limit]).fetchall()]
 
 
-def drop_log(db: sqlite_utils.Database, room_id: str) -> int:
+def drop_log(db: sqlite_utils.Database, room_id: str, close: bool = False) -> int:
     """Erases the room's log: events, idempotency keys, retention, and its epoch; returns the events erased.
 
-    The room's next append starts a new log under a new epoch.
+    Without `close` (and if it was closed, from now on) the room's next append
+    starts a new log under a new epoch; with it, appends raise LogClosed.
     """
     dropped = db.execute("DELETE FROM events WHERE room_id = ?", [room_id]).rowcount
     db.execute("DELETE FROM idempotency_keys WHERE room_id = ?", [room_id])
     db.execute("DELETE FROM retention WHERE room_id = ?", [room_id])
     db.execute("DELETE FROM room_logs WHERE room_id = ?", [room_id])
+    if close:
+        db.execute("INSERT OR IGNORE INTO closed_logs (room_id, closed_at) VALUES (?, ?)", [room_id, time.time()])
+    else:
+        db.execute("DELETE FROM closed_logs WHERE room_id = ?", [room_id])
     return int(dropped)
+
+
+def reopen_log(db: sqlite_utils.Database, room_id: str) -> int:
+    """Opens a closed log (erasing what it holds: nothing, or a stale retention); an open log stays as it is."""
+    return drop_log(db, room_id) if is_closed(db, room_id) else 0
+
+
+def is_closed(db: sqlite_utils.Database, room_id: str) -> bool:
+    return db.execute("SELECT 1 FROM closed_logs WHERE room_id = ?", [room_id]).fetchone() is not None
 
 
 def prune_idempotency_keys(db: sqlite_utils.Database, older_than: float) -> int:

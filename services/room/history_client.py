@@ -1,4 +1,4 @@
-"""The room service's calls to the history service: a deleted room's log goes with it."""
+"""The room service's calls to the history service: a deleted room's log goes with it, and stays closed."""
 
 from __future__ import annotations
 
@@ -9,14 +9,23 @@ from services.runtime.peer_client import PeerClient
 
 
 class RoomLogs(Protocol):
-    async def drop_log(self, room_id: str) -> int:
-        """Erases the room's log (its next event starts a new epoch); returns the events erased."""
+    async def close_log(self, room_id: str) -> int:
+        """Erases the room's log and closes it (appends to it fail) until it is reopened; returns the events erased."""
+        ...
+
+    async def reopen_log(self, room_id: str) -> None:
+        """Opens the room's log if it is closed (its next event starts a new epoch); an open log is kept."""
         ...
 
 
 class HistoryLogs(PeerClient):
-    async def drop_log(self, room_id: str) -> int:
+    async def close_log(self, room_id: str) -> int:
+        return await self._drop(history_pb2.DropLogRequest(room_id=room_id, close=True), "erase the room's history")
+
+    async def reopen_log(self, room_id: str) -> None:
+        await self._drop(history_pb2.DropLogRequest(room_id=room_id, reopen_only=True), "open the room's history")
+
+    async def _drop(self, request: history_pb2.DropLogRequest, what: str) -> int:
         stub = history_pb2_grpc.HistoryServiceStub(self.channel)
-        request = history_pb2.DropLogRequest(room_id=room_id)
-        response: history_pb2.DropLogResponse = await self.call(stub.DropLog, request, "erase the room's history")
+        response: history_pb2.DropLogResponse = await self.call(stub.DropLog, request, what)
         return response.dropped_events

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
-import grpc
 import sqlite_utils
 
 from parley.api.v1 import errors_pb2
@@ -15,14 +14,14 @@ from services.room import store
 from services.room.allowance import SchemaAllowance
 from services.room.definitions import compile_rules, schema_bytes_of
 from services.room.history_client import RoomLogs
+from services.runtime.change_feed import ChangeFeed
 from services.runtime.errors import ServiceError, already_exists, not_found, permission_denied, unavailable
 from services.runtime.principal import Principal
 from services.runtime.sqlite import SqliteDatabase
+from services.runtime.uncancellable import uncancellable
 
 CREATED = room_pb2.RoomChange.KIND_CREATED
 DELETED = room_pb2.RoomChange.KIND_DELETED
-# A watcher that falls this far behind is dropped; it reconnects and resyncs.
-WATCH_QUEUE_LIMIT = 10_000
 
 
 def room_not_found(room_id: str) -> ServiceError:
@@ -32,10 +31,11 @@ def room_not_found(room_id: str) -> ServiceError:
 class RoomRegistry:
     """Every room; a run-time room's log in the history service is erased when it goes.
 
-    A deleted room's history is gone: deleting erases its log before the room
-    goes, and creating erases whatever a publish racing that deletion left,
-    so a room re-created with the same id starts a new log with a new epoch.
-    If the history service cannot be reached, neither happens (UNAVAILABLE).
+    A deleted room's history is gone: deleting erases its log and leaves it
+    closed before the room goes (a publish racing the deletion is refused),
+    and creating opens a closed log again, so a room re-created with the same
+    id starts a new log with a new epoch. If the history service cannot be
+    reached, neither happens (UNAVAILABLE).
     """
 
     def __init__(
@@ -48,7 +48,7 @@ class RoomRegistry:
         self._rooms = {room.room_id: room for room in declared}
         # Room ids being created or deleted: one change at a time per id.
         self._changing: set[str] = set()
-        self._watchers: set[asyncio.Queue[room_pb2.RoomChange | None]] = set()
+        self._changes: ChangeFeed[room_pb2.RoomChange] = ChangeFeed("room watch")
 
     async def load(self) -> None:
         def read(db: sqlite_utils.Database) -> list[tuple[room_pb2.Room, int]]:
@@ -84,20 +84,43 @@ class RoomRegistry:
         self._changing.add(room_id)
         try:
             await compile_rules(room)
-            await self._logs.drop_log(room_id)
+        except BaseException:
+            self._abandon_creation(room_id)
+            raise
+        # Once its log is opened, the room is created, held and announced even if the caller
+        # stops waiting: a row written but never held would be a room nobody sees or re-creates.
+        return await uncancellable(self._commit_creation(room))
+
+    async def _commit_creation(self, room: room_pb2.Room) -> room_pb2.Room:
+        room_id = room.room_id
+        try:
+            # A deleted room's log was closed: open it again. A log a backend
+            # wrote under this id (never a room's) stays: the room adopts it.
+            await self._logs.reopen_log(room_id)
             now = time.time()
             if not await self._db.transaction(lambda db: store.insert_room(db, room, now)):
                 raise already_exists(
                     errors_pb2.ERROR_REASON_ROOM_EXISTS, f"room {room_id!r} already exists", room_id=room_id
                 )
         except BaseException:
-            self._allowance.give_back(room_id)
+            self._abandon_creation(room_id)
             raise
-        finally:
-            self._changing.discard(room_id)
+        self._changing.discard(room_id)
         self._rooms[room_id] = room
         self._announce(room_pb2.RoomChange(kind=CREATED, room=room))
         return room
+
+    def _abandon_creation(self, room_id: str) -> None:
+        self._changing.discard(room_id)
+        self._allowance.give_back(room_id)
+
+    async def reopen_declared_logs(self) -> None:
+        """Opens the logs of config rooms whose ids belonged to deleted run-time rooms (closed logs).
+
+        Run once the history service can be reached; an open log is not touched.
+        """
+        for room_id in sorted(self._declared):
+            await self._logs.reopen_log(room_id)
 
     async def delete(self, room_id: str, caller: Principal) -> room_pb2.Room:
         room = self.get(room_id)
@@ -113,9 +136,17 @@ class RoomRegistry:
             raise unavailable(f"room {room_id!r} is being deleted; try again")
         self._changing.add(room_id)
         try:
-            # The log first: if history cannot be reached, nothing changes.
-            await self._logs.drop_log(room_id)
-            await self._db.transaction(lambda db: store.delete_room(db, room_id))
+            # The log first: if history cannot be reached, nothing changes. It stays
+            # closed: what gateways that have not heard of the deletion yet publish
+            # is refused (ROOM_NOT_FOUND), not kept under the deleted id.
+            await self._logs.close_log(room_id)
+            try:
+                await self._db.transaction(lambda db: store.delete_room(db, room_id))
+            except Exception:
+                # The room stays, so its log must take events again (those it had are gone).
+                with contextlib.suppress(ServiceError):
+                    await self._logs.reopen_log(room_id)
+                raise
         finally:
             self._changing.discard(room_id)
         del self._rooms[room_id]
@@ -125,32 +156,11 @@ class RoomRegistry:
 
     async def watch(self) -> AsyncIterator[list[room_pb2.RoomChange] | None]:
         """Yields the snapshot, then None (snapshot complete), then batches of changes."""
-        queue: asyncio.Queue[room_pb2.RoomChange | None] = asyncio.Queue(WATCH_QUEUE_LIMIT)
-        self._watchers.add(queue)
-        try:
+        async with self._changes.watching() as batches:
             yield [room_pb2.RoomChange(kind=CREATED, room=r) for r in self._rooms.values()]
             yield None
-            while True:
-                change = await queue.get()
-                if change is None:
-                    raise ServiceError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        errors_pb2.ERROR_REASON_SLOW_CONSUMER,
-                        "room watch fell behind; watch again",
-                    )
-                batch = [change]
-                while not queue.empty():
-                    more = queue.get_nowait()
-                    if more is not None:
-                        batch.append(more)
+            async for batch in batches:
                 yield batch
-        finally:
-            self._watchers.discard(queue)
 
     def _announce(self, change: room_pb2.RoomChange) -> None:
-        for queue in list(self._watchers):
-            if queue.qsize() >= WATCH_QUEUE_LIMIT - 1:
-                self._watchers.discard(queue)
-                queue.put_nowait(None)
-            else:
-                queue.put_nowait(change)
+        self._changes.announce(change)

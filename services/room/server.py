@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 from parley.room.v1 import room_pb2, room_pb2_grpc
@@ -12,6 +14,7 @@ from services.room.membership import Membership
 from services.room.registry import RoomRegistry
 from services.room.servicer import RoomServicer
 from services.runtime.config import Config
+from services.runtime.errors import ServiceError
 from services.runtime.grpc_types import HealthStatus
 from services.runtime.peer_client import internal_secret
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
@@ -19,6 +22,8 @@ from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
 
 SERVICE = room_pb2.DESCRIPTOR.services_by_name["RoomService"]
+REOPEN_RETRY_SECONDS = 1.0
+log = logging.getLogger("parley.room")
 
 
 async def room_module(config: Config, history_on_this_server: bool = False) -> ServiceModule:
@@ -41,11 +46,18 @@ async def room_module(config: Config, history_on_this_server: bool = False) -> S
         registry, Membership(), config.room_service.creations_per_hour, config.room_service.max_schema_bytes_per_room
     )
 
+    reopening: list[asyncio.Task[None]] = []
+
     def start(health: HealthStatus, own_address: str) -> None:
         if history_on_this_server:
             history.address = own_address
+        if declared:
+            reopening.append(asyncio.create_task(_reopen_declared_logs(registry)))
 
     async def close() -> None:
+        for task in reopening:
+            task.cancel()
+        await asyncio.gather(*reopening, return_exceptions=True)
         await history.close()
         await db.close()
 
@@ -55,6 +67,17 @@ async def room_module(config: Config, history_on_this_server: bool = False) -> S
         close=close,
         start=start,
     )
+
+
+async def _reopen_declared_logs(registry: RoomRegistry) -> None:
+    """A config room may take the id of a deleted run-time room, whose log was left closed."""
+    while True:
+        try:
+            await registry.reopen_declared_logs()
+            return
+        except ServiceError as error:
+            log.warning("could not open the config rooms' logs; trying again", extra={"error": error.message})
+            await asyncio.sleep(REOPEN_RETRY_SECONDS)
 
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:

@@ -44,14 +44,15 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
 
     async def CreateRoom(self, request: room_pb2.CreateRoomRequest, context: Context) -> room_pb2.CreateRoomResponse:
         caller = current_principal()
-        # Large schemas take a while to read and measure: not on the event loop.
-        room, schema_bytes = await asyncio.to_thread(
-            definitions.from_request, request, caller.user_id, self._max_schema_bytes
-        )
+        # First, before any work: a user over the limit costs nothing more.
         if not caller.is_service:
             wait = self._creations.try_acquire(caller.user_id)
             if wait:
                 raise rate_limited("too many rooms created; try again later", wait)
+        # Large schemas take a while to read and measure: not on the event loop.
+        room, schema_bytes = await asyncio.to_thread(
+            definitions.from_request, request, caller.user_id, self._max_schema_bytes
+        )
         return room_pb2.CreateRoomResponse(room=await self._registry.create(room, schema_bytes))
 
     async def DeleteRoom(self, request: room_pb2.DeleteRoomRequest, context: Context) -> room_pb2.DeleteRoomResponse:

@@ -18,11 +18,14 @@ from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from parley.values import to_value
 from services import allinone
+from services.room.registry import DELETED, RoomRegistry
 from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
 from tests.streams import payload_of, stream
-from tests.support import ServerProcess, bearer, error_reason, make_config, running, wait_until
+from tests.support import SERVICE_SECRET, ServerProcess, bearer, error_reason, make_config, running, wait_until
 
 ROOM = "attic"
+SERVICE = bearer(f"svc:backend:{SERVICE_SECRET}")
+EMPTY = {"epoch": "", "last_seq": 0, "page": [], "since": []}
 KEPT = room_pb2.EventDefinition(name="*", history=room_pb2.HistoryPolicy(enabled=True))
 
 
@@ -66,7 +69,19 @@ def payload_of_logged(event: history_pb2.LoggedEvent) -> Any:
     return json_format.MessageToDict(event.payload)
 
 
-async def delete_then_recreate(address: str, olive: Client, pete: Client) -> None:
+async def backend_append(
+    address: str, text: str, service: tuple[tuple[str, str], ...] = SERVICE
+) -> history_pb2.AppendEventsResponse:
+    event = history_pb2.NewEvent(event="note", payload=to_value({"text": text}), sender="ops", handle=text)
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await history_pb2_grpc.HistoryServiceStub(channel).AppendEvents(
+            history_pb2.AppendEventsRequest(room_id=ROOM, events=[event]), metadata=service
+        )
+
+
+async def delete_then_recreate(
+    address: str, olive: Client, pete: Client, service: tuple[tuple[str, str], ...] = SERVICE
+) -> None:
     """Olive's room, with kept events, deleted; Pete re-creates the id: nothing of Olive's comes back."""
     await create_kept_room(address, olive)
     await publish(address, olive, note("olive 1", key="k1"), note("olive 2"), note("olive 3"))
@@ -75,7 +90,10 @@ async def delete_then_recreate(address: str, olive: Client, pete: Client) -> Non
     old_epoch = before["epoch"]
 
     await olive.delete_room(ROOM)
-    assert await history_of(address, olive) == {"epoch": "", "last_seq": 0, "page": [], "since": []}
+    assert await history_of(address, olive) == EMPTY
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # a publish racing the deletion
+        await backend_append(address, "late", service)
+    assert (refused.value.code(), error_reason(refused.value)) == (grpc.StatusCode.NOT_FOUND, "ROOM_NOT_FOUND")
 
     room = await create_kept_room(address, pete)
     assert room.creator == pete.user_id
@@ -128,6 +146,66 @@ async def test_a_room_declared_with_a_deleted_rooms_id_syncs_none_of_its_events(
     assert joined.last_seq == 1
 
 
+async def test_a_deleted_rooms_log_stays_closed_to_appends(data_dir: Path, tmp_path: Path) -> None:
+    """What a gateway that has not heard of the deletion yet would append is refused, and nothing is readable."""
+    async with running(allinone.create_server, make_config(data_dir)) as (_, address):
+        async with Client(address, username="olive", key_file=tmp_path / "olive.json") as olive:
+            await create_kept_room(address, olive)
+            await publish(address, olive, note("olive 1"))
+            await olive.delete_room(ROOM)
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await backend_append(address, "late")
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+            assert error_reason(refused.value) == "ROOM_NOT_FOUND"
+            async with grpc.aio.insecure_channel(address) as channel:
+                history = history_pb2_grpc.HistoryServiceStub(channel)
+                edit = history_pb2.EditEventRequest(room_id=ROOM, handle="late", payload=to_value("x"))
+                with pytest.raises(grpc.aio.AioRpcError) as not_edited:
+                    await history.EditEvent(edit, metadata=SERVICE)
+            assert error_reason(not_edited.value) == "ROOM_NOT_FOUND"
+            assert await history_of(address, olive) == EMPTY
+
+
+async def test_a_publish_racing_a_deletion_gets_room_not_found(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway still has the room's rules and the member (it never hears of the deletion here)."""
+    announce = RoomRegistry._announce
+
+    def announce_all_but_deletions(registry: RoomRegistry, change: room_pb2.RoomChange) -> None:
+        if change.kind != DELETED:
+            announce(registry, change)
+
+    monkeypatch.setattr(RoomRegistry, "_announce", announce_all_but_deletions)
+    async with running(allinone.create_server, make_config(data_dir)) as (_, address):
+        async with Client(address, username="olive", key_file=tmp_path / "olive.json") as olive:
+            await create_kept_room(address, olive)
+            async with stream(address, await olive.access_token()) as connection:
+                await connection.join(ROOM)
+                await connection.ok(publish=gateway_pb2.PublishCommand(room_id=ROOM, events=[note("before")]))
+                await olive.delete_room(ROOM)
+                reply = await connection.command(
+                    publish=gateway_pb2.PublishCommand(room_id=ROOM, events=[note("after")])
+                )
+            assert reply.status.code == grpc.StatusCode.NOT_FOUND.value[0], reply.status
+            assert reply.status.reason == "ROOM_NOT_FOUND", reply.status
+            assert await history_of(address, olive) == EMPTY
+
+
+async def test_a_room_created_over_a_backend_written_log_adopts_it(data_dir: Path, tmp_path: Path) -> None:
+    """A log a backend wrote to an id that is no room is not a deleted room's: creating the room keeps it."""
+    async with running(allinone.create_server, make_config(data_dir)) as (_, address):
+        written = await backend_append(address, "from the backend")
+        async with Client(address, username="pete", key_file=tmp_path / "pete.json") as pete:
+            await create_kept_room(address, pete)
+            published = await publish(address, pete, note("pete 1"))
+            kept = await history_of(address, pete)
+    assert list(published.seqs) == [2]
+    assert kept["epoch"] == written.epoch
+    assert kept["since"] == [{"text": "from the backend"}, {"text": "pete 1"}]
+
+
 # Split mode: five processes, history started before the room service (which calls it).
 PEERS = ("identity", "history", "room", "file")
 
@@ -167,7 +245,7 @@ async def test_split_mode_deletes_the_history_too(split: Split, tmp_path: Path) 
         Client(address, username="olive", key_file=tmp_path / "olive.json") as olive,
         Client(address, username="pete", key_file=tmp_path / "pete.json") as pete,
     ):
-        await delete_then_recreate(address, olive, pete)
+        await delete_then_recreate(address, olive, pete, bearer("svc:parley:deletion-test-secret"))
 
         # Without the history service, a room cannot be deleted: it stays, with its log.
         history = split.processes["history"]

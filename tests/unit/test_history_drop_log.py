@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
+import pytest
+
 from parley.history.v1 import history_pb2
 from parley.values import to_value
 from services.history.server import history_parts
 from services.history.servicer import HistoryServicer
+from services.runtime.errors import ServiceError
 from tests.support import make_config
 
 
@@ -67,6 +71,84 @@ async def test_a_cancelled_drop_still_empties_the_hot_buffer(tmp_path: Path) -> 
         state = await servicer.GetLogState(history_pb2.GetLogStateRequest(room_id="r"), None)  # type: ignore[arg-type]
         assert (list(held.events), held.epoch) == ([], "")
         assert (state.state.epoch, state.state.last_seq) == ("", 0)
+    finally:
+        assert module.close is not None
+        await module.close()
+
+
+def append_to(servicer: HistoryServicer, room_id: str, handle: str) -> asyncio.Future[history_pb2.AppendEventsResponse]:
+    event = history_pb2.NewEvent(event="m", payload=to_value(handle), sender="u", handle=handle)
+    return asyncio.ensure_future(servicer.append(history_pb2.AppendEventsRequest(room_id=room_id, events=[event])))
+
+
+async def test_a_closed_log_refuses_appends_without_failing_the_other_rooms_in_its_group_commit(
+    tmp_path: Path,
+) -> None:
+    module, servicer = await history_parts(make_config(tmp_path))
+    try:
+        await append(servicer, 0)
+        await servicer.drop_log(history_pb2.DropLogRequest(room_id="r", close=True))
+        committed = servicer._committer.transactions
+        together = [
+            append_to(servicer, "other", "o1"),
+            append_to(servicer, "r", "late"),
+            append_to(servicer, "other", "o2"),
+        ]
+        outcomes = await asyncio.gather(*together, return_exceptions=True)
+
+        assert servicer._committer.transactions == committed + 1  # one group commit for the three
+        refused = outcomes[1]
+        assert isinstance(refused, ServiceError)
+        assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "ROOM_NOT_FOUND")
+        others = [o for i, o in enumerate(outcomes) if i != 1]
+        assert [o.appended[0].seq for o in others if isinstance(o, history_pb2.AppendEventsResponse)] == [1, 2]
+        assert list((await held_page(servicer)).events) == []
+        stored = await servicer.since(history_pb2.ListEventsSinceRequest(room_id="r"))
+        assert (list(stored.events), stored.epoch, stored.last_seq) == ([], "", 0)
+        with pytest.raises(ServiceError) as not_edited:
+            await servicer.edit(history_pb2.EditEventRequest(room_id="r", handle="h0", payload=to_value(1)))
+        assert not_edited.value.reason == "ROOM_NOT_FOUND"
+    finally:
+        assert module.close is not None
+        await module.close()
+
+
+async def test_reopening_only_opens_a_closed_log_and_keeps_an_open_one(tmp_path: Path) -> None:
+    module, servicer = await history_parts(make_config(tmp_path))
+    try:
+        kept = await append_to(servicer, "kept", "k1")
+        untouched = await servicer.drop_log(history_pb2.DropLogRequest(room_id="kept", reopen_only=True))
+        assert untouched.dropped_events == 0
+        state = await servicer.since(history_pb2.ListEventsSinceRequest(room_id="kept"))
+        assert ([e.handle for e in state.events], state.epoch) == (["k1"], kept.epoch)
+
+        await append(servicer, 0)
+        await servicer.drop_log(history_pb2.DropLogRequest(room_id="r", close=True))
+        await servicer.drop_log(history_pb2.DropLogRequest(room_id="r", reopen_only=True))
+        reopened = await append_to(servicer, "r", "new")
+        assert reopened.appended[0].seq == 1
+
+        with pytest.raises(ServiceError) as both:
+            await servicer.drop_log(history_pb2.DropLogRequest(room_id="r", close=True, reopen_only=True))
+        assert both.value.reason == "VALIDATION_FAILED"
+    finally:
+        assert module.close is not None
+        await module.close()
+
+
+async def test_a_closed_log_stays_closed_across_a_restart(tmp_path: Path) -> None:
+    module, servicer = await history_parts(make_config(tmp_path))
+    try:
+        await append(servicer, 0)
+        await servicer.drop_log(history_pb2.DropLogRequest(room_id="r", close=True))
+    finally:
+        assert module.close is not None
+        await module.close()
+    module, servicer = await history_parts(make_config(tmp_path))
+    try:
+        with pytest.raises(ServiceError) as refused:
+            await append(servicer, 1)
+        assert refused.value.reason == "ROOM_NOT_FOUND"
     finally:
         assert module.close is not None
         await module.close()

@@ -701,15 +701,29 @@ class DropLogRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROOM_ID_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    REOPEN_ONLY_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
+    close: _builtins.bool
+    """Leaves the log closed (its room was deleted): it stays erased, appends,
+    edits and deletes fail with NOT_FOUND / ROOM_NOT_FOUND and reads find
+    nothing, until a DropLog without `close` opens it again.
+    """
+    reopen_only: _builtins.bool
+    """Only opens a closed log (erasing what it holds: nothing); an open log is
+    kept as it is. A room created at run time adopts a log a backend wrote
+    under its id. Not with `close`.
+    """
     def __init__(
         self,
         *,
         room_id: _builtins.str = ...,
+        close: _builtins.bool = ...,
+        reopen_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "reopen_only", b"reopen_only", "room_id", b"room_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

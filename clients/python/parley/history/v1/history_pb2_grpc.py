@@ -160,8 +160,10 @@ class HistoryServiceServicer:
 
     def DropLog(self, request, context):
         """Erases a room's log: its events, idempotency keys, retention and epoch.
-        The room service calls it when a room is deleted (and before one is
-        created), so a room re-created with the same id starts a new log with a
+        The room service calls it with `close` when a room is deleted, so nothing
+        appended afterwards (by a gateway that has not heard of the deletion yet)
+        starts a log under the deleted id, and with `reopen_only` before one is
+        created, so a room re-created with the same id starts a new log with a
         new epoch and nobody can read the old one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -72,8 +72,10 @@ class HistoryServiceStub:
     """
     DropLog: _grpc.UnaryUnaryMultiCallable[_history_pb2.DropLogRequest, _history_pb2.DropLogResponse]
     """Erases a room's log: its events, idempotency keys, retention and epoch.
-    The room service calls it when a room is deleted (and before one is
-    created), so a room re-created with the same id starts a new log with a
+    The room service calls it with `close` when a room is deleted, so nothing
+    appended afterwards (by a gateway that has not heard of the deletion yet)
+    starts a log under the deleted id, and with `reopen_only` before one is
+    created, so a room re-created with the same id starts a new log with a
     new epoch and nobody can read the old one.
     """
 
@@ -121,8 +123,10 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     """
     DropLog: _aio.UnaryUnaryMultiCallable[_history_pb2.DropLogRequest, _history_pb2.DropLogResponse]  # type: ignore[assignment]
     """Erases a room's log: its events, idempotency keys, retention and epoch.
-    The room service calls it when a room is deleted (and before one is
-    created), so a room re-created with the same id starts a new log with a
+    The room service calls it with `close` when a room is deleted, so nothing
+    appended afterwards (by a gateway that has not heard of the deletion yet)
+    starts a log under the deleted id, and with `reopen_only` before one is
+    created, so a room re-created with the same id starts a new log with a
     new epoch and nobody can read the old one.
     """
 
@@ -221,8 +225,10 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.DropLogResponse, _abc.Awaitable[_history_pb2.DropLogResponse]]:
         """Erases a room's log: its events, idempotency keys, retention and epoch.
-        The room service calls it when a room is deleted (and before one is
-        created), so a room re-created with the same id starts a new log with a
+        The room service calls it with `close` when a room is deleted, so nothing
+        appended afterwards (by a gateway that has not heard of the deletion yet)
+        starts a log under the deleted id, and with `reopen_only` before one is
+        created, so a room re-created with the same id starts a new log with a
         new epoch and nobody can read the old one.
         """
 
