@@ -40,12 +40,8 @@ import collections
 import contextlib
 import dataclasses
 import json
-import math
 import os
-import re
 import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +53,8 @@ from typing import Any, Protocol
 import grpc
 
 from bench.identity_bench import machine_facts
+from bench.report import MS_PER_MICROSECOND, percentile_ms
+from bench.server_process import ServerProcess, cpu_seconds, kill_group, parley_serve
 from parley.client import Client
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.rooms import Room
@@ -65,9 +63,6 @@ ROOM = "bench"
 EVENT = "msg"
 PAYLOAD_BYTES = 100
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-STARTUP_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 WORKER_READY_TIMEOUT_SECONDS = 120.0
 WORKER_REPLY_TIMEOUT_SECONDS = 30.0
@@ -406,84 +401,16 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a whole process (all threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as handle:
-        stat = handle.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def kill_child(pid: int) -> None:
+    kill_group(pid)
     _children.discard(pid)
 
 
-class ServerProcess:
-    """A server in a child process (its own process group) that prints "listening on HOST:PORT"."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self._stdout_path = log_dir / f"{name}.stdout"
-        self._stderr_path = log_dir / f"{name}.stderr"
-        with open(self._stdout_path, "w") as stdout, open(self._stderr_path, "w") as stderr:
-            self.process = subprocess.Popen(
-                command,
-                stdout=stdout,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **env},
-                cwd=REPO_ROOT,
-                start_new_session=True,
-            )
-        _children.add(self.process.pid)
-        self.address = ""
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def wait_for_address(self) -> str:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            match = LISTENING.search(self._stdout_path.read_text())
-            if match:
-                self.address = f"{match.group(1)}:{match.group(2)}"
-                return self.address
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.stderr_tail()}")
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"{self.name} did not print its address in {STARTUP_TIMEOUT_SECONDS}s: {self.stderr_tail()}")
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def rss_kib(self) -> int:
-        return rss_kib(self.pid)
-
-    def terminate(self) -> int | None:
-        """SIGTERM, then wait; SIGKILL the process group if it does not stop in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                kill_group(self.pid)
-                self.process.wait(5)
-        kill_group(self.pid)  # anything it left behind in its group
-        return self.process.returncode
-
-    def stderr_tail(self) -> str:
-        return self._stderr_path.read_text()[-2000:]
+def start_server(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> ServerProcess:
+    """A server run from this checkout, its group killed on the way out if it is still running."""
+    server = ServerProcess(command, log_dir, name=name, env=env, cwd=REPO_ROOT, stop_timeout=STOP_TIMEOUT_SECONDS)
+    _children.add(server.pid)
+    return server
 
 
 class WorkerProcess:
@@ -560,7 +487,7 @@ class WorkerProcess:
                 await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_SECONDS)
             except (TimeoutError, OSError, RuntimeError):
                 pass
-        kill_group(self.pid)
+        kill_child(self.pid)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.process.wait(), 5)
 
@@ -610,19 +537,8 @@ class ParleySystem:
         self._tmp = tmp
         config = tmp / "bench.toml"
         config.write_text(BENCH_TOML + (HISTORY_EVENTS_TOML if keep_history else ""))
-        command = [
-            sys.executable,
-            "-m",
-            "parley.cli.main",
-            "serve",
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp / "data"),
-            "--config",
-            str(config),
-        ]
-        self.server = ServerProcess("parley", command, PARLEY_ENV, tmp)
+        command = parley_serve(tmp / "data", "--config", str(config))
+        self.server = start_server("parley", command, PARLEY_ENV, tmp)
         self._subscriber: Client | None = None
         self._publisher: Client | None = None
         self._room: Room | None = None
@@ -632,7 +548,7 @@ class ParleySystem:
         return self.server.address
 
     async def start(self) -> None:
-        address = await self.server.wait_for_address()
+        address = await asyncio.to_thread(self.server.wait_for_address)
         self._subscriber = Client(address, username="bench-sub", key_file=self._tmp / "sub.json")
         await self._subscriber.connect()
         self._publisher = Client(address, username="bench-pub", key_file=self._tmp / "pub.json")
@@ -678,7 +594,7 @@ class SocketIOSystem:
 
     def __init__(self, tmp: Path) -> None:
         command = [sys.executable, "-m", "bench.socketio_server", "--port", "0"]
-        self.server = ServerProcess("socketio", command, {}, tmp)
+        self.server = start_server("socketio", command, {}, tmp)
         self._client: Any = None
 
     @property
@@ -688,7 +604,7 @@ class SocketIOSystem:
     async def start(self) -> None:
         import socketio
 
-        address = await self.server.wait_for_address()
+        address = await asyncio.to_thread(self.server.wait_for_address)
         self._client = socketio.AsyncClient(reconnection=False)
         await self._client.connect(f"http://{address}", transports=["websocket"], wait_timeout=10)
 
@@ -742,14 +658,6 @@ async def tick(messages: int, rate: float, send: Any) -> int:
 
 
 # Measurements
-
-
-def percentile_ms(ordered: Sequence[int], fraction: float) -> float | None:
-    """Nearest-rank percentile of sorted microseconds, in milliseconds (None when empty)."""
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return round(ordered[min(rank, len(ordered)) - 1] / 1e3, 3)
 
 
 def _tags() -> Iterator[str]:
@@ -821,9 +729,9 @@ async def run_scenario(system: System, workers: list[WorkerProcess], scenario: S
         "elapsed_seconds": round(elapsed, 4) if elapsed else None,
         "deliveries_per_s": round(received / elapsed, 1) if elapsed else None,
         "latency_ms": {
-            "p50": percentile_ms(latencies, 0.50),
-            "p99": percentile_ms(latencies, 0.99),
-            "max": percentile_ms(latencies, 1.0),
+            "p50": percentile_ms(latencies, 0.50, MS_PER_MICROSECOND),
+            "p99": percentile_ms(latencies, 0.99, MS_PER_MICROSECOND),
+            "max": percentile_ms(latencies, 1.0, MS_PER_MICROSECOND),
         },
         "server_cpu_seconds": round(server_cpu, 3),
         "server_cpu_us_per_delivery": round(server_cpu * 1e6 / received, 2) if received else None,
@@ -903,6 +811,7 @@ async def run_system(
         await system.close()
         result["server_rss_end_kib"] = _safe_rss(system.server)
         result["server_exit_code"] = system.server.terminate()
+        _children.discard(system.server.pid)
     return result
 
 
@@ -1075,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             document = asyncio.run(coordinate(args, chosen, Path(tmp)))
     finally:
         for pid in list(_children):
-            kill_group(pid)
+            kill_child(pid)
     document["total_seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(document, indent=2)
     print(text)

@@ -4,8 +4,9 @@
     python -m bench.hardening_bench [...]    # the same, for this checkout
 
 Run it as a script, with PYTHONPATH naming the tree under test, to compare two
-trees with the same file (see docs/benchmarks.md); it imports nothing from
-`bench/`, and the server it starts runs from the same tree. The JSON says
+trees with the same file (see docs/benchmarks.md); from `bench/` it imports only
+its neighbours `server_process.py` and `report.py` (standard library only),
+and the server it starts runs from the same tree. The JSON says
 which tree ran (its commit and where `services` and `parley` were imported
 from) and whether it has the hardening.
 
@@ -47,15 +48,13 @@ import json
 import math
 import os
 import platform
-import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format, message, struct_pb2
@@ -74,11 +73,16 @@ from services.gateway.outbox import FlushScheduler, Outbox
 from services.room import definitions, rules
 from services.runtime import config as runtime_config
 
+if TYPE_CHECKING or __package__:
+    from bench.report import cpu_model, percentile_ms
+    from bench.server_process import ServerProcess, parley_serve
+else:  # run as a script, maybe against another tree: this file's directory is first on sys.path
+    from report import cpu_model, percentile_ms
+    from server_process import ServerProcess, parley_serve
+
 SCENARIOS = ("subjects", "schemas", "checks")
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-STARTUP_TIMEOUT_SECONDS = 30.0
-STOP_TIMEOUT_SECONDS = 15.0
+SERVER_ENV = {"PARLEY_LOGGING_LEVEL": "WARNING"}
+WELCOME_TIMEOUT_SECONDS = 30.0
 CREATE_TIMEOUT_SECONDS = 300.0
 NOTICE_TIMEOUT_SECONDS = 120.0
 PING_INTERVAL_SECONDS = 0.010
@@ -123,21 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def percentile_ms(samples: Sequence[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of seconds, in milliseconds (None when empty)."""
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return round(ordered[min(rank, len(ordered)) - 1] * 1e3, 3)
-
-
 def round_trips(samples: Sequence[float]) -> dict[str, Any]:
+    ordered = sorted(samples)
     return {
-        "count": len(samples),
-        "p50_ms": percentile_ms(samples, 0.50),
-        "p99_ms": percentile_ms(samples, 0.99),
-        "max_ms": round(max(samples) * 1e3, 3) if samples else None,
+        "count": len(ordered),
+        "p50_ms": percentile_ms(ordered, 0.50),
+        "p99_ms": percentile_ms(ordered, 0.99),
+        "max_ms": round(ordered[-1] * 1e3, 3) if ordered else None,
     }
 
 
@@ -241,64 +237,6 @@ async def subjects_scenario(wildcard_counts: Sequence[int], seconds: float) -> d
 # Schemas: CreateRoom against a live server
 
 
-class ServerProcess:
-    """`python -m parley.cli.main serve` of the tree under test, in a child process on a free port."""
-
-    def __init__(self, tree_root: Path, data_dir: Path) -> None:
-        self._stdout_path = data_dir / "server.stdout"
-        self._stderr_path = data_dir / "server.stderr"
-        env = {**os.environ, "PARLEY_LOGGING_LEVEL": "WARNING"}
-        with open(self._stdout_path, "w") as stdout, open(self._stderr_path, "w") as stderr:
-            # cwd is the tree's root: `-m` puts it first on sys.path, so the server imports that tree.
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "parley.cli.main", "serve", "--port", "0", "--data-dir", str(data_dir / "d")],
-                cwd=tree_root,
-                stdout=stdout,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-    def wait_for_address(self) -> str:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            match = LISTENING.search(self._stdout_path.read_text())
-            if match:
-                return f"127.0.0.1:{match.group(2)}"
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.stderr_tail()}")
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not print its address within {STARTUP_TIMEOUT_SECONDS}s")
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time of the whole server process (all threads)."""
-        with open(f"/proc/{self.process.pid}/stat") as handle:
-            stat = handle.read()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    def rss_mib(self) -> float:
-        with open(f"/proc/{self.process.pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-        return 0.0
-
-    def terminate(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        return self.process.returncode
-
-    def stderr_tail(self) -> str:
-        return self._stderr_path.read_text()[-2000:]
-
-
 class ConnectStream:
     """A raw Connect stream: pings answered by request id, RoomChanged frames recorded with their size."""
 
@@ -322,7 +260,7 @@ class ConnectStream:
             yield await self._outgoing.get()
 
     async def open(self) -> ConnectStream:
-        first = await asyncio.wait_for(anext(self._frames, None), STARTUP_TIMEOUT_SECONDS)
+        first = await asyncio.wait_for(anext(self._frames, None), WELCOME_TIMEOUT_SECONDS)
         if first is None or first.WhichOneof("frame") != "welcome":
             raise RuntimeError(f"expected a Welcome, got {first}")
         self._reader = asyncio.create_task(self._read())
@@ -414,6 +352,10 @@ def create_request(room_id: str, schemas: Sequence[dict[str, Any]]) -> room_pb2.
     return request
 
 
+def rss_mib(server: ServerProcess) -> float:
+    return round(server.rss_kib() / 1024, 1)
+
+
 async def timed_create(
     server: ServerProcess,
     rooms: room_pb2_grpc.RoomServiceAsyncStub,
@@ -422,7 +364,7 @@ async def timed_create(
     pinger: ConnectStream,
     watcher: ConnectStream,
 ) -> dict[str, Any]:
-    rss = server.rss_mib()
+    rss = rss_mib(server)
     cpu = server.cpu_seconds()
     started = time.perf_counter()
     await rooms.CreateRoom(request, metadata=(("authorization", f"Bearer {token}"),), timeout=CREATE_TIMEOUT_SECONDS)
@@ -446,7 +388,7 @@ async def timed_create(
         else None,
         "room_changed_frame_bytes": frame_bytes,
         "server_cpu_seconds": round(cpu, 3),
-        "server_rss_growth_mib": round(server.rss_mib() - rss, 1),
+        "server_rss_growth_mib": round(rss_mib(server) - rss, 1),
     }
 
 
@@ -499,7 +441,8 @@ def schemas_scenario(
 ) -> dict[str, Any]:
     events, per_schema = largest_room(events, schema_bytes)
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
-        server = ServerProcess(tree_root, Path(tmp))
+        # cwd is the tree's root: `-m` puts it first on sys.path, so the server imports that tree.
+        server = ServerProcess(parley_serve(Path(tmp) / "d"), Path(tmp), env=SERVER_ENV, cwd=tree_root)
         try:
             address = server.wait_for_address()
             result = asyncio.run(schemas_against(server, address, events, per_schema, idle_seconds))
@@ -611,15 +554,9 @@ def tree_facts() -> dict[str, Any]:
 
 
 def machine_facts() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
-    except OSError:
-        pass
     return {
         "cpus_available": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "python_version": platform.python_version(),
         "grpcio_version": grpc.__version__,
     }

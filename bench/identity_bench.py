@@ -22,12 +22,8 @@ import argparse
 import asyncio
 import collections
 import json
-import math
 import os
 import platform
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +35,8 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bench.report import cpu_model, percentile_ms
+from bench.server_process import ServerProcess, parley_serve
 from parley.client import Client
 from parley.device_identity import DeviceIdentity
 from parley.errors import ParleyError
@@ -49,13 +47,10 @@ from services.runtime.keys import RemoteKeySource
 from services.runtime.tokens import PublishedKey, TokenVerifier
 
 WARMUP_SECONDS = 0.5
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
-STARTUP_TIMEOUT_SECONDS = 30.0
-STOP_TIMEOUT_SECONDS = 15.0
 # The default (30 per username per minute) would throttle a worker that logs in
 # as fast as it can; the benchmark measures logins, not the rate limiter.
 CHALLENGES_PER_MINUTE = 100_000_000
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SERVER_ENV = {"PARLEY_LOGGING_LEVEL": "WARNING", "PARLEY_AUTH_CHALLENGES_PER_MINUTE": str(CHALLENGES_PER_MINUTE)}
 
 Operation = Callable[[int], Awaitable[object]]
 
@@ -78,70 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
     return parser
-
-
-# The server under test
-
-
-class ServerProcess:
-    """`python -m parley.cli.main serve` in a child process, on a free port."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self._stdout_path = data_dir / "server.stdout"
-        self._stderr_path = data_dir / "server.stderr"
-        env = {
-            **os.environ,
-            "PARLEY_LOGGING_LEVEL": "WARNING",
-            "PARLEY_AUTH_CHALLENGES_PER_MINUTE": str(CHALLENGES_PER_MINUTE),
-        }
-        with open(self._stdout_path, "w") as stdout, open(self._stderr_path, "w") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "parley.cli.main", "serve", "--port", "0", "--data-dir", str(data_dir / "data")],
-                stdout=stdout,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        self.address = ""
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_for_address(self) -> str:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            match = LISTENING.search(self._stdout_path.read_text())
-            if match:
-                self.address = f"{match.group(1)}:{match.group(2)}"
-                return self.address
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.stderr_tail()}")
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not print its address within {STARTUP_TIMEOUT_SECONDS}s: {self.stderr_tail()}")
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time of the whole server process (all threads)."""
-        with open(f"/proc/{self.pid}/stat") as handle:
-            stat = handle.read()
-        # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    def terminate(self) -> int:
-        """SIGTERM, then wait; SIGKILL the process group if it does not stop in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        return self.process.returncode
-
-    def stderr_tail(self) -> str:
-        return self._stderr_path.read_text()[-2000:]
 
 
 # Closed-loop load
@@ -174,14 +105,6 @@ async def drive(operation: Operation, concurrency: int, seconds: float) -> Run:
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return run
-
-
-def percentile_ms(ordered: Sequence[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of sorted seconds, in milliseconds (None when empty)."""
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return round(ordered[min(rank, len(ordered)) - 1] * 1e3, 3)
 
 
 async def measure_rpc(server: ServerProcess, operation: Operation, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -329,16 +252,10 @@ async def benchmark(server: ServerProcess, seconds: float, concurrency: int) -> 
 
 
 def machine_facts() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
-    except OSError:
-        pass
     return {
         "cpu_count": os.cpu_count(),
         "cpus_available": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python_version": platform.python_version(),
         "python_implementation": platform.python_implementation(),
@@ -353,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --seconds must be > 0 and --concurrency >= 1", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
-        server = ServerProcess(Path(tmp))
+        server = ServerProcess(parley_serve(Path(tmp) / "data"), Path(tmp), env=SERVER_ENV)
         try:
             server.wait_for_address()
             results = asyncio.run(benchmark(server, args.seconds, args.concurrency))
