@@ -16,7 +16,7 @@ from services.room.rules import EventRules
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import event_not_found, invalid_field, not_author, rate_limited
 from services.runtime.ratelimit import RateLimiter
-from services.runtime.request_checks import check_json
+from services.runtime.request_checks import check_json, null_if_unset
 from services.runtime.uncancellable import uncancellable
 
 EDITED = gateway_pb2.EventChanged.KIND_EDITED
@@ -49,9 +49,10 @@ class EventChanges:
         """A client's edit of its own event: rate limited and screened by the before_publish hook.
 
         `payload` is walked (JSON rules) once its rate and size allow it; `field`
-        names it in the request ("edit.payload").
+        names it in the request ("edit.payload"). Left unset, it is JSON null.
         """
         self._count(user_id, handle)
+        payload = null_if_unset(payload)
         stored = await self._checked_edit(rules.check, room_id, handle, payload, user_id, unchecked_field=field)
         # The before_publish hook screens the new payload too (it may deny or change it).
         proposed = gateway_pb2.OutgoingEvent(event=stored.event, payload=payload, meta=stored.meta)
@@ -68,6 +69,7 @@ class EventChanges:
         self, rules: EventRules, room_id: str, handle: str, payload: struct_pb2.Value, as_user: str
     ) -> gateway_pb2.EventChanged:
         """A backend's edit, as the event's sender or (as_user empty) on its own authority."""
+        payload = null_if_unset(payload)
         # Like PublishToRoom: read-only rooms too, only the schema applies.
         await self._checked_edit(rules.validate, room_id, handle, payload, as_user)
         request = history_pb2.EditEventRequest(room_id=room_id, handle=handle, payload=payload, editor=as_user)

@@ -30,7 +30,7 @@ from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
-from services.runtime.request_checks import check_json, check_request
+from services.runtime.request_checks import check_json, check_request, null_if_unset
 
 
 def status_of(error: ServiceError) -> status_pb2.Status:
@@ -398,7 +398,7 @@ class CommandHandler:
         if wait:
             raise rate_limited("too many subject messages", wait)
         check_json(command.data, "subject_publish.data")
-        self._subjects.publish(command.subject, connection.user_id, command.data)
+        self._subjects.publish(command.subject, connection.user_id, null_if_unset(command.data))
 
 
 MAX_SUBSCRIPTION_NAMES = 100

@@ -14,7 +14,7 @@ from services.gateway.publishing import check_event_name, payload_too_large
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import rate_limited
 from services.runtime.ratelimit import RateLimiter
-from services.runtime.request_checks import check_json
+from services.runtime.request_checks import check_json, null_if_unset
 
 # (room, subject, session) of a signal that is active.
 SignalKey = tuple[str, str, str]
@@ -34,7 +34,10 @@ class EphemeralSignals:
         self._active: dict[SignalKey, tuple[str, asyncio.TimerHandle]] = {}
 
     def send(self, connection: Connection, room_id: str, subject: str, data: struct_pb2.Value, field: str) -> None:
-        """Relays a signal; `data` is walked (JSON rules) once its size and rate allow it, `field` naming it."""
+        """Relays a signal; `data` is walked (JSON rules) once its size and rate allow it, `field` naming it.
+
+        `data` left unset (a typing signal with nothing to say) is relayed as JSON null.
+        """
         check_event_name(subject, "subject")
         size = len(subject) + data.ByteSize()
         if size > self._config.max_payload_bytes:
@@ -45,6 +48,7 @@ class EphemeralSignals:
                 f"more than {self._config.events_per_window} signals in {self._config.window_seconds}s", wait
             )
         check_json(data, field)
+        data = null_if_unset(data)
         ttl = self._config.ephemeral_ttl_seconds
         key = (room_id, subject, connection.session_id)
         previous = self._active.pop(key, None)

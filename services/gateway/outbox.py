@@ -9,7 +9,9 @@ slow consumer; its connection ends without slowing anyone else.
 All the outboxes of a gateway also share one budget (`OutboxBudget`), so
 thousands of streams that never read cannot together hold more than
 `gateway.max_outbound_bytes_total`: a put that would pass it first cuts the
-outboxes furthest behind, as slow consumers too.
+outboxes furthest behind, as slow consumers too. Outboxes woken by the same
+flush that hold the same events build one frame between them, so a room's
+broadcast costs its bytes once, not once per member.
 """
 
 from __future__ import annotations
@@ -38,18 +40,23 @@ _FURTHEST_BEHIND = (
 # What queueing one item costs beyond its bytes (a deque slot and a tuple), so
 # that many streams holding one shared event are not counted as free.
 ITEM_OVERHEAD_BYTES = 64
+# How long a frame built for a flush is offered to the other outboxes of that flush.
+SHARED_FRAME_SECONDS = 0.05
+# Ends a cut outbox's stream (after a grace, so that a reader that is only slow reads its GoAway).
+OnCut = Callable[[], None]
 
 
 class OutboxBudget:
     """The memory held for all the streams of a gateway, kept under `max_bytes`.
 
-    An event is encoded once and queued for every recipient: its bytes are
-    counted once, however many outboxes hold it (plus a small cost per queued
-    item), for as long as any holds it — queued, or handed to the stream and
-    not yet written. The total is exact at all times (the metric reads it);
-    who is furthest behind is only looked for when a put would pass the cap,
-    and then enough is cut to get back under three quarters of it, so a burst
-    of puts past the cap does not search again and again.
+    An event is encoded once and queued for every recipient, and recipients of
+    the same events share the frames built from them: bytes are counted once,
+    however many outboxes hold them (plus a small cost per queued item), for
+    as long as any holds them — queued, or handed to the stream and not yet
+    written. The total is exact at all times (the metric reads it); who is
+    furthest behind is only looked for when the cap would be passed, and then
+    enough is cut to get back under three quarters of it, so a burst past the
+    cap does not search again and again.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -83,27 +90,32 @@ class OutboxBudget:
             self.total_bytes -= entry[1]
 
     def make_room(self, outbox: Outbox, data: bytes) -> bool:
-        """Cuts the outboxes furthest behind until `data` fits; False if `outbox` itself was cut."""
+        """Cuts the outboxes furthest behind until `data` fits; False if `outbox` itself was cut.
+
+        Frames already handed to streams cannot be taken back: when they alone
+        hold the memory, `data` is let through and the cap is passed by them
+        (at most one frame's worth per stream, see `Outbox.next_frames`).
+        """
         size = ITEM_OVERHEAD_BYTES + (0 if id(data) in self._held else len(data))
         if self.total_bytes + size <= self.max_bytes:
             return True
         if size > self.max_bytes:
             outbox.cut(SlowConsumer(f"a single frame is larger than the {self.max_bytes} bytes all streams may hold"))
             return False
-        if not self._cut_down(min(self.max_bytes - size, self.max_bytes * 3 // 4), outbox):
-            return False
-        if self.total_bytes + size > self.max_bytes:  # nobody else holds anything to cut
-            outbox.cut(SlowConsumer(_FURTHEST_BEHIND.format(self.max_bytes)))
-            return False
-        return True
+        return self._cut_down(min(self.max_bytes - size, self.max_bytes * 3 // 4), outbox)
 
     def settle(self, outbox: Outbox) -> bool:
-        """After `outbox` built its frames (its own copies of shared events): back under the cap, cutting the
-        furthest behind; False if `outbox` itself was cut."""
+        """After `outbox` built its frames: back under the cap, cutting the furthest behind;
+        False if `outbox` itself was cut."""
         return self.total_bytes <= self.max_bytes or self._cut_down(self.max_bytes * 3 // 4, outbox)
 
     def _cut_down(self, target: int, outbox: Outbox) -> bool:
-        behind = [(-o.pending_bytes, n, o) for n, o in enumerate(self._outboxes) if o.pending_bytes]
+        """Cuts the streams with the most queued until what stays is within `target` (or nothing queued is left).
+
+        Ranked by what a cut frees at once: the queue (frames a stream holds
+        unwritten go only when its stream ends).
+        """
+        behind = [(-o.queued_bytes, n, o) for n, o in enumerate(self._outboxes) if o.queued_bytes and not o.is_cut]
         heapq.heapify(behind)
         while behind and self.total_bytes > target:
             _, _, victim = heapq.heappop(behind)
@@ -116,7 +128,8 @@ class OutboxBudget:
 class FlushScheduler:
     """Wakes dirty outboxes once per batch window with a single timer.
 
-    Every outbox of a gateway shares it, and with it the gateway's `budget`.
+    Every outbox of a gateway shares it, and with it the gateway's `budget`
+    and the frames built during a flush (see `shared_frame`).
     """
 
     def __init__(self, window_seconds: float, max_total_bytes: int = UNLIMITED) -> None:
@@ -124,6 +137,8 @@ class FlushScheduler:
         self.budget = OutboxBudget(max_total_bytes)
         self._dirty: set[Outbox] = set()
         self._scheduled = False
+        # (kind, ids of the items) -> (the items, kept alive so the ids stay theirs; the frame built from them)
+        self._frames: dict[tuple[int, tuple[int, ...]], tuple[tuple[bytes, ...], bytes]] = {}
 
     def mark(self, outbox: Outbox) -> None:
         self._dirty.add(outbox)
@@ -140,6 +155,18 @@ class FlushScheduler:
         for outbox in dirty:
             outbox.wake()
 
+    def shared_frame(self, kind: int, group: list[bytes]) -> bytes:
+        """The frame of these items: built once for every outbox that gathered the very same items lately."""
+        key = (kind, tuple(map(id, group)))
+        cached = self._frames.get(key)
+        if cached is not None:
+            return cached[1]
+        frame = wire.events_frame(group) if kind == EVENT else wire.subject_events_frame(group)
+        if not self._frames:
+            asyncio.get_running_loop().call_later(SHARED_FRAME_SECONDS, self._frames.clear)
+        self._frames[key] = (tuple(group), frame)
+        return frame
+
 
 class Outbox:
     """One stream's queue. Frames taken by `next_frames` count until `sent` says they were written."""
@@ -149,17 +176,18 @@ class Outbox:
         scheduler: FlushScheduler,
         max_bytes: int,
         max_frame_bytes: int,
-        on_overflow: Callable[[], None] | None = None,
+        on_cut: OnCut | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._budget = scheduler.budget
         self._max_bytes = max_bytes
         self._max_frame_bytes = max_frame_bytes
-        self._on_overflow = on_overflow
+        self._on_cut = on_cut
         self._items: deque[tuple[int, bytes]] = deque()
+        self._queued = 0
         # Frames handed to the stream and not yet written (a reader that stopped holds them).
         self._in_flight: deque[bytes] = deque()
-        self._bytes = 0
+        self.in_flight_bytes = 0
         self._ready = asyncio.Event()
         self._closed = False
         self._error: BaseException | None = None
@@ -168,19 +196,27 @@ class Outbox:
     @property
     def pending_bytes(self) -> int:
         """Bytes queued or in flight for this stream (shared ones counted in full: how far behind it is)."""
-        return self._bytes
+        return self._queued + self.in_flight_bytes
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    @property
+    def is_cut(self) -> bool:
+        return isinstance(self._error, SlowConsumer)
 
     def put(self, kind: int, data: bytes, *, urgent: bool = False) -> bool:
         """Queues bytes without waiting; False once closed. Overflow ends it as a slow consumer."""
         if self._closed:
             return False
-        if self._bytes + len(data) > self._max_bytes:
+        if self._queued + len(data) > self._max_bytes:
             self.cut(SlowConsumer(f"this connection fell more than {self._max_bytes} bytes behind"))
             return False
         if not self._budget.make_room(self, data):
             return False
         self._items.append((kind, data))
-        self._bytes += len(data)
+        self._queued += len(data)
         self._budget.charge(data)
         if urgent:
             self._ready.set()
@@ -192,39 +228,38 @@ class Outbox:
         """A frame from `next_frames` was written to the stream."""
         if self._in_flight and self._in_flight[0] is frame:
             self._in_flight.popleft()
-            self._bytes -= len(frame)
+            self.in_flight_bytes -= len(frame)
             self._budget.discharge(frame)
 
     def cut(self, error: SlowConsumer) -> None:
         """Drops what is queued and ends the stream with `error` (even one already ending).
 
-        Frames in flight stop counting too: the stream is cancelled soon (its
-        `on_overflow`), which frees them.
+        Frames in flight count until the stream ends (`on_cut` ends it after a grace).
         """
-        if isinstance(self._error, SlowConsumer):
+        if self.is_cut:
             return
-        self._drop_all()
+        for _, data in self._items:
+            self._budget.discharge(data)
+        self._items.clear()
+        self._queued = 0
         self._closed = True
         self._error = error
         self._ready.set()
-        if self._on_overflow is not None:
-            self._on_overflow()
+        if self._on_cut is not None:
+            self._on_cut()
 
     def release(self) -> None:
         """The stream is gone: nothing more is sent, and nothing it held counts any more."""
-        self._drop_all()
-        self._closed = True
-        self._ready.set()
-        self._budget.forget(self)
-
-    def _drop_all(self) -> None:
         for _, data in self._items:
             self._budget.discharge(data)
         for frame in self._in_flight:
             self._budget.discharge(frame)
         self._items.clear()
         self._in_flight.clear()
-        self._bytes = 0
+        self._queued = self.in_flight_bytes = 0
+        self._closed = True
+        self._ready.set()
+        self._budget.forget(self)
 
     def wake(self) -> None:
         self._ready.set()
@@ -260,10 +295,18 @@ class Outbox:
         group_kind = -1
         group: list[bytes] = []
         group_bytes = 0
-        items, self._items = self._items, deque()
+        # About one frame's worth at a time: a stream that stops reading holds at most that
+        # unwritten (it cannot be taken back), the rest stays queued, where a cut frees it.
+        items: list[tuple[int, bytes]] = []
+        taken = 0
+        while self._items and (not items or taken + len(self._items[0][1]) <= self._max_frame_bytes):
+            kind, data = self._items.popleft()
+            items.append((kind, data))
+            taken += len(data)
+        self._queued -= taken
         for kind, data in items:
             if kind == FRAME or kind != group_kind or group_bytes + len(data) > self._max_frame_bytes:
-                _flush_group(frames, group_kind, group)
+                self._flush_group(frames, group_kind, group)
                 group, group_bytes, group_kind = [], 0, kind
             if kind == FRAME:
                 frames.append(data)
@@ -271,21 +314,19 @@ class Outbox:
             else:
                 group.append(data)
                 group_bytes += len(data)
-        _flush_group(frames, group_kind, group)
+        self._flush_group(frames, group_kind, group)
         # The frames replace the items: charged before the items are let go, so shared bytes never look free.
         for frame in frames:
             self._budget.charge(frame)
         for _, data in items:
             self._budget.discharge(data)
         self._in_flight.extend(frames)
-        self._bytes = sum(len(frame) for frame in self._in_flight)
+        self.in_flight_bytes += sum(len(frame) for frame in frames)
         if not self._budget.settle(self):
             assert self._error is not None
             raise self._error
         return frames
 
-
-def _flush_group(frames: list[bytes], kind: int, group: list[bytes]) -> None:
-    if not group:
-        return
-    frames.append(wire.events_frame(group) if kind == EVENT else wire.subject_events_frame(group))
+    def _flush_group(self, frames: list[bytes], kind: int, group: list[bytes]) -> None:
+        if group:
+            frames.append(self._scheduler.shared_frame(kind, group))

@@ -25,7 +25,7 @@ from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
-from services.runtime.request_checks import check_json, check_request
+from services.runtime.request_checks import RequestBudget, check_json, check_request, null_if_unset
 from services.runtime.uncancellable import uncancellable
 
 log = logging.getLogger("parley.hooks")
@@ -89,9 +89,10 @@ class Publisher:
             raise rate_limited(
                 f"more than {self._config.events_per_window} events in {self._config.window_seconds}s", wait
             )
-        # Each event within the request budget: their count, sizes and rate bound the whole.
+        # All the events within one request's budget: the command walks no more than any other.
+        budget = RequestBudget()
         for i, event in enumerate(events):
-            check_request(event, f"{within}[{i}]")
+            check_request(event, f"{within}[{i}]", budget=budget)
         for event in events:
             rules.check(event.event, event.payload)
         if self._hooks.has("before_publish"):
@@ -113,8 +114,10 @@ class Publisher:
         The history service assigns every event its sequence; events whose
         definition keeps no history take their place as transient entries. A
         retry (same idempotency key) gets the original sequence and is not
-        delivered again. Nothing is delivered unless the append succeeded.
+        delivered again. Nothing is delivered unless the append succeeded. An
+        event without a payload is kept and delivered with JSON null.
         """
+        events = [_with_payload(outgoing) for outgoing in events]
         now_ms = int(time.time() * 1000)
         new_events = []
         for outgoing in events:
@@ -231,6 +234,16 @@ class Publisher:
         changed = _transformed(event, decision)
         self._check_size(changed)
         return changed
+
+
+def _with_payload(event: gateway_pb2.OutgoingEvent) -> gateway_pb2.OutgoingEvent:
+    """The event, its payload JSON null if it was left unset."""
+    if event.payload.WhichOneof("kind") is not None:
+        return event
+    filled = gateway_pb2.OutgoingEvent()
+    filled.CopyFrom(event)
+    filled.payload.CopyFrom(null_if_unset(event.payload))
+    return filled
 
 
 def _transformed(event: gateway_pb2.OutgoingEvent, decision: Transform) -> gateway_pb2.OutgoingEvent:

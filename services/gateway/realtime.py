@@ -26,7 +26,7 @@ from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import KIND, KIND_CHANGE, KIND_EVENT, RoomFeeds, room_subject
 from services.gateway.history_client import HistoryAppender
-from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
+from services.gateway.outbox import FlushScheduler, OnCut, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
 from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
@@ -44,6 +44,7 @@ from services.runtime.errors import (
 from services.runtime.grpc_types import Context
 from services.runtime.hooks import Hooks
 from services.runtime.principal import require_user
+from services.runtime.request_checks import null_if_unset
 from services.runtime.tokens import TokenVerifier
 from services.runtime.uncancellable import uncancellable
 
@@ -112,33 +113,25 @@ class Realtime:
                 errors_pb2.ERROR_REASON_TOO_MANY_CONNECTIONS,
                 f"a user may hold at most {self.config.max_connections_per_user} open streams on this gateway",
             )
-        stream = asyncio.current_task()
-        loop = asyncio.get_running_loop()
+        if self.verifier is not None and caller.device_id in self.verifier.revoked_devices:
+            # Revoked after its token was checked: no await between this and `add`, so no revocation is missed.
+            raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, "the device of this token was revoked")
         cut_off: list[asyncio.TimerHandle] = []
-
-        def cut_off_later() -> None:
-            # A consumer that does not read at all never reaches the error below:
-            # its stream task is cancelled after a grace period (unless it ends first).
-            if stream is not None:
-                cut_off.append(loop.call_later(SLOW_CONSUMER_GRACE_SECONDS, stream.cancel))
-
+        end_stream = _stream_ender(cut_off)
         connection = Connection(
             session_id=f"s{secrets.token_hex(12)}",
             user_id=caller.user_id,
             device_id=caller.device_id,
-            outbox=Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, cut_off_later),
+            outbox=Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, end_stream),
         )
 
         def end_with(error: ServiceError) -> None:
             if connection.ended is None:
                 connection.ended = error
                 connection.outbox.fail(error)
-                cut_off_later()
+                end_stream()
 
         connection.end_with = end_with
-        if self.verifier is not None and caller.device_id in self.verifier.revoked_devices:
-            # Revoked after its token was checked: no await between this and `add`, so no revocation is missed.
-            raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, "the device of this token was revoked")
         self.connections.add(connection)
         self._expire_with_token(connection, caller.expires_at)
         reader: asyncio.Task[None] | None = None
@@ -365,7 +358,10 @@ class Realtime:
         check_room_id(request.room_id)
         await self.commands.rules(request.room_id)  # ROOM_NOT_FOUND for an unknown room
         # The backend's own outbox: bounded like a connection's, batched the same way.
-        outbox = Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes)
+        cut_off: list[asyncio.TimerHandle] = []
+        outbox = Outbox(
+            self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, _stream_ender(cut_off)
+        )
 
         def deliver(message: BusMessage) -> None:
             # Events and changes; presence and ephemerals are for connections.
@@ -389,6 +385,8 @@ class Realtime:
                     yield wire.frame_body(frame)
                     outbox.sent(frame)
         finally:
+            for handle in cut_off:
+                handle.cancel()
             subscription.cancel()
             outbox.release()
 
@@ -431,8 +429,21 @@ class Realtime:
                 session_id=request.session_id,
             )
         direct = gateway_pb2.DirectMessage(sender=request.sender or SYSTEM_SENDER)
-        direct.data.CopyFrom(request.data)
+        direct.data.CopyFrom(null_if_unset(request.data))
         connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(direct_message=direct)), urgent=True)
+
+
+def _stream_ender(timers: list[asyncio.TimerHandle]) -> OnCut:
+    """Cancels the calling stream's task a grace period after its outbox was cut (a reader that is only
+    slow reads its GoAway first). The timers are the stream's to cancel if it ends before."""
+    stream = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def end() -> None:
+        if stream is not None:
+            timers.append(loop.call_later(SLOW_CONSUMER_GRACE_SECONDS, stream.cancel))
+
+    return end
 
 
 def _session(connection: Connection) -> SessionContext:

@@ -19,6 +19,7 @@ from services.runtime import protowire
 from services.runtime.config import HistoryConfig
 from services.runtime.errors import ServiceError, event_not_found, invalid_field, not_author, not_found
 from services.runtime.grpc_types import Context
+from services.runtime.request_checks import null_if_unset
 from services.runtime.sqlite import SqliteDatabase
 from services.runtime.timestamps import to_timestamp
 from services.runtime.uncancellable import uncancellable
@@ -110,7 +111,7 @@ class HistoryServicer:
                 raise invalid_field(f"events[{i}].handle", "is required")
             body = history_pb2.LoggedEvent(
                 event=event.event,
-                payload=event.payload,
+                payload=null_if_unset(event.payload),
                 sender=event.sender,
                 time_ms=event.time_ms,
                 handle=event.handle,
@@ -145,7 +146,7 @@ class HistoryServicer:
         """EditEvent itself; the all-in-one gateway calls it in process."""
 
         def change(event: history_pb2.LoggedEvent, now_ms: int) -> None:
-            event.payload.CopyFrom(request.payload)
+            event.payload.CopyFrom(null_if_unset(request.payload))
             event.edit_time_ms = now_ms
 
         return history_pb2.EditEventResponse(

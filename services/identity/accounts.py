@@ -76,8 +76,18 @@ class Accounts:
         return user, device_row
 
     async def add_device(
-        self, user_id: str, caller_device: str, device: identity_pb2.DeviceKeys, max_devices: int
+        self,
+        user_id: str,
+        caller_device: str,
+        device: identity_pb2.DeviceKeys,
+        max_devices: int,
+        charge: Callable[[str], None],
     ) -> store.DeviceRow:
+        """Adds a device; `charge(user_id)` (which may refuse) is called once every check has passed.
+
+        So an addition that fails costs the user nothing. `charge` runs on the
+        database thread, inside the transaction, before the device is written.
+        """
         validation.check_device_keys(device)
         now = self._clock()
 
@@ -94,24 +104,30 @@ class Accounts:
                 raise _bad_certificate()
             row = self._device_row(user_id, device, now)
             self._check_device_is_new(db, row)
+            charge(user_id)
             store.insert_device(db, row)
             return row
 
         return await self._db.transaction(insert)
 
-    async def revoke_device(self, user_id: str, caller_device: str, device_id: str) -> store.DeviceRow:
+    async def revoke_device(self, user_id: str, caller_device: str, device_id: str) -> tuple[store.DeviceRow, bool]:
+        """Revokes one of the user's devices and ends its sessions.
+
+        Returns the device and whether this call revoked it (False: it already was, and nothing changed).
+        """
         now = self._clock()
 
-        def revoke(db: sqlite_utils.Database) -> store.DeviceRow:
+        def revoke(db: sqlite_utils.Database) -> tuple[store.DeviceRow, bool]:
             require_active_device(db, user_id, caller_device)
             device = store.device_by_id(db, device_id)
             if device is None or device.user_id != user_id:
                 raise not_found(errors_pb2.ERROR_REASON_DEVICE_NOT_FOUND, f"you have no device {device_id!r}")
-            store.revoke_device(db, device_id, now)
-            store.revoke_device_sessions(db, device_id, now)
+            newly_revoked = store.revoke_device(db, device_id, now)
+            if newly_revoked:
+                store.revoke_device_sessions(db, device_id, now)
             refreshed = store.device_by_id(db, device_id)
             assert refreshed is not None
-            return refreshed
+            return refreshed, newly_revoked
 
         return await self._db.transaction(revoke)
 

@@ -40,7 +40,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._auth = auth
         self._revocations = revocations
         self._registrations = RateLimiter(auth.registrations_per_minute, 60.0)
-        self._device_changes = RateLimiter(auth.device_changes_per_hour, 3600.0)
+        self._device_additions = RateLimiter(auth.device_additions_per_hour, 3600.0)
 
     async def RegisterUser(
         self, request: identity_pb2.RegisterUserRequest, context: Context
@@ -110,9 +110,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.AddDeviceRequest, context: Context
     ) -> identity_pb2.AddDeviceResponse:
         caller = require_user()
-        self._limit_device_changes(caller.user_id)
         device = await self._accounts.add_device(
-            caller.user_id, caller.device_id, request.device, self._auth.max_devices_per_user
+            caller.user_id, caller.device_id, request.device, self._auth.max_devices_per_user, self._charge_addition
         )
         return identity_pb2.AddDeviceResponse(device=_device(device))
 
@@ -129,22 +128,27 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         caller = require_user()
         if not request.device_id:
             raise invalid_field("device_id", "is required")
-        self._limit_device_changes(caller.user_id)
+        # Not rate limited: a user can revoke no more devices than they added (which is limited), and a
+        # limit here would let a stolen device spend it and keep its owner from revoking it.
 
         async def revoke() -> store.DeviceRow:
-            revoked = await self._accounts.revoke_device(caller.user_id, caller.device_id, request.device_id)
-            self._revocations.announce(revoked)
-            return revoked
+            device, newly_revoked = await self._accounts.revoke_device(
+                caller.user_id, caller.device_id, request.device_id
+            )
+            if newly_revoked:
+                self._revocations.announce(device)
+            return device
 
         # Once committed, the gateways must hear of it, even if the caller stops waiting.
         device = await uncancellable(revoke())
         return identity_pb2.RevokeDeviceResponse(device=_device(device))
 
-    def _limit_device_changes(self, user_id: str) -> None:
-        # Each revocation is announced to every gateway and kept there for a token's lifetime.
-        wait = self._device_changes.try_acquire(user_id)
+    def _charge_addition(self, user_id: str) -> None:
+        # Each device added may be revoked, and each revocation is announced to every gateway and
+        # kept there for a token's lifetime. Called only for an addition that passed every check.
+        wait = self._device_additions.try_acquire(user_id)
         if wait:
-            raise rate_limited(f"too many devices added or revoked; retry in {wait:.1f}s", wait)
+            raise rate_limited(f"too many devices added; retry in {wait:.1f}s", wait)
 
     async def GetUser(self, request: identity_pb2.GetUserRequest, context: Context) -> identity_pb2.GetUserResponse:
         lookup = request.WhichOneof("lookup")

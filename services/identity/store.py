@@ -185,8 +185,12 @@ def devices_revoked_since(db: sqlite_utils.Database, since: float) -> list[Devic
     )
 
 
-def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> None:
-    db.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL", [now, device_id])
+def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> bool:
+    """Marks the device revoked; False when it already was."""
+    cursor = db.execute(
+        "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL", [now, device_id]
+    )
+    return bool(cursor.rowcount)
 
 
 # Login challenges

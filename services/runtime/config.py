@@ -85,8 +85,9 @@ class AuthConfig:
     challenges_per_minute: int = 30
     # Accounts RegisterUser creates per minute for one client address (bursts up to this).
     registrations_per_minute: int = 10
-    # Devices one user may add or revoke per hour, and hold (not revoked) at once.
-    device_changes_per_hour: int = 60
+    # Devices one user may add per hour (failed additions and revocations are free),
+    # and hold (not revoked) at once.
+    device_additions_per_hour: int = 60
     max_devices_per_user: int = 50
     # Backend credentials: name -> secret; sent as `svc:<name>:<secret>`.
     # Parley's own services call each other as INTERNAL_SERVICE ("parley"):
@@ -294,7 +295,7 @@ def validate(config: Config) -> None:
         raise ConfigError("gateway.ephemeral_ttl_seconds must be positive")
     for section, name in (
         ("auth", "registrations_per_minute"),
-        ("auth", "device_changes_per_hour"),
+        ("auth", "device_additions_per_hour"),
         ("auth", "max_devices_per_user"),
         ("gateway", "max_connections_per_user"),
         ("gateway", "max_subject_subscriptions_per_user"),

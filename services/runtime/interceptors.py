@@ -151,7 +151,10 @@ def _decode(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
 
 def _values_allowed() -> int | None:
     """The JSON values a request may hold: services' requests (a backend's batch, the
-    gateway appending a client's publish) may hold all that fits in a message."""
+    gateway appending a client's publish) may hold all that fits in a message.
+
+    Service calls are trusted: in split mode the history service walks a client's
+    publish again, unbounded, when the gateway appends it (the gateway bounded it first)."""
     return None if current_principal().is_service else MAX_REQUEST_VALUES
 
 

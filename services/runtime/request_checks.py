@@ -5,12 +5,18 @@
 - An unsigned 64-bit integer is below 2^63: the stores keep signed 64-bit
   integers, and a larger one cannot even be compared with them.
 - A JSON value (google.protobuf.Value, Struct, ListValue) is one JSON can
-  express: finite numbers, a defined null, a kind set on every element. And it
-  nests at most MAX_JSON_DEPTH arrays and objects deep, so that every frame
-  that carries it later can still be decoded (see MAX_JSON_DEPTH).
+  express: finite numbers, a defined null, a kind set on every element of an
+  array or object. And it nests at most MAX_JSON_DEPTH arrays and objects deep,
+  so that every frame that carries it later can still be decoded (see
+  MAX_JSON_DEPTH).
+- A Value field left unset (a payload or data a client leaves out; present but
+  empty reads the same in every decoder) is not walked: it means JSON null, and
+  the handler that keeps or relays it writes it as null (null_if_unset), since
+  Go's protojson (grpcurl) cannot print a Value without a kind.
 - A request holds at most MAX_REQUEST_VALUES JSON values, and as many entries
   of repeated fields that are walked: the walk runs on the event loop, and this
-  bounds what one request can cost (see MAX_REQUEST_VALUES).
+  bounds what one request can cost (see MAX_REQUEST_VALUES). A request checked
+  in parts (a Connect publish, event by event) passes one RequestBudget to each.
 
 Per message type, the fields that can lead to one of these are worked out once;
 a request is walked along its set fields only, skipping whole subtrees that
@@ -42,9 +48,12 @@ MAX_JSON_DEPTH = 24
 # cost at most ~25 ms of event loop. The densest JSON (`[null, null, ...]`, 4
 # bytes a value) fits 16,371 values in 64 KiB, the default gateway payload limit
 # and room_service.max_schema_bytes_per_room: any payload or room's schemas
-# within those fits twice over. A Connect publish checks each of its events
-# apart, once the events' count, sizes and the sender's rate allow them; and
-# services (whose batches hold many users' payloads) are not held to it.
+# within those fits twice over. A Connect publish checks its events one by one,
+# once their count, sizes and the sender's rate allow them, all against one
+# budget: the whole command walks at most this many. Services (whose batches
+# hold many users' payloads) are not held to it: service calls are trusted, so
+# in split mode the history service walks a client's publish again, unbounded,
+# when the gateway appends it as a service (the gateway bounded it first).
 MAX_REQUEST_VALUES = 32_768
 UNSIGNED_LIMIT = 2**63
 
@@ -61,17 +70,38 @@ _SHOWN_KEY_CHARS = 32
 _NULL_VALUE = struct_pb2.NULL_VALUE
 
 
-def check_request(request: message.Message, within: str = "", *, max_values: int | None = MAX_REQUEST_VALUES) -> None:
+class RequestBudget:
+    """What is left to walk of one request: JSON values, and entries of repeated fields.
+
+    `limit` None: no bound (a service's request, trusted; see MAX_REQUEST_VALUES).
+    """
+
+    def __init__(self, limit: int | None = MAX_REQUEST_VALUES) -> None:
+        self.limit = limit
+        self.json_values = sys.maxsize if limit is None else limit
+        self.entries = self.json_values
+
+
+def check_request(
+    request: message.Message,
+    within: str = "",
+    *,
+    max_values: int | None = MAX_REQUEST_VALUES,
+    budget: RequestBudget | None = None,
+) -> None:
     """Raises INVALID_ARGUMENT / VALIDATION_FAILED naming the first field that breaks a rule.
 
     `within` is where `request` sits in a larger one (e.g. "publish.events[2]"),
-    named before the fields; `max_values` None: no bound (a service's request).
+    named before the fields. The walk spends `budget`, shared by the parts of
+    one request checked apart; without one, a budget of `max_values` (None: no
+    bound, for a service's request: service calls are trusted).
     """
     plan = _plans.get(request.DESCRIPTOR.full_name)
     if plan is None:
         plan = _plan_of(cast(descriptor.Descriptor, request.DESCRIPTOR))
     if plan:
-        _check_message(request, plan, f"{within}." if within else "", _Budget(max_values))
+        spent = RequestBudget(max_values) if budget is None else budget
+        _check_message(request, plan, f"{within}." if within else "", spent)
 
 
 def check_json(
@@ -79,9 +109,17 @@ def check_json(
     field: str,
     *,
     max_values: int | None = MAX_REQUEST_VALUES,
+    budget: RequestBudget | None = None,
 ) -> None:
-    """The JSON rules alone, for one value: a command's payload, a hook's result."""
-    _check_json(value, field, _Budget(max_values))
+    """The JSON rules alone, for one value: a command's payload, a hook's result (budget as check_request's)."""
+    _check_json(value, field, RequestBudget(max_values) if budget is None else budget)
+
+
+def null_if_unset(value: struct_pb2.Value) -> struct_pb2.Value:
+    """`value`, or JSON null if it has no kind: what a payload or data field left unset is kept and relayed as."""
+    if value.WhichOneof("kind") is not None:
+        return value
+    return struct_pb2.Value(null_value=_NULL_VALUE)
 
 
 def fields_to_check(message_type: descriptor.Descriptor) -> frozenset[str]:
@@ -89,21 +127,14 @@ def fields_to_check(message_type: descriptor.Descriptor) -> frozenset[str]:
     return frozenset(rule.name for rule in _plan_of(message_type).values())
 
 
-class _Budget:
-    """What is left to walk of a request: JSON values, and entries of repeated fields."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.json_values = sys.maxsize if limit is None else limit
-        self.entries = self.json_values
-
-
 def _check_json(
-    value: struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue, field: str, budget: _Budget
+    value: struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue, field: str, budget: RequestBudget
 ) -> None:
     try:
         if isinstance(value, struct_pb2.Value):
-            _check_value(value, 0, budget)
+            # A field's own Value may be unset (JSON null, see null_if_unset); an element may not.
+            if value.WhichOneof("kind") is not None:
+                _check_value(value, 0, budget)
         elif isinstance(value, struct_pb2.Struct):
             _check_struct(value, 1, budget)
         else:
@@ -180,7 +211,7 @@ def _rule_of(field: descriptor.FieldDescriptor, name: str | None = None) -> _Rul
     return _Rule(name, "message", repeated, plan=plan)
 
 
-def _check_message(request: message.Message, plan: dict[int, _Rule], prefix: str, budget: _Budget) -> None:
+def _check_message(request: message.Message, plan: dict[int, _Rule], prefix: str, budget: RequestBudget) -> None:
     for field, value in request.ListFields():
         rule = plan.get(field.number)
         if rule is None:
@@ -199,7 +230,7 @@ def _check_message(request: message.Message, plan: dict[int, _Rule], prefix: str
             _check_one(rule, value, path, budget)
 
 
-def _check_map(rule: _Rule, entries: Any, path: str, budget: _Budget) -> None:
+def _check_map(rule: _Rule, entries: Any, path: str, budget: RequestBudget) -> None:
     for key in entries:
         shown = f"{path}[{_quoted(key) if isinstance(key, str) else key}]"
         if rule.map_key_unsigned and key >= UNSIGNED_LIMIT:
@@ -208,7 +239,7 @@ def _check_map(rule: _Rule, entries: Any, path: str, budget: _Budget) -> None:
             _check_one(rule.map_value, entries[key], shown, budget)
 
 
-def _check_one(rule: _Rule, value: Any, path: str, budget: _Budget) -> None:
+def _check_one(rule: _Rule, value: Any, path: str, budget: RequestBudget) -> None:
     if rule.kind == "message":
         assert rule.plan is not None
         if rule.plan:
@@ -236,7 +267,7 @@ class _Refused(Exception):
 
 
 # The walk builds no paths: a problem collects its path on the way out.
-def _check_value(value: struct_pb2.Value, depth: int, budget: _Budget) -> None:
+def _check_value(value: struct_pb2.Value, depth: int, budget: RequestBudget) -> None:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
@@ -253,7 +284,7 @@ def _check_value(value: struct_pb2.Value, depth: int, budget: _Budget) -> None:
         raise _Refused("has no value (JSON null is null_value)")
 
 
-def _check_struct(struct: struct_pb2.Struct, depth: int, budget: _Budget) -> None:
+def _check_struct(struct: struct_pb2.Struct, depth: int, budget: RequestBudget) -> None:
     if depth > MAX_JSON_DEPTH:
         raise _TooDeep
     fields = struct.fields
@@ -266,7 +297,7 @@ def _check_struct(struct: struct_pb2.Struct, depth: int, budget: _Budget) -> Non
             raise
 
 
-def _check_list(values: struct_pb2.ListValue, depth: int, budget: _Budget) -> None:
+def _check_list(values: struct_pb2.ListValue, depth: int, budget: RequestBudget) -> None:
     if depth > MAX_JSON_DEPTH:
         raise _TooDeep
     items = values.values
@@ -279,7 +310,7 @@ def _check_list(values: struct_pb2.ListValue, depth: int, budget: _Budget) -> No
             raise
 
 
-def _take(budget: _Budget, values: int) -> None:
+def _take(budget: RequestBudget, values: int) -> None:
     """Counts a container's values before walking them: one too many is refused unwalked."""
     budget.json_values -= values
     if budget.json_values < 0:

@@ -520,9 +520,13 @@ async def test_a_command_over_the_value_budget_is_refused_and_the_stream_goes_on
             error = refused_in_stream(await s.command(**command))
             assert (error.field, error.message) == (fields[kind], f"{fields[kind]}: {BUDGET}")
             await assert_stream_lives(s)
-        # A publish checks event by event: two events of a full budget each go through.
-        full = gateway_pb2.OutgoingEvent(event="note", payload=nulls(MAX_REQUEST_VALUES))
-        await s.ok(publish=gateway_pb2.PublishCommand(room_id="kept", events=[full, full]))
+        # A publish's events share one budget: half and half fit, one value more does not.
+        half = MAX_REQUEST_VALUES // 2
+        halves = [gateway_pb2.OutgoingEvent(event="note", payload=nulls(n)) for n in (half, half)]
+        await s.ok(publish=gateway_pb2.PublishCommand(room_id="kept", events=halves))
+        halves[1].payload.list_value.values.add(null_value=struct_pb2.NULL_VALUE)
+        error = refused_in_stream(await s.command(publish=gateway_pb2.PublishCommand(room_id="kept", events=halves)))
+        assert (error.field, error.message) == ("publish.events[1].payload", f"publish.events[1].payload: {BUDGET}")
 
         # A user's unary call is held to the budget; a service's (a backend's batch) is not.
         schema = room_pb2.EventDefinition(name="e", schema=struct({"enum": [True] * (MAX_REQUEST_VALUES + 1)}))
@@ -539,12 +543,7 @@ async def test_a_command_over_the_value_budget_is_refused_and_the_stream_goes_on
         await gateway.PublishToRoom(gateway_pb2.PublishToRoomRequest(room_id="kept", events=[big]), metadata=SERVICE)
         history = history_pb2_grpc.HistoryServiceStub(channel)
         page = await history.ListEvents(history_pb2.ListEventsRequest(room_id="kept"), metadata=SERVICE)
-        assert [len(e.payload.list_value.values) for e in page.events] == [
-            MAX_REQUEST_VALUES + 1,
-            MAX_REQUEST_VALUES,
-            MAX_REQUEST_VALUES,
-            0,
-        ]
+        assert [len(e.payload.list_value.values) for e in page.events] == [MAX_REQUEST_VALUES + 1, half, half, 0]
 
 
 async def test_limits_refuse_big_commands_before_their_values_are_walked(
@@ -590,3 +589,98 @@ async def test_limits_refuse_big_commands_before_their_values_are_walked(
             reason = "RATE_LIMITED" if kind == "edit" else "PAYLOAD_TOO_LARGE"
             await refused_unwalked(s, reason, commands_carrying(oversized, handle)[kind])
         await assert_stream_lives(s)
+
+
+async def test_a_publish_walks_at_most_the_budget_over_all_its_events(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walked: list[int] = []
+    original = request_checks._take
+
+    def counting(budget: Any, values: int) -> None:
+        original(budget, values)
+        walked.append(values)
+
+    monkeypatch.setattr(request_checks, "_take", counting)
+    async with (
+        Client(server.address, username="bob", key_file=tmp_path / "bob.json") as bob,
+        stream(server.address, await server.alice.access_token()) as s,
+        stream(server.address, await bob.access_token()) as dense_sender,
+    ):
+        await s.join("kept")
+        await dense_sender.join("kept")
+        # 60 events of 16,000 nulls: each within the default 64 KiB, 3.8 MB in all.
+        dense = [gateway_pb2.OutgoingEvent(event="note", payload=nulls(16_000))] * 60
+        reply = await dense_sender.command(publish=gateway_pb2.PublishCommand(room_id="kept", events=dense))
+        error = refused_in_stream(reply)
+        assert (error.field, error.message) == ("publish.events[2].payload", f"publish.events[2].payload: {BUDGET}")
+        assert sum(walked) <= MAX_REQUEST_VALUES
+        # The most events one publish may carry (events_per_window, 200 by default), of
+        # 160 values each, fit (docs/rooms.md says what a publish may carry).
+        walked.clear()
+        chat = {"text": "x", "tags": ["t"] * 156, "at": 1, "by": "a"}  # 4 keys and 156 elements
+        many = [outgoing(chat) for _ in range(200)]
+        reply = await s.ok(publish=gateway_pb2.PublishCommand(room_id="kept", events=many))
+        assert len(reply.publish.seqs) == 200
+        assert sum(walked) == 200 * 160 <= MAX_REQUEST_VALUES
+        await assert_stream_lives(s)
+        await assert_stream_lives(dense_sender)
+    assert await server.stored("kept") == [chat] * 100  # the newest page: nothing of the dense publish
+
+
+async def test_a_payload_or_data_left_unset_is_json_null_on_every_path(server: Server, tmp_path: Path) -> None:
+    async with (
+        Client(server.address, username="bob", key_file=tmp_path / "bob.json") as bob,
+        stream(server.address, await server.alice.access_token()) as s,
+        stream(server.address, await bob.access_token()) as watcher,
+    ):
+        await s.join("kept")
+        await watcher.join("kept")
+        await watcher.ok(subject_subscribe=gateway_pb2.SubjectSubscribeCommand(subject="dots"))
+        no_payload = gateway_pb2.OutgoingEvent(event="note")
+        handle = (await s.ok(publish=gateway_pb2.PublishCommand(room_id="kept", events=[no_payload]))).publish.handles[
+            0
+        ]
+        # A Value present but empty reads as unset in every decoder: the same rule.
+        empty = gateway_pb2.OutgoingEvent(event="note", payload=struct_pb2.Value())
+        assert empty.HasField("payload")
+        await s.ok(publish=gateway_pb2.PublishCommand(room_id="kept", events=[empty]))
+        await s.ok(edit=gateway_pb2.EditCommand(room_id="kept", handle=handle))
+        await s.ok(ephemeral=gateway_pb2.EphemeralCommand(room_id="kept", subject="typing"))
+        await s.ok(subject_publish=gateway_pb2.SubjectPublishCommand(subject="dots"))
+        # Everyone else gets JSON null, which every decoder can print (Go's protojson cannot print an empty Value).
+        events = [await watcher.next_event(), await watcher.next_event()]
+        assert [e.payload.WhichOneof("kind") for e in events] == ["null_value", "null_value"]
+        changed = (await watcher.next_other("event_changed")).event_changed
+        assert (changed.handle, changed.payload.WhichOneof("kind")) == (handle, "null_value")
+        signal = (await watcher.next_other("ephemeral")).ephemeral
+        assert (signal.subject, signal.data.WhichOneof("kind")) == ("typing", "null_value")
+        subject_event = await asyncio.wait_for(watcher.subject_events.get(), 3)
+        assert subject_event.data.WhichOneof("kind") == "null_value"
+        # A value without a kind inside an array or object is still refused, on every path.
+        inside = to_value([1])
+        inside.list_value.values[0].Clear()
+        fields = {
+            "publish": "publish.events[0].payload",
+            "edit": "edit.payload",
+            "ephemeral": "ephemeral.data",
+            "subject_publish": "subject_publish.data",
+        }
+        for kind, command in commands_carrying(inside, handle).items():
+            error = refused_in_stream(await s.command(**command))
+            assert error.message == f"{fields[kind]}[0]: has no value (JSON null is null_value)"
+        await assert_stream_lives(s)
+    assert await server.stored("kept") == [None, None]
+    # grpcurl (Go's protojson) prints the room's history.
+    listing = grpcurl_command(
+        server.address,
+        "parley.history.v1.HistoryService/ListEvents",
+        data={"room_id": "kept"},
+        headers={"authorization": f"Bearer svc:backend:{SERVICE_SECRET}"},
+    )
+    process = await asyncio.create_subprocess_exec(
+        *listing, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().count('"payload": null') == 2

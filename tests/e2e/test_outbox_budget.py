@@ -38,13 +38,16 @@ def outbox_bytes(reader: InMemoryMetricReader) -> int:
     return int(point.value)  # type: ignore[attr-defined]
 
 
+ROOMS = ("firehose-a", "firehose-b", "firehose-c")
+
+
 @contextlib.asynccontextmanager
-async def stalled_stream(address: str, client: Client) -> AsyncIterator[Stream]:
-    """A stream that joins the firehose and then reads nothing, on a channel of its own."""
+async def stalled_stream(address: str, client: Client, room_id: str) -> AsyncIterator[Stream]:
+    """A stream that joins a room and then reads nothing, on a channel of its own."""
     # No BDP probing: a client that does not read keeps a small flow-control window.
     async with grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
         stalled = await Stream(channel, await client.access_token()).open(read=False)
-        stalled.send_raw(gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose")))
+        stalled.send_raw(gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id=room_id)))
         try:
             yield stalled
         finally:
@@ -56,7 +59,8 @@ async def test_the_streams_furthest_behind_are_cut_when_all_outboxes_pass_the_ca
 ) -> None:
     config = make_config(
         data_dir,
-        rooms=[RoomDefinition(id="firehose")],
+        # A room each: what the stalled streams hold is theirs alone, not one event shared by all.
+        rooms=[RoomDefinition(id=room_id) for room_id in ROOMS],
         # Each stream alone stays far below its own cap; only the total is at stake.
         **{"gateway.max_outbound_bytes_total": TOTAL_CAP, "gateway.events_per_window": 1_000_000},
     )
@@ -69,38 +73,44 @@ async def test_the_streams_furthest_behind_are_cut_when_all_outboxes_pass_the_ca
             pub, fast, behind, late_1, late_2 = [await stack.enter_async_context(c) for c in clients]
             publisher = await stack.enter_async_context(stream(address, await pub.access_token()))
             healthy = await stack.enter_async_context(stream(address, await fast.access_token()))
-            await publisher.join("firehose")
-            await healthy.join("firehose")
-            received: list[gateway_pb2.Event] = []
-            sent = 0
+            for room_id in ROOMS:
+                await publisher.join(room_id)
+                await healthy.join(room_id)
+            received: dict[str, list[int]] = {room_id: [] for room_id in ROOMS}
+            sent = dict.fromkeys(ROOMS, 0)
 
             async def joined(client: Client) -> None:
                 while (await publisher.next_other("presence")).presence.user_id != client.user_id:
                     pass
 
-            async def publish(commands: int) -> None:
-                nonlocal sent
+            async def publish(room_id: str, commands: int) -> None:
                 events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
                 for _ in range(commands):
-                    command = gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
+                    command = gateway_pb2.PublishCommand(room_id=room_id, events=events, no_echo=True)
                     await publisher.ok(publish=command)
-                    sent += EVENTS_PER_COMMAND
+                    sent[room_id] += EVENTS_PER_COMMAND
                     # The reading client takes every burst as it comes.
-                    received.extend([await healthy.next_event() for _ in range(EVENTS_PER_COMMAND)])
+                    for _ in range(EVENTS_PER_COMMAND):
+                        event = await healthy.next_event()
+                        received[event.room_id].append(event.seq)
                     assert outbox_bytes(reader) <= TOTAL_CAP
 
             # One stream falls far behind alone (about 0.5 MB, under the cap)...
-            far_behind = await stack.enter_async_context(stalled_stream(address, behind))
+            far_behind = await stack.enter_async_context(stalled_stream(address, behind, ROOMS[0]))
             await joined(behind)
-            await publish(9)
+            await publish(ROOMS[0], 9)
             assert outbox_bytes(reader) > 200_000
             # ...then two more stop reading too, and together they pass the cap.
-            later = [await stack.enter_async_context(stalled_stream(address, c)) for c in (late_1, late_2)]
+            later = [
+                await stack.enter_async_context(stalled_stream(address, client, room_id))
+                for client, room_id in ((late_1, ROOMS[1]), (late_2, ROOMS[2]))
+            ]
             for client in (late_1, late_2):
                 await joined(client)
-            await publish(5)
+            for room_id in ROOMS[1:]:
+                await publish(room_id, 5)
 
-            assert [e.seq for e in received] == list(range(1, sent + 1))
+            assert all(received[room_id] == list(range(1, sent[room_id] + 1)) for room_id in ROOMS)
             assert not healthy.ended.done()
 
             far_behind.start_reading()
@@ -109,14 +119,15 @@ async def test_the_streams_furthest_behind_are_cut_when_all_outboxes_pass_the_ca
             error = await asyncio.wait_for(far_behind.ended, 10)
             assert error is not None
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert far_behind.events.qsize() < sent[ROOMS[0]]
 
             # The two that fell behind less were kept: they read everything since they joined.
-            for stalled in later:
+            for stalled, room_id in zip(later, ROOMS[1:], strict=True):
                 stalled.start_reading()
                 seqs = [(await stalled.next_event(within=5)).seq]
-                while seqs[-1] < sent:
+                while seqs[-1] < sent[room_id]:
                     seqs.append((await stalled.next_event(within=5)).seq)
-                assert seqs == list(range(seqs[0], sent + 1))
+                assert seqs == list(range(seqs[0], sent[room_id] + 1))
                 others = [stalled.others.get_nowait() for _ in range(stalled.others.qsize())]
                 assert "go_away" not in [f.WhichOneof("frame") for f in others]
                 assert not stalled.ended.done()

@@ -24,7 +24,7 @@ from parley.room.v1 import room_pb2, room_pb2_grpc
 from services import allinone
 from services.identity import server as identity_server
 from tests.streams import Stream, value
-from tests.support import bearer, error_reason, make_config, running, wait_until
+from tests.support import SERVICE_SECRET, bearer, error_reason, make_config, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 REVOKED = reason_name(errors_pb2.ERROR_REASON_DEVICE_REVOKED)
@@ -238,15 +238,85 @@ async def test_connections_per_user_are_capped(data_dir: Path, tmp_path: Path) -
                 await wait_until(third_opens)
 
 
-async def test_devices_per_user_and_device_changes_are_bounded(data_dir: Path, tmp_path: Path) -> None:
-    """Each revocation reaches every gateway and stays there a token's lifetime: churning devices is bounded."""
-    settings = {"auth.max_devices_per_user": 2, "auth.device_changes_per_hour": 3}
+async def test_device_additions_are_bounded_and_failed_changes_cost_nothing(data_dir: Path, tmp_path: Path) -> None:
+    """Each revocation reaches every gateway and stays there a token's lifetime: adding devices is bounded.
+
+    Only additions that happen count; revocations are bounded by them.
+    """
+    settings = {"auth.max_devices_per_user": 2, "auth.device_additions_per_hour": 2}
     async with running(allinone.create_server, make_config(data_dir, **settings)) as (_, address):
         async with Client(address, username="churn", key_file=tmp_path / "churn.json") as churn:
             phone = await churn.add_device("phone")
-            with pytest.raises(ParleyError) as full:
-                await churn.add_device("tablet")
-            assert full.value.reason == reason_name(errors_pb2.ERROR_REASON_QUOTA_EXCEEDED)
+            for _ in range(3):  # at the cap: refused, and free
+                with pytest.raises(ParleyError) as full:
+                    await churn.add_device("tablet")
+                assert full.value.reason == reason_name(errors_pb2.ERROR_REASON_QUOTA_EXCEEDED)
             await churn.revoke_device(phone.device_id)
+            tablet = await churn.add_device("tablet")
+            await churn.revoke_device(tablet.device_id)
             with pytest.raises(RateLimitedError):
-                await churn.add_device("tablet")
+                await churn.add_device("watch")
+            assert [d.device_id for d in await churn.devices()] == [churn.device_id]
+
+
+async def test_a_stolen_device_cannot_spend_the_owners_device_budget(data_dir: Path, tmp_path: Path) -> None:
+    """The owner recovers (adds a device, revokes the stolen one) however often the thief failed first."""
+    settings = {"auth.max_devices_per_user": 4, "auth.device_additions_per_hour": 3}
+    async with running(allinone.create_server, make_config(data_dir, **settings)) as (_, address):
+        async with Client(address, username="owner", key_file=tmp_path / "owner.json") as laptop:
+            phone, thief = await _phone_of(laptop, address)  # the first addition
+            stolen = await thief.access_token()
+            mallory = DeviceIdentity.generate("mallory")
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = identity_pb2_grpc.IdentityServiceStub(channel)
+
+                async def thief_fails(expected: errors_pb2.ErrorReason.ValueType | None = None) -> None:
+                    """Revokes a device that is not there and adds one another user certified, five times each."""
+                    foreign = mallory.certify(mallory.new_device("x"))
+                    for _ in range(5):
+                        with pytest.raises(grpc.aio.AioRpcError) as revoking:
+                            await stub.RevokeDevice(
+                                identity_pb2.RevokeDeviceRequest(device_id="d-nobody"), metadata=bearer(stolen)
+                            )
+                        assert error_reason(revoking.value) == reason_name(
+                            expected or errors_pb2.ERROR_REASON_DEVICE_NOT_FOUND
+                        )
+                        with pytest.raises(grpc.aio.AioRpcError) as adding:
+                            await stub.AddDevice(identity_pb2.AddDeviceRequest(device=foreign), metadata=bearer(stolen))
+                        assert error_reason(adding.value) == reason_name(
+                            expected or errors_pb2.ERROR_REASON_BAD_CERTIFICATE
+                        )
+
+                await thief_fails()
+                await laptop.add_device("new phone")  # the second
+                await laptop.revoke_device(phone.device_id)
+                await thief_fails(errors_pb2.ERROR_REASON_DEVICE_REVOKED)
+            await laptop.add_device("tablet")  # the third
+            with pytest.raises(RateLimitedError):
+                await laptop.add_device("watch")
+        await thief.close()
+
+
+async def test_a_device_revoked_again_is_not_announced_again(address: str, tmp_path: Path) -> None:
+    async with Client(address, username="owner", key_file=tmp_path / "owner.json") as laptop:
+        phone = await laptop.add_device("phone")
+        tablet = await laptop.add_device("tablet")
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            watch = stub.WatchRevocations(
+                identity_pb2.WatchRevocationsRequest(), metadata=bearer(f"svc:backend:{SERVICE_SECRET}")
+            )
+            batches = aiter(watch)
+            snapshot = await asyncio.wait_for(anext(batches), 10)
+            assert snapshot.snapshot_complete
+            first = await laptop.revoke_device(phone.device_id)
+            for _ in range(3):
+                again = await laptop.revoke_device(phone.device_id)
+                assert again.revoke_time == first.revoke_time
+            await laptop.revoke_device(tablet.device_id)
+            announced: list[str] = []
+            while tablet.device_id not in announced:
+                batch = await asyncio.wait_for(anext(batches), 10)
+                announced += [device.device_id for device in batch.devices]
+            assert announced == [phone.device_id, tablet.device_id]
+            watch.cancel()

@@ -64,9 +64,7 @@ async def test_outbox_batches_events_between_frames() -> None:
 
 async def test_outbox_overflow_is_a_slow_consumer() -> None:
     overflowed: list[bool] = []
-    outbox = Outbox(
-        FlushScheduler(0.001), max_bytes=100, max_frame_bytes=100, on_overflow=lambda: overflowed.append(True)
-    )
+    outbox = Outbox(FlushScheduler(0.001), max_bytes=100, max_frame_bytes=100, on_cut=lambda: overflowed.append(True))
     assert outbox.put(kinds.EVENT, b"x" * 60)
     assert not outbox.put(kinds.EVENT, b"x" * 60)
     assert overflowed == [True]

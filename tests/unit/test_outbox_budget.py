@@ -22,7 +22,7 @@ def outbox_with(scheduler: FlushScheduler, pending: int, cut: list[Outbox] | Non
         scheduler,
         max_bytes=PER_CONNECTION,
         max_frame_bytes=PER_CONNECTION,
-        on_overflow=(lambda: cut.append(holder[0])) if cut is not None else None,
+        on_cut=(lambda: cut.append(holder[0])) if cut is not None else None,
     )
     holder.append(made)
     if pending:
@@ -41,6 +41,22 @@ async def drain(outbox: Outbox) -> None:
     """Takes the outbox's frames and writes them, as a stream that reads does."""
     for frame in await outbox.next_frames() or ():
         outbox.sent(frame)
+
+
+async def test_streams_woken_together_share_the_frame_of_the_same_events() -> None:
+    """A room's events go to every member as one frame object: a broadcast costs its bytes once."""
+    # Each member's own copy of the frame would pass the cap 200 times over.
+    scheduler = FlushScheduler(0, max_total_bytes=250_000)
+    cut: list[Outbox] = []
+    members = [outbox_with(scheduler, 0, cut) for _ in range(500)]
+    events = [b"e" * 40_000, b"f" * 40_000]
+    for event in events:
+        for member in members:
+            assert member.put(kinds.EVENT, event)
+    taken = [await member.next_frames() for member in members]
+    assert cut == []
+    assert all(frames is not None and frames[0] is taken[0][0] for frames in taken)  # type: ignore[index]
+    assert scheduler.budget.total_bytes <= 80_100 + 500 * ITEM  # one frame (and its header) for all
 
 
 async def test_an_event_queued_for_many_streams_counts_once() -> None:
@@ -71,15 +87,32 @@ async def test_frames_count_until_they_are_written() -> None:
     assert (outbox.pending_bytes, scheduler.budget.total_bytes) == (0, 0)
 
 
-async def test_a_stream_holding_frames_it_never_writes_is_cut() -> None:
+async def test_a_stream_holding_frames_it_never_writes_is_cut_when_more_queues_up() -> None:
     scheduler = FlushScheduler(0, max_total_bytes=7_000)
     cut: list[Outbox] = []
     stalled = outbox_with(scheduler, 5_000, cut)
     assert await stalled.next_frames() == [b"x" * 5_000]  # handed to the stream, never written
+    assert stalled.put(kinds.FRAME, b"q" * 1_500, urgent=True)
     fresh = outbox_with(scheduler, 0, cut)
     assert fresh.put(kinds.FRAME, b"n" * 3_000, urgent=True)
     assert cut == [stalled]
+    assert stalled.queued_bytes == 0
+    # Its unwritten frame cannot be taken back: it counts (past the cap) until its stream ends.
+    assert scheduler.budget.total_bytes == 8_000 + 2 * ITEM
+    stalled.release()
     assert scheduler.budget.total_bytes == 3_000 + ITEM
+
+
+async def test_a_frame_at_a_time_is_handed_out() -> None:
+    """What a stream that stops reading holds beyond the queue (where a cut frees it) is at most a frame's worth."""
+    scheduler = FlushScheduler(0)
+    outbox = Outbox(scheduler, max_bytes=100_000, max_frame_bytes=1_000)
+    for _ in range(10):
+        outbox.put(kinds.EVENT, b"e" * 400)
+    frames = await outbox.next_frames()
+    assert frames is not None
+    assert sum(len(f) for f in frames) <= 1_000 + 16
+    assert outbox.queued_bytes == 8 * 400
 
 
 async def test_past_the_cap_the_outbox_furthest_behind_is_cut() -> None:
@@ -208,6 +241,8 @@ def test_the_total_is_exact_stays_under_the_cap_and_the_furthest_behind_go_first
                 if others_cut and survivors:
                     assert min(before[o] for o in others_cut) >= max(before[o] for o in survivors)
             assert scheduler.budget.total_bytes == held_by(outboxes)
-            assert scheduler.budget.total_bytes <= cap
+            # Frames handed to streams cannot be taken back: only they may pass the cap.
+            in_flight = sum(o.in_flight_bytes + ITEM * len(o._in_flight) for o in outboxes)
+            assert scheduler.budget.total_bytes - in_flight <= cap
 
     asyncio.run(scenario())

@@ -22,9 +22,11 @@ from services.runtime.errors import ServiceError
 from services.runtime.request_checks import (
     MAX_JSON_DEPTH,
     MAX_REQUEST_VALUES,
+    RequestBudget,
     check_json,
     check_request,
     fields_to_check,
+    null_if_unset,
 )
 
 # Protobuf decoders refuse more than this many message levels below a root.
@@ -152,6 +154,35 @@ def test_a_value_without_a_kind_is_refused() -> None:
     payload = to_value({"k": 1})
     payload.struct_value.fields["k"].Clear()
     assert refusal(edit_of(payload)).message == "edit.payload.k: has no value (JSON null is null_value)"
+
+
+def test_an_unset_payload_or_data_is_accepted_on_every_path_and_means_null() -> None:
+    # A client in another language leaves `data` out of a typing signal; a present but empty
+    # Value reads the same in every decoder. Only inside an array or object must a value have a kind.
+    unset = struct_pb2.Value()
+    for field in ("edit.payload", "ephemeral.data", "subject_publish.data", "publish.events[0].payload"):
+        check_json(unset, field)
+    commands = [
+        gateway_pb2.ConnectRequest(request_id="r", edit=gateway_pb2.EditCommand(room_id="r", handle="h")),
+        edit_of(struct_pb2.Value()),
+        gateway_pb2.ConnectRequest(request_id="r", ephemeral=gateway_pb2.EphemeralCommand(subject="typing")),
+        gateway_pb2.ConnectRequest(request_id="r", subject_publish=gateway_pb2.SubjectPublishCommand(subject="s")),
+        gateway_pb2.ConnectRequest(
+            request_id="r", publish=gateway_pb2.PublishCommand(events=[gateway_pb2.OutgoingEvent(event="e")])
+        ),
+        gateway_pb2.EditRoomEventRequest(room_id="r", handle="h", payload=struct_pb2.Value()),
+    ]
+    for request in commands:
+        check_request(request)
+    assert null_if_unset(unset) == to_value(None)
+    assert null_if_unset(unset).WhichOneof("kind") == "null_value"
+    kept = to_value({"k": 1})
+    assert null_if_unset(kept) is kept
+    inside = to_value([1])
+    inside.list_value.values[0].Clear()
+    with pytest.raises(ServiceError) as caught:
+        check_json(inside, "ephemeral.data")
+    assert caught.value.message == "ephemeral.data[0]: has no value (JSON null is null_value)"
 
 
 def test_a_long_key_is_cut_short_in_the_path() -> None:
@@ -290,6 +321,27 @@ def test_without_a_budget_a_request_may_hold_any_number_of_values() -> None:
     check_json(nulls(MAX_REQUEST_VALUES + 1), "payload", max_values=None)
 
 
+def test_the_parts_of_one_request_can_share_its_budget() -> None:
+    # A Connect publish checks its events one by one, after its limits: all of them together
+    # hold at most MAX_REQUEST_VALUES values.
+    half = MAX_REQUEST_VALUES // 2
+    budget = RequestBudget()
+    check_request(gateway_pb2.OutgoingEvent(payload=nulls(half)), "publish.events[0]", budget=budget)
+    meta = struct_pb2.Struct()
+    meta.update({"m": [None] * (half - 1)})  # with its key "m": the budget in all
+    check_request(gateway_pb2.OutgoingEvent(meta=meta), "publish.events[1]", budget=budget)
+    with pytest.raises(ServiceError) as caught:
+        check_request(gateway_pb2.OutgoingEvent(payload=to_value([1])), "publish.events[2]", budget=budget)
+    assert caught.value.message == (
+        f"publish.events[2].payload: the request has more than {MAX_REQUEST_VALUES} JSON values"
+    )
+    shared = RequestBudget()
+    check_json(nulls(half), "payload", budget=shared)
+    with pytest.raises(ServiceError):
+        check_json(nulls(half + 1), "payload", budget=shared)
+    check_json(nulls(half + 1), "payload")  # a budget of its own
+
+
 def test_a_part_of_a_request_is_checked_with_its_place_in_the_request() -> None:
     event = gateway_pb2.OutgoingEvent(event="e", payload=to_value({"x": math.inf}))
     with pytest.raises(ServiceError) as caught:
@@ -300,7 +352,7 @@ def test_a_part_of_a_request_is_checked_with_its_place_in_the_request() -> None:
 def test_connect_commands_checked_after_their_limits_hold_only_what_their_handlers_check() -> None:
     # Their handlers walk exactly these fields: a new field to check needs a handler's check first.
     walked_by_handler = {
-        "publish": {"events"},  # each event whole (check_request per event)
+        "publish": {"events"},  # each event whole (check_request per event, one budget for all)
         "edit": {"payload"},
         "ephemeral": {"data"},
         "subject_publish": {"data"},

@@ -72,6 +72,12 @@ RECONNECT_FIRST_DELAY_SECONDS = 0.1
 RECONNECT_MAX_DELAY_SECONDS = 10.0
 
 
+def _retrieve_failure(task: asyncio.Task[Any]) -> None:
+    """Marks a background task's failure as seen: whoever waited for it was told, or had gone."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _worth_retrying(error: ParleyError) -> bool:
     return error.code in TRANSIENT or bool(getattr(error, "retryable", False))
 
@@ -118,6 +124,8 @@ class Client:
         self._channel: grpc.aio.Channel | None = None
         self._session: identity_pb2.Session | None = None
         self._token_lock = asyncio.Lock()
+        # The RefreshToken exchange under way, if any: see `_refresh`.
+        self._refreshing: asyncio.Task[identity_pb2.Session] | None = None
         self._stream: ConnectStream | None = None
         self._stream_lock = asyncio.Lock()
         self._rooms: dict[str, Room] = {}
@@ -161,6 +169,10 @@ class Client:
 
     async def close(self) -> None:
         """Closes the stream and the channel; the key file and the server-side session remain."""
+        await self._stop_stream(close_channel=True)
+
+    async def _stop_stream(self, *, close_channel: bool) -> None:
+        """Ends the realtime stream without reopening it, and the token keeper with it; then the channel if asked."""
         self._closing = True
         if self._reconnector is not None:  # it may hold the stream lock while it opens a stream
             self._reconnector.cancel()
@@ -174,7 +186,9 @@ class Client:
             if self._stream is not None:
                 await self._stream.close()
                 self._stream = None
-            if self._channel is not None:
+            if close_channel and self._channel is not None:
+                if self._refreshing is not None:  # closing the channel would lose its answer
+                    await asyncio.gather(self._refreshing, return_exceptions=True)
                 await self._channel.close(None)
                 self._channel = None
 
@@ -253,15 +267,24 @@ class Client:
     async def access_token(self) -> str:
         """A valid access token, refreshed (or re-logged-in) when close to expiry."""
         async with self._token_lock:
+            if self._session is not None and self._expires_soon(self._session):
+                try:
+                    await self._refresh()
+                except UnauthenticatedError:
+                    # The session was revoked or has expired: prove the device key again.
+                    self._session = None
             if self._session is None:
                 await self.login()
-            elif self._expires_soon(self._session):
-                await self._refresh()
             assert self._session is not None
             return self._session.access_token
 
     async def logout(self) -> int:
-        """Revokes this device's sessions on the server; returns how many."""
+        """Ends the realtime stream and revokes this device's sessions on the server; returns how many.
+
+        Nothing logs in again by itself afterwards; a later call that needs a
+        token (or `stream()`) logs in anew.
+        """
+        await self._stop_stream(close_channel=False)
         response = await self._call(self.identity_stub.Logout, identity_pb2.LogoutRequest())
         self._session = None
         return response.revoked_sessions
@@ -547,6 +570,8 @@ class Client:
                 return
             try:
                 token = await self._token_expiring_after(expires_at)
+                if token is None:
+                    return  # logged out, or the session was revoked: not the keeper's to log in again
                 reply = await stream.command(refresh=gateway_pb2.RefreshCommand(access_token=token))
                 expires_at = reply.refresh.token_expire_time_ms / 1000
             except ParleyError as exc:
@@ -555,15 +580,20 @@ class Client:
                 log.warning("could not hand the stream a fresh token: %s", exc)
                 await asyncio.sleep(TOKEN_KEEPER_RETRY_SECONDS)
 
-    async def _token_expiring_after(self, server_time: float) -> str:
-        """An access token that outlives `server_time` (the server's clock), refreshed if the current one does not."""
+    async def _token_expiring_after(self, server_time: float) -> str | None:
+        """An access token that outlives `server_time` (the server's clock), refreshed if the current one does not.
+
+        None when there is no session to refresh: this never logs in.
+        """
         async with self._token_lock:
             if self._session is None:
-                await self.login()
-            elif self._session.access_token_expire_time.ToNanoseconds() / 1e9 <= server_time:
-                await self._refresh()
-            assert self._session is not None
-            return self._session.access_token
+                return None
+            if self._session.access_token_expire_time.ToNanoseconds() / 1e9 <= server_time:
+                try:
+                    await self._refresh()
+                except UnauthenticatedError:
+                    return None
+            return None if self._session is None else self._session.access_token
 
     def _on_frame(self, frame: gateway_pb2.ConnectResponse) -> None:
         kind = frame.WhichOneof("frame")
@@ -701,18 +731,31 @@ class Client:
             raise error_from_rpc(exc) from None
 
     async def _refresh(self) -> None:
-        assert self._session is not None
-        try:
-            response = await self._call(
-                self.identity_stub.RefreshToken,
-                identity_pb2.RefreshTokenRequest(refresh_token=self._session.refresh_token),
-                authenticated=False,
-            )
+        """Exchanges the refresh token for a new session, one exchange at a time.
+
+        The server spends the refresh token when it answers, and a second use of
+        it revokes the whole session (reuse detection). So the exchange runs as
+        a task of its own that stores the answer even if every caller stopped
+        waiting (a cancelled `access_token()`, the token keeper cancelled when
+        its stream ends or the client closes), and a caller that comes while it
+        runs waits for it rather than spending the token again.
+        """
+        if self._refreshing is None or self._refreshing.done():
+            assert self._session is not None
+            task = asyncio.get_running_loop().create_task(self._exchange_refresh_token(self._session))
+            task.add_done_callback(_retrieve_failure)
+            self._refreshing = task
+        await asyncio.shield(self._refreshing)
+
+    async def _exchange_refresh_token(self, spent: identity_pb2.Session) -> identity_pb2.Session:
+        response = await self._call(
+            self.identity_stub.RefreshToken,
+            identity_pb2.RefreshTokenRequest(refresh_token=spent.refresh_token),
+            authenticated=False,
+        )
+        if self._session is spent:  # not logged out (or in again) meanwhile
             self._session = response.session
-        except UnauthenticatedError:
-            # The session was revoked or has expired: prove the device key again.
-            self._session = None
-            await self.login()
+        return response.session
 
     @staticmethod
     def _expires_soon(session: identity_pb2.Session) -> bool:
