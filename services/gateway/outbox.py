@@ -115,7 +115,7 @@ class OutboxBudget:
         Ranked by what a cut frees at once: the queue (frames a stream holds
         unwritten go only when its stream ends).
         """
-        behind = [(-o.queued_bytes, n, o) for n, o in enumerate(self._outboxes) if o.queued_bytes and not o.is_cut]
+        behind = [(-o.queue_cost, n, o) for n, o in enumerate(self._outboxes) if o.queue_cost and not o.is_cut]
         heapq.heapify(behind)
         while behind and self.total_bytes > target:
             _, _, victim = heapq.heappop(behind)
@@ -201,6 +201,11 @@ class Outbox:
     @property
     def queued_bytes(self) -> int:
         return self._queued
+
+    @property
+    def queue_cost(self) -> int:
+        """What cutting this outbox frees at most: its queue, bytes and items."""
+        return self._queued + ITEM_OVERHEAD_BYTES * len(self._items)
 
     @property
     def is_cut(self) -> bool:

@@ -233,7 +233,7 @@ def test_the_total_is_exact_stays_under_the_cap_and_the_furthest_behind_go_first
             elif action == "end":
                 target.release()
             elif action in ("put", "share"):
-                before = {o: o.pending_bytes for o in outboxes}
+                before = {o: o.queue_cost for o in outboxes}  # what a cut frees: who goes first
                 cut.clear()
                 target.put(kinds.FRAME, shared if action == "share" else b"x" * size, urgent=True)
                 others_cut = [o for o in cut if o is not target]
