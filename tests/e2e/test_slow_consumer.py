@@ -79,3 +79,39 @@ async def test_a_stalled_client_is_cut_with_slow_consumer(data_dir: Path, tmp_pa
                 assert participants == {pub.user_id, fast.user_id}
             await stalled.close()
             await stalled_channel.close()
+
+
+async def test_a_client_that_never_reads_again_is_let_go(data_dir: Path, tmp_path: Path) -> None:
+    """Its stream waits in a write no cancel can end: after the grace the gateway takes the connection
+    out of its rooms and its list of connections all the same, without the client reading a byte more."""
+    config = make_config(
+        data_dir,
+        rooms=[RoomDefinition(id="firehose")],
+        **{"gateway.max_outbound_bytes": 512 * 1024, "gateway.events_per_window": 1_000_000},
+    )
+    async with running(allinone.create_server, config) as (_, address):
+        async with (
+            Client(address, username="pub", key_file=tmp_path / "p.json") as pub,
+            Client(address, username="stuck", key_file=tmp_path / "s.json") as stuck,
+        ):
+            stalled_channel = grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
+            stalled = await Stream(stalled_channel, await stuck.access_token()).open(read=False)
+            async with stream(address, await pub.access_token()) as publisher:
+                await publisher.join("firehose")
+                stalled.send_raw(
+                    gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose"))
+                )
+                while (await publisher.next_other("presence")).presence.user_id != stuck.user_id:
+                    pass
+                events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
+                for _ in range(COMMANDS):
+                    await publisher.ok(
+                        publish=gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
+                    )
+                while True:
+                    presence = (await publisher.next_other("presence", within=15)).presence
+                    if presence.user_id == stuck.user_id and not presence.joined:
+                        break
+                assert set(await pub.participants("firehose")) == {pub.user_id}
+            stalled.call.cancel()
+            await stalled_channel.close()
