@@ -273,8 +273,13 @@ class Outbox:
         """No more frames: what is queued is still sent, then the stream ends normally."""
         self._end(None)
 
-    def fail(self, error: BaseException) -> None:
-        """What is queued is still sent, then `error` ends the stream."""
+    def fail(self, error: BaseException, *, drop_queued: bool = False) -> None:
+        """What is queued is still sent (unless `drop_queued`: nothing more is), then `error` ends the stream."""
+        if drop_queued and not self._closed:
+            for _, data in self._items:
+                self._budget.discharge(data)
+            self._items.clear()
+            self._queued = 0
         self._end(error)
 
     def _end(self, error: BaseException | None) -> None:

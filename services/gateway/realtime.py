@@ -128,7 +128,8 @@ class Realtime:
         def end_with(error: ServiceError) -> None:
             if connection.ended is None:
                 connection.ended = error
-                connection.outbox.fail(error)
+                # Revoked, or its token expired: nothing queued for it is sent any more.
+                connection.outbox.fail(error, drop_queued=True)
                 end_stream()
 
         connection.end_with = end_with

@@ -246,3 +246,12 @@ def test_the_total_is_exact_stays_under_the_cap_and_the_furthest_behind_go_first
             assert scheduler.budget.total_bytes - in_flight <= cap
 
     asyncio.run(scenario())
+
+
+async def test_failing_an_outbox_at_once_sends_nothing_queued() -> None:
+    scheduler = FlushScheduler(0, max_total_bytes=10_000)
+    outbox = outbox_with(scheduler, 1_000)
+    outbox.fail(SlowConsumer("revoked"), drop_queued=True)
+    assert (outbox.pending_bytes, scheduler.budget.total_bytes) == (0, 0)
+    with pytest.raises(SlowConsumer, match="revoked"):
+        await outbox.next_frames()
