@@ -85,13 +85,17 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("split")
+    yield from _started_cluster(tmp_path_factory.mktemp("split"), {})
+
+
+def _started_cluster(tmp: Path, settings: dict[str, str]) -> Iterator[Cluster]:
     (tmp / "p.toml").write_text(ROOMS_TOML)
     env = {
         "PARLEY_TELEMETRY_TRACING": "console",
         "PARLEY_SERVER_GRACE_SECONDS": "1",
         # Parley's own service credential, shared by every process.
         "PARLEY_AUTH_SERVICE_CREDENTIALS": "parley=split-test-secret",
+        **settings,
     }
     cluster = Cluster(tmp, {}, env)
     try:
@@ -340,3 +344,29 @@ async def test_the_gateway_hands_each_rooms_retention_to_the_history_service(clu
     # Over SetRetention, at the gateway's start: nothing was published in "news".
     await wait_until(lambda: log.exists() and recorded())
     assert recorded() == [("news", "headline", 2, 86400)]
+
+
+@pytest.fixture(scope="module")
+def short_token_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    settings = {"PARLEY_AUTH_ACCESS_TOKEN_TTL_SECONDS": "2", "PARLEY_AUTH_CLOCK_SKEW_SECONDS": "0"}
+    yield from _started_cluster(tmp_path_factory.mktemp("split-short"), settings)
+
+
+async def test_a_stream_through_the_gateway_lives_as_long_as_its_token(short_token_cluster: Cluster) -> None:
+    gateway = short_token_cluster.gateway
+    async with (
+        Client(gateway, username="ttl", key_file=short_token_cluster.tmp / "ttl.json") as ttl,
+        grpc.aio.insecure_channel(gateway) as channel,
+    ):
+        refreshed = await Stream(channel, await ttl.access_token()).open()
+        expiring = await Stream(channel, await ttl.access_token()).open()
+        for _ in range(3):  # past the first token's life: only the refreshed stream is left
+            await asyncio.sleep(1.0)
+            reply = await refreshed.command(refresh=gateway_pb2.RefreshCommand(access_token=await ttl.access_token()))
+            assert reply.status.code == 0, reply.status
+        ended = await asyncio.wait_for(expiring.ended, 10)
+        assert ended is not None
+        assert error_reason(ended) == "TOKEN_EXPIRED"
+        assert not refreshed.ended.done()
+        joined = await refreshed.command(join=gateway_pb2.JoinCommand(room_id="lobby"))
+        assert joined.status.code == 0, joined.status
