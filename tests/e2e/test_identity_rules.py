@@ -171,11 +171,12 @@ async def test_expired_nonce_is_rejected(data_dir: Path, tmp_path: Path) -> None
 
 
 async def test_expired_token_is_rejected(data_dir: Path, tmp_path: Path) -> None:
-    settings = {"auth.access_token_ttl_seconds": 1, "auth.clock_skew_seconds": 0}
+    # Token times are whole seconds: a 3 s token lives at least 2 s, enough for the first call on a busy machine.
+    settings = {"auth.access_token_ttl_seconds": 3, "auth.clock_skew_seconds": 0}
     async with user_on_server(data_dir, tmp_path, "erin", **settings) as (erin, stub):
         token = await erin.access_token()
         await stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(token))
-        await asyncio.sleep(2.1)
+        await asyncio.sleep(4.1)
         await expect_error(
             stub.WhoAmI(identity_pb2.WhoAmIRequest(), metadata=bearer(token)),
             grpc.StatusCode.UNAUTHENTICATED,

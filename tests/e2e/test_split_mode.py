@@ -348,7 +348,8 @@ async def test_the_gateway_hands_each_rooms_retention_to_the_history_service(clu
 
 @pytest.fixture(scope="module")
 def short_token_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    settings = {"PARLEY_AUTH_ACCESS_TOKEN_TTL_SECONDS": "2", "PARLEY_AUTH_CLOCK_SKEW_SECONDS": "0"}
+    # Token times are whole seconds: a 3 s token lives 2 to 3 s.
+    settings = {"PARLEY_AUTH_ACCESS_TOKEN_TTL_SECONDS": "3", "PARLEY_AUTH_CLOCK_SKEW_SECONDS": "0"}
     yield from _started_cluster(tmp_path_factory.mktemp("split-short"), settings)
 
 
@@ -361,7 +362,7 @@ async def test_a_stream_through_the_gateway_lives_as_long_as_its_token(short_tok
         refreshed = await Stream(channel, await ttl.access_token()).open()
         expiring = await Stream(channel, await ttl.access_token()).open()
         for _ in range(3):  # past the first token's life: only the refreshed stream is left
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.1)
             reply = await refreshed.command(refresh=gateway_pb2.RefreshCommand(access_token=await ttl.access_token()))
             assert reply.status.code == 0, reply.status
         ended = await asyncio.wait_for(expiring.ended, 10)
