@@ -16,6 +16,9 @@ from services.runtime.principal import current_principal
 from services.runtime.ratelimit import RateLimiter
 from services.runtime.uncancellable import uncancellable
 
+# A page of rooms stays well within the message size limit, whatever schemas the rooms carry.
+MAX_PAGE_BYTES = 1024 * 1024
+
 
 class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     def __init__(
@@ -35,8 +38,17 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     async def ListRooms(self, request: room_pb2.ListRoomsRequest, context: Context) -> room_pb2.ListRoomsResponse:
         size = clamp_page_size(request.page_size)
         rooms, more = self._registry.listed_after(decode_page_token(request.page_token), size)
-        next_token = encode_page_token(rooms[-1].room_id) if more else ""
-        return room_pb2.ListRoomsResponse(rooms=[self._with_size(r) for r in rooms], next_page_token=next_token)
+        page: list[room_pb2.Room] = []
+        page_bytes = 0
+        for room in rooms:
+            sized = self._with_size(room)
+            page_bytes += sized.ByteSize()
+            if page and page_bytes > MAX_PAGE_BYTES:  # rooms carry their schemas: the rest go on the next page
+                more = True
+                break
+            page.append(sized)
+        next_token = encode_page_token(page[-1].room_id) if more else ""
+        return room_pb2.ListRoomsResponse(rooms=page, next_page_token=next_token)
 
     async def GetRoom(self, request: room_pb2.GetRoomRequest, context: Context) -> room_pb2.GetRoomResponse:
         definitions.check_room_id(request.room_id)

@@ -218,3 +218,33 @@ async def test_room_texts_that_every_notice_carries_are_bounded(
         await rooms.CreateRoom(request, metadata=bearer(await alice.access_token()))
     error = error_from_rpc(refused.value)
     assert (error.reason, error.metadata["field"]) == ("VALIDATION_FAILED", field)
+
+
+async def test_a_page_of_rooms_stays_within_the_message_limit(data_dir: Path, tmp_path: Path) -> None:
+    """Rooms listed with their schemas: a page holds what fits in 1 MiB, the next page the rest."""
+    async with (
+        running(allinone.create_server, make_config(data_dir)) as (_, address),
+        Client(address, username="lister", key_file=tmp_path / "lister.json") as lister,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        await _page_through_big_rooms(room_pb2_grpc.RoomServiceStub(channel), lister)
+
+
+async def _page_through_big_rooms(rooms: Rooms, lister: Client) -> None:
+    for n in range(24):  # 24 rooms x 60 KB of schema: more than 1 MiB in all
+        events = [defined(f"e{i}", schema_of(15_000, f"shared-{i}")) for i in range(4)]  # compiled once
+        await rooms.CreateRoom(room_pb2.CreateRoomRequest(room_id=f"big-{n:02}", events=events), metadata=SERVICE)
+    token = bearer(await lister.access_token())
+    seen: list[str] = []
+    pages = 0
+    page_token = ""
+    while True:
+        page = await rooms.ListRooms(room_pb2.ListRoomsRequest(page_size=100, page_token=page_token), metadata=token)
+        assert page.ByteSize() <= 1024 * 1024 + 70_000
+        seen += [room.room_id for room in page.rooms]
+        pages += 1
+        page_token = page.next_page_token
+        if not page_token:
+            break
+    assert pages >= 2
+    assert [room_id for room_id in seen if room_id.startswith("big-")] == [f"big-{n:02}" for n in range(24)]
