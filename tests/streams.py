@@ -103,6 +103,13 @@ class Stream:
             if frame.WhichOneof("frame") == kind:
                 return frame
 
+    async def presence_of(self, user_id: str, *, joined: bool = True, within: float = 3.0) -> None:
+        """Waits for the Presence frame saying `user_id` joined (or left) a room this stream is in."""
+        while True:
+            presence = (await self.next_other("presence", within)).presence
+            if presence.user_id == user_id and presence.joined == joined:
+                return
+
     async def no_event(self, within: float = 0.3) -> None:
         with contextlib.suppress(TimeoutError):
             event = await asyncio.wait_for(self.events.get(), within)

@@ -254,7 +254,7 @@ def _check_one(rule: _Rule, value: Any, path: str, budget: RequestBudget) -> Non
 
 
 class _TooDeep(Exception):
-    pass
+    """A JSON value nests deeper than MAX_JSON_DEPTH (caught and reported with the field's path)."""
 
 
 class _Refused(Exception):

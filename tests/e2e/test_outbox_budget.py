@@ -79,10 +79,6 @@ async def test_the_streams_furthest_behind_are_cut_when_all_outboxes_pass_the_ca
             received: dict[str, list[int]] = {room_id: [] for room_id in ROOMS}
             sent = dict.fromkeys(ROOMS, 0)
 
-            async def joined(client: Client) -> None:
-                while (await publisher.next_other("presence")).presence.user_id != client.user_id:
-                    pass
-
             async def publish(room_id: str, commands: int) -> None:
                 events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
                 for _ in range(commands):
@@ -97,7 +93,7 @@ async def test_the_streams_furthest_behind_are_cut_when_all_outboxes_pass_the_ca
 
             # One stream falls far behind alone (about 0.5 MB, under the cap)...
             far_behind = await stack.enter_async_context(stalled_stream(address, behind, ROOMS[0]))
-            await joined(behind)
+            await publisher.presence_of(behind.user_id)
             await publish(ROOMS[0], 9)
             assert outbox_bytes(reader) > 200_000
             # ...then two more stop reading too, and together they pass the cap.
@@ -106,7 +102,7 @@ async def test_the_streams_furthest_behind_are_cut_when_all_outboxes_pass_the_ca
                 for client, room_id in ((late_1, ROOMS[1]), (late_2, ROOMS[2]))
             ]
             for client in (late_1, late_2):
-                await joined(client)
+                await publisher.presence_of(client.user_id)
             for room_id in ROOMS[1:]:
                 await publish(room_id, 5)
 

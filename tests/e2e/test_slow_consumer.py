@@ -44,8 +44,7 @@ async def test_a_stalled_client_is_cut_with_slow_consumer(data_dir: Path, tmp_pa
                 stalled.send_raw(
                     gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose"))
                 )
-                while (await publisher.next_other("presence")).presence.user_id != stuck.user_id:
-                    pass
+                await publisher.presence_of(stuck.user_id)
 
                 events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
                 received = []
@@ -101,17 +100,13 @@ async def test_a_client_that_never_reads_again_is_let_go(data_dir: Path, tmp_pat
                 stalled.send_raw(
                     gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose"))
                 )
-                while (await publisher.next_other("presence")).presence.user_id != stuck.user_id:
-                    pass
+                await publisher.presence_of(stuck.user_id)
                 events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
                 for _ in range(COMMANDS):
                     await publisher.ok(
                         publish=gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
                     )
-                while True:
-                    presence = (await publisher.next_other("presence", within=15)).presence
-                    if presence.user_id == stuck.user_id and not presence.joined:
-                        break
+                await publisher.presence_of(stuck.user_id, joined=False, within=15)
                 assert set(await pub.participants("firehose")) == {pub.user_id}
             stalled.call.cancel()
             await stalled_channel.close()
