@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import grpc
 
@@ -41,6 +41,9 @@ def status_of(error: ServiceError) -> status_pb2.Status:
 
 # A history read that returns no events, only the log's epoch and newest sequence.
 NOTHING_AFTER = 2**62
+
+# Moves a stream onto a fresh access token (the stream's token life is the Connect stream's own business).
+Refresh = Callable[[Connection, gateway_pb2.RefreshCommand], Awaitable[gateway_pb2.RefreshResult]]
 
 # Commands whose handler checks their values (the request rules) itself, after
 # the command's cheap limits (count, size, rate): a flood of big commands is then
@@ -107,8 +110,10 @@ class CommandHandler:
         signals: EphemeralSignals,
         subjects: SubjectRouter,
         hooks: Hooks,
+        refresh: Refresh,
     ) -> None:
         self._config = config
+        self._refresh = refresh
         self._bus = bus
         self._feeds = feeds
         self._directory = directory
@@ -158,6 +163,8 @@ class CommandHandler:
             reply.changed.CopyFrom(await self.delete(connection, request.delete))
         elif command == "ephemeral":
             self.ephemeral(connection, request.ephemeral)
+        elif command == "refresh":
+            reply.refresh.CopyFrom(await self._refresh(connection, request.refresh))
         elif command == "ping":
             return
         else:

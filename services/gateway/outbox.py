@@ -89,20 +89,31 @@ class OutboxBudget:
             del self._held[id(data)]
             self.total_bytes -= entry[1]
 
-    def make_room(self, outbox: Outbox, data: bytes) -> bool:
-        """Cuts the outboxes furthest behind until `data` fits; False if `outbox` itself was cut.
+    def admit(self, outbox: Outbox, data: bytes) -> bool:
+        """Charges `data` to the budget, cutting the outboxes furthest behind until it fits;
+        False (nothing charged) if `outbox` itself was cut.
 
         Frames already handed to streams cannot be taken back: when they alone
         hold the memory, `data` is let through and the cap is passed by them
         (at most one frame's worth per stream, see `Outbox.next_frames`).
         """
-        size = ITEM_OVERHEAD_BYTES + (0 if id(data) in self._held else len(data))
-        if self.total_bytes + size <= self.max_bytes:
-            return True
-        if size > self.max_bytes:
-            outbox.cut(SlowConsumer(f"a single frame is larger than the {self.max_bytes} bytes all streams may hold"))
-            return False
-        return self._cut_down(min(self.max_bytes - size, self.max_bytes * 3 // 4), outbox)
+        entry = self._held.get(id(data))
+        size = ITEM_OVERHEAD_BYTES + (0 if entry is not None else len(data))
+        if self.total_bytes + size > self.max_bytes:
+            if size > self.max_bytes:
+                outbox.cut(
+                    SlowConsumer(f"a single frame is larger than the {self.max_bytes} bytes all streams may hold")
+                )
+                return False
+            if not self._cut_down(min(self.max_bytes - size, self.max_bytes * 3 // 4), outbox):
+                return False
+            entry = self._held.get(id(data))  # a cut may have let the last other holder go
+        if entry is None:
+            self._held[id(data)] = [1, len(data)]
+        else:
+            entry[0] += 1
+        self.total_bytes += ITEM_OVERHEAD_BYTES + (len(data) if entry is None else 0)
+        return True
 
     def settle(self, outbox: Outbox) -> bool:
         """After `outbox` built its frames: back under the cap, cutting the furthest behind;
@@ -218,11 +229,10 @@ class Outbox:
         if self._queued + len(data) > self._max_bytes:
             self.cut(SlowConsumer(f"this connection fell more than {self._max_bytes} bytes behind"))
             return False
-        if not self._budget.make_room(self, data):
+        if not self._budget.admit(self, data):
             return False
         self._items.append((kind, data))
         self._queued += len(data)
-        self._budget.charge(data)
         if urgent:
             self._ready.set()
         else:
@@ -243,10 +253,7 @@ class Outbox:
         """
         if self.is_cut:
             return
-        for _, data in self._items:
-            self._budget.discharge(data)
-        self._items.clear()
-        self._queued = 0
+        self._drop_queued()
         self._closed = True
         self._error = error
         self._ready.set()
@@ -255,13 +262,11 @@ class Outbox:
 
     def release(self) -> None:
         """The stream is gone: nothing more is sent, and nothing it held counts any more."""
-        for _, data in self._items:
-            self._budget.discharge(data)
+        self._drop_queued()
         for frame in self._in_flight:
             self._budget.discharge(frame)
-        self._items.clear()
         self._in_flight.clear()
-        self._queued = self.in_flight_bytes = 0
+        self.in_flight_bytes = 0
         self._closed = True
         self._ready.set()
         self._budget.forget(self)
@@ -276,11 +281,14 @@ class Outbox:
     def fail(self, error: BaseException, *, drop_queued: bool = False) -> None:
         """What is queued is still sent (unless `drop_queued`: nothing more is), then `error` ends the stream."""
         if drop_queued and not self._closed:
-            for _, data in self._items:
-                self._budget.discharge(data)
-            self._items.clear()
-            self._queued = 0
+            self._drop_queued()
         self._end(error)
+
+    def _drop_queued(self) -> None:
+        for _, data in self._items:
+            self._budget.discharge(data)
+        self._items.clear()
+        self._queued = 0
 
     def _end(self, error: BaseException | None) -> None:
         if not self._closed:

@@ -99,6 +99,7 @@ class Realtime:
             EphemeralSignals(config, bus),
             self.subjects,
             hooks,
+            self._refresh,
         )
 
     # The Connect stream
@@ -160,8 +161,6 @@ class Realtime:
         finally:
             for handle in cut_off:
                 handle.cancel()
-            if connection.token_timer is not None:
-                connection.token_timer.cancel()
             connection.outbox.release()
             await self._end(connection, reader)
 
@@ -246,10 +245,7 @@ class Realtime:
                 if not request.request_id:
                     connection.outbox.fail(protocol_violation("request_id: every command needs one"))
                     return
-                if request.WhichOneof("command") == "refresh":
-                    reply = await self._refresh_reply(connection, request)
-                else:
-                    reply = await self.commands.handle(connection, request)
+                reply = await self.commands.handle(connection, request)
                 connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(reply=reply)), urgent=True)
         except ServiceError as error:
             # A frame that is not a ConnectRequest at all.
@@ -263,17 +259,8 @@ class Realtime:
             return
         connection.outbox.finish()
 
-    async def _refresh_reply(self, connection: Connection, request: gateway_pb2.ConnectRequest) -> gateway_pb2.Reply:
-        reply = gateway_pb2.Reply(request_id=request.request_id)
-        try:
-            reply.refresh.CopyFrom(await self._refresh(connection, request.refresh))
-        except ServiceError as error:
-            reply.ClearField("result")
-            reply.status.CopyFrom(status_of(error))
-        return reply
-
     async def _disconnect(self, connection: Connection) -> None:
-        if connection.token_timer is not None:  # a refresh answered while the stream ended may have set a new one
+        if connection.token_timer is not None:  # after the reader stopped: no refresh can set a new one
             connection.token_timer.cancel()
         self.connections.remove(connection)
         self.subjects.unsubscribe_all(connection)

@@ -52,7 +52,8 @@ class RoomRegistry:
 
     async def load(self) -> None:
         def read(db: sqlite_utils.Database) -> list[tuple[room_pb2.Room, int]]:
-            return [(room, schema_bytes_of(room)) for room in store.all_rooms(db)]
+            # Only rooms a user created count against an allowance.
+            return [(room, schema_bytes_of(room) if room.creator else 0) for room in store.all_rooms(db)]
 
         for room, size in await self._db.run(read):
             if room.room_id not in self._rooms:
