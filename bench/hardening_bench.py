@@ -67,11 +67,15 @@ from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from parley.values import to_value
 from services.gateway import subjects
-from services.gateway.bus import InProcessBus
 from services.gateway.connections import Connection
 from services.gateway.outbox import FlushScheduler, Outbox
 from services.room import definitions, rules
 from services.runtime import config as runtime_config
+
+try:
+    from services.runtime.bus import InProcessBus
+except ImportError:  # a tree from before issue 9, for a before/after run
+    from services.gateway.bus import InProcessBus  # type: ignore[no-redef,import-not-found]
 
 if TYPE_CHECKING or __package__:
     from bench.report import cpu_model, percentile_ms
@@ -156,7 +160,13 @@ def new_connection(user_id: str, session_id: str) -> Connection:
     return Connection(session_id=session_id, user_id=user_id, device_id="d", outbox=outbox)
 
 
-def hold_wildcards(router: subjects.SubjectRouter, count: int) -> tuple[list[Connection], str]:
+async def settled(result: Any) -> None:
+    """Awaits what the router returned: its calls are coroutines since the bus became asynchronous (issue 9)."""
+    if inspect.isawaitable(result):
+        await result
+
+
+async def hold_wildcards(router: subjects.SubjectRouter, count: int) -> tuple[list[Connection], str]:
     """Subscribes one user to `w<i>.*` for i < count over as few connections as allowed.
 
     Returns the connections and, if the router refused one, the refusal (`reason: message`).
@@ -167,24 +177,24 @@ def hold_wildcards(router: subjects.SubjectRouter, count: int) -> tuple[list[Con
         if i % per_connection == 0:
             connections.append(new_connection("holder", f"holder-{len(connections)}"))
         try:
-            router.subscribe(connections[-1], f"w{i}.*")
+            await settled(router.subscribe(connections[-1], f"w{i}.*"))
         except Exception as refused:  # a ServiceError on either tree
             return connections, f"{getattr(refused, 'reason', '')}: {getattr(refused, 'message', refused)}"
     return connections, ""
 
 
-def publish_rate(router: subjects.SubjectRouter, seconds: float) -> dict[str, Any]:
+async def publish_rate(router: subjects.SubjectRouter, seconds: float) -> dict[str, Any]:
     data = to_value({"x": 1})
     warm_until = time.perf_counter() + min(seconds, WARMUP_SECONDS)
     while time.perf_counter() < warm_until:
-        router.publish(PUBLISHED_SUBJECT, "publisher", data)
+        await settled(router.publish(PUBLISHED_SUBJECT, "publisher", data))
     count = 0
     cpu = time.thread_time()
     started = time.perf_counter()
     deadline = started + seconds
     while time.perf_counter() < deadline:
         for _ in range(PUBLISH_BATCH):
-            router.publish(PUBLISHED_SUBJECT, "publisher", data)
+            await settled(router.publish(PUBLISHED_SUBJECT, "publisher", data))
         count += PUBLISH_BATCH
     elapsed = time.perf_counter() - started
     cpu = time.thread_time() - cpu
@@ -201,11 +211,11 @@ async def subjects_scenario(wildcard_counts: Sequence[int], seconds: float) -> d
     for count in wildcard_counts:
         router = new_router(InProcessBus(), max_per_user=max(count, 1))
         started = time.perf_counter()
-        connections, refused = hold_wildcards(router, count)
+        connections, refused = await hold_wildcards(router, count)
         if refused:
             raise RuntimeError(f"{count} wildcards refused: {refused}")
         setup = time.perf_counter() - started
-        rate = publish_rate(router, seconds)
+        rate = await publish_rate(router, seconds)
         if any(c.outbox.pending_bytes for c in connections):
             raise RuntimeError(f"a wildcard matched {PUBLISHED_SUBJECT!r}")
         results[str(count)] = {"connections": len(connections), "subscribe_seconds": round(setup, 3), **rate}
@@ -217,7 +227,7 @@ async def subjects_scenario(wildcard_counts: Sequence[int], seconds: float) -> d
     default_cap = getattr(gateway_defaults, "max_subject_subscriptions_per_user", None)
     wanted = max(wildcard_counts)
     router = new_router(InProcessBus(), max_per_user=default_cap or 0)
-    connections, refused = hold_wildcards(router, wanted)
+    connections, refused = await hold_wildcards(router, wanted)
     accepted = sum(len(c.subjects) for c in connections)
     return {
         "how": "in process: SubjectRouter on an InProcessBus, no gRPC, no network",

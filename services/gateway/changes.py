@@ -1,4 +1,4 @@
-"""Edits and deletes of kept events by their sender, announced to the room's members."""
+"""Edits and deletes of kept events by their sender (the history service announces them to the room's members)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from google.protobuf import struct_pb2
 
 from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2
-from services.gateway.bus import Bus, BusMessage
-from services.gateway.feeds import EVENT_HEADER, KIND, KIND_CHANGE, SEQ_HEADER, room_subject
 from services.gateway.history_client import HistoryAppender
 from services.gateway.publishing import Publisher, payload_too_large
 from services.room.rules import EventRules
@@ -17,22 +15,19 @@ from services.runtime.config import GatewayConfig
 from services.runtime.errors import event_not_found, invalid_field, not_author, rate_limited
 from services.runtime.ratelimit import RateLimiter
 from services.runtime.request_checks import check_json, null_if_unset
+from services.runtime.room_stream import event_changed
 from services.runtime.uncancellable import uncancellable
-
-EDITED = gateway_pb2.EventChanged.KIND_EDITED
-DELETED = gateway_pb2.EventChanged.KIND_DELETED
 
 
 class EventChanges:
-    """Checks a change (sender, schema, size, rate), makes it in the log, then announces it.
+    """Checks a change (sender, schema, size, rate), then makes it in the log.
 
     Clients change their own events; a backend may change any (GatewayService.EditRoomEvent).
     """
 
-    def __init__(self, config: GatewayConfig, bus: Bus, history: HistoryAppender, publisher: Publisher) -> None:
+    def __init__(self, config: GatewayConfig, history: HistoryAppender, publisher: Publisher) -> None:
         self._publisher = publisher
         self._config = config
-        self._bus = bus
         self._history = history
         self._limit = RateLimiter(config.events_per_window, float(config.window_seconds))
 
@@ -103,21 +98,15 @@ class EventChanges:
     async def _change(
         self, room_id: str, call: Awaitable[history_pb2.EditEventResponse | history_pb2.DeleteEventResponse]
     ) -> gateway_pb2.EventChanged:
-        """Makes the change in the log, then announces it in its sequence's turn (even if the caller goes away)."""
-        order = self._publisher.order
+        """Makes the change in the log, whose service announces it to the room's members.
 
-        async def change_and_announce() -> gateway_pb2.EventChanged:
-            write = order.begin(room_id)
-            try:
-                changed = (await call).event
-            except BaseException:
-                order.abandon(write)
-                raise
-            return await order.release(
-                write, changed.change_seq, changed.change_seq, lambda: self._announce(room_id, changed)
-            )
+        Once asked for, the change is made even if the caller goes away meanwhile.
+        """
 
-        return await uncancellable(change_and_announce())
+        async def change() -> gateway_pb2.EventChanged:
+            return event_changed(room_id, (await call).event)
+
+        return await uncancellable(change())
 
     def _count(self, user_id: str, handle: str) -> None:
         if not handle:
@@ -138,27 +127,3 @@ class EventChanges:
         if editor and stored.sender != editor:
             raise not_author()
         return stored
-
-    def _announce(self, room_id: str, event: history_pb2.LoggedEvent) -> gateway_pb2.EventChanged:
-        change = event_changed(room_id, event)
-        frame = gateway_pb2.ConnectResponse(event_changed=change)
-        headers = {KIND: KIND_CHANGE, EVENT_HEADER: event.event, SEQ_HEADER: str(event.change_seq)}
-        self._bus.publish(BusMessage(room_subject(room_id), frame.SerializeToString(), headers))
-        return change
-
-
-def event_changed(room_id: str, event: history_pb2.LoggedEvent) -> gateway_pb2.EventChanged:
-    """The change a logged event's latest edit or delete made, as members get it."""
-    change = gateway_pb2.EventChanged(
-        kind=DELETED if event.deleted else EDITED,
-        room_id=room_id,
-        handle=event.handle,
-        seq=event.seq,
-        event=event.event,
-        sender=event.sender,
-        change_time_ms=event.edit_time_ms,
-        change_seq=event.change_seq,
-    )
-    if not event.deleted:
-        change.payload.CopyFrom(event.payload)
-    return change

@@ -13,24 +13,35 @@ from parley.hooks import JoinContext
 from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
-from services.gateway.bus import Bus, BusMessage
-from services.gateway.changes import EventChanges, event_changed
+from services.gateway.catch_up import CatchUp, history_frames, room_event, sync_selection
+from services.gateway.changes import EventChanges
 from services.gateway.connections import EXCLUDED_PREFIX, Connection, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
-from services.gateway.feeds import KIND, KIND_FRAME, RoomFeeds, room_subject
+from services.gateway.feeds import RoomFeed, RoomFeeds
 from services.gateway.history_client import HistoryAppender
 from services.gateway.publishing import Publisher, payload_too_large
+from services.gateway.recovery import (
+    LogRead,
+    ResumePoint,
+    read_log,
+    read_log_end,
+    read_on,
+    stream_recovered,
+)
 from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
 from services.room.definitions import EVENT_NAME, check_room_id
 from services.room.registry import room_not_found
 from services.room.rules import ANY_EVENT, EventRules
+from services.runtime import room_stream
+from services.runtime.bus import Bus
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
 from services.runtime.request_checks import check_json, check_request, null_if_unset
+from services.runtime.room_stream import event_changed
 
 
 def status_of(error: ServiceError) -> status_pb2.Status:
@@ -38,9 +49,6 @@ def status_of(error: ServiceError) -> status_pb2.Status:
         code=error.code.value[0], message=error.message, reason=error.reason, metadata=error.metadata
     )
 
-
-# A history read that returns no events, only the log's epoch and newest sequence.
-NOTHING_AFTER = 2**62
 
 # Moves a stream onto a fresh access token (the stream's token life is the Connect stream's own business).
 Refresh = Callable[[Connection, gateway_pb2.RefreshCommand], Awaitable[gateway_pb2.RefreshResult]]
@@ -51,35 +59,8 @@ Refresh = Callable[[Connection, gateway_pb2.RefreshCommand], Awaitable[gateway_p
 CHECKED_AFTER_LIMITS = frozenset({"publish", "edit", "ephemeral", "subject_publish"})
 
 
-def _room_event(room_id: str, epoch: str, logged: history_pb2.LoggedEvent) -> gateway_pb2.Event:
-    return gateway_pb2.Event(
-        room_id=room_id,
-        event=logged.event,
-        payload=logged.payload,
-        sender=logged.sender,
-        time_ms=logged.time_ms,
-        seq=logged.seq,
-        handle=logged.handle,
-        meta=logged.meta,
-        epoch=epoch,
-    )
-
-
 def _resuming(command: gateway_pb2.JoinCommand) -> bool:
     return command.resume or bool(command.since_seq or command.epoch)
-
-
-def _sync_selection(events: list[history_pb2.LoggedEvent], last: int) -> list[history_pb2.LoggedEvent]:
-    """All of them, or the newest `last` of each event name, oldest first."""
-    if not last:
-        return events
-    chosen: list[history_pb2.LoggedEvent] = []
-    counts: dict[str, int] = {}
-    for event in reversed(events):
-        if counts.get(event.event, 0) < last:
-            counts[event.event] = counts.get(event.event, 0) + 1
-            chosen.append(event)
-    return chosen[::-1]
 
 
 def not_in_room(room_id: str) -> ServiceError:
@@ -89,11 +70,6 @@ def not_in_room(room_id: str) -> ServiceError:
         f"join room {room_id!r} first",
         room_id=room_id,
     )
-
-
-def presence_frame(room_id: str, user_id: str, joined: bool) -> BusMessage:
-    frame = gateway_pb2.ConnectResponse(presence=gateway_pb2.Presence(room_id=room_id, user_id=user_id, joined=joined))
-    return BusMessage(room_subject(room_id), frame.SerializeToString(), {KIND: KIND_FRAME})
 
 
 class CommandHandler:
@@ -152,11 +128,11 @@ class CommandHandler:
         elif command == "publish":
             reply.publish.CopyFrom(await self.publish(connection, request.publish))
         elif command == "subject_subscribe":
-            self._subjects.subscribe(connection, request.subject_subscribe.subject)
+            await self._subjects.subscribe(connection, request.subject_subscribe.subject)
         elif command == "subject_unsubscribe":
-            self._subjects.unsubscribe(connection, request.subject_unsubscribe.subject)
+            await self._subjects.unsubscribe(connection, request.subject_unsubscribe.subject)
         elif command == "subject_publish":
-            self._subject_publish(connection, request.subject_publish)
+            await self._subject_publish(connection, request.subject_publish)
         elif command == "edit":
             reply.changed.CopyFrom(await self.edit(connection, request.edit))
         elif command == "delete":
@@ -201,104 +177,90 @@ class CommandHandler:
         connection.rooms[room_id] = interest
         # Live events are held while the log is read, then merged with it by sequence.
         connection.held[room_id] = []
-        self._feeds.add(room_id, connection)
         try:
-            catch_up = await self._read_history(command, joined.room)
+            # Subscribed first, then the log read: nothing falls between the two.
+            feed = await self._feeds.add(room_id, connection)
+            catch_up = await self._read_catch_up(feed, connection, command, joined.room)
         except BaseException:
             connection.held.pop(room_id, None)
             self.drop(connection, room_id)
             await self._rooms.leave(room_id, connection.user_id, connection.session_id)
             raise
         result = gateway_pb2.JoinResult(
-            room=joined.room, subscriptions=interest.names(), epoch=catch_up.epoch, last_seq=catch_up.last_seq
+            room=joined.room,
+            subscriptions=interest.names(),
+            epoch=catch_up.read.epoch,
+            last_seq=catch_up.read.through,
+            recovered=catch_up.recovered,
+            unrecovered_reason=catch_up.unrecovered_reason,
         )
-        self._deliver_catch_up(connection, joined.room, command, catch_up, result)
+        await self._deliver_catch_up(connection, joined.room, catch_up)
         if joined.first_connection:
-            self._bus.publish(presence_frame(room_id, connection.user_id, True))
+            await self._bus.publish(room_stream.presence_message(room_id, connection.user_id, True))
             await self._hooks.notify(
                 "on_joined", JoinContext(session_id=connection.session_id, user_id=connection.user_id, room_id=room_id)
             )
         return result
 
-    async def _read_history(
-        self, command: gateway_pb2.JoinCommand, room: room_pb2.Room
-    ) -> history_pb2.ListEventsSinceResponse:
+    async def _read_catch_up(
+        self, feed: RoomFeed, connection: Connection, command: gateway_pb2.JoinCommand, room: room_pb2.Room
+    ) -> CatchUp:
         """The history read a join makes: the missed events (resume), the recent ones
-        (sync on join), or just the log's epoch and newest sequence."""
+        (sync on join), or just the log's epoch and newest sequence; read on until it
+        meets the live stream."""
         cap = self._config.replay_cap
+        room_id = room.room_id
+        sync = room.sync_history_on_join
         if _resuming(command):
-            return await self._history.since(room.room_id, command.since_seq, cap + 1)
-        state = await self._history.since(room.room_id, NOTHING_AFTER, 1)
-        if not (room.sync_history_on_join.all or room.sync_history_on_join.last):
-            return state
-        # Kept events among the last `replay_cap` sequence numbers; newer ones are held live.
-        return await self._history.since(room.room_id, max(0, state.last_seq - cap), cap)
+            read = await read_log(self._history, room_id, command.since_seq, cap)
+            recovered, reason = stream_recovered(ResumePoint(command.epoch, command.since_seq), read, cap)
+            if not recovered:
+                read = await read_log_end(self._history, room_id)  # the client reloads; live from here
+            catch_up = CatchUp(read, gateway_pb2.HistoryBatch.KIND_REPLAY, recovered, unrecovered_reason=reason)
+        elif sync.all or sync.last:
+            end = await read_log_end(self._history, room_id)
+            # Kept events among the last `replay_cap` positions; newer ones come live.
+            read = await read_log(self._history, room_id, max(0, end.last_seq - cap), cap)
+            catch_up = CatchUp(read, gateway_pb2.HistoryBatch.KIND_SYNC)
+        else:
+            end = await read_log_end(self._history, room_id)
+            feed.start(end.epoch, end.through)
+            # Live from where this connection subscribed: what came since then is held for it.
+            live_from = feed.live_from.get(connection.session_id, end.through)
+            return CatchUp(LogRead(live_from, end.epoch, end.last_seq, live_from, end.pruned_seq, pages=1))
+        feed.start(catch_up.read.epoch, catch_up.read.through)
+        # Another join may have started the room's sequence further on: read up to it.
+        live_from = feed.live_from.get(connection.session_id, 0)
+        await read_on(self._history, room_id, catch_up.read, live_from, cap)
+        return catch_up
 
-    def _deliver_catch_up(
-        self,
-        connection: Connection,
-        room: room_pb2.Room,
-        command: gateway_pb2.JoinCommand,
-        catch_up: history_pb2.ListEventsSinceResponse,
-        result: gateway_pb2.JoinResult,
-    ) -> None:
-        """One HistoryBatch (replay or sync, merged with live events held meanwhile), then live again."""
+    async def _deliver_catch_up(self, connection: Connection, room: room_pb2.Room, catch_up: CatchUp) -> None:
+        """The replay or sync (in frames within the frame limit), then what was held live meanwhile."""
         room_id = room.room_id
         interest = connection.rooms[room_id]
+        read = catch_up.read
+        events: list[history_pb2.LoggedEvent] = []
+        changes: list[gateway_pb2.EventChanged] = []
+        if catch_up.kind == gateway_pb2.HistoryBatch.KIND_REPLAY and catch_up.recovered:
+            events = read.events
+            changes = [event_changed(room_id, e) for e in read.changes if interest.wants(e.event)]
+        elif catch_up.kind == gateway_pb2.HistoryBatch.KIND_SYNC:
+            events = sync_selection(read.events, room.sync_history_on_join.last)
+        replayed = [room_event(room_id, read.epoch, e) for e in events if not e.deleted and interest.wants(e.event)]
+        if catch_up.kind:
+            for frame in history_frames(room_id, catch_up, replayed, changes, self._config.max_frame_bytes):
+                await connection.outbox.room_for(len(frame))
+                connection.outbox.put(kinds.FRAME, frame, urgent=True)
+        # Held live messages the read covered are older news; later ones follow in order.
         held = connection.held.pop(room_id, [])
-        resuming = _resuming(command)
-        replayed: list[history_pb2.LoggedEvent] = []
-        kind = gateway_pb2.HistoryBatch.KIND_SYNC
-        if resuming:
-            kind = gateway_pb2.HistoryBatch.KIND_REPLAY
-            gap = catch_up.last_seq - command.since_seq
-            # An empty epoch at 0: the log did not exist yet, so any epoch now continues it.
-            same_log = command.epoch == catch_up.epoch or (not command.epoch and not command.since_seq)
-            # Retention removed events after the client's position: they are gone.
-            nothing_pruned = catch_up.pruned_seq <= command.since_seq
-            result.recovered = same_log and nothing_pruned and 0 <= gap <= self._config.replay_cap
-            if result.recovered:
-                replayed = list(catch_up.events)
-        elif room.sync_history_on_join.all or room.sync_history_on_join.last:
-            replayed = _sync_selection(list(catch_up.events), room.sync_history_on_join.last)
-        merged = {
-            e.seq: _room_event(room_id, catch_up.epoch, e)
-            for e in replayed
-            if not e.deleted and interest.wants(e.event)
-        }
-        # The read has these events as they were when it ran (tombstones included):
-        # a held copy of one of them, or of a change to it made before the read, is older news.
-        covered = {e.seq for e in catch_up.events}
-        covered.update(e.seq for e in catch_up.changed if result.recovered)
-        late_changes = []
-        for seq, data, change in held:
-            if not change:
-                if seq not in covered:
-                    merged.setdefault(seq, gateway_pb2.Event.FromString(data))
-            elif (
-                seq > catch_up.last_seq or gateway_pb2.ConnectResponse.FromString(data).event_changed.seq not in covered
-            ):
-                late_changes.append(data)
-        # Live deliveries at or below this were in the read; later ones come from the feed.
-        connection.caught_up[room_id] = catch_up.last_seq
-        if not resuming and not replayed:
-            for seq in sorted(merged):
-                connection.outbox.put(kinds.EVENT, wire.batch_item(merged[seq].SerializeToString()))
-        else:
-            changes = [
-                event_changed(room_id, e) for e in catch_up.changed if result.recovered and interest.wants(e.event)
-            ]
-            batch = gateway_pb2.HistoryBatch(
-                room_id=room_id,
-                kind=kind,
-                events=[merged[seq] for seq in sorted(merged)],
-                recovered=result.recovered,
-                epoch=catch_up.epoch,
-                changes=changes,
-            )
-            connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(history=batch)), urgent=True)
-        for late in late_changes:
-            connection.outbox.put(kinds.FRAME, late)
+        connection.caught_up[room_id] = read.through
+        for seq, data, whole_frame in held:
+            if seq <= read.through:
+                continue
+            if whole_frame:
+                connection.outbox.put(kinds.FRAME, data)
+            else:
+                connection.outbox.put(kinds.EVENT, wire.batch_item(data))
 
     async def leave(self, connection: Connection, room_id: str) -> None:
         check_room_id(room_id)
@@ -318,7 +280,7 @@ class CommandHandler:
     async def announce_left(self, user_id: str, session_id: str, room_ids: list[str]) -> None:
         """Tells each room that the user is gone (no connection of theirs is left in it)."""
         for room_id in room_ids:
-            self._bus.publish(presence_frame(room_id, user_id, False))
+            await self._bus.publish(room_stream.presence_message(room_id, user_id, False))
             await self._hooks.notify("on_left", JoinContext(session_id=session_id, user_id=user_id, room_id=room_id))
 
     def subscribe(
@@ -397,7 +359,7 @@ class CommandHandler:
         # The room's schemas compile on first use, off the event loop (each distinct one once).
         return await rules.compile()
 
-    def _subject_publish(self, connection: Connection, command: gateway_pb2.SubjectPublishCommand) -> None:
+    async def _subject_publish(self, connection: Connection, command: gateway_pb2.SubjectPublishCommand) -> None:
         size = command.data.ByteSize()
         if size > self._config.max_payload_bytes:
             raise payload_too_large(size, self._config.max_payload_bytes)
@@ -405,7 +367,7 @@ class CommandHandler:
         if wait:
             raise rate_limited("too many subject messages", wait)
         check_json(command.data, "subject_publish.data")
-        self._subjects.publish(command.subject, connection.user_id, null_if_unset(command.data))
+        await self._subjects.publish(command.subject, connection.user_id, null_if_unset(command.data))
 
 
 MAX_SUBSCRIPTION_NAMES = 100

@@ -7,10 +7,10 @@ import asyncio
 from google.protobuf import struct_pb2
 
 from parley.gateway.v1 import gateway_pb2
-from services.gateway.bus import Bus, BusMessage
 from services.gateway.connections import Connection
-from services.gateway.feeds import KIND, KIND_FRAME, SKIP_SESSION, room_subject
 from services.gateway.publishing import check_event_name, payload_too_large
+from services.runtime import room_stream
+from services.runtime.bus import Bus, publish_soon
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import rate_limited
 from services.runtime.ratelimit import RateLimiter
@@ -84,5 +84,4 @@ class EphemeralSignals:
 
     def _relay(self, signal: gateway_pb2.Ephemeral, from_session: str) -> None:
         frame = gateway_pb2.ConnectResponse(ephemeral=signal)
-        headers = {KIND: KIND_FRAME, SKIP_SESSION: from_session}
-        self._bus.publish(BusMessage(room_subject(signal.room_id), frame.SerializeToString(), headers))
+        publish_soon(self._bus, room_stream.frame_message(signal.room_id, frame, skip_session=from_session))

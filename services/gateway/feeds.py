@@ -1,57 +1,232 @@
-"""Per-room fan-out on this gateway.
+"""Per-room fan-out on this gateway, in the room's sequence order.
 
-A feed exists while the room has local members; it listens on the room's bus
-subject and hands each event, encoded once, to the outbox of every member
-subscribed to that event name.
+A feed exists while the room has local members. It listens on the room's bus
+subject (services/runtime/room_stream.py) and releases the room's sequenced
+messages strictly in order, whoever wrote them: a missing position is waited
+for `gap_wait` seconds, then read from the history service; if it cannot be
+filled, every member is told (a KIND_GAP HistoryBatch, recovered=false, with
+the reason) — never a silent skip. Each released event, encoded once, goes to
+the outbox of every member subscribed to its name.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from parley.gateway.v1 import gateway_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
-from services.gateway.bus import Bus, BusMessage, Subscription
 from services.gateway.connections import Connection, Held
+from services.gateway.recovery import (
+    EPOCH_CHANGED,
+    UNAVAILABLE,
+    LogRead,
+    LogReader,
+    ResumePoint,
+    read_log,
+    stream_recovered,
+)
+from services.gateway.sequencer import Sequencer
+from services.runtime import room_stream
+from services.runtime.bus import Bus, BusMessage, Subscription
+from services.runtime.errors import ServiceError
+from services.runtime.room_stream import RoomMessage
 
-# Bus headers.
-KIND = "kind"
-KIND_EVENT = "event"
-KIND_FRAME = "frame"  # a whole frame for every member but SKIP_SESSION (presence, ephemerals)
-KIND_CHANGE = "change"  # a whole frame for members subscribed to the event (edits, deletes)
-EVENT_HEADER = "event"
-SEQ_HEADER = "seq"
-SKIP_SESSION = "skip"  # a publisher that asked not to receive its own events
-
-
-def room_subject(room_id: str) -> str:
-    return f"room.{room_id}"
+log = logging.getLogger("parley.gateway")
 
 
 class RoomFeed:
-    def __init__(self, room_id: str, bus: Bus) -> None:
+    def __init__(self, room_id: str, history: LogReader, gap_wait: float, cap: int) -> None:
         self.room_id = room_id
         self.members: dict[str, Connection] = {}
         # Deliveries made by this feed; publishers read the difference.
         self.delivered = 0
-        self._subscription: Subscription = bus.subscribe(room_subject(room_id), self._deliver)
+        # The room log's epoch; None until the first read of it.
+        self.epoch: str | None = None
+        # Per member: the position after which it got every release (its catch-up read must reach it).
+        self.live_from: dict[str, int] = {}
+        self._history = history
+        self._gap_wait = gap_wait
+        self._cap = cap
+        self._sequencer: Sequencer[RoomMessage] = Sequencer()
+        self._retired_epochs: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._filling: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
+        self._closed = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def open(self, bus: Bus) -> None:
+        """Subscribes to the room's subject; returns once messages published from now on arrive."""
+        try:
+            subscription = await bus.subscribe(room_stream.room_subject(self.room_id), self.receive, self.suspect_gap)
+        except BaseException as exc:
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+                self.ready.exception()  # marked retrieved: the first member gets the error from this call
+            raise
+        if self._closed:
+            subscription.cancel()
+        self._subscription = subscription
+        if not self.ready.done():
+            self.ready.set_result(None)
 
     def close(self) -> None:
-        self._subscription.cancel()
+        self._closed = True
+        if self._subscription is not None:
+            self._subscription.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._filling is not None:
+            self._filling.cancel()
 
-    def _deliver(self, message: BusMessage) -> None:
-        headers = message.headers
-        kind = headers.get(KIND)
-        if kind == KIND_FRAME:
-            skip = headers.get(SKIP_SESSION)
-            for session_id, member in self.members.items():
-                if session_id != skip:
-                    member.outbox.put(kinds.FRAME, message.data)
+    def add(self, connection: Connection) -> None:
+        self.members[connection.session_id] = connection
+        if self._sequencer.released is not None:
+            self.live_from[connection.session_id] = self._sequencer.released
+
+    def remove(self, connection: Connection) -> None:
+        self.members.pop(connection.session_id, None)
+        self.live_from.pop(connection.session_id, None)
+
+    def start(self, epoch: str, through: int) -> None:
+        """A join read the log through `through`: the first such read starts the sequence there."""
+        if self._sequencer.started:
             return
-        event = headers[EVENT_HEADER]
-        seq = int(headers[SEQ_HEADER])
-        if kind == KIND_CHANGE:
-            self._deliver_change(event, seq, message.data)
+        self.epoch = epoch
+        for session_id in self.members:
+            self.live_from.setdefault(session_id, through)
+        self._release(self._sequencer.cover(through))
+        self._watch_gap()
+
+    # Receiving
+
+    def receive(self, message: BusMessage) -> None:
+        received = room_stream.parse(message)
+        if not received.sequenced:
+            self._deliver_frame(received)
             return
-        skip = headers.get(SKIP_SESSION)
+        if self.epoch is not None and received.epoch != self.epoch:
+            if received.epoch in self._retired_epochs:
+                return  # late news of a log that was reset
+            if self.epoch and self._sequencer.started:
+                self._new_epoch(received.epoch)
+            self.epoch = received.epoch  # (an empty epoch: the log had not started when it was read)
+        self._release(self._sequencer.offer(received.seq, received))
+        self._watch_gap()
+
+    def suspect_gap(self) -> None:
+        """The bus may have dropped messages: read the log for anything after the last release."""
+        if self._sequencer.started and self._filling is None and not self._closed:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._filling = asyncio.create_task(self._fill())
+
+    def _new_epoch(self, epoch: str) -> None:
+        """The log was reset (its room deleted and created again): a new sequence from 1."""
+        assert self.epoch is not None
+        self._retired_epochs.add(self.epoch)
+        self._sequencer.restart(0)
+        self._tell_gap(EPOCH_CHANGED, epoch, through=0)
+
+    # Gaps
+
+    def _watch_gap(self) -> None:
+        if self._sequencer.has_gap and self._timer is None and self._filling is None and not self._closed:
+            self._timer = asyncio.get_running_loop().call_later(self._gap_wait, self._gap_timed_out)
+
+    def _gap_timed_out(self) -> None:
+        self._timer = None
+        if self._sequencer.has_gap and self._filling is None and not self._closed:
+            self._filling = asyncio.create_task(self._fill())
+
+    async def _fill(self) -> None:
+        """Reads what is missing from the log and releases it in its turn, or tells members it is lost."""
+        try:
+            after, epoch = self._sequencer.released or 0, self.epoch or ""
+            try:
+                read = await read_log(self._history, self.room_id, after, self._cap)
+            except ServiceError:
+                log.warning("a gap in a room's stream could not be read", exc_info=True, extra={"room": self.room_id})
+                self._give_up_to_next(UNAVAILABLE)
+                return
+            if epoch != self.epoch:
+                return  # a new log began meanwhile; its own gaps are watched
+            recovered, reason = stream_recovered(ResumePoint(epoch, after), read, self._cap)
+            if recovered:
+                self._release_read(read)
+            else:
+                if read.epoch != epoch:
+                    self._retired_epochs.add(epoch)
+                    self.epoch = read.epoch
+                    self._sequencer.restart(read.last_seq)
+                self._tell_gap(reason, read.epoch, through=read.last_seq)
+                self._release(self._sequencer.cover(read.last_seq))
+        finally:
+            self._filling = None
+            self._watch_gap()
+
+    def _release_read(self, read: LogRead) -> None:
+        """The read's events and changes after the last release, in position order, then what waited after it."""
+        released = self._sequencer.released or 0
+        found = [
+            room_stream.parse(
+                room_stream.event_message(
+                    self.room_id, room_stream.unsequenced_event(self.room_id, e), e.event, e.seq, read.epoch
+                )
+            )
+            for e in read.events
+            if e.seq > released
+        ]
+        found += [
+            room_stream.parse(room_stream.change_message(self.room_id, read.epoch, c))
+            for c in read.changes
+            if c.change_seq > released
+        ]
+        self._release(sorted(found, key=lambda m: m.seq))
+        self._release(self._sequencer.cover(read.through))
+
+    def _give_up_to_next(self, reason: str) -> None:
+        """The positions before the next waiting message are lost: members are told, the rest goes on."""
+        through = self._sequencer.lowest_waiting - 1
+        self._tell_gap(reason, self.epoch or "", through=through)
+        self._release(self._sequencer.cover(through))
+
+    def _tell_gap(self, reason: str, epoch: str, through: int) -> None:
+        notice = gateway_pb2.HistoryBatch(
+            room_id=self.room_id,
+            kind=gateway_pb2.HistoryBatch.KIND_GAP,
+            recovered=False,
+            epoch=epoch,
+            unrecovered_reason=reason,
+        )
+        frame = wire.frame(gateway_pb2.ConnectResponse(history=notice))
+        for member in self.members.values():
+            held = member.held.get(self.room_id)
+            if held is not None:
+                held.append(Held(through, frame, change=True))
+            else:
+                member.outbox.put(kinds.FRAME, frame)
+
+    # Delivering
+
+    def _release(self, messages: list[RoomMessage]) -> None:
+        for message in messages:
+            if message.kind == room_stream.CHANGE:
+                self._deliver_change(message)
+            else:
+                self._deliver_event(message)
+
+    def _deliver_frame(self, message: RoomMessage) -> None:
+        skip = message.skip_session
+        for session_id, member in self.members.items():
+            if session_id != skip:
+                member.outbox.put(kinds.FRAME, message.data)
+
+    def _deliver_event(self, message: RoomMessage) -> None:
+        event, seq, skip = message.event, message.seq, message.skip_session
         item = wire.batch_item(message.data)
         room_id = self.room_id
         for session_id, member in self.members.items():
@@ -69,40 +244,60 @@ class RoomFeed:
             elif member.outbox.put(kinds.EVENT, item):
                 self.delivered += 1
 
-    def _deliver_change(self, event: str, seq: int, frame: bytes) -> None:
+    def _deliver_change(self, message: RoomMessage) -> None:
         """An EventChanged frame, to members subscribed to the event, held or skipped like an event."""
         room_id = self.room_id
         for member in self.members.values():
             interest = member.rooms.get(room_id)
-            if interest is None or not interest.wants(event):
+            if interest is None or not interest.wants(message.event):
                 continue
-            if member.caught_up and seq <= member.caught_up.get(room_id, 0):
+            if member.caught_up and message.seq <= member.caught_up.get(room_id, 0):
                 continue
             held = member.held.get(room_id)
             if held is not None:
-                held.append(Held(seq, frame, change=True))
+                held.append(Held(message.seq, message.data, change=True))
             else:
-                member.outbox.put(kinds.FRAME, frame)
+                member.outbox.put(kinds.FRAME, message.data)
 
 
 class RoomFeeds:
     """Feeds by room; one appears with the first local member and goes with the last."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, history: LogReader, gap_wait: float, cap: int) -> None:
         self._bus = bus
+        self._history = history
+        self._gap_wait = gap_wait
+        self._cap = cap
         self._feeds: dict[str, RoomFeed] = {}
 
-    def add(self, room_id: str, connection: Connection) -> None:
+    async def add(self, room_id: str, connection: Connection) -> RoomFeed:
+        """Adds a member; returns once the feed's subscription is in place (the member's reads start after)."""
         feed = self._feeds.get(room_id)
         if feed is None:
-            feed = self._feeds[room_id] = RoomFeed(room_id, self._bus)
-        feed.members[connection.session_id] = connection
+            feed = self._feeds[room_id] = RoomFeed(room_id, self._history, self._gap_wait, self._cap)
+            feed.add(connection)
+            try:
+                await feed.open(self._bus)
+            except BaseException:
+                self.remove(room_id, connection)
+                raise
+            return feed
+        feed.add(connection)
+        try:
+            await asyncio.shield(feed.ready)
+        except BaseException:
+            self.remove(room_id, connection)
+            raise
+        return feed
+
+    def get(self, room_id: str) -> RoomFeed | None:
+        return self._feeds.get(room_id)
 
     def remove(self, room_id: str, connection: Connection) -> None:
         feed = self._feeds.get(room_id)
         if feed is None:
             return
-        feed.members.pop(connection.session_id, None)
+        feed.remove(connection)
         if not feed.members:
             feed.close()
             del self._feeds[room_id]
@@ -114,6 +309,11 @@ class RoomFeeds:
     def delivered(self, room_id: str) -> int:
         feed = self._feeds.get(room_id)
         return feed.delivered if feed else 0
+
+    def suspect_gaps(self) -> None:
+        """Messages for any room may have been lost (a relay reconnected): every feed reads on from its last."""
+        for feed in self._feeds.values():
+            feed.suspect_gap()
 
     def forget_room(self, room_id: str) -> list[Connection]:
         """Drops a deleted room's feed; returns the members it had."""

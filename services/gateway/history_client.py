@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from parley.history.v1 import history_pb2, history_pb2_grpc
@@ -13,7 +13,7 @@ class HistoryAppender(Protocol):
     """The history service as the gateway uses it: over gRPC, or in process (all-in-one)."""
 
     async def append(
-        self, room_id: str, events: Sequence[history_pb2.NewEvent]
+        self, room_id: str, events: Sequence[history_pb2.NewEvent], no_echo_session: str = ""
     ) -> history_pb2.AppendEventsResponse: ...
 
     async def since(self, room_id: str, after_seq: int, limit: int) -> history_pb2.ListEventsSinceResponse: ...
@@ -30,10 +30,12 @@ class HistoryAppender(Protocol):
 
 
 class HistoryClient(PeerClient):
-    async def append(self, room_id: str, events: Sequence[history_pb2.NewEvent]) -> history_pb2.AppendEventsResponse:
-        """Appends before fan-out: returns once the events are durable, with their sequences."""
+    async def append(
+        self, room_id: str, events: Sequence[history_pb2.NewEvent], no_echo_session: str = ""
+    ) -> history_pb2.AppendEventsResponse:
+        """Returns once the events are durable (and announced), with their sequences."""
         stub = history_pb2_grpc.HistoryServiceStub(self.channel)
-        request = history_pb2.AppendEventsRequest(room_id=room_id, events=events)
+        request = history_pb2.AppendEventsRequest(room_id=room_id, events=events, no_echo_session=no_echo_session)
         return await self.call(stub.AppendEvents, request, "append to history")
 
     async def since(self, room_id: str, after_seq: int, limit: int) -> history_pb2.ListEventsSinceResponse:
@@ -58,3 +60,12 @@ class HistoryClient(PeerClient):
     async def set_retention(self, request: history_pb2.SetRetentionRequest) -> None:
         stub = history_pb2_grpc.HistoryServiceStub(self.channel)
         await self.call(stub.SetRetention, request, "set retention")
+
+    async def watch_logs(self) -> AsyncIterator[history_pb2.WatchLogsResponse]:
+        stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+        call = stub.WatchLogs(history_pb2.WatchLogsRequest(), metadata=self.metadata)
+        try:
+            async for response in call:
+                yield response
+        finally:
+            call.cancel()

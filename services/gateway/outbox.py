@@ -200,6 +200,8 @@ class Outbox:
         self._in_flight: deque[bytes] = deque()
         self.in_flight_bytes = 0
         self._ready = asyncio.Event()
+        # Set whenever queued bytes are taken for sending (see `room_for`).
+        self._taken = asyncio.Event()
         self._closed = False
         self._error: BaseException | None = None
         self._budget.track(self)
@@ -239,6 +241,16 @@ class Outbox:
             self._scheduler.mark(self)
         return True
 
+    async def room_for(self, size: int) -> None:
+        """Waits until `size` more bytes fit in the queue (or it is empty, or closed).
+
+        For a producer that can wait (a long replay): it goes at the reader's pace
+        instead of overflowing the queue and cutting the stream.
+        """
+        while not self._closed and self._queued and self._queued + size > self._max_bytes:
+            self._taken.clear()
+            await self._taken.wait()
+
     def sent(self, frame: bytes) -> None:
         """A frame from `next_frames` was written to the stream."""
         if self._in_flight and self._in_flight[0] is frame:
@@ -257,6 +269,7 @@ class Outbox:
         self._closed = True
         self._error = error
         self._ready.set()
+        self._taken.set()
         if self._on_cut is not None:
             self._on_cut()
 
@@ -269,6 +282,7 @@ class Outbox:
         self.in_flight_bytes = 0
         self._closed = True
         self._ready.set()
+        self._taken.set()
         self._budget.forget(self)
 
     def wake(self) -> None:
@@ -295,6 +309,7 @@ class Outbox:
             self._closed = True
             self._error = error
         self._ready.set()
+        self._taken.set()
 
     async def next_frames(self) -> list[bytes] | None:
         """The frames gathered by the next flush (adjacent events merged); None at the end.
@@ -322,6 +337,7 @@ class Outbox:
             items.append((kind, data))
             taken += len(data)
         self._queued -= taken
+        self._taken.set()
         for kind, data in items:
             if kind == FRAME or kind != group_kind or group_bytes + len(data) > self._max_frame_bytes:
                 self._flush_group(frames, group_kind, group)

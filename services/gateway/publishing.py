@@ -1,4 +1,4 @@
-"""Publishing into rooms: checks, limits, hooks, one encoding, the bus."""
+"""Publishing into rooms: checks, limits, hooks, then the append (the history service announces it)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,8 @@ from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2
 from parley.hooks import PublishContext, Transform
 from parley.values import to_value
-from services.gateway.bus import Bus, BusMessage
-from services.gateway.feeds import EVENT_HEADER, KIND, KIND_EVENT, SEQ_HEADER, SKIP_SESSION, RoomFeeds, room_subject
+from services.gateway.feeds import RoomFeeds
 from services.gateway.history_client import HistoryAppender
-from services.gateway.ordering import RoomOrder
 from services.room.definitions import EVENT_NAME
 from services.room.rules import ANY_EVENT, EventRules, to_json
 from services.runtime.config import GatewayConfig
@@ -42,17 +40,12 @@ def payload_too_large(size: int, limit: int) -> ServiceError:
 
 
 class Publisher:
-    def __init__(
-        self, config: GatewayConfig, bus: Bus, feeds: RoomFeeds, hooks: Hooks, history: HistoryAppender
-    ) -> None:
+    def __init__(self, config: GatewayConfig, feeds: RoomFeeds, hooks: Hooks, history: HistoryAppender) -> None:
         self._config = config
         self._history = history
-        self._bus = bus
         self._feeds = feeds
         self._hooks = hooks
         self._limit = RateLimiter(config.events_per_window, float(config.window_seconds))
-        # Shared with edits and deletes, which take sequences from the same logs.
-        self.order = RoomOrder()
 
     async def publish_from_client(
         self,
@@ -109,9 +102,10 @@ class Publisher:
         session_id: str = "",
         no_echo: bool = False,
     ) -> gateway_pb2.PublishResult:
-        """Appends to the room's log, then fans out what is new; no checks (callers made them).
+        """Appends to the room's log; no checks (callers made them).
 
-        The history service assigns every event its sequence; events whose
+        The history service assigns every event its sequence and announces it
+        to the room's members on every gateway; events whose
         definition keeps no history take their place as transient entries. A
         retry (same idempotency key) gets the original sequence and is not
         delivered again. Nothing is delivered unless the append succeeded. An
@@ -136,11 +130,8 @@ class Publisher:
                     keep_seconds=keep_seconds,
                 )
             )
-        # Once asked for, the sequences are taken: they are announced (and after_publish
-        # told) even if the caller goes away.
-        return await uncancellable(
-            self._sequence_and_fan_out(room_id, events, new_events, sender, now_ms, session_id, no_echo)
-        )
+        # Once asked for, the sequences are taken: after_publish is told even if the caller goes away.
+        return await uncancellable(self._sequence_and_fan_out(room_id, events, new_events, sender, session_id, no_echo))
 
     async def _sequence_and_fan_out(
         self,
@@ -148,70 +139,23 @@ class Publisher:
         events: Sequence[gateway_pb2.OutgoingEvent],
         new_events: list[history_pb2.NewEvent],
         sender: str,
-        time_ms: int,
         session_id: str,
         no_echo: bool,
     ) -> gateway_pb2.PublishResult:
-        write = self.order.begin(room_id)
-        try:
-            appended = await self._history.append(room_id, new_events)
-            messages = self._messages(room_id, events, appended, sender, time_ms, session_id if no_echo else "")
-        except BaseException:
-            self.order.abandon(write)  # nothing to announce: later sequences must not wait for it
-            raise
+        # The history service announces what it appended; members everywhere get it from the bus.
+        before = self._feeds.delivered(room_id)
+        appended = await self._history.append(room_id, new_events, no_echo_session=session_id if no_echo else "")
         result = gateway_pb2.PublishResult(
-            seqs=[placed.seq for placed in appended.appended], handles=[placed.handle for placed in appended.appended]
+            seqs=[placed.seq for placed in appended.appended],
+            handles=[placed.handle for placed in appended.appended],
+            # On a bus that delivers in process, the events reached this gateway's members before the append returned.
+            recipients=self._feeds.delivered(room_id) - before,
         )
-        new_seqs = [placed.seq for placed in appended.appended if not placed.duplicate]
-        if new_seqs:
-            result.recipients = await self.order.release(
-                write, new_seqs[0], new_seqs[-1], lambda: self._fan_out(room_id, messages)
-            )
-        else:
-            self.order.abandon(write)  # every event was a retry already delivered
         if self._hooks.has("after_publish"):
             for outgoing in events:
                 context = _context(outgoing, room_id, sender, session_id)
                 await self._hooks.notify("after_publish", context, result.recipients)
         return result
-
-    @staticmethod
-    def _messages(
-        room_id: str,
-        events: Sequence[gateway_pb2.OutgoingEvent],
-        appended: history_pb2.AppendEventsResponse,
-        sender: str,
-        time_ms: int,
-        skip_session: str,
-    ) -> list[BusMessage]:
-        """The bus messages of the events just appended (retries already delivered have none)."""
-        messages = []
-        for outgoing, placed in zip(events, appended.appended, strict=True):
-            if placed.duplicate:
-                continue
-            event = gateway_pb2.Event(
-                room_id=room_id,
-                event=outgoing.event,
-                payload=outgoing.payload,
-                sender=sender,
-                time_ms=time_ms,
-                seq=placed.seq,
-                handle=placed.handle,
-                meta=outgoing.meta,
-                epoch=appended.epoch,
-            )
-            headers = {KIND: KIND_EVENT, EVENT_HEADER: outgoing.event, SEQ_HEADER: str(placed.seq)}
-            if skip_session:
-                headers[SKIP_SESSION] = skip_session
-            messages.append(BusMessage(room_subject(room_id), event.SerializeToString(), headers))
-        return messages
-
-    def _fan_out(self, room_id: str, messages: list[BusMessage]) -> int:
-        """Publishes a room's messages; returns how many deliveries they made here."""
-        before = self._feeds.delivered(room_id)
-        for message in messages:
-            self._bus.publish(message)
-        return self._feeds.delivered(room_id) - before
 
     def _check_size(self, event: gateway_pb2.OutgoingEvent) -> None:
         size = len(event.event) + event.payload.ByteSize() + event.meta.ByteSize()

@@ -18,19 +18,20 @@ from parley.identity.v1 import identity_pb2
 from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
-from services.gateway.bus import Bus, BusMessage
 from services.gateway.changes import EventChanges
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
-from services.gateway.feeds import KIND, KIND_CHANGE, KIND_EVENT, RoomFeeds, room_subject
+from services.gateway.feeds import RoomFeeds
 from services.gateway.history_client import HistoryAppender
 from services.gateway.outbox import FlushScheduler, OnCut, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
 from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
 from services.room.definitions import check_room_id
+from services.runtime import room_stream
+from services.runtime.bus import Bus, BusMessage
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import (
     ServiceError,
@@ -81,12 +82,12 @@ class Realtime:
         self.stopping = False
         # True when the room service runs in this same process (all-in-one).
         self.membership_is_local = False
-        self.feeds = RoomFeeds(bus)
+        self.feeds = RoomFeeds(bus, history, config.gap_wait_ms / 1000, config.replay_cap)
         self.directory = RoomDirectory()
         self.scheduler = FlushScheduler(config.batch_window_ms / 1000, config.max_outbound_bytes_total)
-        self.publisher = Publisher(config, bus, self.feeds, hooks, history)
+        self.publisher = Publisher(config, self.feeds, hooks, history)
         self.subjects = SubjectRouter(bus, config.max_subject_subscriptions_per_user)
-        self.changes = EventChanges(config, bus, history, self.publisher)
+        self.changes = EventChanges(config, history, self.publisher)
         self.commands = CommandHandler(
             config,
             bus,
@@ -353,15 +354,14 @@ class Realtime:
 
         def deliver(message: BusMessage) -> None:
             # Events and changes; presence and ephemerals are for connections.
-            kind = message.headers.get(KIND)
-            if kind == KIND_EVENT:
-                outbox.put(kinds.EVENT, wire.batch_item(message.data))
-            elif kind == KIND_CHANGE:
-                change = gateway_pb2.ConnectResponse.FromString(message.data).event_changed
-                response = gateway_pb2.SubscribeRoomResponse(changes=[change])
+            received = room_stream.parse(message)
+            if received.kind == room_stream.EVENT:
+                outbox.put(kinds.EVENT, wire.batch_item(received.data))
+            elif received.kind == room_stream.CHANGE:
+                response = gateway_pb2.SubscribeRoomResponse(changes=[room_stream.change_of(received)])
                 outbox.put(kinds.FRAME, wire.whole_body_frame(response.SerializeToString()))
 
-        subscription = self.bus.subscribe(room_subject(request.room_id), deliver)
+        subscription = await self.bus.subscribe(room_stream.room_subject(request.room_id), deliver)
         try:
             while True:
                 try:

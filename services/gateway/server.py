@@ -11,11 +11,11 @@ from opentelemetry.metrics import Meter
 
 from parley.gateway.v1 import gateway_pb2
 from services.file.server import SERVICE as FILE_SERVICE
-from services.gateway.bus import InProcessBus
 from services.gateway.directory import follow_room_changes
 from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
 from services.gateway.history_client import HistoryAppender, HistoryClient
 from services.gateway.identity_client import IdentityClient
+from services.gateway.log_follower import follow_logs
 from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
 from services.gateway.retention import RetentionSync
@@ -25,6 +25,7 @@ from services.gateway.servicer import SERVICE, GatewayServicer
 from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
 from services.room.server import SERVICE as ROOM_SERVICE
+from services.runtime.bus import Bus, InProcessBus
 from services.runtime.channels import open_channel
 from services.runtime.config import Config
 from services.runtime.grpc_types import HealthStatus
@@ -45,15 +46,19 @@ def gateway_module(
     mode: gateway_pb2.DeploymentMode.ValueType,
     local_peers: bool,
     history: HistoryAppender | None = None,
+    bus: Bus | None = None,
 ) -> ServiceModule:
     """GatewayService. With `local_peers` the room service is on this same server
     (reached over a loopback channel) and `history` is the in-process history service."""
     secret = internal_secret(config)
     rooms = RoomClient(config.server, secret, "" if local_peers else config.peers.room)
     identity = IdentityClient(config.server, secret, "" if local_peers else config.peers.identity)
+    remote_history: HistoryClient | None = None
     if history is None:
-        history = HistoryClient(config.server, secret, config.peers.history)
-    realtime = Realtime(config.gateway, InProcessBus(), rooms, history, Hooks(config.hooks))
+        history = remote_history = HistoryClient(config.server, secret, config.peers.history)
+    if bus is None:
+        bus = InProcessBus()
+    realtime = Realtime(config.gateway, bus, rooms, history, Hooks(config.hooks))
     realtime.membership_is_local = local_peers
     realtime.clock_skew_seconds = config.auth.clock_skew_seconds
     retention = RetentionSync(history, realtime.directory)
@@ -69,6 +74,9 @@ def gateway_module(
         )
         tasks.append(asyncio.create_task(follow))
         tasks.append(asyncio.create_task(follow_revocations(identity, realtime.on_device_revoked)))
+        if remote_history is not None and isinstance(bus, InProcessBus):
+            # The history service's bus does not reach this process: its announcements come by stream.
+            tasks.append(asyncio.create_task(follow_logs(remote_history, bus, realtime.feeds.suspect_gaps)))
 
     def use_verifier(verifier: TokenVerifier) -> None:
         realtime.verifier = verifier

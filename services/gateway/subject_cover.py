@@ -14,7 +14,7 @@ import bisect
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from services.gateway.bus import Bus, Handler, Subscription
+from services.runtime.bus import Bus, Handler, Subscription
 
 
 class Route(NamedTuple):
@@ -52,6 +52,7 @@ class SubjectListener:
         self._handler = handler
         self._routes: dict[str, tuple[Route, ...]] = {}
         self._subscribed: dict[Route, Subscription] = {}
+        self._closed = False
 
     def __contains__(self, pattern: str) -> bool:
         return pattern in self._routes
@@ -59,28 +60,34 @@ class SubjectListener:
     def __len__(self) -> int:
         return len(self._routes)
 
-    def listen(self, pattern: str, routes: Iterable[Route]) -> None:
+    async def listen(self, pattern: str, routes: Iterable[Route]) -> None:
         self._routes[pattern] = tuple(routes)
-        self._resubscribe()
+        await self._resubscribe()
 
-    def stop(self, pattern: str) -> bool:
+    async def stop(self, pattern: str) -> bool:
         """Stops listening for `pattern` (what it covered is subscribed again); False if it was not held."""
         if self._routes.pop(pattern, None) is None:
             return False
-        self._resubscribe()
+        await self._resubscribe()
         return True
 
     def close(self) -> None:
+        self._closed = True
         self._routes.clear()
         for subscription in self._subscribed.values():
             subscription.cancel()
         self._subscribed.clear()
 
-    def _resubscribe(self) -> None:
+    async def _resubscribe(self) -> None:
         wanted = covering(route for routes in self._routes.values() for route in routes)
-        # What is new first: on a bus that delivers later, no message falls between two subscriptions.
+        # What is new first: no message falls between two subscriptions.
         for route in wanted - self._subscribed.keys():
             subscribe = self._bus.subscribe_prefix if route.prefix else self._bus.subscribe
-            self._subscribed[route] = subscribe(route.name, self._handler)
+            subscription = await subscribe(route.name, self._handler)
+            if self._closed or route in self._subscribed:
+                subscription.cancel()  # closed, or subscribed by a call that overtook this one
+            else:
+                self._subscribed[route] = subscription
+        wanted = covering(route for routes in self._routes.values() for route in routes)
         for route in self._subscribed.keys() - wanted:
             self._subscribed.pop(route).cancel()

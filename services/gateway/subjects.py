@@ -18,9 +18,9 @@ from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
-from services.gateway.bus import Bus, BusMessage, Handler
 from services.gateway.connections import Connection
 from services.gateway.subject_cover import Route, SubjectListener
+from services.runtime.bus import Bus, BusMessage, Handler
 from services.runtime.errors import ServiceError, invalid_field, permission_denied
 
 SUBJECT = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
@@ -87,7 +87,7 @@ class SubjectRouter:
         # Patterns per user over all their connections on this gateway.
         self._held: Counter[str] = Counter()
 
-    def subscribe(self, connection: Connection, pattern: str) -> None:
+    async def subscribe(self, connection: Connection, pattern: str) -> None:
         check_subject(pattern, pattern=True)
         check_subscription_owner(pattern, connection.user_id)
         listener = self._listeners.get(connection.session_id)
@@ -104,13 +104,13 @@ class SubjectRouter:
         if listener is None:
             listener = SubjectListener(self._bus, _deliverer(connection))
             self._listeners[connection.session_id] = listener
-        listener.listen(pattern, bus_routes(pattern, connection.user_id))
         self._held[connection.user_id] += 1
         connection.subjects.add(pattern)
+        await listener.listen(pattern, bus_routes(pattern, connection.user_id))
 
-    def unsubscribe(self, connection: Connection, pattern: str) -> None:
+    async def unsubscribe(self, connection: Connection, pattern: str) -> None:
         listener = self._listeners.get(connection.session_id)
-        if listener is not None and listener.stop(pattern):
+        if listener is not None and await listener.stop(pattern):
             self._release(connection.user_id, 1)
             if not listener:
                 del self._listeners[connection.session_id]
@@ -129,11 +129,11 @@ class SubjectRouter:
         if self._held[user_id] <= 0:
             del self._held[user_id]
 
-    def publish(self, subject: str, sender: str, data: object) -> None:
+    async def publish(self, subject: str, sender: str, data: object) -> None:
         check_subject(subject, pattern=False)
         event = gateway_pb2.SubjectEvent(subject=subject, sender=sender)
         event.data.CopyFrom(data)  # type: ignore[arg-type]
-        self._bus.publish(BusMessage(bus_subject(subject), wire.batch_item(event.SerializeToString()), {}))
+        await self._bus.publish(BusMessage(bus_subject(subject), wire.batch_item(event.SerializeToString()), {}))
 
 
 def _deliverer(connection: Connection) -> Handler:

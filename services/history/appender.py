@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import sqlite_utils
@@ -22,6 +23,8 @@ MAX_BATCH = 1000
 
 
 Result = tuple[str, list[store.Appended]]
+# Told of a request's committed result before its caller is.
+Announce = Callable[[str, list[store.Appended]], Awaitable[None]]
 
 
 @dataclasses.dataclass
@@ -29,6 +32,7 @@ class _Request:
     room_id: str
     events: list[store.NewEventRow]
     done: asyncio.Future[Result]
+    announce: Announce | None
 
 
 class GroupCommitter:
@@ -40,10 +44,13 @@ class GroupCommitter:
         self._writer: asyncio.Task[None] | None = None
         self.transactions = 0
 
-    async def append(self, room_id: str, events: list[store.NewEventRow]) -> Result:
-        """The events' epoch and sequences; raises store.LogClosed when the room's log is closed."""
+    async def append(self, room_id: str, events: list[store.NewEventRow], announce: Announce | None = None) -> Result:
+        """The events' epoch and sequences; raises store.LogClosed when the room's log is closed.
+
+        `announce` runs once they are committed, in commit order, before this returns.
+        """
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(room_id, events, done))
+        self._queue.append(_Request(room_id, events, done, announce))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
         # The append goes ahead even if this caller is cancelled; a retry with
@@ -74,6 +81,8 @@ class GroupCommitter:
                         request.done.set_exception(result)
                     continue
                 self._hot.apply(request.room_id, partial(self._hot.appended, request.room_id, request.events, *result))
+                if request.announce is not None:
+                    await request.announce(*result)
                 if not request.done.done():
                     request.done.set_result(result)
 

@@ -16,8 +16,11 @@ class InProcessHistory:
     def __init__(self, servicer: HistoryServicer) -> None:
         self._servicer = servicer
 
-    async def append(self, room_id: str, events: Sequence[history_pb2.NewEvent]) -> history_pb2.AppendEventsResponse:
-        return await self._servicer.append(history_pb2.AppendEventsRequest(room_id=room_id, events=events))
+    async def append(
+        self, room_id: str, events: Sequence[history_pb2.NewEvent], no_echo_session: str = ""
+    ) -> history_pb2.AppendEventsResponse:
+        request = history_pb2.AppendEventsRequest(room_id=room_id, events=events, no_echo_session=no_echo_session)
+        return await self._servicer.append(request)
 
     async def since(self, room_id: str, after_seq: int, limit: int) -> history_pb2.ListEventsSinceResponse:
         return await self._servicer.since(

@@ -8,6 +8,7 @@ from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
 from services.history.pruner import Pruner
 from services.history.servicer import HistoryServicer
+from services.runtime.bus import Bus, InProcessBus
 from services.runtime.config import Config
 from services.runtime.raw_handlers import passthrough_handler
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
@@ -18,23 +19,31 @@ SERVICE = history_pb2.DESCRIPTOR.services_by_name["HistoryService"]
 
 
 async def history_module(config: Config) -> ServiceModule:
-    module, _ = await history_parts(config)
+    bus = InProcessBus()  # TODO(issue 9): open_bus(config.bus) once the NATS bus lands
+    module, _ = await history_parts(config, bus, owns_bus=True)
     return module
 
 
-async def history_parts(config: Config) -> tuple[ServiceModule, HistoryServicer]:
-    """The module, and its servicer for an in-process gateway (all-in-one)."""
+async def history_parts(
+    config: Config, bus: Bus | None = None, owns_bus: bool = False
+) -> tuple[ServiceModule, HistoryServicer]:
+    """The module, and its servicer for an in-process gateway (all-in-one); it announces writes on
+    `bus` (without one, on a bus of its own in this process)."""
+    if bus is None:
+        bus = InProcessBus()
     db = SqliteDatabase(config.server.data_dir / "history.sqlite3", store.MIGRATIONS)
     await db.open()
     hot = HotBuffer(config.history.hot_events_per_name, config.history.hot_buffer_bytes)
     committer = GroupCommitter(db, config.history.idempotency_window_seconds, hot)
-    servicer = HistoryServicer(db, committer, config.history, hot)
+    servicer = HistoryServicer(db, committer, config.history, hot, bus)
     pruner = Pruner(db, config.history, hot, servicer.retention_received)
 
     async def close() -> None:
         await pruner.close()
         await committer.close()
         await db.close()
+        if owns_bus:
+            await bus.close()
 
     module = ServiceModule(
         services=[SERVICE],

@@ -6,16 +6,19 @@ import asyncio
 import base64
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import sqlite_utils
 
 from parley.api.v1 import errors_pb2
 from parley.history.v1 import history_pb2
 from services.history import store
+from services.history.announcer import LogAnnouncer
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer, Page, Snapshot, read_snapshot
-from services.runtime import protowire
+from services.runtime import protowire, room_stream
+from services.runtime.bus import Bus, BusMessage
+from services.runtime.change_feed import ChangeFeed
 from services.runtime.config import HistoryConfig
 from services.runtime.errors import ServiceError, event_not_found, invalid_field, not_author, not_found
 from services.runtime.grpc_types import Context
@@ -70,8 +73,17 @@ def page_item(row: store.EventRow) -> bytes:
 class HistoryServicer:
     """HistoryService; registered with `passthrough_handler` (pages are pre-encoded bytes)."""
 
-    def __init__(self, db: SqliteDatabase, committer: GroupCommitter, config: HistoryConfig, hot: HotBuffer) -> None:
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        committer: GroupCommitter,
+        config: HistoryConfig,
+        hot: HotBuffer,
+        bus: Bus,
+    ) -> None:
         self._db = db
+        self._bus = bus
+        self._announcer = LogAnnouncer(bus)
         self._committer = committer
         self._config = config
         self._hot = hot
@@ -104,34 +116,42 @@ class HistoryServicer:
         if len(request.events) > MAX_EVENTS_PER_APPEND:
             raise invalid_field("events", f"at most {MAX_EVENTS_PER_APPEND} in one append")
         rows = []
+        announced: list[tuple[str, bytes]] = []
         for i, event in enumerate(request.events):
             if not event.event:
                 raise invalid_field(f"events[{i}].event", "is required")
             if not event.handle:
                 raise invalid_field(f"events[{i}].handle", "is required")
-            body = history_pb2.LoggedEvent(
+            time_ms = event.time_ms or int(time.time() * 1000)
+            logged = history_pb2.LoggedEvent(
                 event=event.event,
                 payload=null_if_unset(event.payload),
                 sender=event.sender,
-                time_ms=event.time_ms,
+                time_ms=time_ms,
                 handle=event.handle,
                 meta=event.meta,
             )
+            body = logged.SerializeToString()
+            announced.append((event.event, room_stream.unsequenced_event(request.room_id, logged)))
             rows.append(
                 store.NewEventRow(
                     event=event.event,
                     sender=event.sender,
                     handle=event.handle,
-                    body=body.SerializeToString(),
+                    body=body,
                     idempotency_key=event.idempotency_key,
                     transient=event.transient,
-                    time_ms=event.time_ms or int(time.time() * 1000),
+                    time_ms=time_ms,
                     keep_last=event.keep_last,
                     keep_seconds=event.keep_seconds,
                 )
             )
+
+        async def announce(epoch: str, appended: list[store.Appended]) -> None:
+            await self._announcer.appended(request.room_id, epoch, announced, appended, request.no_echo_session)
+
         try:
-            epoch, appended = await self._committer.append(request.room_id, rows)
+            epoch, appended = await self._committer.append(request.room_id, rows, announce)
         except store.LogClosed:
             raise log_closed(request.room_id) from None
         return history_pb2.AppendEventsResponse(
@@ -238,9 +258,7 @@ class HistoryServicer:
         )
         if row is None:
             raise event_not_found(room_id, handle)
-        event = history_pb2.LoggedEvent.FromString(row.body)
-        event.seq = row.seq
-        return history_pb2.GetEventResponse(event=event, epoch=state.epoch if state else "")
+        return history_pb2.GetEventResponse(event=_logged(row), epoch=state.epoch if state else "")
 
     async def _rewrite(
         self, room_id: str, handle: str, editor: str, change: Callable[[history_pb2.LoggedEvent, int], None]
@@ -251,7 +269,7 @@ class HistoryServicer:
             raise invalid_field("handle", "is required")
         now_ms = int(time.time() * 1000)
 
-        def rewrite(db: sqlite_utils.Database) -> tuple[store.EventRow, history_pb2.LoggedEvent]:
+        def rewrite(db: sqlite_utils.Database) -> tuple[store.EventRow, history_pb2.LoggedEvent, str]:
             row = store.event_by_handle(db, room_id, handle)
             if row is None:
                 raise log_closed(room_id) if store.is_closed(db, room_id) else event_not_found(room_id, handle)
@@ -265,15 +283,33 @@ class HistoryServicer:
             body = event.SerializeToString()
             store.replace_body(db, room_id, row.seq, body, event.change_seq)
             event.seq = row.seq
-            return dataclasses.replace(row, body=body), event
+            state = store.log_state(db, room_id)
+            return dataclasses.replace(row, body=body), event, state.epoch if state else ""
 
         async def commit() -> history_pb2.LoggedEvent:
-            row, event = await self._db.transaction(rewrite)
+            row, event, epoch = await self._db.transaction(rewrite)
             self._hot.apply(room_id, lambda: self._hot.changed(room_id, row, event.change_seq))
+            await self._announcer.changed(room_id, epoch, event)
             return event
 
         # A caller that stops waiting does not stop the change, nor its mirroring in the hot buffer.
         return await uncancellable(commit())
+
+    async def WatchLogs(
+        self, request: history_pb2.WatchLogsRequest, context: Context
+    ) -> AsyncIterator[history_pb2.WatchLogsResponse]:
+        feed: ChangeFeed[BusMessage] = ChangeFeed("a log watcher")
+        async with feed.watching() as batches:
+            subscription = await self._bus.subscribe_prefix(room_stream.NAMESPACE + ".", feed.announce)
+            try:
+                yield history_pb2.WatchLogsResponse()  # watching: every write from now on follows
+                async for batch in batches:
+                    for message in batch:
+                        yield history_pb2.WatchLogsResponse(
+                            subject=message.subject, headers=message.headers, data=message.data
+                        )
+            finally:
+                subscription.cancel()
 
     async def ListEventsSince(
         self, request: history_pb2.ListEventsSinceRequest, context: Context
@@ -287,10 +323,11 @@ class HistoryServicer:
             raise invalid_field("limit", "must not be negative")
         limit = min(request.limit or self._config.max_page_size, self._config.max_page_size)
         room_id, after = request.room_id, request.after_seq
+        # One more of each than the page holds tells whether the read is complete.
         rows, changed, state = await self._db.run(
             lambda db: (
-                store.since(db, room_id, after, limit),
-                store.changed_since(db, room_id, after, limit),
+                store.since(db, room_id, after, limit + 1),
+                store.changed_since(db, room_id, after, limit + 1),
                 store.log_state(db, room_id),
             )
         )
@@ -299,11 +336,11 @@ class HistoryServicer:
             last_seq=state.last_seq if state else 0,
             pruned_seq=state.pruned_seq if state else 0,
         )
-        for found, into in ((rows, response.events), (changed, response.changed)):
-            for row in found:
-                event = into.add()
-                event.ParseFromString(row.body)
-                event.seq = row.seq
+        events, changes, response.read_through = since_page(
+            [_logged(row) for row in rows], [_logged(row) for row in changed], response.last_seq, limit
+        )
+        response.events.extend(events)
+        response.changed.extend(changes)
         return response
 
     async def ListEvents(self, request: history_pb2.ListEventsRequest, context: Context) -> bytes:
@@ -346,6 +383,34 @@ class HistoryServicer:
             if load:
                 self._hot.install(room_id, snapshot)
         return Page(found, state.epoch if state else "", state.last_seq if state else 0)
+
+
+Logged = list[history_pb2.LoggedEvent]
+
+
+def since_page(events: Logged, changes: Logged, last_seq: int, limit: int) -> tuple[Logged, Logged, int]:
+    """A ListEventsSince page from up to `limit + 1` events and changes read after a position.
+
+    Returns the events and changes it carries and how far they cover: where
+    either list overflows, the page ends at its last position that fits, and
+    what lies past that comes with the next read, which starts there.
+    """
+    through = last_seq
+    if len(events) > limit:
+        through = min(through, events[limit - 1].seq)
+    if len(changes) > limit:
+        through = min(through, changes[limit - 1].change_seq)
+    return (
+        [e for e in events[:limit] if e.seq <= through],
+        [c for c in changes[:limit] if c.change_seq <= through],
+        through,
+    )
+
+
+def _logged(row: store.EventRow) -> history_pb2.LoggedEvent:
+    event = history_pb2.LoggedEvent.FromString(row.body)
+    event.seq = row.seq
+    return event
 
 
 def _page(page: Page, next_token: str) -> bytes:

@@ -133,6 +133,8 @@ class GatewayConfig:
     max_outbound_bytes_total: int = 512 * MiB
     # A resume replays at most this many missed events; beyond, recovered=false.
     replay_cap: int = 1000
+    # A room's missing position is waited for this long before it is read from history.
+    gap_wait_ms: float = 5.0
     # An ephemeral signal (typing) expires this long after it was last sent.
     ephemeral_ttl_seconds: float = 5.0
 

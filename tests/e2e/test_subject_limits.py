@@ -13,7 +13,7 @@ from parley import Client
 from parley.gateway.v1 import gateway_pb2
 from parley.values import to_value as value
 from services import allinone
-from services.gateway.bus import BusMessage, Handler, InProcessBus
+from services.runtime.bus import BusMessage, Handler, InProcessBus
 from tests.streams import stream
 from tests.support import make_config, running, wait_until
 

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.values import to_value
-from services.gateway.bus import BusMessage, Handler, InProcessBus, Subscription
 from services.gateway.connections import Connection
 from services.gateway.outbox import FlushScheduler, Outbox
-from services.gateway.prefix_tree import PrefixTree
 from services.gateway.subjects import SubjectRouter
+from services.runtime.bus import BusMessage, Handler, InProcessBus, Subscription
 from services.runtime.errors import ServiceError
+from services.runtime.prefix_tree import PrefixTree
 
 # A small alphabet makes prefixes share, split and merge nodes often.
 keys = st.text(alphabet="ab.", max_size=6)
@@ -68,9 +68,9 @@ class Subscribed:
         self.pattern = pattern
         handler: Handler = lambda message: received.append((number, message.subject))  # noqa: E731
         if pattern.endswith("*"):
-            self.subscription: Subscription = bus.subscribe_prefix(pattern[:-1], handler)
+            self.subscription: Subscription = bus.add_prefix(pattern[:-1], handler)
         else:
-            self.subscription = bus.subscribe(pattern, handler)
+            self.subscription = bus.add(pattern, handler)
 
     def wants(self, subject: str) -> bool:
         return subject.startswith(self.pattern[:-1]) if self.pattern.endswith("*") else subject == self.pattern
@@ -103,7 +103,7 @@ def test_the_bus_delivers_what_a_scan_delivers(operations: list[tuple[str, Any]]
             live.pop(number).subscription.cancel()
         elif action == "publish":
             received.clear()
-            bus.publish(BusMessage(argument, b"", {}))
+            bus.deliver(BusMessage(argument, b"", {}))
             expected = sorted((n, argument) for n, s in live.items() if s.wants(argument))
             assert sorted(received) == expected
     for subscribed in live.values():
@@ -118,8 +118,8 @@ def test_a_publish_walks_only_its_own_subject(monkeypatch: pytest.MonkeyPatch) -
     handler: Handler = lambda message: calls.append(message.subject)  # noqa: E731
     # 10,000 wildcards that do not match, many sharing the published subject's first characters.
     for n in range(10_000):
-        bus.subscribe_prefix(f"subject.presence:{n:05d}", handler)
-    bus.subscribe_prefix("subject.presence:", handler)
+        bus.add_prefix(f"subject.presence:{n:05d}", handler)
+    bus.add_prefix("subject.presence:", handler)
     walk = bus.prefixes.path
     visited: list[object] = []
 
@@ -130,7 +130,7 @@ def test_a_publish_walks_only_its_own_subject(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(bus.prefixes, "path", counted)
     subject = "subject.presence:lobby"
-    bus.publish(BusMessage(subject, b"", {}))
+    bus.deliver(BusMessage(subject, b"", {}))
     assert calls == [subject]  # the one wildcard that matches, once
     assert 0 < len(visited) <= len(subject) + 1
 
@@ -156,10 +156,10 @@ async def test_other_users_user_wildcards_are_not_called_for_a_user_subject() ->
     wildcards = ("user:*", "*", "u*", "user*", "user:u*")
     for n in range(400):
         for pattern in wildcards:
-            router.subscribe(connection(f"u{n}"), pattern)
+            await router.subscribe(connection(f"u{n}"), pattern)
     bob = connection("bob")
-    router.subscribe(bob, "user:bob")
-    router.publish("user:bob", "alice", to_value("psst"))
+    await router.subscribe(bob, "user:bob")
+    await router.publish("user:bob", "alice", to_value("psst"))
     assert bob.outbox.pending_bytes > 0
     assert bus.deliveries == 1  # bob's own subscription, not 2,000 wildcards filtered one by one
 
@@ -168,58 +168,58 @@ async def test_other_users_user_wildcards_are_not_called_for_a_user_subject() ->
 async def test_a_wildcard_over_user_subjects_delivers_only_the_subscribers_own(pattern: str) -> None:
     router = SubjectRouter(InProcessBus(), max_per_user=1000)
     me = connection("me")
-    router.subscribe(me, pattern)
-    router.publish("user:you", "x", to_value(1))
-    router.publish("user:mine", "x", to_value(1))
+    await router.subscribe(me, pattern)
+    await router.publish("user:you", "x", to_value(1))
+    await router.publish("user:mine", "x", to_value(1))
     assert me.outbox.pending_bytes == 0
-    router.publish("user:me", "x", to_value(2))
+    await router.publish("user:me", "x", to_value(2))
     delivered = me.outbox.pending_bytes
     assert delivered > 0
-    router.subscribe(me, "user:me")  # an overlapping pattern: still one delivery
-    router.publish("user:me", "x", to_value(2))
+    await router.subscribe(me, "user:me")  # an overlapping pattern: still one delivery
+    await router.publish("user:me", "x", to_value(2))
     assert me.outbox.pending_bytes == 2 * delivered
-    router.unsubscribe(me, pattern)
-    router.unsubscribe(me, "user:me")
-    router.publish("user:me", "x", to_value(2))
+    await router.unsubscribe(me, pattern)
+    await router.unsubscribe(me, "user:me")
+    await router.publish("user:me", "x", to_value(2))
     assert me.outbox.pending_bytes == 2 * delivered
 
 
 async def test_wildcards_that_cover_user_subjects_still_deliver_the_others() -> None:
     router = SubjectRouter(InProcessBus(), max_per_user=1000)
     me = connection("me")
-    router.subscribe(me, "u*")
-    router.publish("updates:x", "x", to_value(1))
+    await router.subscribe(me, "u*")
+    await router.publish("updates:x", "x", to_value(1))
     assert me.outbox.pending_bytes > 0
 
 
 async def test_a_user_holds_a_limited_number_of_subscriptions_over_all_connections() -> None:
     router = SubjectRouter(InProcessBus(), max_per_user=3)
     first, second = connection("me", "s1"), connection("me", "s2")
-    router.subscribe(first, "a")
-    router.subscribe(first, "b*")
-    router.subscribe(first, "b*")  # already held: not counted twice
-    router.subscribe(second, "a")
+    await router.subscribe(first, "a")
+    await router.subscribe(first, "b*")
+    await router.subscribe(first, "b*")  # already held: not counted twice
+    await router.subscribe(second, "a")
     with pytest.raises(ServiceError) as refused:
-        router.subscribe(second, "c")
+        await router.subscribe(second, "c")
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert refused.value.reason == "TOO_MANY_SUBSCRIPTIONS"
     assert "3 subject subscriptions" in refused.value.message
-    router.subscribe(connection("someone else"), "c")  # other users have their own allowance
-    router.unsubscribe(first, "a")
-    router.subscribe(second, "c")
+    await router.subscribe(connection("someone else"), "c")  # other users have their own allowance
+    await router.unsubscribe(first, "a")
+    await router.subscribe(second, "c")
     router.unsubscribe_all(first)
     router.unsubscribe_all(second)
     for pattern in ("x", "y", "z"):
-        router.subscribe(second, pattern)
+        await router.subscribe(second, pattern)
 
 
 async def test_a_connection_holds_a_limited_number_of_subscriptions() -> None:
     router = SubjectRouter(InProcessBus(), max_per_user=10_000)
     mine = connection("me")
     for n in range(100):
-        router.subscribe(mine, f"s{n}")
+        await router.subscribe(mine, f"s{n}")
     with pytest.raises(ServiceError) as refused:
-        router.subscribe(mine, "one-more")
+        await router.subscribe(mine, "one-more")
     assert refused.value.reason == "TOO_MANY_SUBSCRIPTIONS"
 
 
@@ -286,14 +286,14 @@ async def deliveries_equal_a_naive_model(operations: list[tuple[str, int, Any]])
             refused = foreign or (argument not in model[n] and held_by(user) >= PER_USER_CAP)
             if refused:
                 with pytest.raises(ServiceError) as error:
-                    router.subscribe(mine, argument)
+                    await router.subscribe(mine, argument)
                 assert error.value.reason == ("NOT_OWNER" if foreign else "TOO_MANY_SUBSCRIPTIONS")
             else:
-                router.subscribe(mine, argument)
+                await router.subscribe(mine, argument)
                 model[n].add(argument)
         elif action == "unsubscribe" and model[n]:
             pattern = sorted(model[n])[argument % len(model[n])]
-            router.unsubscribe(mine, pattern)
+            await router.unsubscribe(mine, pattern)
             model[n].discard(pattern)
         elif action == "close":
             router.unsubscribe_all(mine)
@@ -302,7 +302,7 @@ async def deliveries_equal_a_naive_model(operations: list[tuple[str, int, Any]])
             for _, outbox in streams:
                 outbox.received = 0
             bus.deliveries = 0
-            router.publish(argument, "someone", to_value(1))
+            await router.publish(argument, "someone", to_value(1))
             expected = [any(hears(p, argument, user) for p in model[k]) for k, user in enumerate(CONNECTION_USERS)]
             assert [outbox.received for _, outbox in streams] == [int(wanted) for wanted in expected]
             # One handler call per connection reached, however many of its patterns match.
@@ -322,23 +322,23 @@ async def test_nested_wildcards_cost_one_handler_call_per_connection() -> None:
     streams = [recording("me", f"s{n}") for n in range(10)]
     for mine, _ in streams:
         for pattern in NESTED:
-            router.subscribe(mine, pattern)
+            await router.subscribe(mine, pattern)
     assert bus.subscription_count() == len(streams)  # `p*` alone stands for the 100 on each connection
-    router.publish("p" * 120, "someone", to_value(1))
+    await router.publish("p" * 120, "someone", to_value(1))
     assert bus.deliveries == len(streams)  # not 1,000
     assert [outbox.received for _, outbox in streams] == [1] * len(streams)
     # Caps still count the patterns asked for, not the bus subscriptions behind them.
     with pytest.raises(ServiceError) as refused:
-        router.subscribe(recording("me", "s-extra")[0], "q")
+        await router.subscribe(recording("me", "s-extra")[0], "q")
     assert "1000 subject subscriptions" in refused.value.message
 
     # Unsubscribing the outer wildcard hands its place to the next one in.
     for mine, _ in streams:
-        router.unsubscribe(mine, "p*")
+        await router.unsubscribe(mine, "p*")
     assert bus.subscription_count() == len(streams)
     bus.deliveries = 0
-    router.publish("p" * 120, "someone", to_value(1))
-    router.publish("p", "someone", to_value(1))  # only `p*` matched this one
+    await router.publish("p" * 120, "someone", to_value(1))
+    await router.publish("p", "someone", to_value(1))  # only `p*` matched this one
     assert bus.deliveries == len(streams)
     assert [outbox.received for _, outbox in streams] == [2] * len(streams)
 
@@ -348,20 +348,20 @@ async def test_exact_subjects_under_a_wildcard_need_no_subscription_of_their_own
     router = SubjectRouter(bus, max_per_user=1000)
     mine, outbox = recording("me", "s")
     for pattern in ("presence:lobby", "presence:*", "presence:l*", "user:me", "user:*", "*"):
-        router.subscribe(mine, pattern)
+        await router.subscribe(mine, pattern)
     # `*` covers every subject but `user:` ones, which need `owned.user:me`: two subscriptions for six patterns.
     assert bus.subscription_count() == 2
-    router.publish("presence:lobby", "x", to_value(1))
-    router.publish("user:me", "x", to_value(1))
+    await router.publish("presence:lobby", "x", to_value(1))
+    await router.publish("user:me", "x", to_value(1))
     assert (bus.deliveries, outbox.received) == (2, 2)
-    router.unsubscribe(mine, "*")
-    router.unsubscribe(mine, "presence:*")
+    await router.unsubscribe(mine, "*")
+    await router.unsubscribe(mine, "presence:*")
     assert bus.subscription_count() == 2  # `presence:l*` and `owned.user:me`
-    router.publish("presence:lobby", "x", to_value(1))
-    router.publish("presence:other", "x", to_value(1))
+    await router.publish("presence:lobby", "x", to_value(1))
+    await router.publish("presence:other", "x", to_value(1))
     assert (bus.deliveries, outbox.received) == (3, 3)
-    router.unsubscribe(mine, "presence:l*")
-    router.publish("presence:lobby", "x", to_value(1))
+    await router.unsubscribe(mine, "presence:l*")
+    await router.publish("presence:lobby", "x", to_value(1))
     assert (bus.deliveries, outbox.received) == (4, 4)  # the exact subscription is back on the bus
     router.unsubscribe_all(mine)
     assert bus.subscription_count() == 0

@@ -340,6 +340,7 @@ class JoinResult(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     RECOVERED_FIELD_NUMBER: _builtins.int
+    UNRECOVERED_REASON_FIELD_NUMBER: _builtins.int
     epoch: _builtins.str
     """The room's log: its epoch and newest sequence at the join."""
     last_seq: _builtins.int
@@ -348,6 +349,8 @@ class JoinResult(_message.Message):
     false when continuity cannot be proven (another epoch, or more missed
     than the server replays) and the client should reload its history.
     """
+    unrecovered_reason: _builtins.str
+    """Why a resume did not recover (see HistoryBatch.unrecovered_reason)."""
     @_builtins.property
     def room(self) -> _room_pb2.Room: ...
     @_builtins.property
@@ -362,10 +365,11 @@ class JoinResult(_message.Message):
         epoch: _builtins.str = ...,
         last_seq: _builtins.int = ...,
         recovered: _builtins.bool = ...,
+        unrecovered_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "last_seq", b"last_seq", "recovered", b"recovered", "room", b"room", "subscriptions", b"subscriptions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "last_seq", b"last_seq", "recovered", b"recovered", "room", b"room", "subscriptions", b"subscriptions", "unrecovered_reason", b"unrecovered_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1011,7 +1015,10 @@ Global___Reply: _TypeAlias = Reply  # noqa: Y015
 @_typing.final
 class HistoryBatch(_message.Message):
     """Events from a room's log, oldest first: a replay after a resume, or the
-    history a room sends on join (sync_history_on_join).
+    history a room sends on join (sync_history_on_join). A catch-up too big for
+    one frame comes in several, all but the last with `continued`. KIND_GAP
+    says that live events of the room were lost and could not be filled from
+    the log (recovered=false): reload the room's history.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1025,11 +1032,13 @@ class HistoryBatch(_message.Message):
         KIND_UNSPECIFIED: HistoryBatch._Kind.ValueType  # 0
         KIND_REPLAY: HistoryBatch._Kind.ValueType  # 1
         KIND_SYNC: HistoryBatch._Kind.ValueType  # 2
+        KIND_GAP: HistoryBatch._Kind.ValueType  # 3
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: HistoryBatch.Kind.ValueType  # 0
     KIND_REPLAY: HistoryBatch.Kind.ValueType  # 1
     KIND_SYNC: HistoryBatch.Kind.ValueType  # 2
+    KIND_GAP: HistoryBatch.Kind.ValueType  # 3
 
     ROOM_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
@@ -1037,11 +1046,21 @@ class HistoryBatch(_message.Message):
     RECOVERED_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    CONTINUED_FIELD_NUMBER: _builtins.int
+    UNRECOVERED_REASON_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     kind: Global___HistoryBatch.Kind.ValueType
     recovered: _builtins.bool
     """For a replay: see JoinResult.recovered."""
     epoch: _builtins.str
+    continued: _builtins.bool
+    """More frames of this catch-up follow."""
+    unrecovered_reason: _builtins.str
+    """When recovered is false: EPOCH_CHANGED (the log was reset), PRUNED
+    (retention removed missed events), OVER_CAP (more missed than
+    gateway.replay_cap), UNKNOWN_POSITION (the resume named a position the
+    log never reached), UNAVAILABLE (the log could not be read).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     @_builtins.property
@@ -1059,10 +1078,12 @@ class HistoryBatch(_message.Message):
         recovered: _builtins.bool = ...,
         epoch: _builtins.str = ...,
         changes: _abc.Iterable[Global___EventChanged] | None = ...,
+        continued: _builtins.bool = ...,
+        unrecovered_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "epoch", b"epoch", "events", b"events", "kind", b"kind", "recovered", b"recovered", "room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "continued", b"continued", "epoch", b"epoch", "events", b"events", "kind", b"kind", "recovered", b"recovered", "room_id", b"room_id", "unrecovered_reason", b"unrecovered_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

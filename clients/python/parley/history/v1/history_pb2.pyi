@@ -21,6 +21,69 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class WatchLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchLogsRequest: _TypeAlias = WatchLogsRequest  # noqa: Y015
+
+@_typing.final
+class WatchLogsResponse(_message.Message):
+    """One bus message of a room's stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    data: _builtins.bytes
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "headers", b"headers", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchLogsResponse: _TypeAlias = WatchLogsResponse  # noqa: Y015
+
+@_typing.final
 class LogState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -215,7 +278,12 @@ class AppendEventsRequest(_message.Message):
 
     ROOM_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    NO_ECHO_SESSION_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
+    no_echo_session: _builtins.str
+    """The publishing connection, when it asked not to receive these events back
+    (a gateway sets it; the announcement skips that connection).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___NewEvent]:
         """Appended in order, with consecutive sequences."""
@@ -225,10 +293,11 @@ class AppendEventsRequest(_message.Message):
         *,
         room_id: _builtins.str = ...,
         events: _abc.Iterable[Global___NewEvent] | None = ...,
+        no_echo_session: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "no_echo_session", b"no_echo_session", "room_id", b"room_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,12 +630,18 @@ class ListEventsSinceResponse(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     PRUNED_SEQ_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
+    READ_THROUGH_FIELD_NUMBER: _builtins.int
     epoch: _builtins.str
     last_seq: _builtins.int
     """The log's newest sequence when this was read."""
     pruned_seq: _builtins.int
     """The largest sequence retention ever removed: a reader that last saw an
     older one has missed events that are gone.
+    """
+    read_through: _builtins.int
+    """Every kept event and change up to this position is in this response (its
+    events as they are now). It is last_seq when the read was complete;
+    otherwise read on with after_seq = read_through.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedEvent]:
@@ -586,10 +661,11 @@ class ListEventsSinceResponse(_message.Message):
         last_seq: _builtins.int = ...,
         pruned_seq: _builtins.int = ...,
         changed: _abc.Iterable[Global___LoggedEvent] | None = ...,
+        read_through: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "epoch", b"epoch", "events", b"events", "last_seq", b"last_seq", "pruned_seq", b"pruned_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "epoch", b"epoch", "events", b"events", "last_seq", b"last_seq", "pruned_seq", b"pruned_seq", "read_through", b"read_through"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,6 +82,11 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.FromString,
                 _registered_method=True)
+        self.WatchLogs = channel.unary_stream(
+                '/parley.history.v1.HistoryService/WatchLogs',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -99,7 +104,8 @@ class HistoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AppendEvents(self, request, context):
-        """Appends events to a room's log and returns their sequences. Concurrent
+        """Appends events to a room's log and returns their sequences, and announces
+        them to the room's members on every gateway (in sequence order). Concurrent
         appends share one transaction; the call returns once they are durable.
         An event whose (sender, idempotency_key) was appended within the
         idempotency window is not stored again: the original sequence comes back.
@@ -132,8 +138,8 @@ class HistoryServiceServicer:
 
     def EditEvent(self, request, context):
         """Replaces an event's payload in place and records the edit time; only its
-        sender may (NOT_AUTHOR otherwise), or the calling service itself. Members
-        are not told: GatewayService.EditRoomEvent edits and announces.
+        sender may (NOT_AUTHOR otherwise), or the calling service itself. Like
+        every committed write, the change is announced to the room's members.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,8 +147,7 @@ class HistoryServiceServicer:
 
     def DeleteEvent(self, request, context):
         """Removes an event's payload and meta, leaving a tombstone so sequences stay
-        gap-free; who may as for EditEvent. GatewayService.DeleteRoomEvent deletes
-        and announces.
+        gap-free; who may as for EditEvent. Members are told, as of an edit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +170,17 @@ class HistoryServiceServicer:
         starts a log under the deleted id, and with `reopen_only` before one is
         created, so a room re-created with the same id starts a new log with a
         new epoch and nobody can read the old one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchLogs(self, request, context):
+        """Every committed write's announcement (the room stream's bus messages), as
+        it is made: for a gateway that does not share this process's bus (split
+        mode on the in-process bus). The first response is empty: from then on
+        every write follows. Nothing is replayed: a gateway that (re)connects
+        fills what it may have missed from the log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -217,6 +233,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.DropLog,
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.SerializeToString,
+            ),
+            'WatchLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLogs,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -465,6 +486,33 @@ class HistoryService:
             '/parley.history.v1.HistoryService/DropLog',
             parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/WatchLogs',
+            parley_dot_history_dot_v1_dot_history__pb2.WatchLogsRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.WatchLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

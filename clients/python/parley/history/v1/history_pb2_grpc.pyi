@@ -41,7 +41,8 @@ class HistoryServiceStub:
     never been written has no epoch yet and last_seq 0.
     """
     AppendEvents: _grpc.UnaryUnaryMultiCallable[_history_pb2.AppendEventsRequest, _history_pb2.AppendEventsResponse]
-    """Appends events to a room's log and returns their sequences. Concurrent
+    """Appends events to a room's log and returns their sequences, and announces
+    them to the room's members on every gateway (in sequence order). Concurrent
     appends share one transaction; the call returns once they are durable.
     An event whose (sender, idempotency_key) was appended within the
     idempotency window is not stored again: the original sequence comes back.
@@ -56,13 +57,12 @@ class HistoryServiceStub:
     """Kept events after a sequence, oldest first (for resume and sync on join)."""
     EditEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]
     """Replaces an event's payload in place and records the edit time; only its
-    sender may (NOT_AUTHOR otherwise), or the calling service itself. Members
-    are not told: GatewayService.EditRoomEvent edits and announces.
+    sender may (NOT_AUTHOR otherwise), or the calling service itself. Like
+    every committed write, the change is announced to the room's members.
     """
     DeleteEvent: _grpc.UnaryUnaryMultiCallable[_history_pb2.DeleteEventRequest, _history_pb2.DeleteEventResponse]
     """Removes an event's payload and meta, leaving a tombstone so sequences stay
-    gap-free; who may as for EditEvent. GatewayService.DeleteRoomEvent deletes
-    and announces.
+    gap-free; who may as for EditEvent. Members are told, as of an edit.
     """
     SetRetention: _grpc.UnaryUnaryMultiCallable[_history_pb2.SetRetentionRequest, _history_pb2.SetRetentionResponse]
     """Sets what each listed room's log keeps, from its event definitions: the
@@ -78,6 +78,13 @@ class HistoryServiceStub:
     created, so a room re-created with the same id starts a new log with a
     new epoch and nobody can read the old one.
     """
+    WatchLogs: _grpc.UnaryStreamMultiCallable[_history_pb2.WatchLogsRequest, _history_pb2.WatchLogsResponse]
+    """Every committed write's announcement (the room stream's bus messages), as
+    it is made: for a gateway that does not share this process's bus (split
+    mode on the in-process bus). The first response is empty: from then on
+    every write follows. Nothing is replayed: a gateway that (re)connects
+    fills what it may have missed from the log.
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -92,7 +99,8 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     never been written has no epoch yet and last_seq 0.
     """
     AppendEvents: _aio.UnaryUnaryMultiCallable[_history_pb2.AppendEventsRequest, _history_pb2.AppendEventsResponse]  # type: ignore[assignment]
-    """Appends events to a room's log and returns their sequences. Concurrent
+    """Appends events to a room's log and returns their sequences, and announces
+    them to the room's members on every gateway (in sequence order). Concurrent
     appends share one transaction; the call returns once they are durable.
     An event whose (sender, idempotency_key) was appended within the
     idempotency window is not stored again: the original sequence comes back.
@@ -107,13 +115,12 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     """Kept events after a sequence, oldest first (for resume and sync on join)."""
     EditEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.EditEventRequest, _history_pb2.EditEventResponse]  # type: ignore[assignment]
     """Replaces an event's payload in place and records the edit time; only its
-    sender may (NOT_AUTHOR otherwise), or the calling service itself. Members
-    are not told: GatewayService.EditRoomEvent edits and announces.
+    sender may (NOT_AUTHOR otherwise), or the calling service itself. Like
+    every committed write, the change is announced to the room's members.
     """
     DeleteEvent: _aio.UnaryUnaryMultiCallable[_history_pb2.DeleteEventRequest, _history_pb2.DeleteEventResponse]  # type: ignore[assignment]
     """Removes an event's payload and meta, leaving a tombstone so sequences stay
-    gap-free; who may as for EditEvent. GatewayService.DeleteRoomEvent deletes
-    and announces.
+    gap-free; who may as for EditEvent. Members are told, as of an edit.
     """
     SetRetention: _aio.UnaryUnaryMultiCallable[_history_pb2.SetRetentionRequest, _history_pb2.SetRetentionResponse]  # type: ignore[assignment]
     """Sets what each listed room's log keeps, from its event definitions: the
@@ -128,6 +135,13 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     starts a log under the deleted id, and with `reopen_only` before one is
     created, so a room re-created with the same id starts a new log with a
     new epoch and nobody can read the old one.
+    """
+    WatchLogs: _aio.UnaryStreamMultiCallable[_history_pb2.WatchLogsRequest, _history_pb2.WatchLogsResponse]  # type: ignore[assignment]
+    """Every committed write's announcement (the room stream's bus messages), as
+    it is made: for a gateway that does not share this process's bus (split
+    mode on the in-process bus). The first response is empty: from then on
+    every write follows. Nothing is replayed: a gateway that (re)connects
+    fills what it may have missed from the log.
     """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -152,7 +166,8 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _history_pb2.AppendEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.AppendEventsResponse, _abc.Awaitable[_history_pb2.AppendEventsResponse]]:
-        """Appends events to a room's log and returns their sequences. Concurrent
+        """Appends events to a room's log and returns their sequences, and announces
+        them to the room's members on every gateway (in sequence order). Concurrent
         appends share one transaction; the call returns once they are durable.
         An event whose (sender, idempotency_key) was appended within the
         idempotency window is not stored again: the original sequence comes back.
@@ -191,8 +206,8 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.EditEventResponse, _abc.Awaitable[_history_pb2.EditEventResponse]]:
         """Replaces an event's payload in place and records the edit time; only its
-        sender may (NOT_AUTHOR otherwise), or the calling service itself. Members
-        are not told: GatewayService.EditRoomEvent edits and announces.
+        sender may (NOT_AUTHOR otherwise), or the calling service itself. Like
+        every committed write, the change is announced to the room's members.
         """
 
     @_abc_1.abstractmethod
@@ -202,8 +217,7 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.DeleteEventResponse, _abc.Awaitable[_history_pb2.DeleteEventResponse]]:
         """Removes an event's payload and meta, leaving a tombstone so sequences stay
-        gap-free; who may as for EditEvent. GatewayService.DeleteRoomEvent deletes
-        and announces.
+        gap-free; who may as for EditEvent. Members are told, as of an edit.
         """
 
     @_abc_1.abstractmethod
@@ -230,6 +244,19 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         starts a log under the deleted id, and with `reopen_only` before one is
         created, so a room re-created with the same id starts a new log with a
         new epoch and nobody can read the old one.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchLogs(
+        self,
+        request: _history_pb2.WatchLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_history_pb2.WatchLogsResponse], _abc.AsyncIterator[_history_pb2.WatchLogsResponse]]:
+        """Every committed write's announcement (the room stream's bus messages), as
+        it is made: for a gateway that does not share this process's bus (split
+        mode on the in-process bus). The first response is empty: from then on
+        every write follows. Nothing is replayed: a gateway that (re)connects
+        fills what it may have missed from the log.
         """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
