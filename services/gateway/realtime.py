@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +20,7 @@ from services.gateway import wire
 from services.gateway.changes import EventChanges
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
+from services.gateway.deployment import new_gateway_id, new_session_id
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import RoomFeeds
@@ -72,6 +72,8 @@ class Realtime:
     ) -> None:
         self.config = config
         self.bus = bus
+        # Named in this gateway's session ids, so that any gateway can route to a session.
+        self.gateway_id = new_gateway_id()
         self.rooms = rooms
         self.hooks = hooks
         self.connections = ConnectionRegistry()
@@ -121,7 +123,7 @@ class Realtime:
         cut_off: list[asyncio.TimerHandle] = []
         end_stream = _stream_ender(cut_off)
         connection = Connection(
-            session_id=f"s{secrets.token_hex(12)}",
+            session_id=new_session_id(self.gateway_id),
             user_id=caller.user_id,
             device_id=caller.device_id,
             outbox=Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, end_stream),

@@ -11,6 +11,8 @@ from opentelemetry.metrics import Meter
 
 from parley.gateway.v1 import gateway_pb2
 from services.file.server import SERVICE as FILE_SERVICE
+from services.gateway.backend_api import DeploymentBackendApi
+from services.gateway.deployment import GatewayPeers
 from services.gateway.directory import follow_room_changes
 from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
 from services.gateway.history_client import HistoryAppender, HistoryClient
@@ -63,7 +65,9 @@ def gateway_module(
     realtime.clock_skew_seconds = config.auth.clock_skew_seconds
     retention = RetentionSync(history, realtime.directory)
     services = [s.full_name for s in (SERVICE, *PUBLIC_SERVICES)]
-    servicer = GatewayServicer(realtime, mode, services, config.server.max_message_bytes)
+    backend = DeploymentBackendApi(realtime)
+    peers = GatewayPeers(bus, realtime.gateway_id, backend.answer)
+    servicer = GatewayServicer(realtime, backend, mode, services, config.server.max_message_bytes)
     tasks: list[asyncio.Task[None]] = []
 
     def start(health: HealthStatus, own_address: str) -> None:
@@ -74,9 +78,14 @@ def gateway_module(
         )
         tasks.append(asyncio.create_task(follow))
         tasks.append(asyncio.create_task(follow_revocations(identity, realtime.on_device_revoked)))
+        tasks.append(asyncio.create_task(start_peers()))
         if remote_history is not None and isinstance(bus, InProcessBus):
             # The history service's bus does not reach this process: its announcements come by stream.
             tasks.append(asyncio.create_task(follow_logs(remote_history, bus, realtime.feeds.suspect_gaps)))
+
+    async def start_peers() -> None:
+        await peers.start()
+        backend.peers = peers
 
     def use_verifier(verifier: TokenVerifier) -> None:
         realtime.verifier = verifier
@@ -94,6 +103,7 @@ def gateway_module(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await peers.close()
         await retention.close()
         realtime.go_away("the server is shutting down; reconnect shortly")
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from parley.gateway.v1 import gateway_pb2
+from services.gateway.backend_api import DeploymentBackendApi
 from services.gateway.realtime import Realtime
 from services.runtime.errors import invalid_field
 from services.runtime.grpc_types import Context
@@ -24,11 +25,13 @@ class GatewayServicer:
     def __init__(
         self,
         realtime: Realtime,
+        backend: DeploymentBackendApi,
         mode: gateway_pb2.DeploymentMode.ValueType,
         services: Sequence[str],
         max_message_bytes: int,
     ) -> None:
         self._realtime = realtime
+        self._backend = backend
         # The streams go straight to the realtime core: no extra layer per frame.
         self.Connect = realtime.connect
         self.SubscribeRoom = realtime.subscribe_room
@@ -59,29 +62,29 @@ class GatewayServicer:
     async def ListConnections(
         self, request: gateway_pb2.ListConnectionsRequest, context: Context
     ) -> gateway_pb2.ListConnectionsResponse:
-        return gateway_pb2.ListConnectionsResponse(connections=self._realtime.list_connections(request.user_id))
+        return gateway_pb2.ListConnectionsResponse(connections=await self._backend.list_connections(request.user_id))
 
     async def ListOnlineUsers(
         self, request: gateway_pb2.ListOnlineUsersRequest, context: Context
     ) -> gateway_pb2.ListOnlineUsersResponse:
-        return gateway_pb2.ListOnlineUsersResponse(user_ids=self._realtime.connections.online_users())
+        return gateway_pb2.ListOnlineUsersResponse(user_ids=await self._backend.online_users())
 
     async def ListUserRooms(
         self, request: gateway_pb2.ListUserRoomsRequest, context: Context
     ) -> gateway_pb2.ListUserRoomsResponse:
         _require_user_id(request.user_id)
-        return gateway_pb2.ListUserRoomsResponse(room_ids=self._realtime.user_rooms(request.user_id))
+        return gateway_pb2.ListUserRoomsResponse(room_ids=await self._backend.user_rooms(request.user_id))
 
     async def IsInRoom(self, request: gateway_pb2.IsInRoomRequest, context: Context) -> gateway_pb2.IsInRoomResponse:
         _require_user_id(request.user_id)
-        return gateway_pb2.IsInRoomResponse(in_room=request.room_id in self._realtime.user_rooms(request.user_id))
+        return gateway_pb2.IsInRoomResponse(in_room=request.room_id in await self._backend.user_rooms(request.user_id))
 
     async def RemoveUserFromRooms(
         self, request: gateway_pb2.RemoveUserFromRoomsRequest, context: Context
     ) -> gateway_pb2.RemoveUserFromRoomsResponse:
         _require_user_id(request.user_id)
         return gateway_pb2.RemoveUserFromRoomsResponse(
-            room_ids=await self._realtime.remove_user_from_rooms(request.user_id)
+            room_ids=await self._backend.remove_user_from_rooms(request.user_id)
         )
 
     async def SendToConnection(
@@ -89,7 +92,7 @@ class GatewayServicer:
     ) -> gateway_pb2.SendToConnectionResponse:
         if not request.session_id:
             raise invalid_field("session_id", "is required")
-        self._realtime.send_to_connection(request)
+        await self._backend.send_to_connection(request)
         return gateway_pb2.SendToConnectionResponse()
 
 
