@@ -45,7 +45,7 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
 
     async def room(config: Config) -> ServiceModule:
         # Deleting a room erases its history: over loopback, as in split mode.
-        return await room_module(config, history_on_this_server=True)
+        return await room_module(config, history_on_this_server=True, bus=bus)
 
     factories = [identity_module, room, history, file_module, gateway]
     return await serve_modules(config, factories, process_name="all", identity_address=None, telemetry=telemetry)

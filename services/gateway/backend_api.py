@@ -13,9 +13,10 @@ from google.protobuf import json_format
 
 from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
-from services.gateway.deployment import GatewayPeers, gateway_of
+from services.gateway.deployment import GatewayPeers
 from services.gateway.realtime import Realtime
 from services.runtime.errors import ServiceError, not_found, unavailable
+from services.runtime.session_ids import gateway_of
 
 CONNECTIONS = "connections"
 ONLINE_USERS = "online_users"

@@ -24,28 +24,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from services.runtime.bus import Bus, BusMessage, Subscription
+from services.runtime.session_ids import GATEWAY_ID_LENGTH
 
 log = logging.getLogger("parley.gateway")
 
 ALIVE_SUBJECT = "gateways.alive"
 ASK_SUBJECT = "gateways.ask"
-ID_LENGTH = 8
 
 # Answers a question: (operation, arguments) -> a JSON-able answer.
 Answerer = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def new_gateway_id() -> str:
-    return secrets.token_hex(ID_LENGTH // 2)
-
-
-def new_session_id(gateway_id: str) -> str:
-    """A session id that names the gateway holding it."""
-    return f"s{gateway_id}{secrets.token_hex(12)}"
-
-
-def gateway_of(session_id: str) -> str:
-    return session_id[1 : 1 + ID_LENGTH]
 
 
 def inbox_subject(gateway_id: str) -> str:
@@ -134,7 +121,7 @@ class GatewayPeers:
 
     def _on_alive(self, message: BusMessage) -> None:
         gateway_id = message.data.decode()
-        if len(gateway_id) != ID_LENGTH:
+        if len(gateway_id) != GATEWAY_ID_LENGTH:
             return
         if gateway_id not in self._seen:
             # A gateway that just started learns of this one at once, not a heartbeat later.

@@ -20,7 +20,6 @@ from services.gateway import wire
 from services.gateway.changes import EventChanges
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import Connection, ConnectionRegistry
-from services.gateway.deployment import new_gateway_id, new_session_id
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import RoomFeeds
@@ -46,6 +45,7 @@ from services.runtime.grpc_types import Context
 from services.runtime.hooks import Hooks
 from services.runtime.principal import require_user
 from services.runtime.request_checks import null_if_unset
+from services.runtime.session_ids import new_gateway_id, new_session_id
 from services.runtime.tokens import TokenVerifier
 from services.runtime.uncancellable import uncancellable
 

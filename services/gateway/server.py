@@ -4,6 +4,7 @@ mode, the forwarding of the other services' public RPCs to their processes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from google.protobuf import descriptor
@@ -30,6 +31,7 @@ from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.bus import Bus, InProcessBus
 from services.runtime.channels import open_channel
 from services.runtime.config import Config
+from services.runtime.errors import ServiceError
 from services.runtime.grpc_types import HealthStatus
 from services.runtime.hooks import Hooks
 from services.runtime.peer_client import PeerClient, internal_secret
@@ -38,6 +40,7 @@ from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry, observe_gauge
 from services.runtime.tokens import TokenVerifier
 
+log = logging.getLogger("parley.gateway")
 # Services whose public RPCs clients reach through the gateway.
 PUBLIC_SERVICES = (IDENTITY_SERVICE, ROOM_SERVICE, HISTORY_SERVICE, FILE_SERVICE)
 OUTBOX_BYTES_METRIC = "parley.gateway.outbox.bytes"
@@ -79,6 +82,9 @@ def gateway_module(
         tasks.append(asyncio.create_task(follow))
         tasks.append(asyncio.create_task(follow_revocations(identity, realtime.on_device_revoked)))
         tasks.append(asyncio.create_task(start_peers()))
+        if not local_peers:
+            lease = renew_lease(rooms, realtime.gateway_id, config.gateway.lease_seconds)
+            tasks.append(asyncio.create_task(lease))
         if remote_history is not None and isinstance(bus, InProcessBus):
             # The history service's bus does not reach this process: its announcements come by stream.
             tasks.append(asyncio.create_task(follow_logs(remote_history, bus, realtime.feeds.suspect_gaps)))
@@ -116,6 +122,18 @@ def gateway_module(
         use_verifier=use_verifier,
         use_meter=use_meter,
     )
+
+
+async def renew_lease(rooms: RoomClient, gateway_id: str, ttl_seconds: float) -> None:
+    """Keeps this gateway's connections' memberships alive in the room service, until cancelled."""
+    while True:
+        try:
+            await rooms.renew_lease(gateway_id, ttl_seconds)
+        except ServiceError as error:
+            log.warning("could not renew the gateway's lease", extra={"error": error.message})
+            await asyncio.sleep(min(1.0, ttl_seconds / 10))
+            continue
+        await asyncio.sleep(ttl_seconds / 3)
 
 
 def closing(*clients: PeerClient | HistoryAppender) -> Callable[[], Awaitable[None]]:

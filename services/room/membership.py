@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import grpc
 
@@ -62,6 +63,22 @@ class Membership:
 
     def rooms_of(self, user_id: str) -> list[str]:
         return sorted(rid for rid, members in self._rooms.items() if user_id in members)
+
+    def drop_sessions(self, belongs: Callable[[str], bool]) -> list[tuple[str, str]]:
+        """Removes every connection for which `belongs(session_id)`; returns the (room, user) pairs left empty."""
+        left = []
+        for room_id, members in list(self._rooms.items()):
+            for user_id, sessions in list(members.items()):
+                gone = {s for s in sessions if belongs(s)}
+                if not gone:
+                    continue
+                sessions -= gone
+                if not sessions:
+                    del members[user_id]
+                    left.append((room_id, user_id))
+            if not members:
+                del self._rooms[room_id]
+        return left
 
     def drop_room(self, room_id: str) -> None:
         self._rooms.pop(room_id, None)

@@ -10,9 +10,11 @@ from parley.room.v1 import room_pb2, room_pb2_grpc
 from services.room import definitions, store
 from services.room.allowance import SchemaAllowance
 from services.room.history_client import HistoryLogs
+from services.room.leases import GatewayLeases
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
 from services.room.servicer import RoomServicer
+from services.runtime.bus import Bus, InProcessBus
 from services.runtime.config import Config
 from services.runtime.errors import ServiceError
 from services.runtime.grpc_types import HealthStatus
@@ -26,9 +28,10 @@ REOPEN_RETRY_SECONDS = 1.0
 log = logging.getLogger("parley.room")
 
 
-async def room_module(config: Config, history_on_this_server: bool = False) -> ServiceModule:
+async def room_module(config: Config, history_on_this_server: bool = False, bus: Bus | None = None) -> ServiceModule:
     """RoomService. It calls the history service at `peers.history`, or over a loopback
-    channel when the history service is on this same server (all-in-one)."""
+    channel when the history service is on this same server (all-in-one). Lapsed gateway
+    leases are announced on `bus` (without one, on the bus `bus.url` names)."""
     declared = [definitions.from_config(d, config.config_dir or Path.cwd()) for d in config.rooms]
     await definitions.compile_declared(declared)
     history = HistoryLogs(
@@ -42,9 +45,14 @@ async def room_module(config: Config, history_on_this_server: bool = False) -> S
     except BaseException:
         await db.close()
         raise
+    membership = Membership()
     servicer = RoomServicer(
-        registry, Membership(), config.room_service.creations_per_hour, config.room_service.max_schema_bytes_per_room
+        registry, membership, config.room_service.creations_per_hour, config.room_service.max_schema_bytes_per_room
     )
+    owns_bus = bus is None
+    if bus is None:
+        bus = InProcessBus()  # TODO(issue 9): open_bus(config.bus) once the NATS bus lands
+    leases = servicer.leases = GatewayLeases(membership, bus)
 
     reopening: list[asyncio.Task[None]] = []
 
@@ -53,6 +61,7 @@ async def room_module(config: Config, history_on_this_server: bool = False) -> S
             history.address = own_address
         if declared:
             reopening.append(asyncio.create_task(_reopen_declared_logs(registry)))
+        reopening.append(asyncio.create_task(leases.run()))
 
     async def close() -> None:
         for task in reopening:
@@ -60,6 +69,8 @@ async def room_module(config: Config, history_on_this_server: bool = False) -> S
         await asyncio.gather(*reopening, return_exceptions=True)
         await history.close()
         await db.close()
+        if owns_bus:
+            await bus.close()
 
     return ServiceModule(
         services=[SERVICE],

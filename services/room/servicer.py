@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services.room import definitions
+from services.room.leases import GatewayLeases
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
 from services.runtime.errors import invalid_field, rate_limited
@@ -14,6 +15,7 @@ from services.runtime.grpc_types import Context
 from services.runtime.paging import clamp_page_size, decode_page_token, encode_page_token
 from services.runtime.principal import current_principal
 from services.runtime.ratelimit import RateLimiter
+from services.runtime.session_ids import GATEWAY_ID_LENGTH
 from services.runtime.uncancellable import uncancellable
 
 # A page of rooms stays well within the message size limit, whatever schemas the rooms carry.
@@ -26,6 +28,8 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     ) -> None:
         self._registry = registry
         self._membership = membership
+        # Gateways in other processes renew leases on their connections' memberships (set by the server).
+        self.leases: GatewayLeases | None = None
         self._creations = RateLimiter(creations_per_hour, 3600.0)
         self._max_schema_bytes = max_schema_bytes_per_room
 
@@ -118,6 +122,19 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
                 yield room_pb2.WatchRoomsResponse(snapshot_complete=True)
             else:
                 yield room_pb2.WatchRoomsResponse(changes=changes)
+
+    async def RenewLease(self, request: room_pb2.RenewLeaseRequest, context: Context) -> room_pb2.RenewLeaseResponse:
+        if len(request.gateway_id) != GATEWAY_ID_LENGTH:
+            raise invalid_field("gateway_id", f"must be a gateway id ({GATEWAY_ID_LENGTH} characters)")
+        if not MIN_LEASE_MS <= request.ttl_ms <= MAX_LEASE_MS:
+            raise invalid_field("ttl_ms", f"must be from {MIN_LEASE_MS} to {MAX_LEASE_MS}")
+        assert self.leases is not None, "the server gives the servicer its leases before it starts"
+        self.leases.renew(request.gateway_id, request.ttl_ms / 1000)
+        return room_pb2.RenewLeaseResponse()
+
+
+MIN_LEASE_MS = 1000
+MAX_LEASE_MS = 600_000
 
 
 def _require(**fields: str) -> None:

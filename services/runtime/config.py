@@ -135,6 +135,9 @@ class GatewayConfig:
     replay_cap: int = 1000
     # A room's missing position is waited for this long before it is read from history.
     gap_wait_ms: float = 5.0
+    # A gateway in its own process renews its lease with the room service; if it
+    # stops renewing (killed), its connections leave their rooms this long after.
+    lease_seconds: float = 10.0
     # An ephemeral signal (typing) expires this long after it was last sent.
     ephemeral_ttl_seconds: float = 5.0
 

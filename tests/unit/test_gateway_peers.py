@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.gateway.deployment import GatewayPeers, gateway_of, new_gateway_id, new_session_id
+from services.gateway.deployment import GatewayPeers
 from services.runtime.bus import InProcessBus
+from services.runtime.session_ids import gateway_of, new_gateway_id, new_session_id
 
 
 def answering(name: str) -> Any:

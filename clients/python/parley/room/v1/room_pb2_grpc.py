@@ -83,6 +83,11 @@ class RoomServiceStub:
                 request_serializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsRequest.SerializeToString,
                 response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsResponse.FromString,
                 _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/parley.room.v1.RoomService/RenewLease',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class RoomServiceServicer:
@@ -157,6 +162,15 @@ class RoomServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewLease(self, request, context):
+        """A gateway says it is alive: the memberships of its connections (whose
+        session ids name it) last while it renews. If the lease lapses (the
+        gateway was killed), they are removed and the rooms told the users left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoomServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +218,11 @@ def add_RoomServiceServicer_to_server(servicer, server):
                     servicer.WatchRooms,
                     request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsRequest.FromString,
                     response_serializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.RenewLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -453,6 +472,33 @@ class RoomService:
             '/parley.room.v1.RoomService/WatchRooms',
             parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsRequest.SerializeToString,
             parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/RenewLease',
+            parley_dot_room_dot_v1_dot_room__pb2.RenewLeaseRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.RenewLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

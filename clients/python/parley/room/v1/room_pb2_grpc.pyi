@@ -59,6 +59,11 @@ class RoomServiceStub:
     """The rooms a user is in."""
     WatchRooms: _grpc.UnaryStreamMultiCallable[_room_pb2.WatchRoomsRequest, _room_pb2.WatchRoomsResponse]
     """Room changes as they happen, starting with a snapshot of every room."""
+    RenewLease: _grpc.UnaryUnaryMultiCallable[_room_pb2.RenewLeaseRequest, _room_pb2.RenewLeaseResponse]
+    """A gateway says it is alive: the memberships of its connections (whose
+    session ids name it) last while it renews. If the lease lapses (the
+    gateway was killed), they are removed and the rooms told the users left.
+    """
 
 @_typing.type_check_only
 class RoomServiceAsyncStub(RoomServiceStub):
@@ -91,6 +96,11 @@ class RoomServiceAsyncStub(RoomServiceStub):
     """The rooms a user is in."""
     WatchRooms: _aio.UnaryStreamMultiCallable[_room_pb2.WatchRoomsRequest, _room_pb2.WatchRoomsResponse]  # type: ignore[assignment]
     """Room changes as they happen, starting with a snapshot of every room."""
+    RenewLease: _aio.UnaryUnaryMultiCallable[_room_pb2.RenewLeaseRequest, _room_pb2.RenewLeaseResponse]  # type: ignore[assignment]
+    """A gateway says it is alive: the memberships of its connections (whose
+    session ids name it) last while it renews. If the lease lapses (the
+    gateway was killed), they are removed and the rooms told the users left.
+    """
 
 class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
     """Rooms: the registry (declared in config or created at run time), their
@@ -174,5 +184,16 @@ class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_room_pb2.WatchRoomsResponse], _abc.AsyncIterator[_room_pb2.WatchRoomsResponse]]:
         """Room changes as they happen, starting with a snapshot of every room."""
+
+    @_abc_1.abstractmethod
+    def RenewLease(
+        self,
+        request: _room_pb2.RenewLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.RenewLeaseResponse, _abc.Awaitable[_room_pb2.RenewLeaseResponse]]:
+        """A gateway says it is alive: the memberships of its connections (whose
+        session ids name it) last while it renews. If the lease lapses (the
+        gateway was killed), they are removed and the rooms told the users left.
+        """
 
 def add_RoomServiceServicer_to_server(servicer: RoomServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
