@@ -19,18 +19,18 @@ from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.changes import EventChanges
 from services.gateway.commands import CommandHandler, status_of
-from services.gateway.connections import Connection, ConnectionRegistry
+from services.gateway.connections import ANY_EVENT, Connection, ConnectionRegistry, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import RoomFeeds
 from services.gateway.history_client import HistoryAppender
 from services.gateway.outbox import FlushScheduler, OnCut, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
+from services.gateway.recovery import read_log_end
 from services.gateway.room_client import RoomClient
 from services.gateway.subjects import SubjectRouter
 from services.room.definitions import check_room_id
-from services.runtime import room_stream
-from services.runtime.bus import Bus, BusMessage
+from services.runtime.bus import Bus
 from services.runtime.config import GatewayConfig
 from services.runtime.errors import (
     ServiceError,
@@ -75,6 +75,7 @@ class Realtime:
         # Named in this gateway's session ids, so that any gateway can route to a session.
         self.gateway_id = new_gateway_id()
         self.rooms = rooms
+        self.history = history
         self.hooks = hooks
         self.connections = ConnectionRegistry()
         # The server's token verifier (set before it starts): in-band refreshes
@@ -345,39 +346,39 @@ class Realtime:
         return gateway_pb2.DeleteRoomEventResponse(change=change)
 
     async def subscribe_room(self, request: gateway_pb2.SubscribeRoomRequest, context: Context) -> AsyncIterator[bytes]:
-        """Yields SubscribeRoomResponse frames built from the events' bytes as published."""
-        check_room_id(request.room_id)
-        await self.commands.rules(request.room_id)  # ROOM_NOT_FOUND for an unknown room
+        """Yields SubscribeRoomResponse frames: the room's events and changes from now on, in its log's order.
+
+        The backend is a member of the room's feed like a connection (of no user,
+        subscribed to every event), so it gets the same ordered, gap-filled stream.
+        """
+        room_id = request.room_id
+        check_room_id(room_id)
+        await self.commands.rules(room_id)  # ROOM_NOT_FOUND for an unknown room
         # The backend's own outbox: bounded like a connection's, batched the same way.
         cut_off: list[asyncio.TimerHandle] = []
         outbox = Outbox(
             self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, _stream_ender(cut_off)
         )
-
-        def deliver(message: BusMessage) -> None:
-            # Events and changes; presence and ephemerals are for connections.
-            received = room_stream.parse(message)
-            if received.kind == room_stream.EVENT:
-                outbox.put(kinds.EVENT, wire.batch_item(received.data))
-            elif received.kind == room_stream.CHANGE:
-                response = gateway_pb2.SubscribeRoomResponse(changes=[room_stream.change_of(received)])
-                outbox.put(kinds.FRAME, wire.whole_body_frame(response.SerializeToString()))
-
-        subscription = await self.bus.subscribe(room_stream.room_subject(request.room_id), deliver)
+        backend = Connection(session_id=new_session_id(self.gateway_id), user_id="", device_id="", outbox=outbox)
+        backend.rooms[room_id] = Interest([ANY_EVENT])
         try:
+            feed = await self.feeds.add(room_id, backend)
+            end = await read_log_end(self.history, room_id)
+            feed.start(end.epoch, end.through)
             while True:
                 try:
                     frames = await outbox.next_frames()
                 except SlowConsumer as cut:
                     raise slow_consumer(cut) from None
                 for frame in frames or ():
-                    # An events frame's body is a SubscribeRoomResponse (`repeated Event events = 1`).
-                    yield wire.frame_body(frame)
+                    body = backend_response(frame)
+                    if body is not None:
+                        yield body
                     outbox.sent(frame)
         finally:
             for handle in cut_off:
                 handle.cancel()
-            subscription.cancel()
+            self.feeds.remove(room_id, backend)
             outbox.release()
 
     def list_connections(self, user_id: str) -> list[gateway_pb2.Connection]:
@@ -421,6 +422,21 @@ class Realtime:
         direct = gateway_pb2.DirectMessage(sender=request.sender or SYSTEM_SENDER)
         direct.data.CopyFrom(null_if_unset(request.data))
         connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(direct_message=direct)), urgent=True)
+
+
+def backend_response(frame: bytes) -> bytes | None:
+    """A SubscribeRoomResponse from a frame a room's feed made for its members (None: not for backends)."""
+    if wire.is_events_frame(frame):
+        # An events frame's body is a SubscribeRoomResponse (`repeated Event events = 1`).
+        return wire.frame_body(frame)
+    response = gateway_pb2.ConnectResponse.FromString(frame)
+    kind = response.WhichOneof("frame")
+    if kind == "event_changed":
+        return gateway_pb2.SubscribeRoomResponse(changes=[response.event_changed]).SerializeToString()
+    if kind == "history" and response.history.kind == gateway_pb2.HistoryBatch.KIND_GAP:
+        reason = response.history.unrecovered_reason
+        return gateway_pb2.SubscribeRoomResponse(unrecovered_reason=reason).SerializeToString()
+    return None  # presence and ephemeral signals are for connections
 
 
 def _stream_ender(timers: list[asyncio.TimerHandle]) -> OnCut:

@@ -41,6 +41,10 @@ def subject_events_frame(items: Sequence[bytes]) -> bytes:
     return _SUBJECT_FRAME_TAG + varint(len(body)) + body
 
 
+def is_events_frame(frame: bytes) -> bool:
+    return frame.startswith(_EVENTS_FRAME_TAG)
+
+
 def frame_body(frame: bytes) -> bytes:
     """The EventBatch inside an events frame (tag, length, body -> body)."""
     position = 1

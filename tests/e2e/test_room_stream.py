@@ -288,3 +288,28 @@ async def test_no_echo_holds_for_events_announced_by_the_history_service(deploym
         await ann.no_event()
     assert got.payload.struct_value["text"] == "to me"
     await asyncio.sleep(0)
+
+
+async def test_a_backend_room_subscription_gets_every_write_in_order(deployment: Deployment) -> None:
+    from parley.gateway.v1 import gateway_pb2_grpc
+
+    events: list[gateway_pb2.Event] = []
+
+    async def subscribe(gateway: gateway_pb2_grpc.GatewayServiceStub) -> None:
+        call = gateway.SubscribeRoom(gateway_pb2.SubscribeRoomRequest(room_id="chat"), metadata=SERVICE)
+        async for response in call:
+            events.extend(response.events)
+            if len(events) == 4:
+                return
+
+    async with grpc.aio.insecure_channel(deployment.address) as channel:
+        reading = asyncio.create_task(subscribe(gateway_pb2_grpc.GatewayServiceStub(channel)))
+        await asyncio.sleep(0.3)  # the subscription is in place
+        async with stream(deployment.address, await deployment.ann.access_token()) as ann:
+            await ann.join("chat")
+            await ann.publish("chat", "message", {"text": "a"})
+            await backend_append(deployment, ["b", "c"])
+            await ann.publish("chat", "message", {"text": "d"})
+        await asyncio.wait_for(reading, 5)
+    assert [e.payload.struct_value["text"] for e in events] == ["a", "b", "c", "d"]
+    assert [e.seq for e in events] == list(range(events[0].seq, events[0].seq + 4))

@@ -1424,6 +1424,11 @@ class SubscribeRoomResponse(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    UNRECOVERED_REASON_FIELD_NUMBER: _builtins.int
+    unrecovered_reason: _builtins.str
+    """Set alone: events of the room were lost and could not be read from its
+    log (see HistoryBatch.unrecovered_reason); the stream goes on after them.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     @_builtins.property
@@ -1437,10 +1442,11 @@ class SubscribeRoomResponse(_message.Message):
         *,
         events: _abc.Iterable[Global___Event] | None = ...,
         changes: _abc.Iterable[Global___EventChanged] | None = ...,
+        unrecovered_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "events", b"events", "unrecovered_reason", b"unrecovered_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
