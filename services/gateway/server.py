@@ -29,6 +29,7 @@ from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
 from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.bus import Bus, InProcessBus
+from services.runtime.bus_health import report_bus_health
 from services.runtime.channels import open_channel
 from services.runtime.config import Config
 from services.runtime.errors import ServiceError
@@ -74,6 +75,7 @@ def gateway_module(
     tasks: list[asyncio.Task[None]] = []
 
     def start(health: HealthStatus, own_address: str) -> None:
+        report_bus_health(bus, health, [SERVICE.full_name])
         if local_peers:
             rooms.address = identity.address = own_address
         follow = follow_room_changes(

@@ -9,7 +9,9 @@ from services.history.hot import HotBuffer
 from services.history.pruner import Pruner
 from services.history.servicer import HistoryServicer
 from services.runtime.bus import Bus, InProcessBus
+from services.runtime.bus_health import report_bus_health
 from services.runtime.config import Config
+from services.runtime.grpc_types import HealthStatus
 from services.runtime.raw_handlers import passthrough_handler
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.sqlite import SqliteDatabase
@@ -45,11 +47,15 @@ async def history_parts(
         if owns_bus:
             await bus.close()
 
+    def start(health: HealthStatus, own_address: str) -> None:
+        report_bus_health(bus, health, [SERVICE.full_name])
+        pruner.start()
+
     module = ServiceModule(
         services=[SERVICE],
         register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
         close=close,
-        start=lambda health, address: pruner.start(),
+        start=start,
     )
     return module, servicer
 
