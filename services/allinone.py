@@ -13,7 +13,7 @@ from services.history.server import history_parts
 from services.history.servicer import HistoryServicer
 from services.identity.server import identity_module
 from services.room.server import room_module
-from services.runtime.bus import InProcessBus
+from services.runtime.bus_factory import open_bus
 from services.runtime.config import INTERNAL_SERVICE, Config
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry
@@ -29,7 +29,7 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
     config.auth.service_credentials.setdefault(INTERNAL_SERVICE, secrets.token_urlsafe(32))
     servicers: list[HistoryServicer] = []
     # One bus for the process: the history service announces on it, the gateway listens.
-    bus = InProcessBus()
+    bus = await open_bus(config.bus)
 
     async def history(config: Config) -> ServiceModule:
         module, servicer = await history_parts(config, bus)
@@ -40,7 +40,7 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
         # The publish path appends in process; joins reach the room service over loopback.
         in_process = InProcessHistory(servicers[0])
         return gateway_module(
-            config, gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE, local_peers=True, history=in_process, bus=bus
+            config, gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE, local_peers=True, history=in_process, bus=bus, owns_bus=True
         )
 
     async def room(config: Config) -> ServiceModule:

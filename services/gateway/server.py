@@ -29,6 +29,7 @@ from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
 from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.bus import Bus, InProcessBus
+from services.runtime.bus_factory import open_bus
 from services.runtime.bus_health import report_bus_health
 from services.runtime.channels import open_channel
 from services.runtime.config import Config
@@ -51,8 +52,9 @@ def gateway_module(
     config: Config,
     mode: gateway_pb2.DeploymentMode.ValueType,
     local_peers: bool,
+    bus: Bus,
     history: HistoryAppender | None = None,
-    bus: Bus | None = None,
+    owns_bus: bool = False,
 ) -> ServiceModule:
     """GatewayService. With `local_peers` the room service is on this same server
     (reached over a loopback channel) and `history` is the in-process history service."""
@@ -62,8 +64,6 @@ def gateway_module(
     remote_history: HistoryClient | None = None
     if history is None:
         history = remote_history = HistoryClient(config.server, secret, config.peers.history)
-    if bus is None:
-        bus = InProcessBus()
     realtime = Realtime(config.gateway, bus, rooms, history, Hooks(config.hooks))
     realtime.membership_is_local = local_peers
     realtime.clock_skew_seconds = config.auth.clock_skew_seconds
@@ -118,7 +118,7 @@ def gateway_module(
     return ServiceModule(
         services=[SERVICE],
         register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
-        close=closing(rooms, identity, history),
+        close=closing(rooms, identity, history, bus if owns_bus else None),
         start=start,
         before_drain=drain,
         use_verifier=use_verifier,
@@ -138,10 +138,11 @@ async def renew_lease(rooms: RoomClient, gateway_id: str, ttl_seconds: float) ->
         await asyncio.sleep(ttl_seconds / 3)
 
 
-def closing(*clients: PeerClient | HistoryAppender) -> Callable[[], Awaitable[None]]:
+def closing(*clients: PeerClient | HistoryAppender | Bus | None) -> Callable[[], Awaitable[None]]:
     async def close() -> None:
         for client in clients:
-            await client.close()
+            if client is not None:
+                await client.close()
 
     return close
 
@@ -189,7 +190,8 @@ async def forwarding_module(config: Config) -> ServiceModule:
 
 
 async def split_gateway_module(config: Config) -> ServiceModule:
-    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_SPLIT, local_peers=False)
+    bus = await open_bus(config.bus)
+    return gateway_module(config, gateway_pb2.DEPLOYMENT_MODE_SPLIT, local_peers=False, bus=bus, owns_bus=True)
 
 
 async def create_server(config: Config, telemetry: Telemetry | None = None) -> tuple[ParleyServer, int]:

@@ -9,6 +9,7 @@ from services.history.hot import HotBuffer
 from services.history.pruner import Pruner
 from services.history.servicer import HistoryServicer
 from services.runtime.bus import Bus, InProcessBus
+from services.runtime.bus_factory import open_bus
 from services.runtime.bus_health import report_bus_health
 from services.runtime.config import Config
 from services.runtime.grpc_types import HealthStatus
@@ -21,7 +22,7 @@ SERVICE = history_pb2.DESCRIPTOR.services_by_name["HistoryService"]
 
 
 async def history_module(config: Config) -> ServiceModule:
-    bus = InProcessBus()  # TODO(issue 9): open_bus(config.bus) once the NATS bus lands
+    bus = await open_bus(config.bus)
     module, _ = await history_parts(config, bus, owns_bus=True)
     return module
 

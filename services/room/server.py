@@ -14,7 +14,8 @@ from services.room.leases import GatewayLeases
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
 from services.room.servicer import RoomServicer
-from services.runtime.bus import Bus, InProcessBus
+from services.runtime.bus import Bus
+from services.runtime.bus_factory import open_bus
 from services.runtime.config import Config
 from services.runtime.errors import ServiceError
 from services.runtime.grpc_types import HealthStatus
@@ -51,7 +52,7 @@ async def room_module(config: Config, history_on_this_server: bool = False, bus:
     )
     owns_bus = bus is None
     if bus is None:
-        bus = InProcessBus()  # TODO(issue 9): open_bus(config.bus) once the NATS bus lands
+        bus = await open_bus(config.bus)
     leases = servicer.leases = GatewayLeases(membership, bus)
 
     reopening: list[asyncio.Task[None]] = []

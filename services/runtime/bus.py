@@ -133,6 +133,17 @@ class LocalRouter:
         for handler in handlers:
             self._deliver(handler, message)
 
+    def deliver_exact(self, message: BusMessage) -> None:
+        """Only to the handlers of exactly this subject."""
+        exact = self._exact.get(message.subject)
+        for handler in [*exact.values()] if exact else []:
+            self._deliver(handler, message)
+
+    def deliver_prefixes(self, message: BusMessage) -> None:
+        """Only to the handlers of prefixes the subject starts with."""
+        for handler in self.prefixes.matching(message.subject):
+            self._deliver(handler, message)
+
     def has_exact(self, subject: str) -> bool:
         return subject in self._exact
 

@@ -143,6 +143,14 @@ class GatewayConfig:
 
 
 @dataclasses.dataclass
+class BusConfig:
+    # Empty: in process (one process holds every gateway). nats://host:port[,nats://...]: core NATS.
+    url: str = ""
+    # NATS subjects start with this, so deployments (or test runs) can share one NATS server.
+    subject_prefix: str = "parley"
+
+
+@dataclasses.dataclass
 class HistoryConfig:
     # A retried publish with the same idempotency key is stored once within this window.
     idempotency_window_seconds: float = 600.0
@@ -244,6 +252,7 @@ class Config:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     files: FilesConfig = dataclasses.field(default_factory=FilesConfig)
     gateway: GatewayConfig = dataclasses.field(default_factory=GatewayConfig)
+    bus: BusConfig = dataclasses.field(default_factory=BusConfig)
     room_service: RoomServiceConfig = dataclasses.field(default_factory=RoomServiceConfig)
     history: HistoryConfig = dataclasses.field(default_factory=HistoryConfig)
     hooks: HooksConfig = dataclasses.field(default_factory=HooksConfig)
