@@ -97,6 +97,7 @@ class NatsBus:
         self._health_handlers: list[Callable[[bool], None]] = []
         self._tokens = 0
         self._unsubscribing: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     @classmethod
     async def connect(cls, url: str, subject_prefix: str) -> NatsBus:
@@ -142,6 +143,7 @@ class NatsBus:
         self._health_handlers.append(handler)
 
     async def close(self) -> None:
+        self._closing = True
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
         for task in list(self._unsubscribing):
@@ -237,8 +239,9 @@ class NatsBus:
         log.warning("NATS error: %s", error)
 
     async def _on_disconnected(self) -> None:
-        log.warning("the NATS connection is down; reconnecting")
-        self._set_health(False)
+        if not self._closing:
+            log.warning("the NATS connection is down; reconnecting")
+            self._set_health(False)
 
     async def _on_reconnected(self) -> None:
         log.warning("the NATS connection is back")
