@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -40,7 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOut]:
 
 
 @pytest.fixture
-async def tokens(cluster: ScaleOut, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+async def tokens(cluster: ScaleOut, tmp_path: Path) -> dict[str, str]:
     """Fresh users (ann, bob, cy) registered through gateway 1, and their access tokens."""
     found = {}
     for name in ("ann", "bob", "cy"):
@@ -48,7 +48,7 @@ async def tokens(cluster: ScaleOut, tmp_path: Path) -> AsyncIterator[dict[str, s
         async with Client(cluster.gateway(1), username=username, key_file=tmp_path / f"{name}.json") as client:
             found[name] = await client.access_token()
             found[f"{name}_id"] = client.user_id
-    yield found
+    return found
 
 
 async def backend_append(address: str, room: str, texts: list[str]) -> None:
