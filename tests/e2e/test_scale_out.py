@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from parley import Client
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.history.v1 import history_pb2, history_pb2_grpc
+from parley.room.v1 import room_pb2, room_pb2_grpc
 from tests.scale_out import SECRET, ScaleOut, scale_out
 from tests.streams import Stream, payload_of, stream, value
 from tests.support import bearer, wait_until
@@ -199,3 +203,150 @@ async def test_a_killed_gateways_members_leave_and_its_clients_resume_elsewhere(
         assert everything == sorted(published[published.index(first.seq) :])
     finally:
         cluster.processes.pop("gateway-3").terminate()
+
+
+# Random schedules across both gateways
+
+
+class Reader:
+    """A client that keeps (epoch, last seq), connects to either gateway, and resumes."""
+
+    def __init__(self, token: str, room: str) -> None:
+        self.token, self.room = token, room
+        self.received: list[int] = []
+        self.epoch = ""
+        self.stream: Stream | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.joined_before = False
+        # Set when the server said it could not recover: the client would reload.
+        self.told_unrecovered = False
+
+    async def connect(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stream = await Stream(self.channel, self.token).open()
+        last = self.received[-1] if self.received else 0
+        join = gateway_pb2.JoinCommand(room_id=self.room, since_seq=last, epoch=self.epoch, resume=self.joined_before)
+        reply = await self.stream.ok(join=join)
+        if self.joined_before:
+            batch = (await self.stream.next_other("history")).history
+            self.received += [e.seq for e in batch.events]
+            while batch.continued:
+                batch = (await self.stream.next_other("history")).history
+                self.received += [e.seq for e in batch.events]
+            self.told_unrecovered |= not reply.join.recovered
+        self.epoch = self.epoch or reply.join.epoch
+        self.joined_before = True
+
+    def drain(self) -> None:
+        assert self.stream is not None
+        while not self.stream.events.empty():
+            self.received.append(self.stream.events.get_nowait().seq)
+        while not self.stream.others.empty():
+            frame = self.stream.others.get_nowait()
+            if frame.WhichOneof("frame") == "history" and not frame.history.recovered:
+                self.told_unrecovered = True
+
+    async def disconnect(self) -> None:
+        assert self.stream is not None
+        await asyncio.sleep(0.05)  # what is in flight arrives
+        self.drain()
+        await self.stream.close()
+        self.stream = None
+        if self.channel is not None:
+            await self.channel.close()
+
+    async def settle(self, expected: int) -> None:
+        assert self.stream is not None
+        while len(self.received) < expected:
+            self.received.append((await asyncio.wait_for(self.stream.events.get(), 10)).seq)
+
+
+step = st.one_of(
+    st.tuples(st.just("publish"), st.integers(1, 4)),
+    st.tuples(st.just("append"), st.integers(1, 3)),
+    st.tuples(st.just("disconnect"), st.just(0)),
+    st.tuples(st.just("resume"), st.integers(1, 2)),
+    st.tuples(st.just("resume_during_burst"), st.integers(1, 5)),
+)
+rooms = itertools.count()
+
+
+async def run_schedule(cluster: ScaleOut, tokens: dict[str, str], schedule: list[tuple[str, int]]) -> None:
+    room = f"prop-{next(rooms)}-{secrets.token_hex(2)}"
+    async with grpc.aio.insecure_channel(cluster.gateway(1)) as channel:
+        kept = room_pb2.EventDefinition(name="m", history=room_pb2.HistoryPolicy(enabled=True))
+        await room_pb2_grpc.RoomServiceStub(channel).CreateRoom(
+            room_pb2.CreateRoomRequest(room_id=room, events=[kept]), metadata=SERVICE
+        )
+    channels = [grpc.aio.insecure_channel(cluster.gateway(n)) for n in (1, 2)]
+    publishers = [await Stream(channel, tokens[u]).open() for channel, u in zip(channels, ("ann", "bob"), strict=True)]
+    for publisher in publishers:
+        await publisher.join(room)
+    published: list[int] = []
+
+    async def burst(count: int) -> None:
+        async def one(n: int) -> None:
+            reply = await publishers[n % 2].publish(room, "m", {"n": n})
+            published.extend(reply.publish.seqs)
+
+        await asyncio.gather(*(one(n) for n in range(count)))
+
+    async def append(count: int) -> None:
+        async with grpc.aio.insecure_channel(cluster.gateway(1 + count % 2)) as channel:
+            events = [history_pb2.NewEvent(event="m", sender="ops", handle=secrets.token_hex(8)) for _ in range(count)]
+            response = await history_pb2_grpc.HistoryServiceStub(channel).AppendEvents(
+                history_pb2.AppendEventsRequest(room_id=room, events=events), metadata=SERVICE
+            )
+            published.extend(a.seq for a in response.appended)
+
+    readers = [Reader(tokens["cy"], room), Reader(tokens["cy"], room)]
+    for n, reader in enumerate(readers):
+        await reader.connect(cluster.gateway(1 + n))
+    for i, (action, count) in enumerate(schedule):
+        reader = readers[i % 2]
+        if action == "publish":
+            await burst(count)
+        elif action == "append":
+            await append(count)
+        elif action == "disconnect" and reader.stream is not None:
+            await reader.disconnect()
+        elif action == "resume" and reader.stream is None:
+            await reader.connect(cluster.gateway(count))
+        elif action == "resume_during_burst" and reader.stream is None:
+            await asyncio.gather(reader.connect(cluster.gateway(1 + count % 2)), burst(count))
+    for reader in readers:
+        if reader.stream is None:
+            await reader.connect(cluster.gateway(1))
+        if reader.told_unrecovered:
+            continue
+        await reader.settle(len(published))
+        assert reader.received == sorted(published)  # every kept event once, in order
+        await asyncio.sleep(0.05)
+        reader.drain()
+        assert reader.received == sorted(published)
+        await reader.disconnect()
+    for publisher in publishers:
+        await publisher.close()
+    for channel in channels:
+        await channel.close()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(step, min_size=1, max_size=12))
+def test_every_client_gets_every_kept_event_once_in_order_across_gateways(
+    cluster: ScaleOut, property_tokens: dict[str, str], schedule: list[tuple[str, int]]
+) -> None:
+    asyncio.run(run_schedule(cluster, property_tokens, schedule))
+
+
+@pytest.fixture(scope="module")
+def property_tokens(cluster: ScaleOut, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    async def register() -> dict[str, str]:
+        tmp = tmp_path_factory.mktemp("property-keys")
+        found = {}
+        for name in ("ann", "bob", "cy"):
+            async with Client(cluster.gateway(1), username=f"p{name}{secrets.token_hex(3)}", key_file=tmp / name) as c:
+                found[name] = await c.access_token()
+        return found
+
+    return asyncio.run(register())
