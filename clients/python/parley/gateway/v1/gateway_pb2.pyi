@@ -544,7 +544,11 @@ class PublishResult(_message.Message):
     HANDLES_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     recipients: _builtins.int
-    """Connections the events were delivered to."""
+    """Connections on this gateway the events were delivered to before this
+    answer: every local member when the history service shares this
+    process's bus (all-in-one); with a separate history service the events
+    reach members just after the answer, and this counts 0.
+    """
     @_builtins.property
     def seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
