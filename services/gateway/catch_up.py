@@ -28,20 +28,6 @@ class CatchUp:
     unrecovered_reason: str = ""
 
 
-def room_event(room_id: str, epoch: str, logged: history_pb2.LoggedEvent) -> gateway_pb2.Event:
-    return gateway_pb2.Event(
-        room_id=room_id,
-        event=logged.event,
-        payload=logged.payload,
-        sender=logged.sender,
-        time_ms=logged.time_ms,
-        seq=logged.seq,
-        handle=logged.handle,
-        meta=logged.meta,
-        epoch=epoch,
-    )
-
-
 def sync_selection(events: list[history_pb2.LoggedEvent], last: int) -> list[history_pb2.LoggedEvent]:
     """All of them, or the newest `last` of each event name, oldest first."""
     if not last:

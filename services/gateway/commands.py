@@ -13,7 +13,7 @@ from parley.hooks import JoinContext
 from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
-from services.gateway.catch_up import CatchUp, history_frames, room_event, sync_selection
+from services.gateway.catch_up import CatchUp, history_frames, sync_selection
 from services.gateway.changes import EventChanges
 from services.gateway.connections import EXCLUDED_PREFIX, Connection, Interest
 from services.gateway.directory import RoomDirectory
@@ -246,7 +246,9 @@ class CommandHandler:
             changes = [event_changed(room_id, e) for e in read.changes if interest.wants(e.event)]
         elif catch_up.kind == gateway_pb2.HistoryBatch.KIND_SYNC:
             events = sync_selection(read.events, room.sync_history_on_join.last)
-        replayed = [room_event(room_id, read.epoch, e) for e in events if not e.deleted and interest.wants(e.event)]
+        replayed = [
+            room_stream.room_event(room_id, e, read.epoch) for e in events if not e.deleted and interest.wants(e.event)
+        ]
         if catch_up.kind:
             for frame in history_frames(room_id, catch_up, replayed, changes, self._config.max_frame_bytes):
                 await connection.outbox.room_for(len(frame))

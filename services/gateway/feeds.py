@@ -172,10 +172,14 @@ class RoomFeed:
         """The read's events and changes after the last release, in position order, then what waited after it."""
         released = self._sequencer.released or 0
         found = [
-            room_stream.parse(
-                room_stream.event_message(
-                    self.room_id, room_stream.unsequenced_event(self.room_id, e), e.event, e.seq, read.epoch
-                )
+            RoomMessage(
+                self.room_id,
+                room_stream.EVENT,
+                e.seq,
+                read.epoch,
+                e.event,
+                skip_session="",
+                data=room_stream.room_event(self.room_id, e, read.epoch).SerializeToString(),
             )
             for e in read.events
             if e.seq > released

@@ -63,9 +63,5 @@ class HistoryClient(PeerClient):
 
     async def watch_logs(self) -> AsyncIterator[history_pb2.WatchLogsResponse]:
         stub = history_pb2_grpc.HistoryServiceStub(self.channel)
-        call = stub.WatchLogs(history_pb2.WatchLogsRequest(), metadata=self.metadata)
-        try:
-            async for response in call:
-                yield response
-        finally:
-            call.cancel()
+        async for response in self.server_stream(stub.WatchLogs, history_pb2.WatchLogsRequest()):
+            yield response

@@ -11,9 +11,5 @@ from services.runtime.peer_client import PeerClient
 class IdentityClient(PeerClient):
     async def watch_revocations(self) -> AsyncIterator[identity_pb2.WatchRevocationsResponse]:
         stub = identity_pb2_grpc.IdentityServiceStub(self.channel)
-        call = stub.WatchRevocations(identity_pb2.WatchRevocationsRequest(), metadata=self.metadata)
-        try:
-            async for response in call:
-                yield response
-        finally:
-            call.cancel()
+        async for response in self.server_stream(stub.WatchRevocations, identity_pb2.WatchRevocationsRequest()):
+            yield response

@@ -33,9 +33,5 @@ class RoomClient(PeerClient):
         return response.room
 
     async def watch(self) -> AsyncIterator[room_pb2.WatchRoomsResponse]:
-        call = self._stub.WatchRooms(room_pb2.WatchRoomsRequest(), metadata=self.metadata)
-        try:
-            async for response in call:
-                yield response
-        finally:
-            call.cancel()
+        async for response in self.server_stream(self._stub.WatchRooms, room_pb2.WatchRoomsRequest()):
+            yield response

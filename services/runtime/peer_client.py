@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -60,6 +60,15 @@ class PeerClient:
             return await method(request, metadata=self.metadata, timeout=CALL_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
             raise relay(exc, what) from exc
+
+    async def server_stream(self, method: Callable[..., Any], request: object) -> AsyncIterator[Any]:
+        """A server stream's responses, for as long as it runs; the call is cancelled when the caller stops."""
+        call = method(request, metadata=self.metadata)
+        try:
+            async for response in call:
+                yield response
+        finally:
+            call.cancel()
 
     async def close(self) -> None:
         if self._channel is not None:

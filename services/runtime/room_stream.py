@@ -77,17 +77,24 @@ def parse(message: BusMessage) -> RoomMessage:
     )
 
 
-def unsequenced_event(room_id: str, event: history_pb2.LoggedEvent) -> bytes:
-    """A logged event's `gateway.v1.Event` encoding without its seq and epoch (`sequenced_event` adds them)."""
+def room_event(room_id: str, logged: history_pb2.LoggedEvent, epoch: str = "") -> gateway_pb2.Event:
+    """A logged event as members get it (its seq as logged; 0 before it was appended)."""
     return gateway_pb2.Event(
         room_id=room_id,
-        event=event.event,
-        payload=event.payload,
-        sender=event.sender,
-        time_ms=event.time_ms,
-        handle=event.handle,
-        meta=event.meta,
-    ).SerializeToString()
+        event=logged.event,
+        payload=logged.payload,
+        sender=logged.sender,
+        time_ms=logged.time_ms,
+        seq=logged.seq,
+        handle=logged.handle,
+        meta=logged.meta,
+        epoch=epoch,
+    )
+
+
+def unsequenced_event(room_id: str, logged: history_pb2.LoggedEvent) -> bytes:
+    """A logged event's `gateway.v1.Event` encoding without its seq and epoch (`event_message` adds them)."""
+    return room_event(room_id, logged).SerializeToString()
 
 
 _SEQ_FIELD = gateway_pb2.Event.SEQ_FIELD_NUMBER
