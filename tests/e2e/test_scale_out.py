@@ -350,3 +350,20 @@ def property_tokens(cluster: ScaleOut, tmp_path_factory: pytest.TempPathFactory)
         return found
 
     return asyncio.run(register())
+
+
+async def test_a_room_whose_id_has_dots_crosses_gateways(cluster: ScaleOut, tokens: dict[str, str]) -> None:
+    room = f"team.alpha.{secrets.token_hex(2)}"
+    async with grpc.aio.insecure_channel(cluster.gateway(2)) as channel:
+        await room_pb2_grpc.RoomServiceStub(channel).CreateRoom(
+            room_pb2.CreateRoomRequest(room_id=room, events=[room_pb2.EventDefinition(name="*")]), metadata=SERVICE
+        )
+    async with (
+        stream(cluster.gateway(1), tokens["ann"]) as ann,
+        stream(cluster.gateway(2), tokens["bob"]) as bob,
+    ):
+        await ann.join(room)
+        await bob.join(room)
+        await bob.publish(room, "note", {"text": "dotted"})
+        got = await ann.next_event()
+    assert (got.room_id, payload_of(got)) == (room, {"text": "dotted"})
