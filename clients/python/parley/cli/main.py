@@ -265,6 +265,9 @@ async def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         await serve(config, args.service)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
