@@ -42,7 +42,7 @@ _FURTHEST_BEHIND = (
 ITEM_OVERHEAD_BYTES = 64
 # How long a frame built for a flush is offered to the other outboxes of that flush.
 SHARED_FRAME_SECONDS = 0.05
-# Ends a cut outbox's stream (after a grace, so that a reader that is only slow reads its GoAway).
+# Lets a cut outbox's connection go (its stream ends with SLOW_CONSUMER once the client reads what was in flight).
 OnCut = Callable[[], None]
 
 
@@ -261,7 +261,7 @@ class Outbox:
     def cut(self, error: SlowConsumer) -> None:
         """Drops what is queued and ends the stream with `error` (even one already ending).
 
-        Frames in flight count until the stream ends (`on_cut` ends it after a grace).
+        Frames in flight count until `release` (`on_cut` lets the connection go at once).
         """
         if self.is_cut:
             return

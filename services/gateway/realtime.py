@@ -24,10 +24,11 @@ from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import RoomFeeds
 from services.gateway.history_client import HistoryAppender
-from services.gateway.outbox import FlushScheduler, OnCut, Outbox, SlowConsumer
+from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
 from services.gateway.recovery import read_log_end
 from services.gateway.room_client import RoomClient
+from services.gateway.stream_release import StreamRelease
 from services.gateway.subjects import SubjectRouter
 from services.room.definitions import check_room_id
 from services.runtime.bus import Bus
@@ -50,8 +51,6 @@ from services.runtime.tokens import TokenVerifier
 from services.runtime.uncancellable import uncancellable
 
 log = logging.getLogger("parley.gateway")
-# How long a slow consumer that does not read at all keeps its stream.
-SLOW_CONSUMER_GRACE_SECONDS = 5.0
 
 
 def protocol_violation(message: str) -> ServiceError:
@@ -121,13 +120,19 @@ class Realtime:
         if self.verifier is not None and caller.device_id in self.verifier.revoked_devices:
             # Revoked after its token was checked: no await between this and `add`, so no revocation is missed.
             raise unauthenticated(errors_pb2.ERROR_REASON_DEVICE_REVOKED, "the device of this token was revoked")
-        cut_off: list[asyncio.TimerHandle] = []
-        end_stream = _stream_ender(cut_off)
+        reader: asyncio.Task[None] | None = None
+
+        async def let_go() -> None:
+            connection.outbox.release()
+            await self._end(connection, reader)
+
+        # Cut or ended from outside: out of its rooms at once; the stream ends with its status (see StreamRelease).
+        release = StreamRelease(let_go)
         connection = Connection(
             session_id=new_session_id(self.gateway_id),
             user_id=caller.user_id,
             device_id=caller.device_id,
-            outbox=Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, end_stream),
+            outbox=Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, release.now),
         )
 
         def end_with(error: ServiceError) -> None:
@@ -135,12 +140,11 @@ class Realtime:
                 connection.ended = error
                 # Revoked, or its token expired: nothing queued for it is sent any more.
                 connection.outbox.fail(error, drop_queued=True)
-                end_stream()
+                release.now()
 
         connection.end_with = end_with
         self.connections.add(connection)
         self._expire_with_token(connection, caller.expires_at)
-        reader: asyncio.Task[None] | None = None
         try:
             yield wire.frame(gateway_pb2.ConnectResponse(welcome=self._welcome(connection)))
             await self.hooks.notify("on_connected", _session(connection))
@@ -163,10 +167,7 @@ class Realtime:
                 yield wire.frame(gateway_pb2.ConnectResponse(go_away=gateway_pb2.GoAway(status=status_of(ending))))
                 raise ending
         finally:
-            for handle in cut_off:
-                handle.cancel()
-            connection.outbox.release()
-            await self._end(connection, reader)
+            await release.finished()
 
     # Token life and revocation
 
@@ -354,11 +355,14 @@ class Realtime:
         room_id = request.room_id
         check_room_id(room_id)
         await self.commands.rules(room_id)  # ROOM_NOT_FOUND for an unknown room
+
+        async def let_go() -> None:
+            self.feeds.remove(room_id, backend)
+            outbox.release()
+
+        release = StreamRelease(let_go)
         # The backend's own outbox: bounded like a connection's, batched the same way.
-        cut_off: list[asyncio.TimerHandle] = []
-        outbox = Outbox(
-            self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, _stream_ender(cut_off)
-        )
+        outbox = Outbox(self.scheduler, self.config.max_outbound_bytes, self.config.max_frame_bytes, release.now)
         backend = Connection(session_id=new_session_id(self.gateway_id), user_id="", device_id="", outbox=outbox)
         backend.rooms[room_id] = Interest([ANY_EVENT])
         try:
@@ -376,10 +380,7 @@ class Realtime:
                         yield body
                     outbox.sent(frame)
         finally:
-            for handle in cut_off:
-                handle.cancel()
-            self.feeds.remove(room_id, backend)
-            outbox.release()
+            await release.finished()
 
     def list_connections(self, user_id: str) -> list[gateway_pb2.Connection]:
         chosen = self.connections.of_user(user_id) if user_id else self.connections.all()
@@ -437,19 +438,6 @@ def backend_response(frame: bytes) -> bytes | None:
         reason = response.history.unrecovered_reason
         return gateway_pb2.SubscribeRoomResponse(unrecovered_reason=reason).SerializeToString()
     return None  # presence and ephemeral signals are for connections
-
-
-def _stream_ender(timers: list[asyncio.TimerHandle]) -> OnCut:
-    """Cancels the calling stream's task a grace period after its outbox was cut (a reader that is only
-    slow reads its GoAway first). The timers are the stream's to cancel if it ends before."""
-    stream = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-
-    def end() -> None:
-        if stream is not None:
-            timers.append(loop.call_later(SLOW_CONSUMER_GRACE_SECONDS, stream.cancel))
-
-    return end
 
 
 def _session(connection: Connection) -> SessionContext:

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf import json_format
 
 from parley.api.v1 import errors_pb2
+from parley.backlog import DEFAULT_MAX_UNHANDLED_BYTES, HandlerBacklog
 from parley.device_identity import DeviceIdentity
 from parley.errors import (
     AlreadyExistsError,
@@ -102,6 +103,12 @@ class Client:
         reconnect: when the realtime stream ends (network, server restart, a
             slow-consumer cut), open a new one with backoff and join the rooms
             again, resuming each from its last event; `False` leaves that to you.
+        max_unhandled_bytes: how many bytes of received events may wait for
+            handlers that have not returned yet; beyond, the client stops
+            reading the stream until they catch up. A server that cannot wait
+            that long ends the stream (`SlowConsumerError`); the client then
+            resumes after the last event received, so every event still
+            reaches the handlers once, in order.
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class Client:
         device_name: str = "",
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         reconnect: bool = True,
+        max_unhandled_bytes: int = DEFAULT_MAX_UNHANDLED_BYTES,
     ) -> None:
         self.address = address
         self._username = username
@@ -143,6 +151,7 @@ class Client:
         self._token_keeper: asyncio.Task[None] | None = None
         self._callbacks: dict[str, list[Callable[..., Any]]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._backlog = HandlerBacklog(max_unhandled_bytes)
         self.message = Messages(self)
         """Pub/sub subjects: `client.message.subscribe(...)`, `client.message.publish(...)`."""
 
@@ -542,7 +551,13 @@ class Client:
             stream = self._stream
             if stream is None:
                 self._closing = False
-                stream = ConnectStream(self._open_channel(), await self.access_token(), self._on_frame, self._on_end)
+                stream = ConnectStream(
+                    self._open_channel(),
+                    await self.access_token(),
+                    self._on_frame,
+                    self._on_end,
+                    self._backlog.caught_up,
+                )
                 welcome = await stream.open()
                 self._stream, self._stream_opened_at = stream, time.monotonic()
                 if self._token_keeper is not None:
@@ -596,6 +611,10 @@ class Client:
             return None if self._session is None else self._session.access_token
 
     def _on_frame(self, frame: gateway_pb2.ConnectResponse) -> None:
+        with self._backlog.dispatching(frame.ByteSize()):
+            self._dispatch(frame)
+
+    def _dispatch(self, frame: gateway_pb2.ConnectResponse) -> None:
         kind = frame.WhichOneof("frame")
         if kind == "events":
             for event in frame.events.events:
@@ -712,6 +731,7 @@ class Client:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._backlog.track(task)
 
     # Plumbing
 

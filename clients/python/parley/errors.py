@@ -79,12 +79,23 @@ class RoomFullError(ParleyError):
     """The room is at its `max_size`."""
 
 
+class SlowConsumerError(ParleyError):
+    """The server ended the stream because this client fell too far behind reading it.
+
+    Nothing is lost: the client reconnects by itself and resumes each room from
+    the last event it received (with `reconnect=False`, join again to resume).
+    """
+
+    retryable = True
+
+
 _BY_REASON: dict[str, type[ParleyError]] = {
     "VALIDATION_FAILED": ValidationError,
     "MALFORMED_REQUEST": ValidationError,
     "BAD_CERTIFICATE": ValidationError,
     "ROOM_FULL": RoomFullError,
     "RATE_LIMITED": RateLimitedError,
+    "SLOW_CONSUMER": SlowConsumerError,
     "SERVICE_UNAVAILABLE": UnavailableError,
 }
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -20,7 +20,12 @@ FrameHandler = Callable[[gateway_pb2.ConnectResponse], None]
 
 
 class ConnectStream:
-    """One open Connect stream. Commands return their Reply or raise the typed error."""
+    """One open Connect stream. Commands return their Reply or raise the typed error.
+
+    After each frame handed to `on_frame` the reader awaits `caught_up()`, if
+    given, before it reads the next: the application's handlers set the pace
+    (see `parley.backlog`).
+    """
 
     def __init__(
         self,
@@ -28,12 +33,14 @@ class ConnectStream:
         token: str,
         on_frame: FrameHandler,
         on_end: Callable[[ParleyError | None], None],
+        caught_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._outgoing: asyncio.Queue[gateway_pb2.ConnectRequest | None] = asyncio.Queue()
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self._call = stub.Connect(self._requests(), metadata=(("authorization", f"Bearer {token}"),))
         self._on_frame = on_frame
         self._on_end = on_end
+        self._caught_up = caught_up
         self._pending: dict[str, asyncio.Future[gateway_pb2.Reply]] = {}
         self._ids = (f"c{n}" for n in itertools.count(1))
         self._reader: asyncio.Task[None] | None = None
@@ -108,6 +115,8 @@ class ConnectStream:
                     self._on_frame(frame)
                 except Exception:
                     log.exception("a frame handler failed")
+                if self._caught_up is not None:
+                    await self._caught_up()
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 ending = error_from_rpc(exc)
@@ -123,5 +132,6 @@ class ConnectStream:
         self._outgoing.put_nowait(None)
         self._call.cancel()
         if self._reader is not None:
+            self._reader.cancel()  # it may be waiting for the handlers, not for the call
             with contextlib.suppress(Exception):
                 await asyncio.gather(self._reader, return_exceptions=True)
