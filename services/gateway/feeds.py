@@ -53,6 +53,8 @@ class RoomFeed:
         self._retired_epochs: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._filling: asyncio.Task[None] | None = None
+        # A possible loss reported while a fill ran.
+        self._suspected = False
         self._subscription: Subscription | None = None
         self._closed = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -118,11 +120,15 @@ class RoomFeed:
 
     def suspect_gap(self) -> None:
         """The bus may have dropped messages: read the log for anything after the last release."""
-        if self._sequencer.started and self._filling is None and not self._closed:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._filling = asyncio.create_task(self._fill())
+        if not self._sequencer.started or self._closed:
+            return
+        if self._filling is not None:
+            self._suspected = True  # the read under way may have begun before the loss: read again after it
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._filling = asyncio.create_task(self._fill())
 
     def _new_epoch(self, epoch: str) -> None:
         """The log was reset (its room deleted and created again): a new sequence from 1."""
@@ -166,7 +172,11 @@ class RoomFeed:
                 self._release(self._sequencer.cover(read.last_seq))
         finally:
             self._filling = None
-            self._watch_gap()
+            if self._suspected:
+                self._suspected = False
+                self.suspect_gap()
+            else:
+                self._watch_gap()
 
     def _release_read(self, read: LogRead) -> None:
         """The read's events and changes after the last release, in position order, then what waited after it."""
