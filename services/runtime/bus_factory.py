@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from services.runtime.bus import Bus, InProcessBus
 from services.runtime.config import BusConfig, ConfigError
+from services.runtime.nats_wire import check_subject_prefix
 
 
 async def open_bus(config: BusConfig) -> Bus:
@@ -13,9 +14,22 @@ async def open_bus(config: BusConfig) -> Bus:
     if not config.url:
         return InProcessBus()
     for server in config.url.split(","):
-        parts = urlsplit(server.strip())
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ConfigError(f"bus.url: {server!r} is not nats://host:port (or empty for the in-process bus)")
+        check_server_url(server.strip())
+    try:
+        check_subject_prefix(config.subject_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"bus.subject_prefix: {exc}") from exc
     from services.runtime.nats_bus import NatsBus
 
     return await NatsBus.connect(config.url, config.subject_prefix)
+
+
+def check_server_url(server: str) -> None:
+    wanted = f"bus.url: {server!r} is not nats://host:port (several comma-separated, or empty for the in-process bus)"
+    try:
+        parts = urlsplit(server)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise ConfigError(wanted) from exc
+    if parts.scheme not in ("nats", "tls") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(wanted)

@@ -1,9 +1,8 @@
 """The bus on core NATS (nats-py): several processes, one bus.
 
 Our subjects ("room.chat.2024", "subject.presence:lobby") become NATS subjects
-`<subject_prefix>.<namespace>.<name as one token>`: the name is kept as it is
-when it is made of [A-Za-z0-9_:@-] only, and otherwise written `~` + base32
-of its UTF-8 (a kept name never starts with `~`, so the two cannot meet).
+`<subject_prefix>.<namespace>.<name as one token>`, and headers travel in the
+payload (services/runtime/nats_wire.py says how).
 
 Each exact subject is one NATS subscription per process, however many local
 handlers share it; a prefix subscription listens to its whole namespace
@@ -16,63 +15,80 @@ the subscriptions concerned are told through `on_gap`.
 from __future__ import annotations
 
 import asyncio
-import base64
+import itertools
 import logging
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import nats
+from nats.aio.client import PING_PROTO
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import SlowConsumerError
 
 from services.runtime.bus import BusMessage, GapHandler, Handler, LocalRouter, Subscription, check_prefix
+from services.runtime.nats_wire import check_subject_prefix, decode_name, encode_name, pack, split_subject, unpack
 
 log = logging.getLogger("parley.bus")
 
-_PLAIN = re.compile(r"[A-Za-z0-9_:@-]+")
-# What a NATS subscription may hold before this process counts as a slow consumer.
+# What one NATS subscription may hold, waiting for its handlers, before this
+# process counts as a slow consumer and NATS drops for it (nats-py's defaults
+# are 524,288 messages and 128 MiB).
 PENDING_MESSAGES = 1_000_000
 PENDING_BYTES = 512 * 1024 * 1024
+# The first connection must succeed within this; later losses are retried forever.
+CONNECT_WAIT_SECONDS = 10.0
+RECONNECT_WAIT_SECONDS = 1
 
 
-def encode_name(name: str) -> str:
-    """A subject name as one NATS token (injective)."""
-    if _PLAIN.fullmatch(name):
-        return name
-    return "~" + base64.b32encode(name.encode()).decode().rstrip("=").lower()
+class _Client(NatsClient):
+    """nats-py 2.16 with two fixes, so that `flush` means what it says.
 
+    - Its PING is written to the socket at once, ahead of commands still
+      buffered (a SUB just made): the PONG could come back before the server
+      had the subscription, and a message published right after was lost to
+      it. Here the PING goes through the buffer, after them.
+    - A PONG answering a flush nobody awaits any more (its caller was
+      cancelled, or it timed out) had its result set on a cancelled future:
+      the InvalidStateError ended the read loop, and the connection went
+      silent (no messages, no disconnect) until the server found it stale.
+    """
 
-def decode_name(token: str) -> str:
-    if not token.startswith("~"):
-        return token
-    body = token[1:].upper()
-    return base64.b32decode(body + "=" * (-len(body) % 8)).decode()
+    async def _send_ping(self, future: asyncio.Future[bool] | None = None) -> None:
+        self._pongs.append(future if future is not None else asyncio.get_running_loop().create_future())
+        await self._send_command(PING_PROTO)
+        await self._flush_pending()
 
-
-def split_subject(subject: str) -> tuple[str, str]:
-    namespace, dot, name = subject.partition(".")
-    if not dot or not _PLAIN.fullmatch(namespace):
-        raise ValueError(f"a bus subject is <namespace>.<name>: {subject!r}")
-    return namespace, name
+    async def _process_pong(self) -> None:
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
 
 
 class _Shared:
     """One NATS subscription and the local subscriptions that use it."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str) -> None:
+        # The NATS subject ("<prefix>.room.chat" or "<prefix>.subject.>").
+        self.key = key
         self.users = 0
         self.gap_handlers: dict[int, GapHandler] = {}
         self.nats: NatsSubscription | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # True once the server has the subscription, False if it failed (then it is gone).
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        # Released: what its NATS subscription still delivers goes nowhere.
+        self.released = False
+        # A slow-consumer gap is being told (one telling per burst of drops).
+        self.telling_gap = False
 
 
 class _NatsSubscription:
-    def __init__(self, bus: NatsBus, key: str, local: Subscription, token: int) -> None:
+    def __init__(self, bus: NatsBus, shared: _Shared, local: Subscription, token: int) -> None:
         self._bus = bus
-        self._key = key
+        self._shared = shared
         self._local: Subscription | None = local
         self._token = token
 
@@ -81,49 +97,62 @@ class _NatsSubscription:
             return
         self._local.cancel()
         self._local = None
-        self._bus.release(self._key, self._token)
+        self._shared.gap_handlers.pop(self._token, None)
+        self._shared.users -= 1
+        if self._shared.users == 0:
+            self._bus.release(self._shared)
 
 
 class NatsBus:
     def __init__(self, subject_prefix: str) -> None:
-        if not _PLAIN.fullmatch(subject_prefix) or ":" in subject_prefix:
-            raise ValueError(f"bus.subject_prefix must be letters, digits, '_' or '-': {subject_prefix!r}")
+        check_subject_prefix(subject_prefix)
         self._prefix = subject_prefix
         self._router = LocalRouter()
         self._nc: NatsClient | None = None
-        # By NATS subject ("<prefix>.room.chat" or "<prefix>.subject.>").
+        # By key (NATS subject).
         self._shared: dict[str, _Shared] = {}
         self._healthy = False
         self._health_handlers: list[Callable[[bool], None]] = []
-        self._tokens = 0
+        self._tokens = itertools.count()
         self._unsubscribing: set[asyncio.Task[None]] = set()
         self._closing = False
 
     @classmethod
     async def connect(cls, url: str, subject_prefix: str) -> NatsBus:
+        """Connected to one of the comma-separated servers, or ConnectionError within CONNECT_WAIT_SECONDS."""
         bus = cls(subject_prefix)
-        bus._nc = await nats.connect(
-            url.split(","),
-            error_cb=bus._on_error,
-            disconnected_cb=bus._on_disconnected,
-            reconnected_cb=bus._on_reconnected,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            name="parley",
-        )
+        nc = _Client()
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    [server.strip() for server in url.split(",")],
+                    error_cb=bus._on_error,
+                    disconnected_cb=bus._on_disconnected,
+                    reconnected_cb=bus._on_reconnected,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=RECONNECT_WAIT_SECONDS,
+                    connect_timeout=5,
+                    name="parley",
+                ),
+                CONNECT_WAIT_SECONDS,
+            )
+        except (TimeoutError, OSError) as exc:
+            bus._closing = True
+            await nc.close()
+            raise ConnectionError(
+                f"bus.url: no NATS server answered at {url} within {CONNECT_WAIT_SECONDS:g} s"
+            ) from exc
+        bus._nc = nc
         bus._healthy = True
         return bus
 
     # The Bus protocol
 
     async def publish(self, message: BusMessage) -> None:
-        headers = dict(message.headers) if message.headers else None
-        await self._client().publish(self.nats_subject(message.subject), message.data, headers=headers)
+        await self._client().publish(self.nats_subject(message.subject), pack(message.headers, message.data))
 
     async def subscribe(self, subject: str, handler: Handler, on_gap: GapHandler | None = None) -> Subscription:
-        split_subject(subject)
         key = self.nats_subject(subject)
         local = self._router.add(subject, handler)
         return await self._attach(key, local, on_gap, exact=True)
@@ -143,13 +172,22 @@ class NatsBus:
         self._health_handlers.append(handler)
 
     async def close(self) -> None:
+        """Sends what was published and closes the connection (messages still arriving are not delivered)."""
         self._closing = True
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
         for task in list(self._unsubscribing):
             task.cancel()
 
-    # Subjects
+    # Beyond the protocol
+
+    async def flush(self) -> None:
+        """Returns once the server has everything published and subscribed so far."""
+        await self._client().flush()
+
+    def nats_subscription_count(self) -> int:
+        """NATS subscriptions this process holds (shared by its local subscriptions)."""
+        return len(self._shared)
 
     def nats_subject(self, subject: str) -> str:
         namespace, name = split_subject(subject)
@@ -162,48 +200,47 @@ class NatsBus:
     # Shared NATS subscriptions
 
     async def _attach(self, key: str, local: Subscription, on_gap: GapHandler | None, *, exact: bool) -> Subscription:
-        self._tokens += 1
-        token = self._tokens
-        shared = self._shared.get(key)
-        if shared is None:
-            shared = self._shared[key] = _Shared()
-            shared.users += 1
-            try:
-                cb = self._exact_callback(key) if exact else self._namespace_callback
-                shared.nats = await self._client().subscribe(
-                    key, cb=cb, pending_msgs_limit=PENDING_MESSAGES, pending_bytes_limit=PENDING_BYTES
-                )
-                await self._client().flush()  # the server has it: what is published from now on arrives
-            except BaseException as exc:
-                local.cancel()
-                self._release_shared(key, shared)
-                shared.ready.set_exception(exc)
-                shared.ready.exception()
-                raise
-            shared.ready.set_result(None)
-        else:
-            shared.users += 1
-            try:
-                await asyncio.shield(shared.ready)
-            except BaseException:
-                local.cancel()
-                self._release_shared(key, shared)
-                raise
+        try:
+            shared = await self._shared_subscription(key, exact)
+        except BaseException:
+            local.cancel()
+            raise
+        token = next(self._tokens)
         if on_gap is not None:
             shared.gap_handlers[token] = on_gap
-        return _NatsSubscription(self, key, local, token)
+        return _NatsSubscription(self, shared, local, token)
 
-    def release(self, key: str, token: int) -> None:
-        shared = self._shared.get(key)
-        if shared is not None:
-            shared.gap_handlers.pop(token, None)
-            self._release_shared(key, shared)
+    async def _shared_subscription(self, key: str, exact: bool) -> _Shared:
+        """The live NATS subscription to `key` (made if there is none), with one more user."""
+        while True:
+            shared = self._shared.get(key)
+            if shared is None:
+                shared = self._shared[key] = _Shared(key)
+                try:
+                    shared.nats = await self._client().subscribe(
+                        key,
+                        cb=self._exact_callback(key, shared) if exact else self._namespace_callback(shared),
+                        pending_msgs_limit=PENDING_MESSAGES,
+                        pending_bytes_limit=PENDING_BYTES,
+                    )
+                    await self._client().flush()  # the server has it: what is published from now on arrives
+                except BaseException:
+                    self.release(shared)
+                    shared.ready.set_result(False)
+                    raise
+                shared.ready.set_result(True)
+            # Those waiting for another's subscription try again if it failed or went meanwhile.
+            elif not await asyncio.shield(shared.ready):
+                continue
+            if self._shared.get(key) is shared:
+                shared.users += 1
+                return shared
 
-    def _release_shared(self, key: str, shared: _Shared) -> None:
-        shared.users -= 1
-        if shared.users > 0 or self._shared.get(key) is not shared:
-            return
-        del self._shared[key]
+    def release(self, shared: _Shared) -> None:
+        """Its last user went: NATS stops sending (soon); until then what arrives is dropped."""
+        shared.released = True
+        if self._shared.get(shared.key) is shared:
+            del self._shared[shared.key]
         if shared.nats is not None and self._nc is not None and not self._nc.is_closed:
             task = asyncio.ensure_future(self._unsubscribe(shared.nats))
             self._unsubscribing.add(task)
@@ -216,27 +253,52 @@ class NatsBus:
         except Exception:
             log.debug("a NATS unsubscription failed (the connection is going)", exc_info=True)
 
-    def _exact_callback(self, key: str) -> Callable[[Msg], Any]:
+    def _exact_callback(self, key: str, shared: _Shared) -> Callable[[Msg], Any]:
         subject = self.our_subject(key)
 
         async def deliver(msg: Msg) -> None:
-            self._router.deliver_exact(BusMessage(subject, msg.data, msg.headers or {}))
+            if shared.released:
+                return
+            try:
+                headers, data = unpack(msg.data)
+            except ValueError:
+                log.warning("a NATS message Parley did not write was ignored", extra={"subject": msg.subject})
+                return
+            self._router.deliver_exact(BusMessage(subject, data, headers))
 
         return deliver
 
-    async def _namespace_callback(self, msg: Msg) -> None:
-        self._router.deliver_prefixes(BusMessage(self.our_subject(msg.subject), msg.data, msg.headers or {}))
+    def _namespace_callback(self, shared: _Shared) -> Callable[[Msg], Any]:
+        async def deliver(msg: Msg) -> None:
+            if shared.released:
+                return
+            try:
+                subject = self.our_subject(msg.subject)
+                headers, data = unpack(msg.data)
+            except ValueError:
+                log.warning("a NATS message Parley did not write was ignored", extra={"subject": msg.subject})
+                return
+            self._router.deliver_prefixes(BusMessage(subject, data, headers))
+
+        return deliver
 
     # Connection events
 
     async def _on_error(self, error: Exception) -> None:
-        if isinstance(error, SlowConsumerError):
-            for shared in self._shared.values():
-                if shared.nats is error.sub or (shared.nats is not None and shared.nats._id == error.sid):
-                    log.warning("NATS dropped messages for a slow subscription", extra={"subject": error.subject})
-                    _tell(shared.gap_handlers.values())
+        if not isinstance(error, SlowConsumerError):
+            log.warning("NATS error: %s", error)
             return
-        log.warning("NATS error: %s", error)
+        # nats-py reports each dropped message: the first of a burst tells the subscribers.
+        shared = self._shared.get(error.sub.subject)
+        if shared is not None and shared.nats is error.sub and not shared.telling_gap:
+            shared.telling_gap = True
+            log.warning("NATS dropped messages for a slow subscription", extra={"subject": error.subject})
+            asyncio.get_running_loop().call_soon(self._tell_slow_consumer_gap, shared)
+
+    def _tell_slow_consumer_gap(self, shared: _Shared) -> None:
+        shared.telling_gap = False
+        if not shared.released:
+            _tell(shared.gap_handlers.values())
 
     async def _on_disconnected(self) -> None:
         if not self._closing:
@@ -244,6 +306,7 @@ class NatsBus:
             self._set_health(False)
 
     async def _on_reconnected(self) -> None:
+        # nats-py has subscribed again and flushed: what is published from now on arrives.
         log.warning("the NATS connection is back")
         self._set_health(True)
         # Whatever was published meanwhile was not delivered here.
@@ -254,8 +317,11 @@ class NatsBus:
         if healthy == self._healthy:
             return
         self._healthy = healthy
-        for handler in self._health_handlers:
-            handler(healthy)
+        for handler in list(self._health_handlers):
+            try:
+                handler(healthy)
+            except Exception:
+                log.exception("a bus health handler failed")
 
     def _client(self) -> NatsClient:
         if self._nc is None:
@@ -263,7 +329,7 @@ class NatsBus:
         return self._nc
 
 
-def _tell(handlers: Any) -> None:
+def _tell(handlers: Iterable[GapHandler]) -> None:
     for on_gap in list(handlers):
         try:
             on_gap()
