@@ -127,9 +127,6 @@ class ConnectionRegistry:
     def of_user(self, user_id: str) -> list[Connection]:
         return sorted(self._by_user.get(user_id, ()), key=lambda c: c.session_id)
 
-    def count_of(self, user_id: str) -> int:
-        return len(self._by_user.get(user_id, ()))
-
     def of_device(self, device_id: str) -> list[Connection]:
         return list(self._by_device.get(device_id, ()))
 

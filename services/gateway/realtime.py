@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -77,6 +78,9 @@ class Realtime:
         self.history = history
         self.hooks = hooks
         self.connections = ConnectionRegistry()
+        # Connect streams per user until their handler ends: a cut stream whose client no
+        # longer reads stays open (see StreamRelease), and counts against the user's limit.
+        self._open_streams: Counter[str] = Counter()
         # The server's token verifier (set before it starts): in-band refreshes
         # are checked with it, and it refuses the tokens of revoked devices.
         self.verifier: TokenVerifier | None = None
@@ -111,7 +115,7 @@ class Realtime:
         self, requests: AsyncIterator[gateway_pb2.ConnectRequest], context: Context
     ) -> AsyncIterator[bytes]:
         caller = require_user()
-        if self.connections.count_of(caller.user_id) >= self.config.max_connections_per_user:
+        if self._open_streams[caller.user_id] >= self.config.max_connections_per_user:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 errors_pb2.ERROR_REASON_TOO_MANY_CONNECTIONS,
@@ -145,6 +149,7 @@ class Realtime:
         connection.end_with = end_with
         self.connections.add(connection)
         self._expire_with_token(connection, caller.expires_at)
+        self._open_streams[caller.user_id] += 1
         try:
             yield wire.frame(gateway_pb2.ConnectResponse(welcome=self._welcome(connection)))
             await self.hooks.notify("on_connected", _session(connection))
@@ -167,6 +172,9 @@ class Realtime:
                 yield wire.frame(gateway_pb2.ConnectResponse(go_away=gateway_pb2.GoAway(status=status_of(ending))))
                 raise ending
         finally:
+            self._open_streams[caller.user_id] -= 1
+            if not self._open_streams[caller.user_id]:
+                del self._open_streams[caller.user_id]
             await release.finished()
 
     # Token life and revocation

@@ -82,8 +82,8 @@ async def test_a_stalled_client_is_cut_with_slow_consumer(data_dir: Path, tmp_pa
 
 
 async def test_a_client_that_never_reads_again_is_let_go(data_dir: Path, tmp_path: Path) -> None:
-    """Its stream waits in a write no cancel can end: after the grace the gateway takes the connection
-    out of its rooms and its list of connections all the same, without the client reading a byte more."""
+    """Its stream waits in a write only the client's reading can end: the gateway takes the connection
+    out of its rooms and its list of connections at once all the same, without the client reading a byte more."""
     config = make_config(
         data_dir,
         rooms=[RoomDefinition(id="firehose")],
@@ -151,6 +151,67 @@ async def test_a_client_let_go_while_stalled_is_told_why_when_it_reads_again(dat
                 assert error_reason(error) == "SLOW_CONSUMER"
             await stalled.close()
             await stalled_channel.close()
+
+
+async def test_streams_cut_and_never_read_again_still_count_against_the_users_limit(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A cut stream its client never reads again stays open (its status waits behind the frame in
+    flight): it counts as one of the user's streams until it ends, so a user cannot pile them up."""
+    config = make_config(
+        data_dir,
+        rooms=[RoomDefinition(id="firehose")],
+        **{
+            "gateway.max_outbound_bytes": 512 * 1024,
+            "gateway.events_per_window": 1_000_000,
+            "gateway.max_connections_per_user": 2,
+        },
+    )
+    async with running(allinone.create_server, config) as (_, address):
+        async with (
+            Client(address, username="pub", key_file=tmp_path / "p.json") as pub,
+            Client(address, username="stuck", key_file=tmp_path / "s.json") as stuck,
+        ):
+            token = await stuck.access_token()
+            channel = grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
+            stalled = [await Stream(channel, token).open(read=False) for _ in range(2)]
+            async with stream(address, await pub.access_token()) as publisher:
+                await publisher.join("firehose")
+                for n, one in enumerate(stalled):
+                    one.send_raw(
+                        gateway_pb2.ConnectRequest(request_id=f"j{n}", join=gateway_pb2.JoinCommand(room_id="firehose"))
+                    )
+
+                async def both_in() -> bool:
+                    return len((await pub.participants("firehose")).get(stuck.user_id, [])) == 2
+
+                await wait_until(both_in)
+                events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
+                for _ in range(COMMANDS):
+                    await publisher.ok(
+                        publish=gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
+                    )
+                await publisher.presence_of(stuck.user_id, joined=False, within=15)  # both cut
+
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await Stream(channel, token).open()
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert error_reason(refused.value) == "TOO_MANY_CONNECTIONS"
+
+                stalled[0].call.cancel()  # one of them goes away: its place is free again
+                await wait_until(lambda: reopened(channel, token), within=10)
+            for one in stalled:
+                one.call.cancel()
+            await channel.close()
+
+
+async def reopened(channel: grpc.aio.Channel, token: str) -> bool:
+    try:
+        opened = await Stream(channel, token).open()
+    except grpc.aio.AioRpcError:
+        return False
+    await opened.close()
+    return True
 
 
 FLOOD = 200

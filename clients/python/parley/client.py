@@ -537,7 +537,10 @@ class Client:
     def on_history(self, handler: Callable[[str, list[RoomEvent], bool], Any]) -> None:
         """Calls `handler(room_id, events, recovered)` for each history batch (replay or sync on join).
 
-        The events are also delivered to the room's handlers and `events()`, in order.
+        The events are also delivered to the room's handlers and `events()`, in order. A long
+        replay comes as several batches, one call each. Live events the server lost and could
+        not fill from the log come as a batch with no events and `recovered` False (the room's
+        `recovered` turns False too): reload with `room.history()`.
         """
         self._callbacks["history"].append(handler)
 
