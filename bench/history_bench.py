@@ -42,8 +42,9 @@ import sqlite_utils
 
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.values import to_value
-from services.history import store
-from services.history.hot import HotBuffer, read_snapshot
+from services.history import sqlite_storage as store
+from services.history.hot import HotBuffer
+from services.history.storage import NewEventRow
 from services.runtime.sqlite import apply_migrations
 
 SECRET = "bench-secret"
@@ -76,7 +77,7 @@ def preload(path: Path, room: str, rows: int) -> float:
     """Writes `rows` events into `room` in batches; returns seconds taken."""
     started = time.perf_counter()
     db = open_db(path)
-    store.append(db, room, [store.NewEventRow("message", "u", "h0", BODY)], 0.0, 0)
+    store.append(db, room, [NewEventRow("message", "u", "h0", BODY)], 0.0, 0)
     batch = 10_000
     for first in range(2, rows + 1, batch):
         last = min(rows, first + batch - 1)
@@ -99,7 +100,7 @@ def baseline_single_row_commits(seconds: float) -> dict[str, Any]:
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
             db.execute("BEGIN IMMEDIATE")
-            store.append(db, "r", [store.NewEventRow("message", "u", f"h{count}", BODY)], 0.0, 0)
+            store.append(db, "r", [NewEventRow("message", "u", f"h{count}", BODY)], 0.0, 0)
             db.execute("COMMIT")
             count += 1
         elapsed = time.perf_counter() - started
@@ -124,7 +125,7 @@ def in_process_page_latency(path: Path, room: str, rows: int, samples: int) -> d
     db = open_db(path)
     hot = HotBuffer(events_per_name=1000, max_bytes=64 << 20)
     assert hot.begin_load(room)
-    hot.install(room, read_snapshot(db, room, hot.events_per_name))
+    hot.install(room, store.read_snapshot(db, room, hot.events_per_name))
     paths: dict[str, Any] = {
         "store_newest": lambda: store.page_before(db, room, hot_cursor(rows), 101),
         "store_deep": lambda: store.page_before(db, room, deep_cursor(rows), 101),

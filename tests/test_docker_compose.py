@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -29,6 +30,8 @@ DOCKERFILE = DOCKER_DIR / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 GATEWAY = "gateway"
+# The gateways, all alike but for their ports.
+GATEWAYS = (GATEWAY, "gateway-2")
 # The services the gateway forwards to: exactly the `peers.*` addresses.
 PEERS = tuple(f.name for f in dataclasses.fields(PeersConfig) if isinstance(f.default, str))
 PARLEY_SERVICES = (*PEERS, GATEWAY)
@@ -61,7 +64,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 def representative(name: str, value: str) -> str:
     """What an operator would put where the compose file interpolates a variable."""
     if not INTERPOLATION.match(value):
-        return value
+        return re.sub(r"\$\{[^}]*\}", "x", value)  # one inside a value (a password in a URL)
     if "CREDENTIALS" in name:
         return "backend=s3cret"
     if name.startswith(f"{ENV_PREFIX}PEERS_"):
@@ -217,21 +220,41 @@ def test_services_fetch_verification_keys_from_the_identity_container(name: str)
     assert config.peers.identity == f"identity:{served_port('identity')}"
 
 
-def test_gateway_starts_after_its_peers_are_healthy() -> None:
-    depends_on = services()[GATEWAY]["depends_on"]
+@pytest.mark.parametrize("gateway", GATEWAYS)
+def test_gateways_start_after_their_peers_and_the_bus_are_healthy(gateway: str) -> None:
+    depends_on = services()[gateway]["depends_on"]
     assert isinstance(depends_on, dict), "depends_on must be the long form with conditions"
-    assert set(depends_on) == set(PEERS)
-    for peer in PEERS:
+    assert set(depends_on) == {*PEERS, "nats"}
+    for peer in (*PEERS, "nats"):
         assert depends_on[peer] == {"condition": "service_healthy"}
 
 
-def test_only_the_gateway_publishes_a_port() -> None:
+def test_only_the_gateways_publish_ports() -> None:
     publishing = {name for name, service in services().items() if service.get("ports")}
-    assert publishing == {GATEWAY}
+    assert publishing == set(GATEWAYS)
     (mapping,) = services()[GATEWAY]["ports"]
     published, _, container = str(mapping).rpartition(":")
     assert int(container) == served_port(GATEWAY)
     assert int(published) == ServerConfig().port
+
+
+def test_the_second_gateway_is_the_first_on_another_port() -> None:
+    first, second = services()[GATEWAY], services()[GATEWAYS[1]]
+    assert environment(first) == environment(second)
+    assert serve_args(GATEWAYS[1]).service == GATEWAY
+    (mapping,) = second["ports"]
+    published, _, container = str(mapping).rpartition(":")
+    assert int(published) == int(container) == serve_args(GATEWAYS[1]).port != served_port(GATEWAY)
+    assert port_of(health_args(second["healthcheck"]["test"]).addr) == int(container)
+
+
+@pytest.mark.parametrize("name", PARLEY_SERVICES)
+def test_every_parley_service_shares_the_bus_and_the_database(name: str) -> None:
+    config = load_config(env=resolved_env(services()[name]))
+    assert config.bus.url == "nats://nats:4222"
+    assert urlsplit(config.storage.url).hostname == "postgres"
+    if name in ("identity", "room", "history"):  # they keep state, and announce on the bus
+        assert {"postgres", "nats"} <= set(services()[name]["depends_on"])
 
 
 @pytest.mark.parametrize("name", PARLEY_SERVICES)
@@ -280,7 +303,6 @@ def test_parley_services_start_by_default_and_use_the_repo_image(name: str) -> N
     assert service["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
     assert (COMPOSE_FILE.parent / service["build"]["context"]).resolve() == ROOT
     assert (ROOT / service["build"]["dockerfile"]).resolve() == DOCKERFILE
-    assert not set(service.get("depends_on") or {}) & set(SCALE_OUT_SERVICES), "Parley does not use them yet"
 
 
 # --- compose: PostgreSQL and NATS ----------------------------------------------

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from parley.history.v1 import history_pb2
-from services.history import store
+from services.history.storage import Appended
 from services.runtime import room_stream
 from services.runtime.bus import Bus, BusMessage
 
@@ -27,7 +27,7 @@ class LogAnnouncer:
         room_id: str,
         epoch: str,
         unsequenced: Sequence[tuple[str, bytes]],
-        appended: Sequence[store.Appended],
+        appended: Sequence[Appended],
         skip_session: str,
     ) -> None:
         """The events of one append: (name, `room_stream.unsequenced_event`) each; retries are not new."""

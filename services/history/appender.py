@@ -1,7 +1,8 @@
 """Group commit: appends that arrive while a transaction runs share the next one.
 
 Each caller waits for the transaction holding its events; when it returns,
-the events are durable (WAL, synchronous=NORMAL: they survive a process crash).
+the events are durable (SQLite: WAL, synchronous=NORMAL, they survive a
+process crash; PostgreSQL: committed).
 """
 
 from __future__ import annotations
@@ -12,45 +13,40 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import sqlite_utils
-
-from services.history import store
 from services.history.hot import HotBuffer
-from services.runtime.sqlite import SqliteDatabase
+from services.history.storage import Appended, AppendRequest, Appends, HistoryStorage, LogClosed, NewEventRow
 
 # A transaction takes at most this many append requests.
 MAX_BATCH = 1000
 
 
-Result = tuple[str, list[store.Appended]]
 # Told of a request's committed result before its caller is.
-Announce = Callable[[str, list[store.Appended]], Awaitable[None]]
+Announce = Callable[[str, list[Appended]], Awaitable[None]]
 
 
 @dataclasses.dataclass
 class _Request:
-    room_id: str
-    events: list[store.NewEventRow]
-    done: asyncio.Future[Result]
+    append: AppendRequest
+    done: asyncio.Future[Appends]
     announce: Announce | None
 
 
 class GroupCommitter:
-    def __init__(self, db: SqliteDatabase, idempotency_window_seconds: float, hot: HotBuffer) -> None:
-        self._db = db
+    def __init__(self, storage: HistoryStorage, idempotency_window_seconds: float, hot: HotBuffer) -> None:
+        self._storage = storage
         self._hot = hot
         self._window = idempotency_window_seconds
         self._queue: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
         self.transactions = 0
 
-    async def append(self, room_id: str, events: list[store.NewEventRow], announce: Announce | None = None) -> Result:
-        """The events' epoch and sequences; raises store.LogClosed when the room's log is closed.
+    async def append(self, room_id: str, events: list[NewEventRow], announce: Announce | None = None) -> Appends:
+        """The events' epoch and sequences; raises LogClosed when the room's log is closed.
 
         `announce` runs once they are committed, in commit order, before this returns.
         """
-        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(room_id, events, done, announce))
+        done: asyncio.Future[Appends] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(AppendRequest(room_id, events), done, announce))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
         # The append goes ahead even if this caller is cancelled; a retry with
@@ -60,15 +56,13 @@ class GroupCommitter:
     async def _write_all(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            now = time.time()
-
-            def write(
-                db: sqlite_utils.Database, batch: list[_Request] = batch, now: float = now
-            ) -> list[Result | store.LogClosed]:
-                return [_append_one(db, r, now, self._window) for r in batch]
-
             try:
-                results = await self._db.transaction(write)
+                async with self._hot.commit_order:
+                    results = await self._storage.append_batch([r.append for r in batch], time.time(), self._window)
+                    for request, result in zip(batch, results, strict=True):
+                        if not isinstance(result, LogClosed):
+                            room_id, events = request.append.room_id, request.append.events
+                            self._hot.apply(room_id, partial(self._hot.appended, room_id, events, *result))
             except Exception as exc:
                 for request in batch:
                     if not request.done.done():
@@ -76,11 +70,10 @@ class GroupCommitter:
                 continue
             self.transactions += 1
             for request, result in zip(batch, results, strict=True):
-                if isinstance(result, store.LogClosed):
+                if isinstance(result, LogClosed):
                     if not request.done.done():
                         request.done.set_exception(result)
                     continue
-                self._hot.apply(request.room_id, partial(self._hot.appended, request.room_id, request.events, *result))
                 if request.announce is not None:
                     await request.announce(*result)
                 if not request.done.done():
@@ -89,11 +82,3 @@ class GroupCommitter:
     async def close(self) -> None:
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
-
-
-def _append_one(db: sqlite_utils.Database, request: _Request, now: float, window: float) -> Result | store.LogClosed:
-    """One request's part of the transaction; a closed log refuses it (writing nothing) and the others go on."""
-    try:
-        return store.append(db, request.room_id, request.events, now, window)
-    except store.LogClosed as closed:
-        return closed

@@ -1,10 +1,13 @@
 """The hot buffer: each room's newest kept events in memory, per event name.
 
-Pages of recent history are served from here without the database thread;
+Pages of recent history are served from here without a database read;
 anything older, or a room not held, comes from the store. The buffer is a
 mirror, never a source: the history service applies every committed append,
 edit, delete and pruning to it after the transaction, in commit order, so a
-page from memory equals the same page from the store.
+page from memory equals the same page from the store. Commit order is kept
+by `commit_order`: each write holds it from its transaction to its
+mirroring here, and so does each snapshot read to start holding a room.
+(The mirror sees only this process's writes: one history service per log.)
 
 Each event name keeps its newest `min(history.limit, events_per_name)` rows
 and a *floor*: every stored row of that name with seq >= floor is held
@@ -15,6 +18,7 @@ evicted least recently used once the rows held exceed `max_bytes`.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import dataclasses
 import heapq
@@ -23,9 +27,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
-import sqlite_utils
-
-from services.history import store
+from services.history.storage import Appended, EventRow, NewEventRow, Page, Snapshot
 
 log = logging.getLogger("parley.history")
 
@@ -34,7 +36,7 @@ ROOM_OVERHEAD = 512
 ROW_OVERHEAD = 160
 
 
-def row_size(row: store.EventRow) -> int:
+def row_size(row: EventRow) -> int:
     return ROW_OVERHEAD + len(row.body) + len(row.handle) + len(row.event) + len(row.sender)
 
 
@@ -44,10 +46,10 @@ class _NameRows:
 
     floor: int
     seqs: list[int] = dataclasses.field(default_factory=list)
-    rows: list[store.EventRow] = dataclasses.field(default_factory=list)
+    rows: list[EventRow] = dataclasses.field(default_factory=list)
     sizes: list[int] = dataclasses.field(default_factory=list)
 
-    def newest_below(self, before_seq: int, floor: int, limit: int) -> list[store.EventRow]:
+    def newest_below(self, before_seq: int, floor: int, limit: int) -> list[EventRow]:
         """Up to `limit` held rows with floor <= seq < before_seq (0: no bound), newest first."""
         high = bisect.bisect_left(self.seqs, before_seq) if before_seq else len(self.seqs)
         low = max(bisect.bisect_left(self.seqs, floor, 0, high), high - limit)
@@ -77,38 +79,12 @@ class _Room:
         return list(self.names.values()), max([self.floor, *(rows.floor for rows in self.names.values())])
 
 
-@dataclasses.dataclass(frozen=True)
-class Page:
-    rows: list[store.EventRow]
-    epoch: str
-    last_seq: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """A room as read from the store to start holding it."""
-
-    state: store.LogStateRow
-    # The room's newest rows, newest first, and whether they are all it has.
-    rows: list[store.EventRow]
-    complete: bool
-    # keep_last per event name, from the retention table.
-    keep_last: dict[str, int]
-
-
-def read_snapshot(db: sqlite_utils.Database, room_id: str, rows: int) -> Snapshot | None:
-    """What `HotBuffer.install` needs; None for a room whose log was never started."""
-    state = store.log_state(db, room_id)
-    if state is None:
-        return None
-    newest = store.page_before(db, room_id, 0, rows + 1)
-    return Snapshot(state, newest[:rows], len(newest) <= rows, store.keep_last_by_name(db, room_id))
-
-
 class HotBuffer:
     def __init__(self, events_per_name: int, max_bytes: int) -> None:
         self.events_per_name = events_per_name
         self._max_bytes = max_bytes
+        # Held from a write's transaction to its mirroring, and by a snapshot read until its install.
+        self.commit_order = asyncio.Lock()
         self._rooms: OrderedDict[str, _Room] = OrderedDict()
         self._bytes = 0
         # Rooms being read for `install`, and whether they changed meanwhile.
@@ -130,16 +106,16 @@ class HotBuffer:
     # Reads
 
     def page_before(self, room_id: str, before_seq: int, limit: int, event: str = "") -> Page | None:
-        """Like `store.page_before`; None when memory cannot answer it whole."""
+        """Like `HistoryStorage.page_before`; None when memory cannot answer it whole."""
         return self._newest(room_id, event, before_seq, limit, skip=0)
 
     def page_by_offset(self, room_id: str, start: int, end: int, event: str = "") -> Page | None:
-        """Like `store.page_by_offset`; None when memory cannot answer it whole."""
+        """Like `HistoryStorage.page_by_offset`; None when memory cannot answer it whole."""
         return self._newest(room_id, event, 0, end, skip=start)
 
     def _newest(self, room_id: str, event: str, before_seq: int, count: int, skip: int) -> Page | None:
         room = self._rooms.get(room_id)
-        rows: list[store.EventRow] = []
+        rows: list[EventRow] = []
         if room is not None:
             self._rooms.move_to_end(room_id)
             names, floor = room.cover(event)
@@ -176,10 +152,8 @@ class HotBuffer:
 
     # Changes, applied after their transaction commits, in commit order
 
-    def appended(
-        self, room_id: str, events: list[store.NewEventRow], epoch: str, appended: list[store.Appended]
-    ) -> None:
-        """A committed `store.append` of `events`, with its result (retried duplicates change nothing)."""
+    def appended(self, room_id: str, events: list[NewEventRow], epoch: str, appended: list[Appended]) -> None:
+        """A committed append of `events`, with its result (retried duplicates change nothing)."""
         new = [(event, a.seq) for event, a in zip(events, appended, strict=True) if not a.duplicate]
         if not new:
             return
@@ -198,12 +172,12 @@ class HotBuffer:
         room.last_seq = max(room.last_seq, new[-1][1])
         kept = [(event, seq) for event, seq in new if not event.transient]
         keep_last = {event.event: event.keep_last for event, _ in kept}
-        rows = (store.EventRow(seq, event.event, event.sender, event.handle, event.body) for event, seq in kept)
+        rows = (EventRow(seq, event.event, event.sender, event.handle, event.body) for event, seq in kept)
         for name, named in _by_name(rows).items():
             self._extend(room, name, named, self._capacity(keep_last[name]))
         self._evict()
 
-    def changed(self, room_id: str, row: store.EventRow, change_seq: int) -> None:
+    def changed(self, room_id: str, row: EventRow, change_seq: int) -> None:
         """An edit or delete replaced a stored body; the change took `change_seq`."""
         room = self._rooms.get(room_id)
         if room is None:
@@ -264,7 +238,7 @@ class HotBuffer:
     def _capacity(self, keep_last: int) -> int:
         return min(keep_last, self.events_per_name) if keep_last else self.events_per_name
 
-    def _extend(self, room: _Room, event: str, rows: list[store.EventRow], capacity: int) -> None:
+    def _extend(self, room: _Room, event: str, rows: list[EventRow], capacity: int) -> None:
         """Adds newer rows of one name, keeping its newest `capacity`."""
         names = room.name_rows(event)
         dropped = len(rows) > capacity
@@ -297,14 +271,14 @@ class HotBuffer:
             self._bytes -= room.size
 
 
-def _by_name(rows: Iterable[store.EventRow]) -> dict[str, list[store.EventRow]]:
-    grouped: dict[str, list[store.EventRow]] = {}
+def _by_name(rows: Iterable[EventRow]) -> dict[str, list[EventRow]]:
+    grouped: dict[str, list[EventRow]] = {}
     for row in rows:
         grouped.setdefault(row.event, []).append(row)
     return grouped
 
 
-def _merge_newest_first(runs: list[list[store.EventRow]]) -> Iterator[store.EventRow]:
+def _merge_newest_first(runs: list[list[EventRow]]) -> Iterator[EventRow]:
     if len(runs) == 1:
         return iter(runs[0])
     return heapq.merge(*runs, key=lambda row: row.seq, reverse=True)

@@ -8,10 +8,9 @@ import logging
 import time
 from functools import partial
 
-from services.history import store
 from services.history.hot import HotBuffer
+from services.history.storage import HistoryStorage
 from services.runtime.config import HistoryConfig
-from services.runtime.sqlite import SqliteDatabase
 
 log = logging.getLogger("parley.history")
 # Without any gateway's SetRetention by then, pruning starts with the stored policies.
@@ -20,9 +19,9 @@ RETENTION_GRACE_SECONDS = 60.0
 
 class Pruner:
     def __init__(
-        self, db: SqliteDatabase, config: HistoryConfig, hot: HotBuffer, retention_received: asyncio.Event
+        self, storage: HistoryStorage, config: HistoryConfig, hot: HotBuffer, retention_received: asyncio.Event
     ) -> None:
-        self._db = db
+        self._storage = storage
         self._hot = hot
         self._retention_received = retention_received
         self._config = config
@@ -35,12 +34,16 @@ class Pruner:
         """Removes what retention no longer keeps; returns (events, idempotency keys) removed."""
         now = time.time()
         window = self._config.idempotency_window_seconds
-        pruned, keys = await self._db.transaction(
-            lambda db: (store.prune(db, int(now * 1000)), store.prune_idempotency_keys(db, now - window))
-        )
-        for each in pruned:
-            self._hot.apply(each.room_id, partial(self._hot.pruned, each.room_id, each.event, each.bound))
-        return sum(each.removed for each in pruned), keys
+        events = 0
+        for room_id in await self._storage.retention_rooms():
+            # A room at a time, so appends and edits wait for one room's pruning, not all of it.
+            async with self._hot.commit_order:
+                pruned = await self._storage.prune_room(room_id, int(now * 1000))
+                for each in pruned:
+                    self._hot.apply(room_id, partial(self._hot.pruned, room_id, each.event, each.bound))
+            events += sum(each.removed for each in pruned)
+        keys = await self._storage.prune_idempotency_keys(now - window)
+        return events, keys
 
     async def _run(self) -> None:
         # The policies stored are those of the definitions before a restart, until

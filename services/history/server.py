@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from parley.history.v1 import history_pb2
-from services.history import store
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
 from services.history.pruner import Pruner
 from services.history.servicer import HistoryServicer
+from services.history.storage import open_history_storage
 from services.runtime.bus import Bus, InProcessBus
 from services.runtime.bus_factory import open_bus
 from services.runtime.bus_health import report_bus_health
@@ -15,7 +15,6 @@ from services.runtime.config import Config
 from services.runtime.grpc_types import HealthStatus
 from services.runtime.raw_handlers import passthrough_handler
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
-from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
 
 SERVICE = history_pb2.DESCRIPTOR.services_by_name["HistoryService"]
@@ -34,17 +33,16 @@ async def history_parts(
     `bus` (without one, on a bus of its own in this process)."""
     if bus is None:
         bus = InProcessBus()
-    db = SqliteDatabase(config.server.data_dir / "history.sqlite3", store.MIGRATIONS)
-    await db.open()
+    storage = await open_history_storage(config)
     hot = HotBuffer(config.history.hot_events_per_name, config.history.hot_buffer_bytes)
-    committer = GroupCommitter(db, config.history.idempotency_window_seconds, hot)
-    servicer = HistoryServicer(db, committer, config.history, hot, bus)
-    pruner = Pruner(db, config.history, hot, servicer.retention_received)
+    committer = GroupCommitter(storage, config.history.idempotency_window_seconds, hot)
+    servicer = HistoryServicer(storage, committer, config.history, hot, bus)
+    pruner = Pruner(storage, config.history, hot, servicer.retention_received)
 
     async def close() -> None:
         await pruner.close()
         await committer.close()
-        await db.close()
+        await storage.close()
         if owns_bus:
             await bus.close()
 

@@ -6,16 +6,22 @@ import asyncio
 import base64
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
-
-import sqlite_utils
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from parley.api.v1 import errors_pb2
 from parley.history.v1 import history_pb2
-from services.history import store
 from services.history.announcer import LogAnnouncer
 from services.history.appender import GroupCommitter
-from services.history.hot import HotBuffer, Page, Snapshot, read_snapshot
+from services.history.hot import HotBuffer
+from services.history.storage import (
+    Appended,
+    EventRow,
+    HistoryStorage,
+    LogClosed,
+    NewEventRow,
+    Page,
+    RoomRetention,
+)
 from services.runtime import protowire, room_stream
 from services.runtime.bus import Bus, BusMessage
 from services.runtime.change_feed import ChangeFeed
@@ -23,7 +29,6 @@ from services.runtime.config import HistoryConfig
 from services.runtime.errors import ServiceError, event_not_found, invalid_field, not_author, not_found
 from services.runtime.grpc_types import Context
 from services.runtime.request_checks import null_if_unset
-from services.runtime.sqlite import SqliteDatabase
 from services.runtime.timestamps import to_timestamp
 from services.runtime.uncancellable import uncancellable
 
@@ -65,7 +70,7 @@ _EVENTS_FIELD = history_pb2.ListEventsResponse.EVENTS_FIELD_NUMBER
 _SEQ_FIELD = history_pb2.LoggedEvent.SEQ_FIELD_NUMBER
 
 
-def page_item(row: store.EventRow) -> bytes:
+def page_item(row: EventRow) -> bytes:
     """One `events` element of a ListEventsResponse: the stored body with its seq in front."""
     return protowire.length_delimited(_EVENTS_FIELD, protowire.uint_field(_SEQ_FIELD, row.seq) + row.body)
 
@@ -75,13 +80,13 @@ class HistoryServicer:
 
     def __init__(
         self,
-        db: SqliteDatabase,
+        storage: HistoryStorage,
         committer: GroupCommitter,
         config: HistoryConfig,
         hot: HotBuffer,
         bus: Bus,
     ) -> None:
-        self._db = db
+        self._storage = storage
         self._bus = bus
         self._announcer = LogAnnouncer(bus)
         self._committer = committer
@@ -94,7 +99,7 @@ class HistoryServicer:
         self, request: history_pb2.GetLogStateRequest, context: Context
     ) -> history_pb2.GetLogStateResponse:
         check_room_id(request.room_id)
-        row = await self._db.run(lambda db: store.log_state(db, request.room_id))
+        row = await self._storage.log_state(request.room_id)
         if row is None:
             return history_pb2.GetLogStateResponse(state=history_pb2.LogState(room_id=request.room_id))
         return history_pb2.GetLogStateResponse(
@@ -134,7 +139,7 @@ class HistoryServicer:
             body = logged.SerializeToString()
             announced.append((event.event, room_stream.unsequenced_event(request.room_id, logged)))
             rows.append(
-                store.NewEventRow(
+                NewEventRow(
                     event=event.event,
                     sender=event.sender,
                     handle=event.handle,
@@ -147,12 +152,12 @@ class HistoryServicer:
                 )
             )
 
-        async def announce(epoch: str, appended: list[store.Appended]) -> None:
+        async def announce(epoch: str, appended: list[Appended]) -> None:
             await self._announcer.appended(request.room_id, epoch, announced, appended, request.no_echo_session)
 
         try:
             epoch, appended = await self._committer.append(request.room_id, rows, announce)
-        except store.LogClosed:
+        except LogClosed:
             raise log_closed(request.room_id) from None
         return history_pb2.AppendEventsResponse(
             epoch=epoch,
@@ -208,13 +213,8 @@ class HistoryServicer:
                 if not event.event:
                     raise invalid_field(f"rooms[{i}].events[{j}].event", "is required")
                 named[event.event] = (event.keep_last, event.keep_seconds)
-            policies.append((room.room_id, named, (room.other.keep_last, room.other.keep_seconds)))
-
-        def apply(db: sqlite_utils.Database) -> None:
-            for room_id, named, other in policies:
-                store.set_room_retention(db, room_id, named, other)
-
-        await self._db.transaction(apply)
+            policies.append(RoomRetention(room.room_id, named, (room.other.keep_last, room.other.keep_seconds)))
+        await self._storage.set_retention(policies)
         self.retention_received.set()
         return history_pb2.SetRetentionResponse()
 
@@ -228,18 +228,17 @@ class HistoryServicer:
             raise invalid_field("reopen_only", "cannot be combined with close")
         room_id, close, reopen_only = request.room_id, request.close, request.reopen_only
 
-        def drop(db: sqlite_utils.Database) -> int:
-            return store.reopen_log(db, room_id) if reopen_only else store.drop_log(db, room_id, close=close)
-
         async def commit() -> int:
-            # Appends and changes take their turn on the one database thread: those
-            # committed before the drop are erased with it, later ones start the new
-            # log or, once it is closed, are refused. The hot buffer follows in commit
-            # order, as it does for them (a reopened log held nothing to forget).
-            dropped = await self._db.transaction(drop)
-            if not reopen_only:
+            # Appends and changes take turns with the drop: those committed before it
+            # are erased with it, later ones start the new log or, once it is closed,
+            # are refused. The hot buffer follows in commit order, as it does for them
+            # (a reopened log held nothing to forget).
+            async with self._hot.commit_order:
+                if reopen_only:
+                    return await self._storage.reopen_log(room_id)
+                dropped = await self._storage.drop_log(room_id, close=close)
                 self._hot.forget(room_id)
-            return dropped
+                return dropped
 
         # A caller that stops waiting does not stop the drop, nor the hot buffer's forgetting.
         return history_pb2.DropLogResponse(dropped_events=await uncancellable(commit()))
@@ -253,12 +252,10 @@ class HistoryServicer:
         if not request.handle:
             raise invalid_field("handle", "is required")
         room_id, handle = request.room_id, request.handle
-        row, state = await self._db.run(
-            lambda db: (store.event_by_handle(db, room_id, handle), store.log_state(db, room_id))
-        )
+        row, epoch = await self._storage.event_by_handle(room_id, handle)
         if row is None:
             raise event_not_found(room_id, handle)
-        return history_pb2.GetEventResponse(event=_logged(row), epoch=state.epoch if state else "")
+        return history_pb2.GetEventResponse(event=_logged(row), epoch=epoch)
 
     async def _rewrite(
         self, room_id: str, handle: str, editor: str, change: Callable[[history_pb2.LoggedEvent, int], None]
@@ -269,27 +266,28 @@ class HistoryServicer:
             raise invalid_field("handle", "is required")
         now_ms = int(time.time() * 1000)
 
-        def rewrite(db: sqlite_utils.Database) -> tuple[store.EventRow, history_pb2.LoggedEvent, str]:
-            row = store.event_by_handle(db, room_id, handle)
-            if row is None:
-                raise log_closed(room_id) if store.is_closed(db, room_id) else event_not_found(room_id, handle)
+        def rewrite(row: EventRow, change_seq: int) -> bytes:
+            # Inside the transaction: a refusal here changes nothing.
             event = history_pb2.LoggedEvent.FromString(row.body)
             if event.deleted:
                 raise event_not_found(room_id, handle, " (it was deleted)")
             if editor and row.sender != editor:  # no editor: the calling service itself
                 raise not_author()
             change(event, now_ms)
-            event.change_seq = store.next_change_seq(db, room_id)
-            body = event.SerializeToString()
-            store.replace_body(db, room_id, row.seq, body, event.change_seq)
-            event.seq = row.seq
-            state = store.log_state(db, room_id)
-            return dataclasses.replace(row, body=body), event, state.epoch if state else ""
+            event.change_seq = change_seq
+            return event.SerializeToString()
 
         async def commit() -> history_pb2.LoggedEvent:
-            row, event, epoch = await self._db.transaction(rewrite)
-            self._hot.apply(room_id, lambda: self._hot.changed(room_id, row, event.change_seq))
-            await self._announcer.changed(room_id, epoch, event)
+            async with self._hot.commit_order:
+                try:
+                    rewritten = await self._storage.rewrite_event(room_id, handle, rewrite)
+                except LogClosed:
+                    raise log_closed(room_id) from None
+                if rewritten is None:
+                    raise event_not_found(room_id, handle)
+                self._hot.apply(room_id, lambda: self._hot.changed(room_id, rewritten.row, rewritten.change_seq))
+            event = _logged(rewritten.row)
+            await self._announcer.changed(room_id, rewritten.epoch, event)
             return event
 
         # A caller that stops waiting does not stop the change, nor its mirroring in the hot buffer.
@@ -322,22 +320,16 @@ class HistoryServicer:
         if request.limit < 0:
             raise invalid_field("limit", "must not be negative")
         limit = min(request.limit or self._config.max_page_size, self._config.max_page_size)
-        room_id, after = request.room_id, request.after_seq
         # One more of each than the page holds tells whether the read is complete.
-        rows, changed, state = await self._db.run(
-            lambda db: (
-                store.since(db, room_id, after, limit + 1),
-                store.changed_since(db, room_id, after, limit + 1),
-                store.log_state(db, room_id),
-            )
-        )
+        read = await self._storage.since(request.room_id, request.after_seq, limit + 1)
+        state = read.state
         response = history_pb2.ListEventsSinceResponse(
             epoch=state.epoch if state else "",
             last_seq=state.last_seq if state else 0,
             pruned_seq=state.pruned_seq if state else 0,
         )
         events, changes, response.read_through = since_page(
-            [_logged(row) for row in rows], [_logged(row) for row in changed], response.last_seq, limit
+            [_logged(row) for row in read.events], [_logged(row) for row in read.changed], response.last_seq, limit
         )
         response.events.extend(events)
         response.changed.extend(changes)
@@ -354,7 +346,7 @@ class HistoryServicer:
             if end - start > self._config.max_page_size:
                 raise invalid_field("range", f"spans at most {self._config.max_page_size} events")
             page = self._hot.page_by_offset(room_id, start, end, event) or await self._read(
-                room_id, lambda db: store.page_by_offset(db, room_id, start, end, event)
+                room_id, lambda: self._storage.page_by_offset(room_id, start, end, event)
             )
             return _page(page, next_token="")
         if request.page_size < 0:
@@ -362,27 +354,23 @@ class HistoryServicer:
         size = min(request.page_size or self._config.default_page_size, self._config.max_page_size)
         before = decode_cursor(request.page_token) if request.page_token else request.before_seq
         page = self._hot.page_before(room_id, before, size + 1, event) or await self._read(
-            room_id, lambda db: store.page_before(db, room_id, before, size + 1, event)
+            room_id, lambda: self._storage.page_before(room_id, before, size + 1, event)
         )
         more = len(page.rows) > size
         page = dataclasses.replace(page, rows=page.rows[:size])
         return _page(page, next_token=encode_cursor(page.rows[-1].seq) if more else "")
 
-    async def _read(self, room_id: str, rows: Callable[[sqlite_utils.Database], list[store.EventRow]]) -> Page:
-        """A page from the store; a room the hot buffer does not hold is read for it on the way."""
-        load = self._hot.begin_load(room_id)
-        hot_rows = self._hot.events_per_name
-
-        def read(db: sqlite_utils.Database) -> tuple[list[store.EventRow], store.LogStateRow | None, Snapshot | None]:
-            return rows(db), store.log_state(db, room_id), read_snapshot(db, room_id, hot_rows) if load else None
-
-        snapshot = None
-        try:
-            found, state, snapshot = await self._db.run(read)
-        finally:
-            if load:
+    async def _read(self, room_id: str, read_page: Callable[[], Awaitable[Page]]) -> Page:
+        """A page from the store; a room the hot buffer does not hold is read for it first."""
+        if self._hot.begin_load(room_id):
+            snapshot = None
+            try:
+                # No write commits between this read and its install, so none is mirrored twice.
+                async with self._hot.commit_order:
+                    snapshot = await self._storage.read_snapshot(room_id, self._hot.events_per_name)
+            finally:
                 self._hot.install(room_id, snapshot)
-        return Page(found, state.epoch if state else "", state.last_seq if state else 0)
+        return await read_page()
 
 
 Logged = list[history_pb2.LoggedEvent]
@@ -407,7 +395,7 @@ def since_page(events: Logged, changes: Logged, last_seq: int, limit: int) -> tu
     )
 
 
-def _logged(row: store.EventRow) -> history_pb2.LoggedEvent:
+def _logged(row: EventRow) -> history_pb2.LoggedEvent:
     event = history_pb2.LoggedEvent.FromString(row.body)
     event.seq = row.seq
     return event

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from parley.identity.v1 import identity_pb2
-from services.identity import store
+from services.identity.storage import DeviceRow
 from services.runtime.change_feed import ChangeFeed
 from services.runtime.timestamps import to_timestamp
 
 
-def revoked_device(row: store.DeviceRow) -> identity_pb2.RevokedDevice:
+def revoked_device(row: DeviceRow) -> identity_pb2.RevokedDevice:
     assert row.revoked_at is not None
     return identity_pb2.RevokedDevice(
         device_id=row.device_id, user_id=row.user_id, revoke_time=to_timestamp(row.revoked_at)
@@ -23,11 +23,11 @@ class RevocationFeed:
     def __init__(self) -> None:
         self._feed: ChangeFeed[identity_pb2.RevokedDevice] = ChangeFeed("revocation watch")
 
-    def announce(self, row: store.DeviceRow) -> None:
+    def announce(self, row: DeviceRow) -> None:
         self._feed.announce(revoked_device(row))
 
     async def watch(
-        self, snapshot: Callable[[], Awaitable[list[store.DeviceRow]]]
+        self, snapshot: Callable[[], Awaitable[list[DeviceRow]]]
     ) -> AsyncIterator[identity_pb2.WatchRevocationsResponse]:
         """The snapshot (devices whose tokens may still be live), then each revocation."""
         async with self._feed.watching() as batches:

@@ -7,28 +7,26 @@ from services.identity.accounts import Accounts
 from services.identity.revocations import RevocationFeed
 from services.identity.servicer import IdentityServicer
 from services.identity.sessions import SessionIssuer
-from services.identity.store import MIGRATIONS
+from services.identity.storage import open_identity_storage
 from services.identity.token_signing import TokenSigner
 from services.runtime.config import Config
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
-from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
 
 SERVICE = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"]
 
 
 async def identity_module(config: Config) -> ServiceModule:
-    db = SqliteDatabase(config.server.data_dir / "identity.sqlite3", MIGRATIONS)
-    await db.open()
-    signer = TokenSigner(db, config.auth)
+    storage = await open_identity_storage(config)
+    signer = TokenSigner(storage, config.auth)
     try:
         await signer.load()
     except BaseException:
-        await db.close()
+        await storage.close()
         raise
     servicer = IdentityServicer(
-        Accounts(db),
-        SessionIssuer(db, signer, config.auth),
+        Accounts(storage),
+        SessionIssuer(storage, signer, config.auth),
         signer,
         config.auth,
         RevocationFeed(),
@@ -37,7 +35,7 @@ async def identity_module(config: Config) -> ServiceModule:
     return ServiceModule(
         services=[SERVICE],
         register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server),
-        close=db.close,
+        close=storage.close,
     )
 
 

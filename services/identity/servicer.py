@@ -6,10 +6,10 @@ import time
 from collections.abc import AsyncIterator
 
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
-from services.identity import store
 from services.identity.accounts import Accounts
 from services.identity.revocations import RevocationFeed
 from services.identity.sessions import IssuedSession, SessionIssuer
+from services.identity.storage import DeviceRow, UserRow
 from services.identity.token_signing import PublishedKey, TokenSigner
 from services.identity.validation import check_username
 from services.runtime.client_address import client_address
@@ -131,7 +131,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         # Not rate limited: a user can revoke no more devices than they added (which is limited), and a
         # limit here would let a stolen device spend it and keep its owner from revoking it.
 
-        async def revoke() -> store.DeviceRow:
+        async def revoke() -> DeviceRow:
             device, newly_revoked = await self._accounts.revoke_device(
                 caller.user_id, caller.device_id, request.device_id
             )
@@ -182,7 +182,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         return identity_pb2.RotateSigningKeyResponse(key=_verification_key(PublishedKey(key, None)))
 
 
-def _user(row: store.UserRow) -> identity_pb2.User:
+def _user(row: UserRow) -> identity_pb2.User:
     return identity_pb2.User(
         user_id=row.user_id,
         username=row.username,
@@ -191,7 +191,7 @@ def _user(row: store.UserRow) -> identity_pb2.User:
     )
 
 
-def _device(row: store.DeviceRow) -> identity_pb2.Device:
+def _device(row: DeviceRow) -> identity_pb2.Device:
     device = identity_pb2.Device(
         device_id=row.device_id,
         user_id=row.user_id,

@@ -12,44 +12,45 @@ import jwt
 import nacl.signing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.identity import store
+from services.identity.storage import IdentityStorage, SigningKeyRow
 from services.runtime.config import AuthConfig
-from services.runtime.sqlite import SqliteDatabase
 
 
 @dataclasses.dataclass(frozen=True)
 class PublishedKey:
-    key: store.SigningKeyRow
+    key: SigningKeyRow
     # When tokens signed by a retired key stop verifying; None for the current key.
     expires_at: float | None
 
 
 class TokenSigner:
-    def __init__(self, db: SqliteDatabase, auth: AuthConfig, clock: Callable[[], float] = time.time) -> None:
-        self._db = db
+    def __init__(self, storage: IdentityStorage, auth: AuthConfig, clock: Callable[[], float] = time.time) -> None:
+        self._storage = storage
         self._auth = auth
         self._clock = clock
-        self._keys: list[store.SigningKeyRow] = []
+        self._keys: list[SigningKeyRow] = []
         self._private: tuple[str, Ed25519PrivateKey] | None = None
 
     async def load(self) -> None:
         """Reads the keys, creating the first one on a new database."""
-        self._keys = await self._db.run(store.signing_keys)
+        async with self._storage.transaction() as tx:
+            self._keys = await tx.signing_keys()
         if all(key.retired_at is not None for key in self._keys):
             await self.rotate()
 
-    async def rotate(self) -> store.SigningKeyRow:
+    async def rotate(self) -> SigningKeyRow:
         seed = nacl.signing.SigningKey.generate()
         now = self._clock()
-        row = store.SigningKeyRow(
+        row = SigningKeyRow(
             key_id=f"k{secrets.token_hex(8)}",
             seed=bytes(seed),
             public_key=seed.verify_key.encode(),
             created_at=now,
             retired_at=None,
         )
-        await self._db.transaction(lambda db: store.insert_signing_key(db, row, now))
-        self._keys = await self._db.run(store.signing_keys)
+        async with self._storage.transaction() as tx:
+            await tx.insert_signing_key(row, now)
+            self._keys = await tx.signing_keys()
         return row
 
     def issue_access_token(self, user_id: str, device_id: str) -> tuple[str, float]:

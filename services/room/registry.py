@@ -6,18 +6,15 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-import sqlite_utils
-
 from parley.api.v1 import errors_pb2
 from parley.room.v1 import room_pb2
-from services.room import store
 from services.room.allowance import SchemaAllowance
 from services.room.definitions import compile_rules, schema_bytes_of
 from services.room.history_client import RoomLogs
+from services.room.storage import RoomStorage
 from services.runtime.change_feed import ChangeFeed
 from services.runtime.errors import ServiceError, already_exists, not_found, permission_denied, unavailable
 from services.runtime.principal import Principal
-from services.runtime.sqlite import SqliteDatabase
 from services.runtime.uncancellable import uncancellable
 
 CREATED = room_pb2.RoomChange.KIND_CREATED
@@ -39,9 +36,9 @@ class RoomRegistry:
     """
 
     def __init__(
-        self, db: SqliteDatabase, declared: list[room_pb2.Room], logs: RoomLogs, allowance: SchemaAllowance
+        self, storage: RoomStorage, declared: list[room_pb2.Room], logs: RoomLogs, allowance: SchemaAllowance
     ) -> None:
-        self._db = db
+        self._storage = storage
         self._logs = logs
         self._allowance = allowance
         self._declared = {room.room_id for room in declared}
@@ -51,14 +48,11 @@ class RoomRegistry:
         self._changes: ChangeFeed[room_pb2.RoomChange] = ChangeFeed("room watch")
 
     async def load(self) -> None:
-        def read(db: sqlite_utils.Database) -> list[tuple[room_pb2.Room, int]]:
-            # Only rooms a user created count against an allowance.
-            return [(room, schema_bytes_of(room) if room.creator else 0) for room in store.all_rooms(db)]
-
-        for room, size in await self._db.run(read):
+        for room in await self._storage.all_rooms():
             if room.room_id not in self._rooms:
                 self._rooms[room.room_id] = room
-                self._allowance.record(room.room_id, room.creator, size)
+                # Only rooms a user created count against an allowance.
+                self._allowance.record(room.room_id, room.creator, schema_bytes_of(room) if room.creator else 0)
 
     def get(self, room_id: str) -> room_pb2.Room:
         room = self._rooms.get(room_id)
@@ -99,7 +93,7 @@ class RoomRegistry:
             # wrote under this id (never a room's) stays: the room adopts it.
             await self._logs.reopen_log(room_id)
             now = time.time()
-            if not await self._db.transaction(lambda db: store.insert_room(db, room, now)):
+            if not await self._storage.insert_room(room, now):
                 raise already_exists(
                     errors_pb2.ERROR_REASON_ROOM_EXISTS, f"room {room_id!r} already exists", room_id=room_id
                 )
@@ -142,7 +136,7 @@ class RoomRegistry:
             # is refused (ROOM_NOT_FOUND), not kept under the deleted id.
             await self._logs.close_log(room_id)
             try:
-                await self._db.transaction(lambda db: store.delete_room(db, room_id))
+                await self._storage.delete_room(room_id)
             except Exception:
                 # The room stays, so its log must take events again (those it had are gone).
                 with contextlib.suppress(ServiceError):

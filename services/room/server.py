@@ -7,13 +7,14 @@ import logging
 from pathlib import Path
 
 from parley.room.v1 import room_pb2, room_pb2_grpc
-from services.room import definitions, store
+from services.room import definitions
 from services.room.allowance import SchemaAllowance
 from services.room.history_client import HistoryLogs
 from services.room.leases import GatewayLeases
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
 from services.room.servicer import RoomServicer
+from services.room.storage import open_room_storage
 from services.runtime.bus import Bus
 from services.runtime.bus_factory import open_bus
 from services.runtime.config import Config
@@ -21,7 +22,6 @@ from services.runtime.errors import ServiceError
 from services.runtime.grpc_types import HealthStatus
 from services.runtime.peer_client import internal_secret
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
-from services.runtime.sqlite import SqliteDatabase
 from services.runtime.telemetry import Telemetry
 
 SERVICE = room_pb2.DESCRIPTOR.services_by_name["RoomService"]
@@ -38,13 +38,12 @@ async def room_module(config: Config, history_on_this_server: bool = False, bus:
     history = HistoryLogs(
         config.server, internal_secret(config), "" if history_on_this_server else config.peers.history
     )
-    db = SqliteDatabase(config.server.data_dir / "room.sqlite3", store.MIGRATIONS)
-    await db.open()
-    registry = RoomRegistry(db, declared, history, SchemaAllowance(config.room_service.max_schema_bytes_per_user))
+    storage = await open_room_storage(config)
+    registry = RoomRegistry(storage, declared, history, SchemaAllowance(config.room_service.max_schema_bytes_per_user))
     try:
         await registry.load()
     except BaseException:
-        await db.close()
+        await storage.close()
         raise
     membership = Membership()
     servicer = RoomServicer(
@@ -69,7 +68,7 @@ async def room_module(config: Config, history_on_this_server: bool = False, bus:
             task.cancel()
         await asyncio.gather(*reopening, return_exceptions=True)
         await history.close()
-        await db.close()
+        await storage.close()
         if owns_bus:
             await bus.close()
 

@@ -150,6 +150,28 @@ class BusConfig:
     subject_prefix: str = "parley"
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+STORAGE_SERVICES = ("identity", "room", "history")
+
+
+@dataclasses.dataclass
+class StorageConfig:
+    # Empty: SQLite files under server.data_dir. postgresql://user:password@host:port/db: PostgreSQL
+    # (the database must exist; each service keeps its tables in a schema of its own).
+    url: str = ""
+    # One service's storage, when it is not `url` (empty: `url`).
+    identity_url: str = ""
+    room_url: str = ""
+    history_url: str = ""
+    # Connections each service opens to PostgreSQL at most.
+    max_connections: int = 10
+
+    def url_of(self, service: str) -> str:
+        """The storage URL of "identity", "room" or "history"."""
+        own: str = getattr(self, f"{service}_url")
+        return own or self.url
+
+
 @dataclasses.dataclass
 class HistoryConfig:
     # A retried publish with the same idempotency key is stored once within this window.
@@ -253,6 +275,7 @@ class Config:
     files: FilesConfig = dataclasses.field(default_factory=FilesConfig)
     gateway: GatewayConfig = dataclasses.field(default_factory=GatewayConfig)
     bus: BusConfig = dataclasses.field(default_factory=BusConfig)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     room_service: RoomServiceConfig = dataclasses.field(default_factory=RoomServiceConfig)
     history: HistoryConfig = dataclasses.field(default_factory=HistoryConfig)
     hooks: HooksConfig = dataclasses.field(default_factory=HooksConfig)
@@ -327,6 +350,13 @@ def validate(config: Config) -> None:
             raise ConfigError("auth.external_jwt needs key or key_file when issuer is set")
         if external.issuer == config.auth.issuer:
             raise ConfigError("auth.external_jwt.issuer must differ from auth.issuer")
+    for service in STORAGE_SERVICES:
+        url = config.storage.url_of(service)
+        if url and not url.startswith(POSTGRES_SCHEMES):
+            setting = f"storage.{service}_url" if getattr(config.storage, f"{service}_url") else "storage.url"
+            raise ConfigError(f"{setting} must be empty (SQLite) or a postgresql:// URL")
+    if config.storage.max_connections <= 0:
+        raise ConfigError("storage.max_connections must be positive")
     seen: set[str] = set()
     for room in config.rooms:
         if room.id in seen:

@@ -9,12 +9,12 @@ from typing import Any
 
 import grpc
 import pytest
-import sqlite_utils
 
 from parley import Client
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services import allinone
-from services.room import definitions, store
+from services.room import definitions
+from services.room.sqlite_storage import SqliteRoomStorage
 from tests.streams import stream
 from tests.support import bearer, error_reason, make_config, running, wait_until
 
@@ -25,14 +25,14 @@ async def test_a_create_whose_caller_goes_away_mid_commit_leaves_a_visible_room(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-    insert_room = store.insert_room
+    insert_room = SqliteRoomStorage.insert_room
 
-    def slow_insert(db: sqlite_utils.Database, room: room_pb2.Room, now: float) -> bool:
+    async def slow_insert(storage: SqliteRoomStorage, room: room_pb2.Room, now: float) -> bool:
         entered.set()
-        release.wait(5)
-        return insert_room(db, room, now)
+        await asyncio.to_thread(release.wait, 5)
+        return await insert_room(storage, room, now)
 
-    monkeypatch.setattr(store, "insert_room", slow_insert)
+    monkeypatch.setattr(SqliteRoomStorage, "insert_room", slow_insert)
     async with running(allinone.create_server, make_config(data_dir)) as (_, address):
         async with (
             Client(address, username="carl", key_file=tmp_path / "carl.json") as carl,

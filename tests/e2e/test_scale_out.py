@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from parley import Client
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.room.v1 import room_pb2, room_pb2_grpc
-from tests.scale_out import SECRET, ScaleOut, scale_out
+from tests.scale_out import SECRET, ScaleOut, fresh_database, scale_out
 from tests.streams import Stream, payload_of, stream, value
 from tests.support import bearer, wait_until
 
@@ -37,10 +38,13 @@ id = "lobby"
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOut]:
-    with scale_out(tmp_path_factory.mktemp("scale"), ROOMS_TOML, PARLEY_GATEWAY_LEASE_SECONDS="2") as started:
-        yield started
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOut]:
+    """Two gateways on NATS, the services on SQLite files or on one PostgreSQL database."""
+    with contextlib.ExitStack() as stack:
+        storage_url = stack.enter_context(fresh_database()) if request.param == "postgresql" else ""
+        tmp = tmp_path_factory.mktemp(f"scale-{request.param}")
+        yield stack.enter_context(scale_out(tmp, ROOMS_TOML, storage_url=storage_url, PARLEY_GATEWAY_LEASE_SECONDS="2"))
 
 
 @pytest.fixture

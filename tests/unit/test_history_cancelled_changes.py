@@ -8,11 +8,13 @@ from pathlib import Path
 from parley.history.v1 import history_pb2
 from parley.values import to_value
 from services.history.server import history_parts
-from tests.support import make_config
+from tests.storage_support import storage_config
+
+pytest_plugins = ["tests.storage_backends"]
 
 
-async def test_a_cancelled_delete_is_mirrored_in_the_hot_buffer(tmp_path: Path) -> None:
-    module, servicer = await history_parts(make_config(tmp_path))
+async def test_a_cancelled_delete_is_mirrored_in_the_hot_buffer(tmp_path: Path, storage_url: str) -> None:
+    module, servicer = await history_parts(storage_config(tmp_path, storage_url))
     try:
         event = history_pb2.NewEvent(event="msg", payload=to_value("hi"), sender="u", handle="h1")
         await servicer.append(history_pb2.AppendEventsRequest(room_id="r", events=[event]))
@@ -25,7 +27,7 @@ async def test_a_cancelled_delete_is_mirrored_in_the_hot_buffer(tmp_path: Path) 
         deleting = asyncio.ensure_future(
             servicer.delete(history_pb2.DeleteEventRequest(room_id="r", handle="h1", editor="u"))
         )
-        await asyncio.sleep(0)  # the transaction is under way on the database thread
+        await asyncio.sleep(0)  # the transaction is under way
         deleting.cancel()
         await asyncio.sleep(0.2)
         stored = await servicer.get(history_pb2.GetEventRequest(room_id="r", handle="h1"))

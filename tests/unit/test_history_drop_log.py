@@ -1,4 +1,6 @@
-"""DropLog among concurrent appends: the store and the hot buffer agree, and the next log has a new epoch."""
+"""DropLog among concurrent appends: the store and the hot buffer agree, and the next log has a new epoch.
+
+On each storage backend."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from parley.values import to_value
 from services.history.server import history_parts
 from services.history.servicer import HistoryServicer
 from services.runtime.errors import ServiceError
-from tests.support import make_config
+from tests.storage_support import storage_config
+
+pytest_plugins = ["tests.storage_backends"]
 
 
 def append(servicer: HistoryServicer, n: int) -> asyncio.Future[history_pb2.AppendEventsResponse]:
@@ -26,14 +30,16 @@ async def held_page(servicer: HistoryServicer) -> history_pb2.ListEventsResponse
     return history_pb2.ListEventsResponse.FromString(encoded)
 
 
-async def test_appends_before_a_drop_go_with_it_and_later_ones_start_a_new_log(tmp_path: Path) -> None:
-    module, servicer = await history_parts(make_config(tmp_path))
+async def test_appends_before_a_drop_go_with_it_and_later_ones_start_a_new_log(
+    tmp_path: Path, storage_url: str
+) -> None:
+    module, servicer = await history_parts(storage_config(tmp_path, storage_url))
     try:
         first = await append(servicer, 0)
         assert [e.handle for e in (await held_page(servicer)).events] == ["h0"]  # the room is held in memory
         before = [append(servicer, n) for n in range(1, 6)]
         await asyncio.sleep(0)
-        await asyncio.sleep(0)  # their group commit is on the database thread
+        await asyncio.sleep(0)  # their group commit is under way
         dropping = asyncio.ensure_future(servicer.drop_log(history_pb2.DropLogRequest(room_id="r")))
         await asyncio.sleep(0)
         after = [append(servicer, n) for n in range(6, 11)]
@@ -58,13 +64,13 @@ async def test_appends_before_a_drop_go_with_it_and_later_ones_start_a_new_log(t
         await module.close()
 
 
-async def test_a_cancelled_drop_still_empties_the_hot_buffer(tmp_path: Path) -> None:
-    module, servicer = await history_parts(make_config(tmp_path))
+async def test_a_cancelled_drop_still_empties_the_hot_buffer(tmp_path: Path, storage_url: str) -> None:
+    module, servicer = await history_parts(storage_config(tmp_path, storage_url))
     try:
         await append(servicer, 0)
         assert len((await held_page(servicer)).events) == 1
         dropping = asyncio.ensure_future(servicer.drop_log(history_pb2.DropLogRequest(room_id="r")))
-        await asyncio.sleep(0)  # the transaction is under way on the database thread
+        await asyncio.sleep(0)  # the transaction is under way
         dropping.cancel()
         await asyncio.sleep(0.2)
         held = await held_page(servicer)
@@ -82,9 +88,9 @@ def append_to(servicer: HistoryServicer, room_id: str, handle: str) -> asyncio.F
 
 
 async def test_a_closed_log_refuses_appends_without_failing_the_other_rooms_in_its_group_commit(
-    tmp_path: Path,
+    tmp_path: Path, storage_url: str
 ) -> None:
-    module, servicer = await history_parts(make_config(tmp_path))
+    module, servicer = await history_parts(storage_config(tmp_path, storage_url))
     try:
         await append(servicer, 0)
         await servicer.drop_log(history_pb2.DropLogRequest(room_id="r", close=True))
@@ -113,8 +119,8 @@ async def test_a_closed_log_refuses_appends_without_failing_the_other_rooms_in_i
         await module.close()
 
 
-async def test_reopening_only_opens_a_closed_log_and_keeps_an_open_one(tmp_path: Path) -> None:
-    module, servicer = await history_parts(make_config(tmp_path))
+async def test_reopening_only_opens_a_closed_log_and_keeps_an_open_one(tmp_path: Path, storage_url: str) -> None:
+    module, servicer = await history_parts(storage_config(tmp_path, storage_url))
     try:
         kept = await append_to(servicer, "kept", "k1")
         untouched = await servicer.drop_log(history_pb2.DropLogRequest(room_id="kept", reopen_only=True))
@@ -136,15 +142,15 @@ async def test_reopening_only_opens_a_closed_log_and_keeps_an_open_one(tmp_path:
         await module.close()
 
 
-async def test_a_closed_log_stays_closed_across_a_restart(tmp_path: Path) -> None:
-    module, servicer = await history_parts(make_config(tmp_path))
+async def test_a_closed_log_stays_closed_across_a_restart(tmp_path: Path, storage_url: str) -> None:
+    module, servicer = await history_parts(storage_config(tmp_path, storage_url))
     try:
         await append(servicer, 0)
         await servicer.drop_log(history_pb2.DropLogRequest(room_id="r", close=True))
     finally:
         assert module.close is not None
         await module.close()
-    module, servicer = await history_parts(make_config(tmp_path))
+    module, servicer = await history_parts(storage_config(tmp_path, storage_url))
     try:
         with pytest.raises(ServiceError) as refused:
             await append(servicer, 1)

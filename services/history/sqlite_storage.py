@@ -1,20 +1,39 @@
-"""Per-room logs on SQLite.
+"""Per-room logs on SQLite (`history.sqlite3` under the data directory).
 
 `events` is a WITHOUT ROWID table clustered by (room_id, seq), so a
 newest-first page is one short range scan; `events_by_name` serves pages of
 one event name. `room_logs.last_seq` is the sequence: every event takes the
 next number, but only kept events (history enabled) get a row, so a number
-without a row was a transient event. Every function runs inside the caller's
-transaction on the database thread.
+without a row was a transient event. Each function below runs inside the
+caller's transaction on the database thread; `SqliteHistoryStorage` runs each
+of its operations as one unit of work there, so writers take turns.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import sqlite_utils
+
+from services.history.storage import (
+    Appended,
+    AppendRequest,
+    Appends,
+    EventRow,
+    LogClosed,
+    LogStateRow,
+    NewEventRow,
+    Page,
+    Pruned,
+    Rewritten,
+    RoomRetention,
+    Since,
+    Snapshot,
+)
+from services.runtime.sqlite import SqliteDatabase
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -104,58 +123,6 @@ MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration
 EVENT_COLUMNS = "seq, event, sender, handle, body"
 
 
-@dataclasses.dataclass(frozen=True)
-class LogStateRow:
-    room_id: str
-    epoch: str
-    last_seq: int
-    created_at: float
-    # The largest sequence retention removed.
-    pruned_seq: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class EventRow:
-    """An event as stored: routing columns, and the encoded body served as it is."""
-
-    seq: int
-    event: str
-    sender: str
-    handle: str
-    body: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class NewEventRow:
-    event: str
-    sender: str
-    handle: str
-    body: bytes
-    idempotency_key: str = ""
-    # Takes a sequence number but keeps nothing (body ignored): no row is
-    # written, so a sequence without a row is a transient event.
-    transient: bool = False
-    time_ms: int = 0
-    # Retention of this event name in this room (0: no limit).
-    keep_last: int = 0
-    keep_seconds: int = 0
-
-
-class LogClosed(Exception):
-    """The room's log is closed (its room was deleted): nothing is appended or changed."""
-
-    def __init__(self, room_id: str) -> None:
-        super().__init__(f"the log of {room_id!r} is closed")
-        self.room_id = room_id
-
-
-@dataclasses.dataclass(frozen=True)
-class Appended:
-    seq: int
-    handle: str
-    duplicate: bool
-
-
 def log_state(db: sqlite_utils.Database, room_id: str) -> LogStateRow | None:
     """The room's log state; None for a room whose log was never started."""
     row = db.execute(
@@ -166,7 +133,7 @@ def log_state(db: sqlite_utils.Database, room_id: str) -> LogStateRow | None:
 
 def append(
     db: sqlite_utils.Database, room_id: str, events: list[NewEventRow], now: float, idempotency_window: float
-) -> tuple[str, list[Appended]]:
+) -> Appends:
     """Appends with consecutive sequences; retries within the window return the original.
 
     Raises LogClosed, having written nothing, when the room's log is closed.
@@ -267,25 +234,21 @@ def _set_retention(db: sqlite_utils.Database, room_id: str, event: str, keep_las
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Pruned:
-    """Retention removed the room's events of this name with seq <= bound."""
-
-    room_id: str
-    event: str
-    bound: int
-    removed: int
+def retention_rooms(db: sqlite_utils.Database) -> list[str]:
+    return [room_id for (room_id,) in db.execute("SELECT DISTINCT room_id FROM retention ORDER BY room_id")]
 
 
-def prune(db: sqlite_utils.Database, now_ms: int) -> list[Pruned]:
-    """Applies every retention policy; returns what each policy removed.
+def prune(db: sqlite_utils.Database, room_id: str, now_ms: int) -> list[Pruned]:
+    """Applies the room's retention policies; returns what each policy removed.
 
-    Each room's `pruned_seq` rises to the largest sequence removed, so a
+    The room's `pruned_seq` rises to the largest sequence removed, so a
     resume from before it knows events are gone.
     """
     pruned: list[Pruned] = []
-    policies = db.execute("SELECT room_id, event, keep_last, keep_seconds FROM retention").fetchall()
-    for room_id, event, keep_last, keep_seconds in policies:
+    policies = db.execute(
+        "SELECT event, keep_last, keep_seconds FROM retention WHERE room_id = ? ORDER BY event", [room_id]
+    ).fetchall()
+    for event, keep_last, keep_seconds in policies:
         bound = 0  # remove rows with seq <= bound
         if keep_last:
             row = db.execute(
@@ -408,3 +371,126 @@ def is_closed(db: sqlite_utils.Database, room_id: str) -> bool:
 
 def prune_idempotency_keys(db: sqlite_utils.Database, older_than: float) -> int:
     return db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", [older_than]).rowcount
+
+
+def read_snapshot(db: sqlite_utils.Database, room_id: str, rows: int) -> Snapshot | None:
+    """What `HotBuffer.install` needs; None for a room whose log was never started."""
+    state = log_state(db, room_id)
+    if state is None:
+        return None
+    newest = page_before(db, room_id, 0, rows + 1)
+    return Snapshot(state, newest[:rows], len(newest) <= rows, keep_last_by_name(db, room_id))
+
+
+def rewrite_event(
+    db: sqlite_utils.Database, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes]
+) -> Rewritten | None:
+    row = event_by_handle(db, room_id, handle)
+    if row is None:
+        if is_closed(db, room_id):
+            raise LogClosed(room_id)
+        return None
+    change_seq = next_change_seq(db, room_id)
+    body = rewrite(row, change_seq)
+    replace_body(db, room_id, row.seq, body, change_seq)
+    state = log_state(db, room_id)
+    return Rewritten(
+        EventRow(row.seq, row.event, row.sender, row.handle, body), state.epoch if state else "", change_seq
+    )
+
+
+def _append_or_refuse(
+    db: sqlite_utils.Database, request: AppendRequest, now: float, window: float
+) -> Appends | LogClosed:
+    """One request's part of a batch; a closed log refuses it (writing nothing) and the others go on."""
+    try:
+        return append(db, request.room_id, request.events, now, window)
+    except LogClosed as closed:
+        return closed
+
+
+def _page(db: sqlite_utils.Database, room_id: str, rows: list[EventRow]) -> Page:
+    state = log_state(db, room_id)
+    return Page(rows, state.epoch if state else "", state.last_seq if state else 0)
+
+
+class SqliteHistoryStorage:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteHistoryStorage:
+        db = SqliteDatabase(path, MIGRATIONS)
+        await db.open()
+        return cls(db)
+
+    async def log_state(self, room_id: str) -> LogStateRow | None:
+        return await self._db.run(lambda db: log_state(db, room_id))
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest], now: float, idempotency_window: float
+    ) -> list[Appends | LogClosed]:
+        return await self._db.transaction(
+            lambda db: [_append_or_refuse(db, request, now, idempotency_window) for request in requests]
+        )
+
+    async def set_retention(self, rooms: Sequence[RoomRetention]) -> None:
+        def apply(db: sqlite_utils.Database) -> None:
+            for room in rooms:
+                set_room_retention(db, room.room_id, room.named, room.other)
+
+        await self._db.transaction(apply)
+
+    async def retention_of(self, room_id: str) -> dict[str, tuple[int, int]]:
+        return await self._db.run(lambda db: retention_of(db, room_id))
+
+    async def event_names(self, room_id: str) -> set[str]:
+        return await self._db.run(lambda db: event_names(db, room_id))
+
+    async def drop_log(self, room_id: str, close: bool) -> int:
+        return await self._db.transaction(lambda db: drop_log(db, room_id, close=close))
+
+    async def reopen_log(self, room_id: str) -> int:
+        return await self._db.transaction(lambda db: reopen_log(db, room_id))
+
+    async def event_by_handle(self, room_id: str, handle: str) -> tuple[EventRow | None, str]:
+        def read(db: sqlite_utils.Database) -> tuple[EventRow | None, str]:
+            state = log_state(db, room_id)
+            return event_by_handle(db, room_id, handle), state.epoch if state else ""
+
+        return await self._db.run(read)
+
+    async def rewrite_event(
+        self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes]
+    ) -> Rewritten | None:
+        return await self._db.transaction(lambda db: rewrite_event(db, room_id, handle, rewrite))
+
+    async def since(self, room_id: str, after_seq: int, limit: int) -> Since:
+        return await self._db.run(
+            lambda db: Since(
+                since(db, room_id, after_seq, limit),
+                changed_since(db, room_id, after_seq, limit),
+                log_state(db, room_id),
+            )
+        )
+
+    async def page_before(self, room_id: str, before_seq: int, limit: int, event: str = "") -> Page:
+        return await self._db.run(lambda db: _page(db, room_id, page_before(db, room_id, before_seq, limit, event)))
+
+    async def page_by_offset(self, room_id: str, start: int, end: int, event: str = "") -> Page:
+        return await self._db.run(lambda db: _page(db, room_id, page_by_offset(db, room_id, start, end, event)))
+
+    async def read_snapshot(self, room_id: str, rows: int) -> Snapshot | None:
+        return await self._db.run(lambda db: read_snapshot(db, room_id, rows))
+
+    async def retention_rooms(self) -> list[str]:
+        return await self._db.run(retention_rooms)
+
+    async def prune_room(self, room_id: str, now_ms: int) -> list[Pruned]:
+        return await self._db.transaction(lambda db: prune(db, room_id, now_ms))
+
+    async def prune_idempotency_keys(self, older_than: float) -> int:
+        return await self._db.transaction(lambda db: prune_idempotency_keys(db, older_than))
+
+    async def close(self) -> None:
+        await self._db.close()

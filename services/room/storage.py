@@ -1,0 +1,42 @@
+"""Where the room service keeps run-time rooms: the protocol, and the implementation `storage.url` names.
+
+Config rooms live in the config file; these are the rooms created at run
+time, each stored as its `Room` definition.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from parley.room.v1 import room_pb2
+from services.runtime.config import Config
+
+
+class RoomStorage(Protocol):
+    async def all_rooms(self) -> list[room_pb2.Room]:
+        """Every stored room, in room id order."""
+        ...
+
+    async def insert_room(self, room: room_pb2.Room, now: float) -> bool:
+        """Stores a new room; False (and nothing written) when its id is taken."""
+        ...
+
+    async def delete_room(self, room_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def open_room_storage(config: Config) -> RoomStorage:
+    """The room service's storage, opened and migrated: SQLite under the data directory, or PostgreSQL."""
+    url = config.storage.url_of("room")
+    storage: RoomStorage
+    if url:
+        # Imported here: psycopg is loaded only by processes that use PostgreSQL.
+        from services.room.postgres_storage import PostgresRoomStorage
+
+        storage = await PostgresRoomStorage.open(url, config.storage.max_connections)
+    else:
+        from services.room.sqlite_storage import SqliteRoomStorage
+
+        storage = await SqliteRoomStorage.open(config.server.data_dir / "room.sqlite3")
+    return storage
