@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import psycopg
 
 
 def test_history_bench_runs_and_reports_each_path() -> None:
@@ -59,3 +62,30 @@ def test_hardening_bench_runs_and_reports_each_scenario() -> None:
         assert payload["payload_bytes"] <= 64 * 1024
         assert payload["check_us"] > 0
         assert payload["parse_us_baseline"] > 0
+
+
+def test_scale_out_bench_runs_both_deployments_and_leaves_nothing_behind() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.scale_out_bench", "--seconds", "1", "--subscribers", "4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    single, scaled = result["runs"]["single_process"], result["runs"]["scale_out"]
+    assert set(single["server_cpu_by_process"]) == {"gateway-1"}
+    assert set(scaled["server_cpu_by_process"]) == {"identity", "history", "room", "file", "gateway-1", "gateway-2"}
+    assert scaled["subscribers_per_gateway"] == {"gateway-1": 2, "gateway-2": 2}
+    for outcome in (single, scaled):
+        assert outcome["complete"]
+        assert outcome["received"] == outcome["expected"] == outcome["published"] * 4 > 0
+        assert outcome["deliveries_per_s"] > 0
+        assert 0 < outcome["latency_ms"]["p50"] <= outcome["latency_ms"]["p99"]
+        assert outcome["server_cpu_us_per_delivery"] > 0
+        assert outcome["client_cpu_seconds"] > 0
+        assert not [pid for pid in outcome["pids"].values() if os.path.exists(f"/proc/{pid}")]
+    database = scaled["storage"]["database"]
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as admin:
+        assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None
