@@ -52,6 +52,7 @@ bench: install ## Run the benchmarks (JSON on stdout)
 	$(PY) -m bench.history_bench
 	$(PY) -m bench.fanout_bench
 	$(PY) -m bench.hardening_bench
+	$(PY) -m bench.bus_bench
 	$(PY) -m bench.scale_out_bench
 
 clean: ## Remove .venv, node_modules and caches (keeps ./data)

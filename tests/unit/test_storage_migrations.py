@@ -66,8 +66,8 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
         await (await open_storage(config)).close()
     with psycopg.connect(postgres_url) as connection:
         rows = connection.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema LIKE 'parley_%' "
-            "ORDER BY 1, 2"
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('parley_history', 'parley_identity', 'parley_room') ORDER BY 1, 2"
         ).fetchall()
     tables: dict[str, set[str]] = {}
     for schema, table in rows:
