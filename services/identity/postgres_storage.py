@@ -30,6 +30,7 @@ from services.identity.storage import (
     SigningKeyRow,
     UserRow,
     columns,
+    select,
 )
 from services.runtime.postgres import Connection, PostgresDatabase
 
@@ -106,10 +107,6 @@ class PostgresIdentityStorage:
         await self._db.close()
 
 
-def _select(row_type: type[Row], table: str, where: str = "") -> str:
-    return f"SELECT {columns(row_type)} FROM {table} {where}"
-
-
 class PostgresIdentityTransaction:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -137,30 +134,30 @@ class PostgresIdentityTransaction:
     # Users and devices
 
     async def user_by_id(self, user_id: str) -> UserRow | None:
-        return await self._one(UserRow, _select(UserRow, "users", "WHERE user_id = %s"), [user_id])
+        return await self._one(UserRow, select(UserRow, "users", "WHERE user_id = %s"), [user_id])
 
     async def user_by_name(self, username: str) -> UserRow | None:
-        return await self._one(UserRow, _select(UserRow, "users", "WHERE username = %s"), [username])
+        return await self._one(UserRow, select(UserRow, "users", "WHERE username = %s"), [username])
 
     async def lock_user(self, user_id: str) -> UserRow | None:
-        return await self._one(UserRow, _select(UserRow, "users", "WHERE user_id = %s FOR UPDATE"), [user_id])
+        return await self._one(UserRow, select(UserRow, "users", "WHERE user_id = %s FOR UPDATE"), [user_id])
 
     async def insert_user(self, user: UserRow) -> bool:
         return await self._insert("users", user, on_conflict_nothing=True)
 
     async def device_by_id(self, device_id: str) -> DeviceRow | None:
-        return await self._one(DeviceRow, _select(DeviceRow, "devices", "WHERE device_id = %s"), [device_id])
+        return await self._one(DeviceRow, select(DeviceRow, "devices", "WHERE device_id = %s"), [device_id])
 
     async def devices_of(self, user_id: str, include_revoked: bool) -> list[DeviceRow]:
         where = "WHERE user_id = %s" + ("" if include_revoked else " AND revoked_at IS NULL")
-        sql = _select(DeviceRow, "devices", f"{where} ORDER BY created_at, device_id")
+        sql = select(DeviceRow, "devices", f"{where} ORDER BY created_at, device_id")
         return await self._all(DeviceRow, sql, [user_id])
 
     async def insert_device(self, device: DeviceRow) -> bool:
         return await self._insert("devices", device, on_conflict_nothing=True)
 
     async def devices_revoked_since(self, since: float) -> list[DeviceRow]:
-        sql = _select(DeviceRow, "devices", "WHERE revoked_at >= %s ORDER BY revoked_at, device_id")
+        sql = select(DeviceRow, "devices", "WHERE revoked_at >= %s ORDER BY revoked_at, device_id")
         return await self._all(DeviceRow, sql, [since])
 
     async def revoke_device(self, device_id: str, now: float) -> bool:
@@ -193,11 +190,11 @@ class PostgresIdentityTransaction:
         await self._insert("refresh_tokens", token)
 
     async def refresh_token(self, token_hash: bytes) -> RefreshTokenRow | None:
-        sql = _select(RefreshTokenRow, "refresh_tokens", "WHERE token_hash = %s")
+        sql = select(RefreshTokenRow, "refresh_tokens", "WHERE token_hash = %s")
         return await self._one(RefreshTokenRow, sql, [token_hash])
 
     async def lock_refresh_token(self, token_hash: bytes) -> RefreshTokenRow | None:
-        sql = _select(RefreshTokenRow, "refresh_tokens", "WHERE token_hash = %s FOR UPDATE")
+        sql = select(RefreshTokenRow, "refresh_tokens", "WHERE token_hash = %s FOR UPDATE")
         return await self._one(RefreshTokenRow, sql, [token_hash])
 
     async def spend_refresh_token(self, token_hash: bytes, now: float) -> None:
@@ -224,7 +221,7 @@ class PostgresIdentityTransaction:
     # Token signing keys
 
     async def signing_keys(self) -> list[SigningKeyRow]:
-        return await self._all(SigningKeyRow, _select(SigningKeyRow, "signing_keys", "ORDER BY created_at, key_id"), [])
+        return await self._all(SigningKeyRow, select(SigningKeyRow, "signing_keys", "ORDER BY created_at, key_id"), [])
 
     async def insert_signing_key(self, key: SigningKeyRow, now: float) -> None:
         await self._connection.execute("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")

@@ -22,6 +22,7 @@ from services.identity.storage import (
     SigningKeyRow,
     UserRow,
     columns,
+    select,
 )
 from services.runtime.sqlite import SqliteDatabase, SqliteTransaction
 
@@ -108,10 +109,6 @@ class SqliteIdentityStorage:
         await self._db.close()
 
 
-def _select(row_type: type[Row], table: str, where: str = "") -> str:
-    return f"SELECT {columns(row_type)} FROM {table} {where}"
-
-
 class SqliteIdentityTransaction:
     def __init__(self, transaction: SqliteTransaction) -> None:
         self._transaction = transaction
@@ -137,10 +134,10 @@ class SqliteIdentityTransaction:
     # Users and devices
 
     async def user_by_id(self, user_id: str) -> UserRow | None:
-        return await self._one(UserRow, _select(UserRow, "users", "WHERE user_id = ?"), [user_id])
+        return await self._one(UserRow, select(UserRow, "users", "WHERE user_id = ?"), [user_id])
 
     async def user_by_name(self, username: str) -> UserRow | None:
-        return await self._one(UserRow, _select(UserRow, "users", "WHERE username = ?"), [username])
+        return await self._one(UserRow, select(UserRow, "users", "WHERE username = ?"), [username])
 
     async def lock_user(self, user_id: str) -> UserRow | None:
         return await self.user_by_id(user_id)  # the transaction is the only one
@@ -149,19 +146,19 @@ class SqliteIdentityTransaction:
         return await self._insert("users", user, or_ignore=True)
 
     async def device_by_id(self, device_id: str) -> DeviceRow | None:
-        return await self._one(DeviceRow, _select(DeviceRow, "devices", "WHERE device_id = ?"), [device_id])
+        return await self._one(DeviceRow, select(DeviceRow, "devices", "WHERE device_id = ?"), [device_id])
 
     async def devices_of(self, user_id: str, include_revoked: bool) -> list[DeviceRow]:
         where = "WHERE user_id = ?" + ("" if include_revoked else " AND revoked_at IS NULL")
         return await self._all(
-            DeviceRow, _select(DeviceRow, "devices", f"{where} ORDER BY created_at, device_id"), [user_id]
+            DeviceRow, select(DeviceRow, "devices", f"{where} ORDER BY created_at, device_id"), [user_id]
         )
 
     async def insert_device(self, device: DeviceRow) -> bool:
         return await self._insert("devices", device, or_ignore=True)
 
     async def devices_revoked_since(self, since: float) -> list[DeviceRow]:
-        sql = _select(DeviceRow, "devices", "WHERE revoked_at >= ? ORDER BY revoked_at, device_id")
+        sql = select(DeviceRow, "devices", "WHERE revoked_at >= ? ORDER BY revoked_at, device_id")
         return await self._all(DeviceRow, sql, [since])
 
     async def revoke_device(self, device_id: str, now: float) -> bool:
@@ -186,7 +183,7 @@ class SqliteIdentityTransaction:
         await self._insert("refresh_tokens", token)
 
     async def refresh_token(self, token_hash: bytes) -> RefreshTokenRow | None:
-        sql = _select(RefreshTokenRow, "refresh_tokens", "WHERE token_hash = ?")
+        sql = select(RefreshTokenRow, "refresh_tokens", "WHERE token_hash = ?")
         return await self._one(RefreshTokenRow, sql, [token_hash])
 
     async def lock_refresh_token(self, token_hash: bytes) -> RefreshTokenRow | None:
@@ -212,7 +209,7 @@ class SqliteIdentityTransaction:
     # Token signing keys
 
     async def signing_keys(self) -> list[SigningKeyRow]:
-        return await self._all(SigningKeyRow, _select(SigningKeyRow, "signing_keys", "ORDER BY created_at, key_id"), [])
+        return await self._all(SigningKeyRow, select(SigningKeyRow, "signing_keys", "ORDER BY created_at, key_id"), [])
 
     async def insert_signing_key(self, key: SigningKeyRow, now: float) -> None:
         await self._count("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL", [now])

@@ -73,6 +73,11 @@ def columns(row_type: type[Any]) -> str:
     return ", ".join(f.name for f in dataclasses.fields(row_type))
 
 
+def select(row_type: type[Any], table: str, where: str = "") -> str:
+    """A SELECT of a row dataclass's columns (`where` in the dialect's own placeholders)."""
+    return f"SELECT {columns(row_type)} FROM {table} {where}"
+
+
 class IdentityTransaction(Protocol):
     """The steps of one transaction; what they write commits together when it ends."""
 
