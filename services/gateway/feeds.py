@@ -203,8 +203,13 @@ class RoomFeed:
         self._release(self._sequencer.cover(read.through))
 
     def _give_up_to_next(self, reason: str) -> None:
-        """The positions before the next waiting message are lost: members are told, the rest goes on."""
-        through = self._sequencer.lowest_waiting - 1
+        """The positions before the next waiting message are lost: members are told, the rest goes on.
+
+        With nothing waiting (the bus only said it may have dropped something), what
+        is lost is unknown: members are told all the same, and the sequence stays.
+        """
+        released = self._sequencer.released or 0
+        through = self._sequencer.lowest_waiting - 1 if self._sequencer.has_gap else released
         self._tell_gap(reason, self.epoch or "", through=through)
         self._release(self._sequencer.cover(through))
 
