@@ -181,6 +181,8 @@ class CommandHandler:
             # Subscribed first, then the log read: nothing falls between the two.
             feed = await self._feeds.add(room_id, connection)
             catch_up = await self._read_catch_up(feed, connection, command, joined.room)
+            if room_id not in connection.rooms:
+                raise not_in_room(room_id)  # taken out (removed by a backend, room deleted) while it read
         except BaseException:
             connection.held.pop(room_id, None)
             self.drop(connection, room_id)

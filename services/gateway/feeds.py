@@ -30,7 +30,7 @@ from services.gateway.recovery import (
 from services.gateway.sequencer import Sequencer
 from services.runtime import room_stream
 from services.runtime.bus import Bus, BusMessage, Subscription
-from services.runtime.errors import ServiceError
+from services.runtime.errors import unavailable
 from services.runtime.room_stream import RoomMessage
 
 log = logging.getLogger("parley.gateway")
@@ -65,7 +65,13 @@ class RoomFeed:
             subscription = await bus.subscribe(room_stream.room_subject(self.room_id), self.receive, self.suspect_gap)
         except BaseException as exc:
             if not self.ready.done():
-                self.ready.set_exception(exc)
+                # The first joiner's cancellation is its own: the others get a retryable error.
+                shared = (
+                    unavailable("the room's subscription could not be made")
+                    if isinstance(exc, asyncio.CancelledError)
+                    else exc
+                )
+                self.ready.set_exception(shared)
                 self.ready.exception()  # marked retrieved: the first member gets the error from this call
             raise
         if self._closed:
@@ -135,7 +141,13 @@ class RoomFeed:
         assert self.epoch is not None
         self._retired_epochs.add(self.epoch)
         self._sequencer.restart(0)
+        self._forget_positions()
         self._tell_gap(EPOCH_CHANGED, epoch, through=0)
+
+    def _forget_positions(self) -> None:
+        """Members' positions were in the old log: the new one's events are all news to them."""
+        for member in self.members.values():
+            member.caught_up.pop(self.room_id, None)
 
     # Gaps
 
@@ -154,7 +166,7 @@ class RoomFeed:
             after, epoch = self._sequencer.released or 0, self.epoch or ""
             try:
                 read = await read_log(self._history, self.room_id, after, self._cap)
-            except ServiceError:
+            except Exception:  # a ServiceError, or a storage error from an in-process history service
                 log.warning("a gap in a room's stream could not be read", exc_info=True, extra={"room": self.room_id})
                 self._give_up_to_next(UNAVAILABLE)
                 return
@@ -168,6 +180,7 @@ class RoomFeed:
                     self._retired_epochs.add(epoch)
                     self.epoch = read.epoch
                     self._sequencer.restart(read.last_seq)
+                    self._forget_positions()
                 self._tell_gap(reason, read.epoch, through=read.last_seq)
                 self._release(self._sequencer.cover(read.last_seq))
         finally:
@@ -179,26 +192,21 @@ class RoomFeed:
                 self._watch_gap()
 
     def _release_read(self, read: LogRead) -> None:
-        """The read's events and changes after the last release, in position order, then what waited after it."""
+        """What the read has after the last release, in position order, then what waited after it.
+
+        The read has events as they are now: one members never got goes out in
+        its current form (not at all if deleted); one they got whose latest edit
+        or delete is newer goes out as that change.
+        """
         released = self._sequencer.released or 0
-        found = [
-            RoomMessage(
-                self.room_id,
-                room_stream.EVENT,
-                e.seq,
-                read.epoch,
-                e.event,
-                skip_session="",
-                data=room_stream.room_event(self.room_id, e, read.epoch).SerializeToString(),
-            )
-            for e in read.events
-            if e.seq > released
-        ]
-        found += [
-            room_stream.parse(room_stream.change_message(self.room_id, read.epoch, c))
-            for c in read.changes
-            if c.change_seq > released
-        ]
+        found = []
+        for e in [*read.changes, *read.events]:
+            if e.seq > released:
+                if not e.deleted:
+                    data = room_stream.room_event(self.room_id, e, read.epoch).SerializeToString()
+                    found.append(RoomMessage(self.room_id, room_stream.EVENT, e.seq, read.epoch, e.event, "", data))
+            elif e.change_seq > released:
+                found.append(room_stream.parse(room_stream.change_message(self.room_id, read.epoch, e)))
         self._release(sorted(found, key=lambda m: m.seq))
         self._release(self._sequencer.cover(read.through))
 
