@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -81,9 +83,12 @@ async def test_a_stalled_client_is_cut_with_slow_consumer(data_dir: Path, tmp_pa
             await stalled_channel.close()
 
 
-async def test_a_client_that_never_reads_again_is_let_go(data_dir: Path, tmp_path: Path) -> None:
-    """Its stream waits in a write only the client's reading can end: the gateway takes the connection
-    out of its rooms and its list of connections at once all the same, without the client reading a byte more."""
+@contextlib.asynccontextmanager
+async def cut_while_stalled(data_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[Client, Stream]]:
+    """A stream that stopped reading in a flooded room, once the gateway let it go (its user left the room).
+
+    Yields the publisher's client and the stalled stream (not reading); closes both afterwards.
+    """
     config = make_config(
         data_dir,
         rooms=[RoomDefinition(id="firehose")],
@@ -96,61 +101,44 @@ async def test_a_client_that_never_reads_again_is_let_go(data_dir: Path, tmp_pat
         ):
             stalled_channel = grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
             stalled = await Stream(stalled_channel, await stuck.access_token()).open(read=False)
-            async with stream(address, await pub.access_token()) as publisher:
-                await publisher.join("firehose")
-                stalled.send_raw(
-                    gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose"))
-                )
-                await publisher.presence_of(stuck.user_id)
-                events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
-                for _ in range(COMMANDS):
-                    await publisher.ok(
-                        publish=gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
+            try:
+                async with stream(address, await pub.access_token()) as publisher:
+                    await publisher.join("firehose")
+                    stalled.send_raw(
+                        gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose"))
                     )
-                await publisher.presence_of(stuck.user_id, joined=False, within=15)
-                assert set(await pub.participants("firehose")) == {pub.user_id}
-            stalled.call.cancel()
-            await stalled_channel.close()
+                    await publisher.presence_of(stuck.user_id)
+                    events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
+                    for _ in range(COMMANDS):
+                        await publisher.ok(
+                            publish=gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
+                        )
+                    await publisher.presence_of(stuck.user_id, joined=False, within=15)
+                    yield pub, stalled
+            finally:
+                await stalled.close()
+                await stalled_channel.close()
+
+
+async def test_a_client_that_never_reads_again_is_let_go(data_dir: Path, tmp_path: Path) -> None:
+    """Its stream waits in a write only the client's reading can end: the gateway takes the connection
+    out of its rooms and its list of connections at once all the same, without the client reading a byte more."""
+    async with cut_while_stalled(data_dir, tmp_path) as (pub, _):
+        assert set(await pub.participants("firehose")) == {pub.user_id}
 
 
 async def test_a_client_let_go_while_stalled_is_told_why_when_it_reads_again(data_dir: Path, tmp_path: Path) -> None:
     """Long after the gateway let a stalled stream go, the client reads again: what was in flight,
     then the GoAway and RESOURCE_EXHAUSTED / SLOW_CONSUMER, never a stream left open and silent."""
-    config = make_config(
-        data_dir,
-        rooms=[RoomDefinition(id="firehose")],
-        **{"gateway.max_outbound_bytes": 512 * 1024, "gateway.events_per_window": 1_000_000},
-    )
-    async with running(allinone.create_server, config) as (_, address):
-        async with (
-            Client(address, username="pub", key_file=tmp_path / "p.json") as pub,
-            Client(address, username="stuck", key_file=tmp_path / "s.json") as stuck,
-        ):
-            stalled_channel = grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
-            stalled = await Stream(stalled_channel, await stuck.access_token()).open(read=False)
-            async with stream(address, await pub.access_token()) as publisher:
-                await publisher.join("firehose")
-                stalled.send_raw(
-                    gateway_pb2.ConnectRequest(request_id="j", join=gateway_pb2.JoinCommand(room_id="firehose"))
-                )
-                await publisher.presence_of(stuck.user_id)
-                events = [gateway_pb2.OutgoingEvent(event="tick", payload=value(PAYLOAD))] * EVENTS_PER_COMMAND
-                for _ in range(COMMANDS):
-                    await publisher.ok(
-                        publish=gateway_pb2.PublishCommand(room_id="firehose", events=events, no_echo=True)
-                    )
-                await publisher.presence_of(stuck.user_id, joined=False, within=15)
-                await asyncio.sleep(1)  # the client stays away a while longer
-
-                stalled.start_reading()
-                go_away = await stalled.next_other("go_away", within=10)
-                assert go_away.go_away.status.reason == "SLOW_CONSUMER"
-                error = await asyncio.wait_for(stalled.ended, 10)
-                assert error is not None
-                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert error_reason(error) == "SLOW_CONSUMER"
-            await stalled.close()
-            await stalled_channel.close()
+    async with cut_while_stalled(data_dir, tmp_path) as (_, stalled):
+        await asyncio.sleep(1)  # the client stays away a while longer
+        stalled.start_reading()
+        go_away = await stalled.next_other("go_away", within=10)
+        assert go_away.go_away.status.reason == "SLOW_CONSUMER"
+        error = await asyncio.wait_for(stalled.ended, 10)
+        assert error is not None
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(error) == "SLOW_CONSUMER"
 
 
 async def test_streams_cut_and_never_read_again_still_count_against_the_users_limit(
