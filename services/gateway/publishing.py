@@ -131,9 +131,9 @@ class Publisher:
                 )
             )
         # Once asked for, the sequences are taken: after_publish is told even if the caller goes away.
-        return await uncancellable(self._sequence_and_fan_out(room_id, events, new_events, sender, session_id, no_echo))
+        return await uncancellable(self._append_and_count(room_id, events, new_events, sender, session_id, no_echo))
 
-    async def _sequence_and_fan_out(
+    async def _append_and_count(
         self,
         room_id: str,
         events: Sequence[gateway_pb2.OutgoingEvent],
