@@ -44,7 +44,7 @@ from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.values import to_value
 from services.history import sqlite_storage as store
 from services.history.hot import HotBuffer
-from services.history.storage import NewEventRow
+from services.history.storage import AppendRequest, NewEventRow
 from services.runtime.sqlite import apply_migrations
 
 SECRET = "bench-secret"
@@ -77,7 +77,7 @@ def preload(path: Path, room: str, rows: int) -> float:
     """Writes `rows` events into `room` in batches; returns seconds taken."""
     started = time.perf_counter()
     db = open_db(path)
-    store.append(db, room, [NewEventRow("message", "u", "h0", BODY)], 0.0, 0)
+    store.append(db, AppendRequest(room, [NewEventRow("message", "u", "h0", BODY)]), 0.0, 0)
     batch = 10_000
     for first in range(2, rows + 1, batch):
         last = min(rows, first + batch - 1)
@@ -100,7 +100,7 @@ def baseline_single_row_commits(seconds: float) -> dict[str, Any]:
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
             db.execute("BEGIN IMMEDIATE")
-            store.append(db, "r", [NewEventRow("message", "u", f"h{count}", BODY)], 0.0, 0)
+            store.append(db, AppendRequest("r", [NewEventRow("message", "u", f"h{count}", BODY)]), 0.0, 0)
             db.execute("COMMIT")
             count += 1
         elapsed = time.perf_counter() - started

@@ -21,6 +21,11 @@ def payload_of(event: gateway_pb2.Event) -> Any:
     return json_format.MessageToDict(event.payload)
 
 
+def changes_of(frame: gateway_pb2.ConnectResponse) -> list[tuple[str, bool]]:
+    """The (user, joined) changes a Presence frame carries."""
+    return [(change.user_id, change.joined) for change in frame.presence.changes]
+
+
 class Stream:
     def __init__(self, channel: grpc.aio.Channel, token: str) -> None:
         self._outgoing: asyncio.Queue[gateway_pb2.ConnectRequest | None] = asyncio.Queue()
@@ -106,8 +111,7 @@ class Stream:
     async def presence_of(self, user_id: str, *, joined: bool = True, within: float = 3.0) -> None:
         """Waits for the Presence frame saying `user_id` joined (or left) a room this stream is in."""
         while True:
-            presence = (await self.next_other("presence", within)).presence
-            if presence.user_id == user_id and presence.joined == joined:
+            if (user_id, joined) in changes_of(await self.next_other("presence", within)):
                 return
 
     async def no_event(self, within: float = 0.3) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import grpc
@@ -15,6 +16,7 @@ from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.catch_up import CatchUp, history_frames, sync_selection
 from services.gateway.changes import EventChanges
+from services.gateway.command_lanes import Answer
 from services.gateway.connections import EXCLUDED_PREFIX, Connection, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
@@ -102,6 +104,34 @@ class CommandHandler:
         self._hooks = hooks
         self._subject_limit = RateLimiter(config.events_per_window, float(config.window_seconds))
 
+    async def start(self, connection: Connection, request: gateway_pb2.ConnectRequest) -> Answer:
+        """Runs a command; a publish is answered later, once its append is durable (see CommandLanes)."""
+        if request.WhichOneof("command") != "publish":
+            return await self.handle(connection, request)
+        reply = gateway_pb2.Reply(request_id=request.request_id)
+        try:
+            published = await self.start_publish(connection, request.publish)
+        except ServiceError as error:
+            reply.status.CopyFrom(status_of(error))
+            return reply
+        answer: asyncio.Future[gateway_pb2.Reply] = asyncio.get_running_loop().create_future()
+
+        def answered(published: asyncio.Future[gateway_pb2.PublishResult]) -> None:
+            error = None if published.cancelled() else published.exception()
+            if published.cancelled():
+                answer.cancel()
+            elif isinstance(error, ServiceError):
+                reply.status.CopyFrom(status_of(error))
+                answer.set_result(reply)
+            elif error is not None:
+                answer.set_exception(error)
+            else:
+                reply.publish.CopyFrom(published.result())
+                answer.set_result(reply)
+
+        published.add_done_callback(answered)
+        return answer
+
     async def handle(self, connection: Connection, request: gateway_pb2.ConnectRequest) -> gateway_pb2.Reply:
         reply = gateway_pb2.Reply(request_id=request.request_id)
         try:
@@ -126,7 +156,7 @@ class CommandHandler:
         elif command == "unsubscribe":
             reply.subscription.CopyFrom(self.unsubscribe(connection, request.unsubscribe))
         elif command == "publish":
-            reply.publish.CopyFrom(await self.publish(connection, request.publish))
+            reply.publish.CopyFrom(await (await self.start_publish(connection, request.publish)))
         elif command == "subject_subscribe":
             await self._subjects.subscribe(connection, request.subject_subscribe.subject)
         elif command == "subject_unsubscribe":
@@ -320,12 +350,15 @@ class CommandHandler:
             raise not_in_room(room_id)
         return interest
 
-    async def publish(self, connection: Connection, command: gateway_pb2.PublishCommand) -> gateway_pb2.PublishResult:
+    async def start_publish(
+        self, connection: Connection, command: gateway_pb2.PublishCommand
+    ) -> asyncio.Future[gateway_pb2.PublishResult]:
+        """Checks a publish and queues its append behind the connection's earlier ones to the room."""
         check_room_id(command.room_id)
         if command.room_id not in connection.rooms:
             raise not_in_room(command.room_id)
         rules = await self.rules(command.room_id)
-        return await self._publisher.publish_from_client(
+        return await self._publisher.start_from_client(
             rules,
             command.room_id,
             command.events,

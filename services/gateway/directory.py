@@ -58,6 +58,11 @@ class RoomDirectory:
     def room_ids(self) -> set[str]:
         return set(self._rooms)
 
+    def tells_presence(self, room_id: str) -> bool:
+        """Whether members hear of joins and leaves (the room's `no_presence` unset)."""
+        room = self.room(room_id)
+        return room is None or not room.no_presence
+
 
 async def follow_room_changes(
     client: RoomClient,

@@ -7,12 +7,19 @@ for `gap_wait` seconds, then read from the history service; if it cannot be
 filled, every member is told (a KIND_GAP HistoryBatch, recovered=false, with
 the reason) — never a silent skip. Each released event, encoded once, goes to
 the outbox of every member subscribed to its name.
+
+Joins and leaves are not sequenced: the feed gathers them for
+`presence_window` seconds and sends every member one Presence frame for all
+of them (each user once, in the order of their latest change), so a storm of
+N joins costs each member a frame per window rather than N frames.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 
 from parley.gateway.v1 import gateway_pb2
 from services.gateway import outbox as kinds
@@ -35,20 +42,38 @@ from services.runtime.room_stream import RoomMessage
 
 log = logging.getLogger("parley.gateway")
 
+# Events whose recipients a feed remembers until their publisher asks.
+RECENT_RECIPIENTS = 4096
+# Changes in one Presence frame (a window with more sends several).
+PRESENCE_CHANGES_PER_FRAME = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedSettings:
+    gap_wait: float
+    cap: int
+    presence_window: float
+    # Whether a room's members hear of joins and leaves.
+    tells_presence: Callable[[str], bool]
+
 
 class RoomFeed:
-    def __init__(self, room_id: str, history: LogReader, gap_wait: float, cap: int) -> None:
+    def __init__(self, room_id: str, history: LogReader, settings: FeedSettings) -> None:
         self.room_id = room_id
         self.members: dict[str, Connection] = {}
-        # Deliveries made by this feed; publishers read the difference.
-        self.delivered = 0
+        # Recipients of the latest events released here, by sequence: a publisher takes its events' counts.
+        self._recipients: dict[int, int] = {}
         # The room log's epoch; None until the first read of it.
         self.epoch: str | None = None
         # Per member: the position after which it got every release (its catch-up read must reach it).
         self.live_from: dict[str, int] = {}
         self._history = history
-        self._gap_wait = gap_wait
-        self._cap = cap
+        self._settings = settings
+        self._gap_wait = settings.gap_wait
+        self._cap = settings.cap
+        # Joins and leaves since the last Presence frame: user -> joined, latest change last.
+        self._presence: dict[str, bool] = {}
+        self._presence_timer: asyncio.TimerHandle | None = None
         self._sequencer: Sequencer[RoomMessage] = Sequencer()
         self._retired_epochs: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -88,6 +113,8 @@ class RoomFeed:
             self._timer.cancel()
         if self._filling is not None:
             self._filling.cancel()
+        if self._presence_timer is not None:
+            self._presence_timer.cancel()
 
     def add(self, connection: Connection) -> None:
         self.members[connection.session_id] = connection
@@ -112,6 +139,9 @@ class RoomFeed:
 
     def receive(self, message: BusMessage) -> None:
         received = room_stream.parse(message)
+        if received.kind == room_stream.PRESENCE:
+            self._gather_presence(received)
+            return
         if not received.sequenced:
             self._deliver_frame(received)
             return
@@ -246,6 +276,29 @@ class RoomFeed:
             else:
                 self._deliver_event(message)
 
+    def _gather_presence(self, message: RoomMessage) -> None:
+        if not self._settings.tells_presence(self.room_id):
+            return
+        change = gateway_pb2.PresenceChange.FromString(message.data)
+        self._presence.pop(change.user_id, None)
+        self._presence[change.user_id] = change.joined
+        if self._presence_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._presence_timer = loop.call_later(self._settings.presence_window, self._send_presence)
+
+    def _send_presence(self) -> None:
+        """One frame (per PRESENCE_CHANGES_PER_FRAME) of the window's joins and leaves, shared by every member."""
+        self._presence_timer = None
+        changes = [gateway_pb2.PresenceChange(user_id=user, joined=joined) for user, joined in self._presence.items()]
+        self._presence = {}
+        for start in range(0, len(changes), PRESENCE_CHANGES_PER_FRAME):
+            presence = gateway_pb2.Presence(
+                room_id=self.room_id, changes=changes[start : start + PRESENCE_CHANGES_PER_FRAME]
+            )
+            frame = wire.frame(gateway_pb2.ConnectResponse(presence=presence))
+            for member in self.members.values():
+                member.outbox.put(kinds.FRAME, frame)
+
     def _deliver_frame(self, message: RoomMessage) -> None:
         skip = message.skip_session
         for session_id, member in self.members.items():
@@ -256,6 +309,7 @@ class RoomFeed:
         event, seq, skip = message.event, message.seq, message.skip_session
         item = wire.batch_item(message.data)
         room_id = self.room_id
+        delivered = 0
         for session_id, member in self.members.items():
             if session_id == skip:
                 continue
@@ -267,9 +321,16 @@ class RoomFeed:
             held = member.held.get(room_id)
             if held is not None:
                 held.append(Held(seq, message.data))
-                self.delivered += 1
+                delivered += 1
             elif member.outbox.put(kinds.EVENT, item):
-                self.delivered += 1
+                delivered += 1
+        self._recipients[seq] = delivered
+        if len(self._recipients) > RECENT_RECIPIENTS:
+            del self._recipients[next(iter(self._recipients))]
+
+    def recipients(self, seqs: list[int]) -> int:
+        """The members these events were delivered to, counted once (each count is taken, not kept)."""
+        return sum(self._recipients.pop(seq, 0) for seq in seqs)
 
     def _deliver_change(self, message: RoomMessage) -> None:
         """An EventChanged frame, to members subscribed to the event, held or skipped like an event."""
@@ -290,18 +351,17 @@ class RoomFeed:
 class RoomFeeds:
     """Feeds by room; one appears with the first local member and goes with the last."""
 
-    def __init__(self, bus: Bus, history: LogReader, gap_wait: float, cap: int) -> None:
+    def __init__(self, bus: Bus, history: LogReader, settings: FeedSettings) -> None:
         self._bus = bus
         self._history = history
-        self._gap_wait = gap_wait
-        self._cap = cap
+        self._settings = settings
         self._feeds: dict[str, RoomFeed] = {}
 
     async def add(self, room_id: str, connection: Connection) -> RoomFeed:
         """Adds a member; returns once the feed's subscription is in place (the member's reads start after)."""
         feed = self._feeds.get(room_id)
         if feed is None:
-            feed = self._feeds[room_id] = RoomFeed(room_id, self._history, self._gap_wait, self._cap)
+            feed = self._feeds[room_id] = RoomFeed(room_id, self._history, self._settings)
             feed.add(connection)
             try:
                 await feed.open(self._bus)
@@ -333,9 +393,10 @@ class RoomFeeds:
         feed = self._feeds.get(room_id)
         return list(feed.members.values()) if feed else []
 
-    def delivered(self, room_id: str) -> int:
+    def recipients(self, room_id: str, seqs: list[int]) -> int:
+        """The deliveries this gateway made of these events of the room (so far)."""
         feed = self._feeds.get(room_id)
-        return feed.delivered if feed else 0
+        return feed.recipients(seqs) if feed else 0
 
     def suspect_gaps(self) -> None:
         """Messages for any room may have been lost (a relay reconnected): every feed reads on from its last."""

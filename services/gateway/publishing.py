@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -15,6 +16,7 @@ from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2
 from parley.hooks import PublishContext, Transform
 from parley.values import to_value
+from services.gateway.append_pipeline import AppendPipeline, Placed
 from services.gateway.feeds import RoomFeeds
 from services.gateway.history_client import HistoryAppender
 from services.room.definitions import EVENT_NAME
@@ -24,7 +26,7 @@ from services.runtime.errors import ServiceError, invalid_field, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
 from services.runtime.request_checks import RequestBudget, check_json, check_request, null_if_unset
-from services.runtime.uncancellable import uncancellable
+from services.runtime.uncancellable import start
 
 log = logging.getLogger("parley.hooks")
 SYSTEM_SENDER = "system"
@@ -42,12 +44,12 @@ def payload_too_large(size: int, limit: int) -> ServiceError:
 class Publisher:
     def __init__(self, config: GatewayConfig, feeds: RoomFeeds, hooks: Hooks, history: HistoryAppender) -> None:
         self._config = config
-        self._history = history
+        self._appends = AppendPipeline(history)
         self._feeds = feeds
         self._hooks = hooks
         self._limit = RateLimiter(config.events_per_window, float(config.window_seconds))
 
-    async def publish_from_client(
+    async def start_from_client(
         self,
         rules: EventRules,
         room_id: str,
@@ -56,12 +58,15 @@ class Publisher:
         session_id: str,
         no_echo: bool,
         within: str,
-    ) -> gateway_pb2.PublishResult:
-        """All of `events` or none: each is checked before any is sent.
+    ) -> asyncio.Future[gateway_pb2.PublishResult]:
+        """Checks a client's publish and queues its append; the future gives the result once it is durable.
 
-        The cheap limits (count, names, sizes, the sender's rate) come first, so
-        that a flood of big publishes is refused before any payload is walked;
+        All of `events` or none: each is checked before any is sent. The cheap
+        limits (count, names, sizes, the sender's rate) come first, so that a
+        flood of big publishes is refused before any payload is walked;
         `within` names where the events sit in the request ("publish.events").
+        A connection's publishes to a room take sequences in the order this is
+        called, whenever their results come.
         """
         if not events:
             raise ServiceError(
@@ -90,9 +95,19 @@ class Publisher:
             rules.check(event.event, event.payload)
         if self._hooks.has("before_publish"):
             events = [await self.screen(e, room_id, user_id, session_id) for e in events]
-        return await self.publish(rules, room_id, events, user_id, session_id=session_id, no_echo=no_echo)
+        return self.submit(rules, room_id, events, user_id, session_id=session_id, no_echo=no_echo)
 
     async def publish(
+        self,
+        rules: EventRules,
+        room_id: str,
+        events: Sequence[gateway_pb2.OutgoingEvent],
+        sender: str,
+    ) -> gateway_pb2.PublishResult:
+        """A backend's publish: appended, and answered once durable; no checks (the caller made them)."""
+        return await asyncio.shield(self.submit(rules, room_id, events, sender))
+
+    def submit(
         self,
         rules: EventRules,
         room_id: str,
@@ -101,15 +116,17 @@ class Publisher:
         *,
         session_id: str = "",
         no_echo: bool = False,
-    ) -> gateway_pb2.PublishResult:
-        """Appends to the room's log; no checks (callers made them).
+    ) -> asyncio.Future[gateway_pb2.PublishResult]:
+        """Queues the append to the room's log now; no checks (callers made them).
 
         The history service assigns every event its sequence and announces it
-        to the room's members on every gateway; events whose
-        definition keeps no history take their place as transient entries. A
-        retry (same idempotency key) gets the original sequence and is not
-        delivered again. Nothing is delivered unless the append succeeded. An
-        event without a payload is kept and delivered with JSON null.
+        to the room's members on every gateway; events whose definition keeps
+        no history take their place as transient entries. A retry (same
+        idempotency key) gets the original sequence and is not delivered
+        again. Nothing is delivered unless the append succeeded. An event
+        without a payload is kept and delivered with JSON null. Once queued
+        the sequences are taken: after_publish is told even if nobody awaits
+        the result.
         """
         events = [_with_payload(outgoing) for outgoing in events]
         now_ms = int(time.time() * 1000)
@@ -130,32 +147,45 @@ class Publisher:
                     keep_seconds=keep_seconds,
                 )
             )
-        # Once asked for, the sequences are taken: after_publish is told even if the caller goes away.
-        return await uncancellable(self._append_and_count(room_id, events, new_events, sender, session_id, no_echo))
+        placed = self._appends.submit(room_id, new_events, no_echo_session=session_id if no_echo else "")
+        if self._hooks.has("after_publish"):
+            return start(self._told_after(placed, room_id, events, sender, session_id))
+        result: asyncio.Future[gateway_pb2.PublishResult] = asyncio.get_running_loop().create_future()
 
-    async def _append_and_count(
+        def finished(placed: asyncio.Future[Placed]) -> None:
+            if placed.cancelled():
+                result.cancel()
+            elif placed.exception() is not None:
+                result.set_exception(placed.exception())  # type: ignore[arg-type]
+                result.exception()  # retrieved: a caller that went away leaves no warning behind
+            else:
+                result.set_result(self._result(room_id, placed.result()))
+
+        placed.add_done_callback(finished)
+        return result
+
+    async def _told_after(
         self,
+        placed: asyncio.Future[Placed],
         room_id: str,
         events: Sequence[gateway_pb2.OutgoingEvent],
-        new_events: list[history_pb2.NewEvent],
         sender: str,
         session_id: str,
-        no_echo: bool,
     ) -> gateway_pb2.PublishResult:
-        # The history service announces what it appended; members everywhere get it from the bus.
-        before = self._feeds.delivered(room_id)
-        appended = await self._history.append(room_id, new_events, no_echo_session=session_id if no_echo else "")
-        result = gateway_pb2.PublishResult(
-            seqs=[placed.seq for placed in appended.appended],
-            handles=[placed.handle for placed in appended.appended],
-            # On a bus that delivers in process, the events reached this gateway's members before the append returned.
-            recipients=self._feeds.delivered(room_id) - before,
-        )
-        if self._hooks.has("after_publish"):
-            for outgoing in events:
-                context = _context(outgoing, room_id, sender, session_id)
-                await self._hooks.notify("after_publish", context, result.recipients)
+        result = self._result(room_id, await placed)
+        for outgoing in events:
+            context = _context(outgoing, room_id, sender, session_id)
+            await self._hooks.notify("after_publish", context, result.recipients)
         return result
+
+    def _result(self, room_id: str, placed: Placed) -> gateway_pb2.PublishResult:
+        seqs = [event.seq for event in placed.appended]
+        return gateway_pb2.PublishResult(
+            seqs=seqs,
+            handles=[event.handle for event in placed.appended],
+            # On a bus that delivers in process, the events reached this gateway's members before the append returned.
+            recipients=self._feeds.recipients(room_id, seqs),
+        )
 
     def _check_size(self, event: gateway_pb2.OutgoingEvent) -> None:
         size = len(event.event) + event.payload.ByteSize() + event.meta.ByteSize()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -19,11 +20,12 @@ from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.changes import EventChanges
+from services.gateway.command_lanes import CommandLanes
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import ANY_EVENT, Connection, ConnectionRegistry, Interest
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
-from services.gateway.feeds import RoomFeeds
+from services.gateway.feeds import FeedSettings, RoomFeeds
 from services.gateway.history_client import HistoryAppender
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
@@ -88,8 +90,14 @@ class Realtime:
         self.stopping = False
         # True when the room service runs in this same process (all-in-one).
         self.membership_is_local = False
-        self.feeds = RoomFeeds(bus, history, config.gap_wait_ms / 1000, config.replay_cap)
         self.directory = RoomDirectory()
+        feeds = FeedSettings(
+            gap_wait=config.gap_wait_ms / 1000,
+            cap=config.replay_cap,
+            presence_window=config.presence_window_ms / 1000,
+            tells_presence=self.directory.tells_presence,
+        )
+        self.feeds = RoomFeeds(bus, history, feeds)
         self.scheduler = FlushScheduler(config.batch_window_ms / 1000, config.max_outbound_bytes_total)
         self.publisher = Publisher(config, self.feeds, hooks, history)
         self.subjects = SubjectRouter(bus, config.max_subject_subscriptions_per_user)
@@ -251,6 +259,15 @@ class Realtime:
         )
 
     async def _read_commands(self, connection: Connection, requests: AsyncIterator[Any]) -> None:
+        def send(reply: gateway_pb2.Reply) -> None:
+            connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(reply=reply)), urgent=True)
+
+        def fail(error: BaseException) -> None:
+            log.error("a command failed unexpectedly", exc_info=error, extra={"session": connection.session_id})
+            connection.outbox.fail(internal())
+
+        run = functools.partial(self.commands.start, connection)
+        lanes = CommandLanes(run, send, fail, self.config.max_commands_in_flight)
         try:
             async for request in requests:
                 if connection.ended is not None:
@@ -258,18 +275,19 @@ class Realtime:
                 if not request.request_id:
                     connection.outbox.fail(protocol_violation("request_id: every command needs one"))
                     return
-                reply = await self.commands.handle(connection, request)
-                connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(reply=reply)), urgent=True)
+                await lanes.submit(request)
+            await lanes.finished()
         except ServiceError as error:
             # A frame that is not a ConnectRequest at all.
             connection.outbox.fail(protocol_violation(error.message))
             return
         except grpc.aio.AbortError:
             return
-        except Exception:
-            log.exception("a command failed unexpectedly", extra={"session": connection.session_id})
-            connection.outbox.fail(internal())
+        except Exception as error:
+            fail(error)
             return
+        finally:
+            await lanes.stop()
         connection.outbox.finish()
 
     async def _disconnect(self, connection: Connection) -> None:
@@ -285,7 +303,9 @@ class Realtime:
             try:
                 left = await self.rooms.leave("", connection.user_id, connection.session_id)
             except ServiceError:
-                log.warning("could not tell the room service a connection ended", exc_info=True)
+                # Refused because the server began to stop meanwhile: the membership goes with it.
+                if not (self.stopping and self.membership_is_local):
+                    log.warning("could not tell the room service a connection ended", exc_info=True)
                 left = []
             await self.commands.announce_left(connection.user_id, connection.session_id, left)
         await self.hooks.notify("on_disconnected", _session(connection))
@@ -412,9 +432,8 @@ class Realtime:
         for connection in self.connections.of_user(user_id):
             for room_id in list(connection.rooms):
                 self.commands.drop(connection, room_id)
-                presence = gateway_pb2.ConnectResponse(
-                    presence=gateway_pb2.Presence(room_id=room_id, user_id=user_id, joined=False)
-                )
+                gone = gateway_pb2.PresenceChange(user_id=user_id, joined=False)
+                presence = gateway_pb2.ConnectResponse(presence=gateway_pb2.Presence(room_id=room_id, changes=[gone]))
                 connection.outbox.put(kinds.FRAME, wire.frame(presence), urgent=True)
                 left.update(await self.rooms.leave(room_id, user_id, connection.session_id))
         await self.commands.announce_left(user_id, "", sorted(left))

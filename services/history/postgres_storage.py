@@ -34,6 +34,7 @@ from services.history.storage import (
     RoomRetention,
     Since,
     Snapshot,
+    numbered_after,
 )
 from services.runtime.postgres import Connection, PostgresDatabase
 
@@ -86,19 +87,24 @@ MIGRATIONS = [
         PRIMARY KEY (room_id, event)
     );
     """,
+    """
+    -- Numbers up to here may have been handed out to transient events without a write.
+    ALTER TABLE room_logs ADD COLUMN reserved_seq BIGINT NOT NULL DEFAULT 0;
+    """,
 ]
 EVENT_COLUMNS = "seq, event, sender, handle, body"
-STATE_COLUMNS = "room_id, epoch, last_seq, created_at, pruned_seq"
+STATE_COLUMNS = "room_id, epoch, last_seq, created_at, pruned_seq, reserved_seq"
 
 
 @dataclasses.dataclass
 class _Log:
-    """A room's counter row as a batch holds it."""
+    """A room's counter row as a batch holds it: as read, and where the batch has taken it."""
 
-    epoch: str
-    last_seq: int
+    state: LogStateRow
     closed: bool
-    taken: int = 0
+    last: int = 0
+    reserved: int = 0
+    changed: bool = False
 
 
 class PostgresHistoryStorage:
@@ -195,6 +201,7 @@ class PostgresHistoryStorage:
                 if log.closed:
                     results.append(LogClosed(room_id))
                     continue
+                log.last = max(log.last, numbered_after(log.state, request.after_seq))
                 appended: list[Appended] = []
                 for event in request.events:
                     key = (room_id, event.sender, event.idempotency_key)
@@ -202,8 +209,9 @@ class PostgresHistoryStorage:
                         seq, handle = keys[key]
                         appended.append(Appended(seq, handle, duplicate=True))
                         continue
-                    log.taken += 1
-                    seq = log.last_seq + log.taken
+                    log.last += 1
+                    log.changed = True
+                    seq = log.last
                     if not event.transient:
                         events.append(
                             (room_id, seq, event.event, event.sender, event.handle, event.body, event.time_ms)
@@ -213,7 +221,10 @@ class PostgresHistoryStorage:
                         keys[key] = (seq, event.handle)
                         new_keys.append((*key, seq, event.handle, now))
                     appended.append(Appended(seq, event.handle, duplicate=False))
-                results.append((log.epoch, appended))
+                if request.reserve:
+                    log.reserved = max(log.reserved, log.last + request.reserve)
+                    log.changed = True
+                results.append((log.state.epoch, appended))
             await _insert_events(connection, events)
             await _record_keys(connection, new_keys)
             for (room_id, name), (keep_last, keep_seconds) in sorted(policies.items()):
@@ -224,7 +235,7 @@ class PostgresHistoryStorage:
     # Changes
 
     async def rewrite_event(
-        self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes]
+        self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes], after_seq: int | None = None
     ) -> Rewritten | None:
         async with self._db.transaction() as connection:
             log = await _one(
@@ -237,10 +248,12 @@ class PostgresHistoryStorage:
             row = await _event_by_handle(connection, room_id, handle)
             if row is None:
                 return None
+            state = await _log_state(connection, room_id)
+            assert state is not None  # the row is locked, and open
             counter = await _one(
                 connection,
-                "UPDATE room_logs SET last_seq = last_seq + 1 WHERE room_id = %s RETURNING last_seq",
-                [room_id],
+                "UPDATE room_logs SET last_seq = %s WHERE room_id = %s RETURNING last_seq",
+                [numbered_after(state, after_seq) + 1, room_id],
             )
             assert counter is not None  # the row is locked
             change_seq = int(counter[0])
@@ -359,13 +372,14 @@ async def _with_state(
     """The log's state and the rows `rows_sql` selects (ordered by `order`, on its columns as `e.*`),
     in one statement: both as of one moment, in one round trip."""
     sql = (
-        f"SELECT l.room_id, l.epoch, l.last_seq, l.created_at, l.pruned_seq, e.* FROM (SELECT 1) AS one "
+        "SELECT l.room_id, l.epoch, l.last_seq, l.created_at, l.pruned_seq, l.reserved_seq, e.* "
+        "FROM (SELECT 1) AS one "
         "LEFT JOIN room_logs AS l ON l.room_id = %s AND l.closed_at IS NULL "
         f"LEFT JOIN LATERAL ({rows_sql}) AS e ON true ORDER BY {order}"
     )
     rows = await _all(connection, sql, [room_id, *params])
-    state = None if rows[0][0] is None else LogStateRow(*rows[0][:5])
-    return state, [row[5:] for row in rows if row[5] is not None]
+    state = None if rows[0][0] is None else LogStateRow(*rows[0][:6])
+    return state, [row[6:] for row in rows if row[6] is not None]
 
 
 async def _event_by_handle(connection: Connection, room_id: str, handle: str) -> EventRow | None:
@@ -404,11 +418,15 @@ async def _take_logs(connection: Connection, room_ids: list[str], now: float) ->
     )
     rows = await _all(
         connection,
-        "SELECT room_id, epoch, last_seq, closed_at IS NOT NULL FROM room_logs "
+        f"SELECT {STATE_COLUMNS}, closed_at IS NOT NULL FROM room_logs "
         "WHERE room_id = ANY(%s) ORDER BY room_id FOR UPDATE",
         [room_ids],
     )
-    return {room_id: _Log(epoch, int(last_seq), bool(closed)) for room_id, epoch, last_seq, closed in rows}
+    logs = {}
+    for row in rows:
+        state = LogStateRow(*row[:-1])
+        logs[state.room_id] = _Log(state, bool(row[-1]), last=state.last_seq, reserved=state.reserved_seq)
+    return logs
 
 
 async def _recent_keys(
@@ -460,21 +478,16 @@ async def _record_keys(connection: Connection, rows: list[tuple[Any, ...]]) -> N
 
 
 async def _advance(connection: Connection, logs: dict[str, _Log]) -> None:
-    """Raises each counter by the sequences the batch took from it."""
-    advanced = {room_id: log for room_id, log in logs.items() if log.taken}
+    """Writes each counter the batch moved."""
+    advanced = {room_id: log for room_id, log in logs.items() if log.changed}
     if not advanced:
         return
-    rows = await _all(
-        connection,
-        "UPDATE room_logs AS l SET last_seq = l.last_seq + d.taken "
-        "FROM unnest(%s::text[], %s::bigint[]) AS d(room_id, taken) "
-        "WHERE l.room_id = d.room_id RETURNING l.room_id, l.last_seq",
-        [list(advanced), [log.taken for log in advanced.values()]],
+    await connection.execute(
+        "UPDATE room_logs AS l SET last_seq = d.last, reserved_seq = d.reserved "
+        "FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS d(room_id, last, reserved) "
+        "WHERE l.room_id = d.room_id",
+        [list(advanced), [log.last for log in advanced.values()], [log.reserved for log in advanced.values()]],
     )
-    for room_id, last_seq in rows:
-        log = advanced[room_id]
-        if last_seq != log.last_seq + log.taken:
-            raise RuntimeError(f"the counter of {room_id!r} moved while it was held")
 
 
 async def _set_retention(connection: Connection, room_id: str, event: str, keep_last: int, keep_seconds: int) -> None:

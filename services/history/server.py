@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from opentelemetry.metrics import Meter
+
 from parley.history.v1 import history_pb2
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
 from services.history.pruner import Pruner
+from services.history.sequences import ReservedSequences
 from services.history.servicer import HistoryServicer
 from services.history.storage import open_history_storage
 from services.runtime.bus import Bus, InProcessBus
@@ -15,9 +18,11 @@ from services.runtime.config import Config
 from services.runtime.grpc_types import HealthStatus
 from services.runtime.raw_handlers import passthrough_handler
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
-from services.runtime.telemetry import Telemetry
+from services.runtime.telemetry import Telemetry, observe_counter
 
 SERVICE = history_pb2.DESCRIPTOR.services_by_name["HistoryService"]
+APPEND_TRANSACTIONS_METRIC = "parley.history.append.transactions"
+NUMBERED_IN_MEMORY_METRIC = "parley.history.append.numbered_in_memory"
 
 
 async def history_module(config: Config) -> ServiceModule:
@@ -33,7 +38,8 @@ async def history_parts(
     `bus` (without one, on a bus of its own in this process)."""
     if bus is None:
         bus = InProcessBus()
-    storage = await open_history_storage(config)
+    # Transient events are numbered in memory, from blocks the store reserves.
+    storage = ReservedSequences(await open_history_storage(config))
     hot = HotBuffer(config.history.hot_events_per_name, config.history.hot_buffer_bytes)
     committer = GroupCommitter(storage, config.history.idempotency_window_seconds, hot)
     servicer = HistoryServicer(storage, committer, config.history, hot, bus)
@@ -50,11 +56,28 @@ async def history_parts(
         report_bus_health(bus, health, [SERVICE.full_name])
         pruner.start()
 
+    def use_meter(meter: Meter) -> None:
+        observe_counter(
+            meter,
+            APPEND_TRANSACTIONS_METRIC,
+            lambda: storage.transactions,
+            unit="{transaction}",
+            description="Transactions the history service wrote appends in (each holds many appends)",
+        )
+        observe_counter(
+            meter,
+            NUMBERED_IN_MEMORY_METRIC,
+            lambda: storage.numbered_in_memory,
+            unit="{append}",
+            description="Appends of transient events numbered from a reserved block, with no write",
+        )
+
     module = ServiceModule(
         services=[SERVICE],
         register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
         close=close,
         start=start,
+        use_meter=use_meter,
     )
     return module, servicer
 

@@ -13,6 +13,7 @@ from parley.history.v1 import history_pb2
 from services.history.announcer import LogAnnouncer
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
+from services.history.limits import MAX_EVENTS_PER_APPEND
 from services.history.storage import (
     Appended,
     EventRow,
@@ -33,7 +34,6 @@ from services.runtime.timestamps import to_timestamp
 from services.runtime.uncancellable import uncancellable
 
 MAX_ROOM_ID = 128
-MAX_EVENTS_PER_APPEND = 1000
 MAX_ROOMS_PER_RETENTION = 1000
 
 

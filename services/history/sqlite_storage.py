@@ -25,13 +25,13 @@ from services.history.storage import (
     EventRow,
     LogClosed,
     LogStateRow,
-    NewEventRow,
     Page,
     Pruned,
     Rewritten,
     RoomRetention,
     Since,
     Snapshot,
+    numbered_after,
 )
 from services.runtime.sqlite import SqliteDatabase
 
@@ -119,25 +119,38 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE closed_logs (room_id TEXT PRIMARY KEY, closed_at REAL NOT NULL) WITHOUT ROWID")
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7]
+def _migration_8(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE room_logs ADD COLUMN reserved_seq INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+    _migration_6,
+    _migration_7,
+    _migration_8,
+]
 EVENT_COLUMNS = "seq, event, sender, handle, body"
 
 
 def log_state(db: sqlite_utils.Database, room_id: str) -> LogStateRow | None:
     """The room's log state; None for a room whose log was never started."""
     row = db.execute(
-        "SELECT room_id, epoch, last_seq, created_at, pruned_seq FROM room_logs WHERE room_id = ?", [room_id]
+        "SELECT room_id, epoch, last_seq, created_at, pruned_seq, reserved_seq FROM room_logs WHERE room_id = ?",
+        [room_id],
     ).fetchone()
     return None if row is None else LogStateRow(*row)
 
 
-def append(
-    db: sqlite_utils.Database, room_id: str, events: list[NewEventRow], now: float, idempotency_window: float
-) -> Appends:
+def append(db: sqlite_utils.Database, request: AppendRequest, now: float, idempotency_window: float) -> Appends:
     """Appends with consecutive sequences; retries within the window return the original.
 
     Raises LogClosed, having written nothing, when the room's log is closed.
     """
+    room_id, events = request.room_id, request.events
     state = log_state(db, room_id)
     if state is None:
         if is_closed(db, room_id):
@@ -147,7 +160,7 @@ def append(
             "INSERT INTO room_logs (room_id, epoch, last_seq, created_at) VALUES (?, ?, 0, ?)",
             [room_id, state.epoch, now],
         )
-    last_seq = state.last_seq
+    last_seq = numbered_after(state, request.after_seq)
     appended: list[Appended] = []
     policies: dict[str, tuple[int, int]] = {}
     kept: list[tuple[object, ...]] = []
@@ -173,7 +186,12 @@ def append(
             )
         appended.append(Appended(last_seq, event.handle, duplicate=False))
     db.conn.executemany(f"INSERT INTO events (room_id, {EVENT_COLUMNS}, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?)", kept)
-    if last_seq != state.last_seq:
+    if request.reserve:
+        db.execute(
+            "UPDATE room_logs SET last_seq = ?, reserved_seq = ? WHERE room_id = ?",
+            [last_seq, last_seq + request.reserve, room_id],
+        )
+    elif last_seq != state.last_seq:
         db.execute("UPDATE room_logs SET last_seq = ? WHERE room_id = ?", [last_seq, room_id])
     for name, (keep_last, keep_seconds) in policies.items():
         _set_retention(db, room_id, name, keep_last, keep_seconds)
@@ -320,11 +338,11 @@ def event_by_handle(db: sqlite_utils.Database, room_id: str, handle: str) -> Eve
     return None if row is None else EventRow(*row)
 
 
-def next_change_seq(db: sqlite_utils.Database, room_id: str) -> int:
+def next_change_seq(db: sqlite_utils.Database, state: LogStateRow, after_seq: int | None) -> int:
     """A change (edit, delete) takes the log's next sequence number, like an event."""
-    db.execute("UPDATE room_logs SET last_seq = last_seq + 1 WHERE room_id = ?", [room_id])
-    (seq,) = db.execute("SELECT last_seq FROM room_logs WHERE room_id = ?", [room_id]).fetchone()
-    return int(seq)
+    seq = numbered_after(state, after_seq) + 1
+    db.execute("UPDATE room_logs SET last_seq = ? WHERE room_id = ?", [seq, state.room_id])
+    return seq
 
 
 def replace_body(db: sqlite_utils.Database, room_id: str, seq: int, body: bytes, change_seq: int) -> None:
@@ -383,20 +401,23 @@ def read_snapshot(db: sqlite_utils.Database, room_id: str, rows: int) -> Snapsho
 
 
 def rewrite_event(
-    db: sqlite_utils.Database, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes]
+    db: sqlite_utils.Database,
+    room_id: str,
+    handle: str,
+    rewrite: Callable[[EventRow, int], bytes],
+    after_seq: int | None = None,
 ) -> Rewritten | None:
     row = event_by_handle(db, room_id, handle)
     if row is None:
         if is_closed(db, room_id):
             raise LogClosed(room_id)
         return None
-    change_seq = next_change_seq(db, room_id)
+    state = log_state(db, room_id)
+    assert state is not None  # the log has the event
+    change_seq = next_change_seq(db, state, after_seq)
     body = rewrite(row, change_seq)
     replace_body(db, room_id, row.seq, body, change_seq)
-    state = log_state(db, room_id)
-    return Rewritten(
-        EventRow(row.seq, row.event, row.sender, row.handle, body), state.epoch if state else "", change_seq
-    )
+    return Rewritten(EventRow(row.seq, row.event, row.sender, row.handle, body), state.epoch, change_seq)
 
 
 def _append_or_refuse(
@@ -404,7 +425,7 @@ def _append_or_refuse(
 ) -> Appends | LogClosed:
     """One request's part of a batch; a closed log refuses it (writing nothing) and the others go on."""
     try:
-        return append(db, request.room_id, request.events, now, window)
+        return append(db, request, now, window)
     except LogClosed as closed:
         return closed
 
@@ -461,9 +482,9 @@ class SqliteHistoryStorage:
         return await self._db.run(read)
 
     async def rewrite_event(
-        self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes]
+        self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes], after_seq: int | None = None
     ) -> Rewritten | None:
-        return await self._db.transaction(lambda db: rewrite_event(db, room_id, handle, rewrite))
+        return await self._db.transaction(lambda db: rewrite_event(db, room_id, handle, rewrite, after_seq))
 
     async def since(self, room_id: str, after_seq: int, limit: int) -> Since:
         return await self._db.run(

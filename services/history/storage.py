@@ -4,7 +4,11 @@ A room's log numbers every write: each event takes the next sequence, and so
 does each edit or delete (its change sequence). Only kept events get a row,
 so a number without a row was a transient event. The counter is one row per
 room, updated in the transaction that writes, so sequences stay gap-free
-however many writers there are. Retention removes old rows and raises the
+however many writers there are. A writer that numbers transient events
+itself (services/history/sequences.py) first reserves a block of numbers
+(`reserved_seq`); a write that does not say where the log stands continues
+after the reservation too, so no number handed out is ever handed out again,
+whatever was lost with the writer. Retention removes old rows and raises the
 log's `pruned_seq`; dropping a log erases it (a new epoch follows), and a
 closed log (its room was deleted) refuses writes until it is reopened.
 """
@@ -26,6 +30,13 @@ class LogStateRow:
     created_at: float
     # The largest sequence retention removed.
     pruned_seq: int = 0
+    # Numbers up to here may have been handed out to transient events without a write.
+    reserved_seq: int = 0
+
+    @property
+    def handed_out(self) -> int:
+        """The largest number this log may have given anyone."""
+        return max(self.last_seq, self.reserved_seq)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +72,11 @@ class AppendRequest:
 
     room_id: str
     events: list[NewEventRow]
+    # Where the caller knows the log stands (None: it does not, and numbering continues
+    # after every number the log may have handed out, `LogStateRow.handed_out`).
+    after_seq: int | None = None
+    # Reserve this many numbers after the request's last one (`reserved_seq`).
+    reserve: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +84,11 @@ class Appended:
     seq: int
     handle: str
     duplicate: bool
+
+
+def numbered_after(state: LogStateRow, after_seq: int | None) -> int:
+    """The number a write's first sequence follows (see `AppendRequest.after_seq`)."""
+    return state.handed_out if after_seq is None else max(state.last_seq, after_seq)
 
 
 # A request's result: the log's epoch, and where each of its events went.
@@ -150,7 +171,8 @@ class HistoryStorage(Protocol):
     ) -> list[Appends | LogClosed]:
         """Appends every request in one transaction, in order, each result in its place.
 
-        Events take consecutive sequences; a kept event with an idempotency key
+        Events take consecutive sequences, after max(last_seq, after_seq) (after
+        `handed_out` without after_seq); a kept event with an idempotency key
         seen from its sender within the window returns the original instead.
         A closed log refuses its request (LogClosed in its place, nothing
         written for it); the others go on.
@@ -186,11 +208,12 @@ class HistoryStorage(Protocol):
         ...
 
     async def rewrite_event(
-        self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes]
+        self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes], after_seq: int | None = None
     ) -> Rewritten | None:
         """Changes an event in place; None when the room's log has no such event.
 
-        The change takes the log's next sequence, then `rewrite(row, change_seq)`
+        The change takes the log's next sequence (numbered like an append's
+        event, see `append_batch`), then `rewrite(row, change_seq)`
         (called inside the transaction; it may raise, and then nothing changes)
         returns the new body. Raises LogClosed when the event is missing because
         the log is closed.

@@ -110,6 +110,7 @@ def from_request(request: room_pb2.CreateRoomRequest, creator: str, max_schema_b
         visibility=request.visibility or room_pb2.ROOM_VISIBILITY_PUBLIC,
         events=events,
         default_subscriptions=list(request.default_subscriptions) or [ANY_EVENT],
+        no_presence=request.no_presence,
     )
     return room, check_room(room, max_schema_bytes)
 
@@ -132,6 +133,7 @@ def from_config(definition: RoomDefinition, config_dir: Path) -> room_pb2.Room:
             events=events,
             default_subscriptions=definition.default_subscriptions,
             sync_history_on_join=room_pb2.SyncOnJoin(all=sync is True, last=sync if not isinstance(sync, bool) else 0),
+            no_presence=not definition.presence,
         )
         check_room(room)
         return room

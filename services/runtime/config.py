@@ -45,6 +45,12 @@ class ServerConfig:
     # caller is (per-client rate limits). Turn on only for services behind a
     # gateway whose own ports clients cannot reach.
     trust_forwarded_client: bool = False
+    # Let other processes of this user listen on the same port (SO_REUSEPORT, Linux): the
+    # kernel spreads new connections over them. Off, a second server on the port fails to start.
+    reuse_port: bool = False
+    # `parley serve` and `parley serve gateway` run this many gateway processes on the port,
+    # sharing it (reuse_port) and the NATS bus. 1: one process, as always.
+    gateway_processes: int = 1
 
 
 @dataclasses.dataclass
@@ -127,6 +133,9 @@ class GatewayConfig:
     max_rooms_per_connection: int = 100
     # Open Connect streams one user may hold on this gateway.
     max_connections_per_user: int = 100
+    # Commands of one connection under way at once (publishes awaiting their append included);
+    # past it the gateway reads no more of that connection's commands until one is answered.
+    max_commands_in_flight: int = 256
     # Subject subscriptions (exact or wildcard) one user may hold over all their streams.
     max_subject_subscriptions_per_user: int = 1000
     # Bytes queued for all connections together; past it the furthest behind are cut first.
@@ -135,6 +144,8 @@ class GatewayConfig:
     replay_cap: int = 1000
     # A room's missing position is waited for this long before it is read from history.
     gap_wait_ms: float = 5.0
+    # Joins and leaves of a room are gathered this long into one Presence frame per member.
+    presence_window_ms: float = 50.0
     # A gateway in its own process renews its lease with the room service; if it
     # stops renewing (killed), its connections leave their rooms this long after.
     lease_seconds: float = 10.0
@@ -254,6 +265,8 @@ class RoomDefinition:
     default_subscriptions: list[str] = dataclasses.field(default_factory=lambda: ["*"])
     # true = send all kept history on join; N = the last N per event type.
     sync_history_on_join: bool | int = False
+    # false: members are not told when others join or leave (participants are still listed).
+    presence: bool = True
 
 
 @dataclasses.dataclass
@@ -323,6 +336,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"logging.format must be json or text, got {config.logging.format!r}")
     if not 0 < config.files.data_shares <= config.files.total_shares <= 255:
         raise ConfigError("files: need 0 < data_shares <= total_shares <= 255")
+    if config.server.gateway_processes < 1:
+        raise ConfigError(f"server.gateway_processes must be at least 1, got {config.server.gateway_processes}")
+    if config.server.gateway_processes > 1 and not config.bus.url:
+        raise ConfigError(
+            f"server.gateway_processes = {config.server.gateway_processes} needs bus.url (a NATS server, "
+            "e.g. PARLEY_BUS_URL=nats://127.0.0.1:4222): the in-process bus cannot reach other processes"
+        )
     if config.history.prune_interval_seconds <= 0:
         raise ConfigError("history.prune_interval_seconds must be positive")
     for name in ("hot_events_per_name", "hot_buffer_bytes"):

@@ -6,8 +6,10 @@ releases them to its connections in that order:
   history service once its append committed;
 - CHANGE: an encoded `ConnectResponse{event_changed}` frame (an edit or a
   delete), announced by the history service once it committed.
-Unsequenced messages are whole frames for the room's members, in no order
-with the log: presence and ephemeral signals (FRAME).
+Unsequenced messages come in no order with the log: whole frames for the
+room's members (FRAME: ephemeral signals), and a user's arrival or departure
+(PRESENCE: an encoded `gateway.v1.PresenceChange`, which each gateway gathers
+into one Presence frame per window).
 
 Headers carry what receivers route by without decoding the body.
 """
@@ -25,6 +27,7 @@ NAMESPACE = "room"
 EVENT = "event"
 CHANGE = "change"
 FRAME = "frame"
+PRESENCE = "presence"
 
 _KIND = "kind"
 _SEQ = "seq"
@@ -51,7 +54,7 @@ class RoomMessage:
 
     room_id: str
     kind: str
-    # The log position (0 for a FRAME).
+    # The log position (0 for a FRAME or PRESENCE).
     seq: int
     epoch: str
     # The event name of an EVENT, or of the event a CHANGE changed.
@@ -61,7 +64,7 @@ class RoomMessage:
 
     @property
     def sequenced(self) -> bool:
-        return self.kind != FRAME
+        return self.kind not in (FRAME, PRESENCE)
 
 
 def parse(message: BusMessage) -> RoomMessage:
@@ -144,8 +147,8 @@ def frame_message(room_id: str, frame: gateway_pb2.ConnectResponse, skip_session
 
 
 def presence_message(room_id: str, user_id: str, joined: bool) -> BusMessage:
-    presence = gateway_pb2.Presence(room_id=room_id, user_id=user_id, joined=joined)
-    return frame_message(room_id, gateway_pb2.ConnectResponse(presence=presence))
+    change = gateway_pb2.PresenceChange(user_id=user_id, joined=joined)
+    return BusMessage(room_subject(room_id), change.SerializeToString(), {_KIND: PRESENCE})
 
 
 def change_of(message: RoomMessage) -> gateway_pb2.EventChanged:

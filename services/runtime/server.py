@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import socket
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ from opentelemetry.metrics import Meter
 
 from services.runtime import uncancellable
 from services.runtime.channels import channel_options
-from services.runtime.config import Config
+from services.runtime.config import Config, ConfigError
 from services.runtime.grpc_types import HealthStatus, add_health_servicer
 from services.runtime.hooks import Hooks
 from services.runtime.interceptors import AuthHook, CallInterceptor, translate_errors
@@ -120,12 +122,31 @@ def server_options(config: Config) -> list[tuple[str, int]]:
     options = [
         *channel_options(config.server),
         ("grpc.http2.min_ping_interval_without_data_ms", config.server.keepalive_min_client_ping_ms),
-        # Two servers must never silently share a port.
-        ("grpc.so_reuseport", 0),
+        # Two servers must never silently share a port, unless asked to (a gateway pool).
+        ("grpc.so_reuseport", 1 if config.server.reuse_port else 0),
     ]
     if config.server.max_connection_idle_ms > 0:
         options.append(("grpc.max_connection_idle_ms", config.server.max_connection_idle_ms))
     return options
+
+
+def require_port_sharing() -> None:
+    """ConfigError unless processes sharing a port get its connections spread over them.
+
+    Only Linux balances new connections over the sockets bound with SO_REUSEPORT;
+    elsewhere one of them would take them all, or the option is missing.
+    """
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if option is None or not sys.platform.startswith("linux"):
+        problem = f"this platform ({sys.platform}) does not spread a port's connections over processes"
+    else:
+        try:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, option, 1)
+            return
+        except OSError as exc:
+            problem = f"the kernel refuses it ({exc})"
+    raise ConfigError(f"server.reuse_port and server.gateway_processes > 1 need SO_REUSEPORT on Linux: {problem}")
 
 
 async def serve_modules(

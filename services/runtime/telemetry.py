@@ -7,14 +7,16 @@ servers in one process keep their own service names.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import IO, Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
@@ -112,6 +114,15 @@ def observe_gauge(meter: Meter, name: str, read: Callable[[], float], *, unit: s
     meter.create_observable_gauge(name, callbacks=[observe], unit=unit, description=description)
 
 
+def observe_counter(meter: Meter, name: str, read: Callable[[], float], *, unit: str, description: str) -> None:
+    """An observable counter (only ever rising) whose value is `read()` each time metrics are collected."""
+
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(read())]
+
+    meter.create_observable_counter(name, callbacks=[observe], unit=unit, description=description)
+
+
 def _one_line_span(span: Any) -> str:
     return str(span.to_json(indent=None)) + "\n"
 
@@ -129,40 +140,68 @@ def _otlp_metric_exporter(config: TelemetryConfig) -> Any:
 
 
 class RpcTelemetryHook:
-    """A server span per call (child of the caller's trace) and RPC metrics."""
+    """A server span per call (child of the caller's trace) and RPC metrics.
+
+    With tracing off no span is made, and nothing is attached to the call's context.
+    """
 
     def __init__(self, telemetry: Telemetry) -> None:
         self._tracer = telemetry.tracer
+        self._tracing = not isinstance(telemetry.tracer_provider, NoOpTracerProvider)
         meter = telemetry.meter
         self._calls = meter.create_counter("rpc.server.calls", unit="{call}", description="RPCs handled")
         self._duration = meter.create_histogram("rpc.server.duration", unit="ms", description="Time to handle an RPC")
 
     @contextlib.asynccontextmanager
     async def __call__(self, method: MethodInfo, context: Context) -> AsyncIterator[None]:
-        carrier = {str(k): str(v) for k, v in (context.invocation_metadata() or ()) if not k.endswith("-bin")}
         started = time.perf_counter()
         code = "OK"
-        with self._tracer.start_as_current_span(
+        span = self._start_span(method, context) if self._tracing else None
+        try:
+            with _current(span):
+                yield
+            code = _code_name(context.code()) or "OK"
+        except BaseException:
+            code = _code_name(context.code()) or "UNKNOWN"
+            raise
+        finally:
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", code)
+                if code != "OK":
+                    span.set_status(Status(StatusCode.ERROR, code))
+                span.end()
+            attributes = {"rpc.service": method.service, "rpc.method": method.method, "rpc.grpc.status_code": code}
+            self._calls.add(1, attributes)
+            self._duration.record((time.perf_counter() - started) * 1000, attributes)
+
+    def _start_span(self, method: MethodInfo, context: Context) -> trace.Span:
+        carrier = {str(k): str(v) for k, v in (context.invocation_metadata() or ()) if not k.endswith("-bin")}
+        return self._tracer.start_span(
             method.full_name.lstrip("/"),
             context=propagate.extract(carrier),
             kind=SpanKind.SERVER,
             record_exception=False,
-            set_status_on_exception=False,
             attributes={"rpc.system": "grpc", "rpc.service": method.service, "rpc.method": method.method},
-        ) as span:
-            try:
-                yield
-                code = _code_name(context.code()) or "OK"
-            except BaseException:
-                code = _code_name(context.code()) or "UNKNOWN"
-                raise
-            finally:
-                span.set_attribute("rpc.grpc.status_code", code)
-                if code != "OK":
-                    span.set_status(Status(StatusCode.ERROR, code))
-                attributes = {"rpc.service": method.service, "rpc.method": method.method, "rpc.grpc.status_code": code}
-                self._calls.add(1, attributes)
-                self._duration.record((time.perf_counter() - started) * 1000, attributes)
+        )
+
+
+@contextlib.contextmanager
+def _current(span: trace.Span | None) -> Iterator[None]:
+    """Makes `span` current for the call (outgoing calls carry it on) and restores the context after.
+
+    A stream cut off by a cancellation is finalised in another task, whose
+    context never had the span: there is nothing to restore there.
+    """
+    if span is None:
+        yield
+        return
+    task = asyncio.current_task()
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        if asyncio.current_task() is task:
+            otel_context.detach(token)
 
 
 def _code_name(code: Any) -> str | None:

@@ -14,15 +14,21 @@ log = logging.getLogger("parley")
 _running: set[asyncio.Future[Any]] = set()
 
 
+def start(work: Awaitable[T]) -> asyncio.Future[T]:
+    """Starts `work` now; it runs to its end whoever awaits it (a stopping server waits for it, see `drain`)."""
+    task = asyncio.ensure_future(work)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
+
+
 async def uncancellable(work: Awaitable[T]) -> T:
     """Runs `work` to its end even if the caller is cancelled meanwhile.
 
     The caller still gets its CancelledError; the work goes on, and if it
     then fails, nobody is left to tell but the log.
     """
-    task = asyncio.ensure_future(work)
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+    task = start(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:

@@ -16,7 +16,7 @@ from parley.room.v1 import room_pb2, room_pb2_grpc
 from services import allinone
 from services.gateway.room_client import RoomClient
 from services.runtime.config import EventDefinition, RoomDefinition
-from tests.streams import Stream, payload_of, stream, value
+from tests.streams import Stream, changes_of, payload_of, stream, value
 from tests.support import bearer, make_config, running
 
 MESSAGE_SCHEMA = {
@@ -191,19 +191,19 @@ async def test_echo_suppression(world: World) -> None:
 async def test_presence_join_and_leave(world: World) -> None:
     async with stream(world.address, await world.token(world.alice)) as alice:
         await alice.join("anything")
-        assert (await alice.next_other("presence")).presence.user_id == world.alice.user_id
+        assert changes_of(await alice.next_other("presence")) == [(world.alice.user_id, True)]
         async with stream(world.address, await world.token(world.bob)) as bob:
             await bob.join("anything")
             joined = await alice.next_other("presence")
-            assert (joined.presence.user_id, joined.presence.joined) == (world.bob.user_id, True)
+            assert changes_of(joined) == [(world.bob.user_id, True)]
             await bob.ok(leave=gateway_pb2.LeaveCommand(room_id="anything"))
             left = await alice.next_other("presence")
-            assert (left.presence.user_id, left.presence.joined) == (world.bob.user_id, False)
+            assert changes_of(left) == [(world.bob.user_id, False)]
             await bob.join("anything")
             await alice.next_other("presence")
         # Bob's stream closed: the room hears he is gone.
         gone = await alice.next_other("presence")
-        assert (gone.presence.user_id, gone.presence.joined) == (world.bob.user_id, False)
+        assert changes_of(gone) == [(world.bob.user_id, False)]
 
 
 async def test_a_stream_cancelled_while_it_ends_still_leaves_its_rooms(
@@ -229,7 +229,7 @@ async def test_a_stream_cancelled_while_it_ends_still_leaves_its_rooms(
             await asyncio.wait_for(leaving.wait(), 5)
             bob.call.cancel()  # ...when the cancel of the same stream arrives
         gone = await alice.next_other("presence")
-        assert (gone.presence.user_id, gone.presence.joined) == (world.bob.user_id, False)
+        assert changes_of(gone) == [(world.bob.user_id, False)]
 
 
 async def test_payload_limit(world: World) -> None:

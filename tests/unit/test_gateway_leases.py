@@ -27,7 +27,7 @@ async def test_a_lapsed_lease_ends_that_gateways_memberships_only() -> None:
     assert await leases.sweep(now=leases_now(4)) == []
     assert await leases.sweep(now=leases_now(6)) == [("lobby", "ann")]
     assert sorted(membership.participants("lobby")) == ["bob", "cy"]
-    assert [room_stream.parse(m).kind for m in told] == [room_stream.FRAME]
+    assert [room_stream.parse(m).kind for m in told] == [room_stream.PRESENCE]
     assert await leases.sweep(now=leases_now(7)) == []  # swept once
 
 

@@ -1,4 +1,5 @@
-"""A room's feed on its own: a loss reported while it is already reading the log is read again."""
+"""A room's feed on its own: a loss reported while it is already reading the log is read again;
+joins and leaves gathered into one Presence frame per window."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 
 from parley.gateway.v1 import gateway_pb2
 from parley.history.v1 import history_pb2
-from services.gateway.feeds import RoomFeed
+from services.gateway.feeds import FeedSettings, RoomFeed
 from services.gateway.outbox import FRAME
+from services.runtime import room_stream
 
 
 class SlowLog:
@@ -25,9 +27,13 @@ class SlowLog:
         return history_pb2.ListEventsSinceResponse(epoch="e1", last_seq=after_seq, read_through=after_seq)
 
 
+def settings(gap_wait: float = 1, presence_window: float = 0.01, presence: bool = True) -> FeedSettings:
+    return FeedSettings(gap_wait=gap_wait, cap=100, presence_window=presence_window, tells_presence=lambda _: presence)
+
+
 async def test_a_loss_reported_during_a_fill_is_read_again_after_it() -> None:
     log = SlowLog()
-    feed = RoomFeed("room", log, gap_wait=0.001, cap=100)
+    feed = RoomFeed("room", log, settings(gap_wait=0.001))
     feed.start("e1", 5)
     feed.suspect_gap()
     await asyncio.sleep(0.01)
@@ -43,12 +49,12 @@ async def test_a_loss_reported_during_a_fill_is_read_again_after_it() -> None:
     feed.close()
 
 
-def member() -> Any:
+def member(session_id: str = "s1") -> Any:
     from services.gateway.connections import Connection, Interest
     from services.gateway.outbox import FlushScheduler, Outbox
 
     connection = Connection(
-        session_id="s1", user_id="u", device_id="d", outbox=Outbox(FlushScheduler(60), 10**7, 10**6)
+        session_id=session_id, user_id="u", device_id="d", outbox=Outbox(FlushScheduler(60), 10**7, 10**6)
     )
     connection.rooms["room"] = Interest(["*"])
     return connection
@@ -62,7 +68,7 @@ async def test_a_fill_sends_newer_edits_of_released_events_and_leaves_deleted_on
     """Released through 12; the log (read after 10) has 11, 12 edited at 13, and 14 deleted at 15."""
     from services.gateway.recovery import LogRead
 
-    feed = RoomFeed("room", SlowLog(), gap_wait=1, cap=100)
+    feed = RoomFeed("room", SlowLog(), settings(gap_wait=1))
     joined = member()
     feed.add(joined)
     feed.epoch = "e1"
@@ -81,3 +87,47 @@ async def test_a_fill_sends_newer_edits_of_released_events_and_leaves_deleted_on
     assert kinds == [FRAME]  # no event re-sent: 11 and 12 were released; 14 was deleted before anyone saw it
     assert (changed[0].seq, changed[0].change_seq) == (12, 13)
     assert feed._sequencer.released == 15
+
+
+def presence_frames(connection: Any) -> list[gateway_pb2.Presence]:
+    frames = []
+    for _, data in connection.outbox._items:
+        response = gateway_pb2.ConnectResponse.FromString(data)
+        if response.WhichOneof("frame") == "presence":
+            frames.append(response.presence)
+    return frames
+
+
+async def test_joins_and_leaves_in_one_window_reach_each_member_as_one_frame() -> None:
+    feed = RoomFeed("room", SlowLog(), settings(presence_window=0.01))
+    members = [member(f"s{i}") for i in range(3)]
+    for joined in members:
+        feed.add(joined)
+    for i in range(700):
+        feed.receive(room_stream.presence_message("room", f"user{i}", True))
+    feed.receive(room_stream.presence_message("room", "user0", False))  # the latest change of user0 counts
+    await asyncio.sleep(0.05)
+    for joined in members:
+        frames = presence_frames(joined)
+        assert len(frames) == 2  # 700 users, PRESENCE_CHANGES_PER_FRAME to a frame
+        changes = [(c.user_id, c.joined) for frame in frames for c in frame.changes]
+        assert len(changes) == 700
+        assert changes[-1] == ("user0", False)
+        assert changes[0] == ("user1", True)
+    # The frame is built once and shared by every member.
+    assert presence_frames(members[0])[0] is not None
+    assert members[0].outbox._items[0][1] is members[1].outbox._items[0][1]
+    feed.receive(room_stream.presence_message("room", "late", True))
+    await asyncio.sleep(0.05)
+    assert [c.user_id for c in presence_frames(members[0])[-1].changes] == ["late"]
+    feed.close()
+
+
+async def test_a_room_without_presence_sends_no_presence_frames() -> None:
+    feed = RoomFeed("room", SlowLog(), settings(presence=False))
+    joined = member()
+    feed.add(joined)
+    feed.receive(room_stream.presence_message("room", "someone", True))
+    await asyncio.sleep(0.05)
+    assert presence_frames(joined) == []
+    feed.close()

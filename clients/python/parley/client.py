@@ -373,8 +373,10 @@ class Client:
         events: list[str] | None = None,
         read_only: bool = False,
         unlisted: bool = False,
+        presence: bool = True,
     ) -> room_pb2.Room:
-        """Creates a room at run time (you become its creator). `events` None accepts any event."""
+        """Creates a room at run time (you become its creator). `events` None accepts any event;
+        `presence=False`: members are not told of joins and leaves (participants are still listed)."""
         request = room_pb2.CreateRoomRequest(
             room_id=room_id,
             name=name,
@@ -383,6 +385,7 @@ class Client:
             events=[room_pb2.EventDefinition(name=e) for e in events or ()],
             read_only=read_only,
             visibility=room_pb2.ROOM_VISIBILITY_UNLISTED if unlisted else room_pb2.ROOM_VISIBILITY_PUBLIC,
+            no_presence=not presence,
         )
         return (await self._call(self.room_stub.CreateRoom, request)).room
 
@@ -630,7 +633,8 @@ class Client:
         elif kind == "presence":
             room = self._rooms.get(frame.presence.room_id)
             if room is not None:
-                room.dispatch_presence(frame.presence.user_id, frame.presence.joined)
+                for presence in frame.presence.changes:
+                    room.dispatch_presence(presence.user_id, presence.joined)
         elif kind == "room_changed":
             change = frame.room_changed.change
             if change.kind == room_pb2.RoomChange.KIND_DELETED:

@@ -56,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 50051)")
     serve.add_argument("--data-dir", type=Path, help="where SQLite files live (default ./data)")
+    serve.add_argument(
+        "--gateway-processes",
+        type=int,
+        metavar="K",
+        help="run K gateway processes sharing --port (SO_REUSEPORT, Linux; needs a NATS bus.url): with `serve` the "
+        "other services stay in this process, with `serve gateway` only gateways run "
+        "(default 1: one process; env PARLEY_SERVER_GATEWAY_PROCESSES)",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=None,
+        help="let other servers of this user listen on the same --port (SO_REUSEPORT, Linux; "
+        "env PARLEY_SERVER_REUSE_PORT)",
+    )
 
     health = commands.add_parser(
         "health",
@@ -257,7 +272,13 @@ async def _serve(args: argparse.Namespace) -> int:
     from services.launcher import serve
     from services.runtime.config import ConfigError, load_config
 
-    overrides = {"server.host": args.host, "server.port": args.port, "server.data_dir": args.data_dir}
+    overrides = {
+        "server.host": args.host,
+        "server.port": args.port,
+        "server.data_dir": args.data_dir,
+        "server.gateway_processes": args.gateway_processes,
+        "server.reuse_port": args.reuse_port,
+    }
     try:
         config = load_config(args.config, os.environ, overrides)
     except ConfigError as exc:

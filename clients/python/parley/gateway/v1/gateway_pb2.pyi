@@ -1095,30 +1095,54 @@ Global___HistoryBatch: _TypeAlias = HistoryBatch  # noqa: Y015
 
 @_typing.final
 class Presence(_message.Message):
-    """Someone joined or left a room this connection is in."""
+    """Users who joined or left a room this connection is in, gathered over a
+    short window (gateway.presence_window_ms): one frame however many came and
+    went, each user once, in the order of their latest change.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ROOM_ID_FIELD_NUMBER: _builtins.int
-    USER_ID_FIELD_NUMBER: _builtins.int
-    JOINED_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
-    user_id: _builtins.str
-    joined: _builtins.bool
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PresenceChange]: ...
     def __init__(
         self,
         *,
         room_id: _builtins.str = ...,
+        changes: _abc.Iterable[Global___PresenceChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Presence: _TypeAlias = Presence  # noqa: Y015
+
+@_typing.final
+class PresenceChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    JOINED_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    joined: _builtins.bool
+    """False: the user left (no connection of theirs is in the room any more)."""
+    def __init__(
+        self,
+        *,
         user_id: _builtins.str = ...,
         joined: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["joined", b"joined", "room_id", b"room_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["joined", b"joined", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Presence: _TypeAlias = Presence  # noqa: Y015
+Global___PresenceChange: _TypeAlias = PresenceChange  # noqa: Y015
 
 @_typing.final
 class RoomChanged(_message.Message):

@@ -183,6 +183,7 @@ class Room(_message.Message):
     DEFAULT_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
     SYNC_HISTORY_ON_JOIN_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    NO_PRESENCE_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -193,6 +194,10 @@ class Room(_message.Message):
     visibility: Global___RoomVisibility.ValueType
     size: _builtins.int
     """Number of distinct users in the room now."""
+    no_presence: _builtins.bool
+    """Members are not told when others join or leave (no Presence frames);
+    participants are listed either way.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventDefinition]:
         """Events clients may publish; empty makes the room read-only for clients."""
@@ -216,10 +221,11 @@ class Room(_message.Message):
         default_subscriptions: _abc.Iterable[_builtins.str] | None = ...,
         sync_history_on_join: Global___SyncOnJoin | None = ...,
         size: _builtins.int = ...,
+        no_presence: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sync_history_on_join", b"sync_history_on_join"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator", b"creator", "default_subscriptions", b"default_subscriptions", "description", b"description", "events", b"events", "max_size", b"max_size", "name", b"name", "room_id", b"room_id", "size", b"size", "sync_history_on_join", b"sync_history_on_join", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator", b"creator", "default_subscriptions", b"default_subscriptions", "description", b"description", "events", b"events", "max_size", b"max_size", "name", b"name", "no_presence", b"no_presence", "room_id", b"room_id", "size", b"size", "sync_history_on_join", b"sync_history_on_join", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,6 +354,7 @@ class CreateRoomRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     DEFAULT_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
     READ_ONLY_FIELD_NUMBER: _builtins.int
+    NO_PRESENCE_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     """[a-z0-9_.:-], 1–64 characters, not already taken."""
     name: _builtins.str
@@ -355,6 +362,8 @@ class CreateRoomRequest(_message.Message):
     max_size: _builtins.int
     visibility: Global___RoomVisibility.ValueType
     read_only: _builtins.bool
+    no_presence: _builtins.bool
+    """No Presence frames in this room (see Room.no_presence)."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventDefinition]:
         """Empty accepts any event ("*"); use read_only for a room clients cannot publish to."""
@@ -372,10 +381,11 @@ class CreateRoomRequest(_message.Message):
         events: _abc.Iterable[Global___EventDefinition] | None = ...,
         default_subscriptions: _abc.Iterable[_builtins.str] | None = ...,
         read_only: _builtins.bool = ...,
+        no_presence: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_subscriptions", b"default_subscriptions", "description", b"description", "events", b"events", "max_size", b"max_size", "name", b"name", "read_only", b"read_only", "room_id", b"room_id", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_subscriptions", b"default_subscriptions", "description", b"description", "events", b"events", "max_size", b"max_size", "name", b"name", "no_presence", b"no_presence", "read_only", b"read_only", "room_id", b"room_id", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,204 @@
+"""Numbers for transient events without a write each: blocks reserved in the log, handed out from memory.
+
+A room whose events keep no history needs only the next number for each. The
+first such append to a room goes to the store and reserves the next
+`block` numbers with it (`AppendRequest.reserve`); appends that follow and
+fit in the reservation are numbered here, with no transaction at all, until
+it runs out and the next one reserves again. Everything else (kept events,
+idempotency keys, edits, deletes) goes to the store, told where the log
+stands (`after_seq`), so the numbering stays one gap-free sequence.
+
+What the store holds is never behind: a reservation is written before any
+of its numbers is given out. After a restart the memory is gone and the
+store continues after the whole reservation (`LogStateRow.handed_out`):
+numbers in the lost rest of the block are never used, and read like the
+transient events they could have been (no row), so nothing is numbered twice
+and no epoch changes. This process must be the log's only writer (one
+history service per database).
+
+Reads return the log's `last_seq` as this process has numbered it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from services.history.storage import (
+    Appended,
+    AppendRequest,
+    Appends,
+    EventRow,
+    HistoryStorage,
+    LogClosed,
+    LogStateRow,
+    Page,
+    Pruned,
+    Rewritten,
+    RoomRetention,
+    Since,
+    Snapshot,
+)
+
+# Numbers reserved at a time: a room that keeps nothing writes once per this many events.
+BLOCK = 1000
+
+
+@dataclasses.dataclass
+class _Counter:
+    epoch: str
+    last: int
+    reserved: int
+
+
+class ReservedSequences:
+    """A HistoryStorage that numbers transient-only appends in memory (see the module's text)."""
+
+    def __init__(self, storage: HistoryStorage, block: int = BLOCK) -> None:
+        self._storage = storage
+        self._block = block
+        self._counters: dict[str, _Counter] = {}
+        # Appends numbered here without a transaction; transactions the store wrote appends in.
+        self.numbered_in_memory = 0
+        self.transactions = 0
+
+    # Writes
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest], now: float, idempotency_window: float
+    ) -> list[Appends | LogClosed]:
+        results: list[Appends | LogClosed | None] = [None] * len(requests)
+        stored: list[tuple[int, AppendRequest]] = []
+        to_store: set[str] = set()
+        for i, request in enumerate(requests):
+            counter = self._counters.get(request.room_id)
+            if counter is not None and request.room_id not in to_store and self._fits(request, counter):
+                results[i] = self._number(request, counter)
+                continue
+            # Once a room's request goes to the store, its later ones follow it there, in order.
+            to_store.add(request.room_id)
+            after = counter.last if counter is not None else None
+            reserve = self._block if _numbers_only(request) else 0
+            stored.append((i, dataclasses.replace(request, after_seq=after, reserve=reserve)))
+        if stored:
+            self.transactions += 1
+            written = await self._storage.append_batch([r for _, r in stored], now, idempotency_window)
+            for (i, request), result in zip(stored, written, strict=True):
+                results[i] = result
+                self._follow(request, result)
+        return [result for result in results if result is not None]
+
+    def _fits(self, request: AppendRequest, counter: _Counter) -> bool:
+        return _numbers_only(request) and counter.last + len(request.events) <= counter.reserved
+
+    def _number(self, request: AppendRequest, counter: _Counter) -> Appends:
+        appended = []
+        for event in request.events:
+            counter.last += 1
+            appended.append(Appended(counter.last, event.handle, duplicate=False))
+        self.numbered_in_memory += 1
+        return counter.epoch, appended
+
+    def _follow(self, request: AppendRequest, result: Appends | LogClosed) -> None:
+        """Learns where the log stands from what the store numbered."""
+        if isinstance(result, LogClosed):
+            self._counters.pop(request.room_id, None)
+            return
+        epoch, appended = result
+        numbered = [placed.seq for placed in appended if not placed.duplicate]
+        counter = self._counters.get(request.room_id)
+        if counter is not None and counter.epoch != epoch:
+            del self._counters[request.room_id]  # a counter of a log that is gone
+            counter = None
+        if request.reserve and numbered:
+            last = numbered[-1]
+            self._counters[request.room_id] = _Counter(epoch, last, last + request.reserve)
+        elif counter is not None and numbered:
+            counter.last = max(counter.last, numbered[-1])
+
+    async def rewrite_event(
+        self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes], after_seq: int | None = None
+    ) -> Rewritten | None:
+        counter = self._counters.get(room_id)
+        rewritten = await self._storage.rewrite_event(
+            room_id, handle, rewrite, counter.last if counter is not None else after_seq
+        )
+        if rewritten is not None and counter is not None and self._counters.get(room_id) is counter:
+            if rewritten.epoch == counter.epoch:
+                counter.last = max(counter.last, rewritten.change_seq)
+            else:
+                del self._counters[room_id]
+        return rewritten
+
+    async def drop_log(self, room_id: str, close: bool) -> int:
+        self._counters.pop(room_id, None)
+        return await self._storage.drop_log(room_id, close)
+
+    async def reopen_log(self, room_id: str) -> int:
+        self._counters.pop(room_id, None)
+        return await self._storage.reopen_log(room_id)
+
+    # Reads: the log's newest number as numbered here
+
+    def _last(self, room_id: str, epoch: str, stored: int) -> int:
+        counter = self._counters.get(room_id)
+        return max(stored, counter.last) if counter is not None and counter.epoch == epoch else stored
+
+    def _state(self, state: LogStateRow | None) -> LogStateRow | None:
+        if state is None:
+            return None
+        return dataclasses.replace(state, last_seq=self._last(state.room_id, state.epoch, state.last_seq))
+
+    async def log_state(self, room_id: str) -> LogStateRow | None:
+        return self._state(await self._storage.log_state(room_id))
+
+    async def since(self, room_id: str, after_seq: int, limit: int) -> Since:
+        read = await self._storage.since(room_id, after_seq, limit)
+        return dataclasses.replace(read, state=self._state(read.state))
+
+    async def page_before(self, room_id: str, before_seq: int, limit: int, event: str = "") -> Page:
+        page = await self._storage.page_before(room_id, before_seq, limit, event)
+        return dataclasses.replace(page, last_seq=self._last(room_id, page.epoch, page.last_seq))
+
+    async def page_by_offset(self, room_id: str, start: int, end: int, event: str = "") -> Page:
+        page = await self._storage.page_by_offset(room_id, start, end, event)
+        return dataclasses.replace(page, last_seq=self._last(room_id, page.epoch, page.last_seq))
+
+    async def read_snapshot(self, room_id: str, rows: int) -> Snapshot | None:
+        snapshot = await self._storage.read_snapshot(room_id, rows)
+        if snapshot is None:
+            return None
+        state = self._state(snapshot.state)
+        assert state is not None
+        return dataclasses.replace(snapshot, state=state)
+
+    # The rest is the store's own
+
+    async def set_retention(self, rooms: Sequence[RoomRetention]) -> None:
+        await self._storage.set_retention(rooms)
+
+    async def retention_of(self, room_id: str) -> dict[str, tuple[int, int]]:
+        return await self._storage.retention_of(room_id)
+
+    async def event_names(self, room_id: str) -> set[str]:
+        return await self._storage.event_names(room_id)
+
+    async def event_by_handle(self, room_id: str, handle: str) -> tuple[EventRow | None, str]:
+        return await self._storage.event_by_handle(room_id, handle)
+
+    async def retention_rooms(self) -> list[str]:
+        return await self._storage.retention_rooms()
+
+    async def prune_room(self, room_id: str, now_ms: int) -> list[Pruned]:
+        return await self._storage.prune_room(room_id, now_ms)
+
+    async def prune_idempotency_keys(self, older_than: float) -> int:
+        return await self._storage.prune_idempotency_keys(older_than)
+
+    async def close(self) -> None:
+        await self._storage.close()
+
+
+def _numbers_only(request: AppendRequest) -> bool:
+    """Nothing to write but the numbers: every event transient, none with an idempotency key to record."""
+    return all(event.transient and not event.idempotency_key for event in request.events)

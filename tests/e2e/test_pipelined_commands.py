@@ -1,0 +1,136 @@
+"""A connection's commands run side by side (services/gateway/command_lanes.py), through a real server:
+a slow join holds up nothing else, pipelined publishes keep their order and share transactions, and a room
+that keeps no history numbers its events without a write each."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from parley import Client
+from parley.gateway.v1 import gateway_pb2
+from services import allinone
+from services.history.server import APPEND_TRANSACTIONS_METRIC, NUMBERED_IN_MEMORY_METRIC
+from services.runtime.config import EventDefinition, HistorySettings, HooksConfig, RoomDefinition
+from services.runtime.telemetry import setup_telemetry
+from tests import hooks_for_tests
+from tests.streams import Stream, payload_of, stream, value
+from tests.support import make_config, running
+
+ROOMS = [
+    RoomDefinition(id="lobby"),
+    RoomDefinition(id="slow"),
+    RoomDefinition(id="kept", events=[EventDefinition(name="*", history=HistorySettings(enabled=True))]),
+]
+_ids = itertools.count()
+
+
+@pytest.fixture
+async def server(data_dir: Path) -> AsyncIterator[tuple[str, InMemoryMetricReader]]:
+    hooks_for_tests.slow_joins = asyncio.Event()
+    config = make_config(
+        data_dir,
+        rooms=ROOMS,
+        hooks=HooksConfig(before_join="tests.hooks_for_tests:before_join"),
+        **{"gateway.events_per_window": 1_000_000},
+    )
+    reader = InMemoryMetricReader()
+    telemetry = setup_telemetry(config.telemetry, "parley-test", metric_reader=reader)
+    try:
+        async with running(allinone.create_server, config, telemetry=telemetry) as (_, address):
+            yield address, reader
+    finally:
+        hooks_for_tests.slow_joins = None
+
+
+async def token_of(address: str, name: str, tmp_path: Path) -> str:
+    async with Client(address, username=name, key_file=tmp_path / f"{name}.json") as client:
+        return await client.access_token()
+
+
+def counter(reader: InMemoryMetricReader, name: str) -> int:
+    data = reader.get_metrics_data()
+    assert data is not None
+    values = [
+        int(point.value)  # type: ignore[union-attr]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+    assert len(values) == 1, values
+    return values[0]
+
+
+def send(s: Stream, **command: object) -> asyncio.Future[gateway_pb2.Reply]:
+    """Sends a command without waiting for its reply."""
+    request_id = f"p{next(_ids)}"
+    reply: asyncio.Future[gateway_pb2.Reply] = asyncio.get_running_loop().create_future()
+    s.replies[request_id] = reply
+    s.send_raw(gateway_pb2.ConnectRequest(request_id=request_id, **command))  # type: ignore[arg-type]
+    return reply
+
+
+def publish(s: Stream, room_id: str, n: int) -> asyncio.Future[gateway_pb2.Reply]:
+    event = gateway_pb2.OutgoingEvent(event="message", payload=value({"n": n}))
+    return send(s, publish=gateway_pb2.PublishCommand(room_id=room_id, events=[event]))
+
+
+async def test_a_slow_join_holds_up_neither_pings_nor_publishes_to_other_rooms(
+    server: tuple[str, InMemoryMetricReader], tmp_path: Path
+) -> None:
+    address, _ = server
+    async with stream(address, await token_of(address, "ada", tmp_path)) as s:
+        await s.join("lobby")
+        join = send(s, join=gateway_pb2.JoinCommand(room_id="slow"))
+        ping = send(s, ping=gateway_pb2.PingCommand())
+        published = publish(s, "lobby", 1)
+        # Commands to the joining room wait for the join, in order.
+        after_join = publish(s, "slow", 2)
+        assert (await asyncio.wait_for(ping, 3)).status.code == 0
+        assert (await asyncio.wait_for(published, 3)).status.code == 0
+        assert payload_of(await s.next_event()) == {"n": 1}
+        assert not join.done()
+        assert not after_join.done()
+        assert hooks_for_tests.slow_joins is not None
+        hooks_for_tests.slow_joins.set()
+        assert (await asyncio.wait_for(join, 3)).status.code == 0
+        assert (await asyncio.wait_for(after_join, 3)).status.code == 0
+
+
+@pytest.mark.parametrize("room_id", ["kept", "lobby"])
+async def test_pipelined_publishes_keep_their_order_and_are_committed_together(
+    server: tuple[str, InMemoryMetricReader], tmp_path: Path, room_id: str
+) -> None:
+    address, reader = server
+    count = 300
+    async with (
+        stream(address, await token_of(address, "pub", tmp_path)) as publisher,
+        stream(address, await token_of(address, "sub", tmp_path)) as subscriber,
+    ):
+        await publisher.join(room_id)
+        await subscriber.join(room_id)
+        transactions = counter(reader, APPEND_TRANSACTIONS_METRIC)
+        in_memory = counter(reader, NUMBERED_IN_MEMORY_METRIC)
+        replies = await asyncio.wait_for(asyncio.gather(*(publish(publisher, room_id, n) for n in range(count))), 10)
+        assert all(reply.status.code == 0 for reply in replies)
+        seqs = [reply.publish.seqs[0] for reply in replies]
+        # Sequences in the order the commands were sent, with nothing between them.
+        assert seqs == list(range(seqs[0], seqs[0] + count))
+        received = [payload_of(await subscriber.next_event())["n"] for _ in range(count)]
+        assert received == list(range(count))
+        written = counter(reader, APPEND_TRANSACTIONS_METRIC) - transactions
+        numbered = counter(reader, NUMBERED_IN_MEMORY_METRIC) - in_memory
+    if room_id == "kept":
+        # One connection's publishes share transactions like the publishes of many.
+        assert written < count / 4
+    else:
+        # A room that keeps nothing writes only to reserve its numbers.
+        assert written <= 2
+        assert numbered >= count / 4
