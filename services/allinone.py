@@ -12,7 +12,8 @@ from services.history.local import InProcessHistory
 from services.history.server import history_parts
 from services.history.servicer import HistoryServicer
 from services.identity.server import identity_module
-from services.room.server import room_module
+from services.room.server import room_module, room_parts
+from services.room.servicer import RoomServicer
 from services.runtime.bus import Bus
 from services.runtime.bus_factory import open_bus
 from services.runtime.config import INTERNAL_SERVICE, Config
@@ -35,6 +36,7 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
     """
     config = with_internal_secret(config)
     servicers: list[HistoryServicer] = []
+    room_servicers: list[RoomServicer] = []
     # One bus for the process: the history service announces on it, the gateway listens.
     bus = await open_bus(config.bus)
 
@@ -44,15 +46,23 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
         return module
 
     async def gateway(config: Config) -> ServiceModule:
-        # The publish path appends in process; joins reach the room service over loopback.
+        # The publish path appends in process, and joins and leaves are memberships in process.
         in_process = InProcessHistory(servicers[0])
         return gateway_module(
-            config, gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE, local_peers=True, history=in_process, bus=bus, owns_bus=True
+            config,
+            gateway_pb2.DEPLOYMENT_MODE_ALL_IN_ONE,
+            local_peers=True,
+            history=in_process,
+            bus=bus,
+            owns_bus=True,
+            memberships=room_servicers[0],
         )
 
     async def room(config: Config) -> ServiceModule:
         # Deleting a room erases its history: over loopback, as in split mode.
-        return await room_module(config, history_on_this_server=True, bus=bus)
+        module, servicer = await room_parts(config, history_on_this_server=True, bus=bus)
+        room_servicers.append(servicer)
+        return module
 
     factories = [identity_module, room, history, file_module, gateway]
     return await serve_modules(config, factories, process_name="all", identity_address=None, telemetry=telemetry)

@@ -255,6 +255,11 @@ class CommandHandler:
             read = await read_log(self._history, room_id, max(0, end.last_seq - cap), cap)
             catch_up = CatchUp(read, gateway_pb2.HistoryBatch.KIND_SYNC)
         else:
+            live = feed.live_position(connection)
+            if live is not None:
+                # Other members started the room's sequence: this one is live from where it joined, no read needed.
+                epoch, live_from = live
+                return CatchUp(LogRead(live_from, epoch, live_from, live_from, pages=1))
             end = await read_log_end(self._history, room_id)
             feed.start(end.epoch, end.through)
             # Live from where this connection subscribed: what came since then is held for it.

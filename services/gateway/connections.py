@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from services.gateway.outbox import Outbox
@@ -14,28 +13,36 @@ from services.runtime.errors import ServiceError
 
 ANY_EVENT = "*"
 EXCLUDED_PREFIX = "-"
+NO_NAMES: frozenset[str] = frozenset()
+
+
+def _frozen(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(names) or NO_NAMES
 
 
 class Interest:
-    """Which events of a room a connection receives: all but some, or some."""
+    """Which events of a room a connection receives: all but some, or some.
+
+    The name sets are frozen and replaced on change, and most are empty: every
+    empty one is NO_NAMES, where each empty set would cost 216 bytes.
+    """
 
     __slots__ = ("all", "events", "excluded")
 
     def __init__(self, subscriptions: list[str]) -> None:
         self.all = ANY_EVENT in subscriptions
-        self.events = {name for name in subscriptions if name != ANY_EVENT}
-        self.excluded: set[str] = set()
+        self.events = _frozen(name for name in subscriptions if name != ANY_EVENT)
+        self.excluded = NO_NAMES
 
     @classmethod
     def from_names(cls, names: list[str]) -> Interest:
         """The inverse of `names()`; ValueError for a name that is not one."""
         interest = cls(names)
-        for name in names:
-            if name.startswith(EXCLUDED_PREFIX):
-                if not interest.all:
-                    raise ValueError(f"{name!r} excludes an event, which needs {ANY_EVENT!r} too")
-                interest.events.discard(name)
-                interest.excluded.add(name.removeprefix(EXCLUDED_PREFIX))
+        excluded = [name for name in names if name.startswith(EXCLUDED_PREFIX)]
+        if excluded and not interest.all:
+            raise ValueError(f"{excluded[0]!r} excludes an event, which needs {ANY_EVENT!r} too")
+        interest.events = _frozen(interest.events.difference(excluded))
+        interest.excluded = _frozen(name.removeprefix(EXCLUDED_PREFIX) for name in excluded)
         return interest
 
     def wants(self, event: str) -> bool:
@@ -51,15 +58,14 @@ class Interest:
         excluded = self.excluded | events if self.all else self.excluded
         self._replace(self.events - events, excluded, limit)
 
-    def _replace(self, events: set[str], excluded: set[str], limit: int) -> None:
+    def _replace(self, events: frozenset[str], excluded: frozenset[str], limit: int) -> None:
         if len(events) + len(excluded) > limit:
             raise ValueError(f"a room subscription lists at most {limit} event names")
-        self.events, self.excluded = events, excluded
+        self.events, self.excluded = _frozen(events), _frozen(excluded)
 
     def set_all(self, on: bool) -> None:
         self.all = on
-        self.events.clear()
-        self.excluded.clear()
+        self.events = self.excluded = NO_NAMES
 
     def names(self) -> list[str]:
         """["*", "-typing"] for all but typing; ["message"] for just message."""
@@ -76,7 +82,7 @@ class Held(NamedTuple):
     change: bool = False
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Connection:
     session_id: str
     user_id: str
@@ -85,7 +91,6 @@ class Connection:
     connected_at: float = dataclasses.field(default_factory=time.time)
     # room -> what this connection receives of it.
     rooms: dict[str, Interest] = dataclasses.field(default_factory=dict)
-    subjects: set[str] = dataclasses.field(default_factory=set)
     # Rooms whose history is being read for this connection: live events are
     # held here and merged with the history by sequence.
     held: dict[str, list[Held]] = dataclasses.field(default_factory=dict)
@@ -99,39 +104,81 @@ class Connection:
     ended: ServiceError | None = None
     # Ends the stream with an error: what is queued is sent, then a GoAway; a reader that never reads is cut off.
     end_with: Callable[[ServiceError], None] = lambda error: None
+    # Made on first use: most streams subscribe to no subject (see `subjects`).
+    _subjects: set[str] | None = dataclasses.field(default=None, init=False, repr=False)
+
+    @property
+    def subjects(self) -> set[str]:
+        """The subject patterns this connection subscribed to."""
+        if self._subjects is None:
+            self._subjects = set()
+        return self._subjects
+
+
+class _ByKey:
+    """Connections by user or by device. A key with one connection (most users, most devices) holds it
+    without a set of its own (216 bytes each)."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict[str, Connection | set[Connection]] = {}
+
+    def add(self, key: str, connection: Connection) -> None:
+        held = self._held.get(key)
+        if held is None:
+            self._held[key] = connection
+        elif isinstance(held, Connection):
+            self._held[key] = {held, connection}
+        else:
+            held.add(connection)
+
+    def remove(self, key: str, connection: Connection) -> None:
+        held = self._held.get(key)
+        if held is connection:
+            del self._held[key]
+        elif isinstance(held, set):
+            held.discard(connection)
+            if not held:
+                del self._held[key]
+
+    def get(self, key: str) -> list[Connection]:
+        held = self._held.get(key)
+        if held is None:
+            return []
+        return [held] if isinstance(held, Connection) else list(held)
+
+    def keys(self) -> list[str]:
+        return list(self._held)
 
 
 class ConnectionRegistry:
     def __init__(self) -> None:
         self._by_session: dict[str, Connection] = {}
-        self._by_user: dict[str, set[Connection]] = defaultdict(set)
-        self._by_device: dict[str, set[Connection]] = defaultdict(set)
+        self._by_user = _ByKey()
+        self._by_device = _ByKey()
 
     def add(self, connection: Connection) -> None:
         self._by_session[connection.session_id] = connection
-        self._by_user[connection.user_id].add(connection)
-        self._by_device[connection.device_id].add(connection)
+        self._by_user.add(connection.user_id, connection)
+        self._by_device.add(connection.device_id, connection)
 
     def remove(self, connection: Connection) -> None:
         self._by_session.pop(connection.session_id, None)
-        for index, key in ((self._by_user, connection.user_id), (self._by_device, connection.device_id)):
-            mine = index.get(key)
-            if mine is not None:
-                mine.discard(connection)
-                if not mine:
-                    del index[key]
+        self._by_user.remove(connection.user_id, connection)
+        self._by_device.remove(connection.device_id, connection)
 
     def get(self, session_id: str) -> Connection | None:
         return self._by_session.get(session_id)
 
     def of_user(self, user_id: str) -> list[Connection]:
-        return sorted(self._by_user.get(user_id, ()), key=lambda c: c.session_id)
+        return sorted(self._by_user.get(user_id), key=lambda c: c.session_id)
 
     def of_device(self, device_id: str) -> list[Connection]:
-        return list(self._by_device.get(device_id, ()))
+        return self._by_device.get(device_id)
 
     def all(self) -> list[Connection]:
         return list(self._by_session.values())
 
     def online_users(self) -> list[str]:
-        return sorted(self._by_user)
+        return sorted(self._by_user.keys())

@@ -9,7 +9,8 @@ the reason) — never a silent skip. Each released event, encoded once, goes to
 the outbox of every member subscribed to its name.
 
 Joins and leaves are not sequenced: the feed gathers them for
-`presence_window` seconds and sends every member one Presence frame for all
+`presence_window` seconds (longer in a big room: one window per 100 local
+members, up to a second) and sends every member one Presence frame for all
 of them (each user once, in the order of their latest change), so a storm of
 N joins costs each member a frame per window rather than N frames.
 """
@@ -46,6 +47,10 @@ log = logging.getLogger("parley.gateway")
 RECENT_RECIPIENTS = 4096
 # Changes in one Presence frame (a window with more sends several).
 PRESENCE_CHANGES_PER_FRAME = 500
+# The presence window grows with the room: `presence_window` per this many local members, up to
+# MAX_PRESENCE_WINDOW, so a storm of joins to a big room costs few frames per member.
+MEMBERS_PER_PRESENCE_WINDOW = 100
+MAX_PRESENCE_WINDOW = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +129,12 @@ class RoomFeed:
     def remove(self, connection: Connection) -> None:
         self.members.pop(connection.session_id, None)
         self.live_from.pop(connection.session_id, None)
+
+    def live_position(self, connection: Connection) -> tuple[str, int] | None:
+        """The epoch, and the position after which the member gets every release; None before the feed's start."""
+        if self.epoch is None or connection.session_id not in self.live_from:
+            return None
+        return self.epoch, self.live_from[connection.session_id]
 
     def start(self, epoch: str, through: int) -> None:
         """A join read the log through `through`: the first such read starts the sequence there."""
@@ -284,7 +295,11 @@ class RoomFeed:
         self._presence[change.user_id] = change.joined
         if self._presence_timer is None and not self._closed:
             loop = asyncio.get_running_loop()
-            self._presence_timer = loop.call_later(self._settings.presence_window, self._send_presence)
+            self._presence_timer = loop.call_later(self._presence_window(), self._send_presence)
+
+    def _presence_window(self) -> float:
+        windows = max(1.0, len(self.members) / MEMBERS_PER_PRESENCE_WINDOW)
+        return min(self._settings.presence_window * windows, max(MAX_PRESENCE_WINDOW, self._settings.presence_window))
 
     def _send_presence(self) -> None:
         """One frame (per PRESENCE_CHANGES_PER_FRAME) of the window's joins and leaves, shared by every member."""

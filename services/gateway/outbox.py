@@ -44,6 +44,9 @@ ITEM_OVERHEAD_BYTES = 64
 SHARED_FRAME_SECONDS = 0.05
 # Lets a cut outbox's connection go (its stream ends with SLOW_CONSUMER once the client reads what was in flight).
 OnCut = Callable[[], None]
+Item = tuple[int, bytes]
+# An outbox with nothing queued holds this instead of an empty deque (760 bytes on every idle stream).
+NOTHING_QUEUED: tuple[Item, ...] = ()
 
 
 class OutboxBudget:
@@ -180,7 +183,27 @@ class FlushScheduler:
 
 
 class Outbox:
-    """One stream's queue. Frames taken by `next_frames` count until `sent` says they were written."""
+    """One stream's queue. Frames taken by `next_frames` count until `sent` says they were written.
+
+    Thousands of them sit idle on a gateway, so an idle one holds little: no
+    deque while nothing is queued, and a future only while someone waits.
+    """
+
+    __slots__ = (
+        "_budget",
+        "_closed",
+        "_error",
+        "_in_flight",
+        "_items",
+        "_max_bytes",
+        "_max_frame_bytes",
+        "_on_cut",
+        "_queued",
+        "_scheduler",
+        "_taken",
+        "_wakeup",
+        "in_flight_bytes",
+    )
 
     def __init__(
         self,
@@ -194,14 +217,15 @@ class Outbox:
         self._max_bytes = max_bytes
         self._max_frame_bytes = max_frame_bytes
         self._on_cut = on_cut
-        self._items: deque[tuple[int, bytes]] = deque()
+        self._items: deque[Item] | tuple[Item, ...] = NOTHING_QUEUED
         self._queued = 0
-        # Frames handed to the stream and not yet written (a reader that stopped holds them).
-        self._in_flight: deque[bytes] = deque()
+        # Frames handed to the stream and not yet written (a reader that stopped holds them): a frame's worth or so.
+        self._in_flight: list[bytes] = []
         self.in_flight_bytes = 0
-        self._ready = asyncio.Event()
-        # Set whenever queued bytes are taken for sending (see `room_for`).
-        self._taken = asyncio.Event()
+        # What `next_frames` waits on, while it waits.
+        self._wakeup: asyncio.Future[None] | None = None
+        # Set whenever queued bytes are taken for sending; made for the first producer that waits (see `room_for`).
+        self._taken: asyncio.Event | None = None
         self._closed = False
         self._error: BaseException | None = None
         self._budget.track(self)
@@ -233,10 +257,13 @@ class Outbox:
             return False
         if not self._budget.admit(self, data):
             return False
-        self._items.append((kind, data))
+        items = self._items
+        if not isinstance(items, deque):
+            items = self._items = deque()
+        items.append((kind, data))
         self._queued += len(data)
         if urgent:
-            self._ready.set()
+            self.wake()
         else:
             self._scheduler.mark(self)
         return True
@@ -248,13 +275,15 @@ class Outbox:
         instead of overflowing the queue and cutting the stream.
         """
         while not self._closed and self._queued and self._queued + size > self._max_bytes:
+            if self._taken is None:
+                self._taken = asyncio.Event()
             self._taken.clear()
             await self._taken.wait()
 
     def sent(self, frame: bytes) -> None:
         """A frame from `next_frames` was written to the stream."""
         if self._in_flight and self._in_flight[0] is frame:
-            self._in_flight.popleft()
+            del self._in_flight[0]
             self.in_flight_bytes -= len(frame)
             self._budget.discharge(frame)
 
@@ -268,8 +297,7 @@ class Outbox:
         self._drop_queued()
         self._closed = True
         self._error = error
-        self._ready.set()
-        self._taken.set()
+        self._wake_all()
         if self._on_cut is not None:
             self._on_cut()
 
@@ -281,12 +309,21 @@ class Outbox:
         self._in_flight.clear()
         self.in_flight_bytes = 0
         self._closed = True
-        self._ready.set()
-        self._taken.set()
+        self._wake_all()
         self._budget.forget(self)
 
     def wake(self) -> None:
-        self._ready.set()
+        """`next_frames` looks again (there is something queued, or the outbox ended)."""
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+
+    def _wake_all(self) -> None:
+        self.wake()
+        if self._taken is not None:
+            self._taken.set()
 
     def finish(self) -> None:
         """No more frames: what is queued is still sent, then the stream ends normally."""
@@ -301,15 +338,14 @@ class Outbox:
     def _drop_queued(self) -> None:
         for _, data in self._items:
             self._budget.discharge(data)
-        self._items.clear()
+        self._items = NOTHING_QUEUED
         self._queued = 0
 
     def _end(self, error: BaseException | None) -> None:
         if not self._closed:
             self._closed = True
             self._error = error
-        self._ready.set()
-        self._taken.set()
+        self._wake_all()
 
     async def next_frames(self) -> list[bytes] | None:
         """The frames gathered by the next flush (adjacent events merged); None at the end.
@@ -322,22 +358,27 @@ class Outbox:
                 if self._error is not None:
                     raise self._error
                 return None
-            self._ready.clear()
-            await self._ready.wait()
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
         frames: list[bytes] = []
         group_kind = -1
         group: list[bytes] = []
         group_bytes = 0
         # About one frame's worth at a time: a stream that stops reading holds at most that
         # unwritten (it cannot be taken back), the rest stays queued, where a cut frees it.
-        items: list[tuple[int, bytes]] = []
+        queue = self._items
+        assert isinstance(queue, deque)
+        items: list[Item] = []
         taken = 0
-        while self._items and (not items or taken + len(self._items[0][1]) <= self._max_frame_bytes):
-            kind, data = self._items.popleft()
+        while queue and (not items or taken + len(queue[0][1]) <= self._max_frame_bytes):
+            kind, data = queue.popleft()
             items.append((kind, data))
             taken += len(data)
+        if not queue:
+            self._items = NOTHING_QUEUED
         self._queued -= taken
-        self._taken.set()
+        if self._taken is not None:
+            self._taken.set()
         for kind, data in items:
             if kind == FRAME or kind != group_kind or group_bytes + len(data) > self._max_frame_bytes:
                 self._flush_group(frames, group_kind, group)

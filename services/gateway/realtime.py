@@ -196,12 +196,8 @@ class Realtime:
         if not expires_at:
             return
         delay = expires_at + self.clock_skew_seconds - time.time()
-        error = unauthenticated(
-            errors_pb2.ERROR_REASON_TOKEN_EXPIRED,
-            "the access token of this stream expired; send a RefreshCommand with a fresh one before it does",
-        )
         loop = asyncio.get_running_loop()
-        connection.token_timer = loop.call_later(max(0.0, delay), connection.end_with, error)
+        connection.token_timer = loop.call_later(max(0.0, delay), _token_expired, connection)
 
     async def _refresh(self, connection: Connection, command: gateway_pb2.RefreshCommand) -> gateway_pb2.RefreshResult:
         """Moves the stream onto a fresh token of the same user and device."""
@@ -465,6 +461,15 @@ def backend_response(frame: bytes) -> bytes | None:
         reason = response.history.unrecovered_reason
         return gateway_pb2.SubscribeRoomResponse(unrecovered_reason=reason).SerializeToString()
     return None  # presence and ephemeral signals are for connections
+
+
+def _token_expired(connection: Connection) -> None:
+    connection.end_with(
+        unauthenticated(
+            errors_pb2.ERROR_REASON_TOKEN_EXPIRED,
+            "the access token of this stream expired; send a RefreshCommand with a fresh one before it does",
+        )
+    )
 
 
 def _session(connection: Connection) -> SessionContext:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from parley.room.v1 import room_pb2, room_pb2_grpc
+from services.runtime.config import ServerConfig
 from services.runtime.peer_client import PeerClient
+
+
+class Memberships(Protocol):
+    """The room service's memberships, as a servicer in this process offers them."""
+
+    def join(self, request: room_pb2.JoinRoomRequest) -> room_pb2.JoinRoomResponse: ...
+
+    def leave(self, request: room_pb2.LeaveRoomRequest) -> room_pb2.LeaveRoomResponse: ...
 
 
 class RoomClient(PeerClient):
@@ -35,3 +45,19 @@ class RoomClient(PeerClient):
     async def watch(self) -> AsyncIterator[room_pb2.WatchRoomsResponse]:
         async for response in self.server_stream(self._stub.WatchRooms, room_pb2.WatchRoomsRequest()):
             yield response
+
+
+class InProcessRoomClient(RoomClient):
+    """All-in-one: joins and leaves go straight to the room service in this process (a storm of
+    joins makes no loopback calls); everything else takes the loopback channel like split mode."""
+
+    def __init__(self, server: ServerConfig, secret: str, memberships: Memberships) -> None:
+        super().__init__(server, secret, "")
+        self._memberships = memberships
+
+    async def join(self, room_id: str, user_id: str, session_id: str) -> room_pb2.JoinRoomResponse:
+        return self._memberships.join(room_pb2.JoinRoomRequest(room_id=room_id, user_id=user_id, session_id=session_id))
+
+    async def leave(self, room_id: str, user_id: str, session_id: str) -> list[str]:
+        request = room_pb2.LeaveRoomRequest(room_id=room_id, user_id=user_id, session_id=session_id)
+        return list(self._memberships.leave(request).left_room_ids)

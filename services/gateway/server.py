@@ -23,7 +23,7 @@ from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
 from services.gateway.retention import RetentionSync
 from services.gateway.revocations import follow_revocations
-from services.gateway.room_client import RoomClient
+from services.gateway.room_client import InProcessRoomClient, Memberships, RoomClient
 from services.gateway.servicer import SERVICE, GatewayServicer
 from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
@@ -55,11 +55,17 @@ def gateway_module(
     bus: Bus,
     history: HistoryAppender | None = None,
     owns_bus: bool = False,
+    memberships: Memberships | None = None,
 ) -> ServiceModule:
     """GatewayService. With `local_peers` the room service is on this same server
-    (reached over a loopback channel) and `history` is the in-process history service."""
+    (reached over a loopback channel, joins and leaves in process through `memberships`)
+    and `history` is the in-process history service."""
     secret = internal_secret(config)
-    rooms = RoomClient(config.server, secret, "" if local_peers else config.peers.room)
+    rooms = (
+        InProcessRoomClient(config.server, secret, memberships)
+        if memberships is not None
+        else RoomClient(config.server, secret, "" if local_peers else config.peers.room)
+    )
     identity = IdentityClient(config.server, secret, "" if local_peers else config.peers.identity)
     remote_history: HistoryClient | None = None
     if history is None:

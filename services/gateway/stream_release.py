@@ -23,6 +23,8 @@ from services.runtime.uncancellable import uncancellable
 class StreamRelease:
     """Runs `let_go` exactly once: at `now()`, or when the stream's handler ends (`finished`)."""
 
+    __slots__ = ("_let_go", "_task")
+
     def __init__(self, let_go: Callable[[], Awaitable[None]]) -> None:
         self._let_go = let_go
         self._task: asyncio.Task[None] | None = None

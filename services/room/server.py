@@ -33,6 +33,14 @@ async def room_module(config: Config, history_on_this_server: bool = False, bus:
     """RoomService. It calls the history service at `peers.history`, or over a loopback
     channel when the history service is on this same server (all-in-one). Lapsed gateway
     leases are announced on `bus` (without one, on the bus `bus.url` names)."""
+    module, _ = await room_parts(config, history_on_this_server, bus)
+    return module
+
+
+async def room_parts(
+    config: Config, history_on_this_server: bool = False, bus: Bus | None = None
+) -> tuple[ServiceModule, RoomServicer]:
+    """The module, and its servicer for an in-process gateway (all-in-one: memberships without a round trip)."""
     declared = [definitions.from_config(d, config.config_dir or Path.cwd()) for d in config.rooms]
     await definitions.compile_declared(declared)
     history = HistoryLogs(
@@ -72,12 +80,13 @@ async def room_module(config: Config, history_on_this_server: bool = False, bus:
         if owns_bus:
             await bus.close()
 
-    return ServiceModule(
+    module = ServiceModule(
         services=[SERVICE],
         register=lambda server: room_pb2_grpc.add_RoomServiceServicer_to_server(servicer, server),
         close=close,
         start=start,
     )
+    return module, servicer
 
 
 async def _reopen_declared_logs(registry: RoomRegistry) -> None:

@@ -97,6 +97,10 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
         )
 
     async def JoinRoom(self, request: room_pb2.JoinRoomRequest, context: Context) -> room_pb2.JoinRoomResponse:
+        return self.join(request)
+
+    def join(self, request: room_pb2.JoinRoomRequest) -> room_pb2.JoinRoomResponse:
+        """JoinRoom itself; the all-in-one gateway calls it in process."""
         definitions.check_room_id(request.room_id)
         _require(user_id=request.user_id, session_id=request.session_id)
         room = self._registry.get(request.room_id)
@@ -104,6 +108,10 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
         return room_pb2.JoinRoomResponse(room=self._with_size(room), first_connection=first)
 
     async def LeaveRoom(self, request: room_pb2.LeaveRoomRequest, context: Context) -> room_pb2.LeaveRoomResponse:
+        return self.leave(request)
+
+    def leave(self, request: room_pb2.LeaveRoomRequest) -> room_pb2.LeaveRoomResponse:
+        """LeaveRoom itself; the all-in-one gateway calls it in process."""
         _require(user_id=request.user_id)
         left = self._membership.leave(request.room_id or None, request.user_id, request.session_id or None)
         return room_pb2.LeaveRoomResponse(left_room_ids=left)

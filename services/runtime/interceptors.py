@@ -87,20 +87,32 @@ def wrap_handler(handler: Any, method: MethodInfo, hooks: tuple[CallHook, CallHo
     return handler._replace(**{kind: behaviour, "request_deserializer": None})
 
 
-@contextlib.asynccontextmanager
-async def translate_errors(method: MethodInfo, context: Context) -> AsyncIterator[None]:
+class _TranslatedErrors:
     """ServiceError -> rich status; anything unexpected -> logged INTERNAL."""
-    try:
-        yield
-    except errors.ServiceError as exc:
-        status = exc.to_status()
-        await context.abort(status.code, status.details, status.trailing_metadata)
-    except grpc.aio.AbortError:
-        raise
-    except Exception:
-        log.exception("unhandled error", extra={"rpc": method.full_name})
-        status = errors.internal().to_status()
-        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    __slots__ = ("_context", "_method")
+
+    def __init__(self, method: MethodInfo, context: Context) -> None:
+        self._method = method
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
+        if exc is None or isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
+            return False
+        if isinstance(exc, errors.ServiceError):
+            status = exc.to_status()
+        else:
+            log.error("unhandled error", exc_info=exc, extra={"rpc": self._method.full_name})
+            status = errors.internal().to_status()
+        await self._context.abort(status.code, status.details, status.trailing_metadata)
+        return False
+
+
+def translate_errors(method: MethodInfo, context: Context) -> _TranslatedErrors:
+    return _TranslatedErrors(method, context)
 
 
 class AuthHook:
@@ -109,25 +121,38 @@ class AuthHook:
     def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier
 
-    @contextlib.asynccontextmanager
-    async def __call__(self, method: MethodInfo, context: Context) -> AsyncIterator[None]:
+    def __call__(self, method: MethodInfo, context: Context) -> _Authenticated:
+        return _Authenticated(self._verifier, method, context)
+
+
+class _Authenticated:
+    __slots__ = ("_context", "_method", "_token", "_verifier")
+
+    def __init__(self, verifier: TokenVerifier, method: MethodInfo, context: Context) -> None:
+        self._verifier = verifier
+        self._method = method
+        self._context = context
+        self._token: Any = None
+
+    async def __aenter__(self) -> None:
+        method = self._method
         if method.access == annotations_pb2.ACCESS_POLICY_PUBLIC:
-            yield
             return
-        principal = await self._verifier.verify(bearer_token(context))
+        principal = await self._verifier.verify(bearer_token(self._context))
         if method.access == annotations_pb2.ACCESS_POLICY_SERVICE and not principal.is_service:
             raise errors.permission_denied(
                 errors_pb2.ERROR_REASON_SERVICE_ONLY, f"{method.method} needs service credentials"
             )
         if method.access == annotations_pb2.ACCESS_POLICY_USER and principal.is_service:
             raise errors.permission_denied(errors_pb2.ERROR_REASON_USER_ONLY, f"{method.method} needs a user token")
-        token = set_principal(principal)
-        try:
-            yield
-        finally:
+        self._token = set_principal(principal)
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
+        if self._token is not None:
             # A stream whose task was cancelled is finalised in another context.
             with contextlib.suppress(ValueError):
-                reset_principal(token)
+                reset_principal(self._token)
+        return False
 
 
 def bearer_token(context: Context) -> str:

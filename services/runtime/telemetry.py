@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import grpc
@@ -152,27 +152,18 @@ class RpcTelemetryHook:
         self._calls = meter.create_counter("rpc.server.calls", unit="{call}", description="RPCs handled")
         self._duration = meter.create_histogram("rpc.server.duration", unit="ms", description="Time to handle an RPC")
 
-    @contextlib.asynccontextmanager
-    async def __call__(self, method: MethodInfo, context: Context) -> AsyncIterator[None]:
-        started = time.perf_counter()
-        code = "OK"
-        span = self._start_span(method, context) if self._tracing else None
-        try:
-            with _current(span):
-                yield
-            code = _code_name(context.code()) or "OK"
-        except BaseException:
-            code = _code_name(context.code()) or "UNKNOWN"
-            raise
-        finally:
-            if span is not None:
-                span.set_attribute("rpc.grpc.status_code", code)
-                if code != "OK":
-                    span.set_status(Status(StatusCode.ERROR, code))
-                span.end()
-            attributes = {"rpc.service": method.service, "rpc.method": method.method, "rpc.grpc.status_code": code}
-            self._calls.add(1, attributes)
-            self._duration.record((time.perf_counter() - started) * 1000, attributes)
+    def __call__(self, method: MethodInfo, context: Context) -> _CallTelemetry:
+        return _CallTelemetry(self, method, context)
+
+    def finish(self, method: MethodInfo, started: float, span: trace.Span | None, code: str) -> None:
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code)
+            if code != "OK":
+                span.set_status(Status(StatusCode.ERROR, code))
+            span.end()
+        attributes = {"rpc.service": method.service, "rpc.method": method.method, "rpc.grpc.status_code": code}
+        self._calls.add(1, attributes)
+        self._duration.record((time.perf_counter() - started) * 1000, attributes)
 
     def _start_span(self, method: MethodInfo, context: Context) -> trace.Span:
         carrier = {str(k): str(v) for k, v in (context.invocation_metadata() or ()) if not k.endswith("-bin")}
@@ -183,6 +174,31 @@ class RpcTelemetryHook:
             record_exception=False,
             attributes={"rpc.system": "grpc", "rpc.service": method.service, "rpc.method": method.method},
         )
+
+
+class _CallTelemetry:
+    __slots__ = ("_context", "_current", "_hook", "_method", "_span", "_started")
+
+    def __init__(self, hook: RpcTelemetryHook, method: MethodInfo, context: Context) -> None:
+        self._hook = hook
+        self._method = method
+        self._context = context
+        self._started = time.perf_counter()
+        self._span: trace.Span | None = None
+        self._current: Any = None
+
+    async def __aenter__(self) -> None:
+        if self._hook._tracing:
+            self._span = self._hook._start_span(self._method, self._context)
+            self._current = _current(self._span)
+            self._current.__enter__()
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
+        if self._current is not None:
+            self._current.__exit__(kind, exc, traceback)
+        code = _code_name(self._context.code()) or ("OK" if exc is None else "UNKNOWN")
+        self._hook.finish(self._method, self._started, self._span, code)
+        return False
 
 
 @contextlib.contextmanager

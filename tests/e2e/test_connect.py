@@ -14,7 +14,7 @@ from parley import Client
 from parley.gateway.v1 import gateway_pb2
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services import allinone
-from services.gateway.room_client import RoomClient
+from services.gateway.room_client import InProcessRoomClient
 from services.runtime.config import EventDefinition, RoomDefinition
 from tests.streams import Stream, changes_of, payload_of, stream, value
 from tests.support import bearer, make_config, running
@@ -210,14 +210,14 @@ async def test_a_stream_cancelled_while_it_ends_still_leaves_its_rooms(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     leaving = asyncio.Event()
-    leave = RoomClient.leave
+    leave = InProcessRoomClient.leave
 
-    async def slow_leave(self: RoomClient, room_id: str, user_id: str, session_id: str) -> list[str]:
+    async def slow_leave(self: InProcessRoomClient, room_id: str, user_id: str, session_id: str) -> list[str]:
         leaving.set()
         await asyncio.sleep(0.2)
         return await leave(self, room_id, user_id, session_id)
 
-    monkeypatch.setattr(RoomClient, "leave", slow_leave)
+    monkeypatch.setattr(InProcessRoomClient, "leave", slow_leave)
     async with stream(world.address, await world.token(world.alice)) as alice:
         await alice.join("anything")
         await alice.next_other("presence")

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -16,6 +17,7 @@ from parley import Client
 from parley.gateway.v1 import gateway_pb2
 from services import allinone
 from services.history.server import APPEND_TRANSACTIONS_METRIC, NUMBERED_IN_MEMORY_METRIC
+from services.history.sqlite_storage import SqliteHistoryStorage
 from services.runtime.config import EventDefinition, HistorySettings, HooksConfig, RoomDefinition
 from services.runtime.telemetry import setup_telemetry
 from tests import hooks_for_tests
@@ -106,9 +108,16 @@ async def test_a_slow_join_holds_up_neither_pings_nor_publishes_to_other_rooms(
 
 @pytest.mark.parametrize("room_id", ["kept", "lobby"])
 async def test_pipelined_publishes_keep_their_order_and_are_committed_together(
-    server: tuple[str, InMemoryMetricReader], tmp_path: Path, room_id: str
+    server: tuple[str, InMemoryMetricReader], tmp_path: Path, room_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     address, reader = server
+    append_batch = SqliteHistoryStorage.append_batch
+
+    async def slow_disk(self: SqliteHistoryStorage, *args: Any) -> Any:
+        await asyncio.sleep(0.05)  # publishes sent meanwhile wait for the next transaction
+        return await append_batch(self, *args)
+
+    monkeypatch.setattr(SqliteHistoryStorage, "append_batch", slow_disk)
     count = 300
     async with (
         stream(address, await token_of(address, "pub", tmp_path)) as publisher,
@@ -129,8 +138,8 @@ async def test_pipelined_publishes_keep_their_order_and_are_committed_together(
         numbered = counter(reader, NUMBERED_IN_MEMORY_METRIC) - in_memory
     if room_id == "kept":
         # One connection's publishes share transactions like the publishes of many.
-        assert written < count / 4
+        assert written <= count / 15
     else:
         # A room that keeps nothing writes only to reserve its numbers.
         assert written <= 2
-        assert numbered >= count / 4
+        assert numbered > 0
