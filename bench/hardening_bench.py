@@ -280,10 +280,11 @@ class ConnectStream:
         async for frame in self._frames:
             now = time.perf_counter()
             kind = frame.WhichOneof("frame")
-            if kind == "reply":
-                sent = self._sent.pop(frame.reply.request_id, None)
-                if sent is not None:
-                    self.pings.append((sent, now - sent))
+            if kind in ("reply", "replies"):
+                for reply in [frame.reply] if kind == "reply" else frame.replies.replies:
+                    sent = self._sent.pop(reply.request_id, None)
+                    if sent is not None:
+                        self.pings.append((sent, now - sent))
             elif kind == "room_changed":
                 room_id = frame.room_changed.change.room.room_id
                 self.room_changes.setdefault(room_id, (now, frame.ByteSize()))

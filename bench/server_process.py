@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -48,6 +48,48 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def descendants(roots: Iterable[int]) -> dict[int, list[int]]:
+    """Each of `roots` with every live process under it (what a server started, even in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue  # ended meanwhile
+        # After the parenthesised command name: state, ppid.
+        children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
+    found: dict[int, list[int]] = {}
+    for root in roots:
+        tree, pending = [], [root]
+        while pending:
+            pid = pending.pop()
+            tree.append(pid)
+            pending.extend(children.get(pid, ()))
+        found[root] = tree
+    return found
+
+
+def total_cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU time of the processes `pids` that are still there, summed."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def total_rss_kib(pids: Iterable[int]) -> int:
+    """Resident memory of the processes `pids` that are still there, summed."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_kib(pid)
+    return total
+
+
 def kill_group(pid: int) -> None:
     """SIGKILL the process group `pid` leads, if it is still there."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -55,7 +97,8 @@ def kill_group(pid: int) -> None:
 
 
 class ServerProcess:
-    """A server in a child process (its own process group) that prints "listening on HOST:PORT".
+    """A server in a child process (its own process group) that prints "listening on HOST:PORT"
+    (or what `listening` matches, host and port its two groups) on stdout or stderr.
 
     Its stdout and stderr go to `<name>.stdout` and `<name>.stderr` in `log_dir`.
     """
@@ -69,8 +112,12 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         stop_timeout: float = STOP_TIMEOUT_SECONDS,
+        listening: re.Pattern[str] = LISTENING,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
+        self._listening = listening
+        self._stop_signal = stop_signal
         self._stop_timeout = stop_timeout
         self._stdout_path = log_dir / f"{name}.stdout"
         self._stderr_path = log_dir / f"{name}.stderr"
@@ -94,7 +141,9 @@ class ServerProcess:
         """Waits until the server prints where it listens; returns and keeps that `host:port`."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            match = LISTENING.search(self._stdout_path.read_text())
+            match = self._listening.search(self._stdout_path.read_text()) or self._listening.search(
+                self._stderr_path.read_text()
+            )
             if match:
                 self.address = f"{match.group(1)}:{match.group(2)}"
                 return self.address
@@ -111,10 +160,17 @@ class ServerProcess:
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
 
+    @property
+    def stderr_path(self) -> Path:
+        """Where its stderr (its log) goes."""
+        return self._stderr_path
+
     def terminate(self) -> int:
-        """SIGTERM, then wait; SIGKILL the process group if it does not stop in time. Returns the exit code."""
+        """SIGTERM (or its stop signal), then wait; SIGKILL the process group if it does not stop in time.
+
+        Returns the exit code."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(self._stop_signal)
             try:
                 self.process.wait(self._stop_timeout)
             except subprocess.TimeoutExpired:
@@ -125,3 +181,21 @@ class ServerProcess:
 
     def stderr_tail(self) -> str:
         return self._stderr_path.read_text()[-STDERR_TAIL_CHARS:]
+
+
+class ProcessGroups:
+    """The process groups a benchmark started, so that whatever is left of them is killed on the way out."""
+
+    def __init__(self) -> None:
+        self._leaders: set[int] = set()
+
+    def add(self, pid: int) -> None:
+        self._leaders.add(pid)
+
+    def discard(self, pid: int) -> None:
+        self._leaders.discard(pid)
+
+    def kill_all(self) -> None:
+        for pid in list(self._leaders):
+            kill_group(pid)
+        self._leaders.clear()

@@ -2,17 +2,21 @@
 
     python -m bench.socketio_server [--host 127.0.0.1] [--port 0]
 
-A `socketio.AsyncServer` on aiohttp, set up the way its users would: every
-client that connects is put in room "bench", and each "publish" event it sends
-is re-emitted to the room as "event" (not back to the sender). Prints
-"listening on HOST:PORT" once it accepts connections and stops on SIGTERM or
-SIGINT. Started by `bench.fanout_bench`; not part of the test suite.
+A `socketio.AsyncServer` on aiohttp, set up the way its users would: a client
+names its user in its CONNECT (`auth={"user": ...}`, kept in its session); a
+"join" event puts it in the room it names and is acknowledged once it is in;
+a "publish" event (room, data) is re-emitted to the room as "event" (not back
+to the sender) and acknowledged once emitted. Prints "listening on HOST:PORT"
+once it accepts connections and stops on SIGTERM or SIGINT. Logs warnings and
+errors on stderr, one line each starting with the level, for the benchmark to
+count. Started by `bench.fanout_bench`; not part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,14 +25,12 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-ROOM = "bench"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.socketio_server",
-        description="A python-socketio AsyncServer on aiohttp that puts every client in room 'bench' and re-emits "
-        "each 'publish' event to the room as 'event' (skipping the sender). The fan-out benchmark's baseline.",
+        description="A python-socketio AsyncServer on aiohttp: 'join' puts a client in a room, 'publish' re-emits "
+        "to a room as 'event' (skipping the sender), both acknowledged. The fan-out benchmark's baseline.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default 0)")
@@ -40,13 +42,22 @@ def build_app() -> web.Application:
     app = web.Application()
     sio.attach(app)
 
-    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        await sio.enter_room(sid, ROOM)
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        if not isinstance(auth, dict) or not isinstance(auth.get("user"), str):
+            return False  # refused: every client names its user
+        await sio.save_session(sid, {"user": auth["user"]})
+        return True
 
-    async def publish(sid: str, data: Any) -> None:
-        await sio.emit("event", data, room=ROOM, skip_sid=sid)
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True
+
+    async def publish(sid: str, room: str, data: Any) -> bool:
+        await sio.emit("event", data, room=room, skip_sid=sid)
+        return True
 
     sio.on("connect", connect)
+    sio.on("join", join)
     sio.on("publish", publish)
     return app
 
@@ -70,6 +81,7 @@ async def serve(host: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     asyncio.run(serve(args.host, args.port))
     return 0
 

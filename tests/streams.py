@@ -60,10 +60,11 @@ class Stream:
         try:
             while (frame := await self.call.read()) is not grpc.aio.EOF:
                 kind = frame.WhichOneof("frame")
-                if kind == "reply":
-                    future = self.replies.pop(frame.reply.request_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(frame.reply)
+                if kind in ("reply", "replies"):
+                    for reply in [frame.reply] if kind == "reply" else frame.replies.replies:
+                        future = self.replies.pop(reply.request_id, None)
+                        if future is not None and not future.done():
+                            future.set_result(reply)
                 elif kind == "events":
                     self.event_frames += 1
                     for event in frame.events.events:

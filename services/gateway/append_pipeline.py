@@ -35,6 +35,15 @@ class _Append:
     done: asyncio.Future[Placed]
 
 
+# Appends are merged into one request up to this many bytes of events: well under the 4 MiB a
+# gRPC message may carry by default (one append alone is within max_payload_bytes per event).
+MAX_MERGED_BYTES = 1024 * 1024
+
+
+def _size(append: _Append) -> int:
+    return sum(event.ByteSize() for event in append.events)
+
+
 class AppendPipeline:
     def __init__(self, history: HistoryAppender) -> None:
         self._history = history
@@ -90,12 +99,14 @@ class AppendPipeline:
             del self._waiting[room_id]
             return
         batch = [waiting.popleft()]
-        count = len(batch[0].events)
+        count, size = len(batch[0].events), _size(batch[0])
         while (
             waiting
             and waiting[0].no_echo_session == batch[0].no_echo_session
             and count + len(waiting[0].events) <= MAX_EVENTS_PER_APPEND
+            and size + _size(waiting[0]) <= MAX_MERGED_BYTES
         ):
             count += len(waiting[0].events)
+            size += _size(waiting[0])
             batch.append(waiting.popleft())
         self._send(room_id, batch)

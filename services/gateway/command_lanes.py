@@ -44,8 +44,10 @@ def lane_of(request: gateway_pb2.ConnectRequest) -> str | None:
 
 
 class CommandLanes:
-    def __init__(self, run: Run, send: Send, fail: Fail, limit: int) -> None:
+    def __init__(self, run: Run, send: Send, fail: Fail, limit: int, ended: Callable[[], bool]) -> None:
         self._run = run
+        # True once the stream was ended from outside: commands still waiting in a lane do not run.
+        self._ended = ended
         self._send = send
         self._fail = fail
         self._limit = limit
@@ -100,6 +102,9 @@ class CommandLanes:
             del self._lanes[lane]
 
     async def _run_one(self, request: gateway_pb2.ConnectRequest) -> None:
+        if self._ended():
+            self._end()
+            return
         try:
             answer = await self._run(request)
         except Exception as exc:

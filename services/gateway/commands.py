@@ -184,12 +184,20 @@ class CommandHandler:
         if room_id in connection.rooms:
             room = self._directory.room(room_id) or await self._rooms.get(room_id)
             return gateway_pb2.JoinResult(room=room, subscriptions=connection.rooms[room_id].names())
-        if len(connection.rooms) >= self._config.max_rooms_per_connection:
+        if len(connection.rooms.keys() | connection.joining) >= self._config.max_rooms_per_connection:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 errors_pb2.ERROR_REASON_TOO_MANY_ROOMS,
                 f"a connection may be in at most {self._config.max_rooms_per_connection} rooms",
             )
+        connection.joining |= {room_id}
+        try:
+            return await self._join(connection, command)
+        finally:
+            connection.joining -= {room_id}
+
+    async def _join(self, connection: Connection, command: gateway_pb2.JoinCommand) -> gateway_pb2.JoinResult:
+        room_id = command.room_id
         chosen = _chosen_interest(command.subscriptions)
         await self._hooks.decide(
             "before_join",

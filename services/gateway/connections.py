@@ -104,6 +104,8 @@ class Connection:
     ended: ServiceError | None = None
     # Ends the stream with an error: what is queued is sent, then a GoAway; a reader that never reads is cut off.
     end_with: Callable[[ServiceError], None] = lambda error: None
+    # Rooms whose join is under way (joins run side by side): they count against the rooms a connection may be in.
+    joining: frozenset[str] = frozenset()
     # Made on first use: most streams subscribe to no subject (see `subjects`).
     _subjects: set[str] | None = dataclasses.field(default=None, init=False, repr=False)
 

@@ -43,8 +43,8 @@ from services.runtime.room_stream import RoomMessage
 
 log = logging.getLogger("parley.gateway")
 
-# Events whose recipients a feed remembers until their publisher asks.
-RECENT_RECIPIENTS = 4096
+# Events whose recipients a feed remembers at most until their publishers ask.
+RECENT_RECIPIENTS = 1024
 # Changes in one Presence frame (a window with more sends several).
 PRESENCE_CHANGES_PER_FRAME = 500
 # The presence window grows with the room: `presence_window` per this many local members, up to
@@ -66,8 +66,10 @@ class RoomFeed:
     def __init__(self, room_id: str, history: LogReader, settings: FeedSettings) -> None:
         self.room_id = room_id
         self.members: dict[str, Connection] = {}
-        # Recipients of the latest events released here, by sequence: a publisher takes its events' counts.
+        # Recipients of events released while a local publish waits for its append, by sequence:
+        # the publisher takes its events' counts. Kept only while one waits (`expecting`).
         self._recipients: dict[int, int] = {}
+        self.expecting = 0
         # The room log's epoch; None until the first read of it.
         self.epoch: str | None = None
         # Per member: the position after which it got every release (its catch-up read must reach it).
@@ -339,13 +341,20 @@ class RoomFeed:
                 delivered += 1
             elif member.outbox.put(kinds.EVENT, item):
                 delivered += 1
-        self._recipients[seq] = delivered
-        if len(self._recipients) > RECENT_RECIPIENTS:
-            del self._recipients[next(iter(self._recipients))]
+        if self.expecting:
+            self._recipients[seq] = delivered
+            if len(self._recipients) > RECENT_RECIPIENTS:
+                del self._recipients[next(iter(self._recipients))]
 
     def recipients(self, seqs: list[int]) -> int:
         """The members these events were delivered to, counted once (each count is taken, not kept)."""
         return sum(self._recipients.pop(seq, 0) for seq in seqs)
+
+    def recipients_counted(self) -> None:
+        """A publish that expected recipients has its count; with none left waiting, nothing is kept."""
+        self.expecting = max(0, self.expecting - 1)
+        if not self.expecting:
+            self._recipients.clear()
 
     def _deliver_change(self, message: RoomMessage) -> None:
         """An EventChanged frame, to members subscribed to the event, held or skipped like an event."""
@@ -412,6 +421,17 @@ class RoomFeeds:
         """The deliveries this gateway made of these events of the room (so far)."""
         feed = self._feeds.get(room_id)
         return feed.recipients(seqs) if feed else 0
+
+    def expect_recipients(self, room_id: str) -> None:
+        """A publish to the room waits for its append: its feed counts deliveries until `recipients_counted`."""
+        feed = self._feeds.get(room_id)
+        if feed is not None:
+            feed.expecting += 1
+
+    def recipients_counted(self, room_id: str) -> None:
+        feed = self._feeds.get(room_id)
+        if feed is not None:
+            feed.recipients_counted()
 
     def suspect_gaps(self) -> None:
         """Messages for any room may have been lost (a relay reconnected): every feed reads on from its last."""

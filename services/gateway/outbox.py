@@ -27,6 +27,7 @@ from services.gateway import wire
 EVENT = 0  # an EventBatch element
 SUBJECT = 1  # a SubjectEventBatch element
 FRAME = 2  # a whole ConnectResponse
+REPLY = 3  # a ReplyBatch element: replies ready together go in one frame
 UNLIMITED = sys.maxsize
 
 
@@ -403,5 +404,9 @@ class Outbox:
         return frames
 
     def _flush_group(self, frames: list[bytes], kind: int, group: list[bytes]) -> None:
-        if group:
+        if not group:
+            return
+        if kind == REPLY:
+            frames.append(wire.replies_frame(group))  # a connection's own: nothing to share
+        else:
             frames.append(self._scheduler.shared_frame(kind, group))

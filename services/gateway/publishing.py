@@ -147,6 +147,8 @@ class Publisher:
                     keep_seconds=keep_seconds,
                 )
             )
+        # The room's feed counts deliveries while this publish waits for its append (see `_result`).
+        self._feeds.expect_recipients(room_id)
         placed = self._appends.submit(room_id, new_events, no_echo_session=session_id if no_echo else "")
         if self._hooks.has("after_publish"):
             return start(self._told_after(placed, room_id, events, sender, session_id))
@@ -154,8 +156,10 @@ class Publisher:
 
         def finished(placed: asyncio.Future[Placed]) -> None:
             if placed.cancelled():
+                self._feeds.recipients_counted(room_id)
                 result.cancel()
             elif placed.exception() is not None:
+                self._feeds.recipients_counted(room_id)
                 result.set_exception(placed.exception())  # type: ignore[arg-type]
                 result.exception()  # retrieved: a caller that went away leaves no warning behind
             else:
@@ -172,7 +176,12 @@ class Publisher:
         sender: str,
         session_id: str,
     ) -> gateway_pb2.PublishResult:
-        result = self._result(room_id, await placed)
+        try:
+            appended = await placed
+        except BaseException:
+            self._feeds.recipients_counted(room_id)
+            raise
+        result = self._result(room_id, appended)
         for outgoing in events:
             context = _context(outgoing, room_id, sender, session_id)
             await self._hooks.notify("after_publish", context, result.recipients)
@@ -180,11 +189,11 @@ class Publisher:
 
     def _result(self, room_id: str, placed: Placed) -> gateway_pb2.PublishResult:
         seqs = [event.seq for event in placed.appended]
+        # On a bus that delivers in process, the events reached this gateway's members before the append returned.
+        recipients = self._feeds.recipients(room_id, seqs)
+        self._feeds.recipients_counted(room_id)
         return gateway_pb2.PublishResult(
-            seqs=seqs,
-            handles=[event.handle for event in placed.appended],
-            # On a bus that delivers in process, the events reached this gateway's members before the append returned.
-            recipients=self._feeds.recipients(room_id, seqs),
+            seqs=seqs, handles=[event.handle for event in placed.appended], recipients=recipients
         )
 
     def _check_size(self, event: gateway_pb2.OutgoingEvent) -> None:

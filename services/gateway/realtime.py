@@ -256,35 +256,44 @@ class Realtime:
 
     async def _read_commands(self, connection: Connection, requests: AsyncIterator[Any]) -> None:
         def send(reply: gateway_pb2.Reply) -> None:
-            connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(reply=reply)), urgent=True)
+            connection.outbox.put(kinds.REPLY, wire.batch_item(reply.SerializeToString()), urgent=True)
 
         def fail(error: BaseException) -> None:
             log.error("a command failed unexpectedly", exc_info=error, extra={"session": connection.session_id})
             connection.outbox.fail(internal())
 
         run = functools.partial(self.commands.start, connection)
-        lanes = CommandLanes(run, send, fail, self.config.max_commands_in_flight)
+        lanes = CommandLanes(
+            run, send, fail, self.config.max_commands_in_flight, ended=lambda: connection.ended is not None
+        )
+        # How the stream ends once the commands under way have stopped (None: normally, after what is queued).
+        ending: ServiceError | None = None
+        failure: Exception | None = None
         try:
             async for request in requests:
                 if connection.ended is not None:
                     return
                 if not request.request_id:
-                    connection.outbox.fail(protocol_violation("request_id: every command needs one"))
-                    return
+                    ending = protocol_violation("request_id: every command needs one")
+                    break
                 await lanes.submit(request)
-            await lanes.finished()
+            else:
+                await lanes.finished()
         except ServiceError as error:
             # A frame that is not a ConnectRequest at all.
-            connection.outbox.fail(protocol_violation(error.message))
-            return
+            ending = protocol_violation(error.message)
         except grpc.aio.AbortError:
             return
         except Exception as error:
-            fail(error)
-            return
+            failure = error
         finally:
             await lanes.stop()
-        connection.outbox.finish()
+        if failure is not None:
+            fail(failure)
+        elif ending is not None:
+            connection.outbox.fail(ending)
+        else:
+            connection.outbox.finish()
 
     async def _disconnect(self, connection: Connection) -> None:
         if connection.token_timer is not None:  # after the reader stopped: no refresh can set a new one

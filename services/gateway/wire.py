@@ -16,12 +16,20 @@ from services.runtime.protowire import varint
 # Wire tags (field number << 3 | length-delimited).
 _EVENTS_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER << 3 | 2])
 _SUBJECT_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUMBER << 3 | 2])
+_REPLY_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.REPLY_FIELD_NUMBER << 3 | 2])
+_REPLIES_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.REPLIES_FIELD_NUMBER << 3 | 2])
 _BATCH_ITEM_TAG = bytes([gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER << 3 | 2])
 # One tag byte each, and one item tag for both batch kinds: field numbers must stay small and equal.
 assert gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER == gateway_pb2.SubjectEventBatch.EVENTS_FIELD_NUMBER
 assert gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER == gateway_pb2.SubscribeRoomResponse.EVENTS_FIELD_NUMBER
+assert gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER == gateway_pb2.ReplyBatch.REPLIES_FIELD_NUMBER
 assert (
-    max(gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER, gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUMBER) <= 15
+    max(
+        gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER,
+        gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUMBER,
+        gateway_pb2.ConnectResponse.REPLIES_FIELD_NUMBER,
+    )
+    <= 15
 )
 
 
@@ -34,6 +42,15 @@ def events_frame(items: Sequence[bytes]) -> bytes:
     """A ConnectResponse{events} frame from `batch_item`s."""
     body = b"".join(items)
     return _EVENTS_FRAME_TAG + varint(len(body)) + body
+
+
+def replies_frame(items: Sequence[bytes]) -> bytes:
+    """A lone reply as `ConnectResponse{reply}`, or several in one `ConnectResponse{replies}`, from `batch_item`s."""
+    if len(items) == 1:
+        # An item and a lone reply frame differ only in their tag.
+        return _REPLY_FRAME_TAG + items[0][len(_BATCH_ITEM_TAG) :]
+    body = b"".join(items)
+    return _REPLIES_FRAME_TAG + varint(len(body)) + body
 
 
 def subject_events_frame(items: Sequence[bytes]) -> bytes:

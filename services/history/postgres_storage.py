@@ -170,7 +170,9 @@ class PostgresHistoryStorage:
     async def _page(self, room_id: str, sql: str, params: list[Any]) -> Page:
         async with self._db.connection() as connection:
             state, rows = await _with_state(connection, room_id, sql, params, "e.seq DESC")
-        return Page([EventRow(*row) for row in rows], state.epoch if state else "", state.last_seq if state else 0)
+        if state is None:
+            return Page([EventRow(*row) for row in rows], "", 0)
+        return Page([EventRow(*row) for row in rows], state.epoch, state.last_seq, state.reserved_seq)
 
     async def read_snapshot(self, room_id: str, rows: int) -> Snapshot | None:
         async with self._db.transaction(read_only=True) as connection:

@@ -1,22 +1,23 @@
 """Numbers for transient events without a write each: blocks reserved in the log, handed out from memory.
 
 A room whose events keep no history needs only the next number for each. The
-first such append to a room goes to the store and reserves the next
-`block` numbers with it (`AppendRequest.reserve`); appends that follow and
-fit in the reservation are numbered here, with no transaction at all, until
-it runs out and the next one reserves again. Everything else (kept events,
+first such append to a room goes to the store and reserves the next `block`
+numbers with it (`AppendRequest.reserve`); appends that follow and fit in
+the reservation are numbered here, with no transaction at all, until it runs
+out and the next one reserves again. Everything else (kept events,
 idempotency keys, edits, deletes) goes to the store, told where the log
 stands (`after_seq`), so the numbering stays one gap-free sequence.
 
 What the store holds is never behind: a reservation is written before any
 of its numbers is given out. After a restart the memory is gone and the
-store continues after the whole reservation (`LogStateRow.handed_out`):
-numbers in the lost rest of the block are never used, and read like the
-transient events they could have been (no row), so nothing is numbered twice
-and no epoch changes. This process must be the log's only writer (one
-history service per database).
-
-Reads return the log's `last_seq` as this process has numbered it.
+store continues after the whole reservation (`LogStateRow.handed_out`), and
+reads say the log reaches that far: numbers in the lost rest of the block
+are never used and read like the transient events they could have been (no
+row), so nothing is numbered twice and no epoch changes. A block is far
+smaller than what a resume may miss (`gateway.replay_cap`), so a restart
+costs a resuming client its recovery only if it was behind by nearly that
+much already. This process must be the log's only writer (one history
+service per database).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from services.history.storage import (
 )
 
 # Numbers reserved at a time: a room that keeps nothing writes once per this many events.
-BLOCK = 1000
+BLOCK = 100
 
 
 @dataclasses.dataclass
@@ -140,35 +141,53 @@ class ReservedSequences:
 
     # Reads: the log's newest number as numbered here
 
-    def _last(self, room_id: str, epoch: str, stored: int) -> int:
+    def _known(self, room_id: str) -> tuple[str, int] | None:
+        """The room's epoch and newest number as this process has numbered it, taken before a read."""
         counter = self._counters.get(room_id)
-        return max(stored, counter.last) if counter is not None and counter.epoch == epoch else stored
+        return None if counter is None else (counter.epoch, counter.last)
 
-    def _state(self, state: LogStateRow | None) -> LogStateRow | None:
+    @staticmethod
+    def _last(known: tuple[str, int] | None, epoch: str, last_seq: int, reserved_seq: int) -> int:
+        """The newest number a read may claim to cover.
+
+        Numbered here before the read began: every kept one among them was committed
+        before it, so the read's snapshot has their rows. Numbers the store handed out
+        otherwise (a reservation of an earlier run) read as transient events.
+        """
+        if known is not None and known[0] == epoch:
+            return max(known[1], last_seq)
+        return max(last_seq, reserved_seq)
+
+    def _state(self, known: tuple[str, int] | None, state: LogStateRow | None) -> LogStateRow | None:
         if state is None:
             return None
-        return dataclasses.replace(state, last_seq=self._last(state.room_id, state.epoch, state.last_seq))
+        return dataclasses.replace(state, last_seq=self._last(known, state.epoch, state.last_seq, state.reserved_seq))
 
     async def log_state(self, room_id: str) -> LogStateRow | None:
-        return self._state(await self._storage.log_state(room_id))
+        known = self._known(room_id)
+        return self._state(known, await self._storage.log_state(room_id))
 
     async def since(self, room_id: str, after_seq: int, limit: int) -> Since:
+        known = self._known(room_id)
         read = await self._storage.since(room_id, after_seq, limit)
-        return dataclasses.replace(read, state=self._state(read.state))
+        return dataclasses.replace(read, state=self._state(known, read.state))
 
     async def page_before(self, room_id: str, before_seq: int, limit: int, event: str = "") -> Page:
+        known = self._known(room_id)
         page = await self._storage.page_before(room_id, before_seq, limit, event)
-        return dataclasses.replace(page, last_seq=self._last(room_id, page.epoch, page.last_seq))
+        return dataclasses.replace(page, last_seq=self._last(known, page.epoch, page.last_seq, page.reserved_seq))
 
     async def page_by_offset(self, room_id: str, start: int, end: int, event: str = "") -> Page:
+        known = self._known(room_id)
         page = await self._storage.page_by_offset(room_id, start, end, event)
-        return dataclasses.replace(page, last_seq=self._last(room_id, page.epoch, page.last_seq))
+        return dataclasses.replace(page, last_seq=self._last(known, page.epoch, page.last_seq, page.reserved_seq))
 
     async def read_snapshot(self, room_id: str, rows: int) -> Snapshot | None:
+        known = self._known(room_id)
         snapshot = await self._storage.read_snapshot(room_id, rows)
         if snapshot is None:
             return None
-        state = self._state(snapshot.state)
+        state = self._state(known, snapshot.state)
         assert state is not None
         return dataclasses.replace(snapshot, state=state)
 

@@ -11,6 +11,7 @@ of its operations as one unit of work there, so writers take turns.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -432,7 +433,9 @@ def _append_or_refuse(
 
 def _page(db: sqlite_utils.Database, room_id: str, rows: list[EventRow]) -> Page:
     state = log_state(db, room_id)
-    return Page(rows, state.epoch if state else "", state.last_seq if state else 0)
+    if state is None:
+        return Page(rows, "", 0)
+    return Page(rows, state.epoch, state.last_seq, state.reserved_seq)
 
 
 class SqliteHistoryStorage:
@@ -451,9 +454,18 @@ class SqliteHistoryStorage:
     async def append_batch(
         self, requests: Sequence[AppendRequest], now: float, idempotency_window: float
     ) -> list[Appends | LogClosed]:
-        return await self._db.transaction(
-            lambda db: [_append_or_refuse(db, request, now, idempotency_window) for request in requests]
-        )
+        def append_all(db: sqlite_utils.Database) -> list[Appends | LogClosed]:
+            results: list[Appends | LogClosed] = []
+            seen: set[str] = set()
+            for request in requests:
+                if request.after_seq is None and request.room_id in seen:
+                    # Numbered after the reservation as it stood when the batch began, like PostgreSQL's.
+                    request = dataclasses.replace(request, after_seq=0)
+                seen.add(request.room_id)
+                results.append(_append_or_refuse(db, request, now, idempotency_window))
+            return results
+
+        return await self._db.transaction(append_all)
 
     async def set_retention(self, rooms: Sequence[RoomRetention]) -> None:
         def apply(db: sqlite_utils.Database) -> None:

@@ -138,6 +138,8 @@ class Page:
     rows: list[EventRow]
     epoch: str
     last_seq: int
+    # The log's reservation (see LogStateRow.reserved_seq).
+    reserved_seq: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

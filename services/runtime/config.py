@@ -355,6 +355,7 @@ def validate(config: Config) -> None:
         ("auth", "device_additions_per_hour"),
         ("auth", "max_devices_per_user"),
         ("gateway", "max_connections_per_user"),
+        ("gateway", "max_commands_in_flight"),
         ("gateway", "max_subject_subscriptions_per_user"),
         ("gateway", "max_outbound_bytes_total"),
         ("room_service", "max_schema_bytes_per_room"),

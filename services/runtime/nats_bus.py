@@ -41,7 +41,7 @@ CONNECT_WAIT_SECONDS = 10.0
 RECONNECT_WAIT_SECONDS = 1
 
 
-class _Client(NatsClient):
+class OrderedFlushClient(NatsClient):
     """nats-py 2.16 with two fixes, so that `flush` means what it says.
 
     - Its PING is written to the socket at once, ahead of commands still
@@ -121,7 +121,7 @@ class NatsBus:
     async def connect(cls, url: str, subject_prefix: str) -> NatsBus:
         """Connected to one of the comma-separated servers, or ConnectionError within CONNECT_WAIT_SECONDS."""
         bus = cls(subject_prefix)
-        nc = _Client()
+        nc = OrderedFlushClient()
         try:
             await asyncio.wait_for(
                 nc.connect(

@@ -43,8 +43,10 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
 
 async def drain(within: float) -> None:
     """Waits up to `within` seconds for such work still under way (a server stopping), then leaves it."""
-    if not _running:
-        return
-    _, pending = await asyncio.wait(set(_running), timeout=within)
-    if pending:
-        log.warning("stopping with work unfinished", extra={"tasks": len(pending)})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    # Work may start more work (an append queued behind another): wait for that too.
+    while _running and (remaining := deadline - loop.time()) > 0:
+        await asyncio.wait(set(_running), timeout=remaining)
+    if _running:
+        log.warning("stopping with work unfinished", extra={"tasks": len(_running)})

@@ -1,4 +1,4 @@
-"""The history benchmark runs end to end on a small room and reports every figure it promises."""
+"""The benchmarks run end to end at tiny sizes and report every figure they promise."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import psycopg
+import pytest
+
+from bench.server_logs import line_level
 
 
 def test_history_bench_runs_and_reports_each_path() -> None:
@@ -89,3 +93,108 @@ def test_scale_out_bench_runs_both_deployments_and_leaves_nothing_behind() -> No
     database = scaled["storage"]["database"]
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as admin:
         assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None
+
+
+# One scenario of each kind: what runs the fan-out benchmark's code paths, at --quick sizes.
+FANOUT_SCENARIOS = "idle,full_n100,batched_n100,rate_n100_50hz,many_rooms,join_storm"
+
+
+def run_fanout_bench(*options: str) -> dict[str, Any]:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.fanout_bench", "--quick", *options],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result: dict[str, Any] = json.loads(run.stdout)
+    for system in result["systems"].values():
+        gone = [pid for pids in system["server_pids"].values() for pid in pids] + system["worker_pids"]
+        assert not [pid for pid in gone if os.path.exists(f"/proc/{pid}")]
+    return result
+
+
+def assert_every_delivery_made(outcome: dict[str, Any], reads_each_reply: bool) -> None:
+    assert outcome["complete"]
+    assert outcome["received"] == outcome["expected"] > 0
+    assert outcome["lost"] == 0
+    assert outcome["publish"]["lost"] == 0
+    assert outcome["publish"]["reads_each_reply"] is reads_each_reply
+    assert outcome["deliveries_per_s"] > 0
+    assert 0 <= outcome["latency_ms"]["p50"] <= outcome["latency_ms"]["p99"] <= outcome["latency_ms"]["max"]
+    assert outcome["server_cpu_us_per_delivery"] >= 0
+    assert outcome["client_processes"] == 2
+
+
+def test_fanout_bench_runs_parley_and_nats_with_the_same_clients_and_checks_the_targets() -> None:
+    result = run_fanout_bench("--systems", "parley,parley_2gw,nats", "--scenarios", FANOUT_SCENARIOS)
+    parley, two_gateways, nats = (result["systems"][name] for name in ("parley", "parley_2gw", "nats"))
+    assert set(parley["scenarios"]) == set(FANOUT_SCENARIOS.split(","))
+    assert set(nats["scenarios"]) == set(FANOUT_SCENARIOS.split(",")) - {"batched_n100"}  # Parley's extra
+    assert set(two_gateways["scenarios"]) == {"full_n100"}  # the full-speed scenarios only
+    for name in ("full_n100", "batched_n100", "rate_n100_50hz", "many_rooms"):
+        assert_every_delivery_made(parley["scenarios"][name], reads_each_reply=True)
+    for name in ("full_n100", "rate_n100_50hz", "many_rooms"):
+        assert_every_delivery_made(nats["scenarios"][name], reads_each_reply=False)  # core NATS has no reply
+    assert_every_delivery_made(two_gateways["scenarios"]["full_n100"], reads_each_reply=True)
+    # The two gateway processes run under the one `parley serve`, their CPU counted with it.
+    by_process = two_gateways["scenarios"]["full_n100"]["server_cpu_seconds_by_process"]
+    assert len([name for name in by_process if name.startswith("parley child ")]) == 2
+    assert "nats-bus" in by_process
+    many = parley["scenarios"]["many_rooms"]
+    assert many["expected"] == many["rooms"] * many["subscribers_per_room"] * many["messages_per_publisher"]
+    storm = parley["scenarios"]["join_storm"]
+    assert storm["complete"]
+    assert storm["joined"] == storm["subscribers"] == 40
+    assert storm["frames_per_subscriber_until_all_ready"]["reply"]["total"] == 40  # each its own join's reply
+    # Presence is gathered over a window: it may reach them only after the last join was answered.
+    assert storm["frames_per_subscriber_until_settled"]["presence"]["total"] > 0
+    assert nats["scenarios"]["join_storm"]["joined"] == 40
+    for system in (parley, nats):
+        idle = system["scenarios"]["idle"]
+        assert idle["connections"] == 40
+        assert idle["rss_after_kib"] > 0
+        assert isinstance(idle["kib_per_connection"], float)
+    # Targets against nats-server are measured; those against python-socketio (not run) are not.
+    by_measure = {(t["scenario"], t["measure"]): t for t in result["targets"]}
+    assert by_measure["rate_n100_50hz", "p99_ms"]["ratio"] > 0
+    assert isinstance(by_measure["rate_n100_50hz", "p99_ms"]["met"], bool)
+    assert by_measure["full_n100", "deliveries_per_s"]["ratio"] is None
+    # A normal run logs no warning or error in any Parley server.
+    log_checks = [t for t in result["targets"] if t["measure"] == "server_log_lines"]
+    assert [t["met"] for t in log_checks] == [True, True]
+    assert parley["scenarios"]["full_n100"]["server_log"] == {
+        "warning_lines": 0,
+        "error_lines": 0,
+        "unrecognised_lines": 0,
+        "first_lines": [],
+    }
+
+
+def test_fanout_bench_runs_the_python_socketio_baseline() -> None:
+    pytest.importorskip("socketio", reason="python-socketio comes with .[bench]")
+    result = run_fanout_bench("--systems", "socketio", "--scenarios", "full_n100,join_storm")
+    socketio = result["systems"]["socketio"]
+    assert_every_delivery_made(socketio["scenarios"]["full_n100"], reads_each_reply=True)  # emits with an ack
+    storm = socketio["scenarios"]["join_storm"]
+    assert storm["joined"] == 40
+    assert storm["frames_per_subscriber_until_all_ready"]["ack"]["total"] == 40
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ('{"time": "t", "level": "warning", "logger": "parley.bus", "message": "m"}', "warning"),
+        ('{"time": "t", "level": "info", "logger": "parley", "message": "m"}', "info"),
+        ("[4242] 2026/12/01 03:20:38.701702 [WRN] Slow Consumer Detected", "warning"),
+        ("[4242] 2026/12/01 03:20:38.701702 [INF] Server is ready", "info"),
+        ("E1201 03:20:38.701702   4242 chttp2_transport.cc:1] closed", "error"),
+        ("ERROR socketio.server: handler failed", "error"),
+        ("Traceback (most recent call last):", "error"),
+        ("Parley all-in-one stopped", "info"),
+        ("something printed", "unrecognised"),
+    ],
+)
+def test_server_log_lines_are_told_by_level(line: str, level: str) -> None:
+    assert line_level(line) == level

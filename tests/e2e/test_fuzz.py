@@ -316,7 +316,7 @@ async def converse(target: FuzzTarget, token: str, frames: list[bytes]) -> Conve
 
 def check_conversation(sent: list[bytes], conversation: Conversation) -> None:
     assert conversation.code not in FORBIDDEN, f"the stream ended with {conversation.code.name}: {conversation.details}"
-    replies = [frame.reply for frame in conversation.frames if frame.WhichOneof("frame") == "reply"]
+    replies = [reply for frame in conversation.frames for reply in replies_in(frame)]
     for reply in replies:
         assert reply.status.code not in FORBIDDEN_IN_STREAM, f"a reply with {reply.status}"
     go_aways = [frame.go_away for frame in conversation.frames if frame.WhichOneof("frame") == "go_away"]
@@ -331,6 +331,11 @@ def check_conversation(sent: list[bytes], conversation: Conversation) -> None:
     assert not go_aways, "the stream was ended though every frame was well formed"
     assert conversation.code == grpc.StatusCode.OK, conversation.details
     assert len(replies) == answered, f"{answered} commands, {len(replies)} replies"
+
+
+def replies_in(frame: gateway_pb2.ConnectResponse) -> list[gateway_pb2.Reply]:
+    kind = frame.WhichOneof("frame")
+    return [frame.reply] if kind == "reply" else list(frame.replies.replies) if kind == "replies" else []
 
 
 def plain_join(scene: Scene) -> bytes:

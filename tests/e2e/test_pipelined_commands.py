@@ -143,3 +143,53 @@ async def test_pipelined_publishes_keep_their_order_and_are_committed_together(
         # A room that keeps nothing writes only to reserve its numbers.
         assert written <= 2
         assert numbered > 0
+
+
+async def test_a_restart_costs_a_room_that_keeps_nothing_neither_an_event_nor_a_resume(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    rooms = [RoomDefinition(id="lobby")]  # keeps no history: every event numbered from a reserved block
+    async with running(allinone.create_server, make_config(data_dir, rooms=rooms)) as (_, address):
+        port = int(address.rsplit(":", 1)[1])
+        ann, bob = await token_of(address, "ann", tmp_path), await token_of(address, "bob", tmp_path)
+        async with stream(address, ann) as a:
+            await a.join("lobby")
+            seqs = [(await publish(a, "lobby", n)).publish.seqs[0] for n in range(5)]
+            async with stream(address, bob) as b:
+                seen = (await b.join("lobby")).join
+            assert seen.last_seq == seqs[-1]
+    config = make_config(data_dir, rooms=rooms, **{"server.port": port})
+    async with running(allinone.create_server, config) as (_, address):
+        async with stream(address, ann) as a, stream(address, bob) as b:
+            resume = gateway_pb2.JoinCommand(room_id="lobby", since_seq=seen.last_seq, epoch=seen.epoch, resume=True)
+            resumed = await b.ok(join=resume)
+            assert resumed.join.recovered, resumed.join.unrecovered_reason
+            await a.join("lobby")
+            published = await publish(a, "lobby", 99)
+            # Numbered after the block reserved before the restart, and delivered: no gap to tell of.
+            assert published.publish.seqs[0] > seqs[-1]
+            assert payload_of(await b.next_event()) == {"n": 99}
+            await asyncio.sleep(0.1)
+            frames = [b.others.get_nowait() for _ in range(b.others.qsize())]
+            gaps = [f for f in frames if f.history.kind == gateway_pb2.HistoryBatch.KIND_GAP]
+            assert gaps == []
+
+
+async def test_concurrent_joins_keep_to_the_rooms_a_connection_may_be_in(data_dir: Path, tmp_path: Path) -> None:
+    hooks_for_tests.slow_joins = asyncio.Event()
+    config = make_config(
+        data_dir,
+        rooms=[RoomDefinition(id=f"slow{i}") for i in range(5)],
+        hooks=HooksConfig(before_join="tests.hooks_for_tests:before_join"),
+        **{"gateway.max_rooms_per_connection": 2},
+    )
+    try:
+        async with running(allinone.create_server, config) as (_, address):
+            async with stream(address, await token_of(address, "many", tmp_path)) as s:
+                joins = [send(s, join=gateway_pb2.JoinCommand(room_id=f"slow{i}")) for i in range(5)]
+                await asyncio.sleep(0.2)
+                hooks_for_tests.slow_joins.set()
+                replies = await asyncio.wait_for(asyncio.gather(*joins), 5)
+    finally:
+        hooks_for_tests.slow_joins = None
+    assert [reply.status.reason for reply in replies].count("TOO_MANY_ROOMS") == 3

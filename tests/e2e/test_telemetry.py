@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from parley.identity.v1 import identity_pb2
 from services import allinone
 from services.runtime.telemetry import setup_telemetry
-from tests.support import identity_stub, make_config, running
+from tests.support import identity_stub, make_config, running, wait_until
 
 
 def data_points(reader: InMemoryMetricReader, name: str) -> list[object]:
@@ -40,6 +40,12 @@ async def test_rpc_counts_and_latency_per_method(data_dir: Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.WhoAmI(identity_pb2.WhoAmIRequest())
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A call is counted once its handler is done, which may be just after the client heard its status.
+        await wait_until(
+            lambda: any(p.attributes["rpc.method"] == "WhoAmI" for p in data_points(reader, "rpc.server.calls")),  # type: ignore[attr-defined]
+            within=5,
+            interval=0.02,
+        )
         calls = {
             (p.attributes["rpc.method"], p.attributes["rpc.grpc.status_code"]): p.value  # type: ignore[attr-defined]
             for p in data_points(reader, "rpc.server.calls")

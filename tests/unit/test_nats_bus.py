@@ -103,7 +103,7 @@ async def test_exact_subjects_and_prefixes_match_whole_names_with_dots_and_space
 
 async def test_a_subscription_is_in_place_when_subscribe_returns(buses: tuple[NatsBus, NatsBus]) -> None:
     # nats-py 2.16's own flush could return before the server had the SUB (services/runtime/nats_bus.py
-    # `_Client`): then some of these were lost, in most runs.
+    # `OrderedFlushClient`): then some of these were lost, in most runs.
     publisher, subscriber = buses
     box: list[BusMessage] = []
     expected = []
@@ -380,7 +380,7 @@ class Proxy:
 
 
 async def test_subscribe_returns_after_the_server_answered_a_ping_sent_after_the_sub() -> None:
-    # nats-py 2.16's own flush wrote its PING ahead of the buffered SUB (see `_Client`).
+    # nats-py 2.16's own flush wrote its PING ahead of the buffered SUB (see `OrderedFlushClient`).
     proxy = Proxy()
     bus = await NatsBus.connect(await proxy.start(), new_prefix())
     try:

@@ -106,10 +106,12 @@ class ConnectStream:
                     )
                     self._call.cancel()
                     break
-                if frame.WhichOneof("frame") == "reply":
-                    future = self._pending.get(frame.reply.request_id)
-                    if future is not None and not future.done():
-                        future.set_result(frame.reply)
+                kind = frame.WhichOneof("frame")
+                if kind in ("reply", "replies"):
+                    for reply in [frame.reply] if kind == "reply" else frame.replies.replies:
+                        future = self._pending.get(reply.request_id)
+                        if future is not None and not future.done():
+                            future.set_result(reply)
                     continue
                 try:
                     self._on_frame(frame)

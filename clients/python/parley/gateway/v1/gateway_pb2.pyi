@@ -1228,6 +1228,7 @@ class ConnectResponse(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     EVENT_CHANGED_FIELD_NUMBER: _builtins.int
     EPHEMERAL_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -1250,6 +1251,12 @@ class ConnectResponse(_message.Message):
     def event_changed(self) -> Global___EventChanged: ...
     @_builtins.property
     def ephemeral(self) -> Global___Ephemeral: ...
+    @_builtins.property
+    def replies(self) -> Global___ReplyBatch:
+        """Several replies that were ready at once (a client with many commands
+        outstanding); a lone reply comes as `reply`.
+        """
+
     def __init__(
         self,
         *,
@@ -1264,16 +1271,37 @@ class ConnectResponse(_message.Message):
         history: Global___HistoryBatch | None = ...,
         event_changed: Global___EventChanged | None = ...,
         ephemeral: Global___Ephemeral | None = ...,
+        replies: Global___ReplyBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed", "ephemeral"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed", "ephemeral", "replies"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class ReplyBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reply]: ...
+    def __init__(
+        self,
+        *,
+        replies: _abc.Iterable[Global___Reply] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyBatch: _TypeAlias = ReplyBatch  # noqa: Y015
 
 @_typing.final
 class PublishToRoomRequest(_message.Message):
