@@ -24,7 +24,7 @@ import json
 import resource
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from nats.aio.msg import Msg
@@ -297,25 +297,33 @@ async def connect_all(subscribers: Sequence[Subscriber], concurrency: int = OPEN
         raise
 
 
-async def open_all(factory: Callable[[], ParleySubscriber], count: int) -> list[ParleySubscriber]:
-    """Opens `count` Parley subscribers joined to room "bench", OPEN_CONCURRENCY at a time; closes them all
-    if one fails."""
+class Openable(Protocol):
+    async def open(self) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+Opened = TypeVar("Opened", bound=Openable)
+
+
+async def open_all(factory: Callable[[], Opened], count: int) -> list[Opened]:
+    """Opens `count` connections made by `factory`, OPEN_CONCURRENCY at a time; closes them all if one fails."""
     gate = asyncio.Semaphore(OPEN_CONCURRENCY)
-    opened: list[ParleySubscriber] = []
+    opened: list[Opened] = []
 
     async def one() -> None:
         async with gate:
-            subscriber = factory()
+            connection = factory()
             try:
-                await subscriber.open()
+                await connection.open()
             except BaseException:
-                await subscriber.close()
+                await connection.close()
                 raise
-            opened.append(subscriber)
+            opened.append(connection)
 
     try:
         await asyncio.gather(*(one() for _ in range(count)))
     except BaseException:
-        await asyncio.gather(*(s.close() for s in opened), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
         raise
     return opened

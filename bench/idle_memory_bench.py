@@ -51,12 +51,13 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 
+from bench.fanout_subscribers import open_all
 from bench.identity_bench import machine_facts
 from bench.server_process import ServerProcess, kill_group, parley_serve
 from parley.client import Client
@@ -71,7 +72,6 @@ WARMUP_CONNECTIONS = 100
 WORKERS = 2
 # Each client connection on its own channel, so its own TCP connection.
 CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
-OPEN_CONCURRENCY = 50
 OPEN_TIMEOUT_SECONDS = 30.0
 USERS = ("one", "each")
 REGISTER_CONCURRENCY = 16
@@ -245,29 +245,6 @@ async def close_call(call: Any, reader: asyncio.Task[None] | None, channel: grpc
     await channel.close(None)
 
 
-async def open_all(factory: Callable[[], IdleStream], count: int) -> list[IdleStream]:
-    """Opens `count` streams, OPEN_CONCURRENCY at a time; closes them all if one fails."""
-    gate = asyncio.Semaphore(OPEN_CONCURRENCY)
-    opened: list[IdleStream] = []
-
-    async def one() -> None:
-        async with gate:
-            stream = factory()
-            try:
-                await stream.open()
-            except BaseException:
-                await stream.close()
-                raise
-            opened.append(stream)
-
-    try:
-        await asyncio.gather(*(one() for _ in range(count)))
-    except BaseException:
-        await asyncio.gather(*(s.close() for s in opened), return_exceptions=True)
-        raise
-    return opened
-
-
 # Client workers
 
 
@@ -280,6 +257,7 @@ async def run_worker(system: str, address: str, count: int, tokens: list[str], f
     """Opens `count` connections (Parley's with tokens[first:], round), says so on stdout, holds them until
     stdin closes."""
     started = time.perf_counter()
+    opened: Sequence[IdleStream]
     try:
         if system == "parley":
             mine = iter([tokens[(first + i) % len(tokens)] for i in range(count)])
