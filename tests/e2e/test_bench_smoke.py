@@ -173,7 +173,6 @@ def test_fanout_bench_runs_parley_and_nats_with_the_same_clients_and_checks_the_
 
 
 def test_fanout_bench_runs_the_python_socketio_baseline() -> None:
-    pytest.importorskip("socketio", reason="python-socketio comes with .[bench]")
     result = run_fanout_bench("--systems", "socketio", "--scenarios", "full_n100,join_storm")
     socketio = result["systems"]["socketio"]
     assert_every_delivery_made(socketio["scenarios"]["full_n100"], reads_each_reply=True)  # emits with an ack
