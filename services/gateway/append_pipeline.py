@@ -33,15 +33,13 @@ class _Append:
     events: Sequence[history_pb2.NewEvent]
     no_echo_session: str
     done: asyncio.Future[Placed]
+    # The events' encoded bytes (what a merged request carries).
+    size: int
 
 
 # Appends are merged into one request up to this many bytes of events: well under the 4 MiB a
 # gRPC message may carry by default (one append alone is within max_payload_bytes per event).
 MAX_MERGED_BYTES = 1024 * 1024
-
-
-def _size(append: _Append) -> int:
-    return sum(event.ByteSize() for event in append.events)
 
 
 class AppendPipeline:
@@ -59,7 +57,7 @@ class AppendPipeline:
         """
         done: asyncio.Future[Placed] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.get(room_id)
-        append = _Append(events, no_echo_session, done)
+        append = _Append(events, no_echo_session, done, sum(event.ByteSize() for event in events))
         if waiting is not None:
             waiting.append(append)
         else:
@@ -99,14 +97,14 @@ class AppendPipeline:
             del self._waiting[room_id]
             return
         batch = [waiting.popleft()]
-        count, size = len(batch[0].events), _size(batch[0])
+        count, size = len(batch[0].events), batch[0].size
         while (
             waiting
             and waiting[0].no_echo_session == batch[0].no_echo_session
             and count + len(waiting[0].events) <= MAX_EVENTS_PER_APPEND
-            and size + _size(waiting[0]) <= MAX_MERGED_BYTES
+            and size + waiting[0].size <= MAX_MERGED_BYTES
         ):
             count += len(waiting[0].events)
-            size += _size(waiting[0])
+            size += waiting[0].size
             batch.append(waiting.popleft())
         self._send(room_id, batch)

@@ -76,8 +76,6 @@ class RoomFeed:
         self.live_from: dict[str, int] = {}
         self._history = history
         self._settings = settings
-        self._gap_wait = settings.gap_wait
-        self._cap = settings.cap
         # Joins and leaves since the last Presence frame: user -> joined, latest change last.
         self._presence: dict[str, bool] = {}
         self._presence_timer: asyncio.TimerHandle | None = None
@@ -196,7 +194,7 @@ class RoomFeed:
 
     def _watch_gap(self) -> None:
         if self._sequencer.has_gap and self._timer is None and self._filling is None and not self._closed:
-            self._timer = asyncio.get_running_loop().call_later(self._gap_wait, self._gap_timed_out)
+            self._timer = asyncio.get_running_loop().call_later(self._settings.gap_wait, self._gap_timed_out)
 
     def _gap_timed_out(self) -> None:
         self._timer = None
@@ -208,14 +206,14 @@ class RoomFeed:
         try:
             after, epoch = self._sequencer.released or 0, self.epoch or ""
             try:
-                read = await read_log(self._history, self.room_id, after, self._cap)
+                read = await read_log(self._history, self.room_id, after, self._settings.cap)
             except Exception:  # a ServiceError, or a storage error from an in-process history service
                 log.warning("a gap in a room's stream could not be read", exc_info=True, extra={"room": self.room_id})
                 self._give_up_to_next(UNAVAILABLE)
                 return
             if epoch != self.epoch:
                 return  # a new log began meanwhile; its own gaps are watched
-            recovered, reason = stream_recovered(ResumePoint(epoch, after), read, self._cap)
+            recovered, reason = stream_recovered(ResumePoint(epoch, after), read, self._settings.cap)
             if recovered:
                 self._release_read(read)
             else:

@@ -166,7 +166,6 @@ class Snapshot:
 class HistoryStorage(Protocol):
     async def log_state(self, room_id: str) -> LogStateRow | None:
         """The room's log state; None for a log never started (or dropped, or closed)."""
-        ...
 
     async def append_batch(
         self, requests: Sequence[AppendRequest], now: float, idempotency_window: float
@@ -179,19 +178,15 @@ class HistoryStorage(Protocol):
         A closed log refuses its request (LogClosed in its place, nothing
         written for it); the others go on.
         """
-        ...
 
     async def set_retention(self, rooms: Sequence[RoomRetention]) -> None:
         """Replaces each room's policies whole (a closed log keeps none)."""
-        ...
 
     async def retention_of(self, room_id: str) -> dict[str, tuple[int, int]]:
         """The room's recorded policies: (keep_last, keep_seconds) per event name."""
-        ...
 
     async def event_names(self, room_id: str) -> set[str]:
         """The distinct event names in the room's log."""
-        ...
 
     async def drop_log(self, room_id: str, close: bool) -> int:
         """Erases the room's log (events, idempotency keys, retention, epoch); returns the events erased.
@@ -199,15 +194,12 @@ class HistoryStorage(Protocol):
         Without `close` (and if it was closed, from now on) the next append
         starts a new log under a new epoch; with it, appends raise LogClosed.
         """
-        ...
 
     async def reopen_log(self, room_id: str) -> int:
         """Opens a closed log (erasing what it holds); an open log stays as it is."""
-        ...
 
     async def event_by_handle(self, room_id: str, handle: str) -> tuple[EventRow | None, str]:
         """The event with this handle (None if there is none), and the log's epoch ("" if none)."""
-        ...
 
     async def rewrite_event(
         self, room_id: str, handle: str, rewrite: Callable[[EventRow, int], bytes], after_seq: int | None = None
@@ -220,28 +212,22 @@ class HistoryStorage(Protocol):
         returns the new body. Raises LogClosed when the event is missing because
         the log is closed.
         """
-        ...
 
     async def since(self, room_id: str, after_seq: int, limit: int) -> Since:
         """Up to `limit` kept events after `after_seq`, oldest first; up to `limit` events at or before
         it changed after it, by change; and the log's state, all as of one moment."""
-        ...
 
     async def page_before(self, room_id: str, before_seq: int, limit: int, event: str = "") -> Page:
         """Up to `limit` events with seq < before_seq (0: no bound), newest first."""
-        ...
 
     async def page_by_offset(self, room_id: str, start: int, end: int, event: str = "") -> Page:
         """Events [start, end) counting from the newest (0), newest first."""
-        ...
 
     async def read_snapshot(self, room_id: str, rows: int) -> Snapshot | None:
         """The room's state, newest `rows` rows and count limits, as of one moment; None for a log never started."""
-        ...
 
     async def retention_rooms(self) -> list[str]:
         """The rooms with a retention policy, in room id order."""
-        ...
 
     async def prune_room(self, room_id: str, now_ms: int) -> list[Pruned]:
         """Applies the room's retention policies; returns what each removed.
@@ -250,11 +236,9 @@ class HistoryStorage(Protocol):
         event's latest change counts as removed with it), so a resume from
         before it knows events are gone.
         """
-        ...
 
     async def prune_idempotency_keys(self, older_than: float) -> int:
         """Forgets idempotency keys recorded before `older_than`; returns how many."""
-        ...
 
     async def close(self) -> None: ...
 

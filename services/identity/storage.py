@@ -89,75 +89,61 @@ class IdentityTransaction(Protocol):
 
     async def lock_user(self, user_id: str) -> UserRow | None:
         """The user, held until the transaction ends: changes to their devices take turns."""
-        ...
 
     async def insert_user(self, user: UserRow) -> bool:
         """False (and nothing written) when the username or id is taken."""
-        ...
 
     async def device_by_id(self, device_id: str) -> DeviceRow | None: ...
 
     async def devices_of(self, user_id: str, include_revoked: bool) -> list[DeviceRow]:
         """The user's devices, oldest first."""
-        ...
 
     async def insert_device(self, device: DeviceRow) -> bool:
         """False (and nothing written) when the device id or signing key is taken."""
-        ...
 
     async def devices_revoked_since(self, since: float) -> list[DeviceRow]: ...
 
     async def revoke_device(self, device_id: str, now: float) -> bool:
         """Marks the device revoked; False when it already was."""
-        ...
 
     # Login challenges
 
     async def insert_challenge(self, challenge: ChallengeRow, now: float) -> None:
         """Stores a challenge (and forgets those expired by `now`)."""
-        ...
 
     async def take_challenge(self, challenge_id: str) -> ChallengeRow | None:
         """Removes and returns a challenge: of racing transactions, one gets it, the others None."""
-        ...
 
     # Refresh tokens
 
     async def insert_refresh_token(self, token: RefreshTokenRow) -> None:
         """Stores a token (and forgets tokens expired by its creation)."""
-        ...
 
     async def refresh_token(self, token_hash: bytes) -> RefreshTokenRow | None: ...
 
     async def lock_refresh_token(self, token_hash: bytes) -> RefreshTokenRow | None:
         """The token as last committed, held until the transaction ends: racing uses of it take turns."""
-        ...
 
     async def spend_refresh_token(self, token_hash: bytes, now: float) -> None: ...
 
     async def revoke_family(self, family_id: str, now: float) -> int:
         """Revokes every token of a session (those being rotated too); 1 if any was live, else 0."""
-        ...
 
     async def revoke_device_sessions(self, device_id: str, now: float) -> int:
         """Revokes every session of a device (those being rotated too); returns how many were live."""
-        ...
 
     # Token signing keys
 
     async def signing_keys(self) -> list[SigningKeyRow]:
         """Every key, oldest first."""
-        ...
 
     async def insert_signing_key(self, key: SigningKeyRow, now: float) -> None:
         """Makes `key` the current key, retiring every other (racing rotations take turns)."""
-        ...
 
 
 class IdentityStorage(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[IdentityTransaction]:
         """One transaction: it commits when the block ends and rolls back when it raises."""
-        ...
 
     async def close(self) -> None: ...
 

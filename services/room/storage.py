@@ -15,11 +15,9 @@ from services.runtime.config import Config
 class RoomStorage(Protocol):
     async def all_rooms(self) -> list[room_pb2.Room]:
         """Every stored room, in room id order."""
-        ...
 
     async def insert_room(self, room: room_pb2.Room, now: float) -> bool:
         """Stores a new room; False (and nothing written) when its id is taken."""
-        ...
 
     async def delete_room(self, room_id: str) -> None: ...
 
