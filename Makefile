@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-run: install ## Start Parley all-in-one on localhost:50051 (SQLite under ./data)
-	$(VENV)/bin/parley serve --host localhost --port 50051 --data-dir ./data
+PORT ?= 50051
+DATA_DIR ?= ./data
+run: install ## Start Parley all-in-one on localhost:50051, SQLite under ./data (make run PORT=… DATA_DIR=…)
+	$(VENV)/bin/parley serve --host localhost --port $(PORT) --data-dir $(DATA_DIR)
 
 test: install ## Lint, type-check, check generated stubs, run every test
 	$(MAKE) --no-print-directory lint

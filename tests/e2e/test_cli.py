@@ -20,6 +20,7 @@ COMMANDS = [
     ["user"],
     ["user", "register"],
     ["user", "login"],
+    ["user", "show"],
     ["whoami"],
     ["devices"],
     ["devices", "add"],
@@ -77,7 +78,7 @@ async def test_register_whoami_devices(server_address: str, tmp_path: Path) -> N
     assert out.startswith("registered alice")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
-    code, out, err = await parley("whoami", key_file=key_file, address=server_address)
+    code, out, err = await parley("whoami", "--json", key_file=key_file, address=server_address)
     assert code == 0, err
     me = json.loads(out)
     assert me["username"] == "alice"
@@ -86,10 +87,8 @@ async def test_register_whoami_devices(server_address: str, tmp_path: Path) -> N
     assert code == 0, err
     assert json.loads(out)["accessToken"].count(".") == 2
 
-    phone_file = tmp_path / "keys" / "phone.json"
-    code, out, err = await parley(
-        "devices", "add", str(phone_file), "--name", "phone", key_file=key_file, address=server_address
-    )
+    phone_file = tmp_path / "keys" / "alice-phone.json"
+    code, out, err = await parley("devices", "add", "phone", key_file=key_file, address=server_address)
     assert code == 0, err
     assert stat.S_IMODE(phone_file.stat().st_mode) == 0o600
 

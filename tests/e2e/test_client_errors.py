@@ -44,7 +44,7 @@ async def test_already_exists_error(alice: Client, server_address: str, tmp_path
 
 async def test_permission_denied_error(alice: Client) -> None:
     with pytest.raises(PermissionDeniedError) as caught:
-        await alice._call(alice.identity_stub.RotateSigningKey, identity_pb2.RotateSigningKeyRequest())
+        await alice._auth.call(alice.identity_stub.RotateSigningKey, identity_pb2.RotateSigningKeyRequest())
     assert caught.value.reason == "SERVICE_ONLY"
 
 

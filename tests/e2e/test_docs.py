@@ -18,7 +18,7 @@ from tests.support import REPO, running
 CONSOLE = re.compile(r"```console\n(.*?)```", re.S)
 PYTHON = re.compile(r"```python\n(.*?)```", re.S)
 BACKEND_SECRET = "docs-backend-secret"
-DOCS = ["rooms.md", "pubsub.md", "hooks.md", "backend-api.md", "history.md"]
+DOCS = ["rooms.md", "pubsub.md", "hooks.md", "backend-api.md", "history.md", "sdk.md"]
 EXAMPLE_HOOKS = HooksConfig(
     before_join="examples.hooks:before_join",
     before_publish="examples.hooks:before_publish",

@@ -152,7 +152,7 @@ async def test_retention_is_set_per_room_and_bad_input_named(history: history_pb
 async def test_only_services_append(data_dir: Path, tmp_path: Path) -> None:
     async with running(allinone.create_server, make_config(data_dir)) as (_, address):
         async with Client(address, username="val", key_file=tmp_path / "v.json") as val:
-            stub = history_pb2_grpc.HistoryServiceStub(val._open_channel())
+            stub = history_pb2_grpc.HistoryServiceStub(val._auth.channel())
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.AppendEvents(
                     history_pb2.AppendEventsRequest(room_id="r", events=[new_event(1)]),

@@ -260,7 +260,8 @@ async def test_devices_add_list_revoke(alice: Client, server_address: str, tmp_p
         assert set(listed) == {alice.device_id, phone.device_id}
         assert listed[phone.device_id].display_name == "phone"
         revoked = await alice.revoke_device(phone.device_id)
-        assert revoked.HasField("revoke_time")
+        assert revoked.revoked
+        assert revoked.revoked_at is not None
         assert {d.device_id for d in await alice.devices()} == {alice.device_id}
         assert len(await alice.devices(show_revoked=True)) == 2
         async with grpc.aio.insecure_channel(server_address) as channel:
@@ -274,8 +275,9 @@ async def test_devices_add_list_revoke(alice: Client, server_address: str, tmp_p
 async def test_lookup_user_public_keys(alice: Client, tmp_path: Path, server_address: str) -> None:
     async with Client(server_address, username="bob", key_file=tmp_path / "bob.json") as bob:
         found = await bob.get_user("alice")
-    assert found.user.user_id == alice.user_id
-    assert found.user.signing_key == alice.identity.user_public_key
+    assert found.user_id == alice.user_id
+    assert found.username == "alice"
+    assert found.signing_key == alice.identity.user_public_key
     (device,) = found.devices
     assert device.dh_key == alice.identity.device_dh_key.public_key.encode()
     assert device.certificate == alice.identity.certify(alice.identity).certificate

@@ -313,7 +313,7 @@ async def test_a_device_revoked_again_is_not_announced_again(address: str, tmp_p
             first = await laptop.revoke_device(phone.device_id)
             for _ in range(3):
                 again = await laptop.revoke_device(phone.device_id)
-                assert again.revoke_time == first.revoke_time
+                assert again.revoked_at == first.revoked_at
             await laptop.revoke_device(tablet.device_id)
             announced: list[str] = []
             while tablet.device_id not in announced:

@@ -105,7 +105,7 @@ async def run_schedule(address: str, tmp: Path, schedule: list[tuple[str, int]])
         if not reader.connected:
             await reader.connect(room_id)
         fresh = {e.handle: e.data for e in await writer.history(room_id, limit=1000) if not e.deleted}
-        for _ in range(100):
+        for _ in range(250):  # up to 5 s on a loaded machine
             if reader.snapshot == fresh:
                 break
             await asyncio.sleep(0.02)

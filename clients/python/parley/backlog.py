@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 DEFAULT_MAX_UNHANDLED_BYTES = 1024 * 1024
 
@@ -46,7 +47,7 @@ class HandlerBacklog:
         finally:
             self._dispatching = outer
 
-    def track(self, call: asyncio.Task[None]) -> None:
+    def track(self, call: asyncio.Future[Any]) -> None:
         frame = self._dispatching
         if frame is None:
             return  # not started by a received frame (e.g. on_connect, or handlers held until a join returned)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,11 @@ from parley.room.v1 import room_pb2
 from parley.values import to_struct, to_value
 
 if TYPE_CHECKING:
-    from parley.client import Client
-    from parley.stream import ConnectStream
+    from parley.handlers import HandlerRunner
+    from parley.outbox import Send
+    from parley.room_calls import RoomCalls
+    from parley.sender import Sender
 
-log = logging.getLogger("parley.client")
 BACKLOG_LIMIT = 1000
 
 
@@ -134,23 +134,22 @@ def event_change(change: gateway_pb2.EventChanged) -> EventChange:
     )
 
 
-async def call_handler(handler: Callable[..., Awaitable[None] | None], *args: Any) -> None:
-    try:
-        result = handler(*args)
-        if result is not None:
-            await result
-    except Exception:
-        log.exception("an event handler failed")
-
-
 class Room:
     """A room this client has joined. Get one with `await client.join(room_id)`."""
 
     def __init__(
-        self, client: Client, stream: ConnectStream, info: room_pb2.Room, subscriptions: Sequence[str]
+        self,
+        info: room_pb2.Room,
+        subscriptions: Sequence[str],
+        sender: Sender,
+        calls: RoomCalls,
+        runner: HandlerRunner,
+        forget: Callable[[str], None],
     ) -> None:
-        self._client = client
-        self._stream = stream
+        self._sender = sender
+        self._calls = calls
+        self._runner = runner
+        self._forget = forget
         self.info = info
         self.subscriptions = list(subscriptions)
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
@@ -230,91 +229,119 @@ class Room:
             self._queues.remove(queue)
 
     async def trigger(
-        self, event: str, data: Any, *, meta: dict[str, Any] | None = None, echo: bool = True
+        self, event: str, data: Any, *, meta: dict[str, Any] | None = None, echo: bool = True, key: str = ""
     ) -> Published:
-        """Publishes one event; returns its sequence number and handle."""
-        (published,) = await self.trigger_batch([(event, data, meta)], echo=echo)
+        """Publishes one event and waits until the server has it; returns its sequence number and handle.
+
+        While the client is reconnecting the event waits in the outbox and goes
+        out once the room has been joined again; `key` (an idempotency key,
+        generated when empty) makes sure it is stored once however often it is
+        sent. Raises the server's error if it refused the event.
+        """
+        (published,) = await self.trigger_batch([(event, data, meta)], echo=echo, keys=[key] if key else None)
         return published
 
     async def trigger_batch(
-        self, events: Sequence[tuple[str, Any, dict[str, Any] | None]], *, echo: bool = True
+        self,
+        events: Sequence[tuple[str, Any, dict[str, Any] | None]],
+        *,
+        echo: bool = True,
+        keys: Sequence[str] | None = None,
     ) -> list[Published]:
-        """Publishes several events in one frame, in order, all or none."""
+        """Publishes several events in one command, in order, all or none."""
+        reply = await self.send_batch(events, echo=echo, keys=keys)
+        return [Published(seq, handle) for seq, handle in zip(reply.publish.seqs, reply.publish.handles, strict=True)]
+
+    def send(
+        self, event: str, data: Any, *, meta: dict[str, Any] | None = None, echo: bool = True, key: str = ""
+    ) -> Send:
+        """Queues one event without waiting: the returned `Send` tells its status (pending, sent,
+        failed) and retries; `await` it for the server's answer. See also `client.on_message_sent`."""
+        return self.send_batch([(event, data, meta)], echo=echo, keys=[key] if key else None)
+
+    def send_batch(
+        self,
+        events: Sequence[tuple[str, Any, dict[str, Any] | None]],
+        *,
+        echo: bool = True,
+        keys: Sequence[str] | None = None,
+    ) -> Send:
         outgoing = [
             gateway_pb2.OutgoingEvent(event=name, payload=to_value(data), meta=to_struct(meta))
             for name, data, meta in events
         ]
-        reply = await self._stream.command(
-            publish=gateway_pb2.PublishCommand(room_id=self.id, events=outgoing, no_echo=not echo)
+        for event, key in zip(outgoing, keys or (), strict=False):
+            event.idempotency_key = key
+        return self._sender.send(
+            self.id, publish=gateway_pb2.PublishCommand(room_id=self.id, events=outgoing, no_echo=not echo)
         )
-        return [Published(seq, handle) for seq, handle in zip(reply.publish.seqs, reply.publish.handles, strict=True)]
 
     async def edit(self, handle: str, data: Any) -> EventChange:
         """Replaces the payload of a kept event you sent (it must pass the event's schema)."""
-        reply = await self._stream.command(
-            edit=gateway_pb2.EditCommand(room_id=self.id, handle=handle, payload=to_value(data))
+        reply = await self._sender.send(
+            self.id, edit=gateway_pb2.EditCommand(room_id=self.id, handle=handle, payload=to_value(data))
         )
         return event_change(reply.changed)
 
     async def delete(self, handle: str) -> EventChange:
         """Deletes a kept event you sent; the log keeps a tombstone in its place."""
-        reply = await self._stream.command(delete=gateway_pb2.DeleteCommand(room_id=self.id, handle=handle))
+        reply = await self._sender.send(self.id, delete=gateway_pb2.DeleteCommand(room_id=self.id, handle=handle))
         return event_change(reply.changed)
 
     async def send_ephemeral(self, subject: str, data: Any = None) -> None:
-        """Signals the other members (e.g. subject "typing"); never stored. It expires after the
-        server's ephemeral_ttl_seconds (5 by default) unless sent again."""
-        await self._stream.command(
-            ephemeral=gateway_pb2.EphemeralCommand(room_id=self.id, subject=subject, data=to_value(data))
+        """Signals the other members (e.g. subject "typing"); never stored, never queued (fails at once
+        while the client is not connected). It expires after the server's ephemeral_ttl_seconds (5 by
+        default) unless sent again."""
+        await self._sender.command(
+            wait=False, ephemeral=gateway_pb2.EphemeralCommand(room_id=self.id, subject=subject, data=to_value(data))
         )
 
     async def subscribe(self, *events: str) -> list[str]:
         """Receives these events too; returns the subscriptions now in force."""
-        reply = await self._stream.command(subscribe=gateway_pb2.SubscribeCommand(room_id=self.id, events=events))
+        reply = await self._sender.command(
+            wait=False, subscribe=gateway_pb2.SubscribeCommand(room_id=self.id, events=events)
+        )
         self.subscriptions = list(reply.subscription.subscriptions)
         return self.subscriptions
 
     async def subscribe_all(self) -> list[str]:
         """Receives every event of the room."""
-        reply = await self._stream.command(subscribe=gateway_pb2.SubscribeCommand(room_id=self.id, all=True))
+        reply = await self._sender.command(
+            wait=False, subscribe=gateway_pb2.SubscribeCommand(room_id=self.id, all=True)
+        )
         self.subscriptions = list(reply.subscription.subscriptions)
         return self.subscriptions
 
     async def unsubscribe(self, *events: str) -> list[str]:
         """Stops receiving these events (all of them when none are named)."""
         command = gateway_pb2.UnsubscribeCommand(room_id=self.id, events=events, all=not events)
-        reply = await self._stream.command(unsubscribe=command)
+        reply = await self._sender.command(wait=False, unsubscribe=command)
         self.subscriptions = list(reply.subscription.subscriptions)
         return self.subscriptions
 
     async def participants(self) -> dict[str, list[str]]:
         """Who is in the room: user id -> their connections (session ids)."""
-        return await self._client.participants(self.id)
+        return await self._calls.participants(self.id)
 
     async def history(self, *, limit: int = 50, before: int = 0, event: str = "") -> list[RoomEvent]:
         """Kept events newest first: up to `limit`, below sequence `before` (0: from the newest)."""
-        return await self._client.history(self.id, limit=limit, before=before, event=event)
+        return await self._calls.history(self.id, limit=limit, before=before, event=event)
 
     async def get_history(self, event: str = "", start: int = 0, end: int = 50) -> list[RoomEvent]:
         """Kept events by offset, newest first: `start` 0 is the newest (of `event`, or of all)."""
-        return await self._client.get_history(self.id, event, start, end)
+        return await self._calls.get_history(self.id, event, start, end)
 
     async def leave(self) -> None:
         """Leaves the room; `events()` iterators end (also while reconnecting: it is not joined again)."""
         if self.joined:
             with contextlib.suppress(UnavailableError):  # the stream ended meanwhile, and the membership with it
-                await self._stream.command(leave=gateway_pb2.LeaveCommand(room_id=self.id))
-        self._client.forget_room(self.id)
+                await self._sender.command(wait=False, leave=gateway_pb2.LeaveCommand(room_id=self.id))
+        self._forget(self.id)
         self.close()
 
     def suspend(self) -> None:
         """The stream ended and the client is joining again: `joined` is False until it has."""
         self.joined = False
-
-    def rebind(self, stream: ConnectStream) -> None:
-        """Joined again on a new stream: commands go there."""
-        self._stream = stream
-        self.joined = True
 
     def close(self) -> None:
         self.joined = False
@@ -358,8 +385,7 @@ class Room:
         if self._held is not None:
             self._held.append((handlers, args))
             return
-        for handler in handlers():
-            self._client.spawn(call_handler(handler, *args))
+        self._runner.call(handlers(), *args)
 
     def release_held(self) -> None:
         """Once the code that joined has registered its handlers, they get what arrived with the join."""

@@ -46,6 +46,8 @@ class ConnectStream:
         self._reader: asyncio.Task[None] | None = None
         self._frames: AsyncIterator[gateway_pb2.ConnectResponse] | None = None
         self.welcome: gateway_pb2.Welcome | None = None
+        self._waiting_for_handlers = False
+        self._abort_reason: ParleyError | None = None
 
     async def _requests(self) -> AsyncIterator[gateway_pb2.ConnectRequest]:
         while (request := await self._outgoing.get()) is not None:
@@ -54,31 +56,46 @@ class ConnectStream:
     async def open(self) -> gateway_pb2.Welcome:
         self._frames = aiter(self._call)
         try:
-            first = await asyncio.wait_for(anext(self._frames, None), COMMAND_TIMEOUT_SECONDS)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from None
-        except TimeoutError:
-            self._call.cancel()
-            raise UnavailableError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "", f"no Welcome within {COMMAND_TIMEOUT_SECONDS:.0f}s"
-            ) from None
+            first = await self._first_frame()
+            if first is None or first.WhichOneof("frame") != "welcome":
+                raise ParleyError(grpc.StatusCode.INTERNAL, "", "the server did not start the stream with a Welcome")
         except BaseException:
             self._call.cancel()
+            self._outgoing.put_nowait(None)  # the request generator ends too, not left waiting forever
             raise
-        if first is None or first.WhichOneof("frame") != "welcome":
-            raise ParleyError(grpc.StatusCode.INTERNAL, "", "the server did not start the stream with a Welcome")
         self.welcome = first.welcome
         self._reader = asyncio.create_task(self._read())
         return first.welcome
 
-    async def command(self, **command: Any) -> gateway_pb2.Reply:
-        """Sends one command and waits for its Reply; raises the typed error if it failed."""
+    async def _first_frame(self) -> gateway_pb2.ConnectResponse | None:
+        assert self._frames is not None
+        try:
+            return await asyncio.wait_for(anext(self._frames, None), COMMAND_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+        except TimeoutError:
+            raise UnavailableError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "", f"no Welcome within {COMMAND_TIMEOUT_SECONDS:.0f}s"
+            ) from None
+
+    def send(self, **command: Any) -> asyncio.Future[gateway_pb2.Reply]:
+        """Sends one command; the future gets its Reply (failed or not), or the stream's ending."""
+        return self.send_request(gateway_pb2.ConnectRequest(**command))
+
+    def send_request(self, request: gateway_pb2.ConnectRequest) -> asyncio.Future[gateway_pb2.Reply]:
+        """Sends `request` under a new request id (set in it); the future as for `send`."""
         if self._reader is None or self._reader.done():
             raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "", "the stream is closed")
-        request_id = next(self._ids)
+        request_id = request.request_id = next(self._ids)
         future: asyncio.Future[gateway_pb2.Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._outgoing.put_nowait(gateway_pb2.ConnectRequest(request_id=request_id, **command))
+        future.add_done_callback(lambda _: self._pending.pop(request_id, None))
+        self._outgoing.put_nowait(request)
+        return future
+
+    async def command(self, **command: Any) -> gateway_pb2.Reply:
+        """Sends one command and waits for its Reply; raises the typed error if it failed."""
+        future = self.send(**command)
         try:
             reply = await asyncio.wait_for(future, COMMAND_TIMEOUT_SECONDS)
         except TimeoutError:
@@ -87,11 +104,19 @@ class ConnectStream:
                 "",
                 f"no reply within {COMMAND_TIMEOUT_SECONDS:.0f}s; the command may or may not have taken effect",
             ) from None
-        finally:
-            self._pending.pop(request_id, None)
         if reply.status.code != 0:
             raise error_from_status(reply.status)
         return reply
+
+    @property
+    def waiting_for_handlers(self) -> bool:
+        """The reader is paused until the application's handlers catch up (it reads no replies meanwhile)."""
+        return self._waiting_for_handlers
+
+    def abort(self, reason: ParleyError) -> None:
+        """Ends the stream from this side, with `reason` as its ending (e.g. the link is dead)."""
+        self._abort_reason = reason
+        self._call.cancel()
 
     async def _read(self) -> None:
         ending: ParleyError | None = None
@@ -118,11 +143,17 @@ class ConnectStream:
                 except Exception:
                     log.exception("a frame handler failed")
                 if self._caught_up is not None:
-                    await self._caught_up()
+                    self._waiting_for_handlers = True
+                    try:
+                        await self._caught_up()
+                    finally:
+                        self._waiting_for_handlers = False
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 ending = error_from_rpc(exc)
         finally:
+            ending = ending or self._abort_reason
+            self._outgoing.put_nowait(None)  # the request generator ends too, not left waiting forever
             # Also on a local cancel, which grpc reports as CancelledError.
             failure = ending or UnavailableError(grpc.StatusCode.UNAVAILABLE, "", "the stream ended")
             for future in self._pending.values():

@@ -7,8 +7,9 @@ import json
 import sys
 from typing import Any
 
+from parley.cli.people import UserNames
 from parley.client import Client
-from parley.errors import ParleyError
+from parley.messages import SubjectMessage
 from parley.rooms import RoomEvent
 
 
@@ -19,13 +20,14 @@ def parse_json(text: str, what: str) -> Any:
         raise SystemExit(f"error: {what} is not JSON: {exc}") from None
 
 
-def event_line(event: RoomEvent) -> str:
+async def event_line(event: RoomEvent, names: UserNames) -> str:
     return json.dumps(
         {
             "room": event.room_id,
             "event": event.event,
             "data": event.data,
             "sender": event.sender,
+            "sender_username": await names.of(event.sender),
             "time_ms": event.time_ms,
             "seq": event.seq,
             "handle": event.handle,
@@ -40,9 +42,10 @@ async def rooms_list(client: Client) -> None:
     rooms = await client.list_rooms()
     if not rooms:
         print("no rooms")
+    names = UserNames(client)
     for room in rooms:
         size = f"{room.size}/{room.max_size}" if room.max_size else str(room.size)
-        creator = room.creator or "config"
+        creator = await names.label(room.creator) if room.creator else "config"
         print(f"{room.room_id:20} {size:>7}  {room.name:20} {creator:28} {room.description}")
 
 
@@ -68,17 +71,24 @@ async def listen(client: Client, room_id: str, events: list[str]) -> None:
         await room.subscribe(*events)
     print(json.dumps({"listening": room_id, "subscriptions": room.subscriptions}), flush=True)
     wanted = set(events)
+    names = UserNames(client)
     async for event in room.events():
         # Events that arrived before the subscription changed are filtered here.
         if not wanted or event.event in wanted:
-            print(event_line(event), flush=True)
+            print(await event_line(event, names), flush=True)
     raise SystemExit("error: the stream ended")
 
 
 async def send(client: Client, room_id: str, event: str, data: Any) -> None:
     room = await client.join(room_id)
     published = await room.trigger(event, data, echo=False)
-    print(json.dumps({"seq": published.seq, "handle": published.handle}))
+    print(json.dumps({"room": room_id, "event": event, "seq": published.seq, "handle": published.handle}))
+
+
+async def history(client: Client, room_id: str, *, limit: int, before: int, event: str) -> None:
+    names = UserNames(client)
+    for kept in await client.history(room_id, limit=limit, before=before, event=event):
+        print(await event_line(kept, names))
 
 
 async def change(client: Client, room_id: str, handle: str, data: Any, *, delete: bool) -> None:
@@ -90,22 +100,14 @@ async def change(client: Client, room_id: str, handle: str, data: Any, *, delete
 async def chat(client: Client, room_id: str, event: str) -> None:
     """Type a line to send it as {"text": line}; incoming messages print as they come."""
     room = await client.join(room_id)
-    names: dict[str, str] = {}
-
-    async def name_of(user_id: str) -> str:
-        if user_id not in names:
-            try:
-                names[user_id] = (await client.get_user_by_id(user_id)).user.username
-            except ParleyError:
-                names[user_id] = user_id  # a system or named sender
-        return names[user_id]
+    names = UserNames(client)
 
     async def show_in_order() -> None:
         async for incoming in room.events():
             if incoming.event != event:
                 continue
             text = incoming.data.get("text") if isinstance(incoming.data, dict) else incoming.data
-            print(f"[{await name_of(incoming.sender)}] {text}", flush=True)
+            print(f"[{await names.of(incoming.sender) or incoming.sender}] {text}", flush=True)
 
     printer = asyncio.create_task(show_in_order())
     print(f"in {room_id} as {client.identity.username}; type to talk, Ctrl-D to leave", flush=True)
@@ -119,13 +121,23 @@ async def chat(client: Client, room_id: str, event: str) -> None:
     await room.leave()
 
 
+async def publish_subject(client: Client, subject: str, data: Any) -> None:
+    await client.message.publish(subject, data)
+    print(json.dumps({"published": subject}))
+
+
 async def subscribe_subject(client: Client, subject: str) -> None:
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    queue: asyncio.Queue[SubjectMessage | None] = asyncio.Queue()
     client.on_disconnect(lambda error: queue.put_nowait(None))
-    await client.message.subscribe(
-        subject, lambda m: queue.put_nowait(json.dumps({"subject": m.subject, "sender": m.sender, "data": m.data}))
-    )
+    await client.message.subscribe(subject, queue.put_nowait)
     print(json.dumps({"subscribed": subject}), flush=True)
-    while (line := await queue.get()) is not None:
-        print(line, flush=True)
+    names = UserNames(client)
+    while (message := await queue.get()) is not None:
+        line = {
+            "subject": message.subject,
+            "sender": message.sender,
+            "sender_username": await names.of(message.sender),
+            "data": message.data,
+        }
+        print(json.dumps(line), flush=True)
     raise SystemExit("error: the stream ended")

@@ -1,0 +1,37 @@
+"""How long the client waits before each reconnection attempt: exponential backoff with full jitter."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Attempt n (from 0) waits a random time in [0, min(cap, initial × 2ⁿ)] seconds.
+
+    Full jitter spreads a crowd of clients that lost the same server over the
+    whole window, so a restarted gateway is not hit by all of them at once.
+    After `max_attempts` failed attempts in a row (None: never) the client
+    gives up and its state becomes `failed`.
+    """
+
+    initial: float = 0.1
+    cap: float = 10.0
+    max_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.initial <= 0 or self.cap < self.initial:
+            raise ValueError(f"backoff: need 0 < initial <= cap, got initial={self.initial}, cap={self.cap}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"backoff: max_attempts must be at least 1, got {self.max_attempts}")
+
+    def ceiling(self, attempt: int) -> float:
+        return min(self.cap, self.initial * 2.0 ** min(attempt, 60))
+
+    def delay(self, attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
+        return uniform(0.0, self.ceiling(attempt))
+
+    def gives_up_after(self, failures: int) -> bool:
+        return self.max_attempts is not None and failures >= self.max_attempts

@@ -1,0 +1,278 @@
+"""The `parley` command line's grammar: commands, their options, and the global options.
+
+The global options (`--addr`, `--key-file`) are accepted before or after any
+command and listed in every command's `--help`. Their defaults come from
+PARLEY_ADDR and PARLEY_KEY_FILE, read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+from parley.client import DEFAULT_ADDRESS
+
+DEFAULT_KEY_FILE = Path("~/.config/parley/identity.json")
+SERVE_TARGETS = ("all", "identity", "room", "history", "file", "gateway")
+
+
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    address = environ.get("PARLEY_ADDR") or DEFAULT_ADDRESS
+    key_file = _key_file(environ.get("PARLEY_KEY_FILE") or str(DEFAULT_KEY_FILE))
+    parser = argparse.ArgumentParser(
+        prog="parley",
+        description="Parley realtime messaging: run the servers, manage users and devices, talk in rooms.",
+        parents=[_global_options(address, key_file, at_top=True)],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # Below the top level the global options default to "not given", so one given
+    # before the command is not overwritten by the command's own default.
+    commands = _Commands(
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+        _global_options(address, key_file, at_top=False),
+    )
+    _add_serve(commands)
+    _add_health(commands)
+    _add_user(commands)
+    _add_whoami(commands)
+    _add_devices(commands)
+    _add_rooms(commands)
+    _add_room_events(commands)
+    _add_subjects(commands)
+    return parser
+
+
+class _Commands:
+    """Adds commands that all take the global options."""
+
+    def __init__(
+        self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser], globals_: argparse.ArgumentParser
+    ) -> None:
+        self._subparsers = subparsers
+        self._globals = globals_
+
+    def add(self, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return self._subparsers.add_parser(
+            name,
+            help=summary,
+            description=description,
+            parents=[self._globals],
+        )
+
+    def nested(self, parser: argparse.ArgumentParser, dest: str, *, required: bool = True) -> _Commands:
+        return _Commands(parser.add_subparsers(dest=dest, required=required, metavar="ACTION"), self._globals)
+
+
+def _global_options(address: str, key_file: Path, *, at_top: bool) -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("global options (before or after the command)")
+    group.add_argument(
+        "--addr",
+        metavar="HOST:PORT",
+        default=address if at_top else argparse.SUPPRESS,
+        help=f"the Parley server (env PARLEY_ADDR; default {address})",
+    )
+    group.add_argument(
+        "--key-file",
+        metavar="PATH",
+        type=_key_file,
+        default=key_file if at_top else argparse.SUPPRESS,
+        help=f"this device's key file; new device key files go beside it (env PARLEY_KEY_FILE; default {key_file})",
+    )
+    return options
+
+
+def _add_serve(commands: _Commands) -> None:
+    serve = commands.add(
+        "serve",
+        "run Parley (all services in one process, or one service)",
+        "Run all services on one port (default), or one service per process in split mode. "
+        "Settings come from --config, then PARLEY_<SECTION>_<KEY> variables, then these flags.",
+    )
+    serve.add_argument("service", nargs="?", default="all", choices=SERVE_TARGETS, help="what to run (default: all)")
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 50051)")
+    serve.add_argument("--data-dir", type=Path, help="where SQLite files live (default ./data)")
+    serve.add_argument(
+        "--gateway-processes",
+        type=int,
+        metavar="K",
+        help="run K gateway processes sharing --port (SO_REUSEPORT, Linux; needs a NATS bus.url): with `serve` the "
+        "other services stay in this process, with `serve gateway` only gateways run "
+        "(default 1: one process; env PARLEY_SERVER_GATEWAY_PROCESSES)",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=None,
+        help="let other servers of this user listen on the same --port (SO_REUSEPORT, Linux; "
+        "env PARLEY_SERVER_REUSE_PORT)",
+    )
+
+
+def _add_health(commands: _Commands) -> None:
+    health = commands.add(
+        "health",
+        "exit 0 only when a server reports SERVING",
+        "Ask grpc.health.v1 at --addr for a status; print it and exit 0 when SERVING, 1 otherwise. "
+        "Use it as a container health check.",
+    )
+    health.add_argument("--service", default="", help="service name, e.g. parley.identity.v1.IdentityService")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default %(default)s)")
+
+
+def _add_user(commands: _Commands) -> None:
+    user = commands.add("user", "register, log in or look up a user", "Manage your account; look up others.")
+    actions = commands.nested(user, "user_command")
+    register = actions.add(
+        "register",
+        "create keys, register USERNAME and log in",
+        "Create a user key and a device key, register the user with this device, log in, and save the keys "
+        "to --key-file (mode 0600) once the server has accepted them.",
+    )
+    register.add_argument("username", help="3–32 characters of a-z 0-9 _ . -")
+    register.add_argument("--device-name", default="", help="a label for this device")
+    actions.add(
+        "login",
+        "log in with the key file's device",
+        "Sign a login challenge with this device's key and print the session (tokens) as JSON.",
+    )
+    show = actions.add(
+        "show",
+        "show a user's id, public keys and active devices",
+        "Look up USER (a username, or a user id) and print its id, user key and active devices.",
+    )
+    show.add_argument("user", metavar="USER", help="a username or a user id")
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _add_whoami(commands: _Commands) -> None:
+    whoami = commands.add(
+        "whoami",
+        "show who the server thinks you are",
+        "Log in and print your username, user id, this device, your devices and their public keys.",
+    )
+    whoami.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _add_devices(commands: _Commands) -> None:
+    devices = commands.add("devices", "list, add or revoke your devices", "List your devices, or add or revoke one.")
+    devices.add_argument("--all", action="store_true", help="include revoked devices")
+    actions = commands.nested(devices, "devices_command", required=False)
+    add = actions.add(
+        "add",
+        "create keys for another device and register it",
+        "Create another device of your user, certified by your user key, and write its key file beside "
+        "--key-file (named after the device). Give that file to the other device as its --key-file.",
+    )
+    add.add_argument("device_name", metavar="NAME", help="a label for the new device, e.g. phone")
+    revoke = actions.add("revoke", "revoke a device", "Revoke one of your devices and end its sessions.")
+    revoke.add_argument("device_id", metavar="DEVICE_ID", help="the device's id (see `parley devices`)")
+
+
+def _add_rooms(commands: _Commands) -> None:
+    rooms = commands.add("rooms", "list, create or delete rooms", "Manage rooms.")
+    actions = commands.nested(rooms, "rooms_command")
+    actions.add("list", "list public rooms", "List public rooms with their sizes and creators.")
+    create = actions.add("create", "create a room", "Create a room at run time; you become its creator.")
+    create.add_argument("room_id", metavar="ROOM", help="1–64 characters of a-z 0-9 _ . : -")
+    create.add_argument("--name", default="", help="display name")
+    create.add_argument("--description", default="", help="what the room is for")
+    create.add_argument("--max-size", type=int, default=0, help="most participants (0: unbounded)")
+    create.add_argument("--events", default="", help="comma-separated events accepted (default: any)")
+    create.add_argument("--read-only", action="store_true", help="clients cannot publish; services can")
+    create.add_argument("--unlisted", action="store_true", help="reachable by id, not listed")
+    delete = actions.add("delete", "delete a room you created", "Delete a room you created.")
+    delete.add_argument("room_id", metavar="ROOM", help="the room's id")
+
+
+def _add_room_events(commands: _Commands) -> None:
+    listen = commands.add(
+        "listen",
+        "print a room's events as JSON lines",
+        "Join ROOM and print each event as a JSON line (with the sender's username).",
+    )
+    listen.add_argument("room_id", metavar="ROOM", help="the room's id")
+    listen.add_argument("--event", action="append", default=[], help="only this event (repeatable)")
+
+    send = commands.add(
+        "send",
+        "publish one event",
+        "Join ROOM, publish EVENT with a JSON payload, and print where it landed (room, event, seq, handle) as JSON.",
+    )
+    send.add_argument("room_id", metavar="ROOM", help="the room's id")
+    send.add_argument("event", metavar="EVENT", help="the event's name, e.g. message")
+    send.add_argument("data", metavar="JSON", help='the payload, e.g. \'{"text": "hi"}\'')
+
+    history = commands.add(
+        "history",
+        "print a room's kept events as JSON lines",
+        "Print ROOM's kept events, newest first, one JSON line each (no need to join).",
+    )
+    history.add_argument("room_id", metavar="ROOM", help="the room's id")
+    history.add_argument("--event", default="", help="only this event")
+    history.add_argument("--limit", type=_not_negative, default=50, help="at most this many (default: 50)")
+    history.add_argument("--before", type=_not_negative, default=0, help="only events with a smaller sequence")
+
+    edit = commands.add(
+        "edit",
+        "replace the payload of an event you sent",
+        "Join ROOM and replace the payload of the kept event HANDLE (yours) with JSON.",
+    )
+    edit.add_argument("room_id", metavar="ROOM", help="the room's id")
+    edit.add_argument("handle", metavar="HANDLE", help="the event's handle (from send or history)")
+    edit.add_argument("data", metavar="JSON", help="the new payload")
+
+    delete = commands.add(
+        "delete",
+        "delete an event you sent",
+        "Join ROOM and delete the kept event HANDLE (yours); the log keeps a tombstone.",
+    )
+    delete.add_argument("room_id", metavar="ROOM", help="the room's id")
+    delete.add_argument("handle", metavar="HANDLE", help="the event's handle (from send or history)")
+
+    chat = commands.add(
+        "chat",
+        "chat in a room from the terminal",
+        'Join ROOM; each line you type is sent as {"text": line}; messages print as they arrive.',
+    )
+    chat.add_argument("room_id", metavar="ROOM", help="the room's id")
+    chat.add_argument("--event", default="message", help="the event name to send and show (default: message)")
+
+
+def _add_subjects(commands: _Commands) -> None:
+    pub = commands.add("pub", "publish to a subject", "Publish a JSON value to a pub/sub SUBJECT and confirm it.")
+    pub.add_argument("subject", metavar="SUBJECT", help="e.g. presence:lobby")
+    pub.add_argument("data", metavar="JSON", help="the value, e.g. '{\"online\": 1}'")
+
+    sub = commands.add(
+        "sub",
+        "print a subject's messages as JSON lines",
+        'Subscribe to SUBJECT (a prefix when it ends in "*") and print each message (with the sender\'s username).',
+    )
+    sub.add_argument("subject", metavar="SUBJECT", help='e.g. presence:lobby or "presence:*"')
+
+
+def _key_file(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _not_negative(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return number
+
+
+def _version() -> str:
+    try:
+        return metadata.version("parley")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
