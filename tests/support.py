@@ -158,10 +158,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
-        if self.process.stdout is not None:
+        if self.process.stdout is not None and not self.process.stdout.closed:  # not terminated before
             self._log.write(self.process.stdout.read())
             self.process.stdout.close()
-        self._log.close()
+            self._log.close()
         return self.process.returncode
 
     def output(self) -> str:

@@ -7,12 +7,16 @@ backend may call any gateway.
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
-from google.protobuf import json_format
+import grpc
+from google.protobuf import json_format, struct_pb2
 
 from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
+from services.gateway.client_questions import Answer, deadline_exceeded
 from services.gateway.deployment import GatewayPeers
 from services.gateway.realtime import Realtime
 from services.runtime.errors import ServiceError, not_found, unavailable
@@ -23,6 +27,9 @@ ONLINE_USERS = "online_users"
 USER_ROOMS = "user_rooms"
 REMOVE_USER = "remove_user"
 SEND = "send"
+ASK_CLIENT = "ask_client"
+# An AskClient without a deadline waits this long at most.
+DEFAULT_ASK_SECONDS = 30.0
 
 
 def session_not_found(session_id: str) -> ServiceError:
@@ -55,6 +62,8 @@ class DeploymentBackendApi:
             return {"room_ids": realtime.user_rooms(user_id)}
         if op == REMOVE_USER:
             return {"room_ids": await realtime.remove_user_from_rooms(user_id)}
+        if op == ASK_CLIENT:
+            return await self._ask_here(args)
         if op == SEND:
             request = json_format.ParseDict(args, gateway_pb2.SendToConnectionRequest())
             try:
@@ -88,6 +97,80 @@ class DeploymentBackendApi:
         if answer is None or answer.get("missing"):
             raise session_not_found(request.session_id)
 
+    async def ask_client(self, request: gateway_pb2.AskClientRequest, seconds_left: float | None) -> Answer:
+        """Asks the user's connections (or the one), wherever they are; the first answer."""
+        deadline = time.time() + (DEFAULT_ASK_SECONDS if seconds_left is None else seconds_left)
+        args = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        args["deadline"] = deadline
+        within = max(0.0, deadline - time.time())
+        if request.session_id:
+            answer = await self._all().ask(gateway_of(request.session_id), ASK_CLIENT, args, within)
+            answers = [answer] if answer is not None else []
+        else:
+            answers = await self._all().ask_all(ASK_CLIENT, args, within)
+        return _first_answer(answers, request)
+
+    async def peers_of(self, user_id: str) -> list[gateway_pb2.Peer]:
+        """The online users who share a room with `user_id` (a participant is connected), with those rooms."""
+        shared: dict[str, list[str]] = {}
+        for room_id in await self.user_rooms(user_id):
+            try:
+                participants = await self._realtime.rooms.participants(room_id)
+            except ServiceError as error:
+                if error.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                continue  # deleted meanwhile
+            for other in participants:
+                if other != user_id:
+                    shared.setdefault(other, []).append(room_id)
+        return [gateway_pb2.Peer(user_id=u, room_ids=sorted(rooms)) for u, rooms in sorted(shared.items())]
+
+    async def _ask_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """This gateway's part of AskClient: its connections of the user (or the session), as JSON."""
+        request = json_format.ParseDict(
+            {k: v for k, v in args.items() if k != "deadline"}, gateway_pb2.AskClientRequest()
+        )
+        connections = (
+            [c for c in [self._realtime.connections.get(request.session_id)] if c is not None]
+            if request.session_id
+            else self._realtime.connections.of_user(request.user_id)
+        )
+        if not connections:
+            return {"missing": True}
+        try:
+            answer = await self._realtime.questions.ask(
+                connections, request.topic, request.data, float(args["deadline"])
+            )
+        except ServiceError as error:
+            return {"error": {"code": error.code.name, "reason": error.reason, "message": error.message}}
+        return {"session_id": answer.session_id, "data": json_format.MessageToDict(answer.data)}
+
     async def _union(self, op: str, args: dict[str, Any], field: str) -> list[str]:
         answers = await self._all().ask_all(op, args)
         return sorted({str(item) for answer in answers for item in answer.get(field, [])})
+
+
+def _first_answer(answers: list[dict[str, Any]], request: gateway_pb2.AskClientRequest) -> Answer:
+    """The first data answer of the gateways'; else the error one gave; else nobody to ask."""
+    errors = [a["error"] for a in answers if "error" in a]
+    for answer in answers:
+        if "session_id" in answer:
+            data = json_format.Parse(json.dumps(answer.get("data")), struct_pb2.Value())
+            return Answer(str(answer["session_id"]), data)
+    if errors:
+        timed_out = [e for e in errors if e["code"] == grpc.StatusCode.DEADLINE_EXCEEDED.name]
+        error = timed_out[0] if timed_out else errors[-1]
+        if error["code"] == grpc.StatusCode.DEADLINE_EXCEEDED.name:
+            raise deadline_exceeded(str(error["message"]))
+        return _raise_relayed(error)
+    if request.session_id:
+        raise session_not_found(request.session_id)
+    raise not_found(
+        errors_pb2.ERROR_REASON_USER_NOT_FOUND,
+        f"user {request.user_id!r} has no open connection in this deployment",
+        user_id=request.user_id,
+    )
+
+
+def _raise_relayed(error: dict[str, Any]) -> Answer:
+    raise ServiceError.named(grpc.StatusCode[str(error["code"])], str(error["reason"]), str(error["message"]))

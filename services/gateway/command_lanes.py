@@ -5,8 +5,8 @@ or its token. A lane runs its commands one after another in the order they
 came; lanes run concurrently, so a slow join to one room never holds up a
 publish to another. A command may finish in the background (a publish is
 queued for its append in its turn and answered once durable), so the next
-command of its lane need not wait for the disk. Pings have no lane: they are
-answered as they arrive.
+command of its lane need not wait for the disk. Pings and answers to server
+questions have no lane: they are handled as they arrive.
 
 At most `limit` commands of a connection are under way at once; past that the
 reader waits, and the client's sends wait on the stream's flow control.

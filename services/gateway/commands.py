@@ -16,6 +16,7 @@ from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.catch_up import CatchUp, history_frames, sync_selection
 from services.gateway.changes import EventChanges
+from services.gateway.client_questions import ClientQuestions
 from services.gateway.command_lanes import Answer
 from services.gateway.connections import EXCLUDED_PREFIX, Connection, Interest
 from services.gateway.directory import RoomDirectory
@@ -39,7 +40,7 @@ from services.room.rules import ANY_EVENT, EventRules
 from services.runtime import room_stream
 from services.runtime.bus import Bus
 from services.runtime.config import GatewayConfig
-from services.runtime.errors import ServiceError, invalid_field, rate_limited
+from services.runtime.errors import ServiceError, invalid_field, not_found, rate_limited
 from services.runtime.hooks import Hooks
 from services.runtime.ratelimit import RateLimiter
 from services.runtime.request_checks import check_json, check_request, null_if_unset
@@ -89,9 +90,11 @@ class CommandHandler:
         subjects: SubjectRouter,
         hooks: Hooks,
         refresh: Refresh,
+        questions: ClientQuestions,
     ) -> None:
         self._config = config
         self._refresh = refresh
+        self._questions = questions
         self._bus = bus
         self._feeds = feeds
         self._directory = directory
@@ -173,6 +176,12 @@ class CommandHandler:
             reply.refresh.CopyFrom(await self._refresh(connection, request.refresh))
         elif command == "ping":
             return
+        elif command == "answer":
+            if not self._questions.answered(connection.session_id, request.answer):
+                raise not_found(
+                    errors_pb2.ERROR_REASON_UNSPECIFIED,
+                    f"no question {request.answer.question_id!r} waits for this connection's answer (too late?)",
+                )
         else:
             raise ServiceError(
                 grpc.StatusCode.UNIMPLEMENTED, errors_pb2.ERROR_REASON_VALIDATION_FAILED, "unknown or missing command"
@@ -323,6 +332,13 @@ class CommandHandler:
         connection.rooms.pop(room_id, None)
         connection.caught_up.pop(room_id, None)
         self._feeds.remove(room_id, connection)
+
+    async def announce_offline(self, user_id: str, room_ids: list[str]) -> None:
+        """Tells each room (with presence on) that the user's last connection in it ended: a peer went offline."""
+        frame = gateway_pb2.ConnectResponse(peer_offline=gateway_pb2.PeerOffline(user_id=user_id))
+        for room_id in room_ids:
+            if self._directory.tells_presence(room_id):
+                await self._bus.publish(room_stream.frame_message(room_id, frame))
 
     async def announce_left(self, user_id: str, session_id: str, room_ids: list[str]) -> None:
         """Tells each room that the user is gone (no connection of theirs is left in it)."""

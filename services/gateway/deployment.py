@@ -89,18 +89,25 @@ class GatewayPeers:
         self._seen[self.gateway_id] = now
         return sorted(g for g, seen in self._seen.items() if now - seen <= self._dead_after)
 
-    async def ask_all(self, op: str, args: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every live gateway's answer (this one's too); those that do not answer in time are left out."""
-        return await self._ask(self.alive(), ASK_SUBJECT, op, args)
+    async def ask_all(self, op: str, args: dict[str, Any], within: float | None = None) -> list[dict[str, Any]]:
+        """Every live gateway's answer (this one's too); those that do not answer in time are left out.
 
-    async def ask(self, gateway_id: str, op: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        `within`: how long to wait for answers (default: `answer_within`).
+        """
+        return await self._ask(self.alive(), ASK_SUBJECT, op, args, within)
+
+    async def ask(
+        self, gateway_id: str, op: str, args: dict[str, Any], within: float | None = None
+    ) -> dict[str, Any] | None:
         """One gateway's answer; None if it is not alive or does not answer in time."""
         if gateway_id not in self.alive():
             return None
-        answers = await self._ask([gateway_id], inbox_subject(gateway_id), op, args)
+        answers = await self._ask([gateway_id], inbox_subject(gateway_id), op, args, within)
         return answers[0] if answers else None
 
-    async def _ask(self, targets: Iterable[str], subject: str, op: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _ask(
+        self, targets: Iterable[str], subject: str, op: str, args: dict[str, Any], within: float | None
+    ) -> list[dict[str, Any]]:
         question_id = secrets.token_hex(8)
         question = _Question(set(targets), [], asyncio.get_running_loop().create_future())
         self._questions[question_id] = question
@@ -108,7 +115,7 @@ class GatewayPeers:
             document = {"op": op, "args": args, "id": question_id, "from": self.gateway_id}
             await self._bus.publish(BusMessage(subject, json.dumps(document).encode(), {}))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(question.done), self._answer_within)
+                await asyncio.wait_for(asyncio.shield(question.done), within or self._answer_within)
             if question.waiting_for:
                 log.warning(
                     "gateways did not answer in time", extra={"op": op, "missing": sorted(question.waiting_for)}

@@ -20,6 +20,7 @@ from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
 from services.gateway.changes import EventChanges
+from services.gateway.client_questions import ClientQuestions
 from services.gateway.command_lanes import CommandLanes
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import ANY_EVENT, Connection, ConnectionRegistry, Interest
@@ -43,7 +44,6 @@ from services.runtime.errors import (
     not_found,
     permission_denied,
     unauthenticated,
-    unavailable,
 )
 from services.runtime.grpc_types import Context
 from services.runtime.hooks import Hooks
@@ -102,6 +102,7 @@ class Realtime:
         self.publisher = Publisher(config, self.feeds, hooks, history)
         self.subjects = SubjectRouter(bus, config.max_subject_subscriptions_per_user)
         self.changes = EventChanges(config, history, self.publisher)
+        self.questions = ClientQuestions()
         self.commands = CommandHandler(
             config,
             bus,
@@ -115,6 +116,7 @@ class Realtime:
             self.subjects,
             hooks,
             self._refresh,
+            self.questions,
         )
 
     # The Connect stream
@@ -299,6 +301,7 @@ class Realtime:
         if connection.token_timer is not None:  # after the reader stopped: no refresh can set a new one
             connection.token_timer.cancel()
         self.connections.remove(connection)
+        self.questions.connection_ended(connection.session_id)
         self.subjects.unsubscribe_all(connection)
         for room_id in list(connection.rooms):
             self.commands.drop(connection, room_id)
@@ -313,12 +316,17 @@ class Realtime:
                     log.warning("could not tell the room service a connection ended", exc_info=True)
                 left = []
             await self.commands.announce_left(connection.user_id, connection.session_id, left)
+            await self.commands.announce_offline(connection.user_id, left)
         await self.hooks.notify("on_disconnected", _session(connection))
 
     def go_away(self, message: str) -> None:
-        """Tells every connection to leave and ends its stream once what is queued is sent."""
+        """Tells every connection to come back within the drain spread (to a restarted or another
+        gateway) and ends its stream once what is queued is sent."""
         self.stopping = True
-        status = gateway_pb2.GoAway(status=status_of(unavailable(message)))
+        draining = ServiceError(grpc.StatusCode.UNAVAILABLE, errors_pb2.ERROR_REASON_DRAINING, message)
+        status = gateway_pb2.GoAway(
+            status=status_of(draining), reconnect_within_ms=self.config.drain_reconnect_within_ms
+        )
         frame = wire.frame(gateway_pb2.ConnectResponse(go_away=status))
         for connection in self.connections.all():
             connection.outbox.put(kinds.FRAME, frame, urgent=True)

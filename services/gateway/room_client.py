@@ -42,6 +42,13 @@ class RoomClient(PeerClient):
         )
         return response.room
 
+    async def participants(self, room_id: str) -> list[str]:
+        """The users with a connection in the room (every gateway's)."""
+        response: room_pb2.ListParticipantsResponse = await self.call(
+            self._stub.ListParticipants, room_pb2.ListParticipantsRequest(room_id=room_id), "list participants"
+        )
+        return [participant.user_id for participant in response.participants]
+
     async def watch(self) -> AsyncIterator[room_pb2.WatchRoomsResponse]:
         async for response in self.server_stream(self._stub.WatchRooms, room_pb2.WatchRoomsRequest()):
             yield response

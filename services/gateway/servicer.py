@@ -10,6 +10,7 @@ from services.gateway.backend_api import DeploymentBackendApi
 from services.gateway.realtime import Realtime
 from services.runtime.errors import invalid_field
 from services.runtime.grpc_types import Context
+from services.runtime.principal import require_user
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 
@@ -94,6 +95,17 @@ class GatewayServicer:
             raise invalid_field("session_id", "is required")
         await self._backend.send_to_connection(request)
         return gateway_pb2.SendToConnectionResponse()
+
+    async def AskClient(self, request: gateway_pb2.AskClientRequest, context: Context) -> gateway_pb2.AskClientResponse:
+        target = request.WhichOneof("target")
+        if target is None or not getattr(request, target):
+            raise invalid_field("target", "give user_id or session_id")
+        answer = await self._backend.ask_client(request, context.time_remaining())
+        return gateway_pb2.AskClientResponse(session_id=answer.session_id, data=answer.data)
+
+    async def ListPeers(self, request: gateway_pb2.ListPeersRequest, context: Context) -> gateway_pb2.ListPeersResponse:
+        caller = require_user()
+        return gateway_pb2.ListPeersResponse(peers=await self._backend.peers_of(caller.user_id))
 
 
 def _require_user_id(user_id: str) -> None:

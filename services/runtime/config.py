@@ -149,6 +149,9 @@ class GatewayConfig:
     # A gateway in its own process renews its lease with the room service; if it
     # stops renewing (killed), its connections leave their rooms this long after.
     lease_seconds: float = 10.0
+    # A draining gateway (SIGTERM) tells its clients to come back within this many ms, each after
+    # a random part of it, so that they do not all arrive at the next gateway at once.
+    drain_reconnect_within_ms: int = 2000
     # An ephemeral signal (typing) expires this long after it was last sent.
     ephemeral_ttl_seconds: float = 5.0
 
@@ -350,6 +353,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"history.{name} must not be negative")
     if config.gateway.ephemeral_ttl_seconds <= 0:
         raise ConfigError("gateway.ephemeral_ttl_seconds must be positive")
+    if config.gateway.drain_reconnect_within_ms < 0:
+        raise ConfigError("gateway.drain_reconnect_within_ms must not be negative")
     for section, name in (
         ("auth", "registrations_per_minute"),
         ("auth", "device_additions_per_hour"),

@@ -89,7 +89,8 @@ async def test_the_attempt_limit_ends_in_failed_and_queued_sends_fail(data_dir: 
 
 
 async def test_backoff_waits_follow_full_jitter_up_to_the_cap(data_dir: Path, tmp_path: Path) -> None:
-    async with running(allinone.create_server, _config(data_dir)) as (server, address):
+    no_drain_hint = _config(data_dir, **{"gateway.drain_reconnect_within_ms": 0})
+    async with running(allinone.create_server, no_drain_hint) as (server, address):
         policy = Backoff(initial=0.5, cap=4.0, max_attempts=6)
         waits: list[float] = []
 

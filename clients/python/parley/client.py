@@ -32,6 +32,8 @@ from parley.history.v1 import history_pb2_grpc
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from parley.messages import Messages
 from parley.outbox import DEFAULT_OUTBOX_LIMIT, Outbox, Send
+from parley.peers import Peer, Peers
+from parley.questions import QuestionHandler, Questions
 from parley.receiver import EventStage, Receiver
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from parley.room_calls import RoomCalls
@@ -123,7 +125,11 @@ class Client:
         self.message = Messages(self._sender, self._runner, self._connection)
         """Pub/sub subjects: `client.message.subscribe(...)`, `client.message.publish(...)`."""
         self._rooms = RoomRegistry(self._connection, self._sender, self._runner, self._calls)
-        self._receiver = Receiver(self._runner, self._rooms, self.message)
+        self._questions = Questions(self._sender, self._runner)
+        self._peers = Peers(self._auth, self._runner)
+        self._receiver = Receiver(
+            self._runner, self._connection, self._rooms, self.message, self._questions, self._peers
+        )
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -371,6 +377,21 @@ class Client:
         `recovered` turns False too): reload with `room.history()`.
         """
         self._runner.add("history", handler)
+
+    def on_question(self, handler: QuestionHandler) -> None:
+        """Answers the backend's questions (GatewayService.AskClient): `handler(question)`, plain or
+        async, returns the answer (any JSON value). Without a handler the backend gets NO_ANSWER."""
+        self._questions.on_question(handler)
+
+    async def peers(self) -> list[Peer]:
+        """The online users who share a room with you (not the whole deployment), with those rooms."""
+        return await self._peers.list()
+
+    def on_peer_disconnected(self, handler: Callable[[str], Any]) -> None:
+        """Calls `handler(user_id)` when a user who shares a room with you goes offline (their last
+        connection ended), once until they join one of your rooms again; rooms with presence off
+        say nothing."""
+        self._peers.on_disconnected(handler)
 
     def on_direct_message(self, handler: Callable[[str, Any], Any]) -> None:
         """Calls `handler(sender, data)` for messages a backend sends to this connection."""

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -114,6 +115,8 @@ class Connection:
         self._closing = False
         self._reconnector: asyncio.Task[None] | None = None
         self._failures = 0
+        # A draining gateway's hint: the next reconnection waits this long instead of backing off.
+        self._drain_wait: float | None = None
         self._opened_at = 0.0
         self._keepers: list[asyncio.Task[None]] = []
         self._open_hooks: list[OpenHook] = []
@@ -220,6 +223,11 @@ class Connection:
 
     # Ending
 
+    def going_away(self, go_away: gateway_pb2.GoAway) -> None:
+        """The server ends the stream; a draining gateway says within how long to come back (spread at random)."""
+        if go_away.reconnect_within_ms:
+            self._drain_wait = random.uniform(0.0, go_away.reconnect_within_ms / 1000)
+
     def _ended(self, stream: ConnectStream | None, error: ParleyError | None) -> None:
         if stream is None or self._stream is not stream:
             return
@@ -273,7 +281,8 @@ class Connection:
         delay = first_delay
         while not self._closing:
             if delay:
-                await self._sleep(self.backoff.delay(self._failures))
+                wait, self._drain_wait = self._drain_wait, None
+                await self._sleep(self.backoff.delay(self._failures) if wait is None else wait)
             delay = True
             async with self._lock:
                 if self._closing or self.state is ConnectionState.CONNECTED:

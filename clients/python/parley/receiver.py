@@ -15,15 +15,21 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf import json_format
 
+from parley.api.v1 import errors_pb2
+from parley.connection import Connection
 from parley.errors import error_from_status
 from parley.gateway.v1 import gateway_pb2
 from parley.handlers import HandlerRunner
 from parley.messages import Messages
+from parley.peers import Peers
+from parley.questions import Questions
+from parley.reasons import reason_name
 from parley.room.v1 import room_pb2
 from parley.room_registry import RoomRegistry
 from parley.rooms import room_event
 
 EventStage = Callable[[gateway_pb2.Event], Awaitable[None]]
+DRAINING = reason_name(errors_pb2.ERROR_REASON_DRAINING)
 # Frames that belong to no room share one lane.
 _NO_ROOM = ""
 
@@ -51,10 +57,21 @@ def _by_room(frame: gateway_pb2.ConnectResponse) -> list[gateway_pb2.ConnectResp
 
 
 class Receiver:
-    def __init__(self, runner: HandlerRunner, rooms: RoomRegistry, messages: Messages) -> None:
+    def __init__(
+        self,
+        runner: HandlerRunner,
+        connection: Connection,
+        rooms: RoomRegistry,
+        messages: Messages,
+        questions: Questions,
+        peers: Peers,
+    ) -> None:
         self._runner = runner
+        self._connection = connection
         self._rooms = rooms
         self._messages = messages
+        self._questions = questions
+        self._peers = peers
         self._stages: list[EventStage] = []
         self._lanes: dict[str, deque[tuple[gateway_pb2.ConnectResponse, asyncio.Future[None]]]] = {}
 
@@ -111,8 +128,10 @@ class Receiver:
                 self._messages.dispatch(subject_event)
         elif kind == "presence":
             room = self._rooms.get(frame.presence.room_id)
-            if room is not None:
-                for presence in frame.presence.changes:
+            for presence in frame.presence.changes:
+                if presence.joined:
+                    self._peers.seen(presence.user_id)
+                if room is not None:
                     room.dispatch_presence(presence.user_id, presence.joined)
         elif kind == "room_changed":
             change = frame.room_changed.change
@@ -143,7 +162,13 @@ class Receiver:
             if room is not None:
                 room.dispatch_signal(frame.ephemeral)
         elif kind == "go_away":
-            self._runner.fire("error", error_from_status(frame.go_away.status))
+            self._connection.going_away(frame.go_away)
+            if frame.go_away.status.reason != DRAINING:  # a planned drain is no error: the client comes back
+                self._runner.fire("error", error_from_status(frame.go_away.status))
+        elif kind == "question":
+            self._questions.asked(frame.question)
+        elif kind == "peer_offline":
+            self._peers.offline(frame.peer_offline.user_id)
 
 
 def _events_of(frame: gateway_pb2.ConnectResponse) -> list[gateway_pb2.Event]:

@@ -138,6 +138,8 @@ class ConnectStream:
                         if future is not None and not future.done():
                             future.set_result(reply)
                     continue
+                if kind == "go_away":  # the status the stream ends with follows; this says why
+                    self._abort_reason = self._abort_reason or error_from_status(frame.go_away.status)
                 try:
                     self._on_frame(frame)
                 except Exception:

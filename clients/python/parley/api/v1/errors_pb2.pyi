@@ -67,6 +67,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_EVENT_NOT_ALLOWED: _ErrorReason.ValueType  # 51
     ERROR_REASON_NOT_IN_ROOM: _ErrorReason.ValueType  # 52
     """Publishing or subscribing in a room the connection has not joined."""
+    ERROR_REASON_NO_ANSWER: _ErrorReason.ValueType  # 53
+    """AskClient: the client has no handler for server questions, or its handler failed."""
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 60
     """RESOURCE_EXHAUSTED"""
     ERROR_REASON_PAYLOAD_TOO_LARGE: _ErrorReason.ValueType  # 61
@@ -80,6 +82,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A per-user allowance is used up (e.g. bytes of JSON Schema in the rooms a user created)."""
     ERROR_REASON_SERVICE_UNAVAILABLE: _ErrorReason.ValueType  # 70
     """UNAVAILABLE: a peer service cannot be reached; retry later."""
+    ERROR_REASON_DRAINING: _ErrorReason.ValueType  # 71
+    """UNAVAILABLE: this gateway is shutting down on purpose (GoAway); reconnect
+    within GoAway.reconnect_within_ms and resume: nothing is lost.
+    """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 80
     """INTERNAL"""
     ERROR_REASON_HOOK_FAILED: _ErrorReason.ValueType  # 81
@@ -137,6 +143,8 @@ ERROR_REASON_ROOM_FULL: ErrorReason.ValueType  # 50
 ERROR_REASON_EVENT_NOT_ALLOWED: ErrorReason.ValueType  # 51
 ERROR_REASON_NOT_IN_ROOM: ErrorReason.ValueType  # 52
 """Publishing or subscribing in a room the connection has not joined."""
+ERROR_REASON_NO_ANSWER: ErrorReason.ValueType  # 53
+"""AskClient: the client has no handler for server questions, or its handler failed."""
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 60
 """RESOURCE_EXHAUSTED"""
 ERROR_REASON_PAYLOAD_TOO_LARGE: ErrorReason.ValueType  # 61
@@ -150,6 +158,10 @@ ERROR_REASON_QUOTA_EXCEEDED: ErrorReason.ValueType  # 66
 """A per-user allowance is used up (e.g. bytes of JSON Schema in the rooms a user created)."""
 ERROR_REASON_SERVICE_UNAVAILABLE: ErrorReason.ValueType  # 70
 """UNAVAILABLE: a peer service cannot be reached; retry later."""
+ERROR_REASON_DRAINING: ErrorReason.ValueType  # 71
+"""UNAVAILABLE: this gateway is shutting down on purpose (GoAway); reconnect
+within GoAway.reconnect_within_ms and resume: nothing is lost.
+"""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 80
 """INTERNAL"""
 ERROR_REASON_HOOK_FAILED: ErrorReason.ValueType  # 81

@@ -663,6 +663,7 @@ class ConnectRequest(_message.Message):
     DELETE_FIELD_NUMBER: _builtins.int
     EPHEMERAL_FIELD_NUMBER: _builtins.int
     REFRESH_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Chosen by the client; echoed in the Reply. Required."""
     @_builtins.property
@@ -691,6 +692,8 @@ class ConnectRequest(_message.Message):
     def ephemeral(self) -> Global___EphemeralCommand: ...
     @_builtins.property
     def refresh(self) -> Global___RefreshCommand: ...
+    @_builtins.property
+    def answer(self) -> Global___AnswerCommand: ...
     def __init__(
         self,
         *,
@@ -708,12 +711,13 @@ class ConnectRequest(_message.Message):
         delete: Global___DeleteCommand | None = ...,
         ephemeral: Global___EphemeralCommand | None = ...,
         refresh: Global___RefreshCommand | None = ...,
+        answer: Global___AnswerCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete", "ephemeral", "refresh"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete", "ephemeral", "refresh", "answer"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -1198,20 +1202,115 @@ class GoAway(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
+    RECONNECT_WITHIN_MS_FIELD_NUMBER: _builtins.int
+    reconnect_within_ms: _builtins.int
+    """Set when the gateway is draining (shutting down on purpose): reconnect
+    after a random delay between 0 and this many milliseconds, so that its
+    clients do not all arrive elsewhere at once. Nothing is lost: resume.
+    """
     @_builtins.property
     def status(self) -> _status_pb2.Status: ...
     def __init__(
         self,
         *,
         status: _status_pb2.Status | None = ...,
+        reconnect_within_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reconnect_within_ms", b"reconnect_within_ms", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GoAway: _TypeAlias = GoAway  # noqa: Y015
+
+@_typing.final
+class ServerQuestion(_message.Message):
+    """A question from the app's backend (GatewayService.AskClient); answer it
+    with an AnswerCommand carrying the same question_id before the deadline.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUESTION_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    question_id: _builtins.str
+    topic: _builtins.str
+    """What is asked, in the app's own words (e.g. "confirm-login")."""
+    deadline_ms: _builtins.int
+    """When the asker stops waiting, in milliseconds since the epoch (server clock)."""
+    @_builtins.property
+    def data(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        question_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        data: _struct_pb2.Value | None = ...,
+        deadline_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "deadline_ms", b"deadline_ms", "question_id", b"question_id", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerQuestion: _TypeAlias = ServerQuestion  # noqa: Y015
+
+@_typing.final
+class AnswerCommand(_message.Message):
+    """The answer to a ServerQuestion: data, or an error status (e.g. no handler)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUESTION_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    question_id: _builtins.str
+    @_builtins.property
+    def data(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status: ...
+    def __init__(
+        self,
+        *,
+        question_id: _builtins.str = ...,
+        data: _struct_pb2.Value | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "question_id", b"question_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerCommand: _TypeAlias = AnswerCommand  # noqa: Y015
+
+@_typing.final
+class PeerOffline(_message.Message):
+    """A user who shares a room with you went offline: their last connection
+    ended. Rooms with presence off say nothing. A user in several of your rooms
+    may be reported by each.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerOffline: _TypeAlias = PeerOffline  # noqa: Y015
 
 @_typing.final
 class ConnectResponse(_message.Message):
@@ -1229,6 +1328,8 @@ class ConnectResponse(_message.Message):
     EVENT_CHANGED_FIELD_NUMBER: _builtins.int
     EPHEMERAL_FIELD_NUMBER: _builtins.int
     REPLIES_FIELD_NUMBER: _builtins.int
+    QUESTION_FIELD_NUMBER: _builtins.int
+    PEER_OFFLINE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -1257,6 +1358,10 @@ class ConnectResponse(_message.Message):
         outstanding); a lone reply comes as `reply`.
         """
 
+    @_builtins.property
+    def question(self) -> Global___ServerQuestion: ...
+    @_builtins.property
+    def peer_offline(self) -> Global___PeerOffline: ...
     def __init__(
         self,
         *,
@@ -1272,12 +1377,14 @@ class ConnectResponse(_message.Message):
         event_changed: Global___EventChanged | None = ...,
         ephemeral: Global___Ephemeral | None = ...,
         replies: Global___ReplyBatch | None = ...,
+        question: Global___ServerQuestion | None = ...,
+        peer_offline: Global___PeerOffline | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "peer_offline", b"peer_offline", "presence", b"presence", "question", b"question", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "presence", b"presence", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "peer_offline", b"peer_offline", "presence", b"presence", "question", b"question", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed", "ephemeral", "replies"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed", "ephemeral", "replies", "question", "peer_offline"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
@@ -1775,3 +1882,122 @@ class SendToConnectionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendToConnectionResponse: _TypeAlias = SendToConnectionResponse  # noqa: Y015
+
+@_typing.final
+class AskClientRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Every connection of this user is asked; the first answer wins."""
+    session_id: _builtins.str
+    """Only this connection."""
+    topic: _builtins.str
+    @_builtins.property
+    def data(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        data: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "session_id", b"session_id", "target", b"target", "user_id", b"user_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "session_id", b"session_id", "target", b"target", "topic", b"topic", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["user_id", "session_id"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___AskClientRequest: _TypeAlias = AskClientRequest  # noqa: Y015
+
+@_typing.final
+class AskClientResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The connection that answered."""
+    @_builtins.property
+    def data(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        data: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AskClientResponse: _TypeAlias = AskClientResponse  # noqa: Y015
+
+@_typing.final
+class ListPeersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPeersRequest: _TypeAlias = ListPeersRequest  # noqa: Y015
+
+@_typing.final
+class ListPeersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Peer]:
+        """Online users who share at least one room with the caller (not the caller)."""
+
+    def __init__(
+        self,
+        *,
+        peers: _abc.Iterable[Global___Peer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPeersResponse: _TypeAlias = ListPeersResponse  # noqa: Y015
+
+@_typing.final
+class Peer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ROOM_IDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def room_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rooms the caller shares with this user."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        room_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_ids", b"room_ids", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Peer: _TypeAlias = Peer  # noqa: Y015

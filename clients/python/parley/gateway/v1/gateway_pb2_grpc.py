@@ -97,6 +97,16 @@ class GatewayServiceStub:
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionRequest.SerializeToString,
                 response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionResponse.FromString,
                 _registered_method=True)
+        self.AskClient = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/AskClient',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.AskClientRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.AskClientResponse.FromString,
+                _registered_method=True)
+        self.ListPeers = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/ListPeers',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListPeersRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListPeersResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -196,6 +206,23 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AskClient(self, request, context):
+        """Asks a user's connections (or one connection) a question and returns
+        the first answer: the client answers through its question handler. Give
+        a deadline; when it passes the call ends with DEADLINE_EXCEEDED. A
+        client with no handler answers with an error (NO_ANSWER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPeers(self, request, context):
+        """The online users among those who share a room with the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +285,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.SendToConnection,
                     request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionRequest.FromString,
                     response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionResponse.SerializeToString,
+            ),
+            'AskClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.AskClient,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.AskClientRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.AskClientResponse.SerializeToString,
+            ),
+            'ListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeers,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListPeersRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListPeersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -587,6 +624,60 @@ class GatewayService:
             '/parley.gateway.v1.GatewayService/SendToConnection',
             parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionRequest.SerializeToString,
             parley_dot_gateway_dot_v1_dot_gateway__pb2.SendToConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AskClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/AskClient',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.AskClientRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.AskClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/ListPeers',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListPeersRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListPeersResponse.FromString,
             options,
             channel_credentials,
             insecure,

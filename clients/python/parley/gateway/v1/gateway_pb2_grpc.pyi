@@ -71,6 +71,14 @@ class GatewayServiceStub:
     """Takes a user out of every room (each connection is told)."""
     SendToConnection: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SendToConnectionRequest, _gateway_pb2.SendToConnectionResponse]
     """Sends a message to one connection."""
+    AskClient: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.AskClientRequest, _gateway_pb2.AskClientResponse]
+    """Asks a user's connections (or one connection) a question and returns
+    the first answer: the client answers through its question handler. Give
+    a deadline; when it passes the call ends with DEADLINE_EXCEEDED. A
+    client with no handler answers with an error (NO_ANSWER).
+    """
+    ListPeers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListPeersRequest, _gateway_pb2.ListPeersResponse]
+    """The online users among those who share a room with the caller."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -115,6 +123,14 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Takes a user out of every room (each connection is told)."""
     SendToConnection: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SendToConnectionRequest, _gateway_pb2.SendToConnectionResponse]  # type: ignore[assignment]
     """Sends a message to one connection."""
+    AskClient: _aio.UnaryUnaryMultiCallable[_gateway_pb2.AskClientRequest, _gateway_pb2.AskClientResponse]  # type: ignore[assignment]
+    """Asks a user's connections (or one connection) a question and returns
+    the first answer: the client answers through its question handler. Give
+    a deadline; when it passes the call ends with DEADLINE_EXCEEDED. A
+    client with no handler answers with an error (NO_ANSWER).
+    """
+    ListPeers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListPeersRequest, _gateway_pb2.ListPeersResponse]  # type: ignore[assignment]
+    """The online users among those who share a room with the caller."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The one public address. Clients keep a Connect stream open for rooms,
@@ -228,5 +244,25 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.SendToConnectionResponse, _abc.Awaitable[_gateway_pb2.SendToConnectionResponse]]:
         """Sends a message to one connection."""
+
+    @_abc_1.abstractmethod
+    def AskClient(
+        self,
+        request: _gateway_pb2.AskClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.AskClientResponse, _abc.Awaitable[_gateway_pb2.AskClientResponse]]:
+        """Asks a user's connections (or one connection) a question and returns
+        the first answer: the client answers through its question handler. Give
+        a deadline; when it passes the call ends with DEADLINE_EXCEEDED. A
+        client with no handler answers with an error (NO_ANSWER).
+        """
+
+    @_abc_1.abstractmethod
+    def ListPeers(
+        self,
+        request: _gateway_pb2.ListPeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListPeersResponse, _abc.Awaitable[_gateway_pb2.ListPeersResponse]]:
+        """The online users among those who share a room with the caller."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
