@@ -1,9 +1,13 @@
-"""Example hooks: `[hooks]` in the config names them as "examples.hooks:<function>".
+"""Example hooks (docs/hooks.md), named in examples/hooks.toml:
 
 [hooks]
 before_join = "examples.hooks:before_join"
 before_publish = "examples.hooks:before_publish"
 after_publish = "examples.hooks:after_publish"
+
+`parley serve` imports hook modules from the directory it starts in, so
+`.venv/bin/parley serve --config examples/hooks.toml` from the repo root finds
+this one.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,7 @@ def load_hook(spec: str, name: str) -> Hook | None:
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise ConfigError(f"hooks.{name}: expected 'module:function', got {spec!r}")
+    _importable_from_working_directory()
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
@@ -34,6 +37,18 @@ def load_hook(spec: str, name: str) -> Hook | None:
     if not callable(function):
         raise ConfigError(f"hooks.{name}: {spec!r} is not callable")
     return function  # type: ignore[no-any-return]
+
+
+def _importable_from_working_directory() -> None:
+    """Hook modules resolve from the directory the server was started in, as under `python -m`.
+
+    The `parley` console script, unlike `python -m`, leaves that directory off
+    the import path, so `examples.hooks` would not import from the repo root.
+    Appended, so a file there never shadows the standard library or Parley.
+    """
+    directory = os.getcwd()
+    if directory not in sys.path:
+        sys.path.append(directory)
 
 
 class Hooks:

@@ -100,6 +100,9 @@ async def test_register_whoami_devices(server_address: str, tmp_path: Path) -> N
     assert any("phone" in line for line in lines)
 
     code, out, err = await parley("user", "register", "alice", key_file=key_file, address=server_address)
+    assert code == 0, err
+    assert out.startswith("already registered as alice")
+    code, out, err = await parley("user", "register", "bob", key_file=key_file, address=server_address)
     assert code == 1
     assert "already holds a registered identity" in err
 

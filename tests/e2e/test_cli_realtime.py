@@ -149,8 +149,12 @@ async def test_chat_shows_what_others_say(setup: tuple[Cli, Cli]) -> None:
         for text in ("first", "second"):
             code, _, err = await ann.run("send", "chat", "message", json.dumps({"text": text}))
             assert code == 0, err
-        shown = [(await asyncio.wait_for(chat.stdout.readline(), 20)).decode().strip() for _ in range(2)]
-        assert shown == ["[ann] first", "[ann] second"]
+        shown: list[str] = []
+        while len(shown) < 2:  # join and leave notices come between: each `parley send` joins and leaves
+            line = (await asyncio.wait_for(chat.stdout.readline(), 20)).decode().strip()
+            if "ann: " in line:
+                shown.append(line.split(" ", 1)[1])  # after the time
+        assert shown == ["ann: first", "ann: second"]
         chat.stdin.close()
         assert await asyncio.wait_for(chat.wait(), 20) == 0
     finally:

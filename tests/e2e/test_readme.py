@@ -1,58 +1,36 @@
-"""The README's quick start, executed line by line against a real server."""
+"""The README's quick start and Python example, run twice against `make run`, as a newcomer would."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
-import sys
 from pathlib import Path
 
+from services.runtime.config import Config
+from tests.e2e.doc_examples import Examples, commands, doc_server, reader_env, run_examples
 from tests.support import REPO
 
-QUICK_START = re.compile(r"```console\n(.*?)```", re.S)
-PYTHON = re.compile(r"```python\n(.*?)```", re.S)
+README = (REPO / "README.md").read_text()
 
 
-def quick_start_commands() -> list[str]:
-    block = QUICK_START.search((REPO / "README.md").read_text())
-    assert block is not None, "README has no console quick start"
-    return [line.removeprefix("$ ") for line in block.group(1).splitlines() if line.startswith("$ ")]
+def test_the_quick_start_runs_against_make_run_and_says_how_long_its_token_lasts() -> None:
+    examples = Examples.of(README)
+    assert examples.serve is None
+    assert "Start Parley with `make run`" in README
+    assert any(c.startswith("parley user register") for c in commands(examples.consoles[0]))
+    assert Config().auth.access_token_ttl_seconds == 300
+    assert "valid for five minutes\n(`auth.access_token_ttl_seconds`, 300 by default)" in README
 
 
-async def test_readme_quick_start_runs(server_address: str, tmp_path: Path) -> None:
-    commands = quick_start_commands()
-    assert any(c.startswith("parley user register") for c in commands)
-    script = "set -euo pipefail\n" + "\n".join(c.replace("localhost:50051", server_address) for c in commands)
-    env = {
-        **os.environ,
-        "HOME": str(tmp_path),
-        "PARLEY_ADDR": server_address,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    env.pop("PARLEY_KEY_FILE", None)
-    process = await asyncio.create_subprocess_exec(
-        "bash", "-c", script, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, err.decode()
-    text = out.decode()
-    assert "parley.identity.v1.IdentityService" in text
-    assert "SERVING" in text
-    assert '"username": "alice"' in text
-    assert (tmp_path / ".config" / "parley" / "identity.json").exists()
-
-    program = PYTHON.search((REPO / "README.md").read_text())
-    assert program is not None, "README has no Python example"
-    python = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        program.group(1).replace("localhost:50051", server_address),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(python.communicate(), 60)
-    assert python.returncode == 0, err.decode()
-    assert "hi from Python" in out.decode()
+async def test_readme_runs_twice(tmp_path: Path) -> None:
+    examples = Examples.of(README)
+    assert (len(examples.consoles), len(examples.programs)) == (1, 1)
+    home = tmp_path / "home"
+    env = reader_env(home)
+    async with doc_server(None, tmp_path / "data", tmp_path / "server.log", env) as address:
+        for attempt in ("first", "second"):
+            name = f"README ({attempt} run)"
+            quick_start, program = await run_examples(name, examples, address, env, tmp_path / "cwd")
+            assert "parley.identity.v1.IdentityService" in quick_start
+            assert "SERVING" in quick_start
+            assert '"username": "alice"' in quick_start
+            assert "hi from Python" in program
+    assert (home / ".config" / "parley" / "identity.json").exists()

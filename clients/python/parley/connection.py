@@ -300,6 +300,12 @@ class Connection:
                     log.exception("reconnecting failed; trying again")
                     error = UnavailableError(grpc.StatusCode.UNAVAILABLE, "", f"reconnecting failed: {exc}")
                 self._failures += 1
+                if not self._reconnect and not is_final(error):
+                    # Opened for queued sends on a client that does not reconnect: one attempt.
+                    for hook in self._end_hooks:
+                        hook(error, False)
+                    self._set_state(ConnectionState.DISCONNECTED, error)
+                    return
                 if is_final(error) or self.backoff.gives_up_after(self._failures):
                     self.failure = error
                     for hook in self._end_hooks:

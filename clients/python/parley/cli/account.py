@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from parley.cli.people import DeviceProfile, UserProfile, look_up, profile_lines
 from parley.client import Client
+from parley.device_identity import DeviceIdentity
 
 
 async def login(client: Client) -> None:
@@ -47,6 +48,11 @@ async def add_device(client: Client, key_file: Path, name: str) -> None:
     """Registers a new device and writes its key file beside this device's."""
     path = new_device_key_file(key_file, name)
     if path.exists():
+        earlier = DeviceIdentity.load(path)
+        active = {device.device_id for device in await client.devices()}
+        if earlier.user_id == client.user_id and earlier.device_id in active:
+            print(f"device {name} already added ({earlier.device_id}); its key file is {path}")
+            return
         raise SystemExit(f"error: {path} already exists; choose another device name")
     added = await client.add_device(name)
     added.save(path, overwrite=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from parley.cli import account, realtime, registration
+from parley.cli import account, chat, realtime, registration
 from parley.cli.failures import describe, output_closed
 from parley.cli.parser import build_parser
 from parley.cli.realtime import parse_json
@@ -76,7 +76,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         elif args.command in ("edit", "delete"):
             await realtime.change(client, args.room_id, args.handle, data, delete=args.command == "delete")
         elif args.command == "chat":
-            await realtime.chat(client, args.room_id, args.event)
+            await chat.chat(client, args.room_id, args.event)
         elif args.command == "pub":
             await realtime.publish_subject(client, args.subject, data)
         elif args.command == "sub":

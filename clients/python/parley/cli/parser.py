@@ -186,6 +186,9 @@ def _add_rooms(commands: _Commands) -> None:
     create.add_argument("--events", default="", help="comma-separated events accepted (default: any)")
     create.add_argument("--read-only", action="store_true", help="clients cannot publish; services can")
     create.add_argument("--unlisted", action="store_true", help="reachable by id, not listed")
+    create.add_argument(
+        "--exist-ok", action="store_true", help="a room of that id existing already is fine (scripts that rerun)"
+    )
     delete = actions.add("delete", "delete a room you created", "Delete a room you created.")
     delete.add_argument("room_id", metavar="ROOM", help="the room's id")
 
@@ -238,7 +241,9 @@ def _add_room_events(commands: _Commands) -> None:
     chat = commands.add(
         "chat",
         "chat in a room from the terminal",
-        'Join ROOM; each line you type is sent as {"text": line}; messages print as they arrive.',
+        'Join ROOM; each line you type is sent as {"text": line}; messages print as they arrive, stamped with '
+        "the time, after the recent history the room shows on join. Lines typed while the connection is down go "
+        "out once it is back; a refused line prints why. Ctrl-D leaves (exit 0), Ctrl-C leaves at once (exit 130).",
     )
     chat.add_argument("room_id", metavar="ROOM", help="the room's id")
     chat.add_argument("--event", default="message", help="the event name to send and show (default: message)")

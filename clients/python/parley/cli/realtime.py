@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from typing import Any
 
 from parley.cli.people import UserNames
 from parley.client import Client
+from parley.errors import AlreadyExistsError
 from parley.messages import SubjectMessage
 from parley.rooms import RoomEvent
 
@@ -51,15 +51,21 @@ async def rooms_list(client: Client) -> None:
 
 async def rooms_create(client: Client, args: Any) -> None:
     events = [e for e in args.events.split(",") if e] if args.events else None
-    room = await client.create_room(
-        args.room_id,
-        name=args.name,
-        description=args.description,
-        max_size=args.max_size,
-        events=events,
-        read_only=args.read_only,
-        unlisted=args.unlisted,
-    )
+    try:
+        room = await client.create_room(
+            args.room_id,
+            name=args.name,
+            description=args.description,
+            max_size=args.max_size,
+            events=events,
+            read_only=args.read_only,
+            unlisted=args.unlisted,
+        )
+    except AlreadyExistsError:
+        if not args.exist_ok:
+            raise
+        print(f"room {args.room_id} already exists")
+        return
     print(f"created room {room.room_id}")
 
 
@@ -95,30 +101,6 @@ async def change(client: Client, room_id: str, handle: str, data: Any, *, delete
     room = await client.join(room_id)
     changed = await room.delete(handle) if delete else await room.edit(handle, data)
     print(json.dumps({"seq": changed.seq, "handle": changed.handle, "deleted": changed.deleted, "data": changed.data}))
-
-
-async def chat(client: Client, room_id: str, event: str) -> None:
-    """Type a line to send it as {"text": line}; incoming messages print as they come."""
-    room = await client.join(room_id)
-    names = UserNames(client)
-
-    async def show_in_order() -> None:
-        async for incoming in room.events():
-            if incoming.event != event:
-                continue
-            text = incoming.data.get("text") if isinstance(incoming.data, dict) else incoming.data
-            print(f"[{await names.of(incoming.sender) or incoming.sender}] {text}", flush=True)
-
-    printer = asyncio.create_task(show_in_order())
-    print(f"in {room_id} as {client.identity.username}; type to talk, Ctrl-D to leave", flush=True)
-    try:
-        while (line := await asyncio.to_thread(sys.stdin.readline)) != "":
-            if line.strip():
-                await room.trigger(event, {"text": line.rstrip("\n")}, echo=False)
-    finally:
-        printer.cancel()
-        await asyncio.gather(printer, return_exceptions=True)
-    await room.leave()
 
 
 async def publish_subject(client: Client, subject: str, data: Any) -> None:
