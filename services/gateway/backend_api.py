@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -30,6 +30,8 @@ SEND = "send"
 ASK_CLIENT = "ask_client"
 # An AskClient without a deadline waits this long at most.
 DEFAULT_ASK_SECONDS = 30.0
+# Past the deadline, how long a gateway's "too late" may take to come back over the bus.
+RELAY_MARGIN_SECONDS = 1.0
 
 
 def session_not_found(session_id: str) -> ServiceError:
@@ -102,12 +104,12 @@ class DeploymentBackendApi:
         deadline = time.time() + (DEFAULT_ASK_SECONDS if seconds_left is None else seconds_left)
         args = json_format.MessageToDict(request, preserving_proto_field_name=True)
         args["deadline"] = deadline
-        within = max(0.0, deadline - time.time())
+        within = max(0.0, deadline - time.time()) + RELAY_MARGIN_SECONDS
         if request.session_id:
             answer = await self._all().ask(gateway_of(request.session_id), ASK_CLIENT, args, within)
             answers = [answer] if answer is not None else []
         else:
-            answers = await self._all().ask_all(ASK_CLIENT, args, within)
+            answers = await self._all().ask_all(ASK_CLIENT, args, within, enough=lambda a: "session_id" in a)
         return _first_answer(answers, request)
 
     async def peers_of(self, user_id: str) -> list[gateway_pb2.Peer]:
@@ -162,7 +164,7 @@ def _first_answer(answers: list[dict[str, Any]], request: gateway_pb2.AskClientR
         error = timed_out[0] if timed_out else errors[-1]
         if error["code"] == grpc.StatusCode.DEADLINE_EXCEEDED.name:
             raise deadline_exceeded(str(error["message"]))
-        return _raise_relayed(error)
+        _raise_relayed(error)
     if request.session_id:
         raise session_not_found(request.session_id)
     raise not_found(
@@ -172,5 +174,5 @@ def _first_answer(answers: list[dict[str, Any]], request: gateway_pb2.AskClientR
     )
 
 
-def _raise_relayed(error: dict[str, Any]) -> Answer:
+def _raise_relayed(error: dict[str, Any]) -> NoReturn:
     raise ServiceError.named(grpc.StatusCode[str(error["code"])], str(error["reason"]), str(error["message"]))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import struct_pb2
 
-from parley.api.v1 import errors_pb2
+from parley.api.v1 import errors_pb2, status_pb2
 from parley.gateway.v1 import gateway_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
@@ -36,11 +36,10 @@ def deadline_exceeded(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, errors_pb2.ERROR_REASON_UNSPECIFIED, message)
 
 
-def refusal(status: object) -> ServiceError:
-    """The client's error answer (a parley.api.v1.Status) as the error AskClient ends with."""
-    code = getattr(status, "code", 0)
-    kind = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.FAILED_PRECONDITION)
-    return ServiceError.named(kind, getattr(status, "reason", ""), getattr(status, "message", "") or "no answer")
+def refusal(status: status_pb2.Status) -> ServiceError:
+    """The client's error answer as the error AskClient ends with."""
+    kind = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.FAILED_PRECONDITION)
+    return ServiceError.named(kind, status.reason, status.message or "no answer")
 
 
 class ClientQuestions:
@@ -86,7 +85,13 @@ class ClientQuestions:
         question = gateway_pb2.ServerQuestion(
             question_id=question_id, topic=topic, data=data, deadline_ms=int(deadline * 1000)
         )
-        connection.outbox.put(kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(question=question)), urgent=True)
+        if not connection.outbox.put(
+            kinds.FRAME, wire.frame(gateway_pb2.ConnectResponse(question=question)), urgent=True
+        ):
+            self._waiting.pop(question_id, None)
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, errors_pb2.ERROR_REASON_SESSION_NOT_FOUND, "the connection is ending"
+            )
         try:
             answer = await asyncio.wait_for(answered, max(0.0, deadline - time.time()))
         except TimeoutError:

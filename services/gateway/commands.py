@@ -333,9 +333,10 @@ class CommandHandler:
         connection.caught_up.pop(room_id, None)
         self._feeds.remove(room_id, connection)
 
-    async def announce_offline(self, user_id: str, room_ids: list[str]) -> None:
+    async def announce_offline(self, user_id: str, session_id: str, room_ids: list[str]) -> None:
         """Tells each room (with presence on) that the user's last connection in it ended: a peer went offline."""
-        frame = gateway_pb2.ConnectResponse(peer_offline=gateway_pb2.PeerOffline(user_id=user_id))
+        offline = gateway_pb2.PeerOffline(user_id=user_id, session_id=session_id)
+        frame = gateway_pb2.ConnectResponse(peer_offline=offline)
         for room_id in room_ids:
             if self._directory.tells_presence(room_id):
                 await self._bus.publish(room_stream.frame_message(room_id, frame))

@@ -44,6 +44,8 @@ class _Question:
     waiting_for: set[str]
     answers: list[dict[str, Any]]
     done: asyncio.Future[None]
+    # An answer that makes the others unneeded (None: wait for every gateway).
+    enough: Callable[[dict[str, Any]], bool] | None = None
 
 
 class GatewayPeers:
@@ -89,12 +91,19 @@ class GatewayPeers:
         self._seen[self.gateway_id] = now
         return sorted(g for g, seen in self._seen.items() if now - seen <= self._dead_after)
 
-    async def ask_all(self, op: str, args: dict[str, Any], within: float | None = None) -> list[dict[str, Any]]:
+    async def ask_all(
+        self,
+        op: str,
+        args: dict[str, Any],
+        within: float | None = None,
+        enough: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
         """Every live gateway's answer (this one's too); those that do not answer in time are left out.
 
-        `within`: how long to wait for answers (default: `answer_within`).
+        `within`: how long to wait for answers (default: `answer_within`); `enough`: an answer for
+        which it returns True ends the wait at once (the answers so far are returned).
         """
-        return await self._ask(self.alive(), ASK_SUBJECT, op, args, within)
+        return await self._ask(self.alive(), ASK_SUBJECT, op, args, within, enough)
 
     async def ask(
         self, gateway_id: str, op: str, args: dict[str, Any], within: float | None = None
@@ -106,17 +115,23 @@ class GatewayPeers:
         return answers[0] if answers else None
 
     async def _ask(
-        self, targets: Iterable[str], subject: str, op: str, args: dict[str, Any], within: float | None
+        self,
+        targets: Iterable[str],
+        subject: str,
+        op: str,
+        args: dict[str, Any],
+        within: float | None,
+        enough: Callable[[dict[str, Any]], bool] | None = None,
     ) -> list[dict[str, Any]]:
         question_id = secrets.token_hex(8)
-        question = _Question(set(targets), [], asyncio.get_running_loop().create_future())
+        question = _Question(set(targets), [], asyncio.get_running_loop().create_future(), enough)
         self._questions[question_id] = question
         try:
             document = {"op": op, "args": args, "id": question_id, "from": self.gateway_id}
             await self._bus.publish(BusMessage(subject, json.dumps(document).encode(), {}))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(question.done), within or self._answer_within)
-            if question.waiting_for:
+                await asyncio.wait_for(asyncio.shield(question.done), self._answer_within if within is None else within)
+            if question.waiting_for and not question.done.done():
                 log.warning(
                     "gateways did not answer in time", extra={"op": op, "missing": sorted(question.waiting_for)}
                 )
@@ -152,8 +167,10 @@ class GatewayPeers:
         if question is None or answerer not in question.waiting_for:
             return
         question.waiting_for.discard(answerer)
-        question.answers.append(document.get("answer") or {})
-        if not question.waiting_for and not question.done.done():
+        answer = document.get("answer") or {}
+        question.answers.append(answer)
+        settled = question.enough is not None and question.enough(answer)
+        if (settled or not question.waiting_for) and not question.done.done():
             question.done.set_result(None)
 
     async def _reply(self, document: dict[str, Any]) -> None:

@@ -316,7 +316,7 @@ class Realtime:
                     log.warning("could not tell the room service a connection ended", exc_info=True)
                 left = []
             await self.commands.announce_left(connection.user_id, connection.session_id, left)
-            await self.commands.announce_offline(connection.user_id, left)
+            await self.commands.announce_offline(connection.user_id, connection.session_id, left)
         await self.hooks.notify("on_disconnected", _session(connection))
 
     def go_away(self, message: str) -> None:

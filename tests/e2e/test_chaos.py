@@ -105,6 +105,9 @@ async def test_after_random_cuts_stalls_and_delays_every_event_arrives_once_in_o
             kept = list(reversed(await observer.history("chat", limit=10_000)))
             kept_seqs = [e.seq for e in kept]
             assert sorted(e.data for e in kept) == sorted(f"{n}:{i}" for n in range(CLIENTS) for i in range(SENDS_EACH))
+            for n in range(CLIENTS):  # each client's sends stored in the order it made them
+                mine = [int(e.data.split(":")[1]) for e in kept if e.data.startswith(f"{n}:")]
+                assert mine == list(range(SENDS_EACH))
             sent_seqs = [s.reply.publish.seqs[0] for s in sends if s.reply is not None]
             assert sorted(sent_seqs) == kept_seqs, "every send reported sent is in history exactly once"
             for client, seqs in zip(clients, received, strict=True):

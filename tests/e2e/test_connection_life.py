@@ -9,12 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
-from parley import Client, ParleyError, RoomEvent
+from parley import Client, ParleyError, Room, RoomEvent, UnavailableError
 from parley.backoff import Backoff
 from parley.connection import ConnectionState, Heartbeat
 from parley.outbox import OutboxFullError, Send, SendStatus
+from parley.room_registry import RoomRegistry
 from services import allinone
 from services.runtime.config import EventDefinition, HistorySettings, RoomDefinition
 from tests.chaos_proxy import chaos_proxy
@@ -237,3 +239,78 @@ async def test_a_receive_stage_that_awaits_keeps_each_rooms_order(chat_server: s
         await asyncio.gather(*(room.trigger("message", n) for n in range(50)))
         await wait_until(lambda: len(received) == 50)
         assert received == list(range(50))
+
+
+async def test_a_join_during_close_while_reconnecting_ends_at_once(data_dir: Path, tmp_path: Path) -> None:
+    async with running(allinone.create_server, _config(data_dir)) as (server, address):
+        ann = Client(address, username="ann", key_file=tmp_path / "a.json", backoff=Backoff(initial=30.0, cap=30.0))
+        await ann.connect()
+        await ann.join("chat")
+        await server.stop(0)
+        await wait_until(lambda: ann.state is ConnectionState.RECONNECTING)
+        closing = asyncio.ensure_future(ann.close())
+        with pytest.raises(ParleyError):
+            await asyncio.wait_for(ann.join("chat"), 5)
+        await asyncio.wait_for(closing, 5)
+        assert ann.state is ConnectionState.DISCONNECTED
+
+
+async def test_a_rejoin_that_fails_part_way_leaves_no_room_dead(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rooms = [*ROOMS, RoomDefinition(id="den")]
+    async with running(allinone.create_server, make_config(data_dir, rooms=rooms)) as (_, address):
+        async with (
+            chaos_proxy(address) as proxy,
+            Client(proxy.address, username="ann", key_file=tmp_path / "a.json", backoff=FAST) as ann,
+            Client(address, username="bob", key_file=tmp_path / "b.json") as bob,
+        ):
+            chat = await ann.join("chat")
+            await ann.join("den")
+            seen: list[object] = []
+            chat.on("message", lambda e: seen.append(e.data))
+            failures = {"den": 1}
+            send_join = RoomRegistry._send_join
+
+            async def flaky_join(self: RoomRegistry, stream: object, room: Room, before: Room | None) -> Room:
+                if failures.get(room.id):
+                    failures[room.id] -= 1
+                    raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "", "the room service blinked")
+                return await send_join(self, stream, room, before)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(RoomRegistry, "_send_join", flaky_join)
+            await proxy.cut()
+            await wait_until(lambda: ann.state is ConnectionState.CONNECTED and failures["den"] == 0, within=15)
+            participants = await bob.participants("chat")
+            assert ann.user_id in participants, "chat was joined again on the stream that stayed"
+            await (await bob.join("chat")).trigger("message", "still here")
+            await wait_until(lambda: seen == ["still here"])
+
+
+async def test_close_fails_pending_sends_whatever_the_state_and_logout_leaves_the_client_usable(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    async with running(allinone.create_server, _config(data_dir)) as (server, address):
+        port = int(address.rsplit(":", 1)[1])
+        ann = Client(address, username="ann", key_file=tmp_path / "a.json", backoff=FAST)
+        await ann.connect()
+        await ann.logout()
+        await asyncio.wait_for(ann.message.publish("news", "after logout"), 10)  # logs in anew
+        await server.stop(0)
+        await wait_until(lambda: ann.state is not ConnectionState.CONNECTED)
+        pending = asyncio.ensure_future(ann.message.publish("news", "never"))
+        await asyncio.sleep(0.2)
+        await ann.close()
+        with pytest.raises(ParleyError):
+            await asyncio.wait_for(pending, 5)
+
+    async with running(allinone.create_server, _config(data_dir, **{"server.port": port})) as (server, address):
+        bob = Client(address, username="bob", key_file=tmp_path / "b.json", backoff=FAST)
+        await bob.connect()
+        await server.stop(0)
+        queued = asyncio.ensure_future(bob.message.publish("news", "queued while down"))
+        with pytest.raises(ParleyError):
+            await bob.join("chat")  # the attempt the application asked for fails ...
+        async with running(allinone.create_server, _config(data_dir, **{"server.port": port})):
+            await asyncio.wait_for(queued, 15)  # ... but the queued send is not stranded
+        await bob.close()

@@ -28,8 +28,6 @@ id = "chat"
   name = "message"
   history = { enabled = true }
 """
-# A backoff that would wait long: only the drain hint brings the clients back quickly.
-SLOW_BACKOFF = Backoff(initial=20.0, cap=20.0)
 
 
 async def test_a_restart_during_a_burst_loses_nothing_and_doubles_nothing(data_dir: Path, tmp_path: Path) -> None:

@@ -168,3 +168,52 @@ async def test_peers_are_the_online_users_who_share_a_room_and_their_going_is_to
         assert gone == [fay.user_id], "told once though they shared two rooms"
         assert quiet_gone == [], "a room with presence off says nothing"
         assert await eve.peers() == []
+
+
+async def test_the_first_of_a_users_connections_to_answer_wins_and_an_ending_one_is_refused(
+    served: tuple[str, gateway_pb2_grpc.GatewayServiceStub], tmp_path: Path
+) -> None:
+    address, gateway = served
+    async with Client(address, username="ivy", key_file=tmp_path / "i.json") as laptop:
+        laptop.identity.save(tmp_path / "same-device.json")
+        async with Client(address, key_file=tmp_path / "same-device.json") as phone:
+
+            async def slow(question: Question) -> object:
+                await asyncio.sleep(5)
+                return "laptop"
+
+            laptop.on_question(slow)
+            phone.on_question(lambda question: "phone")
+            await connected(laptop)
+            phone_session = await connected(phone)
+            started = asyncio.get_running_loop().time()
+            answer = await gateway.AskClient(ask(laptop.user_id), metadata=SERVICE, timeout=10)
+            assert answer.data.string_value == "phone"
+            assert answer.session_id == phone_session
+            assert asyncio.get_running_loop().time() - started < 3, "the slow connection is not waited for"
+
+            phone.on_question(slow)
+            asking = asyncio.ensure_future(
+                gateway.AskClient(ask(session_id=phone_session), metadata=SERVICE, timeout=10)
+            )
+            await asyncio.sleep(0.3)
+            await phone.close()
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await asking
+            assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_reason(gone.value) == "SESSION_NOT_FOUND"
+
+
+async def test_a_peer_who_comes_back_and_goes_again_is_told_again(
+    served: tuple[str, gateway_pb2_grpc.GatewayServiceStub], tmp_path: Path
+) -> None:
+    address, _ = served
+    async with Client(address, username="jon", key_file=tmp_path / "j.json") as jon:
+        await jon.join("lobby")
+        gone: list[str] = []
+        jon.on_peer_disconnected(gone.append)
+        for round_ in (1, 2):
+            async with Client(address, username="kit", key_file=tmp_path / "k.json") as kit:
+                await kit.join("lobby")
+            await wait_until(lambda round_=round_: len(gone) == round_)
+        assert gone == [kit.user_id, kit.user_id]

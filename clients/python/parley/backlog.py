@@ -65,6 +65,11 @@ class HandlerBacklog:
             if self.bytes <= self.max_bytes:
                 self._caught_up.set()
 
+    @property
+    def holding(self) -> bool:
+        """Handlers hold more than `max_bytes`: the reader should wait for them."""
+        return not self._caught_up.is_set()
+
     async def caught_up(self) -> None:
         """Returns once no more than `max_bytes` are held by handlers."""
         await self._caught_up.wait()

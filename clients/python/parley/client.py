@@ -388,9 +388,9 @@ class Client:
         return await self._peers.list()
 
     def on_peer_disconnected(self, handler: Callable[[str], Any]) -> None:
-        """Calls `handler(user_id)` when a user who shares a room with you goes offline (their last
-        connection ended), once until they join one of your rooms again; rooms with presence off
-        say nothing."""
+        """Calls `handler(user_id)` when a user who shares a room with you goes offline there (their last
+        connection in that room ended: closed, lost, or moving to another gateway); a connection that was
+        in several of your rooms is reported once. Rooms with presence off say nothing."""
         self._peers.on_disconnected(handler)
 
     def on_direct_message(self, handler: Callable[[str, Any], Any]) -> None:

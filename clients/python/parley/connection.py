@@ -22,22 +22,14 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from parley.api.v1 import errors_pb2
 from parley.auth import Auth
 from parley.backoff import Backoff
-from parley.errors import ParleyError, UnavailableError
+from parley.errors import ParleyError, UnavailableError, is_final
 from parley.gateway.v1 import gateway_pb2
 from parley.handlers import HandlerRunner
-from parley.reasons import reason_name
 from parley.stream import ConnectStream, FrameHandler
 
 log = logging.getLogger("parley.client")
-# A stream that ended with one of these is not reopened by itself.
-FINAL_ENDINGS = frozenset(
-    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
-)
-# Ends a stream whose token expired: a new stream with a fresh token carries on.
-TOKEN_EXPIRED = reason_name(errors_pb2.ERROR_REASON_TOKEN_EXPIRED)
 # A stream that stayed up this long resets the backoff.
 STABLE_STREAM_SECONDS = 10.0
 # The token keeper hands the stream a fresh token this long before its own expires, and retries this often.
@@ -77,11 +69,6 @@ class Heartbeat:
         ]
 
 
-def is_final(error: ParleyError | None) -> bool:
-    """A stream ending the client does not recover from by opening another one."""
-    return error is not None and error.code in FINAL_ENDINGS and error.reason != TOKEN_EXPIRED
-
-
 OpenHook = Callable[[ConnectStream], Awaitable[None]]
 EndHook = Callable[[ParleyError | None, bool], None]
 
@@ -114,7 +101,10 @@ class Connection:
         self._state_changed = asyncio.Event()
         self._closing = False
         self._reconnector: asyncio.Task[None] | None = None
-        self._failures = 0
+        # Failed attempts since the last stream opened (the attempt limit counts these) ...
+        self._failed_in_row = 0
+        # ... and how far the backoff has grown: only a stream that held for a while resets it.
+        self._backoff_step = 0
         # A draining gateway's hint: the next reconnection waits this long instead of backing off.
         self._drain_wait: float | None = None
         self._opened_at = 0.0
@@ -122,6 +112,7 @@ class Connection:
         self._open_hooks: list[OpenHook] = []
         self._connected_hooks: list[Callable[[ConnectStream], None]] = []
         self._end_hooks: list[EndHook] = []
+        self._waiting_checks: list[Callable[[], bool]] = []
 
     # Hooks for the parts that live on a stream
 
@@ -134,8 +125,13 @@ class Connection:
         self._connected_hooks.append(hook)
 
     def on_end(self, hook: EndHook) -> None:
-        """`hook(error, reconnecting)` when a stream ends."""
+        """`hook(error, reconnecting)` when a stream ends, or when no stream is coming any more."""
         self._end_hooks.append(hook)
+
+    def on_waiting(self, check: Callable[[], bool]) -> None:
+        """`check()` says whether something waits for a stream (queued sends, rooms to join again):
+        then a failed attempt to open one is followed by more in the background."""
+        self._waiting_checks.append(check)
 
     # State
 
@@ -156,27 +152,49 @@ class Connection:
         changed.set()
         self._runner.fire("state", state, error)
 
+    def _reconnecting(self) -> bool:
+        return self.state is ConnectionState.RECONNECTING
+
+    def _tell_ended(self, error: ParleyError | None, reconnecting: bool) -> None:
+        for hook in self._end_hooks:
+            hook(error, reconnecting)
+
     # Opening
 
     async def stream(self) -> ConnectStream:
         """The connected stream: opened now when there is none, awaited while reconnecting."""
         while True:
-            if self.state is ConnectionState.RECONNECTING and not self._closing:
+            if self.state is ConnectionState.RECONNECTING:
                 await self._wait_for_connection()
                 continue
             async with self._lock:
                 if self._stream is not None and self.state is ConnectionState.CONNECTED:
                     return self._stream
-                if self.state is ConnectionState.RECONNECTING:
-                    continue
+                if self._reconnecting():
+                    continue  # the reconnector had the lock: wait for it above
                 self._closing = False
-                return await self._open(ConnectionState.CONNECTING)
+                try:
+                    return await self._open(ConnectionState.CONNECTING)
+                except ParleyError as exc:
+                    self._after_failed_open(exc)
+                    raise
+
+    def _after_failed_open(self, error: ParleyError) -> None:
+        """An attempt the application asked for failed: back off and retry in the background if something
+        waits for a stream, otherwise stay disconnected."""
+        if self.state is not ConnectionState.CONNECTING:
+            return  # the stream ended while it was set up: that ending decided
+        if self._reconnect and not self._closing and not is_final(error) and any(c() for c in self._waiting_checks):
+            self._set_state(ConnectionState.RECONNECTING, error)
+            self._start_reconnector(first_delay=True)
+        else:
+            self._set_state(ConnectionState.DISCONNECTED, error)
 
     async def _wait_for_connection(self) -> None:
-        """Returns once the state is `connected`; raises if it becomes `failed` or the client closes."""
+        """Returns once the state is `connected`; raises once no connection is coming."""
         while self.state is not ConnectionState.CONNECTED:
-            if self.state is ConnectionState.FAILED or self._closing:
-                raise self.failure or UnavailableError(grpc.StatusCode.UNAVAILABLE, "", "the client is closed")
+            if self.state in (ConnectionState.FAILED, ConnectionState.DISCONNECTED) or self._closing:
+                raise self.failure or UnavailableError(grpc.StatusCode.UNAVAILABLE, "", "not connected")
             await self._state_changed.wait()
 
     def open_soon(self) -> None:
@@ -185,7 +203,7 @@ class Connection:
             self._start_reconnector(first_delay=False)
 
     async def _open(self, opening: ConnectionState) -> ConnectStream:
-        """Opens a stream and makes it whole (the caller holds the lock)."""
+        """Opens a stream and makes it whole (the caller holds the lock and decides the state on failure)."""
         self._set_state(opening)
         stream: ConnectStream | None = None
         try:
@@ -194,7 +212,7 @@ class Connection:
                 await self._auth.access_token(),
                 self._on_frame,
                 lambda error: self._ended(stream, error),
-                self._runner.backlog.caught_up,
+                self._runner.backlog,
             )
             welcome = await stream.open()
             self._stream, self._opened_at = stream, time.monotonic()
@@ -202,14 +220,15 @@ class Connection:
                 await hook(stream)
             if self._stream is not stream:
                 raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "", "the stream ended while it was set up")
-        except BaseException:
+        except BaseException as exc:
             if stream is not None and self._stream is stream:
+                # Set up in part (some rooms joined again): undone as if it had ended.
                 self._stream = None
                 await stream.close()
-            if self.state is ConnectionState.CONNECTING:
-                self._set_state(ConnectionState.DISCONNECTED)
+                failure = exc if isinstance(exc, ParleyError) else None
+                self._tell_ended(failure, self._reconnect and not self._closing)
             raise
-        self.failure = None
+        self.failure, self._failed_in_row, self._drain_wait = None, 0, None
         loop = asyncio.get_running_loop()
         self._keepers = [
             loop.create_task(self._keep_token_fresh(stream, welcome)),
@@ -225,7 +244,7 @@ class Connection:
 
     def going_away(self, go_away: gateway_pb2.GoAway) -> None:
         """The server ends the stream; a draining gateway says within how long to come back (spread at random)."""
-        if go_away.reconnect_within_ms:
+        if go_away.reconnect_within_ms and self._reconnect:
             self._drain_wait = random.uniform(0.0, go_away.reconnect_within_ms / 1000)
 
     def _ended(self, stream: ConnectStream | None, error: ParleyError | None) -> None:
@@ -233,11 +252,10 @@ class Connection:
             return
         self._stop_keepers()
         if time.monotonic() - self._opened_at >= STABLE_STREAM_SECONDS:
-            self._failures = 0  # it held: the next reconnection starts with a short wait again
+            self._backoff_step = 0  # it held: the next reconnection starts with a short wait again
         self._stream = None
         reconnecting = self._reconnect and not self._closing and not is_final(error)
-        for hook in self._end_hooks:
-            hook(error, reconnecting)
+        self._tell_ended(error, reconnecting)
         if reconnecting:
             self._set_state(ConnectionState.RECONNECTING, error)
             self._start_reconnector(first_delay=True)
@@ -254,7 +272,8 @@ class Connection:
         self._keepers = []
 
     async def close(self) -> None:
-        """Ends the stream without reopening it; `stream()` opens a new one later."""
+        """Ends the stream without reopening it; nothing waits for a stream any more (rooms end, pending
+        sends fail or stay in the outbox file). A later `stream()` opens a new one."""
         self._closing = True
         if self._reconnector is not None:  # it may hold the lock while it opens a stream
             self._reconnector.cancel()
@@ -266,10 +285,10 @@ class Connection:
             if stream is not None:
                 await stream.close()
                 self._runner.fire("disconnect", None)
-            if stream is not None or self.state is ConnectionState.RECONNECTING:
-                for hook in self._end_hooks:
-                    hook(None, False)
+            self._tell_ended(None, False)
+            self._drain_wait = None
             self._set_state(ConnectionState.DISCONNECTED)
+            self._closing = False
 
     # Reconnecting
 
@@ -282,7 +301,7 @@ class Connection:
         while not self._closing:
             if delay:
                 wait, self._drain_wait = self._drain_wait, None
-                await self._sleep(self.backoff.delay(self._failures) if wait is None else wait)
+                await self._sleep(self.backoff.delay(self._backoff_step) if wait is None else wait)
             delay = True
             async with self._lock:
                 if self._closing or self.state is ConnectionState.CONNECTED:
@@ -299,39 +318,41 @@ class Connection:
                 except Exception as exc:
                     log.exception("reconnecting failed; trying again")
                     error = UnavailableError(grpc.StatusCode.UNAVAILABLE, "", f"reconnecting failed: {exc}")
-                self._failures += 1
-                if not self._reconnect and not is_final(error):
-                    # Opened for queued sends on a client that does not reconnect: one attempt.
-                    for hook in self._end_hooks:
-                        hook(error, False)
-                    self._set_state(ConnectionState.DISCONNECTED, error)
-                    return
-                if is_final(error) or self.backoff.gives_up_after(self._failures):
-                    self.failure = error
-                    for hook in self._end_hooks:
-                        hook(error, False)
-                    self._set_state(ConnectionState.FAILED, error)
-                    self._runner.fire("error", error)
+                self._failed_in_row += 1
+                self._backoff_step += 1
+                if not self._reconnect or is_final(error) or self.backoff.gives_up_after(self._failed_in_row):
+                    self._give_up(error)
                     return
                 self._set_state(ConnectionState.RECONNECTING, error)
+
+    def _give_up(self, error: ParleyError) -> None:
+        """No more attempts: what waited for a stream is told. A client that does not reconnect made
+        its one attempt (for queued sends) and is disconnected; any other has failed."""
+        self._tell_ended(error, False)
+        if self._reconnect or is_final(error):
+            self.failure = error
+            self._set_state(ConnectionState.FAILED, error)
+            self._runner.fire("error", error)
+        else:
+            self._set_state(ConnectionState.DISCONNECTED, error)
 
     # While connected
 
     async def _keep_alive(self, stream: ConnectStream) -> None:
-        """Pings every `heartbeat.interval`; a ping unanswered for `heartbeat.timeout` ends the stream as dead.
-
-        A reader paused for the application's handlers reads no replies: that
-        says nothing about the link, so the wait starts again.
-        """
+        """Pings every `heartbeat.interval`; the link is dead, and the stream ended, when a ping goes
+        unanswered for `heartbeat.timeout` with no frame at all received meanwhile and the reader not
+        paused for the application's handlers (a paused reader reads no answers: that says nothing
+        about the link)."""
         while self._stream is stream:
             await asyncio.sleep(self.heartbeat.interval)
+            frames, pauses = stream.frames_received, stream.pauses
             reply = stream.send(ping=gateway_pb2.PingCommand())
             try:
                 await asyncio.wait_for(asyncio.shield(reply), self.heartbeat.timeout)
             except TimeoutError:
                 reply.cancel()  # nobody waits for it any more
-                if stream.waiting_for_handlers:
-                    continue
+                if stream.frames_received != frames or stream.pauses != pauses or stream.waiting_for_handlers:
+                    continue  # frames came (the answer waits behind them), or the reader paused for handlers
                 stream.abort(
                     UnavailableError(
                         grpc.StatusCode.UNAVAILABLE,

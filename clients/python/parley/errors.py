@@ -11,8 +11,9 @@ from collections.abc import Mapping
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from parley.api.v1 import errors_pb2
 from parley.api.v1 import status_pb2 as status_pb2_api
-from parley.reasons import ERROR_DOMAIN
+from parley.reasons import ERROR_DOMAIN, reason_name
 
 
 class ParleyError(Exception):
@@ -110,6 +111,26 @@ _BY_CODE: dict[grpc.StatusCode, type[ParleyError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
 }
+
+
+# A stream that ended with one of these is not reopened by itself ...
+FINAL_ENDINGS = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
+)
+# ... but one whose token expired is: a new stream with a fresh token carries on.
+TOKEN_EXPIRED = reason_name(errors_pb2.ERROR_REASON_TOKEN_EXPIRED)
+# A call that failed with one of these may succeed on a new stream.
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+
+
+def is_final(error: ParleyError | None) -> bool:
+    """A stream ending the client does not recover from by opening another one."""
+    return error is not None and error.code in FINAL_ENDINGS and error.reason != TOKEN_EXPIRED
+
+
+def worth_retrying(error: ParleyError) -> bool:
+    """A failure that may not happen again on a new stream."""
+    return error.code in TRANSIENT or error.retryable
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> ParleyError:

@@ -10,7 +10,11 @@ stored event comes of however many attempts.
 
 With a file, pending sends survive a restart of the application: each is
 written (flushed, not fsynced) when made and struck off when answered. A
-restored send goes out once its room has been joined again.
+restored send goes out once its room has been joined again. The server
+remembers idempotency keys for `history.idempotency_window_seconds` (600 by
+default): a restored send whose earlier attempt reached the server longer
+ago than that may be stored a second time. One outbox file serves one
+client at a time (it is locked).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import base64
 import dataclasses
 import enum
+import fcntl
 import json
 import os
 import secrets
@@ -34,6 +39,10 @@ from parley.errors import ParleyError
 from parley.gateway.v1 import gateway_pb2
 
 DEFAULT_OUTBOX_LIMIT = 1000
+
+
+class OutboxFileInUseError(RuntimeError):
+    """Another client (in this or another process) has the outbox file open."""
 
 
 class OutboxFullError(ParleyError):
@@ -138,8 +147,10 @@ class Outbox:
         self._sends: dict[str, Send] = {}
         self._unsent_by_room: Counter[str] = Counter()
         self._journal: IO[str] | None = None
+        self._lock: IO[str] | None = None
         self._struck = 0
         if path is not None:
+            self._lock = _locked(path)
             self._restore(path)
 
     def __len__(self) -> int:
@@ -192,6 +203,12 @@ class Outbox:
         send.release()
 
     def close(self) -> None:
+        self._close_journal()
+        if self._lock is not None:
+            self._lock.close()  # and the lock with it
+            self._lock = None
+
+    def _close_journal(self) -> None:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -231,7 +248,7 @@ class Outbox:
 
     def _compact(self, path: Path) -> None:
         """Rewrites the file with the pending sends only (atomically, mode 0600)."""
-        self.close()
+        self._close_journal()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -241,3 +258,15 @@ class Outbox:
         os.replace(tmp, path)
         self._struck = 0
         self._journal = open(path, "a")  # noqa: SIM115 (kept open for the outbox's life)
+
+
+def _locked(path: Path) -> IO[str]:
+    """An exclusive lock on `<path>.lock`, held while the returned file is open."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (held for the outbox's life)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OutboxFileInUseError(f"{path} is in use by another client") from None
+    return handle

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +18,16 @@ class Peer:
     room_ids: tuple[str, ...]
 
 
+# How many ended connections are remembered, to tell each once.
+REMEMBERED_ENDINGS = 1000
+
+
 class Peers:
     def __init__(self, auth: Auth, runner: HandlerRunner) -> None:
         self._auth = auth
         self._runner = runner
-        # Users reported offline and not seen since: a user in several of your rooms is reported once.
-        self._offline: set[str] = set()
+        # Connections already reported as ended (one in several of your rooms is reported by each).
+        self._told: OrderedDict[str, None] = OrderedDict()
 
     async def list(self) -> list[Peer]:
         stub = gateway_pb2_grpc.GatewayServiceStub(self._auth.channel())
@@ -32,11 +37,10 @@ class Peers:
     def on_disconnected(self, handler: Callable[[str], Any]) -> None:
         self._runner.add("peer_disconnected", handler)
 
-    def offline(self, user_id: str) -> None:
-        if user_id not in self._offline:
-            self._offline.add(user_id)
-            self._runner.fire("peer_disconnected", user_id)
-
-    def seen(self, user_id: str) -> None:
-        """The user is online again (joined a room of yours): a later disconnection is reported again."""
-        self._offline.discard(user_id)
+    def offline(self, offline: gateway_pb2.PeerOffline) -> None:
+        if offline.session_id in self._told:
+            return
+        self._told[offline.session_id] = None
+        if len(self._told) > REMEMBERED_ENDINGS:
+            self._told.popitem(last=False)
+        self._runner.fire("peer_disconnected", offline.user_id)

@@ -128,10 +128,8 @@ class Receiver:
                 self._messages.dispatch(subject_event)
         elif kind == "presence":
             room = self._rooms.get(frame.presence.room_id)
-            for presence in frame.presence.changes:
-                if presence.joined:
-                    self._peers.seen(presence.user_id)
-                if room is not None:
+            if room is not None:
+                for presence in frame.presence.changes:
                     room.dispatch_presence(presence.user_id, presence.joined)
         elif kind == "room_changed":
             change = frame.room_changed.change
@@ -168,7 +166,7 @@ class Receiver:
         elif kind == "question":
             self._questions.asked(frame.question)
         elif kind == "peer_offline":
-            self._peers.offline(frame.peer_offline.user_id)
+            self._peers.offline(frame.peer_offline)
 
 
 def _events_of(frame: gateway_pb2.ConnectResponse) -> list[gateway_pb2.Event]:

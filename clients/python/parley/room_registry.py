@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-
 from parley.connection import Connection
-from parley.errors import ParleyError
+from parley.errors import ParleyError, worth_retrying
 from parley.gateway.v1 import gateway_pb2
 from parley.handlers import HandlerRunner
 from parley.outbox import Send
@@ -21,13 +19,6 @@ from parley.room_calls import RoomCalls
 from parley.rooms import Room
 from parley.sender import Sender
 from parley.stream import ConnectStream
-
-# Worth trying again on a new stream.
-TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
-
-
-def worth_retrying(error: ParleyError) -> bool:
-    return error.code in TRANSIENT or error.retryable
 
 
 class RoomRegistry:
@@ -44,6 +35,7 @@ class RoomRegistry:
         self._to_rejoin: dict[str, Room] = {}
         connection.on_open(self._rejoin_all)
         connection.on_end(self._stream_ended)
+        connection.on_waiting(lambda: bool(self._to_rejoin))
         sender.room_waits = self._waits
 
     def get(self, room_id: str) -> Room | None:
@@ -70,8 +62,8 @@ class RoomRegistry:
     async def join(self, room_id: str, *, resume: bool = True) -> Room:
         stream = await self._connection.stream()
         waiting = self._to_rejoin.pop(room_id, None)
-        if waiting is not None:
-            return await self._rejoin(stream, waiting)  # joined again by the application first
+        if waiting is not None:  # joined again by the application first
+            return await self._rejoin(stream, waiting, by_app=True)
         room = self._rooms.get(room_id)
         before = self._left_behind.get(room_id) if resume else None
         if room is None or not room.joined:
@@ -92,18 +84,20 @@ class RoomRegistry:
             if room is None:
                 continue
             try:
-                await self._rejoin(stream, room)
+                await self._rejoin(stream, room, by_app=False)
             except ParleyError as exc:  # `_rejoin` put the room where it belongs
                 if room.closed:
                     self._runner.fire("error", exc)  # the room refused: nobody else is told
                 else:
                     raise  # the stream is no good: the connection tries another
 
-    async def _rejoin(self, stream: ConnectStream, room: Room) -> Room:
+    async def _rejoin(self, stream: ConnectStream, room: Room, *, by_app: bool) -> Room:
         """The same room handle, joined again on a new stream from where it was.
 
         If that fails for the connection's sake the room waits for the next
-        one; if the room itself refuses (deleted, full, denied) it ends.
+        one; if the room itself refuses (deleted, full, denied) it ends; if
+        the application asked and the stream is fine, it is told (and a later
+        join resumes the room).
         """
         room.joined = True
         self._rooms[room.id] = room
@@ -114,7 +108,7 @@ class RoomRegistry:
                 del self._rooms[room.id]
             if room.closed or self._connection.closing:
                 raise  # ended meanwhile (closed client, a final ending): it stays ended
-            if worth_retrying(exc):
+            if worth_retrying(exc) and not (by_app and self._connection.live_stream is stream):
                 room.suspend()
                 self._to_rejoin[room.id] = room
             else:

@@ -45,6 +45,7 @@ class Sender:
         self.room_waits: Callable[[Send], bool] = lambda send: False
         connection.on_connected(self.flush)
         connection.on_end(self._stream_ended)
+        connection.on_waiting(lambda: len(outbox) > 0)
 
     async def command(self, *, wait: bool = True, **command: Any) -> gateway_pb2.Reply:
         """A command that is not queued, on the connected stream.

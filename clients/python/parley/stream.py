@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from parley.backlog import HandlerBacklog
 from parley.errors import ParleyError, UnavailableError, error_from_rpc, error_from_status
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -22,9 +23,9 @@ FrameHandler = Callable[[gateway_pb2.ConnectResponse], None]
 class ConnectStream:
     """One open Connect stream. Commands return their Reply or raise the typed error.
 
-    After each frame handed to `on_frame` the reader awaits `caught_up()`, if
-    given, before it reads the next: the application's handlers set the pace
-    (see `parley.backlog`).
+    After each frame handed to `on_frame` the reader waits, if a backlog is
+    given and holding, until the application's handlers have caught up before
+    it reads the next: they set the pace (see `parley.backlog`).
     """
 
     def __init__(
@@ -33,14 +34,14 @@ class ConnectStream:
         token: str,
         on_frame: FrameHandler,
         on_end: Callable[[ParleyError | None], None],
-        caught_up: Callable[[], Awaitable[None]] | None = None,
+        backlog: HandlerBacklog | None = None,
     ) -> None:
         self._outgoing: asyncio.Queue[gateway_pb2.ConnectRequest | None] = asyncio.Queue()
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self._call = stub.Connect(self._requests(), metadata=(("authorization", f"Bearer {token}"),))
         self._on_frame = on_frame
         self._on_end = on_end
-        self._caught_up = caught_up
+        self._backlog = backlog
         self._pending: dict[str, asyncio.Future[gateway_pb2.Reply]] = {}
         self._ids = (f"c{n}" for n in itertools.count(1))
         self._reader: asyncio.Task[None] | None = None
@@ -48,6 +49,9 @@ class ConnectStream:
         self.welcome: gateway_pb2.Welcome | None = None
         self._waiting_for_handlers = False
         self._abort_reason: ParleyError | None = None
+        # For the heartbeat: frames read, and pauses for the handlers, so far.
+        self.frames_received = 0
+        self.pauses = 0
 
     async def _requests(self) -> AsyncIterator[gateway_pb2.ConnectRequest]:
         while (request := await self._outgoing.get()) is not None:
@@ -131,6 +135,7 @@ class ConnectStream:
                     )
                     self._call.cancel()
                     break
+                self.frames_received += 1
                 kind = frame.WhichOneof("frame")
                 if kind in ("reply", "replies"):
                     for reply in [frame.reply] if kind == "reply" else frame.replies.replies:
@@ -144,10 +149,11 @@ class ConnectStream:
                     self._on_frame(frame)
                 except Exception:
                     log.exception("a frame handler failed")
-                if self._caught_up is not None:
+                if self._backlog is not None and self._backlog.holding:
+                    self.pauses += 1
                     self._waiting_for_handlers = True
                     try:
-                        await self._caught_up()
+                        await self._backlog.caught_up()
                     finally:
                         self._waiting_for_handlers = False
         except grpc.aio.AioRpcError as exc:

@@ -1290,23 +1290,28 @@ Global___AnswerCommand: _TypeAlias = AnswerCommand  # noqa: Y015
 
 @_typing.final
 class PeerOffline(_message.Message):
-    """A user who shares a room with you went offline: their last connection
-    ended. Rooms with presence off say nothing. A user in several of your rooms
-    may be reported by each.
+    """A user who shares a room with you went offline there: their last
+    connection in that room ended. Rooms with presence off say nothing. A
+    connection that was in several of your rooms is reported by each, with the
+    same session_id.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    session_id: _builtins.str
+    """The connection that ended."""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
