@@ -11,6 +11,10 @@ the transaction it waited for committed:
   revoke (waiting for rotations under way), then revoke with a new
   statement that sees the successors those rotations wrote.
 - `lock_user` serialises changes to one user's devices (the device limit).
+- `take_one_time_prekey` deletes one row it locked, skipping rows others
+  hold: racing fetches each get a different key.
+- `put_device_list` replaces the row only when the new counter is higher
+  (a conditional upsert): of racing publishes the highest counter stays.
 - Clean-ups of expired rows skip rows others hold, so they never wait, and
   locks on several rows are taken in key order: no deadlocks between them.
 """
@@ -24,9 +28,13 @@ from typing import Any, TypeVar
 
 from services.identity.storage import (
     ChallengeRow,
+    DeviceListRow,
     DeviceRow,
     IdentityTransaction,
+    KemPrekeyRow,
+    OneTimePrekeyRow,
     RefreshTokenRow,
+    SignedPrekeyRow,
     SigningKeyRow,
     UserRow,
     columns,
@@ -84,8 +92,49 @@ MIGRATIONS = [
         retired_at DOUBLE PRECISION
     );
     """,
+    """
+    CREATE TABLE device_lists (
+        user_id TEXT PRIMARY KEY,
+        counter BIGINT NOT NULL,
+        list BYTEA NOT NULL,
+        signature BYTEA NOT NULL,
+        published_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE signed_prekeys (
+        device_id TEXT PRIMARY KEY,
+        key_id BIGINT NOT NULL,
+        public_key BYTEA NOT NULL,
+        signature BYTEA NOT NULL,
+        uploaded_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE one_time_prekeys (
+        device_id TEXT NOT NULL,
+        key_id BIGINT NOT NULL,
+        public_key BYTEA NOT NULL,
+        PRIMARY KEY (device_id, key_id)
+    );
+    CREATE TABLE kem_prekeys (
+        device_id TEXT PRIMARY KEY,
+        key_id BIGINT NOT NULL,
+        kem TEXT NOT NULL,
+        public_key BYTEA NOT NULL,
+        signature BYTEA NOT NULL,
+        uploaded_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
-Row = TypeVar("Row", UserRow, DeviceRow, ChallengeRow, RefreshTokenRow, SigningKeyRow)
+Row = TypeVar(
+    "Row",
+    UserRow,
+    DeviceRow,
+    ChallengeRow,
+    RefreshTokenRow,
+    SigningKeyRow,
+    DeviceListRow,
+    SignedPrekeyRow,
+    OneTimePrekeyRow,
+    KemPrekeyRow,
+)
 
 
 class PostgresIdentityStorage:
@@ -217,6 +266,65 @@ class PostgresIdentityTransaction:
             [now, device_id],
         )
         return len({row[0] for row in await cursor.fetchall()})
+
+    # Device lists and prekeys
+
+    async def device_list(self, user_id: str) -> DeviceListRow | None:
+        sql = select(DeviceListRow, "device_lists", "WHERE user_id = %s")
+        return await self._one(DeviceListRow, sql, [user_id])
+
+    async def put_device_list(self, row: DeviceListRow) -> bool:
+        sql = (
+            f"INSERT INTO device_lists ({columns(DeviceListRow)}) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (user_id) DO UPDATE SET counter = excluded.counter, list = excluded.list, "
+            "signature = excluded.signature, published_at = excluded.published_at "
+            "WHERE excluded.counter > device_lists.counter"
+        )
+        return await self._count(sql, list(dataclasses.astuple(row))) == 1
+
+    async def signed_prekey(self, device_id: str) -> SignedPrekeyRow | None:
+        sql = select(SignedPrekeyRow, "signed_prekeys", "WHERE device_id = %s")
+        return await self._one(SignedPrekeyRow, sql, [device_id])
+
+    async def put_signed_prekey(self, row: SignedPrekeyRow) -> None:
+        sql = (
+            f"INSERT INTO signed_prekeys ({columns(SignedPrekeyRow)}) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (device_id) DO UPDATE SET key_id = excluded.key_id, public_key = excluded.public_key, "
+            "signature = excluded.signature, uploaded_at = excluded.uploaded_at"
+        )
+        await self._count(sql, list(dataclasses.astuple(row)))
+
+    async def kem_prekey(self, device_id: str) -> KemPrekeyRow | None:
+        return await self._one(KemPrekeyRow, select(KemPrekeyRow, "kem_prekeys", "WHERE device_id = %s"), [device_id])
+
+    async def put_kem_prekey(self, row: KemPrekeyRow) -> None:
+        sql = (
+            f"INSERT INTO kem_prekeys ({columns(KemPrekeyRow)}) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (device_id) DO UPDATE SET key_id = excluded.key_id, kem = excluded.kem, "
+            "public_key = excluded.public_key, signature = excluded.signature, uploaded_at = excluded.uploaded_at"
+        )
+        await self._count(sql, list(dataclasses.astuple(row)))
+
+    async def add_one_time_prekeys(self, rows: list[OneTimePrekeyRow]) -> int:
+        added = 0
+        for row in rows:
+            added += await self._insert("one_time_prekeys", row, on_conflict_nothing=True)
+        return added
+
+    async def count_one_time_prekeys(self, device_id: str) -> int:
+        sql = "SELECT count(*) FROM one_time_prekeys WHERE device_id = %s"
+        cursor = await self._connection.execute(sql, [device_id])
+        row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def take_one_time_prekey(self, device_id: str) -> OneTimePrekeyRow | None:
+        sql = (
+            "DELETE FROM one_time_prekeys WHERE (device_id, key_id) = "
+            "(SELECT device_id, key_id FROM one_time_prekeys WHERE device_id = %s "
+            "ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {columns(OneTimePrekeyRow)}"
+        )
+        return await self._one(OneTimePrekeyRow, sql, [device_id])
 
     # Token signing keys
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.identity.accounts import Accounts
+from services.identity.prekeys import Prekeys
 from services.identity.revocations import RevocationFeed
 from services.identity.servicer import IdentityServicer
 from services.identity.sessions import SessionIssuer
@@ -26,6 +27,7 @@ async def identity_module(config: Config) -> ServiceModule:
         raise
     servicer = IdentityServicer(
         Accounts(storage),
+        Prekeys(storage),
         SessionIssuer(storage, signer, config.auth),
         signer,
         config.auth,

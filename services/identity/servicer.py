@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 from parley.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.identity.accounts import Accounts
+from services.identity.prekeys import Bundle, Prekeys
 from services.identity.revocations import RevocationFeed
 from services.identity.sessions import IssuedSession, SessionIssuer
-from services.identity.storage import DeviceRow, UserRow
+from services.identity.storage import DeviceListRow, DeviceRow, UserRow
 from services.identity.token_signing import PublishedKey, TokenSigner
 from services.identity.validation import check_username
 from services.runtime.client_address import client_address
@@ -27,6 +28,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(
         self,
         accounts: Accounts,
+        prekeys: Prekeys,
         sessions: SessionIssuer,
         signer: TokenSigner,
         auth: AuthConfig,
@@ -35,12 +37,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> None:
         self._trust_forwarded_client = trust_forwarded_client
         self._accounts = accounts
+        self._prekeys = prekeys
         self._sessions = sessions
         self._signer = signer
         self._auth = auth
         self._revocations = revocations
         self._registrations = RateLimiter(auth.registrations_per_minute, 60.0)
         self._device_additions = RateLimiter(auth.device_additions_per_hour, 3600.0)
+        self._prekey_fetches = RateLimiter(auth.prekey_fetches_per_minute, 60.0)
 
     async def RegisterUser(
         self, request: identity_pb2.RegisterUserRequest, context: Context
@@ -180,6 +184,82 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.RotateSigningKeyResponse:
         key = await self._signer.rotate()
         return identity_pb2.RotateSigningKeyResponse(key=_verification_key(PublishedKey(key, None)))
+
+    # Device lists and prekeys
+
+    async def PublishDeviceList(
+        self, request: identity_pb2.PublishDeviceListRequest, context: Context
+    ) -> identity_pb2.PublishDeviceListResponse:
+        caller = require_user()
+        await self._prekeys.publish_device_list(caller.user_id, caller.device_id, request.device_list)
+        return identity_pb2.PublishDeviceListResponse()
+
+    async def GetDeviceList(
+        self, request: identity_pb2.GetDeviceListRequest, context: Context
+    ) -> identity_pb2.GetDeviceListResponse:
+        if not request.user_id:
+            raise invalid_field("user_id", "is required")
+        row = await self._prekeys.device_list(request.user_id)
+        return identity_pb2.GetDeviceListResponse(device_list=_device_list(row))
+
+    async def UploadPrekeys(
+        self, request: identity_pb2.UploadPrekeysRequest, context: Context
+    ) -> identity_pb2.UploadPrekeysResponse:
+        caller = require_user()
+        held = await self._prekeys.upload(caller.user_id, caller.device_id, request)
+        return identity_pb2.UploadPrekeysResponse(one_time_prekeys=held)
+
+    async def FetchPrekeyBundles(
+        self, request: identity_pb2.FetchPrekeyBundlesRequest, context: Context
+    ) -> identity_pb2.FetchPrekeyBundlesResponse:
+        caller = require_user()
+        if not request.user_id:
+            raise invalid_field("user_id", "is required")
+        wait = self._prekey_fetches.try_acquire(caller.user_id)
+        if wait:
+            raise rate_limited(f"too many prekey fetches; retry in {wait:.1f}s", wait)
+        found = await self._prekeys.bundles(request.user_id, list(request.device_ids))
+        response = identity_pb2.FetchPrekeyBundlesResponse(
+            user=_user(found.user),
+            bundles=[_bundle(b) for b in found.bundles],
+            devices_without_prekeys=found.without_prekeys,
+        )
+        if found.device_list is not None:
+            response.device_list.CopyFrom(_device_list(found.device_list))
+        return response
+
+    async def CountPrekeys(
+        self, request: identity_pb2.CountPrekeysRequest, context: Context
+    ) -> identity_pb2.CountPrekeysResponse:
+        caller = require_user()
+        held, uploaded_at = await self._prekeys.count(caller.user_id, caller.device_id)
+        response = identity_pb2.CountPrekeysResponse(one_time_prekeys=held)
+        if uploaded_at is not None:
+            response.signed_prekey_upload_time.CopyFrom(to_timestamp(uploaded_at))
+        return response
+
+
+def _device_list(row: DeviceListRow) -> identity_pb2.SignedDeviceList:
+    return identity_pb2.SignedDeviceList(list=row.list, signature=row.signature)
+
+
+def _bundle(bundle: Bundle) -> identity_pb2.PrekeyBundle:
+    signed = bundle.signed_prekey
+    found = identity_pb2.PrekeyBundle(
+        device=_device(bundle.device),
+        signed_prekey=identity_pb2.SignedPrekey(
+            key_id=signed.key_id, public_key=signed.public_key, signature=signed.signature
+        ),
+    )
+    if bundle.one_time_prekey is not None:
+        key = bundle.one_time_prekey
+        found.one_time_prekey.CopyFrom(identity_pb2.OneTimePrekey(key_id=key.key_id, public_key=key.public_key))
+    if bundle.kem_prekey is not None:
+        kem = bundle.kem_prekey
+        found.kem_prekey.CopyFrom(
+            identity_pb2.KemPrekey(key_id=kem.key_id, kem=kem.kem, public_key=kem.public_key, signature=kem.signature)
+        )
+    return found
 
 
 def _user(row: UserRow) -> identity_pb2.User:

@@ -16,9 +16,13 @@ import sqlite_utils
 
 from services.identity.storage import (
     ChallengeRow,
+    DeviceListRow,
     DeviceRow,
     IdentityTransaction,
+    KemPrekeyRow,
+    OneTimePrekeyRow,
     RefreshTokenRow,
+    SignedPrekeyRow,
     SigningKeyRow,
     UserRow,
     columns,
@@ -86,8 +90,54 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1, _migration_2]
-Row = TypeVar("Row", UserRow, DeviceRow, ChallengeRow, RefreshTokenRow, SigningKeyRow)
+def _migration_3(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE device_lists (
+            user_id TEXT PRIMARY KEY,
+            counter INTEGER NOT NULL,
+            list BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            published_at REAL NOT NULL
+        );
+        CREATE TABLE signed_prekeys (
+            device_id TEXT PRIMARY KEY,
+            key_id INTEGER NOT NULL,
+            public_key BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            uploaded_at REAL NOT NULL
+        );
+        CREATE TABLE one_time_prekeys (
+            device_id TEXT NOT NULL,
+            key_id INTEGER NOT NULL,
+            public_key BLOB NOT NULL,
+            PRIMARY KEY (device_id, key_id)
+        );
+        CREATE TABLE kem_prekeys (
+            device_id TEXT PRIMARY KEY,
+            key_id INTEGER NOT NULL,
+            kem TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            uploaded_at REAL NOT NULL
+        );
+        """
+    )
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3]
+Row = TypeVar(
+    "Row",
+    UserRow,
+    DeviceRow,
+    ChallengeRow,
+    RefreshTokenRow,
+    SigningKeyRow,
+    DeviceListRow,
+    SignedPrekeyRow,
+    OneTimePrekeyRow,
+    KemPrekeyRow,
+)
 
 
 class SqliteIdentityStorage:
@@ -205,6 +255,57 @@ class SqliteIdentityTransaction:
         sql = "UPDATE refresh_tokens SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL"
         await self._count(sql, [now, device_id])
         return len(families)
+
+    # Device lists and prekeys
+
+    async def device_list(self, user_id: str) -> DeviceListRow | None:
+        return await self._one(DeviceListRow, select(DeviceListRow, "device_lists", "WHERE user_id = ?"), [user_id])
+
+    async def put_device_list(self, row: DeviceListRow) -> bool:
+        sql = (
+            f"INSERT INTO device_lists ({columns(DeviceListRow)}) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(user_id) DO UPDATE SET counter = excluded.counter, list = excluded.list, "
+            "signature = excluded.signature, published_at = excluded.published_at "
+            "WHERE excluded.counter > device_lists.counter"
+        )
+        return await self._count(sql, list(dataclasses.astuple(row))) == 1
+
+    async def signed_prekey(self, device_id: str) -> SignedPrekeyRow | None:
+        sql = select(SignedPrekeyRow, "signed_prekeys", "WHERE device_id = ?")
+        return await self._one(SignedPrekeyRow, sql, [device_id])
+
+    async def put_signed_prekey(self, row: SignedPrekeyRow) -> None:
+        sql = f"INSERT OR REPLACE INTO signed_prekeys ({columns(SignedPrekeyRow)}) VALUES (?, ?, ?, ?, ?)"
+        await self._count(sql, list(dataclasses.astuple(row)))
+
+    async def kem_prekey(self, device_id: str) -> KemPrekeyRow | None:
+        return await self._one(KemPrekeyRow, select(KemPrekeyRow, "kem_prekeys", "WHERE device_id = ?"), [device_id])
+
+    async def put_kem_prekey(self, row: KemPrekeyRow) -> None:
+        sql = f"INSERT OR REPLACE INTO kem_prekeys ({columns(KemPrekeyRow)}) VALUES (?, ?, ?, ?, ?, ?)"
+        await self._count(sql, list(dataclasses.astuple(row)))
+
+    async def add_one_time_prekeys(self, rows: list[OneTimePrekeyRow]) -> int:
+        added = 0
+        for row in rows:
+            added += await self._insert("one_time_prekeys", row, or_ignore=True)
+        return added
+
+    async def count_one_time_prekeys(self, device_id: str) -> int:
+        return await self._transaction.run(
+            lambda db: int(
+                db.execute("SELECT count(*) FROM one_time_prekeys WHERE device_id = ?", [device_id]).fetchone()[0]
+            )
+        )
+
+    async def take_one_time_prekey(self, device_id: str) -> OneTimePrekeyRow | None:
+        # The transaction is the only one: the row it picks is its own.
+        sql = (
+            "DELETE FROM one_time_prekeys WHERE device_id = ? AND key_id = "
+            "(SELECT min(key_id) FROM one_time_prekeys WHERE device_id = ?) "
+            f"RETURNING {columns(OneTimePrekeyRow)}"
+        )
+        return await self._one(OneTimePrekeyRow, sql, [device_id, device_id])
 
     # Token signing keys
 

@@ -68,6 +68,41 @@ class SigningKeyRow:
     retired_at: float | None
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceListRow:
+    user_id: str
+    counter: int
+    list: bytes
+    signature: bytes
+    published_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedPrekeyRow:
+    device_id: str
+    key_id: int
+    public_key: bytes
+    signature: bytes
+    uploaded_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class OneTimePrekeyRow:
+    device_id: str
+    key_id: int
+    public_key: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class KemPrekeyRow:
+    device_id: str
+    key_id: int
+    kem: str
+    public_key: bytes
+    signature: bytes
+    uploaded_at: float
+
+
 def columns(row_type: type[Any]) -> str:
     """The column list of a row dataclass: its fields, in order (the tables have these columns)."""
     return ", ".join(f.name for f in dataclasses.fields(row_type))
@@ -131,6 +166,32 @@ class IdentityTransaction(Protocol):
 
     async def revoke_device_sessions(self, device_id: str, now: float) -> int:
         """Revokes every session of a device (those being rotated too); returns how many were live."""
+
+    # Device lists and prekeys
+
+    async def device_list(self, user_id: str) -> DeviceListRow | None: ...
+
+    async def put_device_list(self, row: DeviceListRow) -> bool:
+        """Stores the list if its counter is higher than the stored one's; False (nothing written) otherwise."""
+
+    async def signed_prekey(self, device_id: str) -> SignedPrekeyRow | None: ...
+
+    async def put_signed_prekey(self, row: SignedPrekeyRow) -> None:
+        """Replaces the device's signed prekey."""
+
+    async def kem_prekey(self, device_id: str) -> KemPrekeyRow | None: ...
+
+    async def put_kem_prekey(self, row: KemPrekeyRow) -> None:
+        """Replaces the device's KEM prekey."""
+
+    async def add_one_time_prekeys(self, rows: list[OneTimePrekeyRow]) -> int:
+        """Adds the keys whose (device, key id) is new; returns how many were new."""
+
+    async def count_one_time_prekeys(self, device_id: str) -> int: ...
+
+    async def take_one_time_prekey(self, device_id: str) -> OneTimePrekeyRow | None:
+        """Removes and returns one of the device's one-time prekeys: of racing transactions each gets a
+        different key (or None once there are none)."""
 
     # Token signing keys
 

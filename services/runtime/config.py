@@ -95,6 +95,9 @@ class AuthConfig:
     # and hold (not revoked) at once.
     device_additions_per_hour: int = 60
     max_devices_per_user: int = 50
+    # Prekey bundle fetches (FetchPrekeyBundles) one user may make per minute: each takes one-time
+    # prekeys, so a caller that fetched without limit could drain another user's.
+    prekey_fetches_per_minute: int = 60
     # Backend credentials: name -> secret; sent as `svc:<name>:<secret>`.
     # Parley's own services call each other as INTERNAL_SERVICE ("parley"):
     # all-in-one mode makes that secret up, split mode needs it configured.
@@ -358,6 +361,7 @@ def validate(config: Config) -> None:
     for section, name in (
         ("auth", "registrations_per_minute"),
         ("auth", "device_additions_per_hour"),
+        ("auth", "prekey_fetches_per_minute"),
         ("auth", "max_devices_per_user"),
         ("gateway", "max_connections_per_user"),
         ("gateway", "max_commands_in_flight"),

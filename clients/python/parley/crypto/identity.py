@@ -1,4 +1,4 @@
-"""Device certificates, login challenges and device ids.
+"""Device certificates, device lists, prekey signatures, login challenges and device ids.
 
 Shared by the client (which signs) and the identity service (which verifies),
 so both build exactly the same bytes.
@@ -32,6 +32,21 @@ def device_certificate_bytes(user_signing_key: bytes, device_signing_key: bytes,
 def login_challenge_bytes(challenge_id: str, nonce: bytes, user_id: str, device_id: str) -> bytes:
     """What a device signs to log in."""
     return labelled("login-challenge", challenge_id.encode(), nonce, user_id.encode(), device_id.encode())
+
+
+def device_list_bytes(serialized_list: bytes) -> bytes:
+    """What a user key signs to say which devices are theirs (a serialized DeviceListContent)."""
+    return labelled("device-list", serialized_list)
+
+
+def signed_prekey_bytes(key_id: int, public_key: bytes) -> bytes:
+    """What a device key signs to vouch for one of its X25519 prekeys."""
+    return labelled("signed-prekey", key_id.to_bytes(4, "big"), public_key)
+
+
+def kem_prekey_bytes(kem: str, key_id: int, public_key: bytes) -> bytes:
+    """What a device key signs to vouch for one of its KEM prekeys (the KEM named)."""
+    return labelled("kem-prekey", kem.encode(), key_id.to_bytes(4, "big"), public_key)
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -810,3 +810,410 @@ class WatchRevocationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRevocationsResponse: _TypeAlias = WatchRevocationsResponse  # noqa: Y015
+
+@_typing.final
+class DeviceListContent(_message.Message):
+    """What a user signs to say which devices are theirs (`SignedDeviceList.list`
+    holds these exact bytes, serialized).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    ISSUE_TIME_MS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    counter: _builtins.int
+    """Higher than every earlier list's."""
+    issue_time_ms: _builtins.int
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        counter: _builtins.int = ...,
+        device_ids: _abc.Iterable[_builtins.str] | None = ...,
+        issue_time_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "device_ids", b"device_ids", "issue_time_ms", b"issue_time_ms", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceListContent: _TypeAlias = DeviceListContent  # noqa: Y015
+
+@_typing.final
+class SignedDeviceList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    list: _builtins.bytes
+    """A serialized DeviceListContent."""
+    signature: _builtins.bytes
+    """Ed25519 by the user signing key over the labelled bytes
+    ("parley/v1/device-list", list): see parley.crypto.identity.
+    """
+    def __init__(
+        self,
+        *,
+        list: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["list", b"list", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedDeviceList: _TypeAlias = SignedDeviceList  # noqa: Y015
+
+@_typing.final
+class PublishDeviceListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_LIST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device_list(self) -> Global___SignedDeviceList: ...
+    def __init__(
+        self,
+        *,
+        device_list: Global___SignedDeviceList | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device_list", b"device_list"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_list", b"device_list"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishDeviceListRequest: _TypeAlias = PublishDeviceListRequest  # noqa: Y015
+
+@_typing.final
+class PublishDeviceListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishDeviceListResponse: _TypeAlias = PublishDeviceListResponse  # noqa: Y015
+
+@_typing.final
+class GetDeviceListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceListRequest: _TypeAlias = GetDeviceListRequest  # noqa: Y015
+
+@_typing.final
+class GetDeviceListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_LIST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device_list(self) -> Global___SignedDeviceList: ...
+    def __init__(
+        self,
+        *,
+        device_list: Global___SignedDeviceList | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device_list", b"device_list"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_list", b"device_list"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceListResponse: _TypeAlias = GetDeviceListResponse  # noqa: Y015
+
+@_typing.final
+class SignedPrekey(_message.Message):
+    """A device's medium-term X25519 prekey, signed with the device's Ed25519 key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.int
+    public_key: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.int = ...,
+        public_key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "public_key", b"public_key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedPrekey: _TypeAlias = SignedPrekey  # noqa: Y015
+
+@_typing.final
+class OneTimePrekey(_message.Message):
+    """A single-use X25519 prekey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.int
+    public_key: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.int = ...,
+        public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OneTimePrekey: _TypeAlias = OneTimePrekey  # noqa: Y015
+
+@_typing.final
+class KemPrekey(_message.Message):
+    """A post-quantum KEM prekey (PQXDH), signed with the device's Ed25519 key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEM_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.int
+    kem: _builtins.str
+    """The KEM, e.g. "ML-KEM-768"."""
+    public_key: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.int = ...,
+        kem: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kem", b"kem", "key_id", b"key_id", "public_key", b"public_key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KemPrekey: _TypeAlias = KemPrekey  # noqa: Y015
+
+@_typing.final
+class UploadPrekeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_PREKEY_FIELD_NUMBER: _builtins.int
+    ONE_TIME_PREKEYS_FIELD_NUMBER: _builtins.int
+    KEM_PREKEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def signed_prekey(self) -> Global___SignedPrekey:
+        """Replaces the device's signed prekey when set."""
+
+    @_builtins.property
+    def one_time_prekeys(self) -> _containers.RepeatedCompositeFieldContainer[Global___OneTimePrekey]:
+        """Added to those stored (key ids unique per device)."""
+
+    @_builtins.property
+    def kem_prekey(self) -> Global___KemPrekey:
+        """Replaces the device's KEM prekey when set."""
+
+    def __init__(
+        self,
+        *,
+        signed_prekey: Global___SignedPrekey | None = ...,
+        one_time_prekeys: _abc.Iterable[Global___OneTimePrekey] | None = ...,
+        kem_prekey: Global___KemPrekey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kem_prekey", b"kem_prekey", "signed_prekey", b"signed_prekey"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kem_prekey", b"kem_prekey", "one_time_prekeys", b"one_time_prekeys", "signed_prekey", b"signed_prekey"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadPrekeysRequest: _TypeAlias = UploadPrekeysRequest  # noqa: Y015
+
+@_typing.final
+class UploadPrekeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ONE_TIME_PREKEYS_FIELD_NUMBER: _builtins.int
+    one_time_prekeys: _builtins.int
+    """One-time prekeys stored for the device now."""
+    def __init__(
+        self,
+        *,
+        one_time_prekeys: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["one_time_prekeys", b"one_time_prekeys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadPrekeysResponse: _TypeAlias = UploadPrekeysResponse  # noqa: Y015
+
+@_typing.final
+class FetchPrekeyBundlesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these devices (all active ones when empty)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_ids", b"device_ids", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchPrekeyBundlesRequest: _TypeAlias = FetchPrekeyBundlesRequest  # noqa: Y015
+
+@_typing.final
+class PrekeyBundle(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SIGNED_PREKEY_FIELD_NUMBER: _builtins.int
+    ONE_TIME_PREKEY_FIELD_NUMBER: _builtins.int
+    KEM_PREKEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device(self) -> Global___Device: ...
+    @_builtins.property
+    def signed_prekey(self) -> Global___SignedPrekey: ...
+    @_builtins.property
+    def one_time_prekey(self) -> Global___OneTimePrekey:
+        """Unset when the device has none left: X3DH without it."""
+
+    @_builtins.property
+    def kem_prekey(self) -> Global___KemPrekey:
+        """Set when the device uploaded one."""
+
+    def __init__(
+        self,
+        *,
+        device: Global___Device | None = ...,
+        signed_prekey: Global___SignedPrekey | None = ...,
+        one_time_prekey: Global___OneTimePrekey | None = ...,
+        kem_prekey: Global___KemPrekey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "kem_prekey", b"kem_prekey", "one_time_prekey", b"one_time_prekey", "signed_prekey", b"signed_prekey"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "kem_prekey", b"kem_prekey", "one_time_prekey", b"one_time_prekey", "signed_prekey", b"signed_prekey"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrekeyBundle: _TypeAlias = PrekeyBundle  # noqa: Y015
+
+@_typing.final
+class FetchPrekeyBundlesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    DEVICES_WITHOUT_PREKEYS_FIELD_NUMBER: _builtins.int
+    DEVICE_LIST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrekeyBundle]: ...
+    @_builtins.property
+    def devices_without_prekeys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Active devices that have not uploaded a signed prekey yet (no session possible)."""
+
+    @_builtins.property
+    def device_list(self) -> Global___SignedDeviceList:
+        """The user's latest signed device list, when they published one."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+        bundles: _abc.Iterable[Global___PrekeyBundle] | None = ...,
+        devices_without_prekeys: _abc.Iterable[_builtins.str] | None = ...,
+        device_list: Global___SignedDeviceList | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device_list", b"device_list", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles", "device_list", b"device_list", "devices_without_prekeys", b"devices_without_prekeys", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchPrekeyBundlesResponse: _TypeAlias = FetchPrekeyBundlesResponse  # noqa: Y015
+
+@_typing.final
+class CountPrekeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountPrekeysRequest: _TypeAlias = CountPrekeysRequest  # noqa: Y015
+
+@_typing.final
+class CountPrekeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ONE_TIME_PREKEYS_FIELD_NUMBER: _builtins.int
+    SIGNED_PREKEY_UPLOAD_TIME_FIELD_NUMBER: _builtins.int
+    one_time_prekeys: _builtins.int
+    @_builtins.property
+    def signed_prekey_upload_time(self) -> _timestamp_pb2.Timestamp:
+        """Unset before the first upload."""
+
+    def __init__(
+        self,
+        *,
+        one_time_prekeys: _builtins.int = ...,
+        signed_prekey_upload_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_prekey_upload_time", b"signed_prekey_upload_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["one_time_prekeys", b"one_time_prekeys", "signed_prekey_upload_time", b"signed_prekey_upload_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountPrekeysResponse: _TypeAlias = CountPrekeysResponse  # noqa: Y015

@@ -105,6 +105,31 @@ class IdentityServiceStub:
                 request_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsRequest.SerializeToString,
                 response_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsResponse.FromString,
                 _registered_method=True)
+        self.PublishDeviceList = channel.unary_unary(
+                '/parley.identity.v1.IdentityService/PublishDeviceList',
+                request_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.PublishDeviceListRequest.SerializeToString,
+                response_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.PublishDeviceListResponse.FromString,
+                _registered_method=True)
+        self.GetDeviceList = channel.unary_unary(
+                '/parley.identity.v1.IdentityService/GetDeviceList',
+                request_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.GetDeviceListRequest.SerializeToString,
+                response_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.GetDeviceListResponse.FromString,
+                _registered_method=True)
+        self.UploadPrekeys = channel.unary_unary(
+                '/parley.identity.v1.IdentityService/UploadPrekeys',
+                request_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.UploadPrekeysRequest.SerializeToString,
+                response_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.UploadPrekeysResponse.FromString,
+                _registered_method=True)
+        self.FetchPrekeyBundles = channel.unary_unary(
+                '/parley.identity.v1.IdentityService/FetchPrekeyBundles',
+                request_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.FetchPrekeyBundlesRequest.SerializeToString,
+                response_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.FetchPrekeyBundlesResponse.FromString,
+                _registered_method=True)
+        self.CountPrekeys = channel.unary_unary(
+                '/parley.identity.v1.IdentityService/CountPrekeys',
+                request_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.CountPrekeysRequest.SerializeToString,
+                response_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.CountPrekeysResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -214,6 +239,47 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishDeviceList(self, request, context):
+        """Publishes the caller's device list, signed by their user key; its
+        counter must be higher than the one stored (the service cannot forge or
+        roll back a list, only withhold it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeviceList(self, request, context):
+        """A user's latest signed device list (NOT_FOUND before they published one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadPrekeys(self, request, context):
+        """Stores the calling device's prekeys: a signed prekey (replacing the one
+        before), one-time prekeys (added), an optional signed ML-KEM prekey.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchPrekeyBundles(self, request, context):
+        """One prekey bundle per active device of a user, for starting sessions
+        with them: each one-time prekey is handed out once, however many fetch
+        at the same time. Rate limited per caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountPrekeys(self, request, context):
+        """How many one-time prekeys the calling device has left on the server
+        (upload more when low), and when its signed prekey was uploaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +347,31 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.WatchRevocations,
                     request_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsRequest.FromString,
                     response_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsResponse.SerializeToString,
+            ),
+            'PublishDeviceList': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishDeviceList,
+                    request_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.PublishDeviceListRequest.FromString,
+                    response_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.PublishDeviceListResponse.SerializeToString,
+            ),
+            'GetDeviceList': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceList,
+                    request_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.GetDeviceListRequest.FromString,
+                    response_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.GetDeviceListResponse.SerializeToString,
+            ),
+            'UploadPrekeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadPrekeys,
+                    request_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.UploadPrekeysRequest.FromString,
+                    response_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.UploadPrekeysResponse.SerializeToString,
+            ),
+            'FetchPrekeyBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchPrekeyBundles,
+                    request_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.FetchPrekeyBundlesRequest.FromString,
+                    response_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.FetchPrekeyBundlesResponse.SerializeToString,
+            ),
+            'CountPrekeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountPrekeys,
+                    request_deserializer=parley_dot_identity_dot_v1_dot_identity__pb2.CountPrekeysRequest.FromString,
+                    response_serializer=parley_dot_identity_dot_v1_dot_identity__pb2.CountPrekeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -640,6 +731,141 @@ class IdentityService:
             '/parley.identity.v1.IdentityService/WatchRevocations',
             parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsRequest.SerializeToString,
             parley_dot_identity_dot_v1_dot_identity__pb2.WatchRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishDeviceList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.identity.v1.IdentityService/PublishDeviceList',
+            parley_dot_identity_dot_v1_dot_identity__pb2.PublishDeviceListRequest.SerializeToString,
+            parley_dot_identity_dot_v1_dot_identity__pb2.PublishDeviceListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.identity.v1.IdentityService/GetDeviceList',
+            parley_dot_identity_dot_v1_dot_identity__pb2.GetDeviceListRequest.SerializeToString,
+            parley_dot_identity_dot_v1_dot_identity__pb2.GetDeviceListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadPrekeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.identity.v1.IdentityService/UploadPrekeys',
+            parley_dot_identity_dot_v1_dot_identity__pb2.UploadPrekeysRequest.SerializeToString,
+            parley_dot_identity_dot_v1_dot_identity__pb2.UploadPrekeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPrekeyBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.identity.v1.IdentityService/FetchPrekeyBundles',
+            parley_dot_identity_dot_v1_dot_identity__pb2.FetchPrekeyBundlesRequest.SerializeToString,
+            parley_dot_identity_dot_v1_dot_identity__pb2.FetchPrekeyBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountPrekeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.identity.v1.IdentityService/CountPrekeys',
+            parley_dot_identity_dot_v1_dot_identity__pb2.CountPrekeysRequest.SerializeToString,
+            parley_dot_identity_dot_v1_dot_identity__pb2.CountPrekeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,26 @@ class IdentityServiceStub:
     then every revocation as it happens. Gateways follow it to end the
     streams of a revoked device at once and to refuse its remaining tokens.
     """
+    PublishDeviceList: _grpc.UnaryUnaryMultiCallable[_identity_pb2.PublishDeviceListRequest, _identity_pb2.PublishDeviceListResponse]
+    """Publishes the caller's device list, signed by their user key; its
+    counter must be higher than the one stored (the service cannot forge or
+    roll back a list, only withhold it).
+    """
+    GetDeviceList: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetDeviceListRequest, _identity_pb2.GetDeviceListResponse]
+    """A user's latest signed device list (NOT_FOUND before they published one)."""
+    UploadPrekeys: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UploadPrekeysRequest, _identity_pb2.UploadPrekeysResponse]
+    """Stores the calling device's prekeys: a signed prekey (replacing the one
+    before), one-time prekeys (added), an optional signed ML-KEM prekey.
+    """
+    FetchPrekeyBundles: _grpc.UnaryUnaryMultiCallable[_identity_pb2.FetchPrekeyBundlesRequest, _identity_pb2.FetchPrekeyBundlesResponse]
+    """One prekey bundle per active device of a user, for starting sessions
+    with them: each one-time prekey is handed out once, however many fetch
+    at the same time. Rate limited per caller.
+    """
+    CountPrekeys: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CountPrekeysRequest, _identity_pb2.CountPrekeysResponse]
+    """How many one-time prekeys the calling device has left on the server
+    (upload more when low), and when its signed prekey was uploaded.
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -128,6 +148,26 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """Revoked devices whose access tokens may still be unexpired (the snapshot),
     then every revocation as it happens. Gateways follow it to end the
     streams of a revoked device at once and to refuse its remaining tokens.
+    """
+    PublishDeviceList: _aio.UnaryUnaryMultiCallable[_identity_pb2.PublishDeviceListRequest, _identity_pb2.PublishDeviceListResponse]  # type: ignore[assignment]
+    """Publishes the caller's device list, signed by their user key; its
+    counter must be higher than the one stored (the service cannot forge or
+    roll back a list, only withhold it).
+    """
+    GetDeviceList: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetDeviceListRequest, _identity_pb2.GetDeviceListResponse]  # type: ignore[assignment]
+    """A user's latest signed device list (NOT_FOUND before they published one)."""
+    UploadPrekeys: _aio.UnaryUnaryMultiCallable[_identity_pb2.UploadPrekeysRequest, _identity_pb2.UploadPrekeysResponse]  # type: ignore[assignment]
+    """Stores the calling device's prekeys: a signed prekey (replacing the one
+    before), one-time prekeys (added), an optional signed ML-KEM prekey.
+    """
+    FetchPrekeyBundles: _aio.UnaryUnaryMultiCallable[_identity_pb2.FetchPrekeyBundlesRequest, _identity_pb2.FetchPrekeyBundlesResponse]  # type: ignore[assignment]
+    """One prekey bundle per active device of a user, for starting sessions
+    with them: each one-time prekey is handed out once, however many fetch
+    at the same time. Rate limited per caller.
+    """
+    CountPrekeys: _aio.UnaryUnaryMultiCallable[_identity_pb2.CountPrekeysRequest, _identity_pb2.CountPrekeysResponse]  # type: ignore[assignment]
+    """How many one-time prekeys the calling device has left on the server
+    (upload more when low), and when its signed prekey was uploaded.
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -254,6 +294,56 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revoked devices whose access tokens may still be unexpired (the snapshot),
         then every revocation as it happens. Gateways follow it to end the
         streams of a revoked device at once and to refuse its remaining tokens.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishDeviceList(
+        self,
+        request: _identity_pb2.PublishDeviceListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.PublishDeviceListResponse, _abc.Awaitable[_identity_pb2.PublishDeviceListResponse]]:
+        """Publishes the caller's device list, signed by their user key; its
+        counter must be higher than the one stored (the service cannot forge or
+        roll back a list, only withhold it).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeviceList(
+        self,
+        request: _identity_pb2.GetDeviceListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.GetDeviceListResponse, _abc.Awaitable[_identity_pb2.GetDeviceListResponse]]:
+        """A user's latest signed device list (NOT_FOUND before they published one)."""
+
+    @_abc_1.abstractmethod
+    def UploadPrekeys(
+        self,
+        request: _identity_pb2.UploadPrekeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.UploadPrekeysResponse, _abc.Awaitable[_identity_pb2.UploadPrekeysResponse]]:
+        """Stores the calling device's prekeys: a signed prekey (replacing the one
+        before), one-time prekeys (added), an optional signed ML-KEM prekey.
+        """
+
+    @_abc_1.abstractmethod
+    def FetchPrekeyBundles(
+        self,
+        request: _identity_pb2.FetchPrekeyBundlesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.FetchPrekeyBundlesResponse, _abc.Awaitable[_identity_pb2.FetchPrekeyBundlesResponse]]:
+        """One prekey bundle per active device of a user, for starting sessions
+        with them: each one-time prekey is handed out once, however many fetch
+        at the same time. Rate limited per caller.
+        """
+
+    @_abc_1.abstractmethod
+    def CountPrekeys(
+        self,
+        request: _identity_pb2.CountPrekeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.CountPrekeysResponse, _abc.Awaitable[_identity_pb2.CountPrekeysResponse]]:
+        """How many one-time prekeys the calling device has left on the server
+        (upload more when low), and when its signed prekey was uploaded.
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
