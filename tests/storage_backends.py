@@ -25,7 +25,7 @@ from tests.scale_out import fresh_database
 from tests.storage_support import storage_config
 
 BACKENDS = ["sqlite", "postgresql"]
-SCHEMAS = ("parley_identity", "parley_room", "parley_history")
+SCHEMAS = ("parley_identity", "parley_room", "parley_history", "parley_mailbox")
 
 
 @pytest.fixture(scope="session")
