@@ -3,7 +3,9 @@
 Publishing appends already-encoded bytes to each recipient's outbox and never
 waits. One shared timer flushes every outbox that received something during
 the batch window, so a burst to a connection becomes one frame rather than
-one write per event. An outbox that exceeds its byte budget is closed as a
+one write per event; streams still writing the last flush get theirs together
+once they have written (services/gateway/flush_pacing.py), so under load many
+events share a frame. An outbox that exceeds its byte budget is closed as a
 slow consumer; its connection ends without slowing anyone else.
 
 All the outboxes of a gateway also share one budget (`OutboxBudget`), so
@@ -23,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 
 from services.gateway import wire
+from services.gateway.flush_pacing import FlushPacing
 
 EVENT = 0  # an EventBatch element
 SUBJECT = 1  # a SubjectEventBatch element
@@ -141,34 +144,107 @@ class OutboxBudget:
 
 
 class FlushScheduler:
-    """Wakes dirty outboxes once per batch window with a single timer.
+    """Hands what was queued to the outboxes it was queued for, with a single timer.
 
+    An outbox's writer takes events only from a flush (or with something
+    urgent), never as they come: a flush goes one batch window after its
+    events came, or, for streams still writing the last flush, once they have
+    written (see FlushPacing), so that under load many events share one frame.
     Every outbox of a gateway shares it, and with it the gateway's `budget`
     and the frames built during a flush (see `shared_frame`).
     """
 
     def __init__(self, window_seconds: float, max_total_bytes: int = UNLIMITED) -> None:
-        self._window = window_seconds
         self.budget = OutboxBudget(max_total_bytes)
-        self._dirty: set[Outbox] = set()
-        self._scheduled = False
+        self._pacing = FlushPacing(window_seconds)
+        # Outboxes with something queued for the next flush: on their own, or waiting for their group.
+        self._free: set[Outbox] = set()
+        self._held: set[Outbox] = set()
+        # Events queued for the held outboxes, one per outbox an event went to.
+        self._held_events = 0
+        # When the first of what is free was queued.
+        self._free_since = 0.0
+        self._timer: asyncio.Handle | None = None
+        # A look at the held ones is due once the fan-out under way has been queued (see `mark`).
+        self._let_go_soon = False
         # (kind, ids of the items) -> (the items, kept alive so the ids stay theirs; the frame built from them)
         self._frames: dict[tuple[int, tuple[int, ...]], tuple[tuple[bytes, ...], bytes]] = {}
 
     def mark(self, outbox: Outbox) -> None:
-        self._dirty.add(outbox)
-        if not self._scheduled:
-            self._scheduled = True
-            if self._window > 0:
-                asyncio.get_running_loop().call_later(self._window, self._flush)
-            else:
-                asyncio.get_running_loop().call_soon(self._flush)
+        if self._pacing.holds(outbox):
+            self._held.add(outbox)
+            self._held_events += 1
+            if not self._let_go_soon and self._pacing.lets_go(outbox, 0):
+                # Done writing: once the whole fan-out has been queued, see whether it waits for few of the group.
+                self._let_go_soon = True
+                asyncio.get_running_loop().call_soon(self._let_go)
+        else:
+            if not self._free:
+                self._free_since = asyncio.get_running_loop().time()
+            self._free.add(outbox)
+        if self._timer is None:
+            self._arm()
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, set()
-        for outbox in dirty:
-            outbox.wake()
+    def written(self, outbox: Outbox) -> None:
+        """`outbox` wrote what a flush gave it, or is gone."""
+        if not self._pacing.grouping:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._pacing.written(now, outbox, len(self._held), self._held_events):
+            self._rearm()
+        elif self._held and self._pacing.lets_go(outbox, len(self._held)):
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Held events for few of the group: those of its streams that are done writing go on their own."""
+        self._let_go_soon = False
+        going = [outbox for outbox in self._held if self._pacing.lets_go(outbox, len(self._held))]
+        if not going:
+            return
+        if not self._free:
+            self._free_since = asyncio.get_running_loop().time()
+        self._held.difference_update(going)
+        if not self._held:
+            self._held_events = 0
+        self._free.update(going)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """What is due changed: the timer is set again."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm()
+
+    def _arm(self) -> None:
+        """Sets the timer for the next flush that is due, if anything waits for one."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = [self._free_since + self._pacing.window] if self._free else []
+        if self._held:
+            due.append(self._pacing.held_due(now, len(self._held), self._held_events))
+        if not due:
+            self._timer = None
+        elif min(due) <= now:
+            self._timer = loop.call_soon(self._look)
+        else:
+            self._timer = loop.call_at(min(due), self._look)
+
+    def _look(self) -> None:
+        """Flushes what is due, then sets the timer for the rest."""
+        now = asyncio.get_running_loop().time()
+        if self._held and self._pacing.held_due(now, len(self._held), self._held_events) <= now:
+            held, self._held, self._held_events = self._held, set(), 0
+            # The group's next round: those that got more while they wrote. What is free goes along, on its own.
+            self._pacing.flushed(now, [outbox for outbox in held if outbox.release_queue()], held=True)
+            self._flush_free()
+        elif self._free and self._free_since + self._pacing.window <= now:
+            self._flush_free()
+        self._arm()
+
+    def _flush_free(self) -> None:
+        free, self._free = self._free, set()
+        woken = [outbox for outbox in free if outbox.release_queue()]
+        self._pacing.flushed(asyncio.get_running_loop().time(), woken, held=False)
 
     def shared_frame(self, kind: int, group: list[bytes]) -> bytes:
         """The frame of these items: built once for every outbox that gathered the very same items lately."""
@@ -200,6 +276,7 @@ class Outbox:
         "_max_frame_bytes",
         "_on_cut",
         "_queued",
+        "_released",
         "_scheduler",
         "_taken",
         "_wakeup",
@@ -220,6 +297,8 @@ class Outbox:
         self._on_cut = on_cut
         self._items: deque[Item] | tuple[Item, ...] = NOTHING_QUEUED
         self._queued = 0
+        # True once a flush (or an urgent put) lets the writer take what is queued.
+        self._released = False
         # Frames handed to the stream and not yet written (a reader that stopped holds them): a frame's worth or so.
         self._in_flight: list[bytes] = []
         self.in_flight_bytes = 0
@@ -264,6 +343,7 @@ class Outbox:
         items.append((kind, data))
         self._queued += len(data)
         if urgent:
+            self._released = True
             self.wake()
         else:
             self._scheduler.mark(self)
@@ -287,6 +367,8 @@ class Outbox:
             del self._in_flight[0]
             self.in_flight_bytes -= len(frame)
             self._budget.discharge(frame)
+            if not self._in_flight:
+                self._scheduler.written(self)
 
     def cut(self, error: SlowConsumer) -> None:
         """Drops what is queued and ends the stream with `error` (even one already ending).
@@ -299,6 +381,7 @@ class Outbox:
         self._closed = True
         self._error = error
         self._wake_all()
+        self._scheduler.written(self)
         if self._on_cut is not None:
             self._on_cut()
 
@@ -312,6 +395,16 @@ class Outbox:
         self._closed = True
         self._wake_all()
         self._budget.forget(self)
+        self._scheduler.written(self)
+
+    def release_queue(self) -> bool:
+        """A flush came: the writer may take what is queued (now, or once it has written what it holds).
+        False if nothing is queued (taken already, with something urgent)."""
+        if not self._items:
+            return False
+        self._released = True
+        self.wake()
+        return True
 
     def wake(self) -> None:
         """`next_frames` looks again (there is something queued, or the outbox ended)."""
@@ -354,8 +447,8 @@ class Outbox:
         Raises the error the outbox was failed with (SlowConsumer on overflow).
         The caller reports each frame with `sent` once it is written.
         """
-        while not self._items:
-            if self._closed:
+        while not (self._items and (self._released or self._closed)):
+            if self._closed and not self._items:
                 if self._error is not None:
                     raise self._error
                 return None
@@ -377,6 +470,7 @@ class Outbox:
             taken += len(data)
         if not queue:
             self._items = NOTHING_QUEUED
+            self._released = False
         self._queued -= taken
         if self._taken is not None:
             self._taken.set()

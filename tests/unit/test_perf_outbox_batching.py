@@ -1,0 +1,116 @@
+"""Outboxes under load (services/gateway/outbox.py with flush_pacing.py): events that come while the
+streams write the last flush wait for the next one and share a frame; replies go at once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.gateway import flush_pacing, wire
+from services.gateway import outbox as kinds
+from services.gateway.outbox import FlushScheduler, Outbox
+
+WINDOW = 0.001
+
+
+def make_outbox(scheduler: FlushScheduler) -> Outbox:
+    return Outbox(scheduler, max_bytes=1_000_000, max_frame_bytes=1_000_000)
+
+
+def event(n: int) -> bytes:
+    return wire.batch_item(f"event {n}".encode())
+
+
+@pytest.fixture(autouse=True)
+def patient_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes are never given up on here (unless a test says so): what is tested is the order of things."""
+    monkeypatch.setattr(flush_pacing, "STALL_SECONDS", 60.0)
+
+
+async def test_events_that_come_while_the_stream_writes_wait_for_the_next_flush_and_share_a_frame() -> None:
+    outbox = make_outbox(FlushScheduler(WINDOW))
+    outbox.put(kinds.EVENT, event(0))
+    [first] = await asyncio.wait_for(outbox.next_frames(), 1) or []
+    for n in range(1, 5):
+        outbox.put(kinds.EVENT, event(n))
+    following = asyncio.create_task(outbox.next_frames())
+    await asyncio.sleep(10 * WINDOW)
+    assert not following.done()  # the first frame is not written yet
+    outbox.sent(first)
+    assert await asyncio.wait_for(following, 1) == [wire.events_frame([event(n) for n in range(1, 5)])]
+
+
+async def test_a_flush_waits_for_the_slowest_stream_of_the_last_one() -> None:
+    scheduler = FlushScheduler(WINDOW)
+    outboxes = [make_outbox(scheduler) for _ in range(3)]
+    readers = [asyncio.create_task(o.next_frames()) for o in outboxes]
+    await asyncio.sleep(0)
+    for o in outboxes:
+        o.put(kinds.EVENT, event(0))
+    written = [frames for frames in await asyncio.wait_for(asyncio.gather(*readers), 1) if frames]
+    assert len(written) == 3
+    later = [event(n) for n in range(1, 4)]
+    for item in later:  # a room's event: one item for every member
+        for o in outboxes:
+            o.put(kinds.EVENT, item)
+    for o, taken in zip(outboxes[:2], written[:2], strict=True):
+        o.sent(taken[0])
+    following = [asyncio.create_task(o.next_frames()) for o in outboxes[:2]]
+    await asyncio.sleep(10 * WINDOW)
+    assert not any(f.done() for f in following)
+    outboxes[2].sent(written[2][0])
+    following.append(asyncio.create_task(outboxes[2].next_frames()))
+    frames = await asyncio.wait_for(asyncio.gather(*following), 1)
+    assert frames == [[wire.events_frame(later)]] * 3
+    assert len({id(f[0]) for f in frames if f}) == 1  # built once for all
+
+
+async def test_an_event_for_few_streams_of_a_group_goes_to_each_once_it_has_written() -> None:
+    """Rooms flushed together are no convoy: one room's next event does not wait for the other rooms' writes."""
+    scheduler = FlushScheduler(WINDOW)
+    outboxes = [make_outbox(scheduler) for _ in range(4)]
+    readers = [asyncio.create_task(o.next_frames()) for o in outboxes]
+    await asyncio.sleep(0)
+    for o in outboxes:
+        o.put(kinds.EVENT, event(0))
+    written = await asyncio.wait_for(asyncio.gather(*readers), 1)
+    quick = outboxes[0]
+    quick.sent(written[0][0])  # type: ignore[index]
+    quick.put(kinds.EVENT, event(1))  # the other three are still writing
+    assert await asyncio.wait_for(quick.next_frames(), 1) == [wire.events_frame([event(1)])]
+
+
+async def test_a_stream_that_stops_writing_holds_up_the_others_only_for_the_stall(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(flush_pacing, "STALL_SECONDS", 0.02)
+    scheduler = FlushScheduler(WINDOW)
+    stuck, reading = make_outbox(scheduler), make_outbox(scheduler)
+    waiting = [asyncio.create_task(o.next_frames()) for o in (stuck, reading)]
+    await asyncio.sleep(0)
+    stuck.put(kinds.EVENT, event(0))
+    reading.put(kinds.EVENT, event(0))
+    _, [frame] = await asyncio.wait_for(asyncio.gather(*waiting), 1)  # type: ignore[misc]
+    reading.sent(frame)  # `stuck` never writes its frame
+    for n in (1, 2):
+        reading.put(kinds.EVENT, event(n))
+        assert await asyncio.wait_for(reading.next_frames(), 1) == [wire.events_frame([event(n)])]
+        reading.sent(wire.events_frame([event(n)]))
+
+
+async def test_a_reply_takes_what_was_queued_before_it_at_once_in_order() -> None:
+    outbox = make_outbox(FlushScheduler(60.0))  # no flush during this test
+    outbox.put(kinds.EVENT, event(1))
+    reply = wire.batch_item(b"reply")
+    outbox.put(kinds.REPLY, reply, urgent=True)
+    frames = await asyncio.wait_for(outbox.next_frames(), 1)
+    assert frames == [wire.events_frame([event(1)]), wire.replies_frame([reply])]
+
+
+async def test_a_stream_told_to_finish_sends_what_is_queued_without_waiting_for_a_flush() -> None:
+    outbox = make_outbox(FlushScheduler(60.0))
+    outbox.put(kinds.EVENT, event(1))
+    outbox.finish()
+    assert await asyncio.wait_for(outbox.next_frames(), 1) == [wire.events_frame([event(1)])]
+    assert await asyncio.wait_for(outbox.next_frames(), 1) is None
