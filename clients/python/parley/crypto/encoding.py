@@ -6,6 +6,8 @@ is length-prefixed (`u32be(len) || bytes`), so no two structures share bytes.
 
 from __future__ import annotations
 
+from parley.crypto.errors import MalformedInputError
+
 LABEL_PREFIX = "parley/v1/"
 
 
@@ -18,3 +20,32 @@ def labelled(purpose: str, *fields: bytes) -> bytes:
     parts = [length_prefixed((LABEL_PREFIX + purpose).encode())]
     parts.extend(length_prefixed(f) for f in fields)
     return b"".join(parts)
+
+
+def read_labelled(purpose: str, data: bytes, field_count: int) -> list[bytes]:
+    """The fields of `labelled(purpose, ...)` with exactly `field_count` fields; `MalformedInputError` otherwise."""
+    fields: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise MalformedInputError("truncated length prefix")
+        end = offset + 4 + int.from_bytes(data[offset : offset + 4], "big")
+        if end > len(data):
+            raise MalformedInputError("truncated field")
+        fields.append(data[offset + 4 : end])
+        offset = end
+    if not fields or fields[0] != (LABEL_PREFIX + purpose).encode():
+        raise MalformedInputError(f"not a {LABEL_PREFIX}{purpose} structure")
+    if len(fields) != field_count + 1:
+        raise MalformedInputError(f"{LABEL_PREFIX}{purpose} has {len(fields) - 1} fields, expected {field_count}")
+    return fields[1:]
+
+
+def u32(value: int) -> bytes:
+    return value.to_bytes(4, "big")
+
+
+def read_u32(field: bytes) -> int:
+    if len(field) != 4:
+        raise MalformedInputError("a u32 field is 4 bytes")
+    return int.from_bytes(field, "big")
