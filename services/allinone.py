@@ -8,7 +8,7 @@ import secrets
 from parley.gateway.v1 import gateway_pb2
 from services.file.server import file_module
 from services.gateway.server import gateway_module
-from services.history.local import InProcessHistory
+from services.history.local import InProcessHistory, InProcessMailbox
 from services.history.server import history_parts
 from services.history.servicer import HistoryServicer
 from services.identity.server import identity_module
@@ -56,6 +56,7 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
             bus=bus,
             owns_bus=True,
             memberships=room_servicers[0],
+            mailbox=InProcessMailbox(servicers[0].mailboxes),
         )
 
     async def room(config: Config) -> ServiceModule:

@@ -1,7 +1,7 @@
 """A connection's commands, run side by side where that is safe.
 
 Each command belongs to a lane: the room it names, the connection's subjects,
-or its token. A lane runs its commands one after another in the order they
+its direct messages, or its token. A lane runs its commands one after another in the order they
 came; lanes run concurrently, so a slow join to one room never holds up a
 publish to another. A command may finish in the background (a publish is
 queued for its append in its turn and answered once durable), so the next
@@ -29,6 +29,7 @@ Fail = Callable[[BaseException], None]
 
 ROOM_COMMANDS = frozenset({"join", "leave", "subscribe", "unsubscribe", "publish", "edit", "delete", "ephemeral"})
 SUBJECT_COMMANDS = frozenset({"subject_subscribe", "subject_unsubscribe", "subject_publish"})
+DIRECT_COMMANDS = frozenset({"send_direct", "ack_direct"})
 
 
 def lane_of(request: gateway_pb2.ConnectRequest) -> str | None:
@@ -40,6 +41,8 @@ def lane_of(request: gateway_pb2.ConnectRequest) -> str | None:
         return "subjects"
     if command == "refresh":
         return "token"
+    if command in DIRECT_COMMANDS:
+        return "direct"
     return None
 
 

@@ -19,6 +19,7 @@ from services.gateway.changes import EventChanges
 from services.gateway.client_questions import ClientQuestions
 from services.gateway.command_lanes import Answer
 from services.gateway.connections import EXCLUDED_PREFIX, Connection, Interest
+from services.gateway.direct import DirectMessages
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import RoomFeed, RoomFeeds
@@ -91,10 +92,12 @@ class CommandHandler:
         hooks: Hooks,
         refresh: Refresh,
         questions: ClientQuestions,
+        direct: DirectMessages,
     ) -> None:
         self._config = config
         self._refresh = refresh
         self._questions = questions
+        self._direct = direct
         self._bus = bus
         self._feeds = feeds
         self._directory = directory
@@ -176,6 +179,10 @@ class CommandHandler:
             reply.refresh.CopyFrom(await self._refresh(connection, request.refresh))
         elif command == "ping":
             return
+        elif command == "send_direct":
+            reply.direct.CopyFrom(await self._direct.send(connection, request.send_direct))
+        elif command == "ack_direct":
+            await self._direct.ack(connection, request.ack_direct)
         elif command == "answer":
             if not self._questions.answered(connection.session_id, request.answer):
                 raise not_found(

@@ -24,10 +24,12 @@ from services.gateway.client_questions import ClientQuestions
 from services.gateway.command_lanes import CommandLanes
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import ANY_EVENT, Connection, ConnectionRegistry, Interest
+from services.gateway.direct import DeviceLookup, DirectMessages
 from services.gateway.directory import RoomDirectory
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import FeedSettings, RoomFeeds
 from services.gateway.history_client import HistoryAppender
+from services.gateway.mailbox_client import MailboxClient
 from services.gateway.outbox import FlushScheduler, Outbox, SlowConsumer
 from services.gateway.publishing import SYSTEM_SENDER, Publisher, check_event
 from services.gateway.recovery import read_log_end
@@ -70,7 +72,14 @@ def slow_consumer(cut: SlowConsumer) -> ServiceError:
 
 class Realtime:
     def __init__(
-        self, config: GatewayConfig, bus: Bus, rooms: RoomClient, history: HistoryAppender, hooks: Hooks
+        self,
+        config: GatewayConfig,
+        bus: Bus,
+        rooms: RoomClient,
+        history: HistoryAppender,
+        hooks: Hooks,
+        mailbox: MailboxClient,
+        devices: DeviceLookup,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -103,6 +112,7 @@ class Realtime:
         self.subjects = SubjectRouter(bus, config.max_subject_subscriptions_per_user)
         self.changes = EventChanges(config, history, self.publisher)
         self.questions = ClientQuestions()
+        self.direct = DirectMessages(bus, mailbox, devices, self.connections)
         self.commands = CommandHandler(
             config,
             bus,
@@ -117,6 +127,7 @@ class Realtime:
             hooks,
             self._refresh,
             self.questions,
+            self.direct,
         )
 
     # The Connect stream
@@ -162,6 +173,7 @@ class Realtime:
         self._open_streams[caller.user_id] += 1
         try:
             yield wire.frame(gateway_pb2.ConnectResponse(welcome=self._welcome(connection)))
+            self.direct.connected(connection)
             await self.hooks.notify("on_connected", _session(connection))
             # Commands are read only now, so on_connected comes before any join hook.
             reader = asyncio.create_task(self._read_commands(connection, requests))
@@ -302,6 +314,7 @@ class Realtime:
             connection.token_timer.cancel()
         self.connections.remove(connection)
         self.questions.connection_ended(connection.session_id)
+        self.direct.ended(connection)
         self.subjects.unsubscribe_all(connection)
         for room_id in list(connection.rooms):
             self.commands.drop(connection, room_id)

@@ -1,4 +1,4 @@
-"""The history service in process, for a gateway on the same server (all-in-one).
+"""The history service (its logs and its mailboxes) in process, for a gateway on the same server (all-in-one).
 
 Same interface as the gateway's gRPC HistoryClient, without the round trip:
 the publish path is identical in both modes except for the transport.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from parley.history.v1 import history_pb2
+from services.history.mailboxes import Mailboxes
 from services.history.servicer import HistoryServicer
 
 
@@ -41,3 +42,23 @@ class InProcessHistory:
 
     async def close(self) -> None:
         """Nothing to close: the history module owns the servicer."""
+
+
+class InProcessMailbox:
+    """The mailboxes in process (all-in-one), with the gateway's MailboxClient interface."""
+
+    def __init__(self, mailboxes: Mailboxes) -> None:
+        self._mailboxes = mailboxes
+
+    async def deposit(self, envelopes: Sequence[history_pb2.SealedEnvelope]) -> list[int]:
+        response = await self._mailboxes.deposit(history_pb2.DepositEnvelopesRequest(envelopes=envelopes))
+        return list(response.seqs)
+
+    async def pending(self, device_id: str, after_seq: int) -> list[history_pb2.SealedEnvelope]:
+        response = await self._mailboxes.list(
+            history_pb2.ListEnvelopesRequest(device_id=device_id, after_seq=after_seq)
+        )
+        return list(response.envelopes)
+
+    async def ack(self, device_id: str, up_to_seq: int) -> None:
+        await self._mailboxes.ack(history_pb2.AckEnvelopesRequest(device_id=device_id, up_to_seq=up_to_seq))

@@ -7,6 +7,8 @@ from opentelemetry.metrics import Meter
 from parley.history.v1 import history_pb2
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
+from services.history.mailbox_storage import open_mailbox_storage
+from services.history.mailboxes import Mailboxes
 from services.history.pruner import Pruner
 from services.history.sequences import ReservedSequences
 from services.history.servicer import HistoryServicer
@@ -42,10 +44,12 @@ async def history_parts(
     storage = ReservedSequences(await open_history_storage(config))
     hot = HotBuffer(config.history.hot_events_per_name, config.history.hot_buffer_bytes)
     committer = GroupCommitter(storage, config.history.idempotency_window_seconds, hot)
-    servicer = HistoryServicer(storage, committer, config.history, hot, bus)
+    mailboxes = Mailboxes(await open_mailbox_storage(config), config.history)
+    servicer = HistoryServicer(storage, committer, config.history, hot, bus, mailboxes)
     pruner = Pruner(storage, config.history, hot, servicer.retention_received)
 
     async def close() -> None:
+        await mailboxes.close()
         await pruner.close()
         await committer.close()
         await storage.close()
@@ -55,6 +59,7 @@ async def history_parts(
     def start(health: HealthStatus, own_address: str) -> None:
         report_bus_health(bus, health, [SERVICE.full_name])
         pruner.start()
+        mailboxes.start()
 
     def use_meter(meter: Meter) -> None:
         observe_counter(

@@ -14,6 +14,7 @@ from services.history.announcer import LogAnnouncer
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
 from services.history.limits import MAX_EVENTS_PER_APPEND
+from services.history.mailboxes import Mailboxes
 from services.history.storage import (
     Appended,
     EventRow,
@@ -85,7 +86,13 @@ class HistoryServicer:
         config: HistoryConfig,
         hot: HotBuffer,
         bus: Bus,
+        mailboxes: Mailboxes,
     ) -> None:
+        # The mailbox RPCs are another part's (sealed envelopes, not logs).
+        self.mailboxes = mailboxes
+        self.DepositEnvelopes = mailboxes.DepositEnvelopes
+        self.ListEnvelopes = mailboxes.ListEnvelopes
+        self.AckEnvelopes = mailboxes.AckEnvelopes
         self._storage = storage
         self._bus = bus
         self._announcer = LogAnnouncer(bus)

@@ -122,7 +122,8 @@ class TelemetryConfig:
 
 @dataclasses.dataclass
 class GatewayConfig:
-    # Events for one connection are gathered this long into one frame.
+    # On a quiet gateway, events for one connection are gathered this long into one frame; under
+    # load they wait for the last flush's writes and go together (services/gateway/flush_pacing.py).
     batch_window_ms: float = 1.0
     # Largest frame the gateway builds from gathered events.
     max_frame_bytes: int = 256 * 1024
@@ -201,6 +202,8 @@ class HistoryConfig:
     # are served from memory, within hot_buffer_bytes for all rooms (0 turns it off).
     hot_events_per_name: int = 1000
     hot_buffer_bytes: int = 64 * 1024 * 1024
+    # Sealed direct messages wait this long in an offline device's mailbox (30 days).
+    mailbox_ttl_seconds: float = 30 * 86_400.0
 
 
 @dataclasses.dataclass
@@ -351,6 +354,8 @@ def validate(config: Config) -> None:
         )
     if config.history.prune_interval_seconds <= 0:
         raise ConfigError("history.prune_interval_seconds must be positive")
+    if config.history.mailbox_ttl_seconds <= 0:
+        raise ConfigError("history.mailbox_ttl_seconds must be positive")
     for name in ("hot_events_per_name", "hot_buffer_bytes"):
         if getattr(config.history, name) < 0:
             raise ConfigError(f"history.{name} must not be negative")

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from services.history.mailbox_storage import open_mailbox_storage
 from services.history.storage import open_history_storage
 from services.identity.storage import open_identity_storage
 from services.room.storage import open_room_storage
@@ -26,6 +27,7 @@ SERVICES: dict[str, Opener] = {
     "identity": open_identity_storage,
     "room": open_room_storage,
     "history": open_history_storage,
+    "mailbox": open_mailbox_storage,
 }
 
 
@@ -67,7 +69,7 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
     with psycopg.connect(postgres_url) as connection:
         rows = connection.execute(
             "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema IN ('parley_history', 'parley_identity', 'parley_room') ORDER BY 1, 2"
+            "WHERE table_schema IN ('parley_history', 'parley_identity', 'parley_mailbox', 'parley_room') ORDER BY 1, 2"
         ).fetchall()
     tables: dict[str, set[str]] = {}
     for schema, table in rows:
@@ -81,7 +83,12 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
             "login_challenges",
             "refresh_tokens",
             "signing_keys",
+            "device_lists",
+            "signed_prekeys",
+            "one_time_prekeys",
+            "kem_prekeys",
         },
+        "parley_mailbox": {"schema_migrations", "envelopes"},
         "parley_room": {"schema_migrations", "rooms"},
     }
     assert _schemas_outside_parley(postgres_url) == []

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from parley.api.v1 import status_pb2 as _status_pb2
+from parley.history.v1 import history_pb2 as _history_pb2
 from parley.room.v1 import room_pb2 as _room_pb2
 import builtins as _builtins
 import sys
@@ -664,6 +665,8 @@ class ConnectRequest(_message.Message):
     EPHEMERAL_FIELD_NUMBER: _builtins.int
     REFRESH_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
+    SEND_DIRECT_FIELD_NUMBER: _builtins.int
+    ACK_DIRECT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Chosen by the client; echoed in the Reply. Required."""
     @_builtins.property
@@ -694,6 +697,10 @@ class ConnectRequest(_message.Message):
     def refresh(self) -> Global___RefreshCommand: ...
     @_builtins.property
     def answer(self) -> Global___AnswerCommand: ...
+    @_builtins.property
+    def send_direct(self) -> Global___SendDirectCommand: ...
+    @_builtins.property
+    def ack_direct(self) -> Global___AckDirectCommand: ...
     def __init__(
         self,
         *,
@@ -712,16 +719,141 @@ class ConnectRequest(_message.Message):
         ephemeral: Global___EphemeralCommand | None = ...,
         refresh: Global___RefreshCommand | None = ...,
         answer: Global___AnswerCommand | None = ...,
+        send_direct: Global___SendDirectCommand | None = ...,
+        ack_direct: Global___AckDirectCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_direct", b"ack_direct", "answer", b"answer", "command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "send_direct", b"send_direct", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "request_id", b"request_id", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_direct", b"ack_direct", "answer", b"answer", "command", b"command", "delete", b"delete", "edit", b"edit", "ephemeral", b"ephemeral", "join", b"join", "leave", b"leave", "ping", b"ping", "publish", b"publish", "refresh", b"refresh", "request_id", b"request_id", "send_direct", b"send_direct", "subject_publish", b"subject_publish", "subject_subscribe", b"subject_subscribe", "subject_unsubscribe", b"subject_unsubscribe", "subscribe", b"subscribe", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete", "ephemeral", "refresh", "answer"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["join", "leave", "subscribe", "unsubscribe", "publish", "subject_subscribe", "subject_unsubscribe", "subject_publish", "ping", "edit", "delete", "ephemeral", "refresh", "answer", "send_direct", "ack_direct"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class SendDirectCommand(_message.Message):
+    """A sealed direct message: one ciphertext per device, for every device of
+    the recipient and the sender's own other devices. The gateway keeps each in
+    the device's mailbox until the device acknowledges it, and hands it over at
+    once when the device is connected. The service never sees plaintext.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_USER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ENVELOPES_FIELD_NUMBER: _builtins.int
+    recipient_user_id: _builtins.str
+    message_id: _builtins.str
+    """Chosen by the sender; a retry with the same id is kept once per device."""
+    @_builtins.property
+    def envelopes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceCiphertext]: ...
+    def __init__(
+        self,
+        *,
+        recipient_user_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        envelopes: _abc.Iterable[Global___DeviceCiphertext] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "message_id", b"message_id", "recipient_user_id", b"recipient_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendDirectCommand: _TypeAlias = SendDirectCommand  # noqa: Y015
+
+@_typing.final
+class DeviceCiphertext(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """An active device of the recipient, or of the sender."""
+    ciphertext: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceCiphertext: _TypeAlias = DeviceCiphertext  # noqa: Y015
+
+@_typing.final
+class DirectResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The envelopes' positions in their devices' mailboxes, in the order sent."""
+
+    def __init__(
+        self,
+        *,
+        seqs: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seqs", b"seqs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectResult: _TypeAlias = DirectResult  # noqa: Y015
+
+@_typing.final
+class AckDirectCommand(_message.Message):
+    """This device has every envelope up to `up_to_seq`: they are deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UP_TO_SEQ_FIELD_NUMBER: _builtins.int
+    up_to_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        up_to_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["up_to_seq", b"up_to_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckDirectCommand: _TypeAlias = AckDirectCommand  # noqa: Y015
+
+@_typing.final
+class SealedEnvelopes(_message.Message):
+    """Envelopes from this device's mailbox, oldest first, each once per
+    connection (again after a reconnection until acknowledged).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelopes(self) -> _containers.RepeatedCompositeFieldContainer[_history_pb2.SealedEnvelope]: ...
+    def __init__(
+        self,
+        *,
+        envelopes: _abc.Iterable[_history_pb2.SealedEnvelope] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SealedEnvelopes: _TypeAlias = SealedEnvelopes  # noqa: Y015
 
 @_typing.final
 class RefreshCommand(_message.Message):
@@ -984,6 +1116,7 @@ class Reply(_message.Message):
     PUBLISH_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
     REFRESH_FIELD_NUMBER: _builtins.int
+    DIRECT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     @_builtins.property
     def status(self) -> _status_pb2.Status: ...
@@ -999,6 +1132,8 @@ class Reply(_message.Message):
 
     @_builtins.property
     def refresh(self) -> Global___RefreshResult: ...
+    @_builtins.property
+    def direct(self) -> Global___DirectResult: ...
     def __init__(
         self,
         *,
@@ -1009,12 +1144,13 @@ class Reply(_message.Message):
         publish: Global___PublishResult | None = ...,
         changed: Global___EventChanged | None = ...,
         refresh: Global___RefreshResult | None = ...,
+        direct: Global___DirectResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "join", b"join", "publish", b"publish", "refresh", b"refresh", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "direct", b"direct", "join", b"join", "publish", b"publish", "refresh", b"refresh", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "join", b"join", "publish", b"publish", "refresh", b"refresh", "request_id", b"request_id", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "direct", b"direct", "join", b"join", "publish", b"publish", "refresh", b"refresh", "request_id", b"request_id", "result", b"result", "status", b"status", "subscription", b"subscription"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["join", "subscription", "publish", "changed", "refresh"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["join", "subscription", "publish", "changed", "refresh", "direct"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -1335,6 +1471,7 @@ class ConnectResponse(_message.Message):
     REPLIES_FIELD_NUMBER: _builtins.int
     QUESTION_FIELD_NUMBER: _builtins.int
     PEER_OFFLINE_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -1367,6 +1504,8 @@ class ConnectResponse(_message.Message):
     def question(self) -> Global___ServerQuestion: ...
     @_builtins.property
     def peer_offline(self) -> Global___PeerOffline: ...
+    @_builtins.property
+    def sealed(self) -> Global___SealedEnvelopes: ...
     def __init__(
         self,
         *,
@@ -1384,12 +1523,13 @@ class ConnectResponse(_message.Message):
         replies: Global___ReplyBatch | None = ...,
         question: Global___ServerQuestion | None = ...,
         peer_offline: Global___PeerOffline | None = ...,
+        sealed: Global___SealedEnvelopes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "peer_offline", b"peer_offline", "presence", b"presence", "question", b"question", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "peer_offline", b"peer_offline", "presence", b"presence", "question", b"question", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "sealed", b"sealed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "peer_offline", b"peer_offline", "presence", b"presence", "question", b"question", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_message", b"direct_message", "ephemeral", b"ephemeral", "event_changed", b"event_changed", "events", b"events", "frame", b"frame", "go_away", b"go_away", "history", b"history", "peer_offline", b"peer_offline", "presence", b"presence", "question", b"question", "replies", b"replies", "reply", b"reply", "room_changed", b"room_changed", "sealed", b"sealed", "subject_events", b"subject_events", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed", "ephemeral", "replies", "question", "peer_offline"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "reply", "events", "presence", "room_changed", "subject_events", "direct_message", "go_away", "history", "event_changed", "ephemeral", "replies", "question", "peer_offline", "sealed"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 

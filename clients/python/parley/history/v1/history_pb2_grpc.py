@@ -87,6 +87,21 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsResponse.FromString,
                 _registered_method=True)
+        self.DepositEnvelopes = channel.unary_unary(
+                '/parley.history.v1.HistoryService/DepositEnvelopes',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.DepositEnvelopesRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DepositEnvelopesResponse.FromString,
+                _registered_method=True)
+        self.ListEnvelopes = channel.unary_unary(
+                '/parley.history.v1.HistoryService/ListEnvelopes',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEnvelopesRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEnvelopesResponse.FromString,
+                _registered_method=True)
+        self.AckEnvelopes = channel.unary_unary(
+                '/parley.history.v1.HistoryService/AckEnvelopes',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.AckEnvelopesRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.AckEnvelopesResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -186,6 +201,29 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DepositEnvelopes(self, request, context):
+        """Stores sealed direct-message envelopes, one per recipient device, until
+        the device acknowledges them or they expire (history.mailbox_ttl_seconds).
+        A repeat (same device, sender device and message id) is kept once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnvelopes(self, request, context):
+        """A device's waiting envelopes after a position, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckEnvelopes(self, request, context):
+        """Deletes a device's envelopes up to a position (the device has them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +276,21 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.WatchLogs,
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsResponse.SerializeToString,
+            ),
+            'DepositEnvelopes': grpc.unary_unary_rpc_method_handler(
+                    servicer.DepositEnvelopes,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DepositEnvelopesRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.DepositEnvelopesResponse.SerializeToString,
+            ),
+            'ListEnvelopes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnvelopes,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.ListEnvelopesRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.ListEnvelopesResponse.SerializeToString,
+            ),
+            'AckEnvelopes': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckEnvelopes,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.AckEnvelopesRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.AckEnvelopesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -513,6 +566,87 @@ class HistoryService:
             '/parley.history.v1.HistoryService/WatchLogs',
             parley_dot_history_dot_v1_dot_history__pb2.WatchLogsRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.WatchLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DepositEnvelopes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/DepositEnvelopes',
+            parley_dot_history_dot_v1_dot_history__pb2.DepositEnvelopesRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.DepositEnvelopesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnvelopes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/ListEnvelopes',
+            parley_dot_history_dot_v1_dot_history__pb2.ListEnvelopesRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.ListEnvelopesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckEnvelopes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/AckEnvelopes',
+            parley_dot_history_dot_v1_dot_history__pb2.AckEnvelopesRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.AckEnvelopesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,15 @@ class HistoryServiceStub:
     every write follows. Nothing is replayed: a gateway that (re)connects
     fills what it may have missed from the log.
     """
+    DepositEnvelopes: _grpc.UnaryUnaryMultiCallable[_history_pb2.DepositEnvelopesRequest, _history_pb2.DepositEnvelopesResponse]
+    """Stores sealed direct-message envelopes, one per recipient device, until
+    the device acknowledges them or they expire (history.mailbox_ttl_seconds).
+    A repeat (same device, sender device and message id) is kept once.
+    """
+    ListEnvelopes: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListEnvelopesRequest, _history_pb2.ListEnvelopesResponse]
+    """A device's waiting envelopes after a position, oldest first."""
+    AckEnvelopes: _grpc.UnaryUnaryMultiCallable[_history_pb2.AckEnvelopesRequest, _history_pb2.AckEnvelopesResponse]
+    """Deletes a device's envelopes up to a position (the device has them)."""
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -143,6 +152,15 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     every write follows. Nothing is replayed: a gateway that (re)connects
     fills what it may have missed from the log.
     """
+    DepositEnvelopes: _aio.UnaryUnaryMultiCallable[_history_pb2.DepositEnvelopesRequest, _history_pb2.DepositEnvelopesResponse]  # type: ignore[assignment]
+    """Stores sealed direct-message envelopes, one per recipient device, until
+    the device acknowledges them or they expire (history.mailbox_ttl_seconds).
+    A repeat (same device, sender device and message id) is kept once.
+    """
+    ListEnvelopes: _aio.UnaryUnaryMultiCallable[_history_pb2.ListEnvelopesRequest, _history_pb2.ListEnvelopesResponse]  # type: ignore[assignment]
+    """A device's waiting envelopes after a position, oldest first."""
+    AckEnvelopes: _aio.UnaryUnaryMultiCallable[_history_pb2.AckEnvelopesRequest, _history_pb2.AckEnvelopesResponse]  # type: ignore[assignment]
+    """Deletes a device's envelopes up to a position (the device has them)."""
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Per-room durable logs: append-only, a gap-free sequence per room, an epoch
@@ -258,5 +276,32 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         every write follows. Nothing is replayed: a gateway that (re)connects
         fills what it may have missed from the log.
         """
+
+    @_abc_1.abstractmethod
+    def DepositEnvelopes(
+        self,
+        request: _history_pb2.DepositEnvelopesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.DepositEnvelopesResponse, _abc.Awaitable[_history_pb2.DepositEnvelopesResponse]]:
+        """Stores sealed direct-message envelopes, one per recipient device, until
+        the device acknowledges them or they expire (history.mailbox_ttl_seconds).
+        A repeat (same device, sender device and message id) is kept once.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEnvelopes(
+        self,
+        request: _history_pb2.ListEnvelopesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.ListEnvelopesResponse, _abc.Awaitable[_history_pb2.ListEnvelopesResponse]]:
+        """A device's waiting envelopes after a position, oldest first."""
+
+    @_abc_1.abstractmethod
+    def AckEnvelopes(
+        self,
+        request: _history_pb2.AckEnvelopesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.AckEnvelopesResponse, _abc.Awaitable[_history_pb2.AckEnvelopesResponse]]:
+        """Deletes a device's envelopes up to a position (the device has them)."""
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
