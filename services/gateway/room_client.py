@@ -31,6 +31,11 @@ class RoomClient(PeerClient):
         request = room_pb2.RenewLeaseRequest(gateway_id=gateway_id, ttl_ms=int(ttl_seconds * 1000))
         await self.call(self._stub.RenewLease, request, "renew the gateway's lease")
 
+    async def release_lease(self, gateway_id: str) -> None:
+        """This gateway stops on purpose: its lease ends now, without the lapse warning."""
+        request = room_pb2.RenewLeaseRequest(gateway_id=gateway_id, release=True)
+        await self.call(self._stub.RenewLease, request, "give the gateway's lease back")
+
     async def leave(self, room_id: str, user_id: str, session_id: str) -> list[str]:
         request = room_pb2.LeaveRoomRequest(room_id=room_id, user_id=user_id, session_id=session_id)
         response: room_pb2.LeaveRoomResponse = await self.call(self._stub.LeaveRoom, request, "leave")

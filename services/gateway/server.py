@@ -19,6 +19,7 @@ from services.gateway.forwarding import ForwardingHandler, Peer, routes_for
 from services.gateway.history_client import HistoryAppender, HistoryClient
 from services.gateway.identity_client import IdentityClient
 from services.gateway.log_follower import follow_logs
+from services.gateway.mailbox_client import MailboxClient, RemoteMailbox
 from services.gateway.peer_health import mirror_peer_health
 from services.gateway.realtime import Realtime
 from services.gateway.retention import RetentionSync
@@ -56,6 +57,7 @@ def gateway_module(
     history: HistoryAppender | None = None,
     owns_bus: bool = False,
     memberships: Memberships | None = None,
+    mailbox: MailboxClient | None = None,
 ) -> ServiceModule:
     """GatewayService. With `local_peers` the room service is on this same server
     (reached over a loopback channel, joins and leaves in process through `memberships`)
@@ -70,7 +72,10 @@ def gateway_module(
     remote_history: HistoryClient | None = None
     if history is None:
         history = remote_history = HistoryClient(config.server, secret, config.peers.history)
-    realtime = Realtime(config.gateway, bus, rooms, history, Hooks(config.hooks))
+    remote_mailbox: RemoteMailbox | None = None
+    if mailbox is None:
+        mailbox = remote_mailbox = RemoteMailbox(config.server, secret, config.peers.history)
+    realtime = Realtime(config.gateway, bus, rooms, history, Hooks(config.hooks), mailbox, identity)
     realtime.membership_is_local = local_peers
     realtime.clock_skew_seconds = config.auth.clock_skew_seconds
     retention = RetentionSync(history, realtime.directory)
@@ -90,6 +95,7 @@ def gateway_module(
         tasks.append(asyncio.create_task(follow))
         tasks.append(asyncio.create_task(follow_revocations(identity, realtime.on_device_revoked)))
         tasks.append(asyncio.create_task(start_peers()))
+        tasks.append(asyncio.create_task(realtime.direct.start()))
         if not local_peers:
             lease = renew_lease(rooms, realtime.gateway_id, config.gateway.lease_seconds)
             tasks.append(asyncio.create_task(lease))
@@ -119,12 +125,23 @@ def gateway_module(
         await asyncio.gather(*tasks, return_exceptions=True)
         await peers.close()
         await retention.close()
+        await realtime.direct.close()
         realtime.go_away("the server is shutting down; reconnect shortly")
+
+    close_clients = closing(rooms, identity, history, remote_mailbox, bus if owns_bus else None)
+
+    async def close() -> None:
+        if not local_peers:  # its connections have left by now: the lease goes without the lapse warning
+            try:
+                await rooms.release_lease(realtime.gateway_id)
+            except ServiceError as error:
+                log.info("could not give the gateway's lease back; it lapses", extra={"error": error.message})
+        await close_clients()
 
     return ServiceModule(
         services=[SERVICE],
         register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
-        close=closing(rooms, identity, history, bus if owns_bus else None),
+        close=close,
         start=start,
         before_drain=drain,
         use_verifier=use_verifier,

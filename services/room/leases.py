@@ -40,6 +40,11 @@ class GatewayLeases:
             except Exception:
                 log.exception("could not sweep gateway leases")
 
+    async def release(self, gateway_id: str) -> list[tuple[str, str]]:
+        """A gateway that stops on purpose gives its lease back: it ends now, without a warning."""
+        self._until.pop(gateway_id, None)
+        return await self._end({gateway_id})
+
     async def sweep(self, now: float) -> list[tuple[str, str]]:
         """Ends the memberships of gateways whose lease lapsed; returns the (room, user) pairs that left."""
         lapsed = {gateway for gateway, until in self._until.items() if until <= now}
@@ -47,8 +52,11 @@ class GatewayLeases:
             return []
         for gateway in lapsed:
             del self._until[gateway]
-        left = self._membership.drop_sessions(lambda session_id: gateway_of(session_id) in lapsed)
         log.warning("gateway leases lapsed; their connections left their rooms", extra={"gateways": sorted(lapsed)})
+        return await self._end(lapsed)
+
+    async def _end(self, gateways: set[str]) -> list[tuple[str, str]]:
+        left = self._membership.drop_sessions(lambda session_id: gateway_of(session_id) in gateways)
         for room_id, user_id in left:
             await self._bus.publish(room_stream.presence_message(room_id, user_id, joined=False))
         return left

@@ -134,9 +134,12 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     async def RenewLease(self, request: room_pb2.RenewLeaseRequest, context: Context) -> room_pb2.RenewLeaseResponse:
         if len(request.gateway_id) != GATEWAY_ID_LENGTH:
             raise invalid_field("gateway_id", f"must be a gateway id ({GATEWAY_ID_LENGTH} characters)")
+        assert self.leases is not None, "the server gives the servicer its leases before it starts"
+        if request.release:
+            await self.leases.release(request.gateway_id)
+            return room_pb2.RenewLeaseResponse()
         if not MIN_LEASE_MS <= request.ttl_ms <= MAX_LEASE_MS:
             raise invalid_field("ttl_ms", f"must be from {MIN_LEASE_MS} to {MAX_LEASE_MS}")
-        assert self.leases is not None, "the server gives the servicer its leases before it starts"
         self.leases.renew(request.gateway_id, request.ttl_ms / 1000)
         return room_pb2.RenewLeaseResponse()
 

@@ -103,6 +103,8 @@ async def test_clients_of_a_drained_gateway_resume_on_another_with_nothing_lost(
                     await wait_until(lambda seqs=seqs: len(seqs) >= len(kept), within=20)
                     assert seqs == kept, "every event once, in order, across the move"
                 assert all(m.state is ConnectionState.CONNECTED for m in movers)
+                await asyncio.sleep(3)  # past the lease (2 s): a drained gateway gave it back, nothing lapsed
+                assert "leases lapsed" not in cluster.processes["room"].output()
             finally:
                 for client in [publisher, *movers]:
                     await client.close()

@@ -197,3 +197,44 @@ def test_fanout_bench_runs_the_python_socketio_baseline() -> None:
 )
 def test_server_log_lines_are_told_by_level(line: str, level: str) -> None:
     assert line_level(line) == level
+
+
+def test_connection_life_bench_resumes_every_client_and_loses_nothing_in_a_rolling_drain() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.connection_life_bench", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    restart, drain = result["scenarios"]["restart"], result["scenarios"]["drain"]
+    assert restart["complete"]
+    assert restart["clients_that_left_connected"] == restart["clients_resumed"] == restart["clients"] == 20
+    for since in ("resume_ms_from_restart", "resume_ms_from_listening"):
+        assert restart[since]["p50"] <= restart[since]["p99"] <= restart[since]["max"]
+    assert restart["resume_ms_from_listening"]["max"] < restart["resume_ms_from_restart"]["max"]
+    assert restart["all_resumed_seconds_from_restart"] == pytest.approx(
+        restart["resume_ms_from_restart"]["max"] / 1e3, abs=1e-3
+    )
+    assert drain["complete"]
+    published = drain["publisher"]["published"]
+    assert published > 0
+    assert drain["publisher"]["sent"] == published
+    assert drain["history"]["stored"] == drain["history"]["stored_unique"] == published
+    deliveries = drain["deliveries"]
+    assert deliveries["expected"] == deliveries["received"] == deliveries["received_unique"] == 6 * published
+    assert (deliveries["lost"], deliveries["duplicated"], deliveries["out_of_order"]) == (0, 0, 0)
+    first, second = drain["drains"]
+    assert first["every_client_connected"]
+    assert second["every_client_connected"]
+    assert 0 < first["clients_moved"] < 7, "gateway 1 held some of the six subscribers and the publisher"
+    assert second["clients_moved"] == 7, "after the first drain every client was on gateway 2"
+    assert second["all_connected_seconds_from_sigterm"] > 0
+    assert [d["clients_moved"] for d in drain["drains"]] == [d["clients_on_it"] for d in drain["drains"]]
+    assert drain["resumes_not_recovered"] == deliveries["subscribers_with_loss_unannounced"] == 0
+    for scenario in (restart, drain):
+        assert scenario["server_log"]["error_lines"] == 0
+        pids = [*scenario["worker_pids"], *scenario["server_pids"].values()]
+        assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]

@@ -33,5 +33,15 @@ class Backoff:
     def delay(self, attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
         return uniform(0.0, self.ceiling(attempt))
 
+    def channel_options(self) -> list[tuple[str, int]]:
+        """gRPC's own reconnection of the channel at the same pace (its default starts at 1 s and grows
+        to 2 minutes, which would add itself to this backoff after a server restart)."""
+        initial_ms = max(1, int(self.initial * 1000))
+        return [
+            ("grpc.initial_reconnect_backoff_ms", initial_ms),
+            ("grpc.min_reconnect_backoff_ms", initial_ms),
+            ("grpc.max_reconnect_backoff_ms", max(initial_ms, int(self.cap * 1000))),
+        ]
+
     def gives_up_after(self, failures: int) -> bool:
         return self.max_attempts is not None and failures >= self.max_attempts

@@ -96,6 +96,7 @@ class Client:
     ) -> None:
         self.address = address
         heartbeat = heartbeat or Heartbeat()
+        backoff = backoff or Backoff()
         self._auth = Auth(
             address,
             username=username,
@@ -103,7 +104,7 @@ class Client:
             identity=identity,
             device_name=device_name,
             timeout=timeout,
-            channel_options=heartbeat.channel_options(),
+            channel_options=[*heartbeat.channel_options(), *backoff.channel_options()],
         )
         self._runner = HandlerRunner(HandlerBacklog(max_unhandled_bytes))
         self._accounts = Accounts(self._auth)
@@ -113,7 +114,7 @@ class Client:
             self._runner,
             lambda frame: self._receiver.receive(frame),
             reconnect=reconnect,
-            backoff=backoff or Backoff(),
+            backoff=backoff,
             heartbeat=heartbeat,
         )
         self._sender = Sender(

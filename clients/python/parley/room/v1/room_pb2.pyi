@@ -47,18 +47,25 @@ class RenewLeaseRequest(_message.Message):
 
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     TTL_MS_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
     ttl_ms: _builtins.int
     """How long the lease lasts from now, in milliseconds."""
+    release: _builtins.bool
+    """The gateway stops on purpose (its connections have left): the lease
+    ends now, quietly; ttl_ms is ignored. Memberships it still holds end as
+    on a lapse.
+    """
     def __init__(
         self,
         *,
         gateway_id: _builtins.str = ...,
         ttl_ms: _builtins.int = ...,
+        release: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "release", b"release", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
