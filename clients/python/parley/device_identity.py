@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import nacl.signing
 
 from parley.crypto import identity as proofs
 from parley.identity.v1 import identity_pb2
+from parley.private_files import open_private, write_private
 
 KEY_FILE_VERSION = 1
 
@@ -120,38 +119,9 @@ class DeviceIdentity:
 
         With `overwrite=False` an existing file is left alone (FileExistsError).
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".parley-key-")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_json(), handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # fails if `path` exists, atomically
-                os.unlink(tmp)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_directory(path.parent)
+        write_private(Path(path), json.dumps(self.to_json(), indent=2).encode(), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: Path) -> DeviceIdentity:
         """Reads a key file; refuses one that others can read, as ssh does."""
-        with open(path) as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if mode & 0o077:
-                raise PermissionError(f"{path} is readable by others (mode {mode & 0o777:o}); run: chmod 600 {path}")
-            return cls.from_json(json.load(handle))
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return cls.from_json(json.loads(open_private(Path(path))))
