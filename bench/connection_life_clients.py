@@ -9,17 +9,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.connection_life_tracking import Absence
-from bench.fanout_worker_pool import REPLY_LINE_LIMIT, WorkerProcess
+from bench.fanout_worker_pool import WorkerProcess
 from bench.server_process import ProcessGroups
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Registering, logging in and joining: about 10 s per 1,000 clients on two cores.
 OPEN_TIMEOUT_SECONDS = 600.0
 REPLY_TIMEOUT_SECONDS = 60.0
@@ -28,19 +26,7 @@ POLL_SECONDS = 0.02
 
 async def start_process(module: str, name: str, log_dir: Path, groups: ProcessGroups) -> WorkerProcess:
     """`python -m module` in a session of its own, driven as a `WorkerProcess`; its stderr in log_dir/name.stderr."""
-    stderr_path = log_dir / f"{name}.stderr"
-    with stderr_path.open("w") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", module),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-            limit=REPLY_LINE_LIMIT,
-        )
-    groups.add(process.pid)
-    return WorkerProcess(process, stderr_path, groups)
+    return await WorkerProcess.run_module((module,), name, log_dir, groups)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import json
 import secrets
 import sys
 import time
@@ -36,13 +35,12 @@ from typing import Any
 
 from bench.connection_life_tracking import TrackedClient, open_tracked, tally
 from bench.fanout_subscribers import raise_file_limit
-from bench.fanout_worker import emit
+from bench.fanout_worker import serve_commands
 from parley.device_identity import DeviceIdentity
 
 # Clients registering and joining at once, per worker.
 OPEN_CONCURRENCY = 16
 CLOSE_TIMEOUT_SECONDS = 10.0
-REPLY_LINE_LIMIT = 256 * 1024 * 1024
 
 
 class Worker:
@@ -112,23 +110,7 @@ class Worker:
 
 
 async def serve() -> int:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=REPLY_LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    worker = Worker()
-    try:
-        while line := await reader.readline():
-            command: dict[str, Any] = json.loads(line)
-            if command.get("cmd") == "quit":
-                break
-            try:
-                reply = await worker.answer(command)
-            except Exception as exc:
-                reply = {"error": f"{type(exc).__name__}: {exc}"}
-            emit({**reply, "id": command.get("id")})
-        return 0
-    finally:
-        await worker.close()
+    return await serve_commands(Worker())
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from bench.fanout_subscribers import (
     NatsSubscriber,
@@ -44,6 +44,16 @@ from bench.fanout_subscribers import (
 from bench.fanout_wire import Stats
 
 SUBSCRIBER_KINDS = ("parley", "socketio", "nats")
+
+
+# Commands may carry whole latency sample sets.
+COMMAND_LINE_LIMIT = 256 * 1024 * 1024
+
+
+class Answering(Protocol):
+    async def answer(self, command: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
 
 
 def emit(document: dict[str, Any]) -> None:
@@ -147,13 +157,17 @@ class Worker:
 
 
 async def serve(kind: str) -> int:
+    return await serve_commands(Worker(kind), say_bye=True)
+
+
+async def serve_commands(worker: Answering, *, say_bye: bool = False) -> int:
+    """Answers the JSON command lines on stdin, one reply line each on stdout, until "quit" or the end."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=256 * 1024 * 1024)
+    reader = asyncio.StreamReader(limit=COMMAND_LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    worker = Worker(kind)
     try:
         while line := await reader.readline():
-            command = json.loads(line)
+            command: dict[str, Any] = json.loads(line)
             if command.get("cmd") == "quit":
                 break
             try:
@@ -164,7 +178,8 @@ async def serve(kind: str) -> int:
         return 0
     finally:
         await worker.close()
-        emit({"bye": True})
+        if say_bye:
+            emit({"bye": True})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

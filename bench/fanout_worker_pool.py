@@ -41,10 +41,17 @@ class WorkerProcess:
 
     @classmethod
     async def start(cls, kind: str, name: str, log_dir: Path, groups: ProcessGroups) -> WorkerProcess:
+        return await cls.run_module(("bench.fanout_worker", "--system", kind), name, log_dir, groups)
+
+    @classmethod
+    async def run_module(
+        cls, module_and_args: Sequence[str], name: str, log_dir: Path, groups: ProcessGroups
+    ) -> WorkerProcess:
+        """`python -m module args...` in a session of its own; its stderr in log_dir/name.stderr."""
         stderr_path = log_dir / f"{name}.stderr"
         with stderr_path.open("w") as stderr:
             process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "bench.fanout_worker", "--system", kind),
+                *(sys.executable, "-m", *module_and_args),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
