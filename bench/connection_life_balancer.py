@@ -36,11 +36,10 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copies `reader` to `writer` until either end closes; then closes `writer`."""
     try:
-        while data := await reader.read(CHUNK_BYTES):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
+        with contextlib.suppress(ConnectionError, OSError):  # either side went away
+            while data := await reader.read(CHUNK_BYTES):
+                writer.write(data)
+                await writer.drain()
     finally:
         writer.close()
 

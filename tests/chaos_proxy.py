@@ -76,16 +76,15 @@ class ChaosProxy:
         self.connections += 1
         task = asyncio.current_task()
         assert task is not None
-        self._links.add(task)  # type: ignore[arg-type]
+        self._links.add(task)
         try:
-            await asyncio.gather(
-                self._pump(reader, upstream_writer, self._to_server),
-                self._pump(upstream_reader, writer, self._to_client),
-            )
-        except (asyncio.CancelledError, OSError):
-            pass
+            with contextlib.suppress(asyncio.CancelledError, OSError):  # cut, or one side closed
+                await asyncio.gather(
+                    self._pump(reader, upstream_writer, self._to_server),
+                    self._pump(upstream_reader, writer, self._to_client),
+                )
         finally:
-            self._links.discard(task)  # type: ignore[arg-type]
+            self._links.discard(task)
             for end in (writer, upstream_writer):
                 end.transport.abort()
 

@@ -11,11 +11,9 @@ from services.runtime.peer_client import PeerClient
 class RoomLogs(Protocol):
     async def close_log(self, room_id: str) -> int:
         """Erases the room's log and closes it (appends to it fail) until it is reopened; returns the events erased."""
-        ...
 
     async def reopen_log(self, room_id: str) -> None:
         """Opens the room's log if it is closed (its next event starts a new epoch); an open log is kept."""
-        ...
 
 
 class HistoryLogs(PeerClient):

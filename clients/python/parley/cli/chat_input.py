@@ -23,14 +23,12 @@ from prompt_toolkit.patch_stdout import patch_stdout
 class LineInput(Protocol):
     def screen(self) -> contextlib.AbstractContextManager[object]:
         """While entered, printing does not disturb the input."""
-        ...
 
     def lines(self) -> AsyncIterator[str]:
         """Each line entered, without its line end, until end of input (Ctrl-D).
 
         Ctrl-C on a terminal raises KeyboardInterrupt.
         """
-        ...
 
 
 def line_input(prompt: str) -> LineInput:
