@@ -178,9 +178,13 @@ class FlushScheduler:
                 # Done writing: once the whole fan-out has been queued, see whether it waits for few of the group.
                 self._let_go_soon = True
                 asyncio.get_running_loop().call_soon(self._let_go)
+        elif not self._free:
+            # The first free stream: its window may end before a group's pause, so the timer is set again.
+            self._free_since = asyncio.get_running_loop().time()
+            self._free.add(outbox)
+            self._rearm()
+            return
         else:
-            if not self._free:
-                self._free_since = asyncio.get_running_loop().time()
             self._free.add(outbox)
         if self._timer is None:
             self._arm()

@@ -114,3 +114,27 @@ async def test_a_stream_told_to_finish_sends_what_is_queued_without_waiting_for_
     outbox.finish()
     assert await asyncio.wait_for(outbox.next_frames(), 1) == [wire.events_frame([event(1)])]
     assert await asyncio.wait_for(outbox.next_frames(), 1) is None
+
+
+async def test_a_stream_outside_a_busy_group_keeps_the_batch_window() -> None:
+    """A group that holds its events for a long pause does not hold up a stream that is not in it."""
+    scheduler = FlushScheduler(WINDOW)
+    group = [make_outbox(scheduler) for _ in range(3)]
+    readers = [asyncio.create_task(o.next_frames()) for o in group]
+    await asyncio.sleep(0)
+    for o in group:
+        o.put(kinds.EVENT, event(0))
+    written = await asyncio.wait_for(asyncio.gather(*readers), 1)
+    for n in range(1, 20):  # much comes while the group writes: held, for a pause when it is done
+        for o in group:
+            o.put(kinds.EVENT, event(n))
+    await asyncio.sleep(0.08)  # the writes take 80 ms: the pause after them is as long
+    for o, taken in zip(group, written, strict=True):
+        o.sent(taken[0])  # type: ignore[index]
+    outside = make_outbox(scheduler)
+    reader = asyncio.create_task(outside.next_frames())
+    await asyncio.sleep(0)
+    started = asyncio.get_running_loop().time()
+    outside.put(kinds.EVENT, event(99))
+    assert await asyncio.wait_for(reader, 1) == [wire.events_frame([event(99)])]
+    assert asyncio.get_running_loop().time() - started < 0.02, "the window, not the group's pause"
