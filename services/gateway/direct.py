@@ -23,7 +23,8 @@ from services.gateway import wire
 from services.gateway.connections import Connection, ConnectionRegistry
 from services.gateway.mailbox_client import MailboxClient
 from services.runtime.bus import Bus, BusMessage, Subscription
-from services.runtime.errors import ServiceError, invalid_field
+from services.runtime.errors import ServiceError, invalid_field, rate_limited
+from services.runtime.ratelimit import RateLimiter
 
 log = logging.getLogger("parley.gateway")
 WAKE_PREFIX = "direct."
@@ -40,12 +41,19 @@ class DeviceLookup(Protocol):
 
 class DirectMessages:
     def __init__(
-        self, bus: Bus, mailbox: MailboxClient, devices: DeviceLookup, connections: ConnectionRegistry
+        self,
+        bus: Bus,
+        mailbox: MailboxClient,
+        devices: DeviceLookup,
+        connections: ConnectionRegistry,
+        limit: RateLimiter,
     ) -> None:
         self._bus = bus
         self._mailbox = mailbox
         self._devices = devices
         self._connections = connections
+        # Sends per user per window (the events limit): each costs a write per device and a wake-up.
+        self._limit = limit
         self._subscription: Subscription | None = None
         # Per connection (session id): the last position handed over, a hand-over under way, and
         # whether another was asked for meanwhile.
@@ -71,6 +79,9 @@ class DirectMessages:
             raise invalid_field("send_direct.message_id", f"must be 1–{MAX_MESSAGE_ID} characters")
         if not 0 < len(command.envelopes) <= MAX_ENVELOPES:
             raise invalid_field("send_direct.envelopes", f"give 1–{MAX_ENVELOPES}, one per device")
+        wait = self._limit.try_acquire(connection.user_id)
+        if wait:
+            raise rate_limited("too many direct messages", wait)
         devices = [e.device_id for e in command.envelopes]
         if len(set(devices)) != len(devices):
             raise invalid_field("send_direct.envelopes", "one envelope per device")
@@ -131,7 +142,7 @@ class DirectMessages:
                     log.warning("could not read a mailbox; the device gets it on its next wake-up", exc_info=True)
                     return
                 if waiting and session in self._handed:
-                    self._put(connection, waiting)
+                    await self._put(connection, waiting)
                     self._handed[session] = waiting[-1].seq
                 elif session not in self._again:
                     return
@@ -139,16 +150,20 @@ class DirectMessages:
             self._busy.discard(session)
 
     @staticmethod
-    def _put(connection: Connection, envelopes: list[history_pb2.SealedEnvelope]) -> None:
-        chunk: list[history_pb2.SealedEnvelope] = []
+    async def _put(connection: Connection, envelopes: list[history_pb2.SealedEnvelope]) -> None:
+        """Frames of at most FRAME_BYTES, each queued when it fits: at the reader's pace, like a replay."""
+        chunks: list[list[history_pb2.SealedEnvelope]] = [[]]
         size = 0
         for envelope in envelopes:
-            if chunk and size + envelope.ByteSize() > FRAME_BYTES:
-                connection.outbox.put(kinds.FRAME, _frame(chunk))
-                chunk, size = [], 0
-            chunk.append(envelope)
+            if chunks[-1] and size + envelope.ByteSize() > FRAME_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(envelope)
             size += envelope.ByteSize()
-        connection.outbox.put(kinds.FRAME, _frame(chunk))
+        for chunk in chunks:
+            frame = _frame(chunk)
+            await connection.outbox.room_for(len(frame))
+            connection.outbox.put(kinds.FRAME, frame)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

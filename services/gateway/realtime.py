@@ -50,6 +50,7 @@ from services.runtime.errors import (
 from services.runtime.grpc_types import Context
 from services.runtime.hooks import Hooks
 from services.runtime.principal import require_user
+from services.runtime.ratelimit import RateLimiter
 from services.runtime.request_checks import null_if_unset
 from services.runtime.session_ids import new_gateway_id, new_session_id
 from services.runtime.tokens import TokenVerifier
@@ -112,7 +113,13 @@ class Realtime:
         self.subjects = SubjectRouter(bus, config.max_subject_subscriptions_per_user)
         self.changes = EventChanges(config, history, self.publisher)
         self.questions = ClientQuestions()
-        self.direct = DirectMessages(bus, mailbox, devices, self.connections)
+        self.direct = DirectMessages(
+            bus,
+            mailbox,
+            devices,
+            self.connections,
+            RateLimiter(config.events_per_window, float(config.window_seconds)),
+        )
         self.commands = CommandHandler(
             config,
             bus,

@@ -84,6 +84,7 @@ def gateway_module(
     peers = GatewayPeers(bus, realtime.gateway_id, backend.answer)
     servicer = GatewayServicer(realtime, backend, mode, services, config.server.max_message_bytes)
     tasks: list[asyncio.Task[None]] = []
+    lease_task: list[asyncio.Task[None]] = []
 
     def start(health: HealthStatus, own_address: str) -> None:
         report_bus_health(bus, health, [SERVICE.full_name])
@@ -95,13 +96,19 @@ def gateway_module(
         tasks.append(asyncio.create_task(follow))
         tasks.append(asyncio.create_task(follow_revocations(identity, realtime.on_device_revoked)))
         tasks.append(asyncio.create_task(start_peers()))
-        tasks.append(asyncio.create_task(realtime.direct.start()))
-        if not local_peers:
+        tasks.append(asyncio.create_task(start_direct()))
+        if not local_peers:  # renewed until the module closes: a long drain must not let it lapse
             lease = renew_lease(rooms, realtime.gateway_id, config.gateway.lease_seconds)
-            tasks.append(asyncio.create_task(lease))
+            lease_task.append(asyncio.create_task(lease))
         if remote_history is not None and isinstance(bus, InProcessBus):
             # The history service's bus does not reach this process: its announcements come by stream.
             tasks.append(asyncio.create_task(follow_logs(remote_history, bus, realtime.feeds.suspect_gaps)))
+
+    async def start_direct() -> None:
+        try:
+            await realtime.direct.start()
+        except Exception:
+            log.exception("could not listen for direct-message wake-ups; devices get them when they reconnect")
 
     async def start_peers() -> None:
         await peers.start()
@@ -125,12 +132,15 @@ def gateway_module(
         await asyncio.gather(*tasks, return_exceptions=True)
         await peers.close()
         await retention.close()
-        await realtime.direct.close()
         realtime.go_away("the server is shutting down; reconnect shortly")
 
     close_clients = closing(rooms, identity, history, remote_mailbox, bus if owns_bus else None)
 
     async def close() -> None:
+        await realtime.direct.close()
+        for task in lease_task:
+            task.cancel()
+        await asyncio.gather(*lease_task, return_exceptions=True)
         if not local_peers:  # its connections have left by now: the lease goes without the lapse warning
             try:
                 await rooms.release_lease(realtime.gateway_id)

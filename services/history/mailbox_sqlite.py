@@ -64,6 +64,13 @@ class SqliteMailboxStorage:
         rows = await self._db.run(lambda db: db.execute(sql, [device_id, after_seq, now, limit]).fetchall())
         return [EnvelopeRow(*row) for row in rows]
 
+    async def held(self, device_ids: Sequence[str]) -> dict[str, int]:
+        def count(db: sqlite_utils.Database) -> dict[str, int]:
+            sql = "SELECT count(*) FROM envelopes WHERE device_id = ?"
+            return {d: int(db.execute(sql, [d]).fetchone()[0]) for d in device_ids}
+
+        return await self._db.run(count)
+
     async def ack(self, device_id: str, up_to_seq: int) -> int:
         sql = "DELETE FROM envelopes WHERE device_id = ? AND seq <= ?"
         return await self._db.transaction(lambda db: int(db.execute(sql, [device_id, up_to_seq]).rowcount))

@@ -51,6 +51,9 @@ class MailboxStorage(Protocol):
     async def pending(self, device_id: str, after_seq: int, limit: int, now: float) -> list[EnvelopeRow]:
         """The device's unexpired envelopes after `after_seq`, oldest first, at most `limit`."""
 
+    async def held(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """How many envelopes each of these devices holds (expired ones not yet pruned included)."""
+
     async def ack(self, device_id: str, up_to_seq: int) -> int:
         """Deletes the device's envelopes up to `up_to_seq`; returns how many."""
 

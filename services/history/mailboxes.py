@@ -9,17 +9,25 @@ import logging
 import time
 from collections.abc import Callable
 
+import grpc
+
+from parley.api.v1 import errors_pb2
 from parley.history.v1 import history_pb2
 from services.history.mailbox_storage import EnvelopeRow, MailboxStorage, NewEnvelope
 from services.runtime.config import HistoryConfig
-from services.runtime.errors import invalid_field
+from services.runtime.errors import ServiceError, invalid_field
 from services.runtime.grpc_types import Context
 
 log = logging.getLogger("parley.history")
 MAX_ENVELOPES_PER_DEPOSIT = 200
-MAX_ENVELOPE_BYTES = 256 * 1024
+# A direct message is text and small attachments' keys: files go to the file service.
+MAX_ENVELOPE_BYTES = 64 * 1024
 MAX_ID_LENGTH = 128
-MAX_PAGE = 500
+# Envelopes one device's mailbox may hold; a deposit past it is refused (QUOTA_EXCEEDED).
+MAX_HELD_PER_DEVICE = 10_000
+# A page stays under the 4 MiB message limit however large its envelopes.
+MAX_PAGE = 60
+DEFAULT_PAGE = 16
 
 
 def sealed(row: EnvelopeRow) -> history_pb2.SealedEnvelope:
@@ -73,6 +81,17 @@ class Mailboxes:
         if not 0 < len(request.envelopes) <= MAX_ENVELOPES_PER_DEPOSIT:
             raise invalid_field("envelopes", f"give 1–{MAX_ENVELOPES_PER_DEPOSIT}")
         envelopes = [_new(e, n) for n, e in enumerate(request.envelopes)]
+        full = sorted(
+            d
+            for d, n in (await self._storage.held([e.device_id for e in envelopes])).items()
+            if n >= MAX_HELD_PER_DEVICE
+        )
+        if full:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                errors_pb2.ERROR_REASON_QUOTA_EXCEEDED,
+                f"the mailboxes of {full} hold {MAX_HELD_PER_DEVICE} envelopes, their limit, until acknowledged",
+            )
         seqs = await self._storage.deposit(envelopes, self._clock(), self._config.mailbox_ttl_seconds)
         return history_pb2.DepositEnvelopesResponse(seqs=seqs)
 
@@ -82,7 +101,7 @@ class Mailboxes:
         if not 0 <= request.page_size <= MAX_PAGE:
             raise invalid_field("page_size", f"must be 0–{MAX_PAGE}")
         rows = await self._storage.pending(
-            request.device_id, request.after_seq, request.page_size or MAX_PAGE, self._clock()
+            request.device_id, request.after_seq, request.page_size or DEFAULT_PAGE, self._clock()
         )
         return history_pb2.ListEnvelopesResponse(envelopes=[sealed(row) for row in rows])
 

@@ -77,6 +77,8 @@ class Prekeys:
             raise invalid_field("device_list.list", "names another user")
         if not content.device_ids:
             raise invalid_field("device_list.list", "names no device")
+        if content.counter >= 2**63:
+            raise invalid_field("device_list.list", "counter must be below 2^63")
         async with self._storage.transaction() as tx:
             await require_active_device(tx, user_id, caller_device)
             user = await tx.user_by_id(user_id)
@@ -102,6 +104,8 @@ class Prekeys:
         """Stores the calling device's prekeys; returns how many one-time prekeys it holds now."""
         now = self._clock()
         async with self._storage.transaction() as tx:
+            # Held until the end: the user's uploads take turns, so the cap holds.
+            await tx.lock_user(user_id)
             await require_active_device(tx, user_id, caller_device)
             device = await tx.device_by_id(caller_device)
             assert device is not None
@@ -119,7 +123,11 @@ class Prekeys:
                     errors_pb2.ERROR_REASON_QUOTA_EXCEEDED,
                     f"a device may hold at most {MAX_ONE_TIME_PREKEYS} one-time prekeys (it holds {held})",
                 )
-            return held + await tx.add_one_time_prekeys(one_time)
+            added = await tx.add_one_time_prekeys(one_time)
+            if added != len(one_time):
+                # A key id the server holds already: the client's keys and the server's would differ.
+                raise invalid_field("one_time_prekeys", "key ids already held; use new ones")
+            return held + added
 
     async def count(self, user_id: str, caller_device: str) -> tuple[int, float | None]:
         async with self._storage.transaction() as tx:
@@ -127,8 +135,9 @@ class Prekeys:
             signed = await tx.signed_prekey(caller_device)
             return await tx.count_one_time_prekeys(caller_device), signed.uploaded_at if signed else None
 
-    async def bundles(self, user_id: str, device_ids: list[str]) -> Bundles:
-        """A bundle for each active device of the user (those named, when any): each takes a one-time prekey."""
+    async def bundles(self, user_id: str, device_ids: list[str], caller_device: str = "") -> Bundles:
+        """A bundle for each active device of the user (those named, when any) but the caller's own:
+        each takes a one-time prekey."""
         async with self._storage.transaction() as tx:
             user = await tx.user_by_id(user_id)
             if user is None:
@@ -139,6 +148,7 @@ class Prekeys:
                 if unknown:
                     raise not_found(errors_pb2.ERROR_REASON_DEVICE_NOT_FOUND, f"no active devices {unknown}")
                 devices = [d for d in devices if d.device_id in set(device_ids)]
+            devices = [d for d in devices if d.device_id != caller_device]
             bundles, without = [], []
             for device in devices:
                 signed = await tx.signed_prekey(device.device_id)

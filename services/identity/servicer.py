@@ -23,6 +23,9 @@ from services.runtime.revocations import token_life_after_revocation
 from services.runtime.timestamps import to_timestamp
 from services.runtime.uncancellable import uncancellable
 
+# Fetches of one user's bundles by one caller per minute (a new session per device needs one).
+PREKEY_FETCHES_OF_ONE_USER_PER_MINUTE = 10
+
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(
@@ -45,6 +48,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._registrations = RateLimiter(auth.registrations_per_minute, 60.0)
         self._device_additions = RateLimiter(auth.device_additions_per_hour, 3600.0)
         self._prekey_fetches = RateLimiter(auth.prekey_fetches_per_minute, 60.0)
+        self._prekey_fetches_of = RateLimiter(PREKEY_FETCHES_OF_ONE_USER_PER_MINUTE, 60.0)
 
     async def RegisterUser(
         self, request: identity_pb2.RegisterUserRequest, context: Context
@@ -215,10 +219,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         caller = require_user()
         if not request.user_id:
             raise invalid_field("user_id", "is required")
-        wait = self._prekey_fetches.try_acquire(caller.user_id)
+        # Each fetch takes one-time prekeys: limited per caller, and per caller and target (so one
+        # caller cannot spend all of its allowance draining one user's keys).
+        wait = self._prekey_fetches.try_acquire(caller.user_id) or self._prekey_fetches_of.try_acquire(
+            f"{caller.user_id}>{request.user_id}"
+        )
         if wait:
             raise rate_limited(f"too many prekey fetches; retry in {wait:.1f}s", wait)
-        found = await self._prekeys.bundles(request.user_id, list(request.device_ids))
+        found = await self._prekeys.bundles(request.user_id, list(request.device_ids), caller.device_id)
         response = identity_pb2.FetchPrekeyBundlesResponse(
             user=_user(found.user),
             bundles=[_bundle(b) for b in found.bundles],

@@ -91,3 +91,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOut]:
 
 async def test_mailboxes_across_gateways(cluster: ScaleOut, tmp_path: Path) -> None:
     await check_mailboxes(cluster.gateway(1), cluster.gateway(2), cluster.gateway(1), tmp_path)
+
+
+async def test_own_other_devices_get_their_copy_and_each_connection_of_a_device_gets_it(
+    server_address: str, tmp_path: Path
+) -> None:
+    async with (
+        Client(server_address, username="eve", key_file=tmp_path / "e.json") as eve,
+        Client(server_address, username="fin", key_file=tmp_path / "f.json") as fin,
+    ):
+        tablet = await eve.add_device("tablet")
+        tablet.save(tmp_path / "tablet.json")
+        async with Client(server_address, key_file=tmp_path / "tablet.json") as eve_tablet:
+            async with stream(server_address, await eve.access_token()) as sender:
+                copies = {fin.device_id: b"for fin", eve_tablet.device_id: b"eve's own copy"}
+                await sender.ok(send_direct=direct(fin.user_id, "hello", **copies))
+            token = await eve_tablet.access_token()
+            async with stream(server_address, token) as first, stream(server_address, token) as second:
+                for connection in (first, second):  # once per connection, until acknowledged
+                    assert [(m, c) for m, c, _ in await sealed(connection)] == [("hello", b"eve's own copy")]

@@ -166,3 +166,21 @@ async def test_a_device_list_is_signed_by_the_user_and_its_counter_only_grows(pr
     assert bad.value.reason == "BAD_SIGNATURE"
     with pytest.raises(ServiceError, match="not yours"):
         await prekeys.publish_device_list(bob.user_id, bob.device_id, device_list(bob, 9, [ann.device_id]))
+
+
+async def test_key_ids_held_already_are_refused_and_a_callers_own_device_is_skipped(processes: list[Process]) -> None:
+    bob = await register(processes[0], "bob")
+    prekeys = processes[0].prekeys
+    upload = identity_pb2.UploadPrekeysRequest(signed_prekey=signed_prekey(bob, 1), one_time_prekeys=one_time(1, 3))
+    await prekeys.upload(bob.user_id, bob.device_id, upload)
+    with pytest.raises(ServiceError, match="already held"):
+        await prekeys.upload(
+            bob.user_id, bob.device_id, identity_pb2.UploadPrekeysRequest(one_time_prekeys=one_time(3, 2))
+        )
+    assert (await prekeys.count(bob.user_id, bob.device_id))[0] == 3, "nothing of a refused upload is kept"
+    mine = await prekeys.bundles(bob.user_id, [], caller_device=bob.device_id)
+    assert mine.bundles == []
+    assert mine.without_prekeys == []
+    assert (await prekeys.count(bob.user_id, bob.device_id))[0] == 3, "fetching your own user spends none of yours"
+    with pytest.raises(ServiceError, match="2\\^63"):
+        await prekeys.publish_device_list(bob.user_id, bob.device_id, device_list(bob, 2**63, [bob.device_id]))

@@ -73,3 +73,35 @@ async def test_expired_envelopes_are_neither_read_nor_kept(mailboxes: list[Mailb
     assert await box.prune(now=12) == 1
     assert await box.prune(now=12) == 0
     assert [e.message_id for e in await box.pending("dphone", 0, 1, now=0)] == ["new"]
+
+
+async def test_a_reader_that_follows_its_cursor_misses_nothing_while_deposits_race(
+    mailboxes: list[MailboxStorage],
+) -> None:
+    """Positions become visible in their order: a reader reading on from the last position it saw
+    (as a gateway does) never skips an envelope that commits late with a lower position."""
+    done = asyncio.Event()
+    seen: list[int] = []
+
+    async def follow() -> None:
+        cursor = 0
+        while True:
+            finished = done.is_set()
+            page = await mailboxes[0].pending("dphone", cursor, 500, now=1)
+            seen.extend(e.seq for e in page)
+            cursor = page[-1].seq if page else cursor
+            if finished and not page:
+                return
+            await asyncio.sleep(0)
+
+    reader = asyncio.create_task(follow())
+    deposits = [mailboxes[n % 2].deposit([envelope("dphone", f"m{n}", f"d{n}")], 0, DAY) for n in range(80)]
+    positions = [p for batch in await asyncio.gather(*deposits) for p in batch]
+    done.set()
+    await reader
+    assert sorted(seen) == sorted(positions), "every envelope seen once, none skipped"
+
+
+async def test_held_counts_what_each_mailbox_holds(mailboxes: list[MailboxStorage]) -> None:
+    await mailboxes[0].deposit([envelope("dphone", "m1"), envelope("dphone", "m2"), envelope("dlaptop", "m1")], 0, DAY)
+    assert await mailboxes[1].held(["dphone", "dlaptop", "dnone"]) == {"dphone": 2, "dlaptop": 1, "dnone": 0}
