@@ -44,3 +44,11 @@ def test_the_attempt_limit() -> None:
 def test_nonsense_is_refused(initial: float, cap: float, max_attempts: int | None) -> None:
     with pytest.raises(ValueError, match="backoff"):
         Backoff(initial=initial, cap=cap, max_attempts=max_attempts)
+
+
+def test_the_channels_own_reconnection_keeps_the_same_pace() -> None:
+    assert dict(Backoff(initial=0.1, cap=10.0).channel_options()) == {
+        "grpc.initial_reconnect_backoff_ms": 100,
+        "grpc.min_reconnect_backoff_ms": 100,
+        "grpc.max_reconnect_backoff_ms": 10_000,
+    }

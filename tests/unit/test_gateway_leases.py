@@ -33,3 +33,15 @@ async def test_a_lapsed_lease_ends_that_gateways_memberships_only() -> None:
 
 def leases_now(seconds_from_now: float) -> float:
     return time.monotonic() + seconds_from_now
+
+
+async def test_a_released_lease_ends_now_and_is_never_swept() -> None:
+    bus = InProcessBus()
+    membership = Membership()
+    leases = GatewayLeases(membership, bus)
+    drained = new_gateway_id()
+    membership.join("lobby", 0, "ann", new_session_id(drained))  # a membership it still held
+    leases.renew(drained, 5)
+    assert await leases.release(drained) == [("lobby", "ann")]
+    assert membership.participants("lobby") == {}
+    assert await leases.sweep(now=leases_now(60)) == [], "nothing lapses later, no warning"
