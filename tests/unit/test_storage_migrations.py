@@ -88,7 +88,7 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
             "one_time_prekeys",
             "kem_prekeys",
         },
-        "parley_mailbox": {"schema_migrations", "envelopes"},
+        "parley_mailbox": {"schema_migrations", "heads", "envelopes"},
         "parley_room": {"schema_migrations", "rooms"},
     }
     assert _schemas_outside_parley(postgres_url) == []
