@@ -107,7 +107,7 @@ class DirectMessages:
         seqs = await self._mailbox.deposit(sealed)
         for device_id in devices:
             await self._bus.publish(BusMessage(WAKE_PREFIX + device_id, b"", {}))
-        return gateway_pb2.DirectResult(seqs=seqs)
+        return gateway_pb2.DirectResult(seqs=seqs, missing_device_ids=sorted(allowed - set(devices)))
 
     async def ack(self, connection: Connection, command: gateway_pb2.AckDirectCommand) -> None:
         await self._mailbox.ack(connection.device_id, command.up_to_seq)

@@ -238,3 +238,32 @@ def test_connection_life_bench_resumes_every_client_and_loses_nothing_in_a_rolli
         assert scenario["server_log"]["error_lines"] == 0
         pids = [*scenario["worker_pids"], *scenario["server_pids"].values()]
         assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+def test_dm_crypto_bench_runs_every_phase_and_reports_positive_figures() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.dm_crypto_bench", "--seconds", "0.02"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["machine"]["python_version"]
+    ratchet = result["ratchet"]["by_payload"]
+    assert set(ratchet) == {"64B", "4KiB"}
+    phases = [phase for payload in ratchet.values() for phase in (payload["alternating"], payload["same_direction"])]
+    assert all(payload["alternating"]["dh_ratchet_steps"] > 0 for payload in ratchet.values())
+    assert all(payload["same_direction"]["dh_ratchet_steps"] == 0 for payload in ratchet.values())
+    phases += [result["x3dh_classical"], result["ratchet_state_serialise"]]
+    if "unavailable" not in result["x3dh_ml_kem"]:
+        assert result["x3dh_ml_kem"]["kem"] == "ML-KEM-768"
+        phases.append(result["x3dh_ml_kem"])
+    for phase in phases:
+        assert phase["operations"] > 0
+        assert phase["ops_per_second"] > 0
+        assert phase["cpu_us_per_op"] > 0
+        assert 0 < phase["p50_us"] <= phase["p99_us"]
+        assert phase["mean_us"] > 0
+        assert all(part["mean_us"] > 0 for part in phase["parts"].values())

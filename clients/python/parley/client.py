@@ -24,7 +24,9 @@ from parley.auth import DEFAULT_TIMEOUT_SECONDS, Auth
 from parley.backlog import DEFAULT_MAX_UNHANDLED_BYTES, HandlerBacklog
 from parley.backoff import Backoff
 from parley.connection import Connection, ConnectionState, Heartbeat
+from parley.crypto.safety_numbers import SafetyNumber
 from parley.device_identity import DeviceIdentity
+from parley.direct_messages import DirectMessages
 from parley.errors import ParleyError
 from parley.gateway.v1 import gateway_pb2
 from parley.handlers import HandlerRunner
@@ -41,6 +43,7 @@ from parley.room_registry import RoomRegistry
 from parley.rooms import Room, RoomEvent
 from parley.sender import DEFAULT_MAX_SEND_ATTEMPTS, Sender
 from parley.stream import ConnectStream
+from parley.trust import PeerKeys
 
 DEFAULT_ADDRESS = "localhost:50051"
 
@@ -75,6 +78,12 @@ class Client:
             application sends them (each once its room is joined again).
         max_send_attempts: how often a send whose answer was lost is sent
             again before it fails.
+        keystore_file: where this device's end-to-end state lives (ratchet
+            sessions, private prekeys, pinned keys); default: beside the key
+            file, its name ending ".e2e.json"; in memory only when the client
+            has no key file.
+        keystore_passphrase: seal the key store under this passphrase
+            (Argon2id); None keeps it as a 0600 file.
     """
 
     def __init__(
@@ -93,6 +102,8 @@ class Client:
         outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
         outbox_file: Path | str | None = None,
         max_send_attempts: int = DEFAULT_MAX_SEND_ATTEMPTS,
+        keystore_file: Path | str | None = None,
+        keystore_passphrase: str | None = None,
     ) -> None:
         self.address = address
         heartbeat = heartbeat or Heartbeat()
@@ -123,13 +134,17 @@ class Client:
             self._runner,
             max_attempts=max_send_attempts,
         )
-        self.message = Messages(self._sender, self._runner, self._connection)
-        """Pub/sub subjects: `client.message.subscribe(...)`, `client.message.publish(...)`."""
+        self._direct = DirectMessages(
+            self._auth, self._sender, _keystore_file(keystore_file, key_file), keystore_passphrase
+        )
+        self.message = Messages(self._sender, self._runner, self._connection, self._direct, lambda: self.user_id)
+        """Pub/sub subjects (`client.message.subscribe(...)`, `client.message.publish(...)`) and encrypted
+        direct messages (`client.message.send("user:<id>", ...)`, `client.message.subscribe("user:<me>", ...)`)."""
         self._rooms = RoomRegistry(self._connection, self._sender, self._runner, self._calls)
         self._questions = Questions(self._sender, self._runner)
         self._peers = Peers(self._auth, self._runner)
         self._receiver = Receiver(
-            self._runner, self._connection, self._rooms, self.message, self._questions, self._peers
+            self._runner, self._connection, self._rooms, self.message, self._questions, self._peers, self._direct
         )
 
     async def __aenter__(self) -> Client:
@@ -225,11 +240,15 @@ class Client:
         Returns its identity; save it with `DeviceIdentity.save` and hand it to
         the other device. Needs the user signing key (the first device has it).
         """
-        return await self._accounts.add_device(display_name)
+        device = await self._accounts.add_device(display_name)
+        await self._direct.device_list_changed()
+        return device
 
     async def revoke_device(self, device_id: str) -> Device:
         """Revokes one of this user's devices and ends its sessions."""
-        return await self._accounts.revoke_device(device_id)
+        device = await self._accounts.revoke_device(device_id)
+        await self._direct.device_list_changed()
+        return device
 
     async def get_user(self, username: str) -> User:
         """Looks up a user's public keys and active devices by username."""
@@ -238,6 +257,25 @@ class Client:
     async def get_user_by_id(self, user_id: str) -> User:
         """Looks up a user's name, public keys and active devices by user id."""
         return await self._accounts.get_user(user_id=user_id)
+
+    # End-to-end encryption
+
+    async def request_public_key(self, user_id: str) -> PeerKeys:
+        """The user's pinned identity key and the device keys it vouches for (their signed device list).
+
+        The first answer for a user is pinned; raises `KeyChangedError` (parley.crypto.errors) when the
+        service presents another key later, until you `trust` it.
+        """
+        return await self._direct.request_public_key(user_id)
+
+    async def safety_number(self, user_id: str) -> SafetyNumber:
+        """60 digits for your key and the key the service presents for `user_id`: the same on both sides
+        when nobody is in the middle. Compare it in person or over a channel you trust."""
+        return await self._direct.safety_number(user_id)
+
+    async def trust(self, user_id: str) -> None:
+        """Accepts the user's current key (after comparing safety numbers); their held messages are delivered."""
+        await self._direct.trust(user_id)
 
     # Rooms
 
@@ -397,3 +435,12 @@ class Client:
     def on_direct_message(self, handler: Callable[[str, Any], Any]) -> None:
         """Calls `handler(sender, data)` for messages a backend sends to this connection."""
         self._runner.add("direct_message", handler)
+
+
+def _keystore_file(keystore_file: Path | str | None, key_file: Path | str | None) -> Path | None:
+    if keystore_file is not None:
+        return Path(keystore_file)
+    if key_file is None:
+        return None
+    key_file = Path(key_file)
+    return key_file.with_name(key_file.stem + ".e2e.json")

@@ -6,13 +6,16 @@ content is sealed (XChaCha20-Poly1305, label "parley/v1/key-store" as
 associated data) under a key derived with Argon2id (libsodium's pwhash,
 moderate limits, a random salt per file); a wrong passphrase is
 `KeyStoreLockedError`. Without one it is JSON (base64 values), readable by
-the owner only, like the device key file.
+the owner only, like the device key file. The key is derived once per open,
+so saving often costs a write, not a KDF run. `KeyStore.in_memory()` keeps
+nothing on disk (a client with no key file).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nacl.pwhash
@@ -40,32 +43,37 @@ def _b64(data: bytes) -> str:
 class KeyStore:
     """Named byte values in sections (e.g. "sessions" by peer device id); `save()` writes them all."""
 
-    def __init__(
-        self, path: Path, passphrase: str | None, sections: dict[str, dict[str, bytes]], salt: bytes | None
-    ) -> None:
+    def __init__(self, path: Path | None, sections: dict[str, dict[str, bytes]], sealing: _Sealing | None) -> None:
         self.path = path
-        self._passphrase = passphrase
         self._sections = sections
-        self._salt = salt
+        self._sealing = sealing
+
+    @classmethod
+    def in_memory(cls) -> KeyStore:
+        """A store that `save()` does not write anywhere."""
+        return cls(None, {}, None)
 
     @classmethod
     def open(cls, path: Path | str, passphrase: str | None = None) -> KeyStore:
         """The store at `path`, empty if the file does not exist yet."""
         path = Path(path)
         if not path.exists():
-            salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES) if passphrase is not None else None
-            return cls(path, passphrase, {}, salt)
+            if passphrase is None:
+                return cls(path, {}, None)
+            salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
+            return cls(path, {}, _Sealing(salt, OPSLIMIT, MEMLIMIT, _derive(passphrase, salt, OPSLIMIT, MEMLIMIT)))
         document = json.loads(open_private(path))
         if document.get("version") != VERSION:
             raise ValueError(f"{path}: unsupported key store version {document.get('version')!r}")
-        salt = None
+        sealing = None
         if "sealed" in document:
             if passphrase is None:
                 raise KeyStoreLockedError(f"{path} is sealed with a passphrase")
             salt = base64.b64decode(document["salt"])
-            key = _derive(passphrase, salt, document["opslimit"], document["memlimit"])
+            opslimit, memlimit = document["opslimit"], document["memlimit"]
+            sealing = _Sealing(salt, opslimit, memlimit, _derive(passphrase, salt, opslimit, memlimit))
             try:
-                content = json.loads(open_sealed(key, base64.b64decode(document["sealed"]), LABEL))
+                content = json.loads(open_sealed(sealing.key, base64.b64decode(document["sealed"]), LABEL))
             except DecryptionError:
                 raise KeyStoreLockedError(f"{path}: wrong passphrase") from None
         elif passphrase is not None:
@@ -76,7 +84,7 @@ class KeyStore:
             section: {name: base64.b64decode(value) for name, value in values.items()}
             for section, values in content.items()
         }
-        return cls(path, passphrase, sections, salt)
+        return cls(path, sections, sealing)
 
     def get(self, section: str, name: str) -> bytes | None:
         return self._sections.get(section, {}).get(name)
@@ -92,24 +100,38 @@ class KeyStore:
 
     def save(self) -> None:
         """Writes everything, atomically and durably, readable by the owner only (0600)."""
+        self.write(self.serialize())
+
+    def serialize(self) -> bytes:
+        """The file's bytes for what is in the store now (to `write` later, e.g. from another thread)."""
         content = {
             section: {name: _b64(value) for name, value in values.items()} for section, values in self._sections.items()
         }
         document: dict[str, object]
-        if self._passphrase is None:
+        if self._sealing is None:
             document = {"version": VERSION, "sections": content}
         else:
-            assert self._salt is not None
-            key = _derive(self._passphrase, self._salt, OPSLIMIT, MEMLIMIT)
             document = {
                 "version": VERSION,
                 "kdf": "argon2id",
-                "salt": _b64(self._salt),
-                "opslimit": OPSLIMIT,
-                "memlimit": MEMLIMIT,
-                "sealed": _b64(seal(key, json.dumps(content).encode(), LABEL)),
+                "salt": _b64(self._sealing.salt),
+                "opslimit": self._sealing.opslimit,
+                "memlimit": self._sealing.memlimit,
+                "sealed": _b64(seal(self._sealing.key, json.dumps(content).encode(), LABEL)),
             }
-        write_private(self.path, json.dumps(document).encode())
+        return json.dumps(document).encode()
+
+    def write(self, data: bytes) -> None:
+        if self.path is not None:
+            write_private(self.path, data)
+
+
+@dataclass(frozen=True)
+class _Sealing:
+    salt: bytes
+    opslimit: int
+    memlimit: int
+    key: bytes = field(repr=False)
 
 
 def _derive(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:

@@ -1,4 +1,5 @@
-"""Pub/sub subjects through `client.message`: plaintext, never stored."""
+"""`client.message`: pub/sub subjects (plaintext, never stored) and end-to-end encrypted direct messages
+to "user:<id>" (see `direct_messages`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from parley.values import to_value
 
 if TYPE_CHECKING:
     from parley.connection import Connection
+    from parley.direct_messages import DirectHandler, DirectMessages, DirectSent, RejectedHandler
     from parley.handlers import HandlerRunner
     from parley.sender import Sender
     from parley.stream import ConnectStream
@@ -34,21 +36,52 @@ def matches(pattern: str, subject: str) -> bool:
     return subject.startswith(pattern[:-1]) if pattern.endswith("*") else subject == pattern
 
 
-class Messages:
-    """`client.message.subscribe("presence:*", handler)`, `client.message.publish(subject, data)`."""
+DIRECT_PREFIX = "user:"
 
-    def __init__(self, sender: Sender, runner: HandlerRunner, connection: Connection) -> None:
+
+class Messages:
+    """`client.message.subscribe("presence:*", handler)`, `client.message.publish(subject, data)`;
+    `client.message.send("user:<id>", data)` and `client.message.subscribe("user:<my id>", handler)`."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        runner: HandlerRunner,
+        connection: Connection,
+        direct: DirectMessages,
+        user_id: Callable[[], str],
+    ) -> None:
         self._sender = sender
         self._runner = runner
+        self._direct = direct
+        self._user_id = user_id
         self._handlers: dict[str, list[MessageHandler]] = {}
         connection.on_open(self.resubscribe)
 
-    async def subscribe(self, subject: str, handler: MessageHandler) -> None:
-        """Calls `handler(message)` for each message on `subject` (a prefix when it ends in "*")."""
+    async def send(self, target: str, data: Any, *, message_id: str | None = None) -> DirectSent:
+        """Sends `data` (any JSON value) end-to-end encrypted to "user:<id>": sealed for each of their devices
+        and your own other devices, kept for offline ones until they come online. Raises `KeyChangedError`
+        (parley.crypto.errors) when the user's key is not the one pinned."""
+        return await self._direct.send(_direct_user(target), data, message_id=message_id)
+
+    def on_rejected(self, handler: RejectedHandler) -> None:
+        """Calls `handler(envelope, error)` for a direct message that failed a check (forged, replayed,
+        corrupt, or from a user whose key changed: that one waits for `client.trust(user)`)."""
+        self._direct.on_rejected(handler)
+
+    async def subscribe(self, subject: str, handler: MessageHandler | DirectHandler) -> None:
+        """Calls `handler(message)` for each message on `subject` (a prefix when it ends in "*").
+
+        "user:<your user id>" receives your direct messages, decrypted, as `DirectMessage`s."""
+        if subject.startswith(DIRECT_PREFIX):
+            if _direct_user(subject) != self._user_id():
+                raise ValueError(f"only your own direct messages can be subscribed to: user:{self._user_id()}")
+            await self._direct.subscribe(handler)  # type: ignore[arg-type]
+            return
         if subject not in self._handlers:
             await self._sender.command(subject_subscribe=gateway_pb2.SubjectSubscribeCommand(subject=subject))
             self._handlers[subject] = []
-        self._handlers[subject].append(handler)
+        self._handlers[subject].append(handler)  # type: ignore[arg-type]
 
     async def unsubscribe(self, subject: str) -> None:
         self._handlers.pop(subject, None)
@@ -75,3 +108,10 @@ class Messages:
         for pattern, handlers in self._handlers.items():
             if matches(pattern, event.subject):
                 self._runner.call(handlers, message)
+
+
+def _direct_user(target: str) -> str:
+    user_id = target.removeprefix(DIRECT_PREFIX)
+    if not target.startswith(DIRECT_PREFIX) or not user_id:
+        raise ValueError(f"direct messages go to 'user:<user id>', not {target!r}")
+    return user_id

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 
 from parley.api.v1 import errors_pb2
 from parley.connection import Connection
+from parley.direct_messages import DirectMessages
 from parley.errors import error_from_status
 from parley.gateway.v1 import gateway_pb2
 from parley.handlers import HandlerRunner
@@ -65,7 +66,9 @@ class Receiver:
         messages: Messages,
         questions: Questions,
         peers: Peers,
+        direct: DirectMessages,
     ) -> None:
+        self._direct = direct
         self._runner = runner
         self._connection = connection
         self._rooms = rooms
@@ -167,6 +170,8 @@ class Receiver:
             self._questions.asked(frame.question)
         elif kind == "peer_offline":
             self._peers.offline(frame.peer_offline)
+        elif kind == "sealed":
+            self._direct.received(frame.sealed)
 
 
 def _events_of(frame: gateway_pb2.ConnectResponse) -> list[gateway_pb2.Event]:

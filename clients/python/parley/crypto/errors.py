@@ -47,3 +47,15 @@ class KeyChangedError(CryptoError):
         self.user_id = user_id
         self.pinned_key = pinned_key
         self.presented_key = presented_key
+
+
+class NoSessionError(DecryptionError):
+    """A message that belongs to no session this device has with its sender's device."""
+
+
+class ForgedSenderError(CryptoError):
+    """What a message says about its sender does not match the session it opened in (or the server's word)."""
+
+
+class StaleDeviceListError(CryptoError):
+    """A signed device list older than one already seen (a replayed list that could bring back a device)."""

@@ -230,6 +230,15 @@ class DoubleRatchet:
     def can_send(self) -> bool:
         return self._state.sending_chain_key is not None
 
+    @property
+    def skipped_keys(self) -> int:
+        """How many keys of messages that have not arrived (yet) are held."""
+        return len(self._state.skipped)
+
+    def copy(self) -> DoubleRatchet:
+        """An independent session object with the same state (to try a decrypt on)."""
+        return DoubleRatchet(self._state.copy(), config=self._config, rng=self._rng)
+
     def snapshot(self) -> RatchetState:
         """A copy of the state, e.g. to store it."""
         return self._state.copy()

@@ -793,18 +793,27 @@ class DirectResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQS_FIELD_NUMBER: _builtins.int
+    MISSING_DEVICE_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The envelopes' positions in their devices' mailboxes, in the order sent."""
+
+    @_builtins.property
+    def missing_device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Active devices of the recipient, and the sender's own other devices, that
+        the command left out: seal for them too and send again with the same
+        message id (what was stored is kept once).
+        """
 
     def __init__(
         self,
         *,
         seqs: _abc.Iterable[_builtins.int] | None = ...,
+        missing_device_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["seqs", b"seqs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing_device_ids", b"missing_device_ids", "seqs", b"seqs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,425 @@
+"""End-to-end encrypted direct messages: `client.message.send("user:<id>", …)` and their receipt.
+
+A send seals the payload once per device: every device of the recipient
+that the recipient's key vouches for, and this user's own other devices,
+each on its ratchet session (started from the device's prekey bundle when
+there is none). The sealed envelopes go through the outbox like any send;
+the gateway keeps each in its device's mailbox until that device
+acknowledges it, and says which active devices the send left out, which get
+their envelope in a second command with the same message id.
+
+Received envelopes are handled one at a time, in mailbox order: opened,
+their sender checked against the session and the pinned key, handed to the
+handlers, the key store saved, and then acknowledged, so a crash before the
+save hands the message over again. An envelope that fails a check goes to
+`on_rejected` handlers and is acknowledged; one from a user whose key
+changed waits, unacknowledged, until `trust(user)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from parley.auth import Auth
+from parley.crypto import x3dh
+from parley.crypto.direct_envelope import DirectPlaintext
+from parley.crypto.errors import CryptoError, ForgedSenderError, KeyChangedError
+from parley.crypto.kem import Kem, MlKem768, ml_kem_768_available
+from parley.crypto.primitives import constant_time_equal
+from parley.crypto.safety_numbers import SafetyNumber
+from parley.direct_sessions import Opened, Sessions
+from parley.e2e_state import E2eState
+from parley.errors import ParleyError, UnavailableError, ValidationError
+from parley.gateway.v1 import gateway_pb2
+from parley.handlers import call_handler
+from parley.history.v1 import history_pb2
+from parley.identity.v1 import identity_pb2
+from parley.keystore import KeyStore
+from parley.prekeys import Prekeys
+from parley.sender import Sender
+from parley.trust import PeerKeys, Trust
+
+log = logging.getLogger("parley.client")
+# Rounds of "the send left out these devices" followed before giving up on them.
+MAX_DEVICE_ROUNDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectMessage:
+    """A decrypted direct message, its sender verified."""
+
+    sender_user_id: str
+    sender_device_id: str
+    peer_user_id: str
+    """The conversation's other user: the sender, or for a copy of your own message, its recipient."""
+    message_id: str
+    data: Any
+    sent_at_ms: int
+    """The sender's clock, in milliseconds since the Unix epoch."""
+    missed_before: int
+    """Earlier messages from this sender device that have not arrived (yet)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectedEnvelope:
+    """An envelope that did not open, or did not come from whom it says (see the error)."""
+
+    seq: int
+    sender_user_id: str
+    sender_device_id: str
+    message_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectSent:
+    """Where a direct message was stored: one envelope per device."""
+
+    message_id: str
+    device_ids: tuple[str, ...]
+    unreachable_device_ids: tuple[str, ...]
+    """Devices that could not get it: no prekeys published yet, or keys their user's key does not vouch for."""
+
+
+DirectHandler = Callable[[DirectMessage], Awaitable[None] | None]
+RejectedHandler = Callable[[RejectedEnvelope, CryptoError], Awaitable[None] | None]
+
+
+@dataclasses.dataclass
+class _Parts:
+    state: E2eState
+    trust: Trust
+    prekeys: Prekeys
+    sessions: Sessions
+    own: x3dh.DeviceSecrets
+
+
+class DirectMessages:
+    def __init__(
+        self,
+        auth: Auth,
+        sender: Sender,
+        keystore_file: Path | None,
+        keystore_passphrase: str | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._auth = auth
+        self._sender = sender
+        self._keystore_file = keystore_file
+        self._passphrase = keystore_passphrase
+        self._clock = clock
+        self._parts: _Parts | None = None
+        self._starting = asyncio.Lock()
+        self._handlers: list[DirectHandler] = []
+        self._rejected_handlers: list[RejectedHandler] = []
+        self._sealing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._inbox: deque[history_pb2.SealedEnvelope] = deque()
+        self._held: dict[str, list[history_pb2.SealedEnvelope]] = defaultdict(list)
+        self._handled_up_to = 0
+        self._acked_up_to = 0
+        self._worker: asyncio.Task[None] | None = None
+
+    # Sending
+
+    async def send(self, user_id: str, data: Any, *, message_id: str | None = None) -> DirectSent:
+        parts = await self.ready()
+        message_id = message_id or secrets.token_hex(16)
+        me = self._auth.identity
+        body = json.dumps(data, separators=(",", ":")).encode()
+        plaintext = DirectPlaintext(me.user_id, me.device_id, user_id, message_id, int(self._clock() * 1000), body)
+        stored: list[str] = []
+        unreachable: set[str] = set()
+        only: set[str] | None = None
+        for _ in range(MAX_DEVICE_ROUNDS):
+            async with self._sealing[user_id]:  # sealed in the order sent, queued in that order
+                targets = await self._targets(parts, user_id, only)
+                unreachable |= await self._start_sessions(parts, targets)
+                envelopes = {
+                    device.device_id: parts.sessions.seal(device.device_id, plaintext.to_bytes())
+                    for _, device in targets
+                    if device.device_id not in unreachable
+                }
+                await parts.state.persist()  # a ratchet step is on disk before its message leaves
+            if not envelopes:
+                break
+            missing = await self._deposit(parts, user_id, message_id, envelopes)
+            stored.extend(envelopes)
+            only = set(missing) - set(stored) - unreachable
+            if not only:
+                break
+            for user in {user_id, me.user_id}:
+                parts.trust.forget(user)
+        else:
+            unreachable |= only or set()
+        return DirectSent(message_id, tuple(stored), tuple(sorted(unreachable)))
+
+    async def _targets(self, parts: _Parts, user_id: str, only: set[str] | None) -> list[tuple[str, x3dh.DeviceKeys]]:
+        """(user, device) for the recipient's devices and our own other devices (`only` these, if given)."""
+        me = self._auth.identity
+        users = [user_id] if user_id == me.user_id else [user_id, me.user_id]
+        targets: list[tuple[str, x3dh.DeviceKeys]] = []
+        for user in users:
+            peer = await parts.trust.peer(user)
+            targets.extend((user, d) for d in peer.devices if d.device_id != me.device_id)
+        return [t for t in targets if only is None or t[1].device_id in only]
+
+    async def _start_sessions(self, parts: _Parts, targets: list[tuple[str, x3dh.DeviceKeys]]) -> set[str]:
+        """Sessions with every target that has none (or one with keys other than the vouched ones);
+        returns the devices that have no prekeys or whose bundle does not check out."""
+        wanted: dict[str, dict[str, x3dh.DeviceKeys]] = defaultdict(dict)
+        for user, device in targets:
+            session = parts.sessions.active(device.device_id)
+            if session is not None and session.peer == device:
+                continue
+            if session is not None:
+                parts.sessions.drop(device.device_id)
+            wanted[user][device.device_id] = device
+        unreachable: set[str] = set()
+        for user, devices in wanted.items():
+            request = identity_pb2.FetchPrekeyBundlesRequest(user_id=user, device_ids=sorted(devices))
+            response = await self._auth.call(self._auth.identity_stub.FetchPrekeyBundles, request)
+            unreachable |= set(response.devices_without_prekeys)
+            for proto in response.bundles:
+                bundle = _bundle(proto, devices.get(proto.device.device_id))
+                try:
+                    if bundle is None:
+                        raise ForgedSenderError("the bundle's device keys are not the ones the user's key vouches for")
+                    parts.sessions.start(bundle, user)
+                except (CryptoError, ValueError) as error:
+                    log.warning("a prekey bundle of %s's device %s is refused: %s", user, proto.device.device_id, error)
+                    unreachable.add(proto.device.device_id)
+            unreachable |= set(devices) - {b.device.device_id for b in response.bundles}
+        return unreachable
+
+    async def _deposit(self, parts: _Parts, user_id: str, message_id: str, envelopes: dict[str, bytes]) -> list[str]:
+        """Sends the envelopes; returns the devices the gateway says were left out. A device that is no
+        longer active is dropped and the rest sent again."""
+        while True:
+            command = gateway_pb2.SendDirectCommand(
+                recipient_user_id=user_id,
+                message_id=message_id,
+                envelopes=[gateway_pb2.DeviceCiphertext(device_id=d, ciphertext=c) for d, c in envelopes.items()],
+            )
+            try:
+                reply = await self._sender.send("", send_direct=command)
+                return list(reply.direct.missing_device_ids)
+            except ValidationError as error:
+                if error.field != "send_direct.envelopes" or "not an active device" not in error.message:
+                    raise
+            active = await self._active_devices(parts, user_id)
+            for device_id in set(envelopes) - active:
+                parts.sessions.drop(device_id)
+                del envelopes[device_id]
+            if not envelopes:
+                return []
+
+    async def _active_devices(self, parts: _Parts, user_id: str) -> set[str]:
+        me = self._auth.identity
+        active: set[str] = set()
+        for user in {user_id, me.user_id}:
+            parts.trust.forget(user)
+            active |= {d.device_id for d in (await parts.trust.peer(user)).devices}
+        return active
+
+    # Receiving
+
+    async def subscribe(self, handler: DirectHandler) -> None:
+        """Calls `handler(message)` for each direct message to this user (also copies of our own)."""
+        self._handlers.append(handler)
+        await self.ready()
+        self._wake()
+
+    def on_rejected(self, handler: RejectedHandler) -> None:
+        self._rejected_handlers.append(handler)
+
+    def received(self, frame: gateway_pb2.SealedEnvelopes) -> None:
+        """Envelopes from the stream (a new stream hands over again what was not acknowledged)."""
+        held = {e.seq for waiting in self._held.values() for e in waiting}
+        self._inbox.extend(e for e in frame.envelopes if e.seq > self._handled_up_to and e.seq not in held)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._handlers and self._inbox and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        parts = await self.ready()
+        while self._inbox:
+            started = False
+            while self._inbox:
+                envelope = self._inbox.popleft()
+                if envelope.seq <= self._handled_up_to:
+                    continue
+                started |= await self._handle(parts, envelope)
+                self._handled_up_to = envelope.seq
+            await parts.state.persist()
+            await self._acknowledge()
+            if started:
+                await self._refill(parts)
+
+    async def _handle(self, parts: _Parts, envelope: history_pb2.SealedEnvelope) -> bool:
+        """Opens, checks and hands over one envelope; True when it started a session (a prekey was used)."""
+        try:
+            opened = parts.sessions.open(envelope.sender_device_id, envelope.ciphertext, self._clock())
+            plaintext = DirectPlaintext.from_bytes(opened.plaintext)
+            await self._check_sender(parts, envelope, opened, plaintext)
+        except KeyChangedError as error:
+            self._held[envelope.sender_user_id].append(envelope)
+            self._reject(envelope, error)
+            return False
+        except CryptoError as error:
+            self._reject(envelope, error)
+            return False
+        parts.sessions.commit(opened, envelope.sender_user_id)
+        try:
+            data = json.loads(plaintext.body)
+        except ValueError:
+            self._reject(envelope, ForgedSenderError("the sealed payload is not JSON"))
+            return opened.started is not None
+        message = DirectMessage(
+            sender_user_id=plaintext.sender_user_id,
+            sender_device_id=plaintext.sender_device_id,
+            peer_user_id=plaintext.sender_user_id
+            if plaintext.sender_user_id != self._auth.identity.user_id
+            else plaintext.peer_user_id,
+            message_id=plaintext.message_id,
+            data=data,
+            sent_at_ms=plaintext.sent_at_ms,
+            missed_before=opened.missed_before,
+        )
+        await asyncio.gather(*(call_handler(h, message) for h in self._handlers))
+        return opened.started is not None
+
+    async def _check_sender(
+        self, parts: _Parts, envelope: history_pb2.SealedEnvelope, opened: Opened, plaintext: DirectPlaintext
+    ) -> None:
+        """The sealed sender must be the session's peer and the server's stamp; a new session's initiator must
+        be a device the sender's pinned key vouches for."""
+        me = self._auth.identity.user_id
+        if (plaintext.sender_user_id, plaintext.sender_device_id, plaintext.message_id) != (
+            envelope.sender_user_id,
+            envelope.sender_device_id,
+            envelope.message_id,
+        ):
+            raise ForgedSenderError("the sealed sender or message id differs from the envelope's")
+        if plaintext.sender_user_id != me and plaintext.peer_user_id != me:
+            raise ForgedSenderError("the message was sealed for another conversation")
+        if opened.started is None:
+            if opened.session.peer_user_id != envelope.sender_user_id:
+                raise ForgedSenderError("the session belongs to another user than the envelope's sender")
+            return
+        peer = await parts.trust.peer(envelope.sender_user_id)
+        initiator = opened.started.initiator
+        if not constant_time_equal(initiator.user_signing_key, peer.user_signing_key):
+            raise ForgedSenderError("the session was started with another user key than the sender's")
+        if peer.device(envelope.sender_device_id) != initiator:
+            parts.trust.forget(envelope.sender_user_id)  # maybe a device added since: ask once more
+            peer = await parts.trust.peer(envelope.sender_user_id)
+            if peer.device(envelope.sender_device_id) != initiator:
+                raise ForgedSenderError("the sender's user key does not vouch for the device that started the session")
+
+    def _reject(self, envelope: history_pb2.SealedEnvelope, error: CryptoError) -> None:
+        log.warning(
+            "a direct message from %s/%s was rejected: %s", envelope.sender_user_id, envelope.sender_device_id, error
+        )
+        rejected = RejectedEnvelope(
+            envelope.seq, envelope.sender_user_id, envelope.sender_device_id, envelope.message_id
+        )
+        for handler in self._rejected_handlers:
+            asyncio.get_running_loop().create_task(call_handler(handler, rejected, error))
+
+    async def _acknowledge(self) -> None:
+        held = [e.seq for waiting in self._held.values() for e in waiting]
+        up_to = min(held) - 1 if held else self._handled_up_to
+        up_to = min(up_to, self._handled_up_to)
+        if up_to <= self._acked_up_to:
+            return
+        with contextlib.suppress(UnavailableError):  # not connected: the next stream hands them over again
+            await self._sender.command(wait=False, ack_direct=gateway_pb2.AckDirectCommand(up_to_seq=up_to))
+            self._acked_up_to = up_to
+
+    async def _refill(self, parts: _Parts) -> None:
+        try:
+            await parts.prekeys.publish()
+        except ParleyError:
+            log.warning("could not refill one-time prekeys; trying again after the next new session", exc_info=True)
+
+    # Keys
+
+    async def request_public_key(self, user_id: str) -> PeerKeys:
+        parts = await self.ready()
+        return await parts.trust.peer(user_id, refresh=True)
+
+    async def safety_number(self, user_id: str) -> SafetyNumber:
+        parts = await self.ready()
+        me = self._auth.identity
+        return await parts.trust.safety_number(me.user_id, parts.own.keys.user_signing_key, user_id)
+
+    async def trust(self, user_id: str) -> None:
+        """Accepts the key the service presents for `user_id` now; messages held for it are handled."""
+        parts = await self.ready()
+        await parts.trust.trust(user_id)
+        held = self._held.pop(user_id, [])
+        self._inbox.extendleft(reversed(held))
+        self._handled_up_to = min([self._handled_up_to, *(e.seq - 1 for e in held)])
+        self._wake()
+
+    async def device_list_changed(self) -> None:
+        """This user's devices changed: publish the signed list again (when this device holds the user key)."""
+        if self._parts is not None:
+            await self._parts.trust.publish_device_list()
+            self._parts.trust.forget(self._auth.identity.user_id)
+
+    async def ready(self) -> _Parts:
+        """Opens the key store, pins our own key, publishes the device list and prekeys (once)."""
+        if self._parts is not None:
+            return self._parts
+        async with self._starting:
+            if self._parts is None:
+                self._parts = await self._start()
+        return self._parts
+
+    async def _start(self) -> _Parts:
+        identity = self._auth.identity
+        if self._keystore_file is None:
+            store = KeyStore.in_memory()
+        else:
+            store = await asyncio.to_thread(KeyStore.open, self._keystore_file, self._passphrase)
+        state = E2eState(store)
+        kem: Kem | None = MlKem768() if ml_kem_768_available() else None
+        trust = Trust(self._auth, state)
+        own_keys = await trust.own_device(identity.user_id, identity.device_id)
+        own = x3dh.DeviceSecrets(own_keys, bytes(identity.device_dh_key))
+        prekeys = Prekeys(self._auth, state, kem, self._clock)
+        parts = _Parts(state, trust, prekeys, Sessions(lambda: own, state, prekeys, kem), own)
+        await trust.publish_device_list()
+        await prekeys.publish()
+        return parts
+
+
+def _bundle(proto: identity_pb2.PrekeyBundle, vouched: x3dh.DeviceKeys | None) -> x3dh.PrekeyBundle | None:
+    """The bundle, if its device keys are the ones the user's key vouches for."""
+    if vouched is None:
+        return None
+    device = proto.device
+    keys = x3dh.DeviceKeys(vouched.user_signing_key, device.signing_key, device.dh_key, device.certificate)
+    if keys != vouched or not proto.HasField("signed_prekey"):
+        return None
+    spk = proto.signed_prekey
+    otpk = proto.one_time_prekey if proto.HasField("one_time_prekey") else None
+    kem = proto.kem_prekey if proto.HasField("kem_prekey") else None
+    return x3dh.PrekeyBundle(
+        device=keys,
+        signed_prekey=x3dh.SignedPrekey(spk.key_id, spk.public_key, spk.signature),
+        one_time_prekey=x3dh.OneTimePrekey(otpk.key_id, otpk.public_key) if otpk else None,
+        kem_prekey=x3dh.KemPrekey(kem.kem, kem.key_id, kem.public_key, kem.signature) if kem else None,
+    )
