@@ -142,6 +142,8 @@ class DirectMessages:
         for _ in range(MAX_DEVICE_ROUNDS):
             async with self._sealing[user_id]:  # sealed in the order sent, queued in that order
                 targets = await self._targets(parts, user_id, only)
+                if only is not None:  # active, the gateway says, but not vouched for by the user's key
+                    unreachable |= only - {device.device_id for _, device in targets}
                 unreachable |= await self._start_sessions(parts, targets)
                 envelopes = {
                     device.device_id: parts.sessions.seal(device.device_id, plaintext.to_bytes())
@@ -375,9 +377,9 @@ class DirectMessages:
 
     async def device_list_changed(self) -> None:
         """This user's devices changed: publish the signed list again (when this device holds the user key)."""
-        if self._parts is not None:
-            await self._parts.trust.publish_device_list()
-            self._parts.trust.forget(self._auth.identity.user_id)
+        parts = await self.ready()
+        await parts.trust.publish_device_list()
+        parts.trust.forget(self._auth.identity.user_id)
 
     async def ready(self) -> _Parts:
         """Opens the key store, pins our own key, publishes the device list and prekeys (once)."""

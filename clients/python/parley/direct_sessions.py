@@ -5,7 +5,8 @@ this device started (X3DH as initiator) or one the peer started. The
 initiator puts its X3DH header on every message until it hears back, so the
 peer can start the session from whichever arrives first. When both sides
 start a session at once, both sessions stay usable; the one a message last
-arrived on becomes the active one, so the pair converges. A received
+arrived on becomes the active one (as libsignal promotes a session), so the
+pair settles on one session as soon as messages stop crossing. A received
 message is tried on the sender device's sessions, newest first; `open`
 changes nothing, and `commit` keeps the outcome once the caller has checked
 who the sender is.

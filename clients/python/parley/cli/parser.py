@@ -2,12 +2,15 @@
 
 The global options (`--addr`, `--key-file`) are accepted before or after any
 command and listed in every command's `--help`. Their defaults come from
-PARLEY_ADDR and PARLEY_KEY_FILE, read here and nowhere else.
+PARLEY_ADDR and PARLEY_KEY_FILE, and the key store's passphrase from
+PARLEY_KEYSTORE_PASSPHRASE (never a flag: other users see a command's
+arguments), read here and nowhere else.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping
 from importlib import metadata
@@ -24,10 +27,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     key_file = _key_file(environ.get("PARLEY_KEY_FILE") or str(DEFAULT_KEY_FILE))
     parser = argparse.ArgumentParser(
         prog="parley",
-        description="Parley realtime messaging: run the servers, manage users and devices, talk in rooms.",
+        description="Parley realtime messaging: run the servers, manage users and devices, talk in rooms, "
+        "send end-to-end encrypted direct messages.",
         parents=[_global_options(address, key_file, at_top=True)],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.set_defaults(keystore_passphrase=environ.get("PARLEY_KEYSTORE_PASSPHRASE") or None)
     # Below the top level the global options default to "not given", so one given
     # before the command is not overwritten by the command's own default.
     commands = _Commands(
@@ -42,6 +47,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     _add_rooms(commands)
     _add_room_events(commands)
     _add_subjects(commands)
+    _add_direct(commands)
     return parser
 
 
@@ -262,6 +268,59 @@ def _add_subjects(commands: _Commands) -> None:
     sub.add_argument("subject", metavar="SUBJECT", help='e.g. presence:lobby or "presence:*"')
 
 
+KEY_STORE_NOTE = (
+    "This device's end-to-end keys and sessions live beside --key-file (its name ending .e2e.json); "
+    "set PARLEY_KEYSTORE_PASSPHRASE to keep that file sealed under a passphrase."
+)
+
+
+def _add_direct(commands: _Commands) -> None:
+    dm = commands.add(
+        "dm",
+        "send an end-to-end encrypted direct message",
+        'Send TEXT to USER as {"text": TEXT}, encrypted for each of their devices and your own other devices, '
+        "and print how many devices got it. A device can receive direct messages once it has run a direct-message "
+        "command (e.g. `parley inbox`), which publishes its keys. Refused while USER's key differs from the one "
+        f"pinned on first use (see `parley safety-number`). {KEY_STORE_NOTE}",
+    )
+    dm.add_argument("user", metavar="USER", help="a username (or a user id)")
+    dm.add_argument("text", metavar="TEXT", help="the message")
+
+    inbox = commands.add(
+        "inbox",
+        "print your new direct messages",
+        "Print the direct messages waiting for this device, then those that arrive, one line each "
+        "(`[time] alice: text`; copies of what you sent from another device as `you → bob: text`), and remove "
+        "them from the server once shown. Ends after --wait seconds without a new message, or runs until Ctrl-C "
+        f"with --follow. Messages from a user whose key changed are held until you trust it. {KEY_STORE_NOTE}",
+    )
+    inbox.add_argument(
+        "--wait",
+        type=_positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="end after this many seconds with no new message (default: %(default)s)",
+    )
+    inbox.add_argument("--follow", action="store_true", help="keep printing messages until Ctrl-C")
+
+    safety = commands.add(
+        "safety-number",
+        "print the number to compare with USER out of band",
+        "Print the 60-digit safety number for your key and USER's: both of you see the same digits. Compare them "
+        "in person or over another channel you trust; a difference means the keys are not the ones you think. "
+        f"Says so when USER's key differs from the one pinned on first use. {KEY_STORE_NOTE}",
+    )
+    safety.add_argument("user", metavar="USER", help="a username (or a user id)")
+
+    trust = commands.add(
+        "trust",
+        "accept USER's current key",
+        "Pin the key the server presents for USER now (after comparing safety numbers), so direct messages "
+        f"to and from USER go through again, and print the new safety number. {KEY_STORE_NOTE}",
+    )
+    trust.add_argument("user", metavar="USER", help="a username (or a user id)")
+
+
 def _key_file(text: str) -> Path:
     return Path(text).expanduser()
 
@@ -274,6 +333,16 @@ def _not_negative(text: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return number
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0 (use --follow to wait on)")
+    return seconds
 
 
 def _version() -> str:
