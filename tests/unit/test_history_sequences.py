@@ -173,6 +173,8 @@ def test_numbers_handed_out_are_unique_and_increasing_whatever_happens(
     room = f"p{id(operations)}"
 
     async def scenario() -> None:
+        leftover = await history_on_runner.log_state(room)
+        assert leftover is None, f"DIAG leftover log in {room}: {leftover}"
         numbers = ReservedSequences(history_on_runner, block=block)
         given_out: list[int] = []
         kept: list[str] = []

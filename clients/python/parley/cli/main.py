@@ -16,12 +16,14 @@ from pathlib import Path
 
 import grpc
 
-from parley.cli import account, chat, realtime, registration
+from parley.cli import account, chat, direct, realtime, registration
 from parley.cli.failures import describe, output_closed
 from parley.cli.parser import build_parser
 from parley.cli.realtime import parse_json
 from parley.client import Client
+from parley.crypto.errors import CryptoError
 from parley.errors import ParleyError, error_from_rpc
+from parley.keystore import KeyStoreLockedError
 
 __all__ = ["build_parser", "main"]
 
@@ -43,6 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a key file that cannot be read or written
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyStoreLockedError as exc:
+        print(f"error: {exc} (PARLEY_KEYSTORE_PASSPHRASE holds the key store's passphrase)", file=sys.stderr)
+        return 1
+    except CryptoError as exc:  # keys the server presents that do not check out
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -58,7 +66,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await registration.register(args.addr, args.key_file, args.username, args.device_name)
         return 0
     data = parse_json(args.data, "JSON") if args.command in ("send", "pub", "edit") else None
-    async with Client(args.addr, key_file=_existing_key_file(args.key_file)) as client:
+    key_file = _existing_key_file(args.key_file)
+    async with Client(args.addr, key_file=key_file, keystore_passphrase=args.keystore_passphrase) as client:
         if args.command == "user":
             await _user(client, args)
         elif args.command == "whoami":
@@ -81,6 +90,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
             await realtime.publish_subject(client, args.subject, data)
         elif args.command == "sub":
             await realtime.subscribe_subject(client, args.subject)
+        elif args.command == "dm":
+            await direct.send_text(client, args.user, args.text)
+        elif args.command == "inbox":
+            await direct.inbox(client, wait=args.wait, follow=args.follow)
+        elif args.command == "safety-number":
+            await direct.show_safety_number(client, args.user)
+        elif args.command == "trust":
+            await direct.trust_user(client, args.user)
     return 0
 
 
