@@ -267,3 +267,29 @@ def test_dm_crypto_bench_runs_every_phase_and_reports_positive_figures() -> None
         assert 0 < phase["p50_us"] <= phase["p99_us"]
         assert phase["mean_us"] > 0
         assert all(part["mean_us"] > 0 for part in phase["parts"].values())
+
+
+def test_dm_throughput_bench_delivers_every_message_in_both_modes() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.dm_throughput_bench", "--seconds", "0.3", "--in-flight", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["server_exit_code"] == 0
+    modes = result["modes"]
+    assert set(modes) == {"plaintext", "encrypted"}
+    for mode in modes.values():
+        assert mode["complete"]
+        assert mode["received"] == mode["sent"] > 0
+        assert mode["warmup"]["received"] == mode["warmup"]["sent"] > 0
+        assert mode["messages_per_s"] > 0
+        assert 0 < mode["latency_ms"]["p50"] <= mode["latency_ms"]["p99"]
+        assert mode["server_cpu_ms_per_message"] > 0
+        assert mode["client_cpu_ms_per_message"] > 0
+    assert modes["plaintext"]["envelope_bytes_per_message"] == 256  # the JSON payload itself
+    assert modes["encrypted"]["envelope_bytes_per_message"] > 256  # sealed: headers and tag besides
+    assert all(value > 0 for value in result["encrypted_over_plaintext"].values())

@@ -39,7 +39,7 @@ from parley.crypto.primitives import constant_time_equal
 from parley.crypto.safety_numbers import SafetyNumber
 from parley.direct_sessions import Opened, Sessions
 from parley.e2e_state import E2eState
-from parley.errors import ParleyError, UnavailableError, ValidationError
+from parley.errors import NotFoundError, ParleyError, UnavailableError, ValidationError
 from parley.gateway.v1 import gateway_pb2
 from parley.handlers import call_handler
 from parley.history.v1 import history_pb2
@@ -52,6 +52,10 @@ from parley.trust import PeerKeys, Trust
 log = logging.getLogger("parley.client")
 # Rounds of "the send left out these devices" followed before giving up on them.
 MAX_DEVICE_ROUNDS = 3
+# Envelopes kept while no handler is subscribed (the mailbox keeps them all on the server).
+UNSUBSCRIBED_BACKLOG = 1000
+# After the identity service could not be asked about a sender.
+RETRY_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +129,8 @@ class DirectMessages:
         self._inbox: deque[history_pb2.SealedEnvelope] = deque()
         self._held: dict[str, list[history_pb2.SealedEnvelope]] = defaultdict(list)
         self._handled_up_to = 0
+        # Held envelopes handed back by `trust`, to handle although later ones were handled before.
+        self._released: set[int] = set()
         self._acked_up_to = 0
         self._worker: asyncio.Task[None] | None = None
 
@@ -246,27 +252,43 @@ class DirectMessages:
     def received(self, frame: gateway_pb2.SealedEnvelopes) -> None:
         """Envelopes from the stream (a new stream hands over again what was not acknowledged)."""
         held = {e.seq for waiting in self._held.values() for e in waiting}
-        self._inbox.extend(e for e in frame.envelopes if e.seq > self._handled_up_to and e.seq not in held)
-        self._wake()
+        fresh = [e for e in frame.envelopes if e.seq > self._handled_up_to and e.seq not in held]
+        if not self._handlers:  # nobody listens yet: keep a bounded number; the rest come on the next stream
+            fresh = fresh[: max(0, UNSUBSCRIBED_BACKLOG - len(self._inbox))]
+        self._inbox.extend(fresh)
+        self._wake(acknowledge=len(fresh) < len(frame.envelopes))
 
-    def _wake(self) -> None:
-        if self._handlers and self._inbox and (self._worker is None or self._worker.done()):
+    def _wake(self, *, acknowledge: bool = False) -> None:
+        """Starts the worker when there is work: envelopes to handle, or an acknowledgement a stream lost."""
+        if not self._handlers or (self._worker is not None and not self._worker.done()):
+            return
+        if self._inbox or (acknowledge and self._handled_up_to > self._acked_up_to):
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
         parts = await self.ready()
-        while self._inbox:
+        while True:
             started = False
             while self._inbox:
-                envelope = self._inbox.popleft()
-                if envelope.seq <= self._handled_up_to:
-                    continue
-                started |= await self._handle(parts, envelope)
-                self._handled_up_to = envelope.seq
+                envelope = self._inbox[0]
+                if envelope.seq > self._handled_up_to or envelope.seq in self._released:
+                    try:
+                        started |= await self._handle(parts, envelope)
+                    except ParleyError as error:
+                        if not error.retryable:
+                            raise
+                        log.warning("could not check a direct message's sender (%s); trying again shortly", error)
+                        asyncio.get_running_loop().call_later(RETRY_SECONDS, self._wake)
+                        return
+                    self._handled_up_to = max(self._handled_up_to, envelope.seq)
+                    self._released.discard(envelope.seq)
+                self._inbox.popleft()
             await parts.state.persist()
             await self._acknowledge()
             if started:
                 await self._refill(parts)
+            if not self._inbox:
+                return
 
     async def _handle(self, parts: _Parts, envelope: history_pb2.SealedEnvelope) -> bool:
         """Opens, checks and hands over one envelope; True when it started a session (a prekey was used)."""
@@ -319,7 +341,10 @@ class DirectMessages:
             if opened.session.peer_user_id != envelope.sender_user_id:
                 raise ForgedSenderError("the session belongs to another user than the envelope's sender")
             return
-        peer = await parts.trust.peer(envelope.sender_user_id)
+        try:
+            peer = await parts.trust.peer(envelope.sender_user_id)
+        except NotFoundError:
+            raise ForgedSenderError(f"the identity service knows no user {envelope.sender_user_id!r}") from None
         initiator = opened.started.initiator
         if not constant_time_equal(initiator.user_signing_key, peer.user_signing_key):
             raise ForgedSenderError("the session was started with another user key than the sender's")
@@ -372,7 +397,7 @@ class DirectMessages:
         await parts.trust.trust(user_id)
         held = self._held.pop(user_id, [])
         self._inbox.extendleft(reversed(held))
-        self._handled_up_to = min([self._handled_up_to, *(e.seq - 1 for e in held)])
+        self._released.update(e.seq for e in held)
         self._wake()
 
     async def device_list_changed(self) -> None:
