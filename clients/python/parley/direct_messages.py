@@ -45,6 +45,7 @@ from parley.handlers import call_handler
 from parley.history.v1 import history_pb2
 from parley.identity.v1 import identity_pb2
 from parley.keystore import KeyStore
+from parley.outbox import Send
 from parley.prekeys import Prekeys
 from parley.sender import Sender
 from parley.trust import PeerKeys, Trust
@@ -126,6 +127,7 @@ class DirectMessages:
         self._handlers: list[DirectHandler] = []
         self._rejected_handlers: list[RejectedHandler] = []
         self._sealing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._turns = _Turns()
         self._inbox: deque[history_pb2.SealedEnvelope] = deque()
         self._held: dict[str, list[history_pb2.SealedEnvelope]] = defaultdict(list)
         self._handled_up_to = 0
@@ -146,7 +148,7 @@ class DirectMessages:
         unreachable: set[str] = set()
         only: set[str] | None = None
         for _ in range(MAX_DEVICE_ROUNDS):
-            async with self._sealing[user_id]:  # sealed in the order sent, queued in that order
+            async with self._sealing[user_id]:  # sealed in the order sent
                 targets = await self._targets(parts, user_id, only)
                 if only is not None:  # active, the gateway says, but not vouched for by the user's key
                     unreachable |= only - {device.device_id for _, device in targets}
@@ -156,10 +158,17 @@ class DirectMessages:
                     for _, device in targets
                     if device.device_id not in unreachable
                 }
-                await parts.state.persist()  # a ratchet step is on disk before its message leaves
+                turn = self._turns.take(user_id)
             if not envelopes:
+                turn.done()
                 break
-            missing = await self._deposit(parts, user_id, message_id, envelopes)
+            try:
+                await parts.state.persist()  # a ratchet step is on disk before its message leaves (saves are shared)
+                await turn.ready()  # and queued in the order sealed
+                send = self._sender.send("", send_direct=_command(user_id, message_id, envelopes))
+            finally:
+                turn.done()
+            missing = await self._deposit(parts, user_id, message_id, envelopes, send)
             stored.extend(envelopes)
             only = set(missing) - set(stored) - unreachable
             if not only:
@@ -208,17 +217,14 @@ class DirectMessages:
             unreachable |= set(devices) - {b.device.device_id for b in response.bundles}
         return unreachable
 
-    async def _deposit(self, parts: _Parts, user_id: str, message_id: str, envelopes: dict[str, bytes]) -> list[str]:
-        """Sends the envelopes; returns the devices the gateway says were left out. A device that is no
-        longer active is dropped and the rest sent again."""
+    async def _deposit(
+        self, parts: _Parts, user_id: str, message_id: str, envelopes: dict[str, bytes], send: Send
+    ) -> list[str]:
+        """The devices the gateway says the send left out. When it refuses a device that is no longer
+        active, the rest are sent again without it."""
         while True:
-            command = gateway_pb2.SendDirectCommand(
-                recipient_user_id=user_id,
-                message_id=message_id,
-                envelopes=[gateway_pb2.DeviceCiphertext(device_id=d, ciphertext=c) for d, c in envelopes.items()],
-            )
             try:
-                reply = await self._sender.send("", send_direct=command)
+                reply = await send
                 return list(reply.direct.missing_device_ids)
             except ValidationError as error:
                 if error.field != "send_direct.envelopes" or "not an active device" not in error.message:
@@ -229,6 +235,7 @@ class DirectMessages:
                 del envelopes[device_id]
             if not envelopes:
                 return []
+            send = self._sender.send("", send_direct=_command(user_id, message_id, envelopes))
 
     async def _active_devices(self, parts: _Parts, user_id: str) -> set[str]:
         me = self._auth.identity
@@ -431,6 +438,42 @@ class DirectMessages:
         await trust.publish_device_list()
         await prekeys.publish()
         return parts
+
+
+def _command(user_id: str, message_id: str, envelopes: dict[str, bytes]) -> gateway_pb2.SendDirectCommand:
+    return gateway_pb2.SendDirectCommand(
+        recipient_user_id=user_id,
+        message_id=message_id,
+        envelopes=[gateway_pb2.DeviceCiphertext(device_id=d, ciphertext=c) for d, c in envelopes.items()],
+    )
+
+
+class _Turn:
+    """One send's place in its recipient's queue: it goes out after the send sealed before it."""
+
+    def __init__(self, previous: asyncio.Future[None] | None) -> None:
+        self._previous = previous
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def ready(self) -> None:
+        if self._previous is not None:
+            await asyncio.shield(self._previous)
+
+    def done(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+class _Turns:
+    def __init__(self) -> None:
+        self._last: dict[str, asyncio.Future[None]] = {}
+
+    def take(self, key: str) -> _Turn:
+        previous = self._last.get(key)
+        turn = _Turn(previous if previous is not None and not previous.done() else None)
+        self._last[key] = turn.finished
+        turn.finished.add_done_callback(lambda done: self._last.pop(key) if self._last.get(key) is done else None)
+        return turn
 
 
 def _bundle(proto: identity_pb2.PrekeyBundle, vouched: x3dh.DeviceKeys | None) -> x3dh.PrekeyBundle | None:
