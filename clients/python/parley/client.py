@@ -273,9 +273,19 @@ class Client:
         when nobody is in the middle. Compare it in person or over a channel you trust."""
         return await self._direct.safety_number(user_id)
 
-    async def trust(self, user_id: str) -> None:
-        """Accepts the user's current key (after comparing safety numbers); their held messages are delivered."""
-        await self._direct.trust(user_id)
+    async def trust(self, user_id: str, *, safety_number: SafetyNumber | str | None = None) -> None:
+        """Accepts the user's current key (after comparing safety numbers); their held messages are delivered.
+
+        With `safety_number` (the digits you compared; spaces are ignored) the key is accepted only if it
+        still gives that number: `KeyChangedError` otherwise.
+        """
+        await self._direct.trust(user_id, safety_number)
+
+    async def publish_prekeys(self) -> None:
+        """Makes this device reachable for encrypted direct messages now: publishes its prekeys (and, on a
+        device holding the user key, the signed device list). Done by itself the first time the client
+        sends, subscribes to its direct messages or asks for a key."""
+        await self._direct.ready()
 
     # Rooms
 

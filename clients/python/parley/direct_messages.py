@@ -398,10 +398,12 @@ class DirectMessages:
         me = self._auth.identity
         return await parts.trust.safety_number(me.user_id, parts.own.keys.user_signing_key, user_id)
 
-    async def trust(self, user_id: str) -> None:
-        """Accepts the key the service presents for `user_id` now; messages held for it are handled."""
+    async def trust(self, user_id: str, compared: SafetyNumber | str | None = None) -> None:
+        """Accepts the key the service presents for `user_id` now (if it gives the `compared` number, when
+        given); messages held for it are handled."""
         parts = await self.ready()
-        await parts.trust.trust(user_id)
+        me = self._auth.identity.user_id
+        await parts.trust.trust(user_id, (me, parts.own.keys.user_signing_key, str(compared)) if compared else None)
         held = self._held.pop(user_id, [])
         self._inbox.extendleft(reversed(held))
         self._released.update(e.seq for e in held)

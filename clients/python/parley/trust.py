@@ -16,7 +16,7 @@ import time
 
 from parley.auth import Auth
 from parley.crypto import identity as proofs
-from parley.crypto.errors import InvalidSignatureError, StaleDeviceListError
+from parley.crypto.errors import InvalidSignatureError, KeyChangedError, StaleDeviceListError
 from parley.crypto.safety_numbers import KeyPinning, SafetyNumber, safety_number
 from parley.crypto.x3dh import DeviceKeys
 from parley.e2e_state import E2eState
@@ -103,9 +103,18 @@ class Trust:
         """The user key the identity service gives for the user now, pinned or not."""
         return (await self._user(user_id)).user.signing_key
 
-    async def trust(self, user_id: str) -> bytes:
-        """Pins the key the service presents now (after the user compared safety numbers); returns it."""
+    async def trust(self, user_id: str, compared: tuple[str, bytes, str] | None = None) -> bytes:
+        """Pins the key the service presents now (after the user compared safety numbers); returns it.
+
+        `compared` = (our user id, our user key, the digits compared): the key must still give them.
+        """
         key = await self.presented_key(user_id)
+        if compared is not None:
+            own_user_id, own_key, digits = compared
+            number = safety_number(own_user_id, own_key, user_id, key)
+            if number.digits != "".join(digits.split()):
+                pinned = self.pinned_user_key(user_id) or b""
+                raise KeyChangedError(user_id, pinned, key)
         self._pinning.accept(user_id, key)
         self.forget(user_id)
         await self._state.persist()

@@ -36,7 +36,7 @@ async def send_text(client: Client, who: str, text: str) -> None:
     if not sent.device_ids:
         raise SystemExit(
             f"error: not sent: no device of {peer.username} can receive direct messages yet; a device can once "
-            "it has run `parley inbox` (or another direct-message command), which publishes its keys"
+            "its keys are published (`user register` does; an added device on its first `parley inbox`)"
         )
     print(sent_line(peer, sent))
 

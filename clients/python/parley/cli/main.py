@@ -63,7 +63,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "health":
         return await _health(args)
     if args.command == "user" and args.user_command == "register":
-        await registration.register(args.addr, args.key_file, args.username, args.device_name)
+        await registration.register(args.addr, args.key_file, args.username, args.device_name, args.keystore_passphrase)
         return 0
     data = parse_json(args.data, "JSON") if args.command in ("send", "pub", "edit") else None
     key_file = _existing_key_file(args.key_file)

@@ -38,7 +38,9 @@ async def _confirm(address: str, key_file: Path) -> None:
     print(f"already registered as {me.username} ({me.user_id}), device {me.device_id}; keys in {key_file}")
 
 
-async def register(address: str, key_file: Path, username: str, device_name: str) -> None:
+async def register(
+    address: str, key_file: Path, username: str, device_name: str, keystore_passphrase: str | None = None
+) -> None:
     owner = _registered_owner(key_file)
     if owner == username:
         await _confirm(address, key_file)
@@ -46,8 +48,15 @@ async def register(address: str, key_file: Path, username: str, device_name: str
     if owner is not None:
         raise SystemExit(f"error: {key_file} already holds a registered identity ({owner}); choose another --key-file")
     try:
-        async with Client(address, username=username, key_file=key_file, device_name=device_name) as client:
+        async with Client(
+            address,
+            username=username,
+            key_file=key_file,
+            device_name=device_name,
+            keystore_passphrase=keystore_passphrase,
+        ) as client:
             me = await client.whoami()
+            await client.publish_prekeys()  # others can start encrypted conversations with it from now on
     except ParleyError as exc:
         if outcome_unknown(exc) and pending_key_file(key_file).exists():
             print(
