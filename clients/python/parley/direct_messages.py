@@ -149,7 +149,8 @@ class DirectMessages:
         only: set[str] | None = None
         for _ in range(MAX_DEVICE_ROUNDS):
             async with self._sealing[user_id]:  # sealed in the order sent
-                targets = await self._targets(parts, user_id, only)
+                targets, refused = await self._targets(parts, user_id, only)
+                unreachable |= refused
                 if only is not None:  # active, the gateway says, but not vouched for by the user's key
                     unreachable |= only - {device.device_id for _, device in targets}
                 unreachable |= await self._start_sessions(parts, targets)
@@ -179,15 +180,21 @@ class DirectMessages:
             unreachable |= only or set()
         return DirectSent(message_id, tuple(stored), tuple(sorted(unreachable)))
 
-    async def _targets(self, parts: _Parts, user_id: str, only: set[str] | None) -> list[tuple[str, x3dh.DeviceKeys]]:
-        """(user, device) for the recipient's devices and our own other devices (`only` these, if given)."""
+    async def _targets(
+        self, parts: _Parts, user_id: str, only: set[str] | None
+    ) -> tuple[list[tuple[str, x3dh.DeviceKeys]], set[str]]:
+        """(user, device) for the recipient's devices and our own other devices (`only` these, if given),
+        and the devices the service lists that the users' keys do not vouch for."""
         me = self._auth.identity
         users = [user_id] if user_id == me.user_id else [user_id, me.user_id]
         targets: list[tuple[str, x3dh.DeviceKeys]] = []
+        refused: set[str] = set()
         for user in users:
             peer = await parts.trust.peer(user)
             targets.extend((user, d) for d in peer.devices if d.device_id != me.device_id)
-        return [t for t in targets if only is None or t[1].device_id in only]
+            refused.update(peer.rejected_device_ids)
+        wanted = [t for t in targets if only is None or t[1].device_id in only]
+        return wanted, {d for d in refused if only is None or d in only}
 
     async def _start_sessions(self, parts: _Parts, targets: list[tuple[str, x3dh.DeviceKeys]]) -> set[str]:
         """Sessions with every target that has none (or one with keys other than the vouched ones);

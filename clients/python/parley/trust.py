@@ -62,6 +62,7 @@ class Trust:
         known = self._peers.get(user_id)
         if known is not None and not refresh:
             return known
+        self.forget(user_id)  # whatever the answer now, keys known before no longer count
         user = await self._user(user_id)
         self._pinning.verify(user_id, user.user.signing_key)
         user_key = user.user.signing_key
