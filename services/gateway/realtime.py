@@ -16,6 +16,7 @@ from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
 from parley.hooks import JoinContext, RoomContext, SessionContext
 from parley.identity.v1 import identity_pb2
+from parley.reasons import reason_name
 from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
@@ -25,7 +26,7 @@ from services.gateway.command_lanes import CommandLanes
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import ANY_EVENT, Connection, ConnectionRegistry, Interest
 from services.gateway.direct import DeviceLookup, DirectMessages
-from services.gateway.directory import RoomDirectory
+from services.gateway.directory import RoomDirectory, notice_of
 from services.gateway.ephemerals import EphemeralSignals
 from services.gateway.feeds import FeedSettings, RoomFeeds
 from services.gateway.history_client import HistoryAppender
@@ -355,25 +356,51 @@ class Realtime:
     # Room changes (from the room service's feed)
 
     async def rejoin_all(self) -> None:
-        """Registers every local membership with the room service again (after it restarted)."""
+        """Registers every local membership with the room service again (after it restarted, or after the
+        watch was away); a connection whose user was removed from a private room meanwhile leaves it."""
         for connection in self.connections.all():
             for room_id in list(connection.rooms):
                 try:
                     await self.rooms.join(room_id, connection.user_id, connection.session_id)
-                except ServiceError:
+                except ServiceError as error:
+                    if error.reason == reason_name(errors_pb2.ERROR_REASON_NOT_A_MEMBER):
+                        room = self.directory.room(room_id) or room_pb2.Room(room_id=room_id)
+                        removed = room_pb2.RoomChange(
+                            kind=room_pb2.RoomChange.KIND_MEMBERS_REMOVED, room=room, user_ids=[connection.user_id]
+                        )
+                        await self._members_removed(notice_of(removed))
+                        continue
                     log.warning("could not re-register a membership", exc_info=True, extra={"room": room_id})
 
+    async def _members_removed(self, change: room_pb2.RoomChange) -> None:
+        """Connections of users removed from a private room leave it at once, each told why."""
+        removed, room_id = set(change.user_ids), change.room.room_id
+        frame = wire.frame(gateway_pb2.ConnectResponse(room_changed=gateway_pb2.RoomChanged(change=change)))
+        told: set[str] = set()
+        for connection in self.connections.all():
+            if connection.user_id in removed and room_id in connection.rooms:
+                self.commands.drop(connection, room_id)
+                connection.outbox.put(kinds.FRAME, frame, urgent=True)
+                told.add(connection.user_id)
+        for user_id in sorted(told):
+            await self.commands.announce_left(user_id, "", [room_id])
+
     async def on_room_change(self, change: room_pb2.RoomChange) -> None:
-        """Every connection is told; members of a deleted room are taken out of it."""
+        """Every connection is told of public rooms; members of a deleted room are taken out of it, users removed
+        from a private room leave it."""
+        if change.kind == room_pb2.RoomChange.KIND_MEMBERS_REMOVED:
+            await self._members_removed(change)
+            return
         if change.kind == room_pb2.RoomChange.KIND_DELETED:
             for connection in self.feeds.forget_room(change.room.room_id):
                 connection.rooms.pop(change.room.room_id, None)
                 connection.caught_up.pop(change.room.room_id, None)
                 context = JoinContext(connection.session_id, connection.user_id, change.room.room_id)
                 await self.hooks.notify("on_left", context)
-        frame = wire.frame(gateway_pb2.ConnectResponse(room_changed=gateway_pb2.RoomChanged(change=change)))
-        for connection in self.connections.all():
-            connection.outbox.put(kinds.FRAME, frame, urgent=True)
+        if change.room.visibility != room_pb2.ROOM_VISIBILITY_PRIVATE:  # a private room is its members' business
+            frame = wire.frame(gateway_pb2.ConnectResponse(room_changed=gateway_pb2.RoomChanged(change=change)))
+            for connection in self.connections.all():
+                connection.outbox.put(kinds.FRAME, frame, urgent=True)
         hook = "on_room_deleted" if change.kind == room_pb2.RoomChange.KIND_DELETED else "on_room_created"
         room = change.room
         await self.hooks.notify(hook, RoomContext(room_id=room.room_id, name=room.name, creator=room.creator))

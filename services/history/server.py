@@ -7,6 +7,7 @@ from opentelemetry.metrics import Meter
 from parley.history.v1 import history_pb2
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
+from services.history.log_readers import open_log_readers
 from services.history.mailbox_storage import open_mailbox_storage
 from services.history.mailboxes import Mailboxes
 from services.history.pruner import Pruner
@@ -45,10 +46,12 @@ async def history_parts(
     hot = HotBuffer(config.history.hot_events_per_name, config.history.hot_buffer_bytes)
     committer = GroupCommitter(storage, config.history.idempotency_window_seconds, hot)
     mailboxes = Mailboxes(await open_mailbox_storage(config), config.history)
-    servicer = HistoryServicer(storage, committer, config.history, hot, bus, mailboxes)
+    readers = await open_log_readers(config)
+    servicer = HistoryServicer(storage, committer, config.history, hot, bus, mailboxes, readers)
     pruner = Pruner(storage, config.history, hot, servicer.retention_received)
 
     async def close() -> None:
+        await readers.close()
         await mailboxes.close()
         await pruner.close()
         await committer.close()

@@ -14,6 +14,7 @@ from services.history.announcer import LogAnnouncer
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
 from services.history.limits import MAX_EVENTS_PER_APPEND
+from services.history.log_readers import LogReaders
 from services.history.mailboxes import Mailboxes
 from services.history.storage import (
     Appended,
@@ -30,6 +31,7 @@ from services.runtime.change_feed import ChangeFeed
 from services.runtime.config import HistoryConfig
 from services.runtime.errors import ServiceError, event_not_found, invalid_field, not_author, not_found
 from services.runtime.grpc_types import Context
+from services.runtime.principal import current_principal
 from services.runtime.request_checks import null_if_unset
 from services.runtime.timestamps import to_timestamp
 from services.runtime.uncancellable import uncancellable
@@ -87,7 +89,9 @@ class HistoryServicer:
         hot: HotBuffer,
         bus: Bus,
         mailboxes: Mailboxes,
+        readers: LogReaders,
     ) -> None:
+        self._readers = readers
         # The mailbox RPCs are another part's (sealed envelopes, not logs).
         self.mailboxes = mailboxes
         self.DepositEnvelopes = mailboxes.DepositEnvelopes
@@ -106,6 +110,7 @@ class HistoryServicer:
         self, request: history_pb2.GetLogStateRequest, context: Context
     ) -> history_pb2.GetLogStateResponse:
         check_room_id(request.room_id)
+        self._readers.check(request.room_id, current_principal())
         row = await self._storage.log_state(request.room_id)
         if row is None:
             return history_pb2.GetLogStateResponse(state=history_pb2.LogState(room_id=request.room_id))
@@ -251,7 +256,16 @@ class HistoryServicer:
         return history_pb2.DropLogResponse(dropped_events=await uncancellable(commit()))
 
     async def GetEvent(self, request: history_pb2.GetEventRequest, context: Context) -> history_pb2.GetEventResponse:
+        check_room_id(request.room_id)
+        self._readers.check(request.room_id, current_principal())
         return await self.get(request)
+
+    async def SetLogReaders(
+        self, request: history_pb2.SetLogReadersRequest, context: Context
+    ) -> history_pb2.SetLogReadersResponse:
+        check_room_id(request.room_id)
+        await uncancellable(self._readers.set(request.room_id, request.restricted, list(request.user_ids)))
+        return history_pb2.SetLogReadersResponse()
 
     async def get(self, request: history_pb2.GetEventRequest) -> history_pb2.GetEventResponse:
         """GetEvent itself; the all-in-one gateway calls it in process."""
@@ -319,6 +333,8 @@ class HistoryServicer:
     async def ListEventsSince(
         self, request: history_pb2.ListEventsSinceRequest, context: Context
     ) -> history_pb2.ListEventsSinceResponse:
+        check_room_id(request.room_id)
+        self._readers.check(request.room_id, current_principal())
         return await self.since(request)
 
     async def since(self, request: history_pb2.ListEventsSinceRequest) -> history_pb2.ListEventsSinceResponse:
@@ -345,6 +361,7 @@ class HistoryServicer:
     async def ListEvents(self, request: history_pb2.ListEventsRequest, context: Context) -> bytes:
         """A ListEventsResponse encoded by joining the stored event bodies (no decoding)."""
         check_room_id(request.room_id)
+        self._readers.check(request.room_id, current_principal())
         room_id, event = request.room_id, request.event
         if request.HasField("range"):
             start, end = request.range.start, request.range.end

@@ -1,4 +1,5 @@
-"""The room service's calls to the history service: a deleted room's log goes with it, and stays closed."""
+"""The room service's calls to the history service: a deleted room's log goes with it, and stays closed;
+a private room's log is readable by its members only."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ class RoomLogs(Protocol):
     async def reopen_log(self, room_id: str) -> None:
         """Opens the room's log if it is closed (its next event starts a new epoch); an open log is kept."""
 
+    async def set_readers(self, room_id: str, restricted: bool, user_ids: list[str]) -> None:
+        """Only these users may read the room's log (when `restricted`), from now on."""
+
 
 class HistoryLogs(PeerClient):
     async def close_log(self, room_id: str) -> int:
@@ -22,6 +26,11 @@ class HistoryLogs(PeerClient):
 
     async def reopen_log(self, room_id: str) -> None:
         await self._drop(history_pb2.DropLogRequest(room_id=room_id, reopen_only=True), "open the room's history")
+
+    async def set_readers(self, room_id: str, restricted: bool, user_ids: list[str]) -> None:
+        stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+        request = history_pb2.SetLogReadersRequest(room_id=room_id, restricted=restricted, user_ids=user_ids)
+        await self.call(stub.SetLogReaders, request, "set who may read the room's history")
 
     async def _drop(self, request: history_pb2.DropLogRequest, what: str) -> int:
         stub = history_pb2_grpc.HistoryServiceStub(self.channel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from parley.api.v1 import errors_pb2
 from parley.room.v1 import room_pb2
@@ -19,6 +19,7 @@ from services.runtime.uncancellable import uncancellable
 
 CREATED = room_pb2.RoomChange.KIND_CREATED
 DELETED = room_pb2.RoomChange.KIND_DELETED
+MEMBERS_REMOVED = room_pb2.RoomChange.KIND_MEMBERS_REMOVED
 
 
 def room_not_found(room_id: str) -> ServiceError:
@@ -68,8 +69,11 @@ class RoomRegistry:
         )
         return listed[:limit], len(listed) > limit
 
-    async def create(self, room: room_pb2.Room, schema_bytes: int) -> room_pb2.Room:
-        """Creates a run-time room holding `schema_bytes` of JSON Schema (counted against its creator)."""
+    async def create(
+        self, room: room_pb2.Room, schema_bytes: int, prepare: Callable[[], Awaitable[None]] | None = None
+    ) -> room_pb2.Room:
+        """Creates a run-time room holding `schema_bytes` of JSON Schema (counted against its creator);
+        `prepare()` runs once the id is reserved, before the room is stored (e.g. who may read its log)."""
         room_id = room.room_id
         if room_id in self._rooms or room_id in self._declared or room_id in self._changing:
             raise already_exists(
@@ -84,11 +88,15 @@ class RoomRegistry:
             raise
         # Once its log is opened, the room is created, held and announced even if the caller
         # stops waiting: a row written but never held would be a room nobody sees or re-creates.
-        return await uncancellable(self._commit_creation(room))
+        return await uncancellable(self._commit_creation(room, prepare))
 
-    async def _commit_creation(self, room: room_pb2.Room) -> room_pb2.Room:
+    async def _commit_creation(
+        self, room: room_pb2.Room, prepare: Callable[[], Awaitable[None]] | None
+    ) -> room_pb2.Room:
         room_id = room.room_id
         try:
+            if prepare is not None:
+                await prepare()
             # A deleted room's log was closed: open it again. A log a backend
             # wrote under this id (never a room's) stays: the room adopts it.
             await self._logs.reopen_log(room_id)
@@ -156,6 +164,10 @@ class RoomRegistry:
             yield None
             async for batch in batches:
                 yield batch
+
+    def members_removed(self, room: room_pb2.Room, user_ids: list[str]) -> None:
+        """Tells every gateway: these users' connections leave the private room."""
+        self._announce(room_pb2.RoomChange(kind=MEMBERS_REMOVED, room=room, user_ids=user_ids))
 
     def _announce(self, change: room_pb2.RoomChange) -> None:
         self._changes.announce(change)

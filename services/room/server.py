@@ -11,6 +11,7 @@ from services.room import definitions
 from services.room.allowance import SchemaAllowance
 from services.room.history_client import HistoryLogs
 from services.room.leases import GatewayLeases
+from services.room.members import RoomMembers
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
 from services.room.servicer import RoomServicer
@@ -48,14 +49,20 @@ async def room_parts(
     )
     storage = await open_room_storage(config)
     registry = RoomRegistry(storage, declared, history, SchemaAllowance(config.room_service.max_schema_bytes_per_user))
+    members = RoomMembers(storage, history)
     try:
         await registry.load()
+        await members.load()
     except BaseException:
         await storage.close()
         raise
     membership = Membership()
     servicer = RoomServicer(
-        registry, membership, config.room_service.creations_per_hour, config.room_service.max_schema_bytes_per_room
+        registry,
+        membership,
+        members,
+        config.room_service.creations_per_hour,
+        config.room_service.max_schema_bytes_per_room,
     )
     owns_bus = bus is None
     if bus is None:

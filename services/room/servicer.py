@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from parley.room.v1 import room_pb2, room_pb2_grpc
 from services.room import definitions
 from services.room.leases import GatewayLeases
+from services.room.members import RoomMembers, is_private, not_a_member
 from services.room.membership import Membership
-from services.room.registry import RoomRegistry
+from services.room.registry import RoomRegistry, room_not_found
 from services.runtime.errors import invalid_field, rate_limited
 from services.runtime.grpc_types import Context
 from services.runtime.paging import clamp_page_size, decode_page_token, encode_page_token
@@ -24,10 +25,16 @@ MAX_PAGE_BYTES = 1024 * 1024
 
 class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     def __init__(
-        self, registry: RoomRegistry, membership: Membership, creations_per_hour: int, max_schema_bytes_per_room: int
+        self,
+        registry: RoomRegistry,
+        membership: Membership,
+        members: RoomMembers,
+        creations_per_hour: int,
+        max_schema_bytes_per_room: int,
     ) -> None:
         self._registry = registry
         self._membership = membership
+        self._members = members
         # Gateways in other processes renew leases on their connections' memberships (set by the server).
         self.leases: GatewayLeases | None = None
         self._creations = RateLimiter(creations_per_hour, 3600.0)
@@ -56,7 +63,10 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
 
     async def GetRoom(self, request: room_pb2.GetRoomRequest, context: Context) -> room_pb2.GetRoomResponse:
         definitions.check_room_id(request.room_id)
-        return room_pb2.GetRoomResponse(room=self._with_size(self._registry.get(request.room_id)))
+        room = self._registry.get(request.room_id)
+        if not self._members.may_use(room, current_principal()):
+            raise room_not_found(request.room_id)  # a private room is not there for others
+        return room_pb2.GetRoomResponse(room=self._with_size(room))
 
     async def CreateRoom(self, request: room_pb2.CreateRoomRequest, context: Context) -> room_pb2.CreateRoomResponse:
         caller = current_principal()
@@ -69,15 +79,25 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
         room, schema_bytes = await asyncio.to_thread(
             definitions.from_request, request, caller.user_id, self._max_schema_bytes
         )
-        return room_pb2.CreateRoomResponse(room=await self._registry.create(room, schema_bytes))
+        if not is_private(room):
+            return room_pb2.CreateRoomResponse(room=await self._registry.create(room, schema_bytes))
+
+        async def restrict_reading() -> None:
+            await self._members.open(room.room_id, room.creator)
+
+        created = await self._registry.create(room, schema_bytes, restrict_reading)
+        await self._members.created(room.room_id, room.creator)
+        return room_pb2.CreateRoomResponse(room=created)
 
     async def DeleteRoom(self, request: room_pb2.DeleteRoomRequest, context: Context) -> room_pb2.DeleteRoomResponse:
         definitions.check_room_id(request.room_id)
         caller = current_principal()
 
         async def delete() -> None:
-            await self._registry.delete(request.room_id, caller)
+            room = await self._registry.delete(request.room_id, caller)
             self._membership.drop_room(request.room_id)
+            if is_private(room):
+                await self._members.dropped(request.room_id)
 
         # Once its log is erased, the room goes too, members and all, even if the caller stops waiting.
         await uncancellable(delete())
@@ -87,7 +107,7 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
         self, request: room_pb2.ListParticipantsRequest, context: Context
     ) -> room_pb2.ListParticipantsResponse:
         definitions.check_room_id(request.room_id)
-        self._registry.get(request.room_id)
+        self._members.check_use(self._registry.get(request.room_id), current_principal())
         participants = self._membership.participants(request.room_id)
         return room_pb2.ListParticipantsResponse(
             participants=[
@@ -104,6 +124,8 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
         definitions.check_room_id(request.room_id)
         _require(user_id=request.user_id, session_id=request.session_id)
         room = self._registry.get(request.room_id)
+        if is_private(room) and not self._members.is_member(room.room_id, request.user_id):
+            raise not_a_member(room.room_id)
         first = self._membership.join(room.room_id, room.max_size, request.user_id, request.session_id)
         return room_pb2.JoinRoomResponse(room=self._with_size(room), first_connection=first)
 
@@ -121,6 +143,50 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     ) -> room_pb2.ListUserRoomsResponse:
         _require(user_id=request.user_id)
         return room_pb2.ListUserRoomsResponse(room_ids=self._membership.rooms_of(request.user_id))
+
+    async def AddRoomMembers(
+        self, request: room_pb2.AddRoomMembersRequest, context: Context
+    ) -> room_pb2.AddRoomMembersResponse:
+        room = self._private_room(request.room_id)
+        self._members.check_admin(room, current_principal())
+        user_ids = _user_ids(request.user_ids)
+        role = request.role or room_pb2.MEMBER_ROLE_MEMBER
+        if role not in (room_pb2.MEMBER_ROLE_MEMBER, room_pb2.MEMBER_ROLE_ADMIN):
+            raise invalid_field("role", "must be MEMBER_ROLE_MEMBER or MEMBER_ROLE_ADMIN")
+        if room.creator in user_ids and role != room_pb2.MEMBER_ROLE_ADMIN:
+            raise invalid_field("user_ids", "the creator stays an admin")
+        return room_pb2.AddRoomMembersResponse(members=await self._members.add(room.room_id, user_ids, role))
+
+    async def RemoveRoomMembers(
+        self, request: room_pb2.RemoveRoomMembersRequest, context: Context
+    ) -> room_pb2.RemoveRoomMembersResponse:
+        room = self._private_room(request.room_id)
+        caller = current_principal()
+        user_ids = _user_ids(request.user_ids)
+        if user_ids != [caller.user_id]:  # anyone may leave; removing others takes an admin
+            self._members.check_admin(room, caller)
+        if room.creator in user_ids:
+            raise invalid_field("user_ids", "the creator cannot be removed")
+        removed = await self._members.remove(room.room_id, user_ids)
+        for user_id in removed:
+            self._membership.leave(room.room_id, user_id, None)
+        if removed:
+            self._registry.members_removed(room, removed)
+        return room_pb2.RemoveRoomMembersResponse(removed_user_ids=removed)
+
+    async def ListRoomMembers(
+        self, request: room_pb2.ListRoomMembersRequest, context: Context
+    ) -> room_pb2.ListRoomMembersResponse:
+        room = self._private_room(request.room_id)
+        self._members.check_use(room, current_principal())
+        return room_pb2.ListRoomMembersResponse(members=self._members.members(room.room_id))
+
+    def _private_room(self, room_id: str) -> room_pb2.Room:
+        definitions.check_room_id(room_id)
+        room = self._registry.get(room_id)
+        if not is_private(room):
+            raise invalid_field("room_id", f"room {room_id!r} is not private: anyone may join it")
+        return room
 
     async def WatchRooms(
         self, request: room_pb2.WatchRoomsRequest, context: Context
@@ -146,6 +212,19 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
 
 MIN_LEASE_MS = 1000
 MAX_LEASE_MS = 600_000
+
+
+MAX_MEMBERS_PER_CALL = 100
+MAX_USER_ID_LENGTH = 64
+
+
+def _user_ids(user_ids: Sequence[str]) -> list[str]:
+    if not 0 < len(user_ids) <= MAX_MEMBERS_PER_CALL:
+        raise invalid_field("user_ids", f"give 1–{MAX_MEMBERS_PER_CALL} user ids")
+    for i, user_id in enumerate(user_ids):
+        if not 0 < len(user_id) <= MAX_USER_ID_LENGTH:
+            raise invalid_field(f"user_ids[{i}]", f"must be 1–{MAX_USER_ID_LENGTH} characters")
+    return sorted(set(user_ids))
 
 
 def _require(**fields: str) -> None:

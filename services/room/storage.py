@@ -1,11 +1,13 @@
 """Where the room service keeps run-time rooms: the protocol, and the implementation `storage.url` names.
 
 Config rooms live in the config file; these are the rooms created at run
-time, each stored as its `Room` definition.
+time, each stored as its `Room` definition, and the members of private rooms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from parley.room.v1 import room_pb2
@@ -19,9 +21,27 @@ class RoomStorage(Protocol):
     async def insert_room(self, room: room_pb2.Room, now: float) -> bool:
         """Stores a new room; False (and nothing written) when its id is taken."""
 
-    async def delete_room(self, room_id: str) -> None: ...
+    async def delete_room(self, room_id: str) -> None:
+        """Deletes the room and its members."""
+
+    async def all_members(self) -> list[MemberRow]:
+        """Every member of every private room."""
+
+    async def put_members(self, rows: Sequence[MemberRow]) -> None:
+        """Adds members, or changes the role of those who are members already (their add time stays)."""
+
+    async def remove_members(self, room_id: str, user_ids: Sequence[str]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    room_id: str
+    user_id: str
+    role: int
+    """A `room_pb2.MemberRole` value."""
+    added_ms: int
 
 
 async def open_room_storage(config: Config) -> RoomStorage:

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from services.history.log_readers import open_log_readers
 from services.history.mailbox_storage import open_mailbox_storage
 from services.history.storage import open_history_storage
 from services.identity.storage import open_identity_storage
@@ -28,6 +29,7 @@ SERVICES: dict[str, Opener] = {
     "room": open_room_storage,
     "history": open_history_storage,
     "mailbox": open_mailbox_storage,
+    "log_readers": open_log_readers,
 }
 
 
@@ -69,7 +71,8 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
     with psycopg.connect(postgres_url) as connection:
         rows = connection.execute(
             "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema IN ('parley_history', 'parley_identity', 'parley_mailbox', 'parley_room') ORDER BY 1, 2"
+            "WHERE table_schema IN ('parley_history', 'parley_identity', 'parley_mailbox', 'parley_room', "
+            "'parley_log_readers') ORDER BY 1, 2"
         ).fetchall()
     tables: dict[str, set[str]] = {}
     for schema, table in rows:
@@ -89,7 +92,8 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
             "kem_prekeys",
         },
         "parley_mailbox": {"schema_migrations", "heads", "envelopes"},
-        "parley_room": {"schema_migrations", "rooms"},
+        "parley_room": {"schema_migrations", "rooms", "members"},
+        "parley_log_readers": {"schema_migrations", "restricted_logs"},
     }
     assert _schemas_outside_parley(postgres_url) == []
 

@@ -46,6 +46,19 @@ class RoomCalls:
     async def delete_room(self, room_id: str) -> None:
         await self._auth.call(self.room_stub.DeleteRoom, room_pb2.DeleteRoomRequest(room_id=room_id))
 
+    async def add_members(self, room_id: str, user_ids: list[str], *, admin: bool) -> list[room_pb2.RoomMember]:
+        role = room_pb2.MEMBER_ROLE_ADMIN if admin else room_pb2.MEMBER_ROLE_MEMBER
+        request = room_pb2.AddRoomMembersRequest(room_id=room_id, user_ids=user_ids, role=role)
+        return list((await self._auth.call(self.room_stub.AddRoomMembers, request)).members)
+
+    async def remove_members(self, room_id: str, user_ids: list[str]) -> list[str]:
+        request = room_pb2.RemoveRoomMembersRequest(room_id=room_id, user_ids=user_ids)
+        return list((await self._auth.call(self.room_stub.RemoveRoomMembers, request)).removed_user_ids)
+
+    async def members(self, room_id: str) -> list[room_pb2.RoomMember]:
+        request = room_pb2.ListRoomMembersRequest(room_id=room_id)
+        return list((await self._auth.call(self.room_stub.ListRoomMembers, request)).members)
+
     async def participants(self, room_id: str) -> dict[str, list[str]]:
         response = await self._auth.call(
             self.room_stub.ListParticipants, room_pb2.ListParticipantsRequest(room_id=room_id)

@@ -62,6 +62,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_JOIN_DENIED: _ErrorReason.ValueType  # 45
     """A before_join / before_publish hook said no (a hook may give its own reason)."""
     ERROR_REASON_PUBLISH_DENIED: _ErrorReason.ValueType  # 46
+    ERROR_REASON_NOT_A_MEMBER: _ErrorReason.ValueType  # 47
+    """A private room (or channel) the caller is not a member of; NOT_ADMIN: a
+    member who may not change the room's members.
+    """
+    ERROR_REASON_NOT_ADMIN: _ErrorReason.ValueType  # 48
     ERROR_REASON_ROOM_FULL: _ErrorReason.ValueType  # 50
     """FAILED_PRECONDITION"""
     ERROR_REASON_EVENT_NOT_ALLOWED: _ErrorReason.ValueType  # 51
@@ -138,6 +143,11 @@ ERROR_REASON_NOT_AUTHOR: ErrorReason.ValueType  # 44
 ERROR_REASON_JOIN_DENIED: ErrorReason.ValueType  # 45
 """A before_join / before_publish hook said no (a hook may give its own reason)."""
 ERROR_REASON_PUBLISH_DENIED: ErrorReason.ValueType  # 46
+ERROR_REASON_NOT_A_MEMBER: ErrorReason.ValueType  # 47
+"""A private room (or channel) the caller is not a member of; NOT_ADMIN: a
+member who may not change the room's members.
+"""
+ERROR_REASON_NOT_ADMIN: ErrorReason.ValueType  # 48
 ERROR_REASON_ROOM_FULL: ErrorReason.ValueType  # 50
 """FAILED_PRECONDITION"""
 ERROR_REASON_EVENT_NOT_ALLOWED: ErrorReason.ValueType  # 51

@@ -82,6 +82,11 @@ class HistoryServiceStub:
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.SerializeToString,
                 response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.FromString,
                 _registered_method=True)
+        self.SetLogReaders = channel.unary_unary(
+                '/parley.history.v1.HistoryService/SetLogReaders',
+                request_serializer=parley_dot_history_dot_v1_dot_history__pb2.SetLogReadersRequest.SerializeToString,
+                response_deserializer=parley_dot_history_dot_v1_dot_history__pb2.SetLogReadersResponse.FromString,
+                _registered_method=True)
         self.WatchLogs = channel.unary_stream(
                 '/parley.history.v1.HistoryService/WatchLogs',
                 request_serializer=parley_dot_history_dot_v1_dot_history__pb2.WatchLogsRequest.SerializeToString,
@@ -190,6 +195,16 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLogReaders(self, request, context):
+        """Who may read a private room's log: the room service sets its members
+        here before the change takes effect. A user who is not among them is
+        refused (NOT_A_MEMBER) by ListEvents, GetEvent, ListEventsSince and
+        GetLogState; logs of other rooms stay readable by any signed-in user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchLogs(self, request, context):
         """Every committed write's announcement (the room stream's bus messages), as
         it is made: for a gateway that does not share this process's bus (split
@@ -271,6 +286,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.DropLog,
                     request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.FromString,
                     response_serializer=parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.SerializeToString,
+            ),
+            'SetLogReaders': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLogReaders,
+                    request_deserializer=parley_dot_history_dot_v1_dot_history__pb2.SetLogReadersRequest.FromString,
+                    response_serializer=parley_dot_history_dot_v1_dot_history__pb2.SetLogReadersResponse.SerializeToString,
             ),
             'WatchLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchLogs,
@@ -539,6 +559,33 @@ class HistoryService:
             '/parley.history.v1.HistoryService/DropLog',
             parley_dot_history_dot_v1_dot_history__pb2.DropLogRequest.SerializeToString,
             parley_dot_history_dot_v1_dot_history__pb2.DropLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLogReaders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.history.v1.HistoryService/SetLogReaders',
+            parley_dot_history_dot_v1_dot_history__pb2.SetLogReadersRequest.SerializeToString,
+            parley_dot_history_dot_v1_dot_history__pb2.SetLogReadersResponse.FromString,
             options,
             channel_credentials,
             insecure,

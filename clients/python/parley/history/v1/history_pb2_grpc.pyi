@@ -78,6 +78,12 @@ class HistoryServiceStub:
     created, so a room re-created with the same id starts a new log with a
     new epoch and nobody can read the old one.
     """
+    SetLogReaders: _grpc.UnaryUnaryMultiCallable[_history_pb2.SetLogReadersRequest, _history_pb2.SetLogReadersResponse]
+    """Who may read a private room's log: the room service sets its members
+    here before the change takes effect. A user who is not among them is
+    refused (NOT_A_MEMBER) by ListEvents, GetEvent, ListEventsSince and
+    GetLogState; logs of other rooms stay readable by any signed-in user.
+    """
     WatchLogs: _grpc.UnaryStreamMultiCallable[_history_pb2.WatchLogsRequest, _history_pb2.WatchLogsResponse]
     """Every committed write's announcement (the room stream's bus messages), as
     it is made: for a gateway that does not share this process's bus (split
@@ -144,6 +150,12 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     starts a log under the deleted id, and with `reopen_only` before one is
     created, so a room re-created with the same id starts a new log with a
     new epoch and nobody can read the old one.
+    """
+    SetLogReaders: _aio.UnaryUnaryMultiCallable[_history_pb2.SetLogReadersRequest, _history_pb2.SetLogReadersResponse]  # type: ignore[assignment]
+    """Who may read a private room's log: the room service sets its members
+    here before the change takes effect. A user who is not among them is
+    refused (NOT_A_MEMBER) by ListEvents, GetEvent, ListEventsSince and
+    GetLogState; logs of other rooms stay readable by any signed-in user.
     """
     WatchLogs: _aio.UnaryStreamMultiCallable[_history_pb2.WatchLogsRequest, _history_pb2.WatchLogsResponse]  # type: ignore[assignment]
     """Every committed write's announcement (the room stream's bus messages), as
@@ -262,6 +274,18 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         starts a log under the deleted id, and with `reopen_only` before one is
         created, so a room re-created with the same id starts a new log with a
         new epoch and nobody can read the old one.
+        """
+
+    @_abc_1.abstractmethod
+    def SetLogReaders(
+        self,
+        request: _history_pb2.SetLogReadersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.SetLogReadersResponse, _abc.Awaitable[_history_pb2.SetLogReadersResponse]]:
+        """Who may read a private room's log: the room service sets its members
+        here before the change takes effect. A user who is not among them is
+        refused (NOT_A_MEMBER) by ListEvents, GetEvent, ListEventsSince and
+        GetLogState; logs of other rooms stay readable by any signed-in user.
         """
 
     @_abc_1.abstractmethod

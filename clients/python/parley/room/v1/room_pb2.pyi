@@ -31,6 +31,10 @@ class _RoomVisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoomVi
     """Listed by ListRooms."""
     ROOM_VISIBILITY_UNLISTED: _RoomVisibility.ValueType  # 2
     """Reachable by id, not listed."""
+    ROOM_VISIBILITY_PRIVATE: _RoomVisibility.ValueType  # 3
+    """Only its members (and services) may join it, read its history, list its
+    participants or get it; not listed. The creator is its first admin.
+    """
 
 class RoomVisibility(_RoomVisibility, metaclass=_RoomVisibilityEnumTypeWrapper): ...
 
@@ -39,7 +43,30 @@ ROOM_VISIBILITY_PUBLIC: RoomVisibility.ValueType  # 1
 """Listed by ListRooms."""
 ROOM_VISIBILITY_UNLISTED: RoomVisibility.ValueType  # 2
 """Reachable by id, not listed."""
+ROOM_VISIBILITY_PRIVATE: RoomVisibility.ValueType  # 3
+"""Only its members (and services) may join it, read its history, list its
+participants or get it; not listed. The creator is its first admin.
+"""
 Global___RoomVisibility: _TypeAlias = RoomVisibility  # noqa: Y015
+
+class _MemberRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemberRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemberRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMBER_ROLE_UNSPECIFIED: _MemberRole.ValueType  # 0
+    MEMBER_ROLE_MEMBER: _MemberRole.ValueType  # 1
+    MEMBER_ROLE_ADMIN: _MemberRole.ValueType  # 2
+    """May add and remove members."""
+
+class MemberRole(_MemberRole, metaclass=_MemberRoleEnumTypeWrapper): ...
+
+MEMBER_ROLE_UNSPECIFIED: MemberRole.ValueType  # 0
+MEMBER_ROLE_MEMBER: MemberRole.ValueType  # 1
+MEMBER_ROLE_ADMIN: MemberRole.ValueType  # 2
+"""May add and remove members."""
+Global___MemberRole: _TypeAlias = MemberRole  # noqa: Y015
 
 @_typing.final
 class RenewLeaseRequest(_message.Message):
@@ -85,6 +112,167 @@ class RenewLeaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015
+
+@_typing.final
+class RoomMember(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    ADD_TIME_MS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    role: Global___MemberRole.ValueType
+    add_time_ms: _builtins.int
+    """When the user became a member, milliseconds since the Unix epoch."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        role: Global___MemberRole.ValueType = ...,
+        add_time_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_time_ms", b"add_time_ms", "role", b"role", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoomMember: _TypeAlias = RoomMember  # noqa: Y015
+
+@_typing.final
+class AddRoomMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    role: Global___MemberRole.ValueType
+    """MEMBER_ROLE_MEMBER when unspecified."""
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 100 in one call."""
+
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        role: Global___MemberRole.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "room_id", b"room_id", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddRoomMembersRequest: _TypeAlias = AddRoomMembersRequest  # noqa: Y015
+
+@_typing.final
+class AddRoomMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoomMember]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___RoomMember] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddRoomMembersResponse: _TypeAlias = AddRoomMembersResponse  # noqa: Y015
+
+@_typing.final
+class RemoveRoomMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 100 in one call."""
+
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveRoomMembersRequest: _TypeAlias = RemoveRoomMembersRequest  # noqa: Y015
+
+@_typing.final
+class RemoveRoomMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_USER_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Those who were members."""
+
+    def __init__(
+        self,
+        *,
+        removed_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_user_ids", b"removed_user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveRoomMembersResponse: _TypeAlias = RemoveRoomMembersResponse  # noqa: Y015
+
+@_typing.final
+class ListRoomMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoomMembersRequest: _TypeAlias = ListRoomMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListRoomMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoomMember]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___RoomMember] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoomMembersResponse: _TypeAlias = ListRoomMembersResponse  # noqa: Y015
 
 @_typing.final
 class HistoryPolicy(_message.Message):
@@ -659,27 +847,41 @@ class RoomChange(_message.Message):
         KIND_CREATED: RoomChange._Kind.ValueType  # 1
         """Sent for every room when the watch starts, then for each new room."""
         KIND_DELETED: RoomChange._Kind.ValueType  # 2
+        KIND_MEMBERS_REMOVED: RoomChange._Kind.ValueType  # 3
+        """Users removed from a private room: their connections leave it (each
+        of them is told with a RoomChanged frame of this kind).
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: RoomChange.Kind.ValueType  # 0
     KIND_CREATED: RoomChange.Kind.ValueType  # 1
     """Sent for every room when the watch starts, then for each new room."""
     KIND_DELETED: RoomChange.Kind.ValueType  # 2
+    KIND_MEMBERS_REMOVED: RoomChange.Kind.ValueType  # 3
+    """Users removed from a private room: their connections leave it (each
+    of them is told with a RoomChanged frame of this kind).
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     ROOM_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
     kind: Global___RoomChange.Kind.ValueType
     @_builtins.property
     def room(self) -> Global___Room: ...
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """KIND_MEMBERS_REMOVED: who."""
+
     def __init__(
         self,
         *,
         kind: Global___RoomChange.Kind.ValueType = ...,
         room: Global___Room | None = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["room", b"room"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "room", b"room"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "room", b"room", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

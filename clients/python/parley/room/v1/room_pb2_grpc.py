@@ -78,6 +78,21 @@ class RoomServiceStub:
                 request_serializer=parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsRequest.SerializeToString,
                 response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsResponse.FromString,
                 _registered_method=True)
+        self.AddRoomMembers = channel.unary_unary(
+                '/parley.room.v1.RoomService/AddRoomMembers',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.AddRoomMembersRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.AddRoomMembersResponse.FromString,
+                _registered_method=True)
+        self.RemoveRoomMembers = channel.unary_unary(
+                '/parley.room.v1.RoomService/RemoveRoomMembers',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.RemoveRoomMembersRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.RemoveRoomMembersResponse.FromString,
+                _registered_method=True)
+        self.ListRoomMembers = channel.unary_unary(
+                '/parley.room.v1.RoomService/ListRoomMembers',
+                request_serializer=parley_dot_room_dot_v1_dot_room__pb2.ListRoomMembersRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_room__pb2.ListRoomMembersResponse.FromString,
+                _registered_method=True)
         self.WatchRooms = channel.unary_stream(
                 '/parley.room.v1.RoomService/WatchRooms',
                 request_serializer=parley_dot_room_dot_v1_dot_room__pb2.WatchRoomsRequest.SerializeToString,
@@ -155,6 +170,30 @@ class RoomServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddRoomMembers(self, request, context):
+        """Adds members to a private room (its admins, its creator, or a service;
+        NOT_ADMIN otherwise). Adding a member who is one changes their role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveRoomMembers(self, request, context):
+        """Removes members from a private room (its admins or a service; anyone may
+        remove themselves): their connections leave the room at once, and their
+        tokens no longer read its history. The creator cannot be removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoomMembers(self, request, context):
+        """A private room's members (members and services only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRooms(self, request, context):
         """Room changes as they happen, starting with a snapshot of every room.
         """
@@ -213,6 +252,21 @@ def add_RoomServiceServicer_to_server(servicer, server):
                     servicer.ListUserRooms,
                     request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsRequest.FromString,
                     response_serializer=parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsResponse.SerializeToString,
+            ),
+            'AddRoomMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddRoomMembers,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.AddRoomMembersRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.AddRoomMembersResponse.SerializeToString,
+            ),
+            'RemoveRoomMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveRoomMembers,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.RemoveRoomMembersRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.RemoveRoomMembersResponse.SerializeToString,
+            ),
+            'ListRoomMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoomMembers,
+                    request_deserializer=parley_dot_room_dot_v1_dot_room__pb2.ListRoomMembersRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_room__pb2.ListRoomMembersResponse.SerializeToString,
             ),
             'WatchRooms': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRooms,
@@ -445,6 +499,87 @@ class RoomService:
             '/parley.room.v1.RoomService/ListUserRooms',
             parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsRequest.SerializeToString,
             parley_dot_room_dot_v1_dot_room__pb2.ListUserRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddRoomMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/AddRoomMembers',
+            parley_dot_room_dot_v1_dot_room__pb2.AddRoomMembersRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.AddRoomMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveRoomMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/RemoveRoomMembers',
+            parley_dot_room_dot_v1_dot_room__pb2.RemoveRoomMembersRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.RemoveRoomMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoomMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.RoomService/ListRoomMembers',
+            parley_dot_room_dot_v1_dot_room__pb2.ListRoomMembersRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_room__pb2.ListRoomMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,17 @@ class RoomServiceStub:
     """
     ListUserRooms: _grpc.UnaryUnaryMultiCallable[_room_pb2.ListUserRoomsRequest, _room_pb2.ListUserRoomsResponse]
     """The rooms a user is in."""
+    AddRoomMembers: _grpc.UnaryUnaryMultiCallable[_room_pb2.AddRoomMembersRequest, _room_pb2.AddRoomMembersResponse]
+    """Adds members to a private room (its admins, its creator, or a service;
+    NOT_ADMIN otherwise). Adding a member who is one changes their role.
+    """
+    RemoveRoomMembers: _grpc.UnaryUnaryMultiCallable[_room_pb2.RemoveRoomMembersRequest, _room_pb2.RemoveRoomMembersResponse]
+    """Removes members from a private room (its admins or a service; anyone may
+    remove themselves): their connections leave the room at once, and their
+    tokens no longer read its history. The creator cannot be removed.
+    """
+    ListRoomMembers: _grpc.UnaryUnaryMultiCallable[_room_pb2.ListRoomMembersRequest, _room_pb2.ListRoomMembersResponse]
+    """A private room's members (members and services only)."""
     WatchRooms: _grpc.UnaryStreamMultiCallable[_room_pb2.WatchRoomsRequest, _room_pb2.WatchRoomsResponse]
     """Room changes as they happen, starting with a snapshot of every room."""
     RenewLease: _grpc.UnaryUnaryMultiCallable[_room_pb2.RenewLeaseRequest, _room_pb2.RenewLeaseResponse]
@@ -94,6 +105,17 @@ class RoomServiceAsyncStub(RoomServiceStub):
     """
     ListUserRooms: _aio.UnaryUnaryMultiCallable[_room_pb2.ListUserRoomsRequest, _room_pb2.ListUserRoomsResponse]  # type: ignore[assignment]
     """The rooms a user is in."""
+    AddRoomMembers: _aio.UnaryUnaryMultiCallable[_room_pb2.AddRoomMembersRequest, _room_pb2.AddRoomMembersResponse]  # type: ignore[assignment]
+    """Adds members to a private room (its admins, its creator, or a service;
+    NOT_ADMIN otherwise). Adding a member who is one changes their role.
+    """
+    RemoveRoomMembers: _aio.UnaryUnaryMultiCallable[_room_pb2.RemoveRoomMembersRequest, _room_pb2.RemoveRoomMembersResponse]  # type: ignore[assignment]
+    """Removes members from a private room (its admins or a service; anyone may
+    remove themselves): their connections leave the room at once, and their
+    tokens no longer read its history. The creator cannot be removed.
+    """
+    ListRoomMembers: _aio.UnaryUnaryMultiCallable[_room_pb2.ListRoomMembersRequest, _room_pb2.ListRoomMembersResponse]  # type: ignore[assignment]
+    """A private room's members (members and services only)."""
     WatchRooms: _aio.UnaryStreamMultiCallable[_room_pb2.WatchRoomsRequest, _room_pb2.WatchRoomsResponse]  # type: ignore[assignment]
     """Room changes as they happen, starting with a snapshot of every room."""
     RenewLease: _aio.UnaryUnaryMultiCallable[_room_pb2.RenewLeaseRequest, _room_pb2.RenewLeaseResponse]  # type: ignore[assignment]
@@ -176,6 +198,35 @@ class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_room_pb2.ListUserRoomsResponse, _abc.Awaitable[_room_pb2.ListUserRoomsResponse]]:
         """The rooms a user is in."""
+
+    @_abc_1.abstractmethod
+    def AddRoomMembers(
+        self,
+        request: _room_pb2.AddRoomMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.AddRoomMembersResponse, _abc.Awaitable[_room_pb2.AddRoomMembersResponse]]:
+        """Adds members to a private room (its admins, its creator, or a service;
+        NOT_ADMIN otherwise). Adding a member who is one changes their role.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveRoomMembers(
+        self,
+        request: _room_pb2.RemoveRoomMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.RemoveRoomMembersResponse, _abc.Awaitable[_room_pb2.RemoveRoomMembersResponse]]:
+        """Removes members from a private room (its admins or a service; anyone may
+        remove themselves): their connections leave the room at once, and their
+        tokens no longer read its history. The creator cannot be removed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRoomMembers(
+        self,
+        request: _room_pb2.ListRoomMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.ListRoomMembersResponse, _abc.Awaitable[_room_pb2.ListRoomMembersResponse]]:
+        """A private room's members (members and services only)."""
 
     @_abc_1.abstractmethod
     def WatchRooms(
