@@ -164,6 +164,10 @@ async def test_both_sides_see_the_same_safety_number(server_address: str, tmp_pa
     assert "not the one you pinned" not in from_ann
 
     code, out, err = await parley("trust", "ben", key_file=ann_key, address=server_address)
+    assert (code, out) == (1, ""), "no number compared: nothing trusted"
+    assert err.startswith("error: compare first:"), err
+    assert f"`parley trust ben {safety_digits(from_ann).replace(' ', '')}`" in err
+    code, out, err = await parley("trust", "ben", safety_digits(from_ann), key_file=ann_key, address=server_address)
     assert code == 0, err
     assert out == f"trusted ben's current key; safety number: {safety_digits(from_ann)}\n"
 
@@ -179,13 +183,18 @@ async def test_a_changed_key_is_refused_until_trusted(server_address: str, tmp_p
     assert (code, out) == (1, "")
     assert err.startswith("error: not sent: ben's user key changed since you first used it;"), err
     assert "`parley safety-number ben`" in err
-    assert "`parley trust ben`" in err
+    assert "`parley trust ben NUMBER`" in err
     assert len(err.splitlines()) == 1
 
     code, out, err = await parley("safety-number", "ben", key_file=ann_key, address=server_address)
     assert code == 0, err
     assert "ben's key is not the one you pinned on first use" in out
-    code, out, err = await parley("trust", "ben", key_file=ann_key, address=server_address)
+    pinned, presented = DIGITS.findall(out)
+    assert pinned != presented
+    code, _, err = await parley("trust", "ben", pinned, key_file=ann_key, address=server_address)
+    assert code == 1
+    assert err.startswith("error: not trusted: ben's key gives another number now"), err
+    code, out, err = await parley("trust", "ben", presented, key_file=ann_key, address=server_address)
     assert code == 0, err
     assert out.startswith("trusted ben's current key; safety number: ")
     code, out, err = await parley("dm", "ben", "hi again", key_file=ann_key, address=server_address)
@@ -201,13 +210,16 @@ async def test_messages_from_a_changed_key_wait_for_trust(server_address: str, t
     code, _, err = await parley("dm", "ben", "are you there?", key_file=ann_key, address=server_address)
     assert code == 0, err
 
-    for attempt in ("first", "again"):  # held, not acknowledged: every inbox says so until ben trusts ann
+    for attempt in ("first", "again"):  # kept aside on ben's device: every inbox says so until ben trusts ann
         code, out, err = await parley("inbox", "--wait", "1", key_file=ben_key, address=server_address)
         assert code == 0, err
         assert re.fullmatch(rf"{TIME} -- messages from ann are held: ann's user key changed .*\n", out), attempt
-        assert "`parley trust ann`" in out
+        assert "`parley trust ann NUMBER`" in out
 
-    code, _, err = await parley("trust", "ann", key_file=ben_key, address=server_address)
+    code, out, err = await parley("safety-number", "ann", key_file=ben_key, address=server_address)
+    assert code == 0, err
+    presented = DIGITS.findall(out)[-1]
+    code, _, err = await parley("trust", "ann", presented, key_file=ben_key, address=server_address)
     assert code == 0, err
     code, out, err = await parley("inbox", "--wait", "1", key_file=ben_key, address=server_address)
     assert code == 0, err

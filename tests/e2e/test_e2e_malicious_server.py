@@ -389,7 +389,8 @@ async def test_a_swapped_user_key_blocks_the_conversation_until_trusted(server: 
             with pytest.raises(KeyChangedError) as changed:
                 await ann.request_public_key(bob.user_id)
             assert (changed.value.pinned_key, changed.value.presented_key) == (bob.identity.user_public_key, fake)
-            assert await ann.safety_number(bob.user_id) != await bob.safety_number(ann.user_id)
+            assert await ann.safety_number(bob.user_id) == await bob.safety_number(ann.user_id), "the pinned key's"
+            assert await ann.safety_number(bob.user_id, presented=True) != await bob.safety_number(ann.user_id)
 
             await ann.trust(bob.user_id)  # ann accepts the server's key without comparing numbers
             with pytest.raises(InvalidSignatureError):  # bob's signed device list does not verify under it

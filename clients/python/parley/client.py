@@ -241,13 +241,13 @@ class Client:
         the other device. Needs the user signing key (the first device has it).
         """
         device = await self._accounts.add_device(display_name)
-        await self._direct.device_list_changed()
+        await self._direct.device_list_changed(added=device.device_id)
         return device
 
     async def revoke_device(self, device_id: str) -> Device:
         """Revokes one of this user's devices and ends its sessions."""
         device = await self._accounts.revoke_device(device_id)
-        await self._direct.device_list_changed()
+        await self._direct.device_list_changed(revoked=device_id)
         return device
 
     async def get_user(self, username: str) -> User:
@@ -268,10 +268,14 @@ class Client:
         """
         return await self._direct.request_public_key(user_id)
 
-    async def safety_number(self, user_id: str) -> SafetyNumber:
-        """60 digits for your key and the key the service presents for `user_id`: the same on both sides
-        when nobody is in the middle. Compare it in person or over a channel you trust."""
-        return await self._direct.safety_number(user_id)
+    async def safety_number(self, user_id: str, *, presented: bool = False) -> SafetyNumber:
+        """60 digits for your key and the key pinned for `user_id` (pinned now if this is the first time): the
+        same on both sides when nobody is in the middle. Compare it in person or over a channel you trust.
+
+        With `presented=True`, the number for the key the service presents now: after a `KeyChangedError`,
+        compare that one, then `trust(user_id, safety_number=...)`.
+        """
+        return await self._direct.safety_number(user_id, presented=presented)
 
     async def trust(self, user_id: str, *, safety_number: SafetyNumber | str | None = None) -> None:
         """Accepts the user's current key (after comparing safety numbers); their held messages are delivered.
@@ -311,10 +315,20 @@ class Client:
         events: list[str] | None = None,
         read_only: bool = False,
         unlisted: bool = False,
+        private: bool = False,
         presence: bool = True,
     ) -> room_pb2.Room:
         """Creates a room at run time (you become its creator). `events` None accepts any event;
-        `presence=False`: members are not told of joins and leaves (participants are still listed)."""
+        `private=True`: only its members join it and read its history (you are its first admin; add others
+        with `add_room_members`); `presence=False`: members are not told of joins and leaves (participants
+        are still listed)."""
+        if private and unlisted:
+            raise ValueError("a room is private or unlisted, not both (a private room is never listed)")
+        visibility = room_pb2.ROOM_VISIBILITY_PUBLIC
+        if unlisted:
+            visibility = room_pb2.ROOM_VISIBILITY_UNLISTED
+        elif private:
+            visibility = room_pb2.ROOM_VISIBILITY_PRIVATE
         return await self._calls.create_room(
             room_pb2.CreateRoomRequest(
                 room_id=room_id,
@@ -323,7 +337,7 @@ class Client:
                 max_size=max_size,
                 events=[room_pb2.EventDefinition(name=e) for e in events or ()],
                 read_only=read_only,
-                visibility=room_pb2.ROOM_VISIBILITY_UNLISTED if unlisted else room_pb2.ROOM_VISIBILITY_PUBLIC,
+                visibility=visibility,
                 no_presence=not presence,
             )
         )
@@ -331,6 +345,25 @@ class Client:
     async def delete_room(self, room_id: str) -> None:
         """Deletes a room you created (NOT_CREATOR otherwise)."""
         await self._calls.delete_room(room_id)
+
+    async def add_room_members(
+        self, room_id: str, user_ids: list[str], *, admin: bool = False
+    ) -> list[room_pb2.RoomMember]:
+        """Adds users to a private room (you must be its admin); `admin=True` lets them change members too."""
+        return await self._calls.add_members(room_id, user_ids, admin=admin)
+
+    async def remove_room_members(self, room_id: str, user_ids: list[str]) -> list[str]:
+        """Removes users from a private room (an admin, or yourself to leave it for good): their connections
+        leave it at once and their tokens no longer read its history. Returns those who were members."""
+        return await self._calls.remove_members(room_id, user_ids)
+
+    async def room_members(self, room_id: str) -> list[room_pb2.RoomMember]:
+        """A private room's members and their roles (members only)."""
+        return await self._calls.members(room_id)
+
+    def on_removed_from_room(self, handler: Callable[[str], Any]) -> None:
+        """Calls `handler(room_id)` when you are removed from a private room (its handle stops receiving)."""
+        self._runner.add("removed_from_room", handler)
 
     async def participants(self, room_id: str) -> dict[str, list[str]]:
         """Who is in a room: user id -> their connections."""

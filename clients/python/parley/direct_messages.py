@@ -33,7 +33,7 @@ from typing import Any
 from parley.auth import Auth
 from parley.crypto import x3dh
 from parley.crypto.direct_envelope import DirectPlaintext
-from parley.crypto.errors import CryptoError, ForgedSenderError, KeyChangedError
+from parley.crypto.errors import CryptoError, ForgedSenderError, KeyChangedError, MalformedInputError
 from parley.crypto.kem import Kem, MlKem768, ml_kem_768_available
 from parley.crypto.primitives import constant_time_equal
 from parley.crypto.safety_numbers import SafetyNumber
@@ -57,6 +57,15 @@ MAX_DEVICE_ROUNDS = 3
 UNSUBSCRIBED_BACKLOG = 1000
 # After the identity service could not be asked about a sender.
 RETRY_SECONDS = 2.0
+# Envelopes from users whose key changed, by mailbox position, until `trust`.
+_HELD = "held_envelopes"
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise MalformedInputError(f"the sealed payload is not JSON: {type(error).__name__}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +138,8 @@ class DirectMessages:
         self._sealing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._turns = _Turns()
         self._inbox: deque[history_pb2.SealedEnvelope] = deque()
-        self._held: dict[str, list[history_pb2.SealedEnvelope]] = defaultdict(list)
+        # Envelopes handed over while nobody listened that did not fit: acknowledgements stop below them.
+        self._not_taken: set[int] = set()
         self._handled_up_to = 0
         # Held envelopes handed back by `trust`, to handle although later ones were handled before.
         self._released: set[int] = set()
@@ -169,7 +179,8 @@ class DirectMessages:
                 send = self._sender.send("", send_direct=_command(user_id, message_id, envelopes))
             finally:
                 turn.done()
-            missing = await self._deposit(parts, user_id, message_id, envelopes, send)
+            missing, dropped = await self._deposit(parts, user_id, message_id, envelopes, send)
+            unreachable |= dropped
             stored.extend(envelopes)
             only = set(missing) - set(stored) - unreachable
             if not only:
@@ -226,13 +237,14 @@ class DirectMessages:
 
     async def _deposit(
         self, parts: _Parts, user_id: str, message_id: str, envelopes: dict[str, bytes], send: Send
-    ) -> list[str]:
-        """The devices the gateway says the send left out. When it refuses a device that is no longer
-        active, the rest are sent again without it."""
+    ) -> tuple[list[str], set[str]]:
+        """The devices the gateway says the send left out, and those it refused as no longer active (the rest
+        are sent again without them; `envelopes` keeps what was stored)."""
+        dropped: set[str] = set()
         while True:
             try:
                 reply = await send
-                return list(reply.direct.missing_device_ids)
+                return list(reply.direct.missing_device_ids), dropped
             except ValidationError as error:
                 if error.field != "send_direct.envelopes" or "not an active device" not in error.message:
                     raise
@@ -240,8 +252,9 @@ class DirectMessages:
             for device_id in set(envelopes) - active:
                 parts.sessions.drop(device_id)
                 del envelopes[device_id]
+                dropped.add(device_id)
             if not envelopes:
-                return []
+                return [], dropped
             send = self._sender.send("", send_direct=_command(user_id, message_id, envelopes))
 
     async def _active_devices(self, parts: _Parts, user_id: str) -> set[str]:
@@ -255,20 +268,34 @@ class DirectMessages:
     # Receiving
 
     async def subscribe(self, handler: DirectHandler) -> None:
-        """Calls `handler(message)` for each direct message to this user (also copies of our own)."""
+        """Calls `handler(message)` for each direct message to this user (also copies of our own); messages
+        held on an earlier run are looked at again (those whose sender is trusted by now are handed over)."""
         self._handlers.append(handler)
-        await self.ready()
+        parts = await self.ready()
+        if len(self._handlers) == 1:
+            self._release_held(parts, lambda sender: True)
         self._wake()
 
     def on_rejected(self, handler: RejectedHandler) -> None:
         self._rejected_handlers.append(handler)
 
+    async def held(self) -> dict[str, int]:
+        """How many messages wait for `trust`, by sender user id (kept in the key store across restarts)."""
+        parts = await self.ready()
+        counts: dict[str, int] = defaultdict(int)
+        for name in parts.state.names(_HELD):
+            counts[history_pb2.SealedEnvelope.FromString(parts.state.get(_HELD, name) or b"").sender_user_id] += 1
+        return dict(counts)
+
     def received(self, frame: gateway_pb2.SealedEnvelopes) -> None:
         """Envelopes from the stream (a new stream hands over again what was not acknowledged)."""
-        held = {e.seq for waiting in self._held.values() for e in waiting}
-        fresh = [e for e in frame.envelopes if e.seq > self._handled_up_to and e.seq not in held]
-        if not self._handlers:  # nobody listens yet: keep a bounded number; the rest come on the next stream
-            fresh = fresh[: max(0, UNSUBSCRIBED_BACKLOG - len(self._inbox))]
+        queued = {e.seq for e in self._inbox}
+        fresh = [e for e in frame.envelopes if e.seq > self._handled_up_to and e.seq not in queued]
+        if not self._handlers:  # nobody listens yet: keep a bounded number; the rest come on a later stream
+            room = max(0, UNSUBSCRIBED_BACKLOG - len(self._inbox))
+            self._not_taken.update(e.seq for e in fresh[room:])
+            fresh = fresh[:room]
+        self._not_taken.difference_update(e.seq for e in fresh)
         self._inbox.extend(fresh)
         self._wake(acknowledge=len(fresh) < len(frame.envelopes))
 
@@ -276,59 +303,74 @@ class DirectMessages:
         """Starts the worker when there is work: envelopes to handle, or an acknowledgement a stream lost."""
         if not self._handlers or (self._worker is not None and not self._worker.done()):
             return
-        if self._inbox or (acknowledge and self._handled_up_to > self._acked_up_to):
+        if self._inbox or (acknowledge and self._ack_bound() > self._acked_up_to):
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
-        parts = await self.ready()
-        while True:
-            started = False
-            while self._inbox:
-                envelope = self._inbox[0]
-                if envelope.seq > self._handled_up_to or envelope.seq in self._released:
+        try:
+            parts = await self.ready()
+            while True:
+                started = False
+                while self._inbox:
+                    envelope = self._inbox.popleft()
+                    released = envelope.seq in self._released
+                    if envelope.seq <= self._handled_up_to and not released:
+                        continue  # handed over again by a new stream: handled already
+                    if released:  # held before: handled now (and held again if its sender's key still differs)
+                        self._released.discard(envelope.seq)
+                        parts.state.delete(_HELD, str(envelope.seq))
                     try:
                         started |= await self._handle(parts, envelope)
                     except ParleyError as error:
                         if not error.retryable:
                             raise
+                        self._inbox.appendleft(envelope)  # keeps its place
+                        if released:
+                            self._released.add(envelope.seq)
+                            parts.state.put(_HELD, str(envelope.seq), envelope.SerializeToString())
                         log.warning("could not check a direct message's sender (%s); trying again shortly", error)
                         asyncio.get_running_loop().call_later(RETRY_SECONDS, self._wake)
                         return
                     self._handled_up_to = max(self._handled_up_to, envelope.seq)
-                    self._released.discard(envelope.seq)
-                self._inbox.popleft()
-            await parts.state.persist()
-            await self._acknowledge()
-            if started:
-                await self._refill(parts)
-            if not self._inbox:
-                return
+                await parts.state.persist()
+                await self._acknowledge()
+                if started:
+                    await self._refill(parts)
+                if not self._inbox:
+                    return
+        except Exception:
+            log.exception("direct messages could not be handled; trying again shortly")
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._wake)
 
     async def _handle(self, parts: _Parts, envelope: history_pb2.SealedEnvelope) -> bool:
-        """Opens, checks and hands over one envelope; True when it started a session (a prekey was used)."""
+        """Opens, checks and hands over one envelope; True when it started a session (a prekey was used).
+
+        An envelope from a user whose key changed is kept in the key store (and acknowledged with the rest)
+        until `trust`; one that fails a check is reported and dropped.
+        """
         try:
             opened = parts.sessions.open(envelope.sender_device_id, envelope.ciphertext, self._clock())
             plaintext = DirectPlaintext.from_bytes(opened.plaintext)
+            data = _json(plaintext.body)
             await self._check_sender(parts, envelope, opened, plaintext)
         except KeyChangedError as error:
-            self._held[envelope.sender_user_id].append(envelope)
+            parts.state.put(_HELD, str(envelope.seq), envelope.SerializeToString())
             self._reject(envelope, error)
             return False
         except CryptoError as error:
             self._reject(envelope, error)
             return False
+        except ParleyError as error:
+            if error.retryable:
+                raise
+            self._reject(envelope, CryptoError(f"the sender could not be checked: {error}"))
+            return False
         parts.sessions.commit(opened, envelope.sender_user_id)
-        try:
-            data = json.loads(plaintext.body)
-        except ValueError:
-            self._reject(envelope, ForgedSenderError("the sealed payload is not JSON"))
-            return opened.started is not None
+        me = self._auth.identity.user_id
         message = DirectMessage(
             sender_user_id=plaintext.sender_user_id,
             sender_device_id=plaintext.sender_device_id,
-            peer_user_id=plaintext.sender_user_id
-            if plaintext.sender_user_id != self._auth.identity.user_id
-            else plaintext.peer_user_id,
+            peer_user_id=plaintext.sender_user_id if plaintext.sender_user_id != me else plaintext.peer_user_id,
             message_id=plaintext.message_id,
             data=data,
             sent_at_ms=plaintext.sent_at_ms,
@@ -340,8 +382,8 @@ class DirectMessages:
     async def _check_sender(
         self, parts: _Parts, envelope: history_pb2.SealedEnvelope, opened: Opened, plaintext: DirectPlaintext
     ) -> None:
-        """The sealed sender must be the session's peer and the server's stamp; a new session's initiator must
-        be a device the sender's pinned key vouches for."""
+        """The sealed sender must be the server's stamp and the session's peer, and the sender's pinned key must
+        vouch for the session's device now (a revoked device, or one whose keys changed, is refused)."""
         me = self._auth.identity.user_id
         if (plaintext.sender_user_id, plaintext.sender_device_id, plaintext.message_id) != (
             envelope.sender_user_id,
@@ -351,22 +393,19 @@ class DirectMessages:
             raise ForgedSenderError("the sealed sender or message id differs from the envelope's")
         if plaintext.sender_user_id != me and plaintext.peer_user_id != me:
             raise ForgedSenderError("the message was sealed for another conversation")
-        if opened.started is None:
-            if opened.session.peer_user_id != envelope.sender_user_id:
-                raise ForgedSenderError("the session belongs to another user than the envelope's sender")
-            return
+        if opened.started is None and opened.session.peer_user_id != envelope.sender_user_id:
+            raise ForgedSenderError("the session belongs to another user than the envelope's sender")
+        device = opened.started.initiator if opened.started is not None else opened.session.peer
         try:
             peer = await parts.trust.peer(envelope.sender_user_id)
+            if peer.device(envelope.sender_device_id) != device and opened.started is not None:
+                peer = await parts.trust.peer(envelope.sender_user_id, refresh=True)  # maybe a device added since
         except NotFoundError:
             raise ForgedSenderError(f"the identity service knows no user {envelope.sender_user_id!r}") from None
-        initiator = opened.started.initiator
-        if not constant_time_equal(initiator.user_signing_key, peer.user_signing_key):
+        if not constant_time_equal(device.user_signing_key, peer.user_signing_key):
             raise ForgedSenderError("the session was started with another user key than the sender's")
-        if peer.device(envelope.sender_device_id) != initiator:
-            parts.trust.forget(envelope.sender_user_id)  # maybe a device added since: ask once more
-            peer = await parts.trust.peer(envelope.sender_user_id)
-            if peer.device(envelope.sender_device_id) != initiator:
-                raise ForgedSenderError("the sender's user key does not vouch for the device that started the session")
+        if peer.device(envelope.sender_device_id) != device:
+            raise ForgedSenderError("the sender's user key does not vouch for this device (revoked, or other keys)")
 
     def _reject(self, envelope: history_pb2.SealedEnvelope, error: CryptoError) -> None:
         log.warning(
@@ -378,10 +417,13 @@ class DirectMessages:
         for handler in self._rejected_handlers:
             asyncio.get_running_loop().create_task(call_handler(handler, rejected, error))
 
+    def _ack_bound(self) -> int:
+        """Everything up to here is handled (or kept aside): no envelope below it waits or was left out."""
+        waiting = [e.seq for e in self._inbox if e.seq not in self._released] + list(self._not_taken)
+        return min([self._handled_up_to, *(seq - 1 for seq in waiting)])
+
     async def _acknowledge(self) -> None:
-        held = [e.seq for waiting in self._held.values() for e in waiting]
-        up_to = min(held) - 1 if held else self._handled_up_to
-        up_to = min(up_to, self._handled_up_to)
+        up_to = self._ack_bound()
         if up_to <= self._acked_up_to:
             return
         with contextlib.suppress(UnavailableError):  # not connected: the next stream hands them over again
@@ -400,10 +442,12 @@ class DirectMessages:
         parts = await self.ready()
         return await parts.trust.peer(user_id, refresh=True)
 
-    async def safety_number(self, user_id: str) -> SafetyNumber:
+    async def safety_number(self, user_id: str, *, presented: bool = False) -> SafetyNumber:
         parts = await self.ready()
         me = self._auth.identity
-        return await parts.trust.safety_number(me.user_id, parts.own.keys.user_signing_key, user_id)
+        return await parts.trust.safety_number(
+            me.user_id, parts.own.keys.user_signing_key, user_id, presented=presented
+        )
 
     async def trust(self, user_id: str, compared: SafetyNumber | str | None = None) -> None:
         """Accepts the key the service presents for `user_id` now (if it gives the `compared` number, when
@@ -411,16 +455,25 @@ class DirectMessages:
         parts = await self.ready()
         me = self._auth.identity.user_id
         await parts.trust.trust(user_id, (me, parts.own.keys.user_signing_key, str(compared)) if compared else None)
-        held = self._held.pop(user_id, [])
-        self._inbox.extendleft(reversed(held))
-        self._released.update(e.seq for e in held)
+        self._release_held(parts, lambda sender: sender == user_id)
         self._wake()
 
-    async def device_list_changed(self) -> None:
-        """This user's devices changed: publish the signed list again (when this device holds the user key)."""
+    def _release_held(self, parts: _Parts, of_sender: Callable[[str], bool]) -> None:
+        """Held envelopes go back to the front of the inbox, in mailbox order, to be handled again."""
+        held = [
+            history_pb2.SealedEnvelope.FromString(parts.state.get(_HELD, seq) or b"")
+            for seq in parts.state.names(_HELD)
+        ]
+        queued = {e.seq for e in self._inbox}
+        released = sorted((e for e in held if of_sender(e.sender_user_id) and e.seq not in queued), key=lambda e: e.seq)
+        self._inbox.extendleft(reversed(released))
+        self._released.update(e.seq for e in released)
+
+    async def device_list_changed(self, *, added: str = "", revoked: str = "") -> None:
+        """This user added or revoked a device: publish the signed list again (when this device holds the
+        user key)."""
         parts = await self.ready()
-        await parts.trust.publish_device_list()
-        parts.trust.forget(self._auth.identity.user_id)
+        await parts.trust.publish_device_list(add=added, remove=revoked)
 
     async def ready(self) -> _Parts:
         """Opens the key store, pins our own key, publishes the device list and prekeys (once)."""

@@ -179,6 +179,7 @@ class Sessions:
         self._keep(opened.sender_device_id, opened.session)
 
     def _respond(self, header: x3dh.InitialHeader, sender_device_id: str, message: bytes, now: float) -> Opened:
+        self._prekeys.check_fresh(header)
         own = self._own()
         responded = x3dh.respond(own, header, self._prekeys.secrets())
         ratchet = DoubleRatchet.responder(

@@ -69,6 +69,11 @@ class Messages:
         corrupt, or from a user whose key changed: that one waits for `client.trust(user)`)."""
         self._direct.on_rejected(handler)
 
+    async def held(self) -> dict[str, int]:
+        """Direct messages kept aside because their sender's key changed, by sender: they reach your handler
+        once you `client.trust(sender)`."""
+        return await self._direct.held()
+
     async def subscribe(self, subject: str, handler: MessageHandler | DirectHandler) -> None:
         """Calls `handler(message)` for each message on `subject` (a prefix when it ends in "*").
 

@@ -16,10 +16,10 @@ import base64
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
 
 from parley.auth import Auth
 from parley.crypto import identity as proofs
+from parley.crypto.errors import DuplicateMessageError
 from parley.crypto.kem import Kem, KemKeyPair
 from parley.crypto.primitives import X25519KeyPair
 from parley.crypto.x3dh import InitialHeader, PrekeySecrets
@@ -37,6 +37,8 @@ _SIGNED = "signed_prekeys"
 _ONE_TIME = "one_time_prekeys"
 _KEM = "kem_prekeys"
 _META = "meta"
+# Initiators' ephemeral keys of sessions started with us -> the signed prekey they used.
+_ANSWERED = "answered_initial_messages"
 
 
 def _b64(data: bytes) -> str:
@@ -108,10 +110,18 @@ class Prekeys:
                 kem_pairs[int(key_id)] = KemKeyPair(seed=seed, public_key=_unb64(record["public"]))
         return PrekeySecrets(signed, one_time, kem_pairs, self._kem)
 
+    def check_fresh(self, header: InitialHeader) -> None:
+        """`DuplicateMessageError` for the header of a session started before (a replayed first message,
+        also one without a one-time prekey, after that session was dropped)."""
+        if self._state.get(_ANSWERED, _b64(header.ephemeral_key)) is not None:
+            raise DuplicateMessageError("a session was started with this initial message before (a replay)")
+
     def used(self, header: InitialHeader) -> None:
-        """The first message of a session started with `header` decrypted: its one-time prekey goes."""
+        """The first message of a session started with `header` decrypted: its one-time prekey goes, and the
+        header is remembered (until its signed prekey goes) so that it never starts a session again."""
         if header.one_time_prekey_id is not None:
             self._state.delete(_ONE_TIME, str(header.one_time_prekey_id))
+        self._state.put(_ANSWERED, _b64(header.ephemeral_key), str(header.signed_prekey_id).encode())
 
     def _current(self, section: str) -> tuple[int, float] | None:
         """The newest key of a section: (key id, created at)."""
@@ -163,6 +173,10 @@ class Prekeys:
                     continue
                 if now - self._retired_at(section, key_id) > SIGNED_PREKEY_GRACE:
                     self._state.delete(section, key_id)
+                    if section == _SIGNED:  # no session can start with it any more: nothing to remember
+                        for base in self._state.names(_ANSWERED):
+                            if self._state.get(_ANSWERED, base) == key_id.encode():
+                                self._state.delete(_ANSWERED, base)
         for key_id in self._state.names(_ONE_TIME):
             if now - float(self._state.get_json(_ONE_TIME, key_id)["created"]) > ONE_TIME_PREKEY_LIFETIME:
                 self._state.delete(_ONE_TIME, key_id)
@@ -176,7 +190,3 @@ class Prekeys:
             if float(self._state.get_json(section, other)["created"]) > created
         ]
         return min(later, default=created)
-
-
-def record_times(record: dict[str, Any]) -> float:
-    return float(record["created"])

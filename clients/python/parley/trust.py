@@ -25,6 +25,10 @@ from parley.identity.v1 import identity_pb2
 
 _PINS = "pins"
 _LISTS = "device_lists"
+# The device list this device signed last (on a device holding the user key).
+_OWN_LIST = "own_device_list"
+# How long an answer about a user's keys and devices is used before asking again, in seconds.
+PEER_MAX_AGE = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +52,7 @@ class Trust:
         self._auth = auth
         self._state = state
         self._pinning = KeyPinning(self)
-        self._peers: dict[str, PeerKeys] = {}
+        self._peers: dict[str, tuple[PeerKeys, float]] = {}
 
     # PinnedKeys, kept in the key store
     def pinned_user_key(self, user_id: str) -> bytes | None:
@@ -58,10 +62,11 @@ class Trust:
         self._state.put(_PINS, user_id, user_signing_key)
 
     async def peer(self, user_id: str, *, refresh: bool = False) -> PeerKeys:
-        """The user's pinned key and the devices it vouches for (asked again with `refresh`)."""
+        """The user's pinned key and the devices it vouches for: asked again with `refresh`, or once the last
+        answer is PEER_MAX_AGE old (so a revoked device or a changed key counts within that time)."""
         known = self._peers.get(user_id)
-        if known is not None and not refresh:
-            return known
+        if known is not None and not refresh and time.monotonic() - known[1] < PEER_MAX_AGE:
+            return known[0]
         self.forget(user_id)  # whatever the answer now, keys known before no longer count
         user = await self._user(user_id)
         self._pinning.verify(user_id, user.user.signing_key)
@@ -81,7 +86,7 @@ class Trust:
                 continue
             devices.append(keys)
         peer = PeerKeys(user_id, user_key, tuple(devices), counter, tuple(rejected))
-        self._peers[user_id] = peer
+        self._peers[user_id] = (peer, time.monotonic())
         await self._state.persist()
         return peer
 
@@ -121,39 +126,77 @@ class Trust:
         await self._state.persist()
         return key
 
-    async def safety_number(self, own_user_id: str, own_user_key: bytes, user_id: str) -> SafetyNumber:
-        """The number for our key and the key the service presents for `user_id` now."""
-        return safety_number(own_user_id, own_user_key, user_id, await self.presented_key(user_id))
+    async def safety_number(
+        self, own_user_id: str, own_user_key: bytes, user_id: str, *, presented: bool = False
+    ) -> SafetyNumber:
+        """The number for our key and the key pinned for `user_id` (pinned now on first use); with `presented`,
+        for the key the service presents now instead (to compare before `trust` accepts a changed key)."""
+        key = await self.presented_key(user_id)
+        if not presented:
+            pinned = self.pinned_user_key(user_id)
+            if pinned is None:
+                self.pin_user_key(user_id, key)
+                await self._state.persist()
+            else:
+                key = pinned
+        return safety_number(own_user_id, own_user_key, user_id, key)
 
-    async def publish_device_list(self) -> None:
-        """Signs and publishes this user's active devices, when this device holds the user key and they changed."""
+    async def publish_device_list(self, *, add: str = "", remove: str = "") -> None:
+        """Signs and publishes this user's device list, when this device holds the user key.
+
+        The list is the one this device signed last, with `add` and `remove` applied: the service's word on
+        which devices are active is taken only for the very first list (a new user's, or one upgraded from
+        before lists), so a service cannot slip a revoked or foreign device back in. Without a change it
+        publishes only when the service does not hold the list signed last.
+        """
         identity = self._auth.identity
         if identity.user_signing_key is None:
             return
-        stub = self._auth.identity_stub
-        devices = await self._auth.call(stub.ListDevices, identity_pb2.ListDevicesRequest(user_id=identity.user_id))
-        active = sorted(d.device_id for d in devices.devices)
-        counter = 0
-        try:
-            published = await self._auth.call(
-                stub.GetDeviceList, identity_pb2.GetDeviceListRequest(user_id=identity.user_id)
+        user_id, own_key = identity.user_id, identity.user_public_key
+        served = await self._served_list(user_id, own_key)
+        kept = self._state.get_json(_OWN_LIST, user_id)
+        if kept is not None:
+            devices, counter = set(kept["devices"]), int(kept["counter"])
+        elif served is not None:
+            devices, counter = set(served.device_ids), served.counter
+        else:
+            stub = self._auth.identity_stub
+            listed = await self._auth.call(stub.ListDevices, identity_pb2.ListDevicesRequest(user_id=user_id))
+            devices, counter = {d.device_id for d in listed.devices}, 0
+        wanted = (devices | ({add} if add else set())) - {remove}
+        up_to_date = served is not None and set(served.device_ids) == wanted and served.counter >= counter
+        if up_to_date and kept is not None:
+            return
+        if not up_to_date:
+            counter = max(counter, served.counter if served is not None else 0, _stored_counter(self._state, user_id))
+            content = identity_pb2.DeviceListContent(
+                user_id=user_id, counter=counter + 1, device_ids=sorted(wanted), issue_time_ms=_now_ms()
             )
-            content = identity_pb2.DeviceListContent.FromString(published.device_list.list)
-            if sorted(content.device_ids) == active:
-                return
-            counter = content.counter
+            serialized = content.SerializeToString()
+            signature = identity.user_signing_key.sign(proofs.device_list_bytes(serialized)).signature
+            signed = identity_pb2.SignedDeviceList(list=serialized, signature=signature)
+            await self._auth.call(
+                self._auth.identity_stub.PublishDeviceList, identity_pb2.PublishDeviceListRequest(device_list=signed)
+            )
+            counter += 1
+        self._state.put_json(_OWN_LIST, user_id, {"devices": sorted(wanted), "counter": counter})
+        self._state.put(_LISTS, user_id, str(counter).encode())
+        self.forget(user_id)
+        await self._state.persist()
+
+    async def _served_list(self, user_id: str, own_key: bytes) -> identity_pb2.DeviceListContent | None:
+        """The list the service holds for this user, if the user key signed it (None otherwise)."""
+        try:
+            response = await self._auth.call(
+                self._auth.identity_stub.GetDeviceList, identity_pb2.GetDeviceListRequest(user_id=user_id)
+            )
         except NotFoundError:
-            pass
-        counter = max(counter, _stored_counter(self._state, identity.user_id)) + 1
-        content = identity_pb2.DeviceListContent(
-            user_id=identity.user_id, counter=counter, device_ids=active, issue_time_ms=_now_ms()
-        )
-        serialized = content.SerializeToString()
-        signature = identity.user_signing_key.sign(proofs.device_list_bytes(serialized)).signature
-        signed = identity_pb2.SignedDeviceList(list=serialized, signature=signature)
-        await self._auth.call(stub.PublishDeviceList, identity_pb2.PublishDeviceListRequest(device_list=signed))
-        self._state.put(_LISTS, identity.user_id, str(counter).encode())
-        self.forget(identity.user_id)
+            return None
+        signed = response.device_list
+        if not proofs.verify_signature(own_key, proofs.device_list_bytes(signed.list), signed.signature):
+            return None
+        content = identity_pb2.DeviceListContent.FromString(signed.list)
+        return content if content.user_id == user_id else None
 
     async def _user(self, user_id: str) -> identity_pb2.GetUserResponse:
         request = identity_pb2.GetUserRequest(user_id=user_id)

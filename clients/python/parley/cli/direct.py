@@ -22,7 +22,7 @@ from parley.errors import ParleyError
 def key_changed_advice(name: str) -> str:
     return (
         f"{name}'s user key changed since you first used it; compare `parley safety-number {name}` with {name} "
-        f"in person or over another channel you trust, then accept the new key with `parley trust {name}`"
+        f"in person or over another channel you trust, then accept the new key with `parley trust {name} NUMBER`"
     )
 
 
@@ -96,10 +96,14 @@ class InboxPrinter:
         if not isinstance(error, KeyChangedError):
             self._print(f"{when} -- a message from {sender} was dropped: {error}")
         elif envelope.sender_user_id not in self._held_from:
-            self._held_from.add(envelope.sender_user_id)
-            self._print(f"{when} -- messages from {sender} are held: {key_changed_advice(sender)}")
+            await self.held_from(envelope.sender_user_id)
         else:
             self._activity.put_nowait(None)
+
+    async def held_from(self, user_id: str) -> None:
+        self._held_from.add(user_id)
+        sender = await self._name(user_id)
+        self._print(f"{self._when()} -- messages from {sender} are held: {key_changed_advice(sender)}")
 
     def state_changed(self, state: ConnectionState, error: ParleyError | None) -> None:
         if state is ConnectionState.FAILED:
@@ -130,34 +134,42 @@ class InboxPrinter:
 
 
 async def show_safety_number(client: Client, who: str) -> None:
-    """`parley safety-number USER`: the number for the key the server presents now, and whether it is pinned."""
+    """`parley safety-number USER`: the number for the key pinned for USER, and for the one presented now if
+    it differs."""
     peer = await look_up(client, who)
-    try:
-        await client.request_public_key(peer.user_id)  # pins the key on first use
-        changed = False
-    except KeyChangedError:
-        changed = True
-    number = await client.safety_number(peer.user_id)
     name = peer.username
+    number = await client.safety_number(peer.user_id)
+    presented = await client.safety_number(peer.user_id, presented=True)
     print(f"safety number with {name}:")
     print(f"  {number}")
     print(
         f"compare it with {name} in person or over another channel you trust: {name} sees the same digits "
         "(`parley safety-number` on their side) when both of you have the right keys"
     )
-    if changed:
-        print(
-            f"{name}'s key is not the one you pinned on first use: this number is for the new key; "
-            f"if {name} reads you the same digits, accept it with `parley trust {name}`"
-        )
+    if presented != number:
+        print(f"{name}'s key is not the one you pinned on first use; the server presents a key with this number:")
+        print(f"  {presented}")
+        print(f"if {name} reads you these digits, accept it with `parley trust {name} {presented.digits}`")
 
 
-async def trust_user(client: Client, who: str) -> None:
-    """`parley trust USER`: pins the key the server presents for USER now."""
+async def trust_user(client: Client, who: str, digits: str | None) -> None:
+    """`parley trust USER [NUMBER]`: pins the key the server presents for USER now, if it gives NUMBER."""
     peer = await look_up(client, who)
-    await client.trust(peer.user_id)
-    number = await client.safety_number(peer.user_id)
-    print(f"trusted {peer.username}'s current key; safety number: {number}")
+    name = peer.username
+    presented = await client.safety_number(peer.user_id, presented=True)
+    if digits is None:
+        raise SystemExit(
+            f"error: compare first: the key the server presents for {name} gives\n  {presented}\n"
+            f"if {name} sees the same digits, run `parley trust {name} {presented.digits}`"
+        )
+    try:
+        await client.trust(peer.user_id, safety_number=digits)
+    except KeyChangedError:
+        raise SystemExit(
+            f"error: not trusted: {name}'s key gives another number now:\n  {presented}\n"
+            "compare again; a number that does not match means someone is in the middle"
+        ) from None
+    print(f"trusted {name}'s current key; safety number: {await client.safety_number(peer.user_id)}")
 
 
 def _count(number: int, noun: str) -> str:

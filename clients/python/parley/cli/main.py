@@ -97,7 +97,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         elif args.command == "safety-number":
             await direct.show_safety_number(client, args.user)
         elif args.command == "trust":
-            await direct.trust_user(client, args.user)
+            await direct.trust_user(client, args.user, args.number)
     return 0
 
 

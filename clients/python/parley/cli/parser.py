@@ -315,10 +315,14 @@ def _add_direct(commands: _Commands) -> None:
     trust = commands.add(
         "trust",
         "accept USER's current key",
-        "Pin the key the server presents for USER now (after comparing safety numbers), so direct messages "
-        f"to and from USER go through again, and print the new safety number. {KEY_STORE_NOTE}",
+        "Pin the key the server presents for USER now, if it gives NUMBER (the safety number you compared with "
+        "USER), so direct messages to and from USER go through again. Without NUMBER, prints the number to "
+        f"compare. {KEY_STORE_NOTE}",
     )
     trust.add_argument("user", metavar="USER", help="a username (or a user id)")
+    trust.add_argument(
+        "number", metavar="NUMBER", nargs="?", help="the 60 digits you compared (spaces allowed inside quotes)"
+    )
 
 
 def _key_file(text: str) -> Path:

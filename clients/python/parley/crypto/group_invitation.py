@@ -1,0 +1,149 @@
+"""Invitation codes, auth codes, and the two values derived from them.
+
+An invitation names its channel, its id, the hash of the admitter's key and
+a random 32-byte secret; it travels as text ("pi1." + unpadded base64url of
+its labelled bytes), and an 8-digit auth code travels separately. From
+secret || auth code, HKDF (salt bound to the invite id) derives two
+independent keys: the verifier key, whose HMAC over the invite id is what
+the server stores and compares, and the package key, which seals the
+package the inviter prepared. The server learns neither the secret nor the
+package key from the verifier.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+
+from parley.crypto.encoding import labelled, read_labelled
+from parley.crypto.errors import MalformedInputError
+from parley.crypto.group_encoding import read_text, text
+from parley.crypto.group_errors import InvalidInvitationError
+from parley.crypto.primitives import (
+    HASH_BYTES,
+    Rng,
+    blake2b_256,
+    constant_time_equal,
+    hkdf_sha256,
+    hmac_sha256,
+    open_sealed,
+    seal,
+    system_rng,
+)
+
+INVITATION_PREFIX = "pi1."
+INVITATION_SECRET_BYTES = 32
+AUTH_CODE_DIGITS = 8
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_AUTH_CODE = re.compile(rf"[0-9]{{{AUTH_CODE_DIGITS}}}")
+_AUTH_CODES = 10**AUTH_CODE_DIGITS
+# The largest multiple of 10**8 below 2**32: draws at or above it are redrawn, so every code is equally likely.
+_AUTH_CODE_DRAW_LIMIT = (2**32 // _AUTH_CODES) * _AUTH_CODES
+
+
+@dataclass(frozen=True)
+class Invitation:
+    channel_id: str
+    invite_id: str
+    admitter_key_hash: bytes
+    """`admitter_key_hash(key)` of the admitter's signing key, which the package must come from."""
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.admitter_key_hash) != HASH_BYTES:
+            raise InvalidInvitationError(f"an admitter key hash is {HASH_BYTES} bytes")
+        if len(self.secret) != INVITATION_SECRET_BYTES:
+            raise InvalidInvitationError(f"an invitation secret is {INVITATION_SECRET_BYTES} bytes")
+
+    @classmethod
+    def generate(cls, channel_id: str, invite_id: str, admitter_key_hash: bytes, rng: Rng = system_rng) -> Invitation:
+        return cls(channel_id, invite_id, admitter_key_hash, rng(INVITATION_SECRET_BYTES))
+
+    def to_bytes(self) -> bytes:
+        return labelled(
+            "group-invitation", text(self.channel_id), text(self.invite_id), self.admitter_key_hash, self.secret
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Invitation:
+        channel, invite_id, key_hash, secret = read_labelled("group-invitation", data, 4)
+        return cls(read_text(channel), read_text(invite_id), key_hash, secret)
+
+    def to_text(self) -> str:
+        return INVITATION_PREFIX + base64.urlsafe_b64encode(self.to_bytes()).rstrip(b"=").decode()
+
+    @classmethod
+    def from_text(cls, code: str) -> Invitation:
+        """The invitation of a code made by `to_text` (surrounding whitespace ignored)."""
+        code = code.strip()
+        body = code.removeprefix(INVITATION_PREFIX)
+        if body == code or not _BASE64URL.fullmatch(body) or len(body) % 4 == 1:
+            raise InvalidInvitationError(f"not a Parley invitation code (it starts {INVITATION_PREFIX!r})")
+        try:
+            invitation = cls.from_bytes(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except MalformedInputError as error:
+            raise InvalidInvitationError(f"invitation code does not hold an invitation: {error}") from error
+        if invitation.to_text() != code:
+            raise InvalidInvitationError("invitation code is not in canonical form")
+        return invitation
+
+
+def admitter_key_hash(signing_key: bytes) -> bytes:
+    return blake2b_256(labelled("group-admitter-key", signing_key))
+
+
+def auth_code(rng: Rng = system_rng) -> str:
+    """8 uniformly random decimal digits."""
+    while True:
+        draw = int.from_bytes(rng(4), "big")
+        if draw < _AUTH_CODE_DRAW_LIMIT:
+            return f"{draw % _AUTH_CODES:0{AUTH_CODE_DIGITS}d}"
+
+
+def invitation_verifier(secret: bytes, code: str, invite_id: str) -> bytes:
+    """What the server stores for an invitation and compares a redeeming guest's value with."""
+    key = _derive(secret, code, invite_id, "verifier")
+    return hmac_sha256(key, labelled("group-invitation-verifier", text(invite_id)))
+
+
+def verifier_matches(stored: bytes, presented: bytes) -> bool:
+    return constant_time_equal(stored, presented)
+
+
+def package_key(secret: bytes, code: str, invite_id: str) -> bytes:
+    """The key of the package the inviter prepares; independent of the verifier."""
+    return _derive(secret, code, invite_id, "package")
+
+
+def seal_invitation_package(invitation: Invitation, code: str, package: bytes, rng: Rng = system_rng) -> bytes:
+    key = package_key(invitation.secret, code, invitation.invite_id)
+    return seal(key, package, _package_ad(invitation), rng)
+
+
+def open_invitation_package(invitation: Invitation, code: str, sealed: bytes) -> bytes:
+    """The package; `DecryptionError` for a wrong code, another invitation or an altered package."""
+    key = package_key(invitation.secret, code, invitation.invite_id)
+    return open_sealed(key, sealed, _package_ad(invitation))
+
+
+def _derive(secret: bytes, code: str, invite_id: str, purpose: str) -> bytes:
+    if not _AUTH_CODE.fullmatch(code):
+        raise InvalidInvitationError(f"an auth code is {AUTH_CODE_DIGITS} digits")
+    if len(secret) != INVITATION_SECRET_BYTES:
+        raise InvalidInvitationError(f"an invitation secret is {INVITATION_SECRET_BYTES} bytes")
+    return hkdf_sha256(
+        secret + code.encode(),
+        salt=blake2b_256(labelled("group-invitation-salt", text(invite_id))),
+        info=f"parley/v1/group-invitation {purpose}".encode(),
+        length=HASH_BYTES,
+    )
+
+
+def _package_ad(invitation: Invitation) -> bytes:
+    return labelled(
+        "group-invitation-package-ad",
+        text(invitation.channel_id),
+        text(invitation.invite_id),
+        invitation.admitter_key_hash,
+    )
