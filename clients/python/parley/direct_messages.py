@@ -140,6 +140,7 @@ class DirectMessages:
         self._inbox: deque[history_pb2.SealedEnvelope] = deque()
         # Envelopes handed over while nobody listened that did not fit: acknowledgements stop below them.
         self._not_taken: set[int] = set()
+        self._late: set[int] = set()
         self._handled_up_to = 0
         # Held envelopes handed back by `trust`, to handle although later ones were handled before.
         self._released: set[int] = set()
@@ -290,12 +291,18 @@ class DirectMessages:
     def received(self, frame: gateway_pb2.SealedEnvelopes) -> None:
         """Envelopes from the stream (a new stream hands over again what was not acknowledged)."""
         queued = {e.seq for e in self._inbox}
-        fresh = [e for e in frame.envelopes if e.seq > self._handled_up_to and e.seq not in queued]
+        fresh = [
+            e
+            for e in frame.envelopes
+            if (e.seq > self._handled_up_to or e.seq in self._not_taken) and e.seq not in queued
+        ]
         if not self._handlers:  # nobody listens yet: keep a bounded number; the rest come on a later stream
             room = max(0, UNSUBSCRIBED_BACKLOG - len(self._inbox))
             self._not_taken.update(e.seq for e in fresh[room:])
             fresh = fresh[:room]
-        self._not_taken.difference_update(e.seq for e in fresh)
+        late = {e.seq for e in fresh} & self._not_taken
+        self._late.update(late)  # left out before, handed over again: handled although later ones were
+        self._not_taken -= late
         self._inbox.extend(fresh)
         self._wake(acknowledge=len(fresh) < len(frame.envelopes))
 
@@ -314,7 +321,7 @@ class DirectMessages:
                 while self._inbox:
                     envelope = self._inbox.popleft()
                     released = envelope.seq in self._released
-                    if envelope.seq <= self._handled_up_to and not released:
+                    if envelope.seq <= self._handled_up_to and not released and envelope.seq not in self._late:
                         continue  # handed over again by a new stream: handled already
                     if released:  # held before: handled now (and held again if its sender's key still differs)
                         self._released.discard(envelope.seq)
@@ -332,6 +339,7 @@ class DirectMessages:
                         asyncio.get_running_loop().call_later(RETRY_SECONDS, self._wake)
                         return
                     self._handled_up_to = max(self._handled_up_to, envelope.seq)
+                    self._late.discard(envelope.seq)
                 await parts.state.persist()
                 await self._acknowledge()
                 if started:
@@ -419,7 +427,7 @@ class DirectMessages:
 
     def _ack_bound(self) -> int:
         """Everything up to here is handled (or kept aside): no envelope below it waits or was left out."""
-        waiting = [e.seq for e in self._inbox if e.seq not in self._released] + list(self._not_taken)
+        waiting = [e.seq for e in self._inbox if e.seq not in self._released] + [*self._not_taken, *self._late]
         return min([self._handled_up_to, *(seq - 1 for seq in waiting)])
 
     async def _acknowledge(self) -> None:
