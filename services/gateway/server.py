@@ -28,6 +28,7 @@ from services.gateway.room_client import InProcessRoomClient, Memberships, RoomC
 from services.gateway.servicer import SERVICE, GatewayServicer
 from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
+from services.room.server import CHANNEL_SERVICE
 from services.room.server import SERVICE as ROOM_SERVICE
 from services.runtime.bus import Bus, InProcessBus
 from services.runtime.bus_factory import open_bus
@@ -45,7 +46,7 @@ from services.runtime.tokens import TokenVerifier
 
 log = logging.getLogger("parley.gateway")
 # Services whose public RPCs clients reach through the gateway.
-PUBLIC_SERVICES = (IDENTITY_SERVICE, ROOM_SERVICE, HISTORY_SERVICE, FILE_SERVICE)
+PUBLIC_SERVICES = (IDENTITY_SERVICE, ROOM_SERVICE, CHANNEL_SERVICE, HISTORY_SERVICE, FILE_SERVICE)
 OUTBOX_BYTES_METRIC = "parley.gateway.outbox.bytes"
 
 
@@ -187,6 +188,7 @@ class PeerConnections:
         addresses = {
             IDENTITY_SERVICE: ("identity", config.peers.identity),
             ROOM_SERVICE: ("room", config.peers.room),
+            CHANNEL_SERVICE: ("room", config.peers.room),
             HISTORY_SERVICE: ("history", config.peers.history),
             FILE_SERVICE: ("file", config.peers.file),
         }

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import psycopg
 
 from parley.room.v1 import room_pb2
-from services.room.storage import MemberRow
+from services.room.storage import ChannelRow, CommitRow, MemberRow, WrapRow
 from services.runtime.postgres import PostgresDatabase
 
 SCHEMA = "parley_room"
@@ -26,7 +29,34 @@ MIGRATIONS = [
         PRIMARY KEY (room_id, user_id)
     )
     """,
+    """
+    CREATE TABLE channels (
+        space_id TEXT PRIMARY KEY,
+        name TEXT UNIQUE,
+        kind INTEGER NOT NULL,
+        creator TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        epoch BIGINT NOT NULL,
+        state BYTEA NOT NULL
+    );
+    CREATE TABLE channel_commits (
+        space_id TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        commit_bytes BYTEA NOT NULL,
+        signature BYTEA NOT NULL,
+        PRIMARY KEY (space_id, epoch)
+    );
+    CREATE TABLE channel_wraps (
+        space_id TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        device_id TEXT NOT NULL,
+        wrap BYTEA NOT NULL,
+        signed BOOLEAN NOT NULL,
+        PRIMARY KEY (space_id, epoch, device_id)
+    );
+    """,
 ]
+_CHANNEL = "space_id, COALESCE(name, ''), kind, creator, created_ms, epoch, state"
 
 
 class PostgresRoomStorage:
@@ -54,6 +84,8 @@ class PostgresRoomStorage:
 
     async def delete_room(self, room_id: str) -> None:
         async with self._db.connection() as connection, connection.transaction():
+            for table in ("channel_wraps", "channel_commits", "channels"):
+                await connection.execute(f"DELETE FROM {table} WHERE space_id = %s", [room_id])
             await connection.execute("DELETE FROM members WHERE room_id = %s", [room_id])
             await connection.execute("DELETE FROM rooms WHERE room_id = %s", [room_id])
 
@@ -76,5 +108,87 @@ class PostgresRoomStorage:
                 "DELETE FROM members WHERE room_id = %s AND user_id = ANY(%s)", [room_id, list(user_ids)]
             )
 
+    async def insert_channel(self, channel: ChannelRow, commit: CommitRow, wraps: Sequence[WrapRow]) -> bool:
+        async with self._db.connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                "INSERT INTO channels (space_id, name, kind, creator, created_ms, epoch, state) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [
+                    channel.space_id,
+                    channel.name or None,
+                    channel.kind,
+                    channel.creator,
+                    channel.created_ms,
+                    channel.epoch,
+                    channel.state,
+                ],
+            )
+            if cursor.rowcount != 1:
+                return False
+            await _put_commit(connection, commit, wraps)
+            return True
+
+    async def channel(self, space_id: str = "", name: str = "") -> ChannelRow | None:
+        column, value = ("space_id", space_id) if space_id else ("name", name)
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(f"SELECT {_CHANNEL} FROM channels WHERE {column} = %s", [value])
+            row = await cursor.fetchone()
+            return ChannelRow(*row) if row else None
+
+    async def all_channels(self) -> list[ChannelRow]:
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(f"SELECT {_CHANNEL} FROM channels")
+            return [ChannelRow(*row) for row in await cursor.fetchall()]
+
+    async def commits(self, space_id: str, from_epoch: int) -> list[CommitRow]:
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                "SELECT space_id, epoch, commit_bytes, signature FROM channel_commits "
+                "WHERE space_id = %s AND epoch >= %s ORDER BY epoch",
+                [space_id, from_epoch],
+            )
+            return [CommitRow(*row) for row in await cursor.fetchall()]
+
+    async def append_commit(self, channel: ChannelRow, commit: CommitRow, wraps: Sequence[WrapRow]) -> bool:
+        async with self._db.connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                "UPDATE channels SET epoch = %s, state = %s WHERE space_id = %s AND epoch = %s",
+                [channel.epoch, channel.state, channel.space_id, channel.epoch - 1],
+            )
+            if cursor.rowcount != 1:
+                return False
+            await _put_commit(connection, commit, wraps)
+            return True
+
+    async def wraps(self, space_id: str, from_epoch: int, device_id: str = "") -> list[WrapRow]:
+        sql = "SELECT space_id, epoch, device_id, wrap, signed FROM channel_wraps WHERE space_id = %s AND epoch >= %s"
+        args: list[object] = [space_id, from_epoch]
+        if device_id:
+            sql += " AND device_id = %s"
+            args.append(device_id)
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(sql + " ORDER BY epoch, device_id", args)
+            return [WrapRow(*row) for row in await cursor.fetchall()]
+
+    async def add_wraps(self, wraps: Sequence[WrapRow]) -> None:
+        async with self._db.connection() as connection, connection.transaction(), connection.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO channel_wraps (space_id, epoch, device_id, wrap, signed) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                [(w.space_id, w.epoch, w.device_id, w.wrap, w.signed) for w in wraps],
+            )
+
     async def close(self) -> None:
         await self._db.close()
+
+
+async def _put_commit(connection: psycopg.AsyncConnection[Any], commit: CommitRow, wraps: Sequence[WrapRow]) -> None:
+    await connection.execute(
+        "INSERT INTO channel_commits (space_id, epoch, commit_bytes, signature) VALUES (%s, %s, %s, %s)",
+        [commit.space_id, commit.epoch, commit.commit, commit.signature],
+    )
+    async with connection.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO channel_wraps (space_id, epoch, device_id, wrap, signed) VALUES (%s, %s, %s, %s, %s)",
+            [(w.space_id, w.epoch, w.device_id, w.wrap, w.signed) for w in wraps],
+        )

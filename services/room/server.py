@@ -6,9 +6,12 @@ import asyncio
 import logging
 from pathlib import Path
 
-from parley.room.v1 import room_pb2, room_pb2_grpc
+import grpc
+
+from parley.room.v1 import channel_pb2, channel_pb2_grpc, room_pb2, room_pb2_grpc
 from services.room import definitions
 from services.room.allowance import SchemaAllowance
+from services.room.channels import ChannelServicer
 from services.room.history_client import HistoryLogs
 from services.room.leases import GatewayLeases
 from services.room.members import RoomMembers
@@ -26,6 +29,7 @@ from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry
 
 SERVICE = room_pb2.DESCRIPTOR.services_by_name["RoomService"]
+CHANNEL_SERVICE = channel_pb2.DESCRIPTOR.services_by_name["ChannelService"]
 REOPEN_RETRY_SECONDS = 1.0
 log = logging.getLogger("parley.room")
 
@@ -87,9 +91,15 @@ async def room_parts(
         if owns_bus:
             await bus.close()
 
+    channels = ChannelServicer(storage, registry, members, membership)
+
+    def register(server: grpc.aio.Server) -> None:
+        room_pb2_grpc.add_RoomServiceServicer_to_server(servicer, server)
+        channel_pb2_grpc.add_ChannelServiceServicer_to_server(channels, server)
+
     module = ServiceModule(
-        services=[SERVICE],
-        register=lambda server: room_pb2_grpc.add_RoomServiceServicer_to_server(servicer, server),
+        services=[SERVICE, CHANNEL_SERVICE],
+        register=register,
         close=close,
         start=start,
     )

@@ -147,7 +147,7 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     async def AddRoomMembers(
         self, request: room_pb2.AddRoomMembersRequest, context: Context
     ) -> room_pb2.AddRoomMembersResponse:
-        room = self._private_room(request.room_id)
+        room = self._members_by_call(request.room_id)
         self._members.check_admin(room, current_principal())
         user_ids = _user_ids(request.user_ids)
         role = request.role or room_pb2.MEMBER_ROLE_MEMBER
@@ -160,7 +160,7 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
     async def RemoveRoomMembers(
         self, request: room_pb2.RemoveRoomMembersRequest, context: Context
     ) -> room_pb2.RemoveRoomMembersResponse:
-        room = self._private_room(request.room_id)
+        room = self._members_by_call(request.room_id)
         caller = current_principal()
         user_ids = _user_ids(request.user_ids)
         if user_ids != [caller.user_id]:  # anyone may leave; removing others takes an admin
@@ -186,6 +186,13 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
         room = self._registry.get(room_id)
         if not is_private(room):
             raise invalid_field("room_id", f"room {room_id!r} is not private: anyone may join it")
+        return room
+
+    def _members_by_call(self, room_id: str) -> room_pb2.Room:
+        """A private room whose members change by these calls: a channel's change only by its commits."""
+        room = self._private_room(room_id)
+        if room_id.startswith(CHANNEL_ID_PREFIX):
+            raise invalid_field("room_id", f"{room_id!r} is a channel: its members change by commits (Commit)")
         return room
 
     async def WatchRooms(
@@ -215,6 +222,8 @@ MAX_LEASE_MS = 600_000
 
 
 MAX_MEMBERS_PER_CALL = 100
+# Channels' rooms (spaces) have ids of this form (see services/room/channels.py).
+CHANNEL_ID_PREFIX = "sp-"
 MAX_USER_ID_LENGTH = 64
 
 

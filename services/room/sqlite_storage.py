@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 import sqlite_utils
 
 from parley.room.v1 import room_pb2
-from services.room.storage import MemberRow
+from services.room.storage import ChannelRow, CommitRow, MemberRow, WrapRow
 from services.runtime.sqlite import SqliteDatabase
 
 
@@ -38,7 +39,39 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE channels (
+            space_id TEXT PRIMARY KEY,
+            name TEXT UNIQUE,
+            kind INTEGER NOT NULL,
+            creator TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            state BLOB NOT NULL
+        );
+        CREATE TABLE channel_commits (
+            space_id TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            commit_bytes BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            PRIMARY KEY (space_id, epoch)
+        );
+        CREATE TABLE channel_wraps (
+            space_id TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            device_id TEXT NOT NULL,
+            wrap BLOB NOT NULL,
+            signed INTEGER NOT NULL,
+            PRIMARY KEY (space_id, epoch, device_id)
+        );
+        """
+    )
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3]
+_CHANNEL = "space_id, COALESCE(name, ''), kind, creator, created_ms, epoch, state"
 
 
 class SqliteRoomStorage:
@@ -67,6 +100,8 @@ class SqliteRoomStorage:
 
     async def delete_room(self, room_id: str) -> None:
         def delete(db: sqlite_utils.Database) -> None:
+            for table in ("channel_wraps", "channel_commits", "channels"):
+                db.execute(f"DELETE FROM {table} WHERE space_id = ?", [room_id])
             db.execute("DELETE FROM members WHERE room_id = ?", [room_id])
             db.execute("DELETE FROM rooms WHERE room_id = ?", [room_id])
 
@@ -95,5 +130,90 @@ class SqliteRoomStorage:
             )
         )
 
+    async def insert_channel(self, channel: ChannelRow, commit: CommitRow, wraps: Sequence[WrapRow]) -> bool:
+        def insert(db: sqlite_utils.Database) -> bool:
+            try:
+                db.execute(
+                    "INSERT INTO channels (space_id, name, kind, creator, created_ms, epoch, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        channel.space_id,
+                        channel.name or None,
+                        channel.kind,
+                        channel.creator,
+                        channel.created_ms,
+                        channel.epoch,
+                        channel.state,
+                    ],
+                )
+            except sqlite3.IntegrityError:
+                return False
+            _put_commit(db, commit, wraps)
+            return True
+
+        return await self._db.transaction(insert)
+
+    async def channel(self, space_id: str = "", name: str = "") -> ChannelRow | None:
+        column, value = ("space_id", space_id) if space_id else ("name", name)
+        row = await self._db.run(
+            lambda db: db.execute(f"SELECT {_CHANNEL} FROM channels WHERE {column} = ?", [value]).fetchone()
+        )
+        return ChannelRow(*row) if row else None
+
+    async def all_channels(self) -> list[ChannelRow]:
+        rows = await self._db.run(lambda db: db.execute(f"SELECT {_CHANNEL} FROM channels").fetchall())
+        return [ChannelRow(*row) for row in rows]
+
+    async def commits(self, space_id: str, from_epoch: int) -> list[CommitRow]:
+        rows = await self._db.run(
+            lambda db: db.execute(
+                "SELECT space_id, epoch, commit_bytes, signature FROM channel_commits "
+                "WHERE space_id = ? AND epoch >= ? ORDER BY epoch",
+                [space_id, from_epoch],
+            ).fetchall()
+        )
+        return [CommitRow(*row) for row in rows]
+
+    async def append_commit(self, channel: ChannelRow, commit: CommitRow, wraps: Sequence[WrapRow]) -> bool:
+        def append(db: sqlite_utils.Database) -> bool:
+            cursor = db.execute(
+                "UPDATE channels SET epoch = ?, state = ? WHERE space_id = ? AND epoch = ?",
+                [channel.epoch, channel.state, channel.space_id, channel.epoch - 1],
+            )
+            if cursor.rowcount != 1:
+                return False
+            _put_commit(db, commit, wraps)
+            return True
+
+        return await self._db.transaction(append)
+
+    async def wraps(self, space_id: str, from_epoch: int, device_id: str = "") -> list[WrapRow]:
+        sql = "SELECT space_id, epoch, device_id, wrap, signed FROM channel_wraps WHERE space_id = ? AND epoch >= ?"
+        args: list[object] = [space_id, from_epoch]
+        if device_id:
+            sql += " AND device_id = ?"
+            args.append(device_id)
+        rows = await self._db.run(lambda db: db.execute(sql + " ORDER BY epoch, device_id", args).fetchall())
+        return [WrapRow(s, e, d, w, bool(signed)) for s, e, d, w, signed in rows]
+
+    async def add_wraps(self, wraps: Sequence[WrapRow]) -> None:
+        await self._db.transaction(
+            lambda db: db.conn.executemany(
+                "INSERT OR IGNORE INTO channel_wraps (space_id, epoch, device_id, wrap, signed) VALUES (?, ?, ?, ?, ?)",
+                [(w.space_id, w.epoch, w.device_id, w.wrap, int(w.signed)) for w in wraps],
+            )
+        )
+
     async def close(self) -> None:
         await self._db.close()
+
+
+def _put_commit(db: sqlite_utils.Database, commit: CommitRow, wraps: Sequence[WrapRow]) -> None:
+    db.execute(
+        "INSERT INTO channel_commits (space_id, epoch, commit_bytes, signature) VALUES (?, ?, ?, ?)",
+        [commit.space_id, commit.epoch, commit.commit, commit.signature],
+    )
+    db.conn.executemany(
+        "INSERT INTO channel_wraps (space_id, epoch, device_id, wrap, signed) VALUES (?, ?, ?, ?, ?)",
+        [(w.space_id, w.epoch, w.device_id, w.wrap, int(w.signed)) for w in wraps],
+    )

@@ -32,6 +32,26 @@ class RoomStorage(Protocol):
 
     async def remove_members(self, room_id: str, user_ids: Sequence[str]) -> None: ...
 
+    async def insert_channel(self, channel: ChannelRow, commit: CommitRow, wraps: Sequence[WrapRow]) -> bool:
+        """Stores a new channel with its first commit; False (nothing written) when its name is taken."""
+
+    async def channel(self, space_id: str = "", name: str = "") -> ChannelRow | None: ...
+
+    async def all_channels(self) -> list[ChannelRow]: ...
+
+    async def commits(self, space_id: str, from_epoch: int) -> list[CommitRow]:
+        """In epoch order."""
+
+    async def append_commit(self, channel: ChannelRow, commit: CommitRow, wraps: Sequence[WrapRow]) -> bool:
+        """Stores the commit after the channel's latest (`channel.epoch` is the new one); False when another
+        commit took that epoch first."""
+
+    async def wraps(self, space_id: str, from_epoch: int, device_id: str = "") -> list[WrapRow]:
+        """Wraps from `from_epoch` on: the device's only, or every device's."""
+
+    async def add_wraps(self, wraps: Sequence[WrapRow]) -> None:
+        """Adds signed wraps (a wrap already held for that device and epoch is kept)."""
+
     async def close(self) -> None: ...
 
 
@@ -58,3 +78,34 @@ async def open_room_storage(config: Config) -> RoomStorage:
 
         storage = await SqliteRoomStorage.open(config.server.data_dir / "room.sqlite3")
     return storage
+
+
+@dataclass(frozen=True)
+class ChannelRow:
+    space_id: str
+    name: str
+    kind: int
+    """A `channel_pb2.ChannelKind` value."""
+    creator: str
+    created_ms: int
+    epoch: int
+    state: bytes
+    """The latest epoch's `parley.crypto.group.ChannelState`."""
+
+
+@dataclass(frozen=True)
+class CommitRow:
+    space_id: str
+    epoch: int
+    commit: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class WrapRow:
+    space_id: str
+    epoch: int
+    device_id: str
+    wrap: bytes
+    signed: bool
+    """A SignedWrap added after the commit (not one of the wraps the commit signed)."""

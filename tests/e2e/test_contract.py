@@ -19,6 +19,7 @@ PARLEY_SERVICES = [
     "parley.gateway.v1.GatewayService",
     "parley.history.v1.HistoryService",
     "parley.identity.v1.IdentityService",
+    "parley.room.v1.ChannelService",
     "parley.room.v1.RoomService",
 ]
 

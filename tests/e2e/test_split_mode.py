@@ -116,6 +116,7 @@ def test_gateway_reflection_lists_every_public_service(cluster: Cluster) -> None
     assert set(result.stdout.split()) >= {
         "parley.identity.v1.IdentityService",
         "parley.room.v1.RoomService",
+        "parley.room.v1.ChannelService",
         "parley.history.v1.HistoryService",
         "parley.file.v1.FileService",
         "parley.gateway.v1.GatewayService",
@@ -130,10 +131,11 @@ def test_gateway_reflection_lists_every_public_service(cluster: Cluster) -> None
 def test_each_service_process_serves_reflection_and_health(cluster: Cluster, name: str) -> None:
     address = cluster.processes[name].address
     service = f"parley.{name}.v1.{name.capitalize()}Service"
+    served = [service, "parley.room.v1.ChannelService"] if name == "room" else [service]
     listed = grpcurl(address, "list")
     assert listed.returncode == 0, listed.stderr
     assert sorted(listed.stdout.split()) == sorted(
-        [service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+        [*served, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
     )
     for checked in ("", service):
         health = grpcurl(address, "grpc.health.v1.Health/Check", data={"service": checked})

@@ -42,6 +42,7 @@ from parley.room_calls import RoomCalls
 from parley.room_registry import RoomRegistry
 from parley.rooms import Room, RoomEvent
 from parley.sender import DEFAULT_MAX_SEND_ATTEMPTS, Sender
+from parley.spaces import Spaces
 from parley.stream import ConnectStream
 from parley.trust import PeerKeys
 
@@ -141,6 +142,8 @@ class Client:
         """Pub/sub subjects (`client.message.subscribe(...)`, `client.message.publish(...)`) and encrypted
         direct messages (`client.message.send("user:<id>", ...)`, `client.message.subscribe("user:<me>", ...)`)."""
         self._rooms = RoomRegistry(self._connection, self._sender, self._runner, self._calls)
+        self.space = Spaces(self._auth, self._direct, self.join)
+        """Sealed group channels: `client.space.create_channel(name)`, `join_channel`, `list_channels`."""
         self._questions = Questions(self._sender, self._runner)
         self._peers = Peers(self._auth, self._runner)
         self._receiver = Receiver(

@@ -35,6 +35,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS"""
     ERROR_REASON_DEVICE_EXISTS: _ErrorReason.ValueType  # 11
     ERROR_REASON_ROOM_EXISTS: _ErrorReason.ValueType  # 12
+    ERROR_REASON_CHANNEL_EXISTS: _ErrorReason.ValueType  # 13
+    """CreateChannel: the channel name or space id is taken."""
     ERROR_REASON_USER_NOT_FOUND: _ErrorReason.ValueType  # 20
     """NOT_FOUND"""
     ERROR_REASON_DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 21
@@ -116,6 +118,8 @@ ERROR_REASON_USERNAME_TAKEN: ErrorReason.ValueType  # 10
 """ALREADY_EXISTS"""
 ERROR_REASON_DEVICE_EXISTS: ErrorReason.ValueType  # 11
 ERROR_REASON_ROOM_EXISTS: ErrorReason.ValueType  # 12
+ERROR_REASON_CHANNEL_EXISTS: ErrorReason.ValueType  # 13
+"""CreateChannel: the channel name or space id is taken."""
 ERROR_REASON_USER_NOT_FOUND: ErrorReason.ValueType  # 20
 """NOT_FOUND"""
 ERROR_REASON_DEVICE_NOT_FOUND: ErrorReason.ValueType  # 21

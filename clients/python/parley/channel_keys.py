@@ -1,0 +1,267 @@
+"""One channel's keys on this device: the verified commit chain, the epoch secrets it holds, counters, replays.
+
+`sync()` reads the chain from the channel service and verifies every commit
+from the first (so the roster and its admins are the clients' own
+conclusion, not the server's word), then opens the wraps made for this
+device. `seal` and `open` use the newest epoch this device holds, or the
+message's. `commit(roster)` moves the channel to a new epoch with a fresh
+secret for exactly the devices of `roster`. Everything is kept in the key
+store (section "channels").
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from parley.auth import Auth
+from parley.crypto import group
+from parley.crypto.primitives import constant_time_equal
+from parley.crypto.x3dh import DeviceKeys, DeviceSecrets
+from parley.device_identity import DeviceIdentity
+from parley.e2e_state import E2eState
+from parley.room.v1 import channel_pb2, channel_pb2_grpc
+
+_CHANNELS = "channels"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def member_device(keys: DeviceKeys) -> group.MemberDevice:
+    return group.MemberDevice(keys.device_id, keys.device_signing_key, keys.device_dh_key, keys.certificate)
+
+
+@dataclasses.dataclass
+class _Held:
+    """What this device holds of one channel (saved as JSON)."""
+
+    states: dict[int, group.ChannelState]
+    secrets: dict[int, bytes]
+    counters: dict[int, int]
+    guard: group.ReplayGuard
+    signal_guard: group.ReplayGuard
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "states": {str(e): _b64(s.to_bytes()) for e, s in self.states.items()},
+            "secrets": {str(e): _b64(s) for e, s in self.secrets.items()},
+            "counters": {str(e): n for e, n in self.counters.items()},
+            "guard": self.guard.to_dict(),
+            "signal_guard": self.signal_guard.to_dict(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> _Held:
+        if data is None:
+            return cls({}, {}, {}, group.ReplayGuard(), group.ReplayGuard())
+        return cls(
+            {int(e): group.ChannelState.from_bytes(_unb64(s)) for e, s in data["states"].items()},
+            {int(e): _unb64(s) for e, s in data["secrets"].items()},
+            {int(e): int(n) for e, n in data["counters"].items()},
+            group.ReplayGuard.from_dict(data["guard"]),
+            group.ReplayGuard.from_dict(data["signal_guard"]),
+        )
+
+
+class ChannelKeys:
+    def __init__(self, auth: Auth, state: E2eState, own: DeviceSecrets, space_id: str) -> None:
+        self._auth = auth
+        self._state = state
+        self._own = own
+        self.space_id = space_id
+        self._held = _Held.from_json(state.get_json(_CHANNELS, space_id))
+
+    @property
+    def _stub(self) -> channel_pb2_grpc.ChannelServiceAsyncStub:
+        return channel_pb2_grpc.ChannelServiceStub(self._auth.channel())
+
+    @property
+    def _identity(self) -> DeviceIdentity:
+        return self._auth.identity
+
+    @property
+    def latest(self) -> group.ChannelState | None:
+        return self._held.states[max(self._held.states)] if self._held.states else None
+
+    @property
+    def roster(self) -> group.Roster:
+        latest = self.latest
+        if latest is None:
+            raise group.UnknownEpochError(f"no epoch of {self.space_id} is known yet")
+        return latest.roster
+
+    def authenticator(self) -> bytes:
+        """The current epoch's authenticator: every member device that holds the epoch derives the same."""
+        epoch = self._newest_held()
+        return self._keys(epoch).authenticator
+
+    async def create(self, roster: group.Roster, name: str, history_policy: str) -> channel_pb2.Channel:
+        """A new channel (a space when `name` is empty) for `roster`, this device's user its admin."""
+        committed = group.commit_epoch(
+            None,
+            roster,
+            channel_id=self.space_id,
+            committer_device_id=self._own.keys.device_id,
+            signing_key=self._identity.device_signing_key,
+            admission="create",
+            history_policy=history_policy,
+        )
+        request = channel_pb2.CreateChannelRequest(
+            name=name,
+            kind=channel_pb2.CHANNEL_KIND_E2E,
+            commit=_signed_proto(committed.signed),
+            wraps=_wrap_protos(committed.wraps),
+        )
+        response = await self._auth.call(self._stub.CreateChannel, request)
+        self._keep(committed.epoch)
+        await self._state.persist()
+        return response.channel
+
+    async def sync(self) -> None:
+        """Verifies the commits this device has not seen and opens the wraps made for it."""
+        latest = self.latest
+        first = self._first_missing()
+        listed = await self._auth.call(
+            self._stub.ListCommits, channel_pb2.ListCommitsRequest(space_id=self.space_id, from_epoch=first)
+        )
+        commits: dict[int, group.Commit] = {}
+        for proto in listed.commits:
+            signed = group.SignedCommit(proto.commit, proto.signature)
+            commit = signed.commit()
+            held = self._held.states.get(commit.epoch)
+            if held is None:
+                held = group.verify_commit(self.latest, signed)
+                self._held.states[held.epoch] = held
+            elif not constant_time_equal(held.commit_hash, signed.commit_hash):
+                raise group.BrokenChainError(f"the service now shows another commit for epoch {commit.epoch}")
+            commits[commit.epoch] = commit
+        if latest is not None and latest.epoch not in self._held.states:
+            raise group.BrokenChainError("the chain the service shows does not continue the one held")
+        wraps = await self._auth.call(
+            self._stub.GetWraps, channel_pb2.GetWrapsRequest(space_id=self.space_id, from_epoch=first)
+        )
+        for wrap in wraps.wraps:
+            self._open_wrap(wrap, commits)
+        self._save()
+        await self._state.persist()
+
+    async def commit(self, roster: group.Roster) -> channel_pb2.Channel:
+        """Moves the channel to a new epoch for exactly `roster`'s devices (this device must be an admin's)."""
+        await self.sync()
+        latest = self.latest
+        committed = group.commit_epoch(
+            latest,
+            roster,
+            channel_id=self.space_id,
+            committer_device_id=self._own.keys.device_id,
+            signing_key=self._identity.device_signing_key,
+            admission="admin",
+            history_policy=latest.history_policy if latest else group.MEMBERS_SINCE_JOIN,
+        )
+        request = channel_pb2.CommitRequest(
+            space_id=self.space_id, commit=_signed_proto(committed.signed), wraps=_wrap_protos(committed.wraps)
+        )
+        response = await self._auth.call(self._stub.Commit, request)
+        self._keep(committed.epoch)
+        await self._state.persist()
+        return response.channel
+
+    def member(self, user_id: str, user_key: bytes, devices: tuple[DeviceKeys, ...], role: str) -> group.Member:
+        return group.Member(
+            user_id, user_key, role, tuple(sorted((member_device(d) for d in devices), key=lambda d: d.device_id))
+        )
+
+    def seal(self, content_type: str, body: bytes, *, signal: bool = False) -> bytes:
+        """`body` sealed with the newest epoch this device holds, signed by this device."""
+        epoch = self._newest_held()
+        counters = self._held.counters
+        counter = counters.get(epoch if not signal else -1 - epoch, 0)
+        counters[epoch if not signal else -1 - epoch] = counter + 1
+        seal = group.seal_group_signal if signal else group.seal_group_message
+        sealed = seal(
+            self._keys(epoch),
+            self.space_id,
+            epoch,
+            member_device(self._own.keys),
+            self._identity.device_signing_key,
+            message_id=secrets.token_hex(16),
+            content_type=content_type,
+            counter=counter,
+            plaintext=body,
+        )
+        self._save()
+        return sealed
+
+    def open(self, data: bytes, *, signal: bool = False, replay_check: bool = True) -> group.OpenedGroupMessage:
+        """Opens a message (or signal) of an epoch this device holds; `replay_check=False` for history reads."""
+        epochs = {e: (self._held.states[e], self._keys(e)) for e in self._held.secrets}
+        guard = (self._held.signal_guard if signal else self._held.guard) if replay_check else group.ReplayGuard()
+        opened = (group.open_group_signal if signal else group.open_group_message)(epochs, data, guard)
+        if replay_check:
+            self._save()
+        return opened
+
+    def knows_epoch(self, epoch: int) -> bool:
+        return epoch in self._held.secrets
+
+    def _open_wrap(self, wrap: channel_pb2.EpochWrap, commits: Mapping[int, group.Commit]) -> None:
+        state = self._held.states.get(wrap.epoch)
+        if state is None or wrap.epoch in self._held.secrets:
+            return
+        own_id = self._own.keys.device_id
+        if wrap.signed_wrap:
+            signed = group.SignedWrap.from_bytes(wrap.signed_wrap)
+            latest = self.latest
+            assert latest is not None
+            sealed = group.verify_signed_wrap(latest, signed, state)
+        else:
+            commit = commits.get(wrap.epoch)
+            if commit is None:
+                return  # its commit was not read in this pass: the next sync reads both
+            group.verify_own_wrap(commit, own_id, wrap.wrap, dict(wrap.digests))
+            sealed = wrap.wrap
+        secret = group.unwrap_epoch_secret(
+            sealed, own_id, self._own.dh_private_key, state.channel_id, state.epoch, state.content_hash
+        )
+        self._held.secrets[state.epoch] = secret
+
+    def _first_missing(self) -> int:
+        """The first epoch to read again: the oldest one since this device joined whose secret it lacks, or the
+        one after the newest commit held (0 for a channel not read yet)."""
+        joined = min(self._held.secrets, default=0)
+        lacking = [e for e in self._held.states if e >= joined and e not in self._held.secrets]
+        return min(lacking, default=max(self._held.states, default=-1) + 1)
+
+    def _newest_held(self) -> int:
+        if not self._held.secrets:
+            raise group.UnknownEpochError(f"this device holds no epoch of {self.space_id}")
+        return max(self._held.secrets)
+
+    def _keys(self, epoch: int) -> group.EpochKeys:
+        state = self._held.states[epoch]
+        return group.epoch_keys(self._held.secrets[epoch], self.space_id, epoch, state.commit_hash)
+
+    def _keep(self, epoch: group.Epoch) -> None:
+        self._held.states[epoch.state.epoch] = epoch.state
+        self._held.secrets[epoch.state.epoch] = epoch.secret
+        self._save()
+
+    def _save(self) -> None:
+        self._state.put_json(_CHANNELS, self.space_id, self._held.to_json())
+
+
+def _signed_proto(signed: group.SignedCommit) -> channel_pb2.SignedCommit:
+    return channel_pb2.SignedCommit(commit=signed.commit_bytes, signature=signed.signature)
+
+
+def _wrap_protos(wraps: Mapping[str, bytes]) -> list[channel_pb2.DeviceWrap]:
+    return [channel_pb2.DeviceWrap(device_id=d, wrap=w) for d, w in sorted(wraps.items())]

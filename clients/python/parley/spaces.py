@@ -1,0 +1,314 @@
+"""Sealed group channels in the SDK: `client.space.create_channel(name)`, `join_channel`, and the `Space` handle.
+
+A channel's messages are events of its private room, each sealed once with
+the epoch's key and signed by the sender's device (`parley.crypto.group`), so
+the server stores and replays ciphertext and a message costs the same
+whatever the member count. The room stream carries them, so they resume like
+any room event. Members change by commits an admin signs (`add_member`,
+`remove_member`); removing a member starts a new epoch whose secret only the
+remaining devices get.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from parley.auth import Auth
+from parley.channel_keys import ChannelKeys
+from parley.crypto import group
+from parley.crypto.errors import CryptoError, MalformedInputError
+from parley.errors import NotFoundError
+from parley.room.v1 import channel_pb2, channel_pb2_grpc
+from parley.rooms import EventChange, Room, RoomEvent, Signal
+
+if TYPE_CHECKING:
+    from parley.direct_messages import DirectMessages
+
+MESSAGE_EVENT = "message"
+SPACE_ID_PREFIX = "sp-"
+
+
+class ChannelNotFoundError(NotFoundError):
+    """No channel by that name or space id (or you are not one of its members)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelInfo:
+    """A channel or space you are a member of (`client.space.list_channels()`)."""
+
+    space_id: str
+    name: str
+    end_to_end: bool
+    """False for keeper channels, whose keys a service of the app holds too."""
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelMessage:
+    """A decrypted channel message, its sender's device verified by signature."""
+
+    space_id: str
+    handle: str
+    seq: int
+    sender_user_id: str
+    sender_device_id: str
+    body: Any
+    epoch: int
+    time_ms: int
+    edited: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelSignal:
+    space_id: str
+    subject: str
+    sender_user_id: str
+    data: Any
+
+
+MessageHandler = Callable[[ChannelMessage], Awaitable[None] | None]
+SignalHandler = Callable[[ChannelSignal], Awaitable[None] | None]
+DeletedHandler = Callable[[str], Awaitable[None] | None]
+
+
+class Spaces:
+    """`client.space`: create, join and list channels and spaces."""
+
+    def __init__(self, auth: Auth, direct: DirectMessages, join_room: Callable[[str], Awaitable[Room]]) -> None:
+        self._auth = auth
+        self._direct = direct
+        self._join_room = join_room
+        self._open: dict[str, Space] = {}
+
+    @property
+    def _stub(self) -> channel_pb2_grpc.ChannelServiceAsyncStub:
+        return channel_pb2_grpc.ChannelServiceStub(self._auth.channel())
+
+    async def create_channel(self, name: str) -> Space:
+        """A new end-to-end channel named `name` in the app's registry (ALREADY_EXISTS if taken); you are its admin."""
+        return await self._create(name)
+
+    async def create_space(self) -> Space:
+        """A new space: a channel with no name, shared by its `space_id`."""
+        return await self._create("")
+
+    async def join_channel(self, name_or_space_id: str) -> Space:
+        """Opens a channel or space you are a member of: verifies its commit chain, takes the epoch secrets
+        wrapped for this device and joins its room. `ChannelNotFoundError` when there is none by that name."""
+        key = "space_id" if name_or_space_id.startswith(SPACE_ID_PREFIX) else "name"
+        try:
+            found = await self._auth.call(
+                self._stub.GetChannel, channel_pb2.GetChannelRequest(**{key: name_or_space_id})
+            )
+        except NotFoundError as error:
+            raise ChannelNotFoundError(error.code, error.reason, error.message, error.metadata) from None
+        return await self._opened(found.channel)
+
+    async def list_channels(self) -> list[ChannelInfo]:
+        """Your channels and spaces: name (empty for a space), space id, whether end to end."""
+        listed = await self._auth.call(self._stub.ListChannels, channel_pb2.ListChannelsRequest())
+        return [_info(c) for c in listed.channels]
+
+    async def list_spaces(self) -> list[ChannelInfo]:
+        """Your spaces (channels without a name)."""
+        return [c for c in await self.list_channels() if not c.name]
+
+    async def _create(self, name: str) -> Space:
+        parts = await self._direct.ready()
+        space_id = SPACE_ID_PREFIX + secrets.token_hex(16)
+        keys = ChannelKeys(self._auth, parts.state, parts.own, space_id)
+        me = await parts.trust.peer(self._auth.identity.user_id, refresh=True)
+        roster = group.Roster((keys.member(me.user_id, me.user_signing_key, me.devices, group.ADMIN),))
+        channel = await keys.create(roster, name, group.MEMBERS_SINCE_JOIN)
+        return await self._opened(channel, keys)
+
+    async def _opened(self, channel: channel_pb2.Channel, keys: ChannelKeys | None = None) -> Space:
+        space = self._open.get(channel.space_id)
+        if space is None:
+            parts = await self._direct.ready()
+            keys = keys or ChannelKeys(self._auth, parts.state, parts.own, channel.space_id)
+            await keys.sync()
+            room = await self._join_room(channel.space_id)
+            space = Space(channel, keys, room, self._direct)
+            self._open[channel.space_id] = space
+        return space
+
+
+class Space:
+    """One channel or space, opened: send and read its sealed messages, manage its members."""
+
+    def __init__(self, channel: channel_pb2.Channel, keys: ChannelKeys, room: Room, direct: DirectMessages) -> None:
+        self.space_id = channel.space_id
+        self.name = channel.name
+        self.end_to_end = channel.kind != channel_pb2.CHANNEL_KIND_KEEPER
+        self._keys = keys
+        self._room = room
+        self._direct = direct
+        self._message_handlers: list[MessageHandler] = []
+        self._edited_handlers: list[MessageHandler] = []
+        self._deleted_handlers: list[DeletedHandler] = []
+        self._signal_handlers: list[SignalHandler] = []
+        self.rejected: list[tuple[int, CryptoError]] = []
+        """(seq, error) of events that did not open or verify (forged, replayed, or of an epoch not held)."""
+        room.on(MESSAGE_EVENT, self._on_event)
+        room.on_edited(self._on_change)
+        room.on_deleted(self._on_change)
+        room.on_ephemeral(self._on_signal)
+
+    @property
+    def epoch(self) -> int:
+        latest = self._keys.latest
+        return latest.epoch if latest else 0
+
+    @property
+    def authenticator(self) -> bytes:
+        """The current epoch's authenticator: the same on every member device that holds the epoch."""
+        return self._keys.authenticator()
+
+    async def send_message(self, body: Any) -> str:
+        """Seals `body` (any JSON value) for the channel and publishes it; returns the message's handle."""
+        published = await self._room.trigger(MESSAGE_EVENT, self._sealed("message", body))
+        return published.handle
+
+    async def edit_message(self, handle: str, body: Any) -> None:
+        """Replaces the body of a message you sent (NOT_AUTHOR otherwise); members get it sealed anew."""
+        await self._room.edit(handle, self._sealed("edit", body))
+
+    async def delete_message(self, handle: str) -> None:
+        """Deletes a message you sent (NOT_AUTHOR otherwise)."""
+        await self._room.delete(handle)
+
+    async def send_ephemeral(self, subject: str, data: Any = None) -> None:
+        """A signal (typing, a cursor) to the members online now, sealed too, never stored."""
+        await self._room.send_ephemeral(subject, self._sealed(subject, data, signal=True))
+
+    def on_message(self, handler: MessageHandler) -> None:
+        self._message_handlers.append(handler)
+
+    def on_message_edited(self, handler: MessageHandler) -> None:
+        self._edited_handlers.append(handler)
+
+    def on_message_deleted(self, handler: DeletedHandler) -> None:
+        """Calls `handler(handle)` when a message is deleted by its author."""
+        self._deleted_handlers.append(handler)
+
+    def on_ephemeral(self, handler: SignalHandler) -> None:
+        self._signal_handlers.append(handler)
+
+    async def history(self, *, limit: int = 50, before: int = 0) -> list[ChannelMessage]:
+        """Kept messages, newest first, decrypted; those of epochs this device never held are left out
+        (a member reads from the epoch it joined)."""
+        opened = []
+        for event in await self._room.history(limit=limit, before=before, event=MESSAGE_EVENT):
+            message = self._open(event.handle, event.seq, event.data, event.time_ms, replay_check=False)
+            if message is not None:
+                opened.append(dataclasses.replace(message, edited=bool(event.edit_time_ms)))
+        return opened
+
+    async def members(self) -> list[group.Member]:
+        """The committed roster: users, roles and devices (as this device verified the chain)."""
+        await self._keys.sync()
+        return list(self._keys.roster.members)
+
+    async def add_member(self, user_id: str, *, admin: bool = False) -> None:
+        """Adds a user (with every device their key vouches for) in a new epoch; you must be an admin."""
+        parts = await self._direct.ready()
+        peer = await parts.trust.peer(user_id, refresh=True)
+        role = group.ADMIN if admin else group.MEMBER
+        added = self._keys.member(peer.user_id, peer.user_signing_key, peer.devices, role)
+        await self._keys.sync()
+        roster = self._keys.roster
+        if roster.member(user_id) is not None:
+            raise ValueError(f"{user_id!r} is a member already")
+        await self._keys.commit(group.Roster(tuple(sorted((*roster.members, added), key=lambda m: m.user_id))))
+
+    async def remove_member(self, user_id: str) -> None:
+        """Removes a user in a new epoch with a fresh secret for the remaining devices: their connections
+        leave the room at once and they cannot read what is sent from now on (they keep what they read)."""
+        await self._keys.sync()
+        roster = self._keys.roster
+        if roster.member(user_id) is None:
+            raise ValueError(f"{user_id!r} is not a member")
+        await self._keys.commit(group.Roster(tuple(m for m in roster.members if m.user_id != user_id)))
+
+    async def sync(self) -> None:
+        """Reads commits made by others (also done when a message of an unknown epoch arrives)."""
+        await self._keys.sync()
+
+    def _sealed(self, content_type: str, body: Any, *, signal: bool = False) -> dict[str, str]:
+        plaintext = json.dumps(body, separators=(",", ":")).encode()
+        sealed = self._keys.seal(content_type, plaintext, signal=signal)
+        return {"sealed": base64.b64encode(sealed).decode()}
+
+    def _open(
+        self, handle: str, seq: int, data: Any, time_ms: int, *, replay_check: bool = True, signal: bool = False
+    ) -> ChannelMessage | None:
+        try:
+            sealed = _sealed_bytes(data)
+            opened = self._keys.open(sealed, signal=signal, replay_check=replay_check)
+            body = json.loads(opened.plaintext)
+        except (CryptoError, ValueError, RecursionError) as error:
+            self.rejected.append((seq, error if isinstance(error, CryptoError) else MalformedInputError(str(error))))
+            return None
+        return ChannelMessage(
+            self.space_id, handle, seq, opened.sender_user_id, opened.sender_device_id, body, opened.epoch, time_ms
+        )
+
+    async def _on_event(self, event: RoomEvent) -> None:
+        if not self._epoch_held(event.data):
+            await self._keys.sync()  # a commit this device has not read yet
+        message = self._open(event.handle, event.seq, event.data, event.time_ms)
+        if message is not None:
+            for handler in self._message_handlers:
+                result = handler(message)
+                if result is not None:
+                    await result
+
+    async def _on_change(self, change: EventChange) -> None:
+        if change.deleted:
+            for deleted in self._deleted_handlers:
+                result = deleted(change.handle)
+                if result is not None:
+                    await result
+            return
+        message = self._open(change.handle, change.seq, change.data, change.time_ms, replay_check=False)
+        if message is not None:
+            for handler in self._edited_handlers:
+                result = handler(dataclasses.replace(message, edited=True))
+                if result is not None:
+                    await result
+
+    async def _on_signal(self, signal: Signal) -> None:
+        if signal.expired:
+            return
+        try:
+            opened = self._keys.open(_sealed_bytes(signal.data), signal=True)
+            data = json.loads(opened.plaintext)
+        except (CryptoError, ValueError, RecursionError):
+            return
+        received = ChannelSignal(self.space_id, signal.subject, opened.sender_user_id, data)
+        for handler in self._signal_handlers:
+            result = handler(received)
+            if result is not None:
+                await result
+
+    def _epoch_held(self, data: Any) -> bool:
+        try:
+            return self._keys.knows_epoch(group.read_group_header(_sealed_bytes(data)).epoch)
+        except (CryptoError, ValueError):
+            return True  # nothing to fetch for it: opening reports why it fails
+
+
+def _sealed_bytes(data: Any) -> bytes:
+    if not isinstance(data, dict) or not isinstance(data.get("sealed"), str):
+        raise MalformedInputError("not a sealed channel message")
+    return base64.b64decode(data["sealed"], validate=True)
+
+
+def _info(channel: channel_pb2.Channel) -> ChannelInfo:
+    return ChannelInfo(channel.space_id, channel.name, channel.kind != channel_pb2.CHANNEL_KIND_KEEPER, channel.epoch)

@@ -1,0 +1,272 @@
+"""ChannelService: sealed group channels, checked and stored by the room service, which holds no epoch secret.
+
+A channel is a private room plus its commit chain. The service verifies
+every commit with the clients' own rules (`parley.crypto.group`: the chain,
+the signatures, who may change what) and that the caller's device signed
+it, then keeps the room's members equal to the committed roster: users a
+commit drops lose the room (and its history) before the commit is stored,
+users it adds gain it once stored. Wraps are stored as given and handed to
+their device only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+
+import grpc
+
+from parley.api.v1 import errors_pb2
+from parley.crypto.errors import CryptoError
+from parley.crypto.group import (
+    ChannelState,
+    SignedCommit,
+    SignedWrap,
+    verify_commit,
+    verify_commit_wraps,
+    verify_signed_wrap,
+    wrap_digest,
+)
+from parley.room.v1 import channel_pb2, channel_pb2_grpc, room_pb2
+from services.room.members import ADMIN, MEMBER, RoomMembers, not_a_member
+from services.room.membership import Membership
+from services.room.registry import RoomRegistry
+from services.room.storage import ChannelRow, CommitRow, RoomStorage, WrapRow
+from services.runtime.errors import ServiceError, already_exists, invalid_field, not_found
+from services.runtime.grpc_types import Context
+from services.runtime.principal import Principal, current_principal
+
+NAME = re.compile(r"[a-z0-9_.-]{1,64}")
+SPACE_ID = re.compile(r"sp-[0-9a-f]{32}")
+# Admissions the service can check today; invitations and keepers bring their own proof.
+CHECKED_ADMISSIONS = ("admin", "device")
+
+
+def channel_not_found(what: str) -> ServiceError:
+    return not_found(errors_pb2.ERROR_REASON_CHANNEL_NOT_FOUND, f"no channel {what}")
+
+
+class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
+    def __init__(
+        self, storage: RoomStorage, registry: RoomRegistry, members: RoomMembers, membership: Membership
+    ) -> None:
+        self._storage = storage
+        self._registry = registry
+        self._members = members
+        self._membership = membership
+
+    async def CreateChannel(
+        self, request: channel_pb2.CreateChannelRequest, context: Context
+    ) -> channel_pb2.CreateChannelResponse:
+        caller = _user(current_principal())
+        if request.name and not NAME.fullmatch(request.name):
+            raise invalid_field("name", "must be 1–64 characters of a-z, 0-9, '_', '.' and '-'")
+        if request.kind != channel_pb2.CHANNEL_KIND_E2E:
+            raise invalid_field("kind", "only CHANNEL_KIND_E2E channels can be created so far")
+        signed = _signed(request.commit)
+        state = _verified(None, signed)
+        _signed_by_caller(state, signed, caller)
+        if not SPACE_ID.fullmatch(state.channel_id):
+            raise invalid_field("commit", "the channel id must be 'sp-' and 32 hex digits")
+        wraps = _wraps(request.wraps)
+        _wraps_match(signed, wraps)
+        space_id = state.channel_id
+        row = ChannelRow(space_id, request.name, request.kind, caller.user_id, _now_ms(), 0, state.to_bytes())
+        commit = CommitRow(space_id, 0, signed.commit_bytes, signed.signature)
+
+        async def store_channel() -> None:
+            if not await self._storage.insert_channel(row, commit, _rows(space_id, 0, wraps)):
+                raise already_exists(
+                    errors_pb2.ERROR_REASON_CHANNEL_EXISTS, f"a channel named {request.name!r} exists already"
+                )
+            await self._members.open(space_id, caller.user_id)
+
+        room = room_pb2.Room(
+            room_id=space_id,
+            name=request.name,
+            creator=caller.user_id,
+            visibility=room_pb2.ROOM_VISIBILITY_PRIVATE,
+            events=[room_pb2.EventDefinition(name="*", history=room_pb2.HistoryPolicy(enabled=True))],
+            default_subscriptions=["*"],
+        )
+        await self._registry.create(room, 0, store_channel)
+        await self._follow_roster(space_id, state)
+        return channel_pb2.CreateChannelResponse(channel=_channel(row, member=True))
+
+    async def GetChannel(
+        self, request: channel_pb2.GetChannelRequest, context: Context
+    ) -> channel_pb2.GetChannelResponse:
+        caller = current_principal()
+        if bool(request.name) == bool(request.space_id):
+            raise invalid_field("name", "give a name or a space id")
+        row = await self._storage.channel(space_id=request.space_id, name=request.name)
+        if row is None:
+            raise channel_not_found(repr(request.name or request.space_id))
+        return channel_pb2.GetChannelResponse(channel=_channel(row, member=self._may_read(row.space_id, caller)))
+
+    async def ListChannels(
+        self, request: channel_pb2.ListChannelsRequest, context: Context
+    ) -> channel_pb2.ListChannelsResponse:
+        caller = current_principal()
+        rows = [row for row in await self._storage.all_channels() if self._may_read(row.space_id, caller)]
+        return channel_pb2.ListChannelsResponse(
+            channels=[_channel(row, member=True) for row in sorted(rows, key=lambda r: (r.name, r.space_id))]
+        )
+
+    async def ListCommits(
+        self, request: channel_pb2.ListCommitsRequest, context: Context
+    ) -> channel_pb2.ListCommitsResponse:
+        await self._member_channel(request.space_id)
+        commits = await self._storage.commits(request.space_id, request.from_epoch)
+        return channel_pb2.ListCommitsResponse(
+            commits=[channel_pb2.SignedCommit(commit=c.commit, signature=c.signature) for c in commits]
+        )
+
+    async def Commit(self, request: channel_pb2.CommitRequest, context: Context) -> channel_pb2.CommitResponse:
+        caller = _user(current_principal())
+        row = await self._member_channel(request.space_id)
+        signed = _signed(request.commit)
+        state = _verified(ChannelState.from_bytes(row.state), signed)
+        if signed.commit().admission not in CHECKED_ADMISSIONS:
+            raise invalid_field("commit", f"admission must be one of {CHECKED_ADMISSIONS} in a Commit")
+        _signed_by_caller(state, signed, caller)
+        wraps = _wraps(request.wraps)
+        _wraps_match(signed, wraps)
+        await self._drop_missing(row.space_id, state)  # who leaves loses the room before the commit is kept
+        new_row = ChannelRow(
+            row.space_id, row.name, row.kind, row.creator, row.created_ms, state.epoch, state.to_bytes()
+        )
+        commit = CommitRow(row.space_id, state.epoch, signed.commit_bytes, signed.signature)
+        if not await self._storage.append_commit(new_row, commit, _rows(row.space_id, state.epoch, wraps)):
+            raise ServiceError(
+                grpc.StatusCode.ABORTED,
+                errors_pb2.ERROR_REASON_VALIDATION_FAILED,
+                f"another commit took epoch {state.epoch} first: fetch the chain and commit again",
+            )
+        await self._follow_roster(row.space_id, state)
+        return channel_pb2.CommitResponse(channel=_channel(new_row, member=True))
+
+    async def GetWraps(self, request: channel_pb2.GetWrapsRequest, context: Context) -> channel_pb2.GetWrapsResponse:
+        caller = _user(current_principal())
+        await self._member_channel(request.space_id)
+        every = await self._storage.wraps(request.space_id, request.from_epoch)
+        digests: dict[int, dict[str, bytes]] = {}
+        for wrap in every:
+            if not wrap.signed:
+                digests.setdefault(wrap.epoch, {})[wrap.device_id] = wrap_digest(wrap.wrap)
+        mine = [w for w in every if w.device_id == caller.device_id]
+        return channel_pb2.GetWrapsResponse(
+            wraps=[
+                channel_pb2.EpochWrap(epoch=w.epoch, signed_wrap=w.wrap)
+                if w.signed
+                else channel_pb2.EpochWrap(epoch=w.epoch, wrap=w.wrap, digests=digests[w.epoch])
+                for w in mine
+            ]
+        )
+
+    async def AddWraps(self, request: channel_pb2.AddWrapsRequest, context: Context) -> channel_pb2.AddWrapsResponse:
+        caller = _user(current_principal())
+        row = await self._member_channel(request.space_id)
+        state = ChannelState.from_bytes(row.state)
+        rows = []
+        for i, data in enumerate(request.signed_wraps):
+            try:
+                signed = SignedWrap.from_bytes(data)
+                verify_signed_wrap(state, signed)
+            except CryptoError as error:
+                raise invalid_field(f"signed_wraps[{i}]", str(error)) from None
+            if signed.signer_device_id != caller.device_id:
+                raise invalid_field(f"signed_wraps[{i}]", "must be signed by your own device")
+            rows.append(WrapRow(row.space_id, signed.epoch, signed.recipient_device_id, data, True))
+        await self._storage.add_wraps(rows)
+        return channel_pb2.AddWrapsResponse()
+
+    async def _member_channel(self, space_id: str) -> ChannelRow:
+        row = await self._storage.channel(space_id=space_id) if space_id else None
+        if row is None:
+            raise channel_not_found(repr(space_id))
+        if not self._may_read(space_id, current_principal()):
+            raise not_a_member(space_id)
+        return row
+
+    def _may_read(self, space_id: str, caller: Principal) -> bool:
+        return caller.is_service or self._members.is_member(space_id, caller.user_id)
+
+    async def _drop_missing(self, space_id: str, state: ChannelState) -> None:
+        stays = {member.user_id for member in state.roster.members}
+        gone = [m.user_id for m in self._members.members(space_id) if m.user_id not in stays]
+        removed = await self._members.remove(space_id, gone)
+        for user_id in removed:
+            self._membership.leave(space_id, user_id, None)
+        if removed:
+            self._registry.members_removed(self._registry.get(space_id), removed)
+
+    async def _follow_roster(self, space_id: str, state: ChannelState) -> None:
+        """The room's members become the roster's users, with their roles."""
+        current = {m.user_id: m.role for m in self._members.members(space_id)}
+        for role in (ADMIN, MEMBER):
+            wanted = [m.user_id for m in state.roster.members if (ADMIN if m.is_admin else MEMBER) == role]
+            changed = [user for user in wanted if current.get(user) != role]
+            if changed:
+                await self._members.add(space_id, changed, role)
+        await self._drop_missing(space_id, state)
+
+
+def _user(caller: Principal) -> Principal:
+    if caller.is_service:
+        raise invalid_field("authorization", "channels are changed by member devices, not services")
+    return caller
+
+
+def _signed(commit: channel_pb2.SignedCommit) -> SignedCommit:
+    if not commit.commit or not commit.signature:
+        raise invalid_field("commit", "is required")
+    return SignedCommit(commit.commit, commit.signature)
+
+
+def _verified(previous: ChannelState | None, signed: SignedCommit) -> ChannelState:
+    try:
+        return verify_commit(previous, signed)
+    except CryptoError as error:
+        raise invalid_field("commit", f"refused: {error}") from None
+
+
+def _signed_by_caller(state: ChannelState, signed: SignedCommit, caller: Principal) -> None:
+    device = signed.commit().committer_device_id
+    member = state.roster.member_of(device)
+    if device != caller.device_id or member is None or member.user_id != caller.user_id:
+        raise invalid_field("commit", "must be signed by the calling device, as one of its user's devices")
+
+
+def _wraps(wraps: Sequence[channel_pb2.DeviceWrap]) -> dict[str, bytes]:
+    found = {w.device_id: w.wrap for w in wraps}
+    if len(found) != len(wraps):
+        raise invalid_field("wraps", "one wrap per device")
+    return found
+
+
+def _wraps_match(signed: SignedCommit, wraps: dict[str, bytes]) -> None:
+    try:
+        verify_commit_wraps(signed.commit(), wraps)
+    except CryptoError as error:
+        raise invalid_field("wraps", str(error)) from None
+
+
+def _rows(space_id: str, epoch: int, wraps: dict[str, bytes]) -> list[WrapRow]:
+    return [WrapRow(space_id, epoch, device_id, wrap, False) for device_id, wrap in sorted(wraps.items())]
+
+
+def _channel(row: ChannelRow, *, member: bool) -> channel_pb2.Channel:
+    return channel_pb2.Channel(
+        space_id=row.space_id,
+        name=row.name,
+        kind=channel_pb2.ChannelKind.ValueType(row.kind),
+        epoch=row.epoch if member else 0,
+        creator=row.creator,
+        create_time_ms=row.created_ms,
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
