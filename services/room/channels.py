@@ -23,24 +23,35 @@ from parley.crypto.group import (
     ChannelState,
     SignedCommit,
     SignedWrap,
+    read_invitation_proof,
     verify_commit,
     verify_commit_wraps,
     verify_signed_wrap,
     wrap_digest,
 )
+from parley.crypto.primitives import HASH_BYTES, constant_time_equal
 from parley.room.v1 import channel_pb2, channel_pb2_grpc, room_pb2
 from services.room.members import ADMIN, MEMBER, RoomMembers, not_a_member
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
-from services.room.storage import ChannelRow, CommitRow, RoomStorage, WrapRow
-from services.runtime.errors import ServiceError, already_exists, invalid_field, not_found
+from services.room.storage import ChannelRow, CommitRow, InvitationRow, RoomStorage, WrapRow
+from services.runtime.errors import ServiceError, already_exists, invalid_field, not_found, permission_denied
 from services.runtime.grpc_types import Context
 from services.runtime.principal import Principal, current_principal
 
 NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 SPACE_ID = re.compile(r"sp-[0-9a-f]{32}")
-# Admissions the service can check today; invitations and keepers bring their own proof.
-CHECKED_ADMISSIONS = ("admin", "device")
+# Admissions a Commit may carry; "invitation" also needs a redeemed invitation of the caller's.
+CHECKED_ADMISSIONS = ("admin", "device", "invitation")
+INVITE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_PACKAGE_BYTES = 64 * 1024
+MAX_INVITATION_USES = 1000
+# Wrong auth codes that burn an invitation.
+BURN_AFTER = 3
+
+
+def invitation_invalid(why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, errors_pb2.ERROR_REASON_INVITATION_INVALID, why)
 
 
 def channel_not_found(what: str) -> ServiceError:
@@ -117,7 +128,7 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
     async def ListCommits(
         self, request: channel_pb2.ListCommitsRequest, context: Context
     ) -> channel_pb2.ListCommitsResponse:
-        await self._member_channel(request.space_id)
+        await self._member_channel(request.space_id, guests=True)
         commits = await self._storage.commits(request.space_id, request.from_epoch)
         return channel_pb2.ListCommitsResponse(
             commits=[channel_pb2.SignedCommit(commit=c.commit, signature=c.signature) for c in commits]
@@ -125,12 +136,19 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
 
     async def Commit(self, request: channel_pb2.CommitRequest, context: Context) -> channel_pb2.CommitResponse:
         caller = _user(current_principal())
-        row = await self._member_channel(request.space_id)
+        row = await self._member_channel(request.space_id, guests=True)
         signed = _signed(request.commit)
         state = _verified(ChannelState.from_bytes(row.state), signed)
-        if signed.commit().admission not in CHECKED_ADMISSIONS:
+        admission = signed.commit().admission
+        if admission not in CHECKED_ADMISSIONS:
             raise invalid_field("commit", f"admission must be one of {CHECKED_ADMISSIONS} in a Commit")
         _signed_by_caller(state, signed, caller)
+        if admission == "invitation":  # the guest's own commit: it must have redeemed that invitation
+            _, ticket, _ = read_invitation_proof(signed.commit().proof)
+            if not await self._storage.use_grant(row.space_id, ticket.invite_id, caller.user_id):
+                raise invitation_invalid("redeem the invitation (RedeemInvitation) before committing with it")
+        elif not self._members.is_member(row.space_id, caller.user_id):
+            raise not_a_member(row.space_id)
         wraps = _wraps(request.wraps)
         _wraps_match(signed, wraps)
         await self._drop_missing(row.space_id, state)  # who leaves loses the room before the commit is kept
@@ -149,7 +167,7 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
 
     async def GetWraps(self, request: channel_pb2.GetWrapsRequest, context: Context) -> channel_pb2.GetWrapsResponse:
         caller = _user(current_principal())
-        await self._member_channel(request.space_id)
+        await self._member_channel(request.space_id, guests=True)
         every = await self._storage.wraps(request.space_id, request.from_epoch)
         digests: dict[int, dict[str, bytes]] = {}
         for wrap in every:
@@ -182,11 +200,66 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
         await self._storage.add_wraps(rows)
         return channel_pb2.AddWrapsResponse()
 
-    async def _member_channel(self, space_id: str) -> ChannelRow:
+    async def CreateInvitation(
+        self, request: channel_pb2.CreateInvitationRequest, context: Context
+    ) -> channel_pb2.CreateInvitationResponse:
+        caller = _user(current_principal())
+        row = await self._member_channel(request.space_id)
+        if not ChannelState.from_bytes(row.state).roster.is_admin(caller.device_id):
+            raise permission_denied(errors_pb2.ERROR_REASON_NOT_ADMIN, "only an admin's device invites")
+        if not INVITE_ID.fullmatch(request.invite_id):
+            raise invalid_field("invite_id", "must be 1–64 characters of A-Z, a-z, 0-9, '_' and '-'")
+        if len(request.verifier) != HASH_BYTES:
+            raise invalid_field("verifier", f"must be {HASH_BYTES} bytes")
+        if not 0 < len(request.package) <= MAX_PACKAGE_BYTES:
+            raise invalid_field("package", f"must be 1–{MAX_PACKAGE_BYTES} bytes")
+        if not 0 < request.uses <= MAX_INVITATION_USES:
+            raise invalid_field("uses", f"must be 1–{MAX_INVITATION_USES}")
+        if request.expire_time_ms <= _now_ms():
+            raise invalid_field("expire_time_ms", "must be in the future")
+        invitation = InvitationRow(
+            row.space_id,
+            request.invite_id,
+            request.verifier,
+            request.package,
+            request.uses,
+            request.expire_time_ms,
+            0,
+            False,
+            caller.user_id,
+        )
+        if not await self._storage.insert_invitation(invitation):
+            raise invalid_field("invite_id", "the channel has an invitation with that id")
+        return channel_pb2.CreateInvitationResponse()
+
+    async def RedeemInvitation(
+        self, request: channel_pb2.RedeemInvitationRequest, context: Context
+    ) -> channel_pb2.RedeemInvitationResponse:
+        caller = _user(current_principal())
+        row = await self._storage.channel(space_id=request.space_id) if request.space_id else None
+        invitation = await self._storage.invitation(request.space_id, request.invite_id) if row else None
+        if row is None or invitation is None:
+            raise channel_not_found(f"invitation {request.invite_id!r} in {request.space_id!r}")
+        if invitation.burned:
+            raise invitation_invalid("this invitation was burned by wrong auth codes")
+        if not constant_time_equal(invitation.verifier, request.verifier):
+            await self._storage.count_failure(row.space_id, invitation.invite_id, BURN_AFTER)
+            left = BURN_AFTER - invitation.failures - 1
+            raise invitation_invalid(
+                "wrong auth code; " + (f"{left} more tries" if left > 0 else "the invitation is burned now")
+            )
+        if not await self._storage.take_use(row.space_id, invitation.invite_id, caller.user_id, _now_ms()):
+            raise invitation_invalid("this invitation has expired or admitted as many guests as it may")
+        return channel_pb2.RedeemInvitationResponse(channel=_channel(row, member=False), package=invitation.package)
+
+    async def _member_channel(self, space_id: str, *, guests: bool = False) -> ChannelRow:
+        """The channel, if the caller is a member (or, with `guests`, redeemed an invitation to it)."""
         row = await self._storage.channel(space_id=space_id) if space_id else None
         if row is None:
             raise channel_not_found(repr(space_id))
-        if not self._may_read(space_id, current_principal()):
+        caller = current_principal()
+        guest = guests and await self._storage.has_grant(space_id, caller.user_id)
+        if not self._may_read(space_id, caller) and not guest:
             raise not_a_member(space_id)
         return row
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
 from parley.room.v1 import room_pb2
-from services.room.storage import ChannelRow, CommitRow, MemberRow, WrapRow
+from services.room.storage import ChannelRow, CommitRow, InvitationRow, MemberRow, WrapRow
 from services.runtime.postgres import PostgresDatabase
 
 SCHEMA = "parley_room"
@@ -55,7 +56,28 @@ MIGRATIONS = [
         PRIMARY KEY (space_id, epoch, device_id)
     );
     """,
+    """
+    CREATE TABLE channel_invitations (
+        space_id TEXT NOT NULL,
+        invite_id TEXT NOT NULL,
+        verifier BYTEA NOT NULL,
+        package BYTEA NOT NULL,
+        uses_left INTEGER NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        failures INTEGER NOT NULL,
+        burned BOOLEAN NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (space_id, invite_id)
+    );
+    CREATE TABLE channel_grants (
+        space_id TEXT NOT NULL,
+        invite_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (space_id, invite_id, user_id)
+    );
+    """,
 ]
+_INVITATION = "space_id, invite_id, verifier, package, uses_left, expires_ms, failures, burned, created_by"
 _CHANNEL = "space_id, COALESCE(name, ''), kind, creator, created_ms, epoch, state"
 
 
@@ -84,7 +106,7 @@ class PostgresRoomStorage:
 
     async def delete_room(self, room_id: str) -> None:
         async with self._db.connection() as connection, connection.transaction():
-            for table in ("channel_wraps", "channel_commits", "channels"):
+            for table in ("channel_grants", "channel_invitations", "channel_wraps", "channel_commits", "channels"):
                 await connection.execute(f"DELETE FROM {table} WHERE space_id = %s", [room_id])
             await connection.execute("DELETE FROM members WHERE room_id = %s", [room_id])
             await connection.execute("DELETE FROM rooms WHERE room_id = %s", [room_id])
@@ -177,6 +199,65 @@ class PostgresRoomStorage:
                 "ON CONFLICT DO NOTHING",
                 [(w.space_id, w.epoch, w.device_id, w.wrap, w.signed) for w in wraps],
             )
+
+    async def insert_invitation(self, invitation: InvitationRow) -> bool:
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                f"INSERT INTO channel_invitations ({_INVITATION}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                list(dataclasses.astuple(invitation)),
+            )
+            return cursor.rowcount == 1
+
+    async def invitation(self, space_id: str, invite_id: str) -> InvitationRow | None:
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                f"SELECT {_INVITATION} FROM channel_invitations WHERE space_id = %s AND invite_id = %s",
+                [space_id, invite_id],
+            )
+            row = await cursor.fetchone()
+            return InvitationRow(*row) if row else None
+
+    async def take_use(self, space_id: str, invite_id: str, user_id: str, now_ms: int) -> bool:
+        async with self._db.connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                "UPDATE channel_invitations SET uses_left = uses_left - 1 WHERE space_id = %s AND invite_id = %s "
+                "AND uses_left > 0 AND NOT burned AND expires_ms > %s",
+                [space_id, invite_id, now_ms],
+            )
+            if cursor.rowcount != 1:
+                return False
+            await connection.execute(
+                "INSERT INTO channel_grants (space_id, invite_id, user_id) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                [space_id, invite_id, user_id],
+            )
+            return True
+
+    async def count_failure(self, space_id: str, invite_id: str, burn_at: int) -> None:
+        async with self._db.connection() as connection:
+            await connection.execute(
+                "UPDATE channel_invitations SET failures = failures + 1, burned = (failures + 1 >= %s) "
+                "WHERE space_id = %s AND invite_id = %s",
+                [burn_at, space_id, invite_id],
+            )
+
+    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "") -> bool:
+        sql = "SELECT 1 FROM channel_grants WHERE space_id = %s AND user_id = %s"
+        args = [space_id, user_id]
+        if invite_id:
+            sql += " AND invite_id = %s"
+            args.append(invite_id)
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(sql, args)
+            return await cursor.fetchone() is not None
+
+    async def use_grant(self, space_id: str, invite_id: str, user_id: str) -> bool:
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                "DELETE FROM channel_grants WHERE space_id = %s AND invite_id = %s AND user_id = %s",
+                [space_id, invite_id, user_id],
+            )
+            return cursor.rowcount == 1
 
     async def close(self) -> None:
         await self._db.close()

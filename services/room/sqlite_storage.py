@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
 from parley.room.v1 import room_pb2
-from services.room.storage import ChannelRow, CommitRow, MemberRow, WrapRow
+from services.room.storage import ChannelRow, CommitRow, InvitationRow, MemberRow, WrapRow
 from services.runtime.sqlite import SqliteDatabase
 
 
@@ -70,7 +72,33 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3]
+def _migration_4(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE channel_invitations (
+            space_id TEXT NOT NULL,
+            invite_id TEXT NOT NULL,
+            verifier BLOB NOT NULL,
+            package BLOB NOT NULL,
+            uses_left INTEGER NOT NULL,
+            expires_ms BIGINT NOT NULL,
+            failures INTEGER NOT NULL,
+            burned BOOLEAN NOT NULL,
+            created_by TEXT NOT NULL,
+            PRIMARY KEY (space_id, invite_id)
+        );
+        CREATE TABLE channel_grants (
+            space_id TEXT NOT NULL,
+            invite_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            PRIMARY KEY (space_id, invite_id, user_id)
+        );
+        """
+    )
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
+_INVITATION = "space_id, invite_id, verifier, package, uses_left, expires_ms, failures, burned, created_by"
 _CHANNEL = "space_id, COALESCE(name, ''), kind, creator, created_ms, epoch, state"
 
 
@@ -100,7 +128,7 @@ class SqliteRoomStorage:
 
     async def delete_room(self, room_id: str) -> None:
         def delete(db: sqlite_utils.Database) -> None:
-            for table in ("channel_wraps", "channel_commits", "channels"):
+            for table in ("channel_grants", "channel_invitations", "channel_wraps", "channel_commits", "channels"):
                 db.execute(f"DELETE FROM {table} WHERE space_id = ?", [room_id])
             db.execute("DELETE FROM members WHERE room_id = ?", [room_id])
             db.execute("DELETE FROM rooms WHERE room_id = ?", [room_id])
@@ -204,6 +232,69 @@ class SqliteRoomStorage:
             )
         )
 
+    async def insert_invitation(self, invitation: InvitationRow) -> bool:
+        def insert(db: sqlite_utils.Database) -> bool:
+            cursor = db.execute(
+                f"INSERT OR IGNORE INTO channel_invitations ({_INVITATION}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                list(dataclasses.astuple(invitation)),
+            )
+            return cursor.rowcount == 1
+
+        return await self._db.transaction(insert)
+
+    async def invitation(self, space_id: str, invite_id: str) -> InvitationRow | None:
+        row = await self._db.run(
+            lambda db: db.execute(
+                f"SELECT {_INVITATION} FROM channel_invitations WHERE space_id = ? AND invite_id = ?",
+                [space_id, invite_id],
+            ).fetchone()
+        )
+        return _invitation(row) if row else None
+
+    async def take_use(self, space_id: str, invite_id: str, user_id: str, now_ms: int) -> bool:
+        def take(db: sqlite_utils.Database) -> bool:
+            cursor = db.execute(
+                "UPDATE channel_invitations SET uses_left = uses_left - 1 WHERE space_id = ? AND invite_id = ? "
+                "AND uses_left > 0 AND NOT burned AND expires_ms > ?",
+                [space_id, invite_id, now_ms],
+            )
+            if cursor.rowcount != 1:
+                return False
+            db.execute(
+                "INSERT OR IGNORE INTO channel_grants (space_id, invite_id, user_id) VALUES (?, ?, ?)",
+                [space_id, invite_id, user_id],
+            )
+            return True
+
+        return await self._db.transaction(take)
+
+    async def count_failure(self, space_id: str, invite_id: str, burn_at: int) -> None:
+        await self._db.transaction(
+            lambda db: db.execute(
+                "UPDATE channel_invitations SET failures = failures + 1, burned = (failures + 1 >= ?) "
+                "WHERE space_id = ? AND invite_id = ?",
+                [burn_at, space_id, invite_id],
+            )
+        )
+
+    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "") -> bool:
+        sql = "SELECT 1 FROM channel_grants WHERE space_id = ? AND user_id = ?"
+        args = [space_id, user_id]
+        if invite_id:
+            sql += " AND invite_id = ?"
+            args.append(invite_id)
+        return bool(await self._db.run(lambda db: db.execute(sql, args).fetchone()))
+
+    async def use_grant(self, space_id: str, invite_id: str, user_id: str) -> bool:
+        def use(db: sqlite_utils.Database) -> bool:
+            cursor = db.execute(
+                "DELETE FROM channel_grants WHERE space_id = ? AND invite_id = ? AND user_id = ?",
+                [space_id, invite_id, user_id],
+            )
+            return cursor.rowcount == 1
+
+        return await self._db.transaction(use)
+
     async def close(self) -> None:
         await self._db.close()
 
@@ -217,3 +308,8 @@ def _put_commit(db: sqlite_utils.Database, commit: CommitRow, wraps: Sequence[Wr
         "INSERT INTO channel_wraps (space_id, epoch, device_id, wrap, signed) VALUES (?, ?, ?, ?, ?)",
         [(w.space_id, w.epoch, w.device_id, w.wrap, int(w.signed)) for w in wraps],
     )
+
+
+def _invitation(row: Any) -> InvitationRow:
+    """A row as SQLite returns it (`burned` as 0 or 1)."""
+    return InvitationRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])

@@ -52,6 +52,23 @@ class RoomStorage(Protocol):
     async def add_wraps(self, wraps: Sequence[WrapRow]) -> None:
         """Adds signed wraps (a wrap already held for that device and epoch is kept)."""
 
+    async def insert_invitation(self, invitation: InvitationRow) -> bool:
+        """False (nothing written) when the channel has an invitation with that id."""
+
+    async def invitation(self, space_id: str, invite_id: str) -> InvitationRow | None: ...
+
+    async def take_use(self, space_id: str, invite_id: str, user_id: str, now_ms: int) -> bool:
+        """Takes one use of a live invitation (not burned, not expired, uses left) and grants `user_id` its
+        admitting commit, in one step; False when there was none to take."""
+
+    async def count_failure(self, space_id: str, invite_id: str, burn_at: int) -> None:
+        """One more wrong auth code; the invitation burns at `burn_at` of them."""
+
+    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "") -> bool:
+        """Whether the user redeemed an invitation to the channel (that one, if given) and has not used it."""
+
+    async def use_grant(self, space_id: str, invite_id: str, user_id: str) -> bool: ...
+
     async def close(self) -> None: ...
 
 
@@ -109,3 +126,16 @@ class WrapRow:
     wrap: bytes
     signed: bool
     """A SignedWrap added after the commit (not one of the wraps the commit signed)."""
+
+
+@dataclass(frozen=True)
+class InvitationRow:
+    space_id: str
+    invite_id: str
+    verifier: bytes
+    package: bytes
+    uses_left: int
+    expires_ms: int
+    failures: int
+    burned: bool
+    created_by: str

@@ -117,3 +117,72 @@ async def test_a_channel_on_one_server(server_address: str, tmp_path: Path) -> N
 async def test_a_channel_across_gateways_on_nats_and_postgresql(tmp_path: Path) -> None:
     with fresh_database() as url, scale_out(tmp_path, "", gateways=2, storage_url=url) as cluster:
         await channel_life(cluster.gateway(1), tmp_path, cluster.gateway(2))
+
+
+async def invited(address: str, tmp_path: Path, name: str) -> Client:
+    client = Client(address, username=f"{name}{secrets.token_hex(3)}", key_file=tmp_path / f"{name}.json")
+    await client.connect()
+    await client.publish_prekeys()
+    return client
+
+
+async def test_an_invitation_admits_a_guest_with_the_right_auth_code(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, cyd):
+        crew = await ann.space.create_channel(f"open-{secrets.token_hex(3)}")
+        invitation = await crew.create_invitation()
+        wrong = "0" * 8 if invitation.auth_code != "0" * 8 else "1" * 8
+        with pytest.raises(PermissionDeniedError, match=r"INVITATION_INVALID.*wrong auth code; 2 more tries"):
+            await ben.space.accept_invitation(invitation.code, wrong)
+        space = await ben.space.accept_invitation(invitation.code, invitation.auth_code)
+        assert space.space_id == crew.space_id
+        assert space.epoch == 1
+        await crew.sync()
+        assert [m.user_id for m in await crew.members()] == sorted([ann.user_id, ben.user_id])
+        assert crew.authenticator == space.authenticator
+        inbox: asyncio.Queue[ChannelMessage] = asyncio.Queue()
+        crew.on_message(inbox.put_nowait)
+        await space.send_message({"text": "thanks for the invite"})
+        assert (await received(inbox)).body == {"text": "thanks for the invite"}
+        with pytest.raises(PermissionDeniedError, match=r"INVITATION_INVALID.*expired or admitted"):
+            await cyd.space.accept_invitation(invitation.code, invitation.auth_code)  # single use: taken
+        with pytest.raises(PermissionDeniedError, match="NOT_ADMIN"):
+            await space.create_invitation()  # ben is a plain member
+
+
+async def test_three_wrong_auth_codes_burn_an_invitation(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, _):
+        crew = await ann.space.create_channel(f"burn-{secrets.token_hex(3)}")
+        invitation = await crew.create_invitation(uses=5)
+        wrong = "0" * 8 if invitation.auth_code != "0" * 8 else "1" * 8
+        for _ in range(3):
+            with pytest.raises(PermissionDeniedError, match="wrong auth code"):
+                await ben.space.accept_invitation(invitation.code, wrong)
+        with pytest.raises(PermissionDeniedError, match="burned"):
+            await ben.space.accept_invitation(invitation.code, invitation.auth_code)
+
+
+async def test_an_expired_invitation_admits_nobody(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, _):
+        crew = await ann.space.create_channel(f"late-{secrets.token_hex(3)}")
+        invitation = await crew.create_invitation(expires_in=0.5)
+        await asyncio.sleep(0.7)
+        with pytest.raises(PermissionDeniedError, match="expired"):
+            await ben.space.accept_invitation(invitation.code, invitation.auth_code)
+
+
+async def test_a_single_use_invitation_admits_exactly_one_of_five_racing_guests(
+    server_address: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        ann = await stack.enter_async_context(await invited(server_address, tmp_path, "ann"))
+        guests = [await stack.enter_async_context(await invited(server_address, tmp_path, f"g{n}")) for n in range(5)]
+        crew = await ann.space.create_channel(f"race-{secrets.token_hex(3)}")
+        invitation = await crew.create_invitation(uses=1)
+        outcomes = await asyncio.gather(
+            *(g.space.accept_invitation(invitation.code, invitation.auth_code) for g in guests), return_exceptions=True
+        )
+        admitted = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, PermissionDeniedError)]
+        assert (len(admitted), len(refused)) == (1, 4), outcomes
+        await crew.sync()
+        assert len(await crew.members()) == 2

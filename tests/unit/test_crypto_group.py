@@ -37,10 +37,12 @@ from parley.crypto.group import (
     Member,
     MemberDevice,
     MismatchedWrapsError,
+    RejectedCommitError,
     ReplayedGroupMessageError,
     ReplayGuard,
     Roster,
     SignedCommit,
+    SignedTicket,
     SignedWrap,
     UnauthorisedCommitError,
     UnknownEpochError,
@@ -50,16 +52,19 @@ from parley.crypto.group import (
     commit_epoch,
     enter_epoch,
     epoch_keys,
+    invitation_proof,
     invitation_verifier,
     open_group_message,
     open_group_signal,
     open_invitation_package,
     package_key,
     read_group_header,
+    read_invitation_proof,
     seal_group_message,
     seal_group_signal,
     seal_invitation_package,
     sign_commit,
+    sign_ticket,
     signed_wrap,
     unwrap_epoch_secret,
     verifier_matches,
@@ -389,12 +394,38 @@ def test_a_keeper_listed_as_admin_commits() -> None:
     assert committed.epoch.state.roster == roster
 
 
+def ticket_proof(channel: Channel, signer: str = "alice-phone", channel_id: str = "") -> bytes:
+    """The proof a guest puts in its commit: a ticket signed by `signer`'s device, and the invitation's secret."""
+    device = channel.devices[signer]
+    invitation = Invitation.generate(channel_id or channel.state.channel_id, "invite-1", bytes(32))
+    return invitation_proof(sign_ticket(invitation, device.device_id, device.signing_key), invitation.secret)
+
+
 def test_a_guest_admits_itself_with_an_invitation(channel: Channel) -> None:
     dave = make_user("dave")
     channel.devices["dave-phone"] = dave.new_device()
     roster = Roster((*channel.full_roster().members, dave.member(MEMBER, channel.devices["dave-phone"])))
-    committed = channel.commit(roster, "dave-phone", "invitation", proof=b"invite-1")
+    committed = channel.commit(roster, "dave-phone", "invitation", proof=ticket_proof(channel))
     assert committed.epoch.state.roster.member("dave") is not None
+
+
+def test_an_invitation_proof_must_come_from_an_admin_for_this_channel_with_its_secret(channel: Channel) -> None:
+    dave = make_user("dave")
+    channel.devices["dave-phone"] = dave.new_device()
+    roster = Roster((*channel.full_roster().members, dave.member(MEMBER, channel.devices["dave-phone"])))
+    good = ticket_proof(channel)
+    signed, _, secret = read_invitation_proof(good)
+    forged = SignedTicket(signed.ticket, signed.signer_device_id, bytes(64))
+    cases = [
+        (ticket_proof(channel, signer="bob-phone"), "not signed by an admin"),
+        (ticket_proof(channel, channel_id="sp-" + "0" * 32), "another channel"),
+        (invitation_proof(signed, bytes(32)), "not the one the ticket names"),
+        (invitation_proof(forged, secret), "signature does not verify"),
+        (b"invite-1", "does not hold"),
+    ]
+    for proof, reason in cases:
+        with pytest.raises(RejectedCommitError, match=reason):
+            verify_commit(channel.state, channel.raw_commit(roster, "dave-phone", "invitation", proof=proof))
 
 
 def test_an_invitation_commit_adds_one_plain_member_and_changes_nothing_else(channel: Channel) -> None:
@@ -410,7 +441,7 @@ def test_an_invitation_commit_adds_one_plain_member_and_changes_nothing_else(cha
         (channel.full_roster(), {"committer_device_id": "d-unknown"}, "not a device it adds"),
     ]
     for roster, fields, reason in cases:
-        overrides: dict[str, object] = {"proof": b"invite-1", **fields}
+        overrides: dict[str, object] = {"proof": ticket_proof(channel), **fields}
         signed = channel.raw_commit(roster, "dave-phone", "invitation", **overrides)
         with pytest.raises(UnauthorisedCommitError, match=reason):
             verify_commit(channel.state, signed)
@@ -418,7 +449,9 @@ def test_an_invitation_commit_adds_one_plain_member_and_changes_nothing_else(cha
     channel.devices["bob-tablet"] = existing
     roster = Roster((channel.alice_member(), channel.bob_member(existing), channel.carol_member()))
     with pytest.raises(UnauthorisedCommitError, match="already a member"):
-        verify_commit(channel.state, channel.raw_commit(roster, "bob-tablet", "invitation", proof=b"invite-1"))
+        verify_commit(
+            channel.state, channel.raw_commit(roster, "bob-tablet", "invitation", proof=ticket_proof(channel))
+        )
 
 
 def test_a_members_new_device_adds_itself(channel: Channel) -> None:

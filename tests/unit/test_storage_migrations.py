@@ -92,7 +92,16 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
             "kem_prekeys",
         },
         "parley_mailbox": {"schema_migrations", "heads", "envelopes"},
-        "parley_room": {"schema_migrations", "rooms", "members", "channels", "channel_commits", "channel_wraps"},
+        "parley_room": {
+            "schema_migrations",
+            "rooms",
+            "members",
+            "channels",
+            "channel_commits",
+            "channel_wraps",
+            "channel_invitations",
+            "channel_grants",
+        },
         "parley_log_readers": {"schema_migrations", "restricted_logs"},
     }
     assert _schemas_outside_parley(postgres_url) == []

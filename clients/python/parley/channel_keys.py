@@ -154,8 +154,11 @@ class ChannelKeys:
         self._save()
         await self._state.persist()
 
-    async def commit(self, roster: group.Roster) -> channel_pb2.Channel:
-        """Moves the channel to a new epoch for exactly `roster`'s devices (this device must be an admin's)."""
+    async def commit(
+        self, roster: group.Roster, *, admission: str = "admin", proof: bytes = b""
+    ) -> channel_pb2.Channel:
+        """Moves the channel to a new epoch for exactly `roster`'s devices: as an admin's device, or with another
+        admission (a guest's "invitation" with its proof, a member's new "device")."""
         await self.sync()
         latest = self.latest
         committed = group.commit_epoch(
@@ -164,8 +167,9 @@ class ChannelKeys:
             channel_id=self.space_id,
             committer_device_id=self._own.keys.device_id,
             signing_key=self._identity.device_signing_key,
-            admission="admin",
+            admission=admission,
             history_policy=latest.history_policy if latest else group.MEMBERS_SINCE_JOIN,
+            proof=proof,
         )
         request = channel_pb2.CommitRequest(
             space_id=self.space_id, commit=_signed_proto(committed.signed), wraps=_wrap_protos(committed.wraps)

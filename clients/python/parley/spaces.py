@@ -15,6 +15,7 @@ import base64
 import dataclasses
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from parley.auth import Auth
 from parley.channel_keys import ChannelKeys
 from parley.crypto import group
 from parley.crypto.errors import CryptoError, MalformedInputError
+from parley.crypto.primitives import constant_time_equal
 from parley.errors import NotFoundError
 from parley.room.v1 import channel_pb2, channel_pb2_grpc
 from parley.rooms import EventChange, Room, RoomEvent, Signal
@@ -71,6 +73,14 @@ class ChannelSignal:
     data: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class InvitationCode:
+    """An invitation: `code` (a link-sized text) and `auth_code` (8 digits), to hand over separately."""
+
+    code: str
+    auth_code: str = dataclasses.field(repr=False)
+
+
 MessageHandler = Callable[[ChannelMessage], Awaitable[None] | None]
 SignalHandler = Callable[[ChannelSignal], Awaitable[None] | None]
 DeletedHandler = Callable[[str], Awaitable[None] | None]
@@ -109,6 +119,36 @@ class Spaces:
             raise ChannelNotFoundError(error.code, error.reason, error.message, error.metadata) from None
         return await self._opened(found.channel)
 
+    async def accept_invitation(self, code: str, auth_code: str) -> Space:
+        """Joins the channel an invitation code is for, with the 8-digit auth code given apart from it.
+
+        A wrong auth code raises `PermissionDeniedError` (INVITATION_INVALID), and the third burns the
+        invitation; so do an expired or used-up one. The package the inviter sealed proves an admin of the
+        channel (the one the code names) invited you; your device then commits itself into a new epoch.
+        """
+        invitation = group.Invitation.from_text(code)
+        verifier = group.invitation_verifier(invitation.secret, auth_code, invitation.invite_id)
+        request = channel_pb2.RedeemInvitationRequest(
+            space_id=invitation.channel_id, invite_id=invitation.invite_id, verifier=verifier
+        )
+        redeemed = await self._auth.call(self._stub.RedeemInvitation, request)
+        ticket = group.SignedTicket.from_bytes(group.open_invitation_package(invitation, auth_code, redeemed.package))
+        parts = await self._direct.ready()
+        keys = ChannelKeys(self._auth, parts.state, parts.own, invitation.channel_id)
+        await keys.sync()
+        inviter = keys.roster.device(ticket.signer_device_id)
+        if inviter is None or not constant_time_equal(
+            group.admitter_key_hash(inviter.signing_key), invitation.admitter_key_hash
+        ):
+            raise group.InvalidInvitationError("the invitation was not made by the admin device its code names")
+        me = await parts.trust.peer(self._auth.identity.user_id, refresh=True)
+        guest = keys.member(me.user_id, me.user_signing_key, me.devices, group.MEMBER)
+        roster = group.Roster(tuple(sorted((*keys.roster.members, guest), key=lambda m: m.user_id)))
+        channel = await keys.commit(
+            roster, admission="invitation", proof=group.invitation_proof(ticket, invitation.secret)
+        )
+        return await self._opened(channel, keys)
+
     async def list_channels(self) -> list[ChannelInfo]:
         """Your channels and spaces: name (empty for a space), space id, whether end to end."""
         listed = await self._auth.call(self._stub.ListChannels, channel_pb2.ListChannelsRequest())
@@ -134,7 +174,7 @@ class Spaces:
             keys = keys or ChannelKeys(self._auth, parts.state, parts.own, channel.space_id)
             await keys.sync()
             room = await self._join_room(channel.space_id)
-            space = Space(channel, keys, room, self._direct)
+            space = Space(channel, keys, room, self._direct, self._auth)
             self._open[channel.space_id] = space
         return space
 
@@ -142,7 +182,10 @@ class Spaces:
 class Space:
     """One channel or space, opened: send and read its sealed messages, manage its members."""
 
-    def __init__(self, channel: channel_pb2.Channel, keys: ChannelKeys, room: Room, direct: DirectMessages) -> None:
+    def __init__(
+        self, channel: channel_pb2.Channel, keys: ChannelKeys, room: Room, direct: DirectMessages, auth: Auth
+    ) -> None:
+        self._auth = auth
         self.space_id = channel.space_id
         self.name = channel.name
         self.end_to_end = channel.kind != channel_pb2.CHANNEL_KIND_KEEPER
@@ -209,6 +252,31 @@ class Space:
             if message is not None:
                 opened.append(dataclasses.replace(message, edited=bool(event.edit_time_ms)))
         return opened
+
+    async def create_invitation(self, *, uses: int = 1, expires_in: float = 86_400.0) -> InvitationCode:
+        """An invitation for up to `uses` guests, valid `expires_in` seconds (you must be an admin).
+
+        Give the code and the auth code to the guest by different channels: the code alone admits nobody,
+        and three wrong auth codes burn it. The service keeps only a verifier and a sealed package.
+        """
+        parts = await self._direct.ready()
+        own = parts.own.keys
+        invitation = group.Invitation.generate(
+            self.space_id, secrets.token_urlsafe(12), group.admitter_key_hash(own.device_signing_key)
+        )
+        code = group.auth_code()
+        ticket = group.sign_ticket(invitation, own.device_id, self._auth.identity.device_signing_key)
+        request = channel_pb2.CreateInvitationRequest(
+            space_id=self.space_id,
+            invite_id=invitation.invite_id,
+            verifier=group.invitation_verifier(invitation.secret, code, invitation.invite_id),
+            package=group.seal_invitation_package(invitation, code, ticket.to_bytes()),
+            uses=uses,
+            expire_time_ms=int((time.time() + expires_in) * 1000),
+        )
+        stub: channel_pb2_grpc.ChannelServiceAsyncStub = channel_pb2_grpc.ChannelServiceStub(self._auth.channel())
+        await self._auth.call(stub.CreateInvitation, request)
+        return InvitationCode(invitation.to_text(), code)
 
     async def members(self) -> list[group.Member]:
         """The committed roster: users, roles and devices (as this device verified the chain)."""

@@ -32,6 +32,7 @@ from parley.crypto.encoding import labelled, read_labelled
 from parley.crypto.errors import MalformedInputError
 from parley.crypto.group_encoding import read_text, read_u64, text, u64
 from parley.crypto.group_errors import BrokenChainError, ForgedCommitError, UnauthorisedCommitError
+from parley.crypto.group_invitation import read_invitation_proof
 from parley.crypto.group_roster import MEMBER, MemberDevice, Roster
 from parley.crypto.primitives import blake2b_256, constant_time_equal
 
@@ -237,6 +238,17 @@ def _check_invitation(previous: ChannelState, commit: Commit, guest_id: str) -> 
         raise UnauthorisedCommitError("a guest admitted by invitation joins as a plain member")
     if not commit.proof:
         raise UnauthorisedCommitError("an invitation commit names its invitation in the proof")
+    try:
+        signed, ticket, _ = read_invitation_proof(commit.proof)
+    except MalformedInputError as error:
+        raise UnauthorisedCommitError(f"an invitation commit's proof does not hold: {error}") from error
+    if ticket.channel_id != commit.channel_id:
+        raise UnauthorisedCommitError("the invitation is for another channel")
+    inviter = previous.roster.device(signed.signer_device_id)
+    if inviter is None or not previous.roster.is_admin(signed.signer_device_id):
+        raise UnauthorisedCommitError("the invitation was not signed by an admin's device")
+    if not identity.verify_signature(inviter.signing_key, signed.ticket, signed.signature):
+        raise ForgedCommitError("the invitation's signature does not verify under its admin's device key")
     if _without(commit.roster, guest_id) != previous.roster:
         raise UnauthorisedCommitError("an invitation commit adds its guest and changes nothing else")
 

@@ -16,6 +16,8 @@ import base64
 import re
 from dataclasses import dataclass, field
 
+from nacl.signing import SigningKey
+
 from parley.crypto.encoding import labelled, read_labelled
 from parley.crypto.errors import MalformedInputError
 from parley.crypto.group_encoding import read_text, text
@@ -147,3 +149,72 @@ def _package_ad(invitation: Invitation) -> bytes:
         text(invitation.invite_id),
         invitation.admitter_key_hash,
     )
+
+
+@dataclass(frozen=True)
+class InvitationTicket:
+    """What an admin's device signs when it invites: the channel, the invitation, the hash of its secret.
+
+    The inviter seals the signed ticket into the invitation's package; the guest puts it, with the secret,
+    into the proof of the commit that admits it (`invitation_proof`), so every member can check that an
+    admin invited someone who knew the secret.
+    """
+
+    channel_id: str
+    invite_id: str
+    secret_hash: bytes
+
+    def to_bytes(self) -> bytes:
+        return labelled("group-invitation-ticket", text(self.channel_id), text(self.invite_id), self.secret_hash)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InvitationTicket:
+        channel, invite_id, secret_hash = read_labelled("group-invitation-ticket", data, 3)
+        return cls(read_text(channel), read_text(invite_id), secret_hash)
+
+    @classmethod
+    def of(cls, invitation: Invitation) -> InvitationTicket:
+        return cls(invitation.channel_id, invitation.invite_id, secret_hash(invitation.secret))
+
+
+@dataclass(frozen=True)
+class SignedTicket:
+    ticket: bytes
+    signer_device_id: str
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        return labelled("group-signed-ticket", self.ticket, text(self.signer_device_id), self.signature)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedTicket:
+        ticket, signer, signature = read_labelled("group-signed-ticket", data, 3)
+        return cls(ticket, read_text(signer), signature)
+
+
+def secret_hash(secret: bytes) -> bytes:
+    return blake2b_256(labelled("group-invitation-secret", secret))
+
+
+def sign_ticket(invitation: Invitation, signer_device_id: str, signing_key: SigningKey) -> SignedTicket:
+    ticket = InvitationTicket.of(invitation).to_bytes()
+    return SignedTicket(ticket, signer_device_id, signing_key.sign(ticket).signature)
+
+
+def invitation_proof(signed: SignedTicket, secret: bytes) -> bytes:
+    """A guest's commit proof: the admin's signed ticket and the secret it names."""
+    return labelled("group-invitation-proof", signed.to_bytes(), secret)
+
+
+def read_invitation_proof(proof: bytes) -> tuple[SignedTicket, InvitationTicket, bytes]:
+    """(signed ticket, ticket, secret) of a proof; `InvalidInvitationError` if it does not parse or the secret
+    is not the ticket's."""
+    try:
+        signed_bytes, secret = read_labelled("group-invitation-proof", proof, 2)
+        signed = SignedTicket.from_bytes(signed_bytes)
+        ticket = InvitationTicket.from_bytes(signed.ticket)
+    except MalformedInputError as error:
+        raise InvalidInvitationError(f"not an invitation proof: {error}") from error
+    if not constant_time_equal(secret_hash(secret), ticket.secret_hash):
+        raise InvalidInvitationError("the proof's secret is not the one the ticket names")
+    return signed, ticket, secret

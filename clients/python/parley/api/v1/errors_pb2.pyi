@@ -69,6 +69,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     member who may not change the room's members.
     """
     ERROR_REASON_NOT_ADMIN: _ErrorReason.ValueType  # 48
+    ERROR_REASON_INVITATION_INVALID: _ErrorReason.ValueType  # 49
+    """RedeemInvitation: a wrong auth code, or an invitation expired, used up
+    or burned (by three wrong codes).
+    """
     ERROR_REASON_ROOM_FULL: _ErrorReason.ValueType  # 50
     """FAILED_PRECONDITION"""
     ERROR_REASON_EVENT_NOT_ALLOWED: _ErrorReason.ValueType  # 51
@@ -152,6 +156,10 @@ ERROR_REASON_NOT_A_MEMBER: ErrorReason.ValueType  # 47
 member who may not change the room's members.
 """
 ERROR_REASON_NOT_ADMIN: ErrorReason.ValueType  # 48
+ERROR_REASON_INVITATION_INVALID: ErrorReason.ValueType  # 49
+"""RedeemInvitation: a wrong auth code, or an invitation expired, used up
+or burned (by three wrong codes).
+"""
 ERROR_REASON_ROOM_FULL: ErrorReason.ValueType  # 50
 """FAILED_PRECONDITION"""
 ERROR_REASON_EVENT_NOT_ALLOWED: ErrorReason.ValueType  # 51

@@ -45,6 +45,107 @@ nobody online: NOT end to end against the operator.
 Global___ChannelKind: _TypeAlias = ChannelKind  # noqa: Y015
 
 @_typing.final
+class CreateInvitationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    INVITE_ID_FIELD_NUMBER: _builtins.int
+    VERIFIER_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_MS_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    invite_id: _builtins.str
+    """1–64 characters, unique in the channel."""
+    verifier: _builtins.bytes
+    package: _builtins.bytes
+    """Sealed by the inviter for the guest (at most 64 KiB)."""
+    uses: _builtins.int
+    """How many guests it admits (1–1000)."""
+    expire_time_ms: _builtins.int
+    """Milliseconds since the Unix epoch; after it, it admits nobody."""
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        invite_id: _builtins.str = ...,
+        verifier: _builtins.bytes = ...,
+        package: _builtins.bytes = ...,
+        uses: _builtins.int = ...,
+        expire_time_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time_ms", b"expire_time_ms", "invite_id", b"invite_id", "package", b"package", "space_id", b"space_id", "uses", b"uses", "verifier", b"verifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInvitationRequest: _TypeAlias = CreateInvitationRequest  # noqa: Y015
+
+@_typing.final
+class CreateInvitationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInvitationResponse: _TypeAlias = CreateInvitationResponse  # noqa: Y015
+
+@_typing.final
+class RedeemInvitationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPACE_ID_FIELD_NUMBER: _builtins.int
+    INVITE_ID_FIELD_NUMBER: _builtins.int
+    VERIFIER_FIELD_NUMBER: _builtins.int
+    space_id: _builtins.str
+    invite_id: _builtins.str
+    verifier: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        space_id: _builtins.str = ...,
+        invite_id: _builtins.str = ...,
+        verifier: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invite_id", b"invite_id", "space_id", b"space_id", "verifier", b"verifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemInvitationRequest: _TypeAlias = RedeemInvitationRequest  # noqa: Y015
+
+@_typing.final
+class RedeemInvitationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    package: _builtins.bytes
+    @_builtins.property
+    def channel(self) -> Global___Channel: ...
+    def __init__(
+        self,
+        *,
+        channel: Global___Channel | None = ...,
+        package: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "package", b"package"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemInvitationResponse: _TypeAlias = RedeemInvitationResponse  # noqa: Y015
+
+@_typing.final
 class Channel(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -75,6 +75,16 @@ class ChannelServiceStub:
                 request_serializer=parley_dot_room_dot_v1_dot_channel__pb2.AddWrapsRequest.SerializeToString,
                 response_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.AddWrapsResponse.FromString,
                 _registered_method=True)
+        self.CreateInvitation = channel.unary_unary(
+                '/parley.room.v1.ChannelService/CreateInvitation',
+                request_serializer=parley_dot_room_dot_v1_dot_channel__pb2.CreateInvitationRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.CreateInvitationResponse.FromString,
+                _registered_method=True)
+        self.RedeemInvitation = channel.unary_unary(
+                '/parley.room.v1.ChannelService/RedeemInvitation',
+                request_serializer=parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationResponse.FromString,
+                _registered_method=True)
 
 
 class ChannelServiceServicer:
@@ -144,6 +154,26 @@ class ChannelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateInvitation(self, request, context):
+        """Stores an invitation an admin made: the verifier a guest must present
+        (derived from the invitation's secret and its 8-digit auth code, which
+        the service never sees) and the package sealed for the guest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemInvitation(self, request, context):
+        """A guest presents its verifier. Right: it gets the package and may read
+        the commit chain and make the one commit that admits it (a use is taken;
+        of several guests racing for the last use, exactly one gets it). Wrong:
+        PERMISSION_DENIED (INVITATION_INVALID); the third wrong one burns the
+        invitation. Expired, used up or burned: INVITATION_INVALID too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChannelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +211,16 @@ def add_ChannelServiceServicer_to_server(servicer, server):
                     servicer.AddWraps,
                     request_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.AddWrapsRequest.FromString,
                     response_serializer=parley_dot_room_dot_v1_dot_channel__pb2.AddWrapsResponse.SerializeToString,
+            ),
+            'CreateInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInvitation,
+                    request_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.CreateInvitationRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_channel__pb2.CreateInvitationResponse.SerializeToString,
+            ),
+            'RedeemInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemInvitation,
+                    request_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -378,6 +418,60 @@ class ChannelService:
             '/parley.room.v1.ChannelService/AddWraps',
             parley_dot_room_dot_v1_dot_channel__pb2.AddWrapsRequest.SerializeToString,
             parley_dot_room_dot_v1_dot_channel__pb2.AddWrapsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.ChannelService/CreateInvitation',
+            parley_dot_room_dot_v1_dot_channel__pb2.CreateInvitationRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_channel__pb2.CreateInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.ChannelService/RedeemInvitation',
+            parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,18 @@ class ChannelServiceStub:
     """Wraps of an epoch's secret for devices that joined after its commit (a
     member's new device), each signed by a device of the roster.
     """
+    CreateInvitation: _grpc.UnaryUnaryMultiCallable[_channel_pb2.CreateInvitationRequest, _channel_pb2.CreateInvitationResponse]
+    """Stores an invitation an admin made: the verifier a guest must present
+    (derived from the invitation's secret and its 8-digit auth code, which
+    the service never sees) and the package sealed for the guest.
+    """
+    RedeemInvitation: _grpc.UnaryUnaryMultiCallable[_channel_pb2.RedeemInvitationRequest, _channel_pb2.RedeemInvitationResponse]
+    """A guest presents its verifier. Right: it gets the package and may read
+    the commit chain and make the one commit that admits it (a use is taken;
+    of several guests racing for the last use, exactly one gets it). Wrong:
+    PERMISSION_DENIED (INVITATION_INVALID); the third wrong one burns the
+    invitation. Expired, used up or burned: INVITATION_INVALID too.
+    """
 
 @_typing.type_check_only
 class ChannelServiceAsyncStub(ChannelServiceStub):
@@ -104,6 +116,18 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     AddWraps: _aio.UnaryUnaryMultiCallable[_channel_pb2.AddWrapsRequest, _channel_pb2.AddWrapsResponse]  # type: ignore[assignment]
     """Wraps of an epoch's secret for devices that joined after its commit (a
     member's new device), each signed by a device of the roster.
+    """
+    CreateInvitation: _aio.UnaryUnaryMultiCallable[_channel_pb2.CreateInvitationRequest, _channel_pb2.CreateInvitationResponse]  # type: ignore[assignment]
+    """Stores an invitation an admin made: the verifier a guest must present
+    (derived from the invitation's secret and its 8-digit auth code, which
+    the service never sees) and the package sealed for the guest.
+    """
+    RedeemInvitation: _aio.UnaryUnaryMultiCallable[_channel_pb2.RedeemInvitationRequest, _channel_pb2.RedeemInvitationResponse]  # type: ignore[assignment]
+    """A guest presents its verifier. Right: it gets the package and may read
+    the commit chain and make the one commit that admits it (a use is taken;
+    of several guests racing for the last use, exactly one gets it). Wrong:
+    PERMISSION_DENIED (INVITATION_INVALID); the third wrong one burns the
+    invitation. Expired, used up or burned: INVITATION_INVALID too.
     """
 
 class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -182,6 +206,30 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_channel_pb2.AddWrapsResponse, _abc.Awaitable[_channel_pb2.AddWrapsResponse]]:
         """Wraps of an epoch's secret for devices that joined after its commit (a
         member's new device), each signed by a device of the roster.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateInvitation(
+        self,
+        request: _channel_pb2.CreateInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_channel_pb2.CreateInvitationResponse, _abc.Awaitable[_channel_pb2.CreateInvitationResponse]]:
+        """Stores an invitation an admin made: the verifier a guest must present
+        (derived from the invitation's secret and its 8-digit auth code, which
+        the service never sees) and the package sealed for the guest.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeemInvitation(
+        self,
+        request: _channel_pb2.RedeemInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_channel_pb2.RedeemInvitationResponse, _abc.Awaitable[_channel_pb2.RedeemInvitationResponse]]:
+        """A guest presents its verifier. Right: it gets the package and may read
+        the commit chain and make the one commit that admits it (a use is taken;
+        of several guests racing for the last use, exactly one gets it). Wrong:
+        PERMISSION_DENIED (INVITATION_INVALID); the third wrong one burns the
+        invitation. Expired, used up or burned: INVITATION_INVALID too.
         """
 
 def add_ChannelServiceServicer_to_server(servicer: ChannelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
