@@ -186,3 +186,23 @@ async def test_a_single_use_invitation_admits_exactly_one_of_five_racing_guests(
         assert (len(admitted), len(refused)) == (1, 4), outcomes
         await crew.sync()
         assert len(await crew.members()) == 2
+
+
+async def test_a_members_new_device_commits_itself_in(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, _):
+        name = f"devices-{secrets.token_hex(3)}"
+        crew = await ann.space.create_channel(name)
+        await crew.add_member(ben.user_id)
+        ben_tablet = await ben.add_device("tablet")
+        ben_tablet.save(tmp_path / "ben-tablet.json")
+        async with Client(server_address, key_file=tmp_path / "ben-tablet.json") as tablet:
+            space = await tablet.space.join_channel(name)  # nobody needs to be online for this
+            assert space.epoch == 2
+            roster = {m.user_id: {d.device_id for d in m.devices} for m in await space.members()}
+            assert roster[ben.user_id] == {ben.device_id, tablet.device_id}
+            inbox: asyncio.Queue[ChannelMessage] = asyncio.Queue()
+            space.on_message(inbox.put_nowait)
+            await crew.sync()
+            assert crew.authenticator == space.authenticator
+            await crew.send_message({"text": "hello tablet"})
+            assert (await received(inbox)).body == {"text": "hello tablet"}

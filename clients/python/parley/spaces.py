@@ -173,10 +173,24 @@ class Spaces:
             parts = await self._direct.ready()
             keys = keys or ChannelKeys(self._auth, parts.state, parts.own, channel.space_id)
             await keys.sync()
+            await self._bring_own_devices(keys)
             room = await self._join_room(channel.space_id)
             space = Space(channel, keys, room, self._direct, self._auth)
             self._open[channel.space_id] = space
         return space
+
+    async def _bring_own_devices(self, keys: ChannelKeys) -> None:
+        """A member's device the roster lacks (added since) commits itself in: a new epoch for every device,
+        which needs nobody online; devices the user revoked since leave the roster the same way."""
+        own = self._auth.identity
+        member = keys.roster.member(own.user_id)
+        if member is None or keys.roster.device(own.device_id) is not None:
+            return
+        parts = await self._direct.ready()
+        me = await parts.trust.peer(own.user_id, refresh=True)
+        updated = keys.member(own.user_id, me.user_signing_key, me.devices, member.role)
+        others = [m for m in keys.roster.members if m.user_id != own.user_id]
+        await keys.commit(group.Roster(tuple(sorted((*others, updated), key=lambda m: m.user_id))), admission="device")
 
 
 class Space:
