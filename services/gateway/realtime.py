@@ -391,6 +391,12 @@ class Realtime:
         if change.kind == room_pb2.RoomChange.KIND_MEMBERS_REMOVED:
             await self._members_removed(change)
             return
+        if change.kind == room_pb2.RoomChange.KIND_JOIN_REQUESTED:
+            frame = wire.frame(gateway_pb2.ConnectResponse(room_changed=gateway_pb2.RoomChanged(change=change)))
+            for connection in self.connections.all():
+                if change.room.room_id in connection.rooms:
+                    connection.outbox.put(kinds.FRAME, frame, urgent=True)
+            return
         if change.kind == room_pb2.RoomChange.KIND_DELETED:
             for connection in self.feeds.forget_room(change.room.room_id):
                 connection.rooms.pop(change.room.room_id, None)

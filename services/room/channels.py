@@ -252,6 +252,28 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
             raise invitation_invalid("this invitation has expired or admitted as many guests as it may")
         return channel_pb2.RedeemInvitationResponse(channel=_channel(row, member=False), package=invitation.package)
 
+    async def RequestJoin(
+        self, request: channel_pb2.RequestJoinRequest, context: Context
+    ) -> channel_pb2.RequestJoinResponse:
+        caller = _user(current_principal())
+        row = await self._storage.channel(space_id=request.space_id) if request.space_id else None
+        if row is None:
+            raise channel_not_found(repr(request.space_id))
+        if self._members.is_member(row.space_id, caller.user_id):
+            raise invalid_field("space_id", "you are a member already")
+        await self._storage.put_join_request(row.space_id, caller.user_id, _now_ms())
+        self._registry.join_requested(self._registry.get(row.space_id), caller.user_id)
+        return channel_pb2.RequestJoinResponse()
+
+    async def ListJoinRequests(
+        self, request: channel_pb2.ListJoinRequestsRequest, context: Context
+    ) -> channel_pb2.ListJoinRequestsResponse:
+        row = await self._member_channel(request.space_id)
+        requests = await self._storage.join_requests(row.space_id)
+        return channel_pb2.ListJoinRequestsResponse(
+            requests=[channel_pb2.JoinRequest(user_id=u, request_time_ms=t) for u, t in requests]
+        )
+
     async def _member_channel(self, space_id: str, *, guests: bool = False) -> ChannelRow:
         """The channel, if the caller is a member (or, with `guests`, redeemed an invitation to it)."""
         row = await self._storage.channel(space_id=space_id) if space_id else None
@@ -284,6 +306,7 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
             if changed:
                 await self._members.add(space_id, changed, role)
         await self._drop_missing(space_id, state)
+        await self._storage.drop_join_requests(space_id, [m.user_id for m in state.roster.members])
 
 
 def _user(caller: Principal) -> Principal:

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from parley.room.v1 import room_pb2
-from services.room.storage import ChannelRow, CommitRow, InvitationRow, MemberRow, WrapRow
+from services.room.storage import CHANNEL_TABLES, ChannelRow, CommitRow, InvitationRow, MemberRow, WrapRow
 from services.runtime.postgres import PostgresDatabase
 
 SCHEMA = "parley_room"
@@ -76,6 +76,14 @@ MIGRATIONS = [
         PRIMARY KEY (space_id, invite_id, user_id)
     );
     """,
+    """
+    CREATE TABLE channel_join_requests (
+        space_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        requested_ms BIGINT NOT NULL,
+        PRIMARY KEY (space_id, user_id)
+    )
+    """,
 ]
 _INVITATION = "space_id, invite_id, verifier, package, uses_left, expires_ms, failures, burned, created_by"
 _CHANNEL = "space_id, COALESCE(name, ''), kind, creator, created_ms, epoch, state"
@@ -106,7 +114,7 @@ class PostgresRoomStorage:
 
     async def delete_room(self, room_id: str) -> None:
         async with self._db.connection() as connection, connection.transaction():
-            for table in ("channel_grants", "channel_invitations", "channel_wraps", "channel_commits", "channels"):
+            for table in CHANNEL_TABLES:
                 await connection.execute(f"DELETE FROM {table} WHERE space_id = %s", [room_id])
             await connection.execute("DELETE FROM members WHERE room_id = %s", [room_id])
             await connection.execute("DELETE FROM rooms WHERE room_id = %s", [room_id])
@@ -258,6 +266,29 @@ class PostgresRoomStorage:
                 [space_id, invite_id, user_id],
             )
             return cursor.rowcount == 1
+
+    async def put_join_request(self, space_id: str, user_id: str, now_ms: int) -> None:
+        async with self._db.connection() as connection:
+            await connection.execute(
+                "INSERT INTO channel_join_requests (space_id, user_id, requested_ms) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                [space_id, user_id, now_ms],
+            )
+
+    async def join_requests(self, space_id: str) -> list[tuple[str, int]]:
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                "SELECT user_id, requested_ms FROM channel_join_requests WHERE space_id = %s ORDER BY requested_ms",
+                [space_id],
+            )
+            return [(str(user_id), int(when)) for user_id, when in await cursor.fetchall()]
+
+    async def drop_join_requests(self, space_id: str, user_ids: Sequence[str]) -> None:
+        async with self._db.connection() as connection:
+            await connection.execute(
+                "DELETE FROM channel_join_requests WHERE space_id = %s AND user_id = ANY(%s)",
+                [space_id, list(user_ids)],
+            )
 
     async def close(self) -> None:
         await self._db.close()

@@ -20,6 +20,7 @@ from services.runtime.uncancellable import uncancellable
 CREATED = room_pb2.RoomChange.KIND_CREATED
 DELETED = room_pb2.RoomChange.KIND_DELETED
 MEMBERS_REMOVED = room_pb2.RoomChange.KIND_MEMBERS_REMOVED
+JOIN_REQUESTED = room_pb2.RoomChange.KIND_JOIN_REQUESTED
 
 
 def room_not_found(room_id: str) -> ServiceError:
@@ -168,6 +169,10 @@ class RoomRegistry:
     def members_removed(self, room: room_pb2.Room, user_ids: list[str]) -> None:
         """Tells every gateway: these users' connections leave the private room."""
         self._announce(room_pb2.RoomChange(kind=MEMBERS_REMOVED, room=room, user_ids=user_ids))
+
+    def join_requested(self, room: room_pb2.Room, user_id: str) -> None:
+        """Tells every gateway: members of the channel's room hear that `user_id` asks to join."""
+        self._announce(room_pb2.RoomChange(kind=JOIN_REQUESTED, room=room, user_ids=[user_id]))
 
     def _announce(self, change: room_pb2.RoomChange) -> None:
         self._changes.announce(change)

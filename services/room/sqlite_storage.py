@@ -11,7 +11,7 @@ from typing import Any
 import sqlite_utils
 
 from parley.room.v1 import room_pb2
-from services.room.storage import ChannelRow, CommitRow, InvitationRow, MemberRow, WrapRow
+from services.room.storage import CHANNEL_TABLES, ChannelRow, CommitRow, InvitationRow, MemberRow, WrapRow
 from services.runtime.sqlite import SqliteDatabase
 
 
@@ -97,7 +97,14 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
+def _migration_5(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE channel_join_requests (space_id TEXT NOT NULL, user_id TEXT NOT NULL, "
+        "requested_ms INTEGER NOT NULL, PRIMARY KEY (space_id, user_id))"
+    )
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
 _INVITATION = "space_id, invite_id, verifier, package, uses_left, expires_ms, failures, burned, created_by"
 _CHANNEL = "space_id, COALESCE(name, ''), kind, creator, created_ms, epoch, state"
 
@@ -128,7 +135,7 @@ class SqliteRoomStorage:
 
     async def delete_room(self, room_id: str) -> None:
         def delete(db: sqlite_utils.Database) -> None:
-            for table in ("channel_grants", "channel_invitations", "channel_wraps", "channel_commits", "channels"):
+            for table in CHANNEL_TABLES:
                 db.execute(f"DELETE FROM {table} WHERE space_id = ?", [room_id])
             db.execute("DELETE FROM members WHERE room_id = ?", [room_id])
             db.execute("DELETE FROM rooms WHERE room_id = ?", [room_id])
@@ -294,6 +301,31 @@ class SqliteRoomStorage:
             return cursor.rowcount == 1
 
         return await self._db.transaction(use)
+
+    async def put_join_request(self, space_id: str, user_id: str, now_ms: int) -> None:
+        await self._db.transaction(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO channel_join_requests (space_id, user_id, requested_ms) VALUES (?, ?, ?)",
+                [space_id, user_id, now_ms],
+            )
+        )
+
+    async def join_requests(self, space_id: str) -> list[tuple[str, int]]:
+        rows = await self._db.run(
+            lambda db: db.execute(
+                "SELECT user_id, requested_ms FROM channel_join_requests WHERE space_id = ? ORDER BY requested_ms",
+                [space_id],
+            ).fetchall()
+        )
+        return [(str(user_id), int(when)) for user_id, when in rows]
+
+    async def drop_join_requests(self, space_id: str, user_ids: Sequence[str]) -> None:
+        await self._db.transaction(
+            lambda db: db.conn.executemany(
+                "DELETE FROM channel_join_requests WHERE space_id = ? AND user_id = ?",
+                [(space_id, u) for u in user_ids],
+            )
+        )
 
     async def close(self) -> None:
         await self._db.close()

@@ -13,6 +13,16 @@ from typing import Protocol
 from parley.room.v1 import room_pb2
 from services.runtime.config import Config
 
+# A channel's rows, deleted with its room (dependent tables first).
+CHANNEL_TABLES = (
+    "channel_join_requests",
+    "channel_grants",
+    "channel_invitations",
+    "channel_wraps",
+    "channel_commits",
+    "channels",
+)
+
 
 class RoomStorage(Protocol):
     async def all_rooms(self) -> list[room_pb2.Room]:
@@ -68,6 +78,14 @@ class RoomStorage(Protocol):
         """Whether the user redeemed an invitation to the channel (that one, if given) and has not used it."""
 
     async def use_grant(self, space_id: str, invite_id: str, user_id: str) -> bool: ...
+
+    async def put_join_request(self, space_id: str, user_id: str, now_ms: int) -> None:
+        """Records the request (a repeated one keeps its first time)."""
+
+    async def join_requests(self, space_id: str) -> list[tuple[str, int]]:
+        """(user id, requested at) in request order."""
+
+    async def drop_join_requests(self, space_id: str, user_ids: Sequence[str]) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -293,3 +293,49 @@ def test_dm_throughput_bench_delivers_every_message_in_both_modes() -> None:
     assert modes["plaintext"]["envelope_bytes_per_message"] == 256  # the JSON payload itself
     assert modes["encrypted"]["envelope_bytes_per_message"] > 256  # sealed: headers and tag besides
     assert all(value > 0 for value in result["encrypted_over_plaintext"].values())
+
+
+def test_channel_bench_reports_each_phase_and_delivers_every_message_in_both_modes() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.channel_bench", "--seconds", "0.2", "--in-flight", "2"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["server_exit_code"] == 0
+    sealing = result["seal_open"]["by_members"]
+    assert set(sealing) == {"2", "50", "256"}
+    assert len({size["sealed_bytes"] for size in sealing.values()}) == 1  # sealed once, whatever the members
+    assert result["seal_open"]["ratio_256_over_2"]["sealed_bytes"] == 1.0
+    for size in sealing.values():
+        assert size["operations"] > 0
+        assert size["ops_per_second"] > 0
+        assert 0 < size["p50_us"] <= size["p99_us"]
+        assert size["seal"]["mean_us"] > 0
+        assert size["open"]["mean_us"] > 0
+    removals = result["remove_commit"]["by_members"]
+    assert set(removals) == {"2", "50", "256"}
+    for members, removal in removals.items():
+        assert removal["devices_wrapped_for"] == int(members) - 1
+        assert removal["commit"]["mean_ms"] > 0
+        assert removal["enter"]["mean_ms"] > 0
+        assert removal["commit_and_wraps_bytes"] == removal["commit_bytes"] + removal["wraps_bytes"]
+    assert removals["2"]["wraps_bytes"] < removals["50"]["wraps_bytes"] < removals["256"]["wraps_bytes"]
+    gateway = result["through_gateway"]
+    assert gateway["receivers"] == 2
+    modes = gateway["modes"]
+    assert set(modes) == {"open_room", "channel"}
+    for mode in modes.values():
+        assert mode["complete"]
+        assert mode["sent"] > 0
+        assert mode["received_per_receiver"] == [mode["sent"]] * 2
+        assert mode["warmup"]["complete"]
+        assert mode["messages_per_s_per_receiver"]["min"] > 0
+        assert 0 < mode["latency_ms"]["p50"] <= mode["latency_ms"]["p99"]
+        assert mode["server_cpu_ms_per_delivery"] > 0
+        assert mode["client_cpu_ms_per_message_sent"] > 0
+    assert modes["channel"]["event_data_bytes"] > modes["open_room"]["event_data_bytes"] >= 256  # sealed, base64
+    assert all(value > 0 for value in gateway["channel_over_open_room"].values())

@@ -206,3 +206,24 @@ async def test_a_members_new_device_commits_itself_in(server_address: str, tmp_p
             assert crew.authenticator == space.authenticator
             await crew.send_message({"text": "hello tablet"})
             assert (await received(inbox)).body == {"text": "hello tablet"}
+
+
+async def test_a_join_request_waits_for_an_admin(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, _):
+        name = f"ask-{secrets.token_hex(3)}"
+        crew = await ann.space.create_channel(name)
+        asked: asyncio.Queue[str] = asyncio.Queue()
+        crew.on_join_request(asked.put_nowait)
+        with pytest.raises(PermissionDeniedError, match=r"NOT_A_MEMBER.*asked to add you"):
+            await ben.space.join_channel(name)  # asks, and does not wait
+        assert await asyncio.wait_for(asked.get(), 10) == ben.user_id
+        assert await crew.join_requests() == [ben.user_id]
+
+        async def approve() -> None:
+            await crew.add_member(await asyncio.wait_for(asked.get(), 10))
+
+        approval = asyncio.create_task(approve())
+        space = await ben.space.join_channel(name, wait=10)  # asks again and waits for the admin
+        await approval
+        assert space.epoch == 1
+        assert await crew.join_requests() == []

@@ -101,6 +101,7 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
             "channel_wraps",
             "channel_invitations",
             "channel_grants",
+            "channel_join_requests",
         },
         "parley_log_readers": {"schema_migrations", "restricted_logs"},
     }

@@ -11,6 +11,7 @@ remaining devices get.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -19,12 +20,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from parley.auth import Auth
 from parley.channel_keys import ChannelKeys
 from parley.crypto import group
 from parley.crypto.errors import CryptoError, MalformedInputError
 from parley.crypto.primitives import constant_time_equal
-from parley.errors import NotFoundError
+from parley.errors import NotFoundError, PermissionDeniedError
 from parley.room.v1 import channel_pb2, channel_pb2_grpc
 from parley.rooms import EventChange, Room, RoomEvent, Signal
 
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 MESSAGE_EVENT = "message"
 SPACE_ID_PREFIX = "sp-"
+# How often a join that waits for an admin looks whether it was let in.
+JOIN_POLL_SECONDS = 0.5
 
 
 class ChannelNotFoundError(NotFoundError):
@@ -107,9 +112,13 @@ class Spaces:
         """A new space: a channel with no name, shared by its `space_id`."""
         return await self._create("")
 
-    async def join_channel(self, name_or_space_id: str) -> Space:
+    async def join_channel(self, name_or_space_id: str, *, wait: float = 0.0) -> Space:
         """Opens a channel or space you are a member of: verifies its commit chain, takes the epoch secrets
-        wrapped for this device and joins its room. `ChannelNotFoundError` when there is none by that name."""
+        wrapped for this device and joins its room. `ChannelNotFoundError` when there is none by that name.
+
+        Not a member yet: asks its admins to add you (`on_join_request` on their side) and waits up to
+        `wait` seconds for one of them to do so; `PermissionDeniedError` (NOT_A_MEMBER) if none did by then.
+        """
         key = "space_id" if name_or_space_id.startswith(SPACE_ID_PREFIX) else "name"
         try:
             found = await self._auth.call(
@@ -117,7 +126,28 @@ class Spaces:
             )
         except NotFoundError as error:
             raise ChannelNotFoundError(error.code, error.reason, error.message, error.metadata) from None
+        space_id = found.channel.space_id
+        if not await self._is_member(space_id):
+            await self._auth.call(self._stub.RequestJoin, channel_pb2.RequestJoinRequest(space_id=space_id))
+            deadline = time.monotonic() + wait
+            while not await self._is_member(space_id):
+                if time.monotonic() >= deadline:
+                    raise PermissionDeniedError(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        "NOT_A_MEMBER",
+                        f"not a member of {name_or_space_id!r} yet: its admins were asked to add you",
+                    )
+                await asyncio.sleep(JOIN_POLL_SECONDS)
         return await self._opened(found.channel)
+
+    async def _is_member(self, space_id: str) -> bool:
+        return any(c.space_id == space_id for c in await self.list_channels())
+
+    def join_requested(self, space_id: str, user_id: str) -> None:
+        """A user asks to join an open channel: its `on_join_request` handlers hear of it."""
+        space = self._open.get(space_id)
+        if space is not None:
+            space.join_requested(user_id)
 
     async def accept_invitation(self, code: str, auth_code: str) -> Space:
         """Joins the channel an invitation code is for, with the 8-digit auth code given apart from it.
@@ -210,6 +240,7 @@ class Space:
         self._edited_handlers: list[MessageHandler] = []
         self._deleted_handlers: list[DeletedHandler] = []
         self._signal_handlers: list[SignalHandler] = []
+        self._join_handlers: list[Callable[[str], Any]] = []
         self.rejected: list[tuple[int, CryptoError]] = []
         """(seq, error) of events that did not open or verify (forged, replayed, or of an epoch not held)."""
         room.on(MESSAGE_EVENT, self._on_event)
@@ -256,6 +287,24 @@ class Space:
 
     def on_ephemeral(self, handler: SignalHandler) -> None:
         self._signal_handlers.append(handler)
+
+    def on_join_request(self, handler: Callable[[str], Any]) -> None:
+        """Calls `handler(user_id)` when a user asks to join; an admin adds them with `add_member`."""
+        self._join_handlers.append(handler)
+
+    async def join_requests(self) -> list[str]:
+        """Users waiting to be added, oldest request first."""
+        stub: channel_pb2_grpc.ChannelServiceAsyncStub = channel_pb2_grpc.ChannelServiceStub(self._auth.channel())
+        listed = await self._auth.call(
+            stub.ListJoinRequests, channel_pb2.ListJoinRequestsRequest(space_id=self.space_id)
+        )
+        return [r.user_id for r in listed.requests]
+
+    def join_requested(self, user_id: str) -> None:
+        for handler in self._join_handlers:
+            result = handler(user_id)
+            if asyncio.iscoroutine(result):
+                asyncio.get_running_loop().create_task(result)
 
     async def history(self, *, limit: int = 50, before: int = 0) -> list[ChannelMessage]:
         """Kept messages, newest first, decrypted; those of epochs this device never held are left out

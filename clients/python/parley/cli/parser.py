@@ -20,6 +20,7 @@ from parley.client import DEFAULT_ADDRESS
 
 DEFAULT_KEY_FILE = Path("~/.config/parley/identity.json")
 SERVE_TARGETS = ("all", "identity", "room", "history", "file", "gateway")
+MAX_INVITATION_USES = 1000  # the channel service's limit
 
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     parser = argparse.ArgumentParser(
         prog="parley",
         description="Parley realtime messaging: run the servers, manage users and devices, talk in rooms, "
-        "send end-to-end encrypted direct messages.",
+        "send end-to-end encrypted direct messages, talk in sealed channels.",
         parents=[_global_options(address, key_file, at_top=True)],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -48,6 +49,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     _add_room_events(commands)
     _add_subjects(commands)
     _add_direct(commands)
+    _add_channels(commands)
     return parser
 
 
@@ -325,6 +327,117 @@ def _add_direct(commands: _Commands) -> None:
     )
 
 
+CHANNEL_KEYS_NOTE = (
+    "Only the channel's members can read it: each message is sealed with the current epoch's key, which the "
+    "server never holds. The epoch keys this device holds live in its key store beside --key-file (its name "
+    "ending .e2e.json); set PARLEY_KEYSTORE_PASSPHRASE to keep that file sealed under a passphrase."
+)
+
+
+def _add_channels(commands: _Commands) -> None:
+    channel = commands.add(
+        "channel",
+        "create, join and talk in sealed (end-to-end encrypted) channels",
+        "Sealed group channels: messages are sealed once for the current epoch and signed by the sender's device; "
+        "members change by commits an admin signs, and removing a member starts a new epoch the removed member "
+        f"cannot read. {CHANNEL_KEYS_NOTE}",
+    )
+    actions = commands.nested(channel, "channel_command")
+    create = actions.add(
+        "create",
+        "create a channel and print its space id",
+        f"Create the channel NAME, with you as its only member and admin, and print its space id. {CHANNEL_KEYS_NOTE}",
+    )
+    create.add_argument("name", metavar="NAME", help="1–64 characters of a-z 0-9 _ . -")
+    create.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="a channel of that name you are a member of is fine: print its space id (scripts that rerun)",
+    )
+    join = actions.add(
+        "join",
+        "open a channel you are a member of",
+        "Open a channel you are a member of: check its chain of member commits, take the epoch keys sealed for "
+        "this device, and print its epoch and number of members. Not a member yet: ask an admin for an "
+        f"invitation (`parley channel accept`) or to add you. {CHANNEL_KEYS_NOTE}",
+    )
+    join.add_argument("channel", metavar="NAME_OR_SPACE_ID", help="the channel's name, or a space id (sp-…)")
+    actions.add(
+        "list",
+        "list your channels",
+        "List the channels and spaces you are a member of: name (a space has none), space id, whether it is end "
+        "to end, and its epoch.",
+    )
+    invite = actions.add(
+        "invite",
+        "make an invitation code and auth code (admins)",
+        "Make an invitation to the channel NAME (you must be an admin of it) and print its code and, on the next "
+        "line, its 8-digit auth code. Give them to the guest by different channels: the code alone admits nobody, "
+        f"and three wrong auth codes burn the invitation. {CHANNEL_KEYS_NOTE}",
+    )
+    invite.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
+    invite.add_argument(
+        "--uses", type=_invitation_uses, default=1, metavar="N", help="guests it admits, 1–1000 (default: %(default)s)"
+    )
+    invite.add_argument(
+        "--expires",
+        type=_lifetime_seconds,
+        default=86_400.0,
+        metavar="SECONDS",
+        help="how long it stays valid (default: %(default)s, a day)",
+    )
+    accept = actions.add(
+        "accept",
+        "join a channel with an invitation",
+        "Join the channel an invitation is for, with its code and the 8-digit auth code given to you apart from "
+        "it, and print the channel's name. A wrong auth code says how many tries are left; the third burns the "
+        f"invitation. {CHANNEL_KEYS_NOTE}",
+    )
+    accept.add_argument("code", metavar="CODE", help="the invitation code (pi1.…)")
+    accept.add_argument("auth_code", metavar="AUTH_CODE", help="the 8-digit auth code")
+    send = actions.add(
+        "send",
+        "send a message to a channel",
+        f'Seal {{"text": TEXT}} for the channel NAME and send it; every member can read it. {CHANNEL_KEYS_NOTE}',
+    )
+    send.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
+    send.add_argument("text", metavar="TEXT", help="the message")
+    read = actions.add(
+        "read",
+        "print a channel's messages",
+        "Print the channel's kept messages, oldest first, one line each (`[time] alice: text`; other payloads as "
+        "compact JSON), those sent in epochs before this device joined left out; with --follow, then those that "
+        f"arrive, until Ctrl-C. {CHANNEL_KEYS_NOTE}",
+    )
+    read.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
+    read.add_argument("--limit", type=_not_negative, default=50, help="the last this many (default: %(default)s)")
+    read.add_argument("--follow", action="store_true", help="keep printing messages as they arrive until Ctrl-C")
+    members = actions.add(
+        "members",
+        "list a channel's members",
+        "Print the members of the channel NAME as the commits this device verified say: username, role (admin "
+        f"or member) and number of devices. {CHANNEL_KEYS_NOTE}",
+    )
+    members.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
+    add = actions.add(
+        "add",
+        "add a user to a channel (admins)",
+        "Add USER, with every device their user key vouches for, to the channel NAME in a new epoch (you must "
+        f"be an admin of it). They read what is sent from then on. {CHANNEL_KEYS_NOTE}",
+    )
+    add.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
+    add.add_argument("user", metavar="USER", help="a username (or a user id)")
+    add.add_argument("--admin", action="store_true", help="make them an admin (default: a plain member)")
+    remove = actions.add(
+        "remove",
+        "remove a user from a channel (admins)",
+        "Remove USER from the channel NAME in a new epoch whose key only the remaining devices get: USER cannot "
+        f"read what is sent from then on (they keep what they read). You must be an admin. {CHANNEL_KEYS_NOTE}",
+    )
+    remove.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
+    remove.add_argument("user", metavar="USER", help="a username (or a user id)")
+
+
 def _key_file(text: str) -> Path:
     return Path(text).expanduser()
 
@@ -339,13 +452,28 @@ def _not_negative(text: str) -> int:
     return number
 
 
+def _invitation_uses(text: str) -> int:
+    uses = _not_negative(text)
+    if not 1 <= uses <= MAX_INVITATION_USES:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and {MAX_INVITATION_USES}")
+    return uses
+
+
 def _positive_seconds(text: str) -> float:
+    return _seconds_above_zero(text, " (use --follow to wait on)")
+
+
+def _lifetime_seconds(text: str) -> float:
+    return _seconds_above_zero(text, "")
+
+
+def _seconds_above_zero(text: str, hint: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 < seconds < math.inf:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0 (use --follow to wait on)")
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0{hint}")
     return seconds
 
 

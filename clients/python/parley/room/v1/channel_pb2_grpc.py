@@ -85,6 +85,16 @@ class ChannelServiceStub:
                 request_serializer=parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationRequest.SerializeToString,
                 response_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationResponse.FromString,
                 _registered_method=True)
+        self.RequestJoin = channel.unary_unary(
+                '/parley.room.v1.ChannelService/RequestJoin',
+                request_serializer=parley_dot_room_dot_v1_dot_channel__pb2.RequestJoinRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.RequestJoinResponse.FromString,
+                _registered_method=True)
+        self.ListJoinRequests = channel.unary_unary(
+                '/parley.room.v1.ChannelService/ListJoinRequests',
+                request_serializer=parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class ChannelServiceServicer:
@@ -174,6 +184,22 @@ class ChannelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestJoin(self, request, context):
+        """Asks the channel's admins to add the caller (member-admitted channels):
+        members online get a RoomChanged frame of kind KIND_JOIN_REQUESTED; an
+        admin's device adds the user with a commit, which ends the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJoinRequests(self, request, context):
+        """The open requests to join (members only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChannelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +247,16 @@ def add_ChannelServiceServicer_to_server(servicer, server):
                     servicer.RedeemInvitation,
                     request_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationRequest.FromString,
                     response_serializer=parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationResponse.SerializeToString,
+            ),
+            'RequestJoin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestJoin,
+                    request_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.RequestJoinRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_channel__pb2.RequestJoinResponse.SerializeToString,
+            ),
+            'ListJoinRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJoinRequests,
+                    request_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -472,6 +508,60 @@ class ChannelService:
             '/parley.room.v1.ChannelService/RedeemInvitation',
             parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationRequest.SerializeToString,
             parley_dot_room_dot_v1_dot_channel__pb2.RedeemInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestJoin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.ChannelService/RequestJoin',
+            parley_dot_room_dot_v1_dot_channel__pb2.RequestJoinRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_channel__pb2.RequestJoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJoinRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.ChannelService/ListJoinRequests',
+            parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,13 @@ class ChannelServiceStub:
     PERMISSION_DENIED (INVITATION_INVALID); the third wrong one burns the
     invitation. Expired, used up or burned: INVITATION_INVALID too.
     """
+    RequestJoin: _grpc.UnaryUnaryMultiCallable[_channel_pb2.RequestJoinRequest, _channel_pb2.RequestJoinResponse]
+    """Asks the channel's admins to add the caller (member-admitted channels):
+    members online get a RoomChanged frame of kind KIND_JOIN_REQUESTED; an
+    admin's device adds the user with a commit, which ends the request.
+    """
+    ListJoinRequests: _grpc.UnaryUnaryMultiCallable[_channel_pb2.ListJoinRequestsRequest, _channel_pb2.ListJoinRequestsResponse]
+    """The open requests to join (members only)."""
 
 @_typing.type_check_only
 class ChannelServiceAsyncStub(ChannelServiceStub):
@@ -129,6 +136,13 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     PERMISSION_DENIED (INVITATION_INVALID); the third wrong one burns the
     invitation. Expired, used up or burned: INVITATION_INVALID too.
     """
+    RequestJoin: _aio.UnaryUnaryMultiCallable[_channel_pb2.RequestJoinRequest, _channel_pb2.RequestJoinResponse]  # type: ignore[assignment]
+    """Asks the channel's admins to add the caller (member-admitted channels):
+    members online get a RoomChanged frame of kind KIND_JOIN_REQUESTED; an
+    admin's device adds the user with a commit, which ends the request.
+    """
+    ListJoinRequests: _aio.UnaryUnaryMultiCallable[_channel_pb2.ListJoinRequestsRequest, _channel_pb2.ListJoinRequestsResponse]  # type: ignore[assignment]
+    """The open requests to join (members only)."""
 
 class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
     """Sealed group channels: a private room whose members move with a signed
@@ -231,5 +245,24 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         PERMISSION_DENIED (INVITATION_INVALID); the third wrong one burns the
         invitation. Expired, used up or burned: INVITATION_INVALID too.
         """
+
+    @_abc_1.abstractmethod
+    def RequestJoin(
+        self,
+        request: _channel_pb2.RequestJoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_channel_pb2.RequestJoinResponse, _abc.Awaitable[_channel_pb2.RequestJoinResponse]]:
+        """Asks the channel's admins to add the caller (member-admitted channels):
+        members online get a RoomChanged frame of kind KIND_JOIN_REQUESTED; an
+        admin's device adds the user with a commit, which ends the request.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJoinRequests(
+        self,
+        request: _channel_pb2.ListJoinRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_channel_pb2.ListJoinRequestsResponse, _abc.Awaitable[_channel_pb2.ListJoinRequestsResponse]]:
+        """The open requests to join (members only)."""
 
 def add_ChannelServiceServicer_to_server(servicer: ChannelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

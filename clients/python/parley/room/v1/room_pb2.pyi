@@ -851,6 +851,8 @@ class RoomChange(_message.Message):
         """Users removed from a private room: their connections leave it (each
         of them is told with a RoomChanged frame of this kind).
         """
+        KIND_JOIN_REQUESTED: RoomChange._Kind.ValueType  # 4
+        """Users who ask to join a channel: its members' connections are told."""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: RoomChange.Kind.ValueType  # 0
@@ -861,6 +863,8 @@ class RoomChange(_message.Message):
     """Users removed from a private room: their connections leave it (each
     of them is told with a RoomChanged frame of this kind).
     """
+    KIND_JOIN_REQUESTED: RoomChange.Kind.ValueType  # 4
+    """Users who ask to join a channel: its members' connections are told."""
 
     KIND_FIELD_NUMBER: _builtins.int
     ROOM_FIELD_NUMBER: _builtins.int
@@ -870,7 +874,7 @@ class RoomChange(_message.Message):
     def room(self) -> Global___Room: ...
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """KIND_MEMBERS_REMOVED: who."""
+        """KIND_MEMBERS_REMOVED and KIND_JOIN_REQUESTED: who."""
 
     def __init__(
         self,
