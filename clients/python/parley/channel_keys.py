@@ -6,7 +6,7 @@ conclusion, not the server's word), then opens the wraps made for this
 device. `seal` and `open` use the newest epoch this device holds, or the
 message's. `commit(roster)` moves the channel to a new epoch with a fresh
 secret for exactly the devices of `roster`. Everything is kept in the key
-store (section "channels").
+store (sections "channels" and "channel_counters").
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from parley.e2e_state import E2eState
 from parley.room.v1 import channel_pb2, channel_pb2_grpc
 
 _CHANNELS = "channels"
+_COUNTERS = "channel_counters"
 
 
 def _b64(data: bytes) -> str:
@@ -42,7 +43,8 @@ def member_device(keys: DeviceKeys) -> group.MemberDevice:
 
 @dataclasses.dataclass
 class _Held:
-    """What this device holds of one channel (saved as JSON)."""
+    """What this device holds of one channel: the epochs (saved when they change) and the counters and replay
+    guards (saved with every message, apart, so a message does not rewrite every roster held)."""
 
     states: dict[int, group.ChannelState]
     secrets: dict[int, bytes]
@@ -50,26 +52,30 @@ class _Held:
     guard: group.ReplayGuard
     signal_guard: group.ReplayGuard
 
-    def to_json(self) -> dict[str, Any]:
+    def epochs_json(self) -> dict[str, Any]:
         return {
             "states": {str(e): _b64(s.to_bytes()) for e, s in self.states.items()},
             "secrets": {str(e): _b64(s) for e, s in self.secrets.items()},
+        }
+
+    def counters_json(self) -> dict[str, Any]:
+        return {
             "counters": {str(e): n for e, n in self.counters.items()},
             "guard": self.guard.to_dict(),
             "signal_guard": self.signal_guard.to_dict(),
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> _Held:
-        if data is None:
-            return cls({}, {}, {}, group.ReplayGuard(), group.ReplayGuard())
-        return cls(
-            {int(e): group.ChannelState.from_bytes(_unb64(s)) for e, s in data["states"].items()},
-            {int(e): _unb64(s) for e, s in data["secrets"].items()},
-            {int(e): int(n) for e, n in data["counters"].items()},
-            group.ReplayGuard.from_dict(data["guard"]),
-            group.ReplayGuard.from_dict(data["signal_guard"]),
-        )
+    def from_json(cls, epochs: dict[str, Any] | None, counters: dict[str, Any] | None) -> _Held:
+        held = cls({}, {}, {}, group.ReplayGuard(), group.ReplayGuard())
+        if epochs is not None:
+            held.states = {int(e): group.ChannelState.from_bytes(_unb64(s)) for e, s in epochs["states"].items()}
+            held.secrets = {int(e): _unb64(s) for e, s in epochs["secrets"].items()}
+        if counters is not None:
+            held.counters = {int(e): int(n) for e, n in counters["counters"].items()}
+            held.guard = group.ReplayGuard.from_dict(counters["guard"])
+            held.signal_guard = group.ReplayGuard.from_dict(counters["signal_guard"])
+        return held
 
 
 class ChannelKeys:
@@ -78,7 +84,9 @@ class ChannelKeys:
         self._state = state
         self._own = own
         self.space_id = space_id
-        self._held = _Held.from_json(state.get_json(_CHANNELS, space_id))
+        self._held = _Held.from_json(state.get_json(_CHANNELS, space_id), state.get_json(_COUNTERS, space_id))
+        # Keys derived once per epoch (the secrets do not change).
+        self._derived: dict[int, group.EpochKeys] = {}
 
     @property
     def _stub(self) -> channel_pb2_grpc.ChannelServiceAsyncStub:
@@ -202,7 +210,7 @@ class ChannelKeys:
             counter=counter,
             plaintext=body,
         )
-        self._save()
+        self._save_counters()
         return sealed
 
     def open(self, data: bytes, *, signal: bool = False, replay_check: bool = True) -> group.OpenedGroupMessage:
@@ -211,7 +219,7 @@ class ChannelKeys:
         guard = (self._held.signal_guard if signal else self._held.guard) if replay_check else group.ReplayGuard()
         opened = (group.open_group_signal if signal else group.open_group_message)(epochs, data, guard)
         if replay_check:
-            self._save()
+            self._save_counters()
         return opened
 
     def knows_epoch(self, epoch: int) -> bool:
@@ -251,8 +259,13 @@ class ChannelKeys:
         return max(self._held.secrets)
 
     def _keys(self, epoch: int) -> group.EpochKeys:
-        state = self._held.states[epoch]
-        return group.epoch_keys(self._held.secrets[epoch], self.space_id, epoch, state.commit_hash)
+        keys = self._derived.get(epoch)
+        if keys is None:
+            state = self._held.states[epoch]
+            keys = self._derived[epoch] = group.epoch_keys(
+                self._held.secrets[epoch], self.space_id, epoch, state.commit_hash
+            )
+        return keys
 
     def _keep(self, epoch: group.Epoch) -> None:
         self._held.states[epoch.state.epoch] = epoch.state
@@ -260,7 +273,11 @@ class ChannelKeys:
         self._save()
 
     def _save(self) -> None:
-        self._state.put_json(_CHANNELS, self.space_id, self._held.to_json())
+        self._state.put_json(_CHANNELS, self.space_id, self._held.epochs_json())
+        self._save_counters()
+
+    def _save_counters(self) -> None:
+        self._state.put_json(_COUNTERS, self.space_id, self._held.counters_json())
 
 
 def _signed_proto(signed: group.SignedCommit) -> channel_pb2.SignedCommit:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from parley.cli import account, chat, direct, realtime, registration
+from parley.cli import account, channels, chat, direct, realtime, registration
 from parley.cli.failures import describe, output_closed
 from parley.cli.parser import build_parser
 from parley.cli.realtime import parse_json
@@ -98,6 +98,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             await direct.show_safety_number(client, args.user)
         elif args.command == "trust":
             await direct.trust_user(client, args.user, args.number)
+        elif args.command == "channel":
+            await _channel(client, args)
     return 0
 
 
@@ -137,6 +139,30 @@ async def _rooms(client: Client, args: argparse.Namespace) -> None:
     else:
         await client.delete_room(args.room_id)
         print(f"deleted room {args.room_id}")
+
+
+async def _channel(client: Client, args: argparse.Namespace) -> None:
+    action = args.channel_command
+    if action == "create":
+        await channels.create(client, args.name, exist_ok=args.exist_ok)
+    elif action == "join":
+        await channels.join(client, args.channel)
+    elif action == "list":
+        await channels.list_channels(client)
+    elif action == "invite":
+        await channels.invite(client, args.name, uses=args.uses, expires=args.expires)
+    elif action == "accept":
+        await channels.accept(client, args.code, args.auth_code)
+    elif action == "send":
+        await channels.send(client, args.name, args.text)
+    elif action == "read":
+        await channels.read(client, args.name, limit=args.limit, follow=args.follow)
+    elif action == "members":
+        await channels.members(client, args.name)
+    elif action == "add":
+        await channels.add(client, args.name, args.user, admin=args.admin)
+    else:
+        await channels.remove(client, args.name, args.user)
 
 
 def _existing_key_file(path: Path) -> Path:
