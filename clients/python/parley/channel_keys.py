@@ -11,7 +11,6 @@ store (sections "channels" and "channel_counters").
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import secrets
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 from parley.auth import Auth
 from parley.crypto import group
+from parley.crypto.encoding import b64, unb64
 from parley.crypto.primitives import constant_time_equal
 from parley.crypto.x3dh import DeviceKeys, DeviceSecrets
 from parley.device_identity import DeviceIdentity
@@ -27,14 +27,6 @@ from parley.room.v1 import channel_pb2, channel_pb2_grpc
 
 _CHANNELS = "channels"
 _COUNTERS = "channel_counters"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 def member_device(keys: DeviceKeys) -> group.MemberDevice:
@@ -54,8 +46,8 @@ class _Held:
 
     def epochs_json(self) -> dict[str, Any]:
         return {
-            "states": {str(e): _b64(s.to_bytes()) for e, s in self.states.items()},
-            "secrets": {str(e): _b64(s) for e, s in self.secrets.items()},
+            "states": {str(e): b64(s.to_bytes()) for e, s in self.states.items()},
+            "secrets": {str(e): b64(s) for e, s in self.secrets.items()},
         }
 
     def counters_json(self) -> dict[str, Any]:
@@ -69,8 +61,8 @@ class _Held:
     def from_json(cls, epochs: dict[str, Any] | None, counters: dict[str, Any] | None) -> _Held:
         held = cls({}, {}, {}, group.ReplayGuard(), group.ReplayGuard())
         if epochs is not None:
-            held.states = {int(e): group.ChannelState.from_bytes(_unb64(s)) for e, s in epochs["states"].items()}
-            held.secrets = {int(e): _unb64(s) for e, s in epochs["secrets"].items()}
+            held.states = {int(e): group.ChannelState.from_bytes(unb64(s)) for e, s in epochs["states"].items()}
+            held.secrets = {int(e): unb64(s) for e, s in epochs["secrets"].items()}
         if counters is not None:
             held.counters = {int(e): int(n) for e, n in counters["counters"].items()}
             held.guard = group.ReplayGuard.from_dict(counters["guard"])

@@ -12,14 +12,11 @@ import nacl.public
 import nacl.signing
 
 from parley.crypto import identity as proofs
+from parley.crypto.encoding import b64
 from parley.identity.v1 import identity_pb2
 from parley.private_files import open_private, write_private
 
 KEY_FILE_VERSION = 1
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @dataclasses.dataclass
@@ -94,9 +91,9 @@ class DeviceIdentity:
             "user_id": self.user_id,
             "registered": self.registered,
             "display_name": self.display_name,
-            "device_signing_seed": _b64(bytes(self.device_signing_key)),
-            "device_dh_private": _b64(bytes(self.device_dh_key)),
-            "user_signing_seed": _b64(bytes(self.user_signing_key)) if self.user_signing_key else None,
+            "device_signing_seed": b64(bytes(self.device_signing_key)),
+            "device_dh_private": b64(bytes(self.device_dh_key)),
+            "user_signing_seed": b64(bytes(self.user_signing_key)) if self.user_signing_key else None,
         }
 
     @classmethod

@@ -14,13 +14,13 @@ who the sender is.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from parley.crypto import x3dh
 from parley.crypto.direct_envelope import DirectEnvelope
+from parley.crypto.encoding import b64, unb64
 from parley.crypto.errors import CryptoError, DuplicateMessageError, ForgedSenderError, NoSessionError
 from parley.crypto.kem import Kem
 from parley.crypto.ratchet import DoubleRatchet, RatchetConfig
@@ -30,14 +30,6 @@ from parley.prekeys import Prekeys
 # Sessions kept per peer device: older ones still open late messages.
 MAX_SESSIONS_PER_DEVICE = 5
 _SESSIONS = "sessions"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 @dataclasses.dataclass
@@ -52,11 +44,11 @@ class Session:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "ratchet": _b64(self.ratchet.to_bytes()),
-            "base_key": _b64(self.base_key),
+            "ratchet": b64(self.ratchet.to_bytes()),
+            "base_key": b64(self.base_key),
             "peer_user_id": self.peer_user_id,
             "peer": [
-                _b64(k)
+                b64(k)
                 for k in (
                     self.peer.user_signing_key,
                     self.peer.device_signing_key,
@@ -64,18 +56,18 @@ class Session:
                     self.peer.certificate,
                 )
             ],
-            "initial_header": _b64(self.initial_header),
+            "initial_header": b64(self.initial_header),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], config: RatchetConfig) -> Session:
-        user, signing, dh, certificate = (_unb64(k) for k in data["peer"])
+        user, signing, dh, certificate = (unb64(k) for k in data["peer"])
         return cls(
-            ratchet=DoubleRatchet.from_bytes(_unb64(data["ratchet"]), config=config),
-            base_key=_unb64(data["base_key"]),
+            ratchet=DoubleRatchet.from_bytes(unb64(data["ratchet"]), config=config),
+            base_key=unb64(data["base_key"]),
             peer_user_id=data["peer_user_id"],
             peer=x3dh.DeviceKeys(user, signing, dh, certificate),
-            initial_header=_unb64(data["initial_header"]),
+            initial_header=unb64(data["initial_header"]),
         )
 
 

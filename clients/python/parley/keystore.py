@@ -21,6 +21,7 @@ from pathlib import Path
 import nacl.pwhash
 import nacl.utils
 
+from parley.crypto.encoding import b64
 from parley.crypto.errors import DecryptionError
 from parley.crypto.primitives import AEAD_KEY_BYTES, open_sealed, seal
 from parley.private_files import open_private, write_private
@@ -34,10 +35,6 @@ MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_MODERATE
 
 class KeyStoreLockedError(Exception):
     """The key store is sealed with another passphrase (or none was given)."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 class KeyStore:
@@ -105,7 +102,7 @@ class KeyStore:
     def serialize(self) -> bytes:
         """The file's bytes for what is in the store now (to `write` later, e.g. from another thread)."""
         content = {
-            section: {name: _b64(value) for name, value in values.items()} for section, values in self._sections.items()
+            section: {name: b64(value) for name, value in values.items()} for section, values in self._sections.items()
         }
         document: dict[str, object]
         if self._sealing is None:
@@ -114,10 +111,10 @@ class KeyStore:
             document = {
                 "version": VERSION,
                 "kdf": "argon2id",
-                "salt": _b64(self._sealing.salt),
+                "salt": b64(self._sealing.salt),
                 "opslimit": self._sealing.opslimit,
                 "memlimit": self._sealing.memlimit,
-                "sealed": _b64(seal(self._sealing.key, json.dumps(content).encode(), LABEL)),
+                "sealed": b64(seal(self._sealing.key, json.dumps(content).encode(), LABEL)),
             }
         return json.dumps(document).encode()
 

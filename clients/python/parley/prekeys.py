@@ -12,13 +12,13 @@ a one-time prekey is deleted once the first message of its session decrypts
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from collections.abc import Callable
 
 from parley.auth import Auth
 from parley.crypto import identity as proofs
+from parley.crypto.encoding import b64, unb64
 from parley.crypto.errors import DuplicateMessageError
 from parley.crypto.kem import Kem, KemKeyPair
 from parley.crypto.primitives import X25519KeyPair
@@ -39,14 +39,6 @@ _KEM = "kem_prekeys"
 _META = "meta"
 # Initiators' ephemeral keys of sessions started with us -> the signed prekey they used.
 _ANSWERED = "answered_initial_messages"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 class Prekeys:
@@ -95,25 +87,25 @@ class Prekeys:
     def secrets(self) -> PrekeySecrets:
         """Every private prekey still held, for answering an initial message."""
         signed = {
-            int(key_id): X25519KeyPair.from_private_key(_unb64(self._state.get_json(_SIGNED, key_id)["private"]))
+            int(key_id): X25519KeyPair.from_private_key(unb64(self._state.get_json(_SIGNED, key_id)["private"]))
             for key_id in self._state.names(_SIGNED)
         }
         one_time = {
-            int(key_id): X25519KeyPair.from_private_key(_unb64(self._state.get_json(_ONE_TIME, key_id)["private"]))
+            int(key_id): X25519KeyPair.from_private_key(unb64(self._state.get_json(_ONE_TIME, key_id)["private"]))
             for key_id in self._state.names(_ONE_TIME)
         }
         kem_pairs: dict[int, KemKeyPair] = {}
         if self._kem is not None:
             for key_id in self._state.names(_KEM):
                 record = self._state.get_json(_KEM, key_id)
-                seed = _unb64(record["seed"])
-                kem_pairs[int(key_id)] = KemKeyPair(seed=seed, public_key=_unb64(record["public"]))
+                seed = unb64(record["seed"])
+                kem_pairs[int(key_id)] = KemKeyPair(seed=seed, public_key=unb64(record["public"]))
         return PrekeySecrets(signed, one_time, kem_pairs, self._kem)
 
     def check_fresh(self, header: InitialHeader) -> None:
         """`DuplicateMessageError` for the header of a session started before (a replayed first message,
         also one without a one-time prekey, after that session was dropped)."""
-        if self._state.get(_ANSWERED, _b64(header.ephemeral_key)) is not None:
+        if self._state.get(_ANSWERED, b64(header.ephemeral_key)) is not None:
             raise DuplicateMessageError("a session was started with this initial message before (a replay)")
 
     def used(self, header: InitialHeader) -> None:
@@ -121,7 +113,7 @@ class Prekeys:
         header is remembered (until its signed prekey goes) so that it never starts a session again."""
         if header.one_time_prekey_id is not None:
             self._state.delete(_ONE_TIME, str(header.one_time_prekey_id))
-        self._state.put(_ANSWERED, _b64(header.ephemeral_key), str(header.signed_prekey_id).encode())
+        self._state.put(_ANSWERED, b64(header.ephemeral_key), str(header.signed_prekey_id).encode())
 
     def _current(self, section: str) -> tuple[int, float] | None:
         """The newest key of a section: (key id, created at)."""
@@ -142,7 +134,7 @@ class Prekeys:
     def _new_signed_prekey(self, now: float) -> identity_pb2.SignedPrekey:
         pair = X25519KeyPair.generate()
         key_id = self._next_key_id()
-        self._state.put_json(_SIGNED, str(key_id), {"private": _b64(pair.private_key), "created": now})
+        self._state.put_json(_SIGNED, str(key_id), {"private": b64(pair.private_key), "created": now})
         message = proofs.signed_prekey_bytes(key_id, pair.public_key)
         signature = self._identity.device_signing_key.sign(message).signature
         return identity_pb2.SignedPrekey(key_id=key_id, public_key=pair.public_key, signature=signature)
@@ -150,7 +142,7 @@ class Prekeys:
     def _new_kem_prekey(self, kem: Kem, now: float) -> identity_pb2.KemPrekey:
         pair = kem.generate()
         key_id = self._next_key_id()
-        record = {"seed": _b64(pair.seed), "public": _b64(pair.public_key), "created": now}
+        record = {"seed": b64(pair.seed), "public": b64(pair.public_key), "created": now}
         self._state.put_json(_KEM, str(key_id), record)
         message = proofs.kem_prekey_bytes(kem.name, key_id, pair.public_key)
         signature = self._identity.device_signing_key.sign(message).signature
@@ -161,7 +153,7 @@ class Prekeys:
         for _ in range(how_many):
             pair = X25519KeyPair.generate()
             key_id = self._next_key_id()
-            self._state.put_json(_ONE_TIME, str(key_id), {"private": _b64(pair.private_key), "created": now})
+            self._state.put_json(_ONE_TIME, str(key_id), {"private": b64(pair.private_key), "created": now})
             keys.append(identity_pb2.OneTimePrekey(key_id=key_id, public_key=pair.public_key))
         return keys
 

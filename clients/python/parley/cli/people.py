@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import re
 from datetime import UTC, datetime
 
 from parley.accounts import Device, User
 from parley.client import Client
+from parley.crypto.encoding import b64
 from parley.errors import ParleyError
 
 USER_ID = re.compile(r"u[0-9a-f]{24}")
@@ -28,8 +28,8 @@ class DeviceProfile:
         return cls(
             device_id=device.device_id,
             name=device.display_name,
-            signing_key=_b64(device.signing_key),
-            dh_key=_b64(device.dh_key),
+            signing_key=b64(device.signing_key),
+            dh_key=b64(device.dh_key),
             created=_when(device.created_at),
             revoked=_when(device.revoked_at) if device.revoked_at is not None else None,
         )
@@ -48,7 +48,7 @@ class UserProfile:
         return cls(
             username=user.username,
             user_id=user.user_id,
-            signing_key=_b64(user.signing_key),
+            signing_key=b64(user.signing_key),
             created=_when(user.created_at),
             devices=[DeviceProfile.of(d) for d in user.devices],
         )
@@ -109,10 +109,6 @@ class UserNames:
         """ "alice (u…)" for a user, the id alone otherwise."""
         name = await self.of(user_id)
         return f"{name} ({user_id})" if name else user_id
-
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode()
 
 
 def _when(moment: datetime | None) -> str:

@@ -6,6 +6,8 @@ is length-prefixed (`u32be(len) || bytes`), so no two structures share bytes.
 
 from __future__ import annotations
 
+import base64
+
 from parley.crypto.errors import MalformedInputError
 
 LABEL_PREFIX = "parley/v1/"
@@ -49,3 +51,12 @@ def read_u32(field: bytes) -> int:
     if len(field) != 4:
         raise MalformedInputError("a u32 field is 4 bytes")
     return int.from_bytes(field, "big")
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 text, as key files, the key store and saved states keep bytes."""
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)

@@ -10,13 +10,12 @@ skipped messages are bounded (per step, in total, and in age).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from parley.crypto.encoding import labelled, read_labelled, read_u32, u32
+from parley.crypto.encoding import b64, labelled, read_labelled, read_u32, u32, unb64
 from parley.crypto.errors import (
     CryptoError,
     DuplicateMessageError,
@@ -122,19 +121,19 @@ class RatchetState:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": _STATE_VERSION,
-            "root_key": _b64(self.root_key),
-            "own_ratchet_private_key": _b64(self.own_ratchet_key.private_key),
+            "root_key": b64(self.root_key),
+            "own_ratchet_private_key": b64(self.own_ratchet_key.private_key),
             "peer_ratchet_key": _b64_or_none(self.peer_ratchet_key),
             "sending_chain_key": _b64_or_none(self.sending_chain_key),
             "receiving_chain_key": _b64_or_none(self.receiving_chain_key),
-            "associated_data": _b64(self.associated_data),
+            "associated_data": b64(self.associated_data),
             "local_device_id": self.local_device_id,
             "remote_device_id": self.remote_device_id,
             "sent_count": self.sent_count,
             "received_count": self.received_count,
             "previous_sent_count": self.previous_sent_count,
             "skipped": [
-                [_b64(key), number, _b64(skipped.message_key), skipped.stored_at]
+                [b64(key), number, b64(skipped.message_key), skipped.stored_at]
                 for (key, number), skipped in self.skipped.items()
             ],
         }
@@ -145,19 +144,19 @@ class RatchetState:
             raise MalformedInputError(f"ratchet state version {data.get('version')!r} is not {_STATE_VERSION}")
         try:
             return cls(
-                root_key=_unb64(data["root_key"]),
-                own_ratchet_key=X25519KeyPair.from_private_key(_unb64(data["own_ratchet_private_key"])),
+                root_key=unb64(data["root_key"]),
+                own_ratchet_key=X25519KeyPair.from_private_key(unb64(data["own_ratchet_private_key"])),
                 peer_ratchet_key=_unb64_or_none(data["peer_ratchet_key"]),
                 sending_chain_key=_unb64_or_none(data["sending_chain_key"]),
                 receiving_chain_key=_unb64_or_none(data["receiving_chain_key"]),
-                associated_data=_unb64(data["associated_data"]),
+                associated_data=unb64(data["associated_data"]),
                 local_device_id=str(data["local_device_id"]),
                 remote_device_id=str(data["remote_device_id"]),
                 sent_count=int(data["sent_count"]),
                 received_count=int(data["received_count"]),
                 previous_sent_count=int(data["previous_sent_count"]),
                 skipped={
-                    (_unb64(key), int(number)): SkippedKey(_unb64(message_key), float(stored_at))
+                    (unb64(key), int(number)): SkippedKey(unb64(message_key), float(stored_at))
                     for key, number, message_key, stored_at in data["skipped"]
                 },
             )
@@ -335,17 +334,9 @@ def _message_ad(x3dh_ad: bytes, header: MessageHeader, sender_device_id: str, re
     )
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
-
-
 def _b64_or_none(data: bytes | None) -> str | None:
-    return None if data is None else _b64(data)
+    return None if data is None else b64(data)
 
 
 def _unb64_or_none(text: str | None) -> bytes | None:
-    return None if text is None else _unb64(text)
+    return None if text is None else unb64(text)
