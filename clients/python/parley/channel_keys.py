@@ -137,6 +137,10 @@ class ChannelKeys:
         for proto in listed.commits:
             signed = group.SignedCommit(proto.commit, proto.signature)
             commit = signed.commit()
+            if commit.channel_id != self.space_id:
+                raise group.BrokenChainError(
+                    f"the service gave a commit of {commit.channel_id!r} for {self.space_id!r}"
+                )
             held = self._held.states.get(commit.epoch)
             if held is None:
                 held = group.verify_commit(self.latest, signed)
@@ -213,6 +217,10 @@ class ChannelKeys:
         if replay_check:
             self._save_counters()
         return opened
+
+    async def persist(self) -> None:
+        """Counters and replay guards on disk: before a sealed message leaves, and once one has opened."""
+        await self._state.persist()
 
     def knows_epoch(self, epoch: int) -> bool:
         return epoch in self._held.secrets

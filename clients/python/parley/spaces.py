@@ -127,6 +127,8 @@ class Spaces:
         except NotFoundError as error:
             raise ChannelNotFoundError(error.code, error.reason, error.message, error.metadata) from None
         space_id = found.channel.space_id
+        if key == "space_id" and space_id != name_or_space_id:
+            raise group.BrokenChainError(f"asked for {name_or_space_id!r}, the service answered with {space_id!r}")
         if not await self._is_member(space_id):
             await self._auth.call(self._stub.RequestJoin, channel_pb2.RequestJoinRequest(space_id=space_id))
             deadline = time.monotonic() + wait
@@ -260,12 +262,16 @@ class Space:
 
     async def send_message(self, body: Any) -> str:
         """Seals `body` (any JSON value) for the channel and publishes it; returns the message's handle."""
-        published = await self._room.trigger(MESSAGE_EVENT, self._sealed("message", body))
+        sealed = self._sealed("message", body)
+        await self._keys.persist()  # its counter is on disk before it leaves: a restart never reuses it
+        published = await self._room.trigger(MESSAGE_EVENT, sealed)
         return published.handle
 
     async def edit_message(self, handle: str, body: Any) -> None:
         """Replaces the body of a message you sent (NOT_AUTHOR otherwise); members get it sealed anew."""
-        await self._room.edit(handle, self._sealed("edit", body))
+        sealed = self._sealed("edit", body)
+        await self._keys.persist()
+        await self._room.edit(handle, sealed)
 
     async def delete_message(self, handle: str) -> None:
         """Deletes a message you sent (NOT_AUTHOR otherwise)."""
@@ -273,7 +279,9 @@ class Space:
 
     async def send_ephemeral(self, subject: str, data: Any = None) -> None:
         """A signal (typing, a cursor) to the members online now, sealed too, never stored."""
-        await self._room.send_ephemeral(subject, self._sealed(subject, data, signal=True))
+        sealed = self._sealed(subject, data, signal=True)
+        await self._keys.persist()
+        await self._room.send_ephemeral(subject, sealed)
 
     def on_message(self, handler: MessageHandler) -> None:
         self._message_handlers.append(handler)
@@ -395,6 +403,7 @@ class Space:
             await self._keys.sync()  # a commit this device has not read yet
         message = self._open(event.handle, event.seq, event.data, event.time_ms)
         if message is not None:
+            await self._keys.persist()  # its counter is seen, also after a restart
             for handler in self._message_handlers:
                 result = handler(message)
                 if result is not None:
@@ -422,6 +431,7 @@ class Space:
             data = json.loads(opened.plaintext)
         except (CryptoError, ValueError, RecursionError):
             return
+        await self._keys.persist()
         received = ChannelSignal(self.space_id, signal.subject, opened.sender_user_id, data)
         for handler in self._signal_handlers:
             result = handler(received)
