@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -37,7 +38,7 @@ async def refused_every_read(client: Client, room_id: str, handle: str) -> None:
     """Every way to read a private room's history or people, refused for a non-member."""
     metadata = [("authorization", f"Bearer {await client.access_token()}")]
     history = client.history_stub
-    reads = [
+    reads: list[Awaitable[object]] = [
         history.ListEvents(history_pb2.ListEventsRequest(room_id=room_id), metadata=metadata),
         history.GetEvent(history_pb2.GetEventRequest(room_id=room_id, handle=handle), metadata=metadata),
         history.ListEventsSince(history_pb2.ListEventsSinceRequest(room_id=room_id), metadata=metadata),

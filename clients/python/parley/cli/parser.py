@@ -328,9 +328,9 @@ def _add_direct(commands: _Commands) -> None:
 
 
 CHANNEL_KEYS_NOTE = (
-    "Only the channel's members can read it: each message is sealed with the current epoch's key, which the "
-    "server never holds. The epoch keys this device holds live in its key store beside --key-file (its name "
-    "ending .e2e.json); set PARLEY_KEYSTORE_PASSPHRASE to keep that file sealed under a passphrase."
+    "A channel's messages are sealed with its current epoch's key, which the server never holds; the epoch keys "
+    "this device holds live in its key store beside --key-file (its name ending .e2e.json): set "
+    "PARLEY_KEYSTORE_PASSPHRASE to keep that file sealed under a passphrase."
 )
 
 
@@ -338,9 +338,9 @@ def _add_channels(commands: _Commands) -> None:
     channel = commands.add(
         "channel",
         "create, join and talk in sealed (end-to-end encrypted) channels",
-        "Sealed group channels: messages are sealed once for the current epoch and signed by the sender's device; "
-        "members change by commits an admin signs, and removing a member starts a new epoch the removed member "
-        f"cannot read. {CHANNEL_KEYS_NOTE}",
+        "Sealed group channels: only members read them. Each message is sealed once for the channel and signed "
+        "by the sender's device; members change by commits an admin signs, and removing a member starts a new "
+        f"epoch the removed member cannot read. {CHANNEL_KEYS_NOTE}",
     )
     actions = commands.nested(channel, "channel_command")
     create = actions.add(
@@ -371,8 +371,8 @@ def _add_channels(commands: _Commands) -> None:
     invite = actions.add(
         "invite",
         "make an invitation code and auth code (admins)",
-        "Make an invitation to the channel NAME (you must be an admin of it) and print its code and, on the next "
-        "line, its 8-digit auth code. Give them to the guest by different channels: the code alone admits nobody, "
+        "Make an invitation to the channel NAME (you must be an admin of it) and print its code, then on the next "
+        "line its 8-digit auth code. Give them to the guest by different channels: the code alone admits nobody, "
         f"and three wrong auth codes burn the invitation. {CHANNEL_KEYS_NOTE}",
     )
     invite.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
@@ -384,7 +384,7 @@ def _add_channels(commands: _Commands) -> None:
         type=_lifetime_seconds,
         default=86_400.0,
         metavar="SECONDS",
-        help="how long it stays valid (default: %(default)s, a day)",
+        help="how long it stays valid (default: %(default)g, a day)",
     )
     accept = actions.add(
         "accept",
