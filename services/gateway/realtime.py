@@ -391,7 +391,7 @@ class Realtime:
         if change.kind == room_pb2.RoomChange.KIND_MEMBERS_REMOVED:
             await self._members_removed(change)
             return
-        if change.kind == room_pb2.RoomChange.KIND_JOIN_REQUESTED:
+        if change.kind in (room_pb2.RoomChange.KIND_JOIN_REQUESTED, room_pb2.RoomChange.KIND_CHANNEL_COMMITTED):
             frame = wire.frame(gateway_pb2.ConnectResponse(room_changed=gateway_pb2.RoomChanged(change=change)))
             for connection in self.connections.all():
                 if change.room.room_id in connection.rooms:

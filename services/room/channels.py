@@ -21,6 +21,7 @@ from parley.api.v1 import errors_pb2
 from parley.crypto.errors import CryptoError
 from parley.crypto.group import (
     ChannelState,
+    Roster,
     SignedCommit,
     SignedWrap,
     read_invitation_proof,
@@ -31,6 +32,7 @@ from parley.crypto.group import (
 )
 from parley.crypto.primitives import HASH_BYTES, constant_time_equal
 from parley.room.v1 import channel_pb2, channel_pb2_grpc, room_pb2
+from services.room.keeper import Keeper
 from services.room.members import ADMIN, MEMBER, RoomMembers, not_a_member
 from services.room.membership import Membership
 from services.room.registry import RoomRegistry
@@ -60,8 +62,14 @@ def channel_not_found(what: str) -> ServiceError:
 
 class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
     def __init__(
-        self, storage: RoomStorage, registry: RoomRegistry, members: RoomMembers, membership: Membership
+        self,
+        storage: RoomStorage,
+        registry: RoomRegistry,
+        members: RoomMembers,
+        membership: Membership,
+        keeper: Keeper,
     ) -> None:
+        self._keeper = keeper
         self._storage = storage
         self._registry = registry
         self._members = members
@@ -73,8 +81,8 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
         caller = _user(current_principal())
         if request.name and not NAME.fullmatch(request.name):
             raise invalid_field("name", "must be 1–64 characters of a-z, 0-9, '_', '.' and '-'")
-        if request.kind != channel_pb2.CHANNEL_KIND_E2E:
-            raise invalid_field("kind", "only CHANNEL_KIND_E2E channels can be created so far")
+        if request.kind not in (channel_pb2.CHANNEL_KIND_E2E, channel_pb2.CHANNEL_KIND_KEEPER):
+            raise invalid_field("kind", "must be CHANNEL_KIND_E2E or CHANNEL_KIND_KEEPER")
         signed = _signed(request.commit)
         state = _verified(None, signed)
         _signed_by_caller(state, signed, caller)
@@ -151,7 +159,14 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
             raise not_a_member(row.space_id)
         wraps = _wraps(request.wraps)
         _wraps_match(signed, wraps)
-        await self._drop_missing(row.space_id, state)  # who leaves loses the room before the commit is kept
+        new_row = await self._store_commit(row, state, signed, wraps)
+        return channel_pb2.CommitResponse(channel=_channel(new_row, member=True))
+
+    async def _store_commit(
+        self, row: ChannelRow, state: ChannelState, signed: SignedCommit, wraps: dict[str, bytes]
+    ) -> ChannelRow:
+        """Keeps a verified commit: who leaves loses the room before it is kept, who joins gains it after."""
+        await self._drop_missing(row.space_id, state)
         new_row = ChannelRow(
             row.space_id, row.name, row.kind, row.creator, row.created_ms, state.epoch, state.to_bytes()
         )
@@ -163,7 +178,8 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
                 f"another commit took epoch {state.epoch} first: fetch the chain and commit again",
             )
         await self._follow_roster(row.space_id, state)
-        return channel_pb2.CommitResponse(channel=_channel(new_row, member=True))
+        self._registry.channel_committed(self._registry.get(row.space_id))
+        return new_row
 
     async def GetWraps(self, request: channel_pb2.GetWrapsRequest, context: Context) -> channel_pb2.GetWrapsResponse:
         caller = _user(current_principal())
@@ -262,8 +278,27 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
         if self._members.is_member(row.space_id, caller.user_id):
             raise invalid_field("space_id", "you are a member already")
         await self._storage.put_join_request(row.space_id, caller.user_id, _now_ms())
+        if row.kind == channel_pb2.CHANNEL_KIND_KEEPER and await self._keeper_admits(row, caller.user_id):
+            return channel_pb2.RequestJoinResponse()
         self._registry.join_requested(self._registry.get(row.space_id), caller.user_id)
         return channel_pb2.RequestJoinResponse()
+
+    async def GetKeeper(self, request: channel_pb2.GetKeeperRequest, context: Context) -> channel_pb2.GetKeeperResponse:
+        return channel_pb2.GetKeeperResponse(user_id=await self._keeper.user_id())
+
+    async def _keeper_admits(self, row: ChannelRow, user_id: str) -> bool:
+        """The keeper adds the user, if it is an admin of the channel; False when it is not (yet)."""
+        state = ChannelState.from_bytes(row.state)
+        device = await self._keeper.device()
+        if not state.roster.is_admin(device.device_id):
+            return False
+        joining = await self._keeper.member(user_id)
+        if not joining.devices:
+            raise invalid_field("authorization", "none of your devices is vouched for by your user key")
+        roster = Roster(tuple(sorted((*state.roster.members, joining), key=lambda m: m.user_id)))
+        committed = await self._keeper.commit(state, roster)
+        await self._store_commit(row, committed.epoch.state, committed.signed, dict(committed.wraps))
+        return True
 
     async def ListJoinRequests(
         self, request: channel_pb2.ListJoinRequestsRequest, context: Context

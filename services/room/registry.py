@@ -21,6 +21,7 @@ CREATED = room_pb2.RoomChange.KIND_CREATED
 DELETED = room_pb2.RoomChange.KIND_DELETED
 MEMBERS_REMOVED = room_pb2.RoomChange.KIND_MEMBERS_REMOVED
 JOIN_REQUESTED = room_pb2.RoomChange.KIND_JOIN_REQUESTED
+CHANNEL_COMMITTED = room_pb2.RoomChange.KIND_CHANNEL_COMMITTED
 
 
 def room_not_found(room_id: str) -> ServiceError:
@@ -173,6 +174,10 @@ class RoomRegistry:
     def join_requested(self, room: room_pb2.Room, user_id: str) -> None:
         """Tells every gateway: members of the channel's room hear that `user_id` asks to join."""
         self._announce(room_pb2.RoomChange(kind=JOIN_REQUESTED, room=room, user_ids=[user_id]))
+
+    def channel_committed(self, room: room_pb2.Room) -> None:
+        """Tells every gateway: members of the channel's room should read its new commit."""
+        self._announce(room_pb2.RoomChange(kind=CHANNEL_COMMITTED, room=room))
 
     def _announce(self, change: room_pb2.RoomChange) -> None:
         self._changes.announce(change)

@@ -13,6 +13,7 @@ from services.room import definitions
 from services.room.allowance import SchemaAllowance
 from services.room.channels import ChannelServicer
 from services.room.history_client import HistoryLogs
+from services.room.keeper import Keeper
 from services.room.leases import GatewayLeases
 from services.room.members import RoomMembers
 from services.room.membership import Membership
@@ -76,8 +77,8 @@ async def room_parts(
     reopening: list[asyncio.Task[None]] = []
 
     def start(health: HealthStatus, own_address: str) -> None:
-        if history_on_this_server:
-            history.address = own_address
+        if history_on_this_server:  # all in one: the history and identity services are on this server
+            history.address = keeper.address = own_address
         if declared:
             reopening.append(asyncio.create_task(_reopen_declared_logs(registry)))
         reopening.append(asyncio.create_task(leases.run()))
@@ -87,11 +88,14 @@ async def room_parts(
             task.cancel()
         await asyncio.gather(*reopening, return_exceptions=True)
         await history.close()
+        await keeper.close()
         await storage.close()
         if owns_bus:
             await bus.close()
 
-    channels = ChannelServicer(storage, registry, members, membership)
+    keeper = Keeper(config.server.data_dir / "keeper.json")
+    keeper.address = "" if history_on_this_server else config.peers.identity
+    channels = ChannelServicer(storage, registry, members, membership, keeper)
 
     def register(server: grpc.aio.Server) -> None:
         room_pb2_grpc.add_RoomServiceServicer_to_server(servicer, server)

@@ -5,6 +5,7 @@ starting an epoch the removed member cannot read; the server stores ciphertext a
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from parley import Client
+from parley.crypto import group
 from parley.errors import ParleyError, PermissionDeniedError
 from parley.spaces import ChannelMessage, ChannelNotFoundError, ChannelSignal
 from tests.scale_out import fresh_database, scale_out
@@ -93,6 +95,10 @@ async def channel_life(address: str, tmp_path: Path, other_address: str = "") ->
         # cyd is removed: a new epoch cyd gets no secret for, and the server drops cyd from the room at once
         await crew.remove_member(cyd.user_id)
         assert crew.epoch == 3
+        await wait_until(lambda: ben_crew.epoch == 3)  # told of the commit: ben seals in the new epoch at once
+        ben_sealed = ben_crew._sealed("message", {"text": "nor this"})
+        with pytest.raises(group.UnknownEpochError):
+            cyd_crew._keys.open(base64.b64decode(ben_sealed["sealed"]))
         with pytest.raises(PermissionDeniedError, match="NOT_A_MEMBER"):
             await cyd.history(crew.space_id)
         after = await crew.send_message({"text": "cyd cannot read this"})
@@ -107,6 +113,10 @@ async def channel_life(address: str, tmp_path: Path, other_address: str = "") ->
         assert not cyd_crew._keys.knows_epoch(3)
         await crew.delete_message(handle)
         assert await asyncio.wait_for(deletions.get(), 10) == handle
+
+        lobby = await ann.space.create_channel(f"{name}-lobby", keeper=True)  # the keeper admits on its own
+        joined = await cyd.space.join_channel(lobby.name, wait=10)
+        assert joined.epoch == 2
 
 
 async def test_a_channel_on_one_server(server_address: str, tmp_path: Path) -> None:
@@ -227,3 +237,24 @@ async def test_a_join_request_waits_for_an_admin(server_address: str, tmp_path: 
         await approval
         assert space.epoch == 1
         assert await crew.join_requests() == []
+
+
+async def test_a_keeper_channel_lets_users_in_with_nobody_online(server_address: str, tmp_path: Path) -> None:
+    name = f"lobby-{secrets.token_hex(3)}"
+    async with three(server_address, tmp_path) as (ann, ben, cyd):
+        lobby = await ann.space.create_channel(name, keeper=True)
+        assert not lobby.end_to_end
+        assert [c.end_to_end for c in await ann.space.list_channels() if c.name == name] == [False]
+        await ann.close()  # the only human member is gone
+        space = await ben.space.join_channel(name, wait=10)
+        assert space.epoch == 2
+        roster = {m.user_id: m.role for m in await space.members()}
+        assert roster[ben.user_id] == group.MEMBER
+        inbox: asyncio.Queue[ChannelMessage] = asyncio.Queue()
+        space.on_message(inbox.put_nowait)
+        late = await cyd.space.join_channel(name, wait=10)
+        await late.send_message({"text": "anyone here?"})
+        assert (await received(inbox)).body == {"text": "anyone here?"}
+    async with Client(server_address, key_file=tmp_path / "ann.json") as ann_again:
+        lobby = await ann_again.space.join_channel(name)
+        assert [m.body for m in await lobby.history()] == [{"text": "anyone here?"}]

@@ -398,7 +398,7 @@ def ticket_proof(channel: Channel, signer: str = "alice-phone", channel_id: str 
     """The proof a guest puts in its commit: a ticket signed by `signer`'s device, and the invitation's secret."""
     device = channel.devices[signer]
     invitation = Invitation.generate(channel_id or channel.state.channel_id, "invite-1", bytes(32))
-    return invitation_proof(sign_ticket(invitation, device.device_id, device.signing_key), invitation.secret)
+    return invitation_proof(sign_ticket(invitation, 1, device.device_id, device.signing_key), invitation.secret)
 
 
 def test_a_guest_admits_itself_with_an_invitation(channel: Channel) -> None:
@@ -407,6 +407,24 @@ def test_a_guest_admits_itself_with_an_invitation(channel: Channel) -> None:
     roster = Roster((*channel.full_roster().members, dave.member(MEMBER, channel.devices["dave-phone"])))
     committed = channel.commit(roster, "dave-phone", "invitation", proof=ticket_proof(channel))
     assert committed.epoch.state.roster.member("dave") is not None
+
+
+def test_an_invitation_admits_no_more_guests_than_its_ticket_says(channel: Channel) -> None:
+    device = channel.devices["alice-phone"]
+    invitation = Invitation.generate(channel.state.channel_id, "invite-2", bytes(32))
+    proof = invitation_proof(sign_ticket(invitation, 2, device.device_id, device.signing_key), invitation.secret)
+    for n, name in enumerate(("dave", "erin", "fay")):
+        guest = make_user(name)
+        channel.devices[f"{name}-phone"] = guest.new_device()
+        roster = Roster((*channel.state.roster.members, guest.member(MEMBER, channel.devices[f"{name}-phone"])))
+        if n < 2:  # the same proof (a copy of the first guest's) admits the second too: the ticket allows 2
+            assert (
+                channel.commit(roster, f"{name}-phone", "invitation", proof=proof).epoch.state.uses_of("invite-2")
+                == n + 1
+            )
+        else:
+            with pytest.raises(UnauthorisedCommitError, match="used up"):
+                verify_commit(channel.state, channel.raw_commit(roster, f"{name}-phone", "invitation", proof=proof))
 
 
 def test_an_invitation_proof_must_come_from_an_admin_for_this_channel_with_its_secret(channel: Channel) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,7 +105,9 @@ class ChannelKeys:
         epoch = self._newest_held()
         return self._keys(epoch).authenticator
 
-    async def create(self, roster: group.Roster, name: str, history_policy: str) -> channel_pb2.Channel:
+    async def create(
+        self, roster: group.Roster, name: str, history_policy: str, kind: int = channel_pb2.CHANNEL_KIND_E2E
+    ) -> channel_pb2.Channel:
         """A new channel (a space when `name` is empty) for `roster`, this device's user its admin."""
         committed = group.commit_epoch(
             None,
@@ -117,7 +120,7 @@ class ChannelKeys:
         )
         request = channel_pb2.CreateChannelRequest(
             name=name,
-            kind=channel_pb2.CHANNEL_KIND_E2E,
+            kind=channel_pb2.ChannelKind.ValueType(kind),
             commit=_signed_proto(committed.signed),
             wraps=_wrap_protos(committed.wraps),
         )
@@ -192,8 +195,11 @@ class ChannelKeys:
         """`body` sealed with the newest epoch this device holds, signed by this device."""
         epoch = self._newest_held()
         counters = self._held.counters
-        counter = counters.get(epoch if not signal else -1 - epoch, 0)
-        counters[epoch if not signal else -1 - epoch] = counter + 1
+        slot = epoch if not signal else -1 - epoch
+        # A device whose key store was lost starts above what it sent before (so members do not take its
+        # messages for replays): from the clock, 2**20 counters a second.
+        counter = counters.get(slot, int(time.time()) << 20)
+        counters[slot] = counter + 1
         seal = group.seal_group_signal if signal else group.seal_group_message
         sealed = seal(
             self._keys(epoch),

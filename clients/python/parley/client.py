@@ -144,6 +144,7 @@ class Client:
         self._rooms = RoomRegistry(self._connection, self._sender, self._runner, self._calls)
         self.space = Spaces(self._auth, self._direct, self.join)
         self._runner.add("join_request", self.space.join_requested)
+        self._runner.add("channel_committed", self.space.committed)
         """Sealed group channels: `client.space.create_channel(name)`, `join_channel`, `list_channels`."""
         self._questions = Questions(self._sender, self._runner)
         self._peers = Peers(self._auth, self._runner)

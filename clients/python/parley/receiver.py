@@ -136,7 +136,9 @@ class Receiver:
                     room.dispatch_presence(presence.user_id, presence.joined)
         elif kind == "room_changed":
             change = frame.room_changed.change
-            if change.kind == room_pb2.RoomChange.KIND_JOIN_REQUESTED:
+            if change.kind == room_pb2.RoomChange.KIND_CHANNEL_COMMITTED:
+                self._runner.fire("channel_committed", change.room.room_id)
+            elif change.kind == room_pb2.RoomChange.KIND_JOIN_REQUESTED:
                 for user_id in change.user_ids:
                     self._runner.fire("join_request", change.room.room_id, user_id)
             elif change.kind == room_pb2.RoomChange.KIND_MEMBERS_REMOVED:

@@ -104,9 +104,18 @@ class Spaces:
     def _stub(self) -> channel_pb2_grpc.ChannelServiceAsyncStub:
         return channel_pb2_grpc.ChannelServiceStub(self._auth.channel())
 
-    async def create_channel(self, name: str) -> Space:
-        """A new end-to-end channel named `name` in the app's registry (ALREADY_EXISTS if taken); you are its admin."""
-        return await self._create(name)
+    async def create_channel(self, name: str, *, keeper: bool = False) -> Space:
+        """A new end-to-end channel named `name` in the app's registry (ALREADY_EXISTS if taken); you are its admin.
+
+        With `keeper=True` the app's keeper (a service identity) becomes an admin too and lets in everyone
+        who asks to join, with nobody online: such a channel is NOT end to end against the operator, who
+        holds the keeper's keys (`Space.end_to_end` and `list_channels` say so).
+        """
+        space = await self._create(name, keeper=keeper)
+        if keeper:
+            found = await self._auth.call(self._stub.GetKeeper, channel_pb2.GetKeeperRequest())
+            await space.add_member(found.user_id, admin=True)
+        return space
 
     async def create_space(self) -> Space:
         """A new space: a channel with no name, shared by its `space_id`."""
@@ -144,6 +153,12 @@ class Spaces:
 
     async def _is_member(self, space_id: str) -> bool:
         return any(c.space_id == space_id for c in await self.list_channels())
+
+    async def committed(self, space_id: str) -> None:
+        """A channel moved to a new epoch: an open one reads the commit (and its wrap) before it sends again."""
+        space = self._open.get(space_id)
+        if space is not None:
+            await space.sync()
 
     def join_requested(self, space_id: str, user_id: str) -> None:
         """A user asks to join an open channel: its `on_join_request` handlers hear of it."""
@@ -190,13 +205,14 @@ class Spaces:
         """Your spaces (channels without a name)."""
         return [c for c in await self.list_channels() if not c.name]
 
-    async def _create(self, name: str) -> Space:
+    async def _create(self, name: str, *, keeper: bool = False) -> Space:
         parts = await self._direct.ready()
         space_id = SPACE_ID_PREFIX + secrets.token_hex(16)
         keys = ChannelKeys(self._auth, parts.state, parts.own, space_id)
         me = await parts.trust.peer(self._auth.identity.user_id, refresh=True)
         roster = group.Roster((keys.member(me.user_id, me.user_signing_key, me.devices, group.ADMIN),))
-        channel = await keys.create(roster, name, group.MEMBERS_SINCE_JOIN)
+        kind = channel_pb2.CHANNEL_KIND_KEEPER if keeper else channel_pb2.CHANNEL_KIND_E2E
+        channel = await keys.create(roster, name, group.MEMBERS_SINCE_JOIN, kind)
         return await self._opened(channel, keys)
 
     async def _opened(self, channel: channel_pb2.Channel, keys: ChannelKeys | None = None) -> Space:
@@ -336,7 +352,7 @@ class Space:
             self.space_id, secrets.token_urlsafe(12), group.admitter_key_hash(own.device_signing_key)
         )
         code = group.auth_code()
-        ticket = group.sign_ticket(invitation, own.device_id, self._auth.identity.device_signing_key)
+        ticket = group.sign_ticket(invitation, uses, own.device_id, self._auth.identity.device_signing_key)
         request = channel_pb2.CreateInvitationRequest(
             space_id=self.space_id,
             invite_id=invitation.invite_id,

@@ -30,7 +30,7 @@ import nacl.signing
 from parley.crypto import identity
 from parley.crypto.encoding import labelled, read_labelled
 from parley.crypto.errors import MalformedInputError
-from parley.crypto.group_encoding import read_text, read_u64, text, u64
+from parley.crypto.group_encoding import labelled_list, read_labelled_list, read_text, read_u64, text, u64
 from parley.crypto.group_errors import BrokenChainError, ForgedCommitError, UnauthorisedCommitError
 from parley.crypto.group_invitation import read_invitation_proof
 from parley.crypto.group_roster import MEMBER, MemberDevice, Roster
@@ -136,8 +136,11 @@ class ChannelState:
     content_hash: bytes
     """`Commit.content_hash()`: what the wraps of this epoch's secret are bound to."""
     history_policy: str
+    used_invitations: tuple[tuple[str, int], ...] = ()
+    """(invite id, guests it admitted so far), by invite id: an invitation admits at most its ticket's uses."""
 
     def to_bytes(self) -> bytes:
+        used = [labelled("group-invitation-use", text(i), u64(n)) for i, n in self.used_invitations]
         return labelled(
             "group-channel-state",
             text(self.channel_id),
@@ -146,14 +149,28 @@ class ChannelState:
             self.commit_hash,
             self.content_hash,
             text(self.history_policy),
+            labelled_list("group-invitation-uses", used),
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ChannelState:
-        channel, epoch, roster, commit_hash, content_hash, policy = read_labelled("group-channel-state", data, 6)
+        channel, epoch, roster, commit_hash, content_hash, policy, used = read_labelled("group-channel-state", data, 7)
+        uses = []
+        for item in read_labelled_list("group-invitation-uses", used):
+            invite_id, count = read_labelled("group-invitation-use", item, 2)
+            uses.append((read_text(invite_id), read_u64(count)))
         return cls(
-            read_text(channel), read_u64(epoch), Roster.from_bytes(roster), commit_hash, content_hash, read_text(policy)
+            read_text(channel),
+            read_u64(epoch),
+            Roster.from_bytes(roster),
+            commit_hash,
+            content_hash,
+            read_text(policy),
+            tuple(uses),
         )
+
+    def uses_of(self, invite_id: str) -> int:
+        return dict(self.used_invitations).get(invite_id, 0)
 
 
 def sign_commit(commit: Commit, device_signing_key: nacl.signing.SigningKey) -> SignedCommit:
@@ -178,8 +195,18 @@ def verify_commit(previous: ChannelState | None, signed: SignedCommit) -> Channe
     if not identity.verify_signature(signer.signing_key, signed.commit_bytes, signed.signature):
         raise ForgedCommitError(f"commit signature does not verify under device {signer.device_id!r}")
     commit.roster.verify_devices()
+    used = dict(previous.used_invitations) if previous is not None else {}
+    if commit.admission == "invitation":
+        invite_id = read_invitation_proof(commit.proof)[1].invite_id
+        used[invite_id] = used.get(invite_id, 0) + 1
     return ChannelState(
-        commit.channel_id, commit.epoch, commit.roster, signed.commit_hash, commit.content_hash(), commit.history_policy
+        commit.channel_id,
+        commit.epoch,
+        commit.roster,
+        signed.commit_hash,
+        commit.content_hash(),
+        commit.history_policy,
+        tuple(sorted(used.items())),
     )
 
 
@@ -244,6 +271,8 @@ def _check_invitation(previous: ChannelState, commit: Commit, guest_id: str) -> 
         raise UnauthorisedCommitError(f"an invitation commit's proof does not hold: {error}") from error
     if ticket.channel_id != commit.channel_id:
         raise UnauthorisedCommitError("the invitation is for another channel")
+    if previous.uses_of(ticket.invite_id) >= ticket.uses:
+        raise UnauthorisedCommitError(f"the invitation admitted {ticket.uses} guest(s) already: it is used up")
     inviter = previous.roster.device(signed.signer_device_id)
     if inviter is None or not previous.roster.is_admin(signed.signer_device_id):
         raise UnauthorisedCommitError("the invitation was not signed by an admin's device")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey
 
-from parley.crypto.encoding import labelled, read_labelled
+from parley.crypto.encoding import labelled, read_labelled, read_u32, u32
 from parley.crypto.errors import MalformedInputError
 from parley.crypto.group_encoding import read_text, text
 from parley.crypto.group_errors import InvalidInvitationError
@@ -163,18 +163,22 @@ class InvitationTicket:
     channel_id: str
     invite_id: str
     secret_hash: bytes
+    uses: int
+    """How many guests it may admit: members refuse a commit that would admit one more."""
 
     def to_bytes(self) -> bytes:
-        return labelled("group-invitation-ticket", text(self.channel_id), text(self.invite_id), self.secret_hash)
+        return labelled(
+            "group-invitation-ticket", text(self.channel_id), text(self.invite_id), self.secret_hash, u32(self.uses)
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InvitationTicket:
-        channel, invite_id, secret_hash = read_labelled("group-invitation-ticket", data, 3)
-        return cls(read_text(channel), read_text(invite_id), secret_hash)
+        channel, invite_id, secret_hash, uses = read_labelled("group-invitation-ticket", data, 4)
+        return cls(read_text(channel), read_text(invite_id), secret_hash, read_u32(uses))
 
     @classmethod
-    def of(cls, invitation: Invitation) -> InvitationTicket:
-        return cls(invitation.channel_id, invitation.invite_id, secret_hash(invitation.secret))
+    def of(cls, invitation: Invitation, uses: int) -> InvitationTicket:
+        return cls(invitation.channel_id, invitation.invite_id, secret_hash(invitation.secret), uses)
 
 
 @dataclass(frozen=True)
@@ -196,8 +200,8 @@ def secret_hash(secret: bytes) -> bytes:
     return blake2b_256(labelled("group-invitation-secret", secret))
 
 
-def sign_ticket(invitation: Invitation, signer_device_id: str, signing_key: SigningKey) -> SignedTicket:
-    ticket = InvitationTicket.of(invitation).to_bytes()
+def sign_ticket(invitation: Invitation, uses: int, signer_device_id: str, signing_key: SigningKey) -> SignedTicket:
+    ticket = InvitationTicket.of(invitation, uses).to_bytes()
     return SignedTicket(ticket, signer_device_id, signing_key.sign(ticket).signature)
 
 

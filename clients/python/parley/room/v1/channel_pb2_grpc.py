@@ -95,6 +95,11 @@ class ChannelServiceStub:
                 request_serializer=parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsRequest.SerializeToString,
                 response_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsResponse.FromString,
                 _registered_method=True)
+        self.GetKeeper = channel.unary_unary(
+                '/parley.room.v1.ChannelService/GetKeeper',
+                request_serializer=parley_dot_room_dot_v1_dot_channel__pb2.GetKeeperRequest.SerializeToString,
+                response_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.GetKeeperResponse.FromString,
+                _registered_method=True)
 
 
 class ChannelServiceServicer:
@@ -185,9 +190,10 @@ class ChannelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RequestJoin(self, request, context):
-        """Asks the channel's admins to add the caller (member-admitted channels):
-        members online get a RoomChanged frame of kind KIND_JOIN_REQUESTED; an
-        admin's device adds the user with a commit, which ends the request.
+        """Asks the channel's admins to add the caller: members online get a
+        RoomChanged frame of kind KIND_JOIN_REQUESTED; an admin's device adds the
+        user with a commit, which ends the request. In a keeper channel whose
+        keeper is an admin, the keeper adds the user at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,6 +201,16 @@ class ChannelServiceServicer:
 
     def ListJoinRequests(self, request, context):
         """The open requests to join (members only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeeper(self, request, context):
+        """The app's keeper: the service identity that keeper channels add as an
+        admin, which then admits every user who asks to join (RequestJoin) with
+        nobody online. It holds those channels' keys, so keeper channels are NOT
+        end to end against the operator.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +273,11 @@ def add_ChannelServiceServicer_to_server(servicer, server):
                     servicer.ListJoinRequests,
                     request_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsRequest.FromString,
                     response_serializer=parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsResponse.SerializeToString,
+            ),
+            'GetKeeper': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeeper,
+                    request_deserializer=parley_dot_room_dot_v1_dot_channel__pb2.GetKeeperRequest.FromString,
+                    response_serializer=parley_dot_room_dot_v1_dot_channel__pb2.GetKeeperResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +583,33 @@ class ChannelService:
             '/parley.room.v1.ChannelService/ListJoinRequests',
             parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsRequest.SerializeToString,
             parley_dot_room_dot_v1_dot_channel__pb2.ListJoinRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeeper(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.room.v1.ChannelService/GetKeeper',
+            parley_dot_room_dot_v1_dot_channel__pb2.GetKeeperRequest.SerializeToString,
+            parley_dot_room_dot_v1_dot_channel__pb2.GetKeeperResponse.FromString,
             options,
             channel_credentials,
             insecure,

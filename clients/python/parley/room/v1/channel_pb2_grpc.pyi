@@ -79,12 +79,19 @@ class ChannelServiceStub:
     invitation. Expired, used up or burned: INVITATION_INVALID too.
     """
     RequestJoin: _grpc.UnaryUnaryMultiCallable[_channel_pb2.RequestJoinRequest, _channel_pb2.RequestJoinResponse]
-    """Asks the channel's admins to add the caller (member-admitted channels):
-    members online get a RoomChanged frame of kind KIND_JOIN_REQUESTED; an
-    admin's device adds the user with a commit, which ends the request.
+    """Asks the channel's admins to add the caller: members online get a
+    RoomChanged frame of kind KIND_JOIN_REQUESTED; an admin's device adds the
+    user with a commit, which ends the request. In a keeper channel whose
+    keeper is an admin, the keeper adds the user at once.
     """
     ListJoinRequests: _grpc.UnaryUnaryMultiCallable[_channel_pb2.ListJoinRequestsRequest, _channel_pb2.ListJoinRequestsResponse]
     """The open requests to join (members only)."""
+    GetKeeper: _grpc.UnaryUnaryMultiCallable[_channel_pb2.GetKeeperRequest, _channel_pb2.GetKeeperResponse]
+    """The app's keeper: the service identity that keeper channels add as an
+    admin, which then admits every user who asks to join (RequestJoin) with
+    nobody online. It holds those channels' keys, so keeper channels are NOT
+    end to end against the operator.
+    """
 
 @_typing.type_check_only
 class ChannelServiceAsyncStub(ChannelServiceStub):
@@ -137,12 +144,19 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     invitation. Expired, used up or burned: INVITATION_INVALID too.
     """
     RequestJoin: _aio.UnaryUnaryMultiCallable[_channel_pb2.RequestJoinRequest, _channel_pb2.RequestJoinResponse]  # type: ignore[assignment]
-    """Asks the channel's admins to add the caller (member-admitted channels):
-    members online get a RoomChanged frame of kind KIND_JOIN_REQUESTED; an
-    admin's device adds the user with a commit, which ends the request.
+    """Asks the channel's admins to add the caller: members online get a
+    RoomChanged frame of kind KIND_JOIN_REQUESTED; an admin's device adds the
+    user with a commit, which ends the request. In a keeper channel whose
+    keeper is an admin, the keeper adds the user at once.
     """
     ListJoinRequests: _aio.UnaryUnaryMultiCallable[_channel_pb2.ListJoinRequestsRequest, _channel_pb2.ListJoinRequestsResponse]  # type: ignore[assignment]
     """The open requests to join (members only)."""
+    GetKeeper: _aio.UnaryUnaryMultiCallable[_channel_pb2.GetKeeperRequest, _channel_pb2.GetKeeperResponse]  # type: ignore[assignment]
+    """The app's keeper: the service identity that keeper channels add as an
+    admin, which then admits every user who asks to join (RequestJoin) with
+    nobody online. It holds those channels' keys, so keeper channels are NOT
+    end to end against the operator.
+    """
 
 class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
     """Sealed group channels: a private room whose members move with a signed
@@ -252,9 +266,10 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _channel_pb2.RequestJoinRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_channel_pb2.RequestJoinResponse, _abc.Awaitable[_channel_pb2.RequestJoinResponse]]:
-        """Asks the channel's admins to add the caller (member-admitted channels):
-        members online get a RoomChanged frame of kind KIND_JOIN_REQUESTED; an
-        admin's device adds the user with a commit, which ends the request.
+        """Asks the channel's admins to add the caller: members online get a
+        RoomChanged frame of kind KIND_JOIN_REQUESTED; an admin's device adds the
+        user with a commit, which ends the request. In a keeper channel whose
+        keeper is an admin, the keeper adds the user at once.
         """
 
     @_abc_1.abstractmethod
@@ -264,5 +279,17 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_channel_pb2.ListJoinRequestsResponse, _abc.Awaitable[_channel_pb2.ListJoinRequestsResponse]]:
         """The open requests to join (members only)."""
+
+    @_abc_1.abstractmethod
+    def GetKeeper(
+        self,
+        request: _channel_pb2.GetKeeperRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_channel_pb2.GetKeeperResponse, _abc.Awaitable[_channel_pb2.GetKeeperResponse]]:
+        """The app's keeper: the service identity that keeper channels add as an
+        admin, which then admits every user who asks to join (RequestJoin) with
+        nobody online. It holds those channels' keys, so keeper channels are NOT
+        end to end against the operator.
+        """
 
 def add_ChannelServiceServicer_to_server(servicer: ChannelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -853,6 +853,10 @@ class RoomChange(_message.Message):
         """
         KIND_JOIN_REQUESTED: RoomChange._Kind.ValueType  # 4
         """Users who ask to join a channel: its members' connections are told."""
+        KIND_CHANNEL_COMMITTED: RoomChange._Kind.ValueType  # 5
+        """A channel moved to a new epoch: its members' connections are told, so
+        they read the commit before they send again.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: RoomChange.Kind.ValueType  # 0
@@ -865,6 +869,10 @@ class RoomChange(_message.Message):
     """
     KIND_JOIN_REQUESTED: RoomChange.Kind.ValueType  # 4
     """Users who ask to join a channel: its members' connections are told."""
+    KIND_CHANNEL_COMMITTED: RoomChange.Kind.ValueType  # 5
+    """A channel moved to a new epoch: its members' connections are told, so
+    they read the commit before they send again.
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     ROOM_FIELD_NUMBER: _builtins.int
