@@ -11,8 +11,10 @@ their device only.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 
 import grpc
@@ -21,6 +23,7 @@ from parley.api.v1 import errors_pb2
 from parley.crypto.errors import CryptoError
 from parley.crypto.group import (
     ChannelState,
+    MemberDevice,
     Roster,
     SignedCommit,
     SignedWrap,
@@ -70,6 +73,8 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
         keeper: Keeper,
     ) -> None:
         self._keeper = keeper
+        # One commit at a time per channel: verify, drop, store and follow the roster as one step.
+        self._committing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._storage = storage
         self._registry = registry
         self._members = members
@@ -144,22 +149,29 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
 
     async def Commit(self, request: channel_pb2.CommitRequest, context: Context) -> channel_pb2.CommitResponse:
         caller = _user(current_principal())
-        row = await self._member_channel(request.space_id, guests=True)
-        signed = _signed(request.commit)
-        state = _verified(ChannelState.from_bytes(row.state), signed)
-        admission = signed.commit().admission
-        if admission not in CHECKED_ADMISSIONS:
-            raise invalid_field("commit", f"admission must be one of {CHECKED_ADMISSIONS} in a Commit")
-        _signed_by_caller(state, signed, caller)
-        if admission == "invitation":  # the guest's own commit: it must have redeemed that invitation
-            _, ticket, _ = read_invitation_proof(signed.commit().proof)
-            if not await self._storage.use_grant(row.space_id, ticket.invite_id, caller.user_id):
-                raise invitation_invalid("redeem the invitation (RedeemInvitation) before committing with it")
-        elif not self._members.is_member(row.space_id, caller.user_id):
-            raise not_a_member(row.space_id)
-        wraps = _wraps(request.wraps)
-        _wraps_match(signed, wraps)
-        new_row = await self._store_commit(row, state, signed, wraps)
+        await self._member_channel(request.space_id, guests=True)
+        async with self._committing[request.space_id]:
+            row = await self._member_channel(request.space_id, guests=True)
+            signed = _signed(request.commit)
+            if _epoch_of(signed) <= row.epoch:
+                raise _taken(row.epoch)
+            state = _verified(ChannelState.from_bytes(row.state), signed)
+            admission = signed.commit().admission
+            if admission not in CHECKED_ADMISSIONS:
+                raise invalid_field("commit", f"admission must be one of {CHECKED_ADMISSIONS} in a Commit")
+            _signed_by_caller(state, signed, caller)
+            invite_id = ""
+            if admission == "invitation":  # the guest's own commit: it must have redeemed that invitation
+                invite_id = read_invitation_proof(signed.commit().proof)[1].invite_id
+                if not await self._storage.has_grant(row.space_id, caller.user_id, invite_id, _now_ms()):
+                    raise invitation_invalid("redeem the invitation (RedeemInvitation) before committing with it")
+            elif not self._members.is_member(row.space_id, caller.user_id):
+                raise not_a_member(row.space_id)
+            wraps = _wraps(request.wraps)
+            _wraps_match(signed, wraps)
+            new_row = await self._store_commit(row, state, signed, wraps)
+            if invite_id:
+                await self._storage.use_grant(row.space_id, invite_id, caller.user_id)
         return channel_pb2.CommitResponse(channel=_channel(new_row, member=True))
 
     async def _store_commit(
@@ -172,11 +184,7 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
         )
         commit = CommitRow(row.space_id, state.epoch, signed.commit_bytes, signed.signature)
         if not await self._storage.append_commit(new_row, commit, _rows(row.space_id, state.epoch, wraps)):
-            raise ServiceError(
-                grpc.StatusCode.ABORTED,
-                errors_pb2.ERROR_REASON_VALIDATION_FAILED,
-                f"another commit took epoch {state.epoch} first: fetch the chain and commit again",
-            )
+            raise _taken(state.epoch)
         await self._follow_roster(row.space_id, state)
         self._registry.channel_committed(self._registry.get(row.space_id))
         return new_row
@@ -288,8 +296,14 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
 
     async def _keeper_admits(self, row: ChannelRow, user_id: str) -> bool:
         """The keeper adds the user, if it is an admin of the channel; False when it is not (yet)."""
-        state = ChannelState.from_bytes(row.state)
         device = await self._keeper.device()
+        async with self._committing[row.space_id]:
+            current = await self._storage.channel(space_id=row.space_id)
+            assert current is not None
+            return await self._keeper_commits(current, user_id, device)
+
+    async def _keeper_commits(self, row: ChannelRow, user_id: str, device: MemberDevice) -> bool:
+        state = ChannelState.from_bytes(row.state)
         if not state.roster.is_admin(device.device_id):
             return False
         joining = await self._keeper.member(user_id)
@@ -315,7 +329,7 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
         if row is None:
             raise channel_not_found(repr(space_id))
         caller = current_principal()
-        guest = guests and await self._storage.has_grant(space_id, caller.user_id)
+        guest = guests and await self._storage.has_grant(space_id, caller.user_id, now_ms=_now_ms())
         if not self._may_read(space_id, caller) and not guest:
             raise not_a_member(space_id)
         return row
@@ -354,6 +368,21 @@ def _signed(commit: channel_pb2.SignedCommit) -> SignedCommit:
     if not commit.commit or not commit.signature:
         raise invalid_field("commit", "is required")
     return SignedCommit(commit.commit, commit.signature)
+
+
+def _epoch_of(signed: SignedCommit) -> int:
+    try:
+        return signed.commit().epoch
+    except CryptoError as error:
+        raise invalid_field("commit", f"refused: {error}") from None
+
+
+def _taken(epoch: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.ABORTED,
+        errors_pb2.ERROR_REASON_VALIDATION_FAILED,
+        f"another commit took epoch {epoch} first: fetch the chain and commit again",
+    )
 
 
 def _verified(previous: ChannelState | None, signed: SignedCommit) -> ChannelState:

@@ -249,11 +249,14 @@ class PostgresRoomStorage:
                 [burn_at, space_id, invite_id],
             )
 
-    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "") -> bool:
-        sql = "SELECT 1 FROM channel_grants WHERE space_id = %s AND user_id = %s"
-        args = [space_id, user_id]
+    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "", now_ms: int = 0) -> bool:
+        sql = (
+            "SELECT 1 FROM channel_grants g JOIN channel_invitations i USING (space_id, invite_id) "
+            "WHERE g.space_id = %s AND g.user_id = %s AND i.expires_ms > %s"
+        )
+        args: list[object] = [space_id, user_id, now_ms]
         if invite_id:
-            sql += " AND invite_id = %s"
+            sql += " AND g.invite_id = %s"
             args.append(invite_id)
         async with self._db.connection() as connection:
             cursor = await connection.execute(sql, args)

@@ -75,6 +75,8 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
             wait = self._creations.try_acquire(caller.user_id)
             if wait:
                 raise rate_limited("too many rooms created; try again later", wait)
+        if request.room_id.startswith(CHANNEL_ID_PREFIX):
+            raise invalid_field("room_id", f"{CHANNEL_ID_PREFIX!r} starts the ids of channels (ChannelService)")
         # Large schemas take a while to read and measure: not on the event loop.
         room, schema_bytes = await asyncio.to_thread(
             definitions.from_request, request, caller.user_id, self._max_schema_bytes
@@ -93,8 +95,14 @@ class RoomServicer(room_pb2_grpc.RoomServiceServicer):
         definitions.check_room_id(request.room_id)
         caller = current_principal()
 
+        channel_admin = False
+        if request.room_id.startswith(CHANNEL_ID_PREFIX) and not caller.is_service:
+            room = self._registry.get(request.room_id)
+            self._members.check_admin(room, caller)  # a channel's current admins, not a creator removed since
+            channel_admin = True
+
         async def delete() -> None:
-            room = await self._registry.delete(request.room_id, caller)
+            room = await self._registry.delete(request.room_id, caller, by_admin=channel_admin)
             self._membership.drop_room(request.room_id)
             if is_private(room):
                 await self._members.dropped(request.room_id)

@@ -284,11 +284,14 @@ class SqliteRoomStorage:
             )
         )
 
-    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "") -> bool:
-        sql = "SELECT 1 FROM channel_grants WHERE space_id = ? AND user_id = ?"
-        args = [space_id, user_id]
+    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "", now_ms: int = 0) -> bool:
+        sql = (
+            "SELECT 1 FROM channel_grants g JOIN channel_invitations i USING (space_id, invite_id) "
+            "WHERE g.space_id = ? AND g.user_id = ? AND i.expires_ms > ?"
+        )
+        args: list[object] = [space_id, user_id, now_ms]
         if invite_id:
-            sql += " AND invite_id = ?"
+            sql += " AND g.invite_id = ?"
             args.append(invite_id)
         return bool(await self._db.run(lambda db: db.execute(sql, args).fetchone()))
 

@@ -74,8 +74,9 @@ class RoomStorage(Protocol):
     async def count_failure(self, space_id: str, invite_id: str, burn_at: int) -> None:
         """One more wrong auth code; the invitation burns at `burn_at` of them."""
 
-    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "") -> bool:
-        """Whether the user redeemed an invitation to the channel (that one, if given) and has not used it."""
+    async def has_grant(self, space_id: str, user_id: str, invite_id: str = "", now_ms: int = 0) -> bool:
+        """Whether the user redeemed an invitation to the channel (that one, if given), has not used it, and the
+        invitation has not expired by `now_ms`."""
 
     async def use_grant(self, space_id: str, invite_id: str, user_id: str) -> bool: ...
 

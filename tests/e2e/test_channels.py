@@ -258,3 +258,38 @@ async def test_a_keeper_channel_lets_users_in_with_nobody_online(server_address:
     async with Client(server_address, key_file=tmp_path / "ann.json") as ann_again:
         lobby = await ann_again.space.join_channel(name)
         assert [m.body for m in await lobby.history()] == [{"text": "anyone here?"}]
+
+
+async def test_two_admins_committing_at_once_both_get_their_change(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, cyd):
+        dan = await invited(server_address, tmp_path, "dan")
+        try:
+            name = f"both-{secrets.token_hex(3)}"
+            crew = await ann.space.create_channel(name)
+            await crew.add_member(ben.user_id, admin=True)
+            await crew.add_member(cyd.user_id)
+            ben_crew = await ben.space.join_channel(name)
+            await asyncio.gather(crew.remove_member(cyd.user_id), ben_crew.add_member(dan.user_id))
+            await crew.sync()
+            assert sorted(m.user_id for m in await crew.members()) == sorted([ann.user_id, ben.user_id, dan.user_id])
+            assert crew.epoch == 4
+        finally:
+            await dan.close()
+
+
+async def test_a_channel_is_deleted_by_a_current_admin_not_a_removed_creator(
+    server_address: str, tmp_path: Path
+) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, _):
+        name = f"owned-{secrets.token_hex(3)}"
+        crew = await ann.space.create_channel(name)
+        await crew.add_member(ben.user_id, admin=True)
+        ben_crew = await ben.space.join_channel(name)
+        await ben_crew.remove_member(ann.user_id)
+        with pytest.raises(PermissionDeniedError, match="NOT_A_MEMBER"):
+            await ann.delete_room(crew.space_id)
+        with pytest.raises(ParleyError, match="channels"):
+            await ann.create_room("sp-" + "0" * 32)
+        await ben.delete_room(crew.space_id)
+        with pytest.raises(ChannelNotFoundError):
+            await ben.space.join_channel(name)

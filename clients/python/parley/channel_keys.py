@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import grpc
 
 from parley.auth import Auth
 from parley.crypto import group
@@ -24,9 +26,12 @@ from parley.crypto.primitives import constant_time_equal
 from parley.crypto.x3dh import DeviceKeys, DeviceSecrets
 from parley.device_identity import DeviceIdentity
 from parley.e2e_state import E2eState
+from parley.errors import ParleyError
 from parley.room.v1 import channel_pb2, channel_pb2_grpc
 
 _CHANNELS = "channels"
+# Commits made again when another one took the epoch first.
+COMMIT_ATTEMPTS = 3
 _COUNTERS = "channel_counters"
 
 
@@ -162,29 +167,37 @@ class ChannelKeys:
         await self._state.persist()
 
     async def commit(
-        self, roster: group.Roster, *, admission: str = "admin", proof: bytes = b""
+        self, change: Callable[[group.Roster], group.Roster], *, admission: str = "admin", proof: bytes = b""
     ) -> channel_pb2.Channel:
-        """Moves the channel to a new epoch for exactly `roster`'s devices: as an admin's device, or with another
-        admission (a guest's "invitation" with its proof, a member's new "device")."""
-        await self.sync()
-        latest = self.latest
-        committed = group.commit_epoch(
-            latest,
-            roster,
-            channel_id=self.space_id,
-            committer_device_id=self._own.keys.device_id,
-            signing_key=self._identity.device_signing_key,
-            admission=admission,
-            history_policy=latest.history_policy if latest else group.MEMBERS_SINCE_JOIN,
-            proof=proof,
-        )
-        request = channel_pb2.CommitRequest(
-            space_id=self.space_id, commit=_signed_proto(committed.signed), wraps=_wrap_protos(committed.wraps)
-        )
-        response = await self._auth.call(self._stub.Commit, request)
-        self._keep(committed.epoch)
-        await self._state.persist()
-        return response.channel
+        """Moves the channel to a new epoch for the roster `change` makes of the latest one: as an admin's device,
+        or with another admission (a guest's "invitation" with its proof, a member's new "device"). When another
+        commit takes the epoch first, the change is made again on top of it (up to COMMIT_ATTEMPTS times)."""
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            await self.sync()
+            latest = self.latest
+            committed = group.commit_epoch(
+                latest,
+                change(self.roster),
+                channel_id=self.space_id,
+                committer_device_id=self._own.keys.device_id,
+                signing_key=self._identity.device_signing_key,
+                admission=admission,
+                history_policy=latest.history_policy if latest else group.MEMBERS_SINCE_JOIN,
+                proof=proof,
+            )
+            request = channel_pb2.CommitRequest(
+                space_id=self.space_id, commit=_signed_proto(committed.signed), wraps=_wrap_protos(committed.wraps)
+            )
+            try:
+                response = await self._auth.call(self._stub.Commit, request)
+            except ParleyError as error:
+                if error.code != grpc.StatusCode.ABORTED or attempt == COMMIT_ATTEMPTS:
+                    raise
+                continue
+            self._keep(committed.epoch)
+            await self._state.persist()
+            return response.channel
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def member(self, user_id: str, user_key: bytes, devices: tuple[DeviceKeys, ...], role: str) -> group.Member:
         return group.Member(

@@ -190,9 +190,10 @@ class Spaces:
             raise group.InvalidInvitationError("the invitation was not made by the admin device its code names")
         me = await parts.trust.peer(self._auth.identity.user_id, refresh=True)
         guest = keys.member(me.user_id, me.user_signing_key, me.devices, group.MEMBER)
-        roster = group.Roster(tuple(sorted((*keys.roster.members, guest), key=lambda m: m.user_id)))
         channel = await keys.commit(
-            roster, admission="invitation", proof=group.invitation_proof(ticket, invitation.secret)
+            lambda roster: _with(roster, guest),
+            admission="invitation",
+            proof=group.invitation_proof(ticket, invitation.secret),
         )
         return await self._opened(channel, keys)
 
@@ -237,8 +238,7 @@ class Spaces:
         parts = await self._direct.ready()
         me = await parts.trust.peer(own.user_id, refresh=True)
         updated = keys.member(own.user_id, me.user_signing_key, me.devices, member.role)
-        others = [m for m in keys.roster.members if m.user_id != own.user_id]
-        await keys.commit(group.Roster(tuple(sorted((*others, updated), key=lambda m: m.user_id))), admission="device")
+        await keys.commit(lambda roster: _with(_without(roster, own.user_id), updated), admission="device")
 
 
 class Space:
@@ -377,19 +377,17 @@ class Space:
         role = group.ADMIN if admin else group.MEMBER
         added = self._keys.member(peer.user_id, peer.user_signing_key, peer.devices, role)
         await self._keys.sync()
-        roster = self._keys.roster
-        if roster.member(user_id) is not None:
+        if self._keys.roster.member(user_id) is not None:
             raise ValueError(f"{user_id!r} is a member already")
-        await self._keys.commit(group.Roster(tuple(sorted((*roster.members, added), key=lambda m: m.user_id))))
+        await self._keys.commit(lambda roster: _with(_without(roster, user_id), added))
 
     async def remove_member(self, user_id: str) -> None:
         """Removes a user in a new epoch with a fresh secret for the remaining devices: their connections
         leave the room at once and they cannot read what is sent from now on (they keep what they read)."""
         await self._keys.sync()
-        roster = self._keys.roster
-        if roster.member(user_id) is None:
+        if self._keys.roster.member(user_id) is None:
             raise ValueError(f"{user_id!r} is not a member")
-        await self._keys.commit(group.Roster(tuple(m for m in roster.members if m.user_id != user_id)))
+        await self._keys.commit(lambda roster: _without(roster, user_id))
 
     async def sync(self) -> None:
         """Reads commits made by others (also done when a message of an unknown epoch arrives)."""
@@ -469,3 +467,11 @@ def _sealed_bytes(data: Any) -> bytes:
 
 def _info(channel: channel_pb2.Channel) -> ChannelInfo:
     return ChannelInfo(channel.space_id, channel.name, channel.kind != channel_pb2.CHANNEL_KIND_KEEPER, channel.epoch)
+
+
+def _with(roster: group.Roster, member: group.Member) -> group.Roster:
+    return group.Roster(tuple(sorted((*roster.members, member), key=lambda m: m.user_id)))
+
+
+def _without(roster: group.Roster, user_id: str) -> group.Roster:
+    return group.Roster(tuple(m for m in roster.members if m.user_id != user_id))
