@@ -394,11 +394,13 @@ def test_a_keeper_listed_as_admin_commits() -> None:
     assert committed.epoch.state.roster == roster
 
 
-def ticket_proof(channel: Channel, signer: str = "alice-phone", channel_id: str = "") -> bytes:
-    """The proof a guest puts in its commit: a ticket signed by `signer`'s device, and the invitation's secret."""
+def ticket_proof(channel: Channel, signer: str = "alice-phone", channel_id: str = "", guest: str = "dave") -> bytes:
+    """The proof guest `guest` puts in the next commit: a ticket signed by `signer`'s device, and its signature
+    with the invitation's derived key over its user id and the place in the chain."""
     device = channel.devices[signer]
     invitation = Invitation.generate(channel_id or channel.state.channel_id, "invite-1", bytes(32))
-    return invitation_proof(sign_ticket(invitation, 1, device.device_id, device.signing_key), invitation.secret)
+    signed = sign_ticket(invitation, 1, device.device_id, device.signing_key)
+    return invitation_proof(signed, invitation, channel.state.epoch + 1, channel.state.commit_hash, guest)
 
 
 def test_a_guest_admits_itself_with_an_invitation(channel: Channel) -> None:
@@ -412,38 +414,41 @@ def test_a_guest_admits_itself_with_an_invitation(channel: Channel) -> None:
 def test_an_invitation_admits_no_more_guests_than_its_ticket_says(channel: Channel) -> None:
     device = channel.devices["alice-phone"]
     invitation = Invitation.generate(channel.state.channel_id, "invite-2", bytes(32))
-    proof = invitation_proof(sign_ticket(invitation, 2, device.device_id, device.signing_key), invitation.secret)
+    signed = sign_ticket(invitation, 2, device.device_id, device.signing_key)
     for n, name in enumerate(("dave", "erin", "fay")):
         guest = make_user(name)
         channel.devices[f"{name}-phone"] = guest.new_device()
         roster = Roster((*channel.state.roster.members, guest.member(MEMBER, channel.devices[f"{name}-phone"])))
-        if n < 2:  # the same proof (a copy of the first guest's) admits the second too: the ticket allows 2
-            assert (
-                channel.commit(roster, f"{name}-phone", "invitation", proof=proof).epoch.state.uses_of("invite-2")
-                == n + 1
-            )
+        proof = invitation_proof(signed, invitation, channel.state.epoch + 1, channel.state.commit_hash, name)
+        if n < 2:
+            committed = channel.commit(roster, f"{name}-phone", "invitation", proof=proof)
+            assert committed.epoch.state.uses_of("invite-2") == n + 1
         else:
             with pytest.raises(UnauthorisedCommitError, match="used up"):
                 verify_commit(channel.state, channel.raw_commit(roster, f"{name}-phone", "invitation", proof=proof))
 
 
-def test_an_invitation_proof_must_come_from_an_admin_for_this_channel_with_its_secret(channel: Channel) -> None:
+def test_an_invitation_proof_must_come_from_an_admin_for_this_channel_and_guest_and_place(channel: Channel) -> None:
     dave = make_user("dave")
     channel.devices["dave-phone"] = dave.new_device()
     roster = Roster((*channel.full_roster().members, dave.member(MEMBER, channel.devices["dave-phone"])))
-    good = ticket_proof(channel)
-    signed, _, secret = read_invitation_proof(good)
+    signed, _, guest_signature = read_invitation_proof(ticket_proof(channel))
     forged = SignedTicket(signed.ticket, signed.signer_device_id, bytes(64))
     cases = [
         (ticket_proof(channel, signer="bob-phone"), "not signed by an admin"),
         (ticket_proof(channel, channel_id="sp-" + "0" * 32), "another channel"),
-        (invitation_proof(signed, bytes(32)), "not the one the ticket names"),
-        (invitation_proof(forged, secret), "signature does not verify"),
+        (ticket_proof(channel, guest="erin"), "not made by a guest"),  # erin's proof, copied by dave
+        (labelled("group-invitation-proof", forged.to_bytes(), guest_signature), "signature does not verify"),
         (b"invite-1", "does not hold"),
     ]
     for proof, reason in cases:
         with pytest.raises(RejectedCommitError, match=reason):
             verify_commit(channel.state, channel.raw_commit(roster, "dave-phone", "invitation", proof=proof))
+    stale = ticket_proof(channel)
+    channel.commit(channel.full_roster(), "alice-phone")  # the chain moves on: the proof was for the epoch before
+    roster = Roster((*channel.full_roster().members, dave.member(MEMBER, channel.devices["dave-phone"])))
+    with pytest.raises(RejectedCommitError, match="not made by a guest"):
+        verify_commit(channel.state, channel.raw_commit(roster, "dave-phone", "invitation", proof=stale))
 
 
 def test_an_invitation_commit_adds_one_plain_member_and_changes_nothing_else(channel: Channel) -> None:

@@ -167,7 +167,11 @@ class ChannelKeys:
         await self._state.persist()
 
     async def commit(
-        self, change: Callable[[group.Roster], group.Roster], *, admission: str = "admin", proof: bytes = b""
+        self,
+        change: Callable[[group.Roster], group.Roster],
+        *,
+        admission: str = "admin",
+        prove: Callable[[group.ChannelState], bytes] | None = None,
     ) -> channel_pb2.Channel:
         """Moves the channel to a new epoch for the roster `change` makes of the latest one: as an admin's device,
         or with another admission (a guest's "invitation" with its proof, a member's new "device"). When another
@@ -183,7 +187,7 @@ class ChannelKeys:
                 signing_key=self._identity.device_signing_key,
                 admission=admission,
                 history_policy=latest.history_policy if latest else group.MEMBERS_SINCE_JOIN,
-                proof=proof,
+                proof=prove(latest) if prove is not None and latest is not None else b"",
             )
             request = channel_pb2.CommitRequest(
                 space_id=self.space_id, commit=_signed_proto(committed.signed), wraps=_wrap_protos(committed.wraps)
@@ -240,6 +244,10 @@ class ChannelKeys:
     async def persist(self) -> None:
         """Counters and replay guards on disk: before a sealed message leaves, and once one has opened."""
         await self._state.persist()
+
+    def holds_commit(self, commit_hash: bytes) -> bool:
+        """Whether the verified chain held has a commit with this hash."""
+        return any(constant_time_equal(s.commit_hash, commit_hash) for s in self._held.states.values())
 
     def knows_epoch(self, epoch: int) -> bool:
         return epoch in self._held.secrets

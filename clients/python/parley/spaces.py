@@ -188,12 +188,16 @@ class Spaces:
             group.admitter_key_hash(inviter.signing_key), invitation.admitter_key_hash
         ):
             raise group.InvalidInvitationError("the invitation was not made by the admin device its code names")
+        if not keys.holds_commit(invitation.chain_hash):
+            raise group.InvalidInvitationError("the channel's chain is not the one the invitation was made in")
         me = await parts.trust.peer(self._auth.identity.user_id, refresh=True)
         guest = keys.member(me.user_id, me.user_signing_key, me.devices, group.MEMBER)
         channel = await keys.commit(
             lambda roster: _with(roster, guest),
             admission="invitation",
-            proof=group.invitation_proof(ticket, invitation.secret),
+            prove=lambda latest: group.invitation_proof(
+                ticket, invitation, latest.epoch + 1, latest.commit_hash, me.user_id
+            ),
         )
         return await self._opened(channel, keys)
 
@@ -348,8 +352,14 @@ class Space:
         """
         parts = await self._direct.ready()
         own = parts.own.keys
+        await self._keys.sync()
+        latest = self._keys.latest
+        assert latest is not None  # an opened channel holds its chain
         invitation = group.Invitation.generate(
-            self.space_id, secrets.token_urlsafe(12), group.admitter_key_hash(own.device_signing_key)
+            self.space_id,
+            secrets.token_urlsafe(12),
+            group.admitter_key_hash(own.device_signing_key),
+            chain_hash=latest.commit_hash,
         )
         code = group.auth_code()
         ticket = group.sign_ticket(invitation, uses, own.device_id, self._auth.identity.device_signing_key)

@@ -32,7 +32,7 @@ from parley.crypto.encoding import labelled, read_labelled
 from parley.crypto.errors import MalformedInputError
 from parley.crypto.group_encoding import labelled_list, read_labelled_list, read_text, read_u64, text, u64
 from parley.crypto.group_errors import BrokenChainError, ForgedCommitError, UnauthorisedCommitError
-from parley.crypto.group_invitation import read_invitation_proof
+from parley.crypto.group_invitation import guest_use_bytes, read_invitation_proof
 from parley.crypto.group_roster import MEMBER, MemberDevice, Roster
 from parley.crypto.primitives import blake2b_256, constant_time_equal
 
@@ -266,7 +266,7 @@ def _check_invitation(previous: ChannelState, commit: Commit, guest_id: str) -> 
     if not commit.proof:
         raise UnauthorisedCommitError("an invitation commit names its invitation in the proof")
     try:
-        signed, ticket, _ = read_invitation_proof(commit.proof)
+        signed, ticket, guest_signature = read_invitation_proof(commit.proof)
     except MalformedInputError as error:
         raise UnauthorisedCommitError(f"an invitation commit's proof does not hold: {error}") from error
     if ticket.channel_id != commit.channel_id:
@@ -278,6 +278,9 @@ def _check_invitation(previous: ChannelState, commit: Commit, guest_id: str) -> 
         raise UnauthorisedCommitError("the invitation was not signed by an admin's device")
     if not identity.verify_signature(inviter.signing_key, signed.ticket, signed.signature):
         raise ForgedCommitError("the invitation's signature does not verify under its admin's device key")
+    use = guest_use_bytes(commit.channel_id, commit.epoch, commit.previous_hash, guest_id)
+    if not identity.verify_signature(ticket.guest_key, use, guest_signature):
+        raise UnauthorisedCommitError("the proof was not made by a guest who knows the invitation, for this commit")
     if _without(commit.roster, guest_id) != previous.roster:
         raise UnauthorisedCommitError("an invitation commit adds its guest and changes nothing else")
 

@@ -20,7 +20,7 @@ from nacl.signing import SigningKey
 
 from parley.crypto.encoding import labelled, read_labelled, read_u32, u32
 from parley.crypto.errors import MalformedInputError
-from parley.crypto.group_encoding import read_text, text
+from parley.crypto.group_encoding import read_text, text, u64
 from parley.crypto.group_errors import InvalidInvitationError
 from parley.crypto.primitives import (
     HASH_BYTES,
@@ -51,26 +51,43 @@ class Invitation:
     admitter_key_hash: bytes
     """`admitter_key_hash(key)` of the admitter's signing key, which the package must come from."""
     secret: bytes = field(repr=False)
+    chain_hash: bytes = bytes(HASH_BYTES)
+    """The commit hash of the channel's epoch when the invitation was made: the guest finds it in the chain,
+    so a server cannot lead it into a channel of its own making under the same id."""
 
     def __post_init__(self) -> None:
         if len(self.admitter_key_hash) != HASH_BYTES:
             raise InvalidInvitationError(f"an admitter key hash is {HASH_BYTES} bytes")
         if len(self.secret) != INVITATION_SECRET_BYTES:
             raise InvalidInvitationError(f"an invitation secret is {INVITATION_SECRET_BYTES} bytes")
+        if len(self.chain_hash) != HASH_BYTES:
+            raise InvalidInvitationError(f"a chain hash is {HASH_BYTES} bytes")
 
     @classmethod
-    def generate(cls, channel_id: str, invite_id: str, admitter_key_hash: bytes, rng: Rng = system_rng) -> Invitation:
-        return cls(channel_id, invite_id, admitter_key_hash, rng(INVITATION_SECRET_BYTES))
+    def generate(
+        cls,
+        channel_id: str,
+        invite_id: str,
+        admitter_key_hash: bytes,
+        rng: Rng = system_rng,
+        chain_hash: bytes = bytes(HASH_BYTES),
+    ) -> Invitation:
+        return cls(channel_id, invite_id, admitter_key_hash, rng(INVITATION_SECRET_BYTES), chain_hash)
 
     def to_bytes(self) -> bytes:
         return labelled(
-            "group-invitation", text(self.channel_id), text(self.invite_id), self.admitter_key_hash, self.secret
+            "group-invitation",
+            text(self.channel_id),
+            text(self.invite_id),
+            self.admitter_key_hash,
+            self.secret,
+            self.chain_hash,
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Invitation:
-        channel, invite_id, key_hash, secret = read_labelled("group-invitation", data, 4)
-        return cls(read_text(channel), read_text(invite_id), key_hash, secret)
+        channel, invite_id, key_hash, secret, chain_hash = read_labelled("group-invitation", data, 5)
+        return cls(read_text(channel), read_text(invite_id), key_hash, secret, chain_hash)
 
     def to_text(self) -> str:
         return INVITATION_PREFIX + base64.urlsafe_b64encode(self.to_bytes()).rstrip(b"=").decode()
@@ -153,32 +170,35 @@ def _package_ad(invitation: Invitation) -> bytes:
 
 @dataclass(frozen=True)
 class InvitationTicket:
-    """What an admin's device signs when it invites: the channel, the invitation, the hash of its secret.
+    """What an admin's device signs when it invites: the channel, the invitation, how many guests it admits,
+    and the public half of a key derived from the invitation's secret.
 
-    The inviter seals the signed ticket into the invitation's package; the guest puts it, with the secret,
-    into the proof of the commit that admits it (`invitation_proof`), so every member can check that an
-    admin invited someone who knew the secret.
+    The inviter seals the signed ticket into the invitation's package. A guest admits itself with a commit
+    whose proof holds the ticket and a signature, by that derived key, over the guest's user id and the
+    place in the chain it joins at: every member can check that an admin invited someone who knew the
+    secret, for this place only, without the secret ever leaving the guest.
     """
 
     channel_id: str
     invite_id: str
-    secret_hash: bytes
+    guest_key: bytes
     uses: int
     """How many guests it may admit: members refuse a commit that would admit one more."""
 
     def to_bytes(self) -> bytes:
         return labelled(
-            "group-invitation-ticket", text(self.channel_id), text(self.invite_id), self.secret_hash, u32(self.uses)
+            "group-invitation-ticket", text(self.channel_id), text(self.invite_id), self.guest_key, u32(self.uses)
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InvitationTicket:
-        channel, invite_id, secret_hash, uses = read_labelled("group-invitation-ticket", data, 4)
-        return cls(read_text(channel), read_text(invite_id), secret_hash, read_u32(uses))
+        channel, invite_id, guest_key, uses = read_labelled("group-invitation-ticket", data, 4)
+        return cls(read_text(channel), read_text(invite_id), guest_key, read_u32(uses))
 
     @classmethod
     def of(cls, invitation: Invitation, uses: int) -> InvitationTicket:
-        return cls(invitation.channel_id, invitation.invite_id, secret_hash(invitation.secret), uses)
+        key = _guest_signing_key(invitation.secret, invitation.invite_id).verify_key.encode()
+        return cls(invitation.channel_id, invitation.invite_id, key, uses)
 
 
 @dataclass(frozen=True)
@@ -196,29 +216,41 @@ class SignedTicket:
         return cls(ticket, read_text(signer), signature)
 
 
-def secret_hash(secret: bytes) -> bytes:
-    return blake2b_256(labelled("group-invitation-secret", secret))
-
-
 def sign_ticket(invitation: Invitation, uses: int, signer_device_id: str, signing_key: SigningKey) -> SignedTicket:
     ticket = InvitationTicket.of(invitation, uses).to_bytes()
     return SignedTicket(ticket, signer_device_id, signing_key.sign(ticket).signature)
 
 
-def invitation_proof(signed: SignedTicket, secret: bytes) -> bytes:
-    """A guest's commit proof: the admin's signed ticket and the secret it names."""
-    return labelled("group-invitation-proof", signed.to_bytes(), secret)
+def guest_use_bytes(channel_id: str, epoch: int, previous_hash: bytes, guest_user_id: str) -> bytes:
+    """What a guest signs with the invitation's derived key: who joins, where in the chain."""
+    return labelled("group-invitation-use", text(channel_id), u64(epoch), previous_hash, text(guest_user_id))
+
+
+def invitation_proof(
+    signed: SignedTicket, invitation: Invitation, epoch: int, previous_hash: bytes, guest_user_id: str
+) -> bytes:
+    """A guest's commit proof for the commit with `epoch` after the one whose hash is `previous_hash`."""
+    key = _guest_signing_key(invitation.secret, invitation.invite_id)
+    use = guest_use_bytes(invitation.channel_id, epoch, previous_hash, guest_user_id)
+    return labelled("group-invitation-proof", signed.to_bytes(), key.sign(use).signature)
 
 
 def read_invitation_proof(proof: bytes) -> tuple[SignedTicket, InvitationTicket, bytes]:
-    """(signed ticket, ticket, secret) of a proof; `InvalidInvitationError` if it does not parse or the secret
-    is not the ticket's."""
+    """(signed ticket, ticket, the guest's signature) of a proof; `InvalidInvitationError` if it does not parse."""
     try:
-        signed_bytes, secret = read_labelled("group-invitation-proof", proof, 2)
+        signed_bytes, guest_signature = read_labelled("group-invitation-proof", proof, 2)
         signed = SignedTicket.from_bytes(signed_bytes)
         ticket = InvitationTicket.from_bytes(signed.ticket)
     except MalformedInputError as error:
         raise InvalidInvitationError(f"not an invitation proof: {error}") from error
-    if not constant_time_equal(secret_hash(secret), ticket.secret_hash):
-        raise InvalidInvitationError("the proof's secret is not the one the ticket names")
-    return signed, ticket, secret
+    return signed, ticket, guest_signature
+
+
+def _guest_signing_key(secret: bytes, invite_id: str) -> SigningKey:
+    seed = hkdf_sha256(
+        secret,
+        salt=blake2b_256(labelled("group-invitation-salt", text(invite_id))),
+        info=b"parley/v1/group-invitation guest key",
+        length=HASH_BYTES,
+    )
+    return SigningKey(seed)
