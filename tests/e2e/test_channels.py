@@ -293,3 +293,21 @@ async def test_a_channel_is_deleted_by_a_current_admin_not_a_removed_creator(
         await ben.delete_room(crew.space_id)
         with pytest.raises(ChannelNotFoundError):
             await ben.space.join_channel(name)
+
+
+async def test_a_revoked_device_leaves_the_roster_at_the_next_commit(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, cyd):
+        name = f"revoked-{secrets.token_hex(3)}"
+        crew = await ann.space.create_channel(name)
+        tablet = await ben.add_device("tablet")
+        tablet.save(tmp_path / "ben-tablet.json")
+        async with Client(server_address, key_file=tmp_path / "ben-tablet.json") as on_tablet:
+            await on_tablet.publish_prekeys()
+            await crew.add_member(ben.user_id)
+            await on_tablet.space.join_channel(name)
+        ben_member = next(m for m in await crew.members() if m.user_id == ben.user_id)
+        assert {d.device_id for d in ben_member.devices} == {ben.device_id, tablet.device_id}
+        await ben.revoke_device(tablet.device_id)
+        await crew.add_member(cyd.user_id)  # any commit: the revoked tablet gets no secret of the new epoch
+        ben_member = next(m for m in await crew.members() if m.user_id == ben.user_id)
+        assert {d.device_id for d in ben_member.devices} == {ben.device_id}

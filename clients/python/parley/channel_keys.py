@@ -11,6 +11,7 @@ store (sections "channels" and "channel_counters").
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 import time
@@ -85,6 +86,7 @@ class ChannelKeys:
         self._held = _Held.from_json(state.get_json(_CHANNELS, space_id), state.get_json(_COUNTERS, space_id))
         # Keys derived once per epoch (the secrets do not change).
         self._derived: dict[int, group.EpochKeys] = {}
+        self._syncing = asyncio.Lock()
 
     @property
     def _stub(self) -> channel_pb2_grpc.ChannelServiceAsyncStub:
@@ -104,6 +106,11 @@ class ChannelKeys:
         if latest is None:
             raise group.UnknownEpochError(f"no epoch of {self.space_id} is known yet")
         return latest.roster
+
+    @property
+    def sealing_epoch(self) -> int | None:
+        """The newest epoch whose secret this device holds: the one it seals in."""
+        return max(self._held.secrets, default=None)
 
     def authenticator(self) -> bytes:
         """The current epoch's authenticator: every member device that holds the epoch derives the same."""
@@ -134,8 +141,17 @@ class ChannelKeys:
         await self._state.persist()
         return response.channel
 
+    async def settled(self) -> None:
+        """Returns once no sync is under way (a message sealed now uses what that sync found)."""
+        async with self._syncing:
+            return
+
     async def sync(self) -> None:
-        """Verifies the commits this device has not seen and opens the wraps made for it."""
+        """Verifies the commits this device has not seen and opens the wraps made for it (one sync at a time)."""
+        async with self._syncing:
+            await self._sync()
+
+    async def _sync(self) -> None:
         latest = self.latest
         first = self._first_missing()
         listed = await self._auth.call(
@@ -178,30 +194,44 @@ class ChannelKeys:
         commit takes the epoch first, the change is made again on top of it (up to COMMIT_ATTEMPTS times)."""
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             await self.sync()
-            latest = self.latest
-            committed = group.commit_epoch(
-                latest,
-                change(self.roster),
-                channel_id=self.space_id,
-                committer_device_id=self._own.keys.device_id,
-                signing_key=self._identity.device_signing_key,
-                admission=admission,
-                history_policy=latest.history_policy if latest else group.MEMBERS_SINCE_JOIN,
-                proof=prove(latest) if prove is not None and latest is not None else b"",
-            )
-            request = channel_pb2.CommitRequest(
-                space_id=self.space_id, commit=_signed_proto(committed.signed), wraps=_wrap_protos(committed.wraps)
-            )
-            try:
-                response = await self._auth.call(self._stub.Commit, request)
-            except ParleyError as error:
-                if error.code != grpc.StatusCode.ABORTED or attempt == COMMIT_ATTEMPTS:
-                    raise
-                continue
-            self._keep(committed.epoch)
-            await self._state.persist()
-            return response.channel
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            async with self._syncing:  # no sync (of a commit notice) between reading the roster and keeping
+                result = await self._commit_once(change, admission, prove)
+            if result is not None:
+                return result
+            if attempt == COMMIT_ATTEMPTS:
+                break
+        raise ParleyError(grpc.StatusCode.ABORTED, "VALIDATION_FAILED", "other commits kept taking the epoch first")
+
+    async def _commit_once(
+        self,
+        change: Callable[[group.Roster], group.Roster],
+        admission: str,
+        prove: Callable[[group.ChannelState], bytes] | None,
+    ) -> channel_pb2.Channel | None:
+        """One attempt: the channel after it, or None when another commit took the epoch first."""
+        latest = self.latest
+        committed = group.commit_epoch(
+            latest,
+            change(self.roster),
+            channel_id=self.space_id,
+            committer_device_id=self._own.keys.device_id,
+            signing_key=self._identity.device_signing_key,
+            admission=admission,
+            history_policy=latest.history_policy if latest else group.MEMBERS_SINCE_JOIN,
+            proof=prove(latest) if prove is not None and latest is not None else b"",
+        )
+        request = channel_pb2.CommitRequest(
+            space_id=self.space_id, commit=_signed_proto(committed.signed), wraps=_wrap_protos(committed.wraps)
+        )
+        try:
+            response = await self._auth.call(self._stub.Commit, request)
+        except ParleyError as error:
+            if error.code != grpc.StatusCode.ABORTED:
+                raise
+            return None
+        self._keep(committed.epoch)
+        await self._state.persist()
+        return response.channel
 
     def member(self, user_id: str, user_key: bytes, devices: tuple[DeviceKeys, ...], role: str) -> group.Member:
         return group.Member(

@@ -27,7 +27,7 @@ from parley.channel_keys import ChannelKeys
 from parley.crypto import group
 from parley.crypto.errors import CryptoError, MalformedInputError
 from parley.crypto.primitives import constant_time_equal
-from parley.errors import NotFoundError, PermissionDeniedError
+from parley.errors import NotFoundError, ParleyError, PermissionDeniedError
 from parley.room.v1 import channel_pb2, channel_pb2_grpc
 from parley.rooms import EventChange, Room, RoomEvent, Signal
 
@@ -272,8 +272,8 @@ class Space:
 
     @property
     def epoch(self) -> int:
-        latest = self._keys.latest
-        return latest.epoch if latest else 0
+        """The newest epoch this device holds the secret of: the one its messages are sealed in."""
+        return self._keys.sealing_epoch or 0
 
     @property
     def authenticator(self) -> bytes:
@@ -282,16 +282,12 @@ class Space:
 
     async def send_message(self, body: Any) -> str:
         """Seals `body` (any JSON value) for the channel and publishes it; returns the message's handle."""
-        sealed = self._sealed("message", body)
-        await self._keys.persist()  # its counter is on disk before it leaves: a restart never reuses it
-        published = await self._room.trigger(MESSAGE_EVENT, sealed)
+        published = await self._room.trigger(MESSAGE_EVENT, await self._sealed_now("message", body))
         return published.handle
 
     async def edit_message(self, handle: str, body: Any) -> None:
         """Replaces the body of a message you sent (NOT_AUTHOR otherwise); members get it sealed anew."""
-        sealed = self._sealed("edit", body)
-        await self._keys.persist()
-        await self._room.edit(handle, sealed)
+        await self._room.edit(handle, await self._sealed_now("edit", body))
 
     async def delete_message(self, handle: str) -> None:
         """Deletes a message you sent (NOT_AUTHOR otherwise)."""
@@ -299,9 +295,7 @@ class Space:
 
     async def send_ephemeral(self, subject: str, data: Any = None) -> None:
         """A signal (typing, a cursor) to the members online now, sealed too, never stored."""
-        sealed = self._sealed(subject, data, signal=True)
-        await self._keys.persist()
-        await self._room.send_ephemeral(subject, sealed)
+        await self._room.send_ephemeral(subject, await self._sealed_now(subject, data, signal=True))
 
     def on_message(self, handler: MessageHandler) -> None:
         self._message_handlers.append(handler)
@@ -389,7 +383,8 @@ class Space:
         await self._keys.sync()
         if self._keys.roster.member(user_id) is not None:
             raise ValueError(f"{user_id!r} is a member already")
-        await self._keys.commit(lambda roster: _with(_without(roster, user_id), added))
+        vouched = await self._vouched()
+        await self._keys.commit(lambda roster: _pruned(_with(_without(roster, user_id), added), vouched))
 
     async def remove_member(self, user_id: str) -> None:
         """Removes a user in a new epoch with a fresh secret for the remaining devices: their connections
@@ -397,11 +392,32 @@ class Space:
         await self._keys.sync()
         if self._keys.roster.member(user_id) is None:
             raise ValueError(f"{user_id!r} is not a member")
-        await self._keys.commit(lambda roster: _without(roster, user_id))
+        vouched = await self._vouched()
+        await self._keys.commit(lambda roster: _pruned(_without(roster, user_id), vouched))
+
+    async def _vouched(self) -> dict[str, set[str]]:
+        """Each member's devices their user key vouches for now (their signed device list): a commit drops the
+        others (revoked since), so they get no secret of the new epoch."""
+        parts = await self._direct.ready()
+        vouched: dict[str, set[str]] = {}
+        for member in self._keys.roster.members:
+            try:
+                peer = await parts.trust.peer(member.user_id, refresh=True)
+            except (CryptoError, ParleyError):
+                continue  # unknown now (a changed key, the service away): the member's devices stay as they are
+            vouched[member.user_id] = {d.device_id for d in peer.devices}
+        return vouched
 
     async def sync(self) -> None:
         """Reads commits made by others (also done when a message of an unknown epoch arrives)."""
         await self._keys.sync()
+
+    async def _sealed_now(self, content_type: str, body: Any, *, signal: bool = False) -> dict[str, str]:
+        """Sealed once a sync under way (a commit notice) is done, its counter on disk."""
+        await self._keys.settled()
+        sealed = self._sealed(content_type, body, signal=signal)
+        await self._keys.persist()  # its counter is on disk before it leaves: a restart never reuses it
+        return sealed
 
     def _sealed(self, content_type: str, body: Any, *, signal: bool = False) -> dict[str, str]:
         plaintext = json.dumps(body, separators=(",", ":")).encode()
@@ -485,3 +501,12 @@ def _with(roster: group.Roster, member: group.Member) -> group.Roster:
 
 def _without(roster: group.Roster, user_id: str) -> group.Roster:
     return group.Roster(tuple(m for m in roster.members if m.user_id != user_id))
+
+
+def _pruned(roster: group.Roster, vouched: dict[str, set[str]]) -> group.Roster:
+    """The roster without devices their users' keys no longer vouch for (a member keeps at least one device)."""
+    members = []
+    for member in roster.members:
+        kept = tuple(d for d in member.devices if d.device_id in vouched.get(member.user_id, {d.device_id}))
+        members.append(dataclasses.replace(member, devices=kept) if kept else member)
+    return group.Roster(tuple(members))
