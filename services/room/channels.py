@@ -323,6 +323,12 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
             requests=[channel_pb2.JoinRequest(user_id=u, request_time_ms=t) for u, t in requests]
         )
 
+    async def reconcile(self) -> None:
+        """At start: every channel's room members are its latest roster's users (a change that stopped half
+        way, e.g. the history service away after the commit was kept, is finished)."""
+        for row in await self._storage.all_channels():
+            await self._follow_roster(row.space_id, ChannelState.from_bytes(row.state))
+
     async def _member_channel(self, space_id: str, *, guests: bool = False) -> ChannelRow:
         """The channel, if the caller is a member (or, with `guests`, redeemed an invitation to it)."""
         row = await self._storage.channel(space_id=space_id) if space_id else None

@@ -82,6 +82,7 @@ async def room_parts(
         if declared:
             reopening.append(asyncio.create_task(_reopen_declared_logs(registry)))
         reopening.append(asyncio.create_task(leases.run()))
+        reopening.append(asyncio.create_task(_reconcile_channels(channels)))
 
     async def close() -> None:
         for task in reopening:
@@ -126,3 +127,14 @@ async def create_server(config: Config, telemetry: Telemetry | None = None) -> t
     return await serve_modules(
         config, [room_module], process_name="room", identity_address=config.peers.identity, telemetry=telemetry
     )
+
+
+async def _reconcile_channels(channels: ChannelServicer) -> None:
+    """Channels' room members follow their rosters; retried while the history service cannot be reached."""
+    while True:
+        try:
+            await channels.reconcile()
+            return
+        except ServiceError as error:
+            log.warning("could not reconcile channel members; trying again", extra={"error": error.message})
+            await asyncio.sleep(REOPEN_RETRY_SECONDS)

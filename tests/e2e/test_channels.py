@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -17,8 +18,9 @@ from parley import Client
 from parley.crypto import group
 from parley.errors import ParleyError, PermissionDeniedError
 from parley.spaces import ChannelMessage, ChannelNotFoundError, ChannelSignal
+from services import allinone
 from tests.scale_out import fresh_database, scale_out
-from tests.support import wait_until
+from tests.support import make_config, running, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -311,3 +313,22 @@ async def test_a_revoked_device_leaves_the_roster_at_the_next_commit(server_addr
         await crew.add_member(cyd.user_id)  # any commit: the revoked tablet gets no secret of the new epoch
         ben_member = next(m for m in await crew.members() if m.user_id == ben.user_id)
         assert {d.device_id for d in ben_member.devices} == {ben.device_id}
+
+
+async def test_room_members_follow_the_roster_again_after_a_restart(data_dir: Path, tmp_path: Path) -> None:
+    name = f"mend-{secrets.token_hex(3)}"
+    async with running(allinone.create_server, make_config(data_dir)) as (_, address):
+        async with three(address, tmp_path) as (ann, ben, _):
+            crew = await ann.space.create_channel(name)
+            await crew.add_member(ben.user_id)
+            ben_id = ben.user_id
+    with sqlite3.connect(data_dir / "room.sqlite3") as db:  # as if the commit was kept and the member row not
+        db.execute("DELETE FROM members WHERE user_id = ?", [ben_id])
+    async with running(allinone.create_server, make_config(data_dir)) as (_, address):
+        async with Client(address, key_file=tmp_path / "ben.json") as ben:
+            await wait_until(lambda: _is_member(ben, name))
+            assert (await ben.space.join_channel(name)).epoch == 1
+
+
+async def _is_member(client: Client, name: str) -> bool:
+    return name in [c.name for c in await client.space.list_channels()]

@@ -39,10 +39,10 @@ def label(space: Space) -> str:
     return space.name or space.space_id
 
 
-async def create(client: Client, name: str, *, exist_ok: bool) -> None:
-    """`parley channel create NAME`: prints the new channel's space id."""
+async def create(client: Client, name: str, *, exist_ok: bool, keeper: bool = False) -> None:
+    """`parley channel create NAME [--keeper]`: prints the new channel's space id."""
     try:
-        space = await client.space.create_channel(name)
+        space = await client.space.create_channel(name, keeper=keeper)
     except AlreadyExistsError:
         if not exist_ok:
             raise

@@ -144,7 +144,7 @@ async def _rooms(client: Client, args: argparse.Namespace) -> None:
 async def _channel(client: Client, args: argparse.Namespace) -> None:
     action = args.channel_command
     if action == "create":
-        await channels.create(client, args.name, exist_ok=args.exist_ok)
+        await channels.create(client, args.name, exist_ok=args.exist_ok, keeper=args.keeper)
     elif action == "join":
         await channels.join(client, args.channel)
     elif action == "list":

@@ -354,6 +354,12 @@ def _add_channels(commands: _Commands) -> None:
         action="store_true",
         help="a channel of that name you are a member of is fine: print its space id (scripts that rerun)",
     )
+    create.add_argument(
+        "--keeper",
+        action="store_true",
+        help="a keeper channel: the app's keeper lets in whoever asks to join, with nobody online; NOT end to end "
+        "against the operator, who holds the keeper's keys",
+    )
     join = actions.add(
         "join",
         "open a channel you are a member of",
