@@ -332,3 +332,45 @@ async def test_room_members_follow_the_roster_again_after_a_restart(data_dir: Pa
 
 async def _is_member(client: Client, name: str) -> bool:
     return name in [c.name for c in await client.space.list_channels()]
+
+
+async def test_history_decrypts_across_epochs_for_members_who_held_them(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, cyd):
+        dan = await invited(server_address, tmp_path, "dan")
+        try:
+            name = f"epochs-{secrets.token_hex(3)}"
+            crew = await ann.space.create_channel(name)
+            await crew.add_member(ben.user_id)  # epoch 1
+            await crew.send_message({"text": "one"})
+            await crew.add_member(cyd.user_id)  # epoch 2
+            await crew.send_message({"text": "two"})
+            await crew.remove_member(cyd.user_id)  # epoch 3
+            await crew.send_message({"text": "three"})
+            ben_crew = await ben.space.join_channel(name)
+            history = await ben_crew.history()
+            assert [(m.body["text"], m.epoch) for m in history] == [("three", 3), ("two", 2), ("one", 1)]
+            await crew.add_member(dan.user_id)  # epoch 4: dan reads from here on
+            dan_crew = await dan.space.join_channel(name)
+            assert await dan_crew.history() == []
+            assert len(dan_crew.rejected) == 3
+        finally:
+            await dan.close()
+
+
+async def test_an_edit_is_bound_to_its_message_and_author(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, _):
+        name = f"edits-{secrets.token_hex(3)}"
+        crew = await ann.space.create_channel(name)
+        await crew.add_member(ben.user_id)
+        ben_crew = await ben.space.join_channel(name)
+        ann_said = await crew.send_message({"text": "ann's"})
+        ben_said = await ben_crew.send_message({"text": "ben's"})
+        await crew.edit_message(ann_said, {"text": "ann's, edited"})
+        # a server moving ann's sealed edit onto ben's message: the edit names the message it edits
+        sealed_edit = next(e.data for e in await crew._room.history(limit=5) if e.handle == ann_said)
+        await crew.sync()
+        assert crew._open(ben_said, 99, sealed_edit, 0, replay_check=False) is None
+        assert isinstance(crew.rejected[-1][1], group.ForgedGroupMessageError)
+        history = {m.handle: (m.body, m.edited) for m in await ben_crew.history()}
+        assert history[ann_said] == ({"text": "ann's, edited"}, True)
+        assert history[ben_said] == ({"text": "ben's"}, False)

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
     from parley.direct_messages import DirectMessages
 
 MESSAGE_EVENT = "message"
+# Content types of sealed channel events.
+MESSAGE = "message"
+EDIT = "edit"
+# Message authors remembered, to check that an edit comes from its message's author.
+REMEMBERED_AUTHORS = 10_000
 SPACE_ID_PREFIX = "sp-"
 # How often a join that waits for an admin looks whether it was let in.
 JOIN_POLL_SECONDS = 0.5
@@ -263,6 +269,7 @@ class Space:
         self._deleted_handlers: list[DeletedHandler] = []
         self._signal_handlers: list[SignalHandler] = []
         self._join_handlers: list[Callable[[str], Any]] = []
+        self._authors: OrderedDict[str, str] = OrderedDict()
         self.rejected: list[tuple[int, CryptoError]] = []
         """(seq, error) of events that did not open or verify (forged, replayed, or of an epoch not held)."""
         room.on(MESSAGE_EVENT, self._on_event)
@@ -282,12 +289,12 @@ class Space:
 
     async def send_message(self, body: Any) -> str:
         """Seals `body` (any JSON value) for the channel and publishes it; returns the message's handle."""
-        published = await self._room.trigger(MESSAGE_EVENT, await self._sealed_now("message", body))
+        published = await self._room.trigger(MESSAGE_EVENT, await self._sealed_now(MESSAGE, body))
         return published.handle
 
     async def edit_message(self, handle: str, body: Any) -> None:
         """Replaces the body of a message you sent (NOT_AUTHOR otherwise); members get it sealed anew."""
-        await self._room.edit(handle, await self._sealed_now("edit", body))
+        await self._room.edit(handle, await self._sealed_now(EDIT, {"edit_of": handle, "body": body}))
 
     async def delete_message(self, handle: str) -> None:
         """Deletes a message you sent (NOT_AUTHOR otherwise)."""
@@ -335,7 +342,7 @@ class Space:
         for event in await self._room.history(limit=limit, before=before, event=MESSAGE_EVENT):
             message = self._open(event.handle, event.seq, event.data, event.time_ms, replay_check=False)
             if message is not None:
-                opened.append(dataclasses.replace(message, edited=bool(event.edit_time_ms)))
+                opened.append(message)
         return opened
 
     async def create_invitation(self, *, uses: int = 1, expires_in: float = 86_400.0) -> InvitationCode:
@@ -425,18 +432,44 @@ class Space:
         return {"sealed": base64.b64encode(sealed).decode()}
 
     def _open(
-        self, handle: str, seq: int, data: Any, time_ms: int, *, replay_check: bool = True, signal: bool = False
+        self, handle: str, seq: int, data: Any, time_ms: int, *, replay_check: bool = True
     ) -> ChannelMessage | None:
+        """The message (or its latest edit) of an event, or None (recorded in `rejected`) when it does not open,
+        verify, or belong where it is: an edit names the message it edits and comes from that message's author."""
         try:
-            sealed = _sealed_bytes(data)
-            opened = self._keys.open(sealed, signal=signal, replay_check=replay_check)
+            opened = self._keys.open(_sealed_bytes(data), replay_check=replay_check)
             body = json.loads(opened.plaintext)
+            edited = opened.content_type == EDIT
+            if edited:
+                body = self._edit_body(handle, opened.sender_device_id, body)
+            elif opened.content_type != MESSAGE:
+                raise MalformedInputError(f"a channel event of content type {opened.content_type!r}")
         except (CryptoError, ValueError, RecursionError) as error:
             self.rejected.append((seq, error if isinstance(error, CryptoError) else MalformedInputError(str(error))))
             return None
+        if not edited:
+            self._authors[handle] = opened.sender_device_id
+            while len(self._authors) > REMEMBERED_AUTHORS:
+                self._authors.popitem(last=False)
         return ChannelMessage(
-            self.space_id, handle, seq, opened.sender_user_id, opened.sender_device_id, body, opened.epoch, time_ms
+            self.space_id,
+            handle,
+            seq,
+            opened.sender_user_id,
+            opened.sender_device_id,
+            body,
+            opened.epoch,
+            time_ms,
+            edited,
         )
+
+    def _edit_body(self, handle: str, editor_device_id: str, sealed: Any) -> Any:
+        if not isinstance(sealed, dict) or sealed.get("edit_of") != handle or "body" not in sealed:
+            raise group.ForgedGroupMessageError("an edit sealed for another message")
+        author = self._authors.get(handle)
+        if author is not None and author != editor_device_id:
+            raise group.ForgedGroupMessageError("an edit by another device than the message's author")
+        return sealed["body"]
 
     async def _on_event(self, event: RoomEvent) -> None:
         if not self._epoch_held(event.data):
@@ -457,9 +490,9 @@ class Space:
                     await result
             return
         message = self._open(change.handle, change.seq, change.data, change.time_ms, replay_check=False)
-        if message is not None:
+        if message is not None and message.edited:
             for handler in self._edited_handlers:
-                result = handler(dataclasses.replace(message, edited=True))
+                result = handler(message)
                 if result is not None:
                     await result
 
