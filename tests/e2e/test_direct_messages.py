@@ -17,28 +17,21 @@ import pytest
 
 from parley import Client
 from parley import prekeys as prekey_rules
-from parley.crypto.errors import CryptoError, KeyChangedError
-from parley.direct_messages import DirectMessage, RejectedEnvelope
+from parley.crypto.errors import KeyChangedError
 from parley.errors import UnavailableError
 from parley.identity.v1 import identity_pb2
+from tests.direct_support import DirectInbox
 from tests.scale_out import scale_out
 from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class Inbox:
+class Inbox(DirectInbox):
     """What one client received: decrypted messages and rejected envelopes, in order."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.messages: list[DirectMessage] = []
-        self.rejected: list[tuple[RejectedEnvelope, CryptoError]] = []
-
     async def open(self) -> Inbox:
-        self.client.message.on_rejected(lambda envelope, error: self.rejected.append((envelope, error)))
-        await self.client.message.subscribe(f"user:{self.client.user_id}", self.messages.append)
-        await self.client.stream()
+        await super().open()
         return self
 
     @property

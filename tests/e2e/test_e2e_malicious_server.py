@@ -38,7 +38,6 @@ from parley.crypto.errors import (
     StaleDeviceListError,
     UnknownPrekeyError,
 )
-from parley.direct_messages import DirectMessage, RejectedEnvelope
 from services import allinone
 from services.history.mailbox_storage import EnvelopeRow, MailboxStorage, NewEnvelope, open_mailbox_storage
 from services.identity.storage import (
@@ -51,6 +50,7 @@ from services.identity.storage import (
     open_identity_storage,
 )
 from services.runtime.config import Config
+from tests.direct_support import DirectInbox
 from tests.support import make_config, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -199,18 +199,11 @@ async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         yield MaliciousServer(address, made["mailbox"], made["identity"], tmp_path)
 
 
-class Inbox:
+class Inbox(DirectInbox):
     """What one client's handlers got: decrypted messages and rejected envelopes, in order."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.messages: list[DirectMessage] = []
-        self.rejected: list[tuple[RejectedEnvelope, CryptoError]] = []
-
     async def open(self) -> Inbox:
-        self.client.message.on_rejected(lambda envelope, error: self.rejected.append((envelope, error)))
-        await self.client.message.subscribe(f"user:{self.client.user_id}", self.messages.append)
-        await self.client.stream()
+        await super().open()
         return self
 
     @property
