@@ -25,7 +25,7 @@ from tests.scale_out import fresh_database
 from tests.storage_support import storage_config
 
 BACKENDS = ["sqlite", "postgresql"]
-SCHEMAS = ("parley_identity", "parley_room", "parley_history", "parley_mailbox")
+SCHEMAS = ("parley_identity", "parley_room", "parley_history", "parley_mailbox", "parley_log_readers", "parley_file")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ environment.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -181,11 +182,12 @@ class StorageConfig:
     identity_url: str = ""
     room_url: str = ""
     history_url: str = ""
+    file_url: str = ""
     # Connections each service opens to PostgreSQL at most.
     max_connections: int = 10
 
     def url_of(self, service: str) -> str:
-        """The storage URL of "identity", "room" or "history"."""
+        """The storage URL of "identity", "room", "history" or "file"."""
         own: str = getattr(self, f"{service}_url")
         return own or self.url
 
@@ -278,13 +280,68 @@ class RoomDefinition:
     presence: bool = True
 
 
+# Media types the file service accepts unless `files.media_types` says otherwise: common
+# images, sound, video and documents; not HTML, SVG or executables.
+DEFAULT_MEDIA_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/heic",
+    "image/avif",
+    "audio/mpeg",
+    "audio/mp4",
+    "audio/aac",
+    "audio/ogg",
+    "audio/opus",
+    "audio/wav",
+    "audio/webm",
+    "audio/flac",
+    "video/mp4",
+    "video/webm",
+    "video/quicktime",
+    "application/pdf",
+    "text/plain",
+    "text/markdown",
+    "text/csv",
+    "application/json",
+    "application/zip",
+    "application/gzip",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+)
+MEDIA_TYPE_PATTERN = re.compile(r"(\*/\*|[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*))", re.IGNORECASE)
+MB = 1000 * 1000
+GiB = 1024 * MiB
+
+
 @dataclasses.dataclass
 class FilesConfig:
-    max_file_bytes: int = 100 * MiB
-    media_types: list[str] = dataclasses.field(default_factory=list)
+    # Share store directories, in share order, one per share (each may be its own disk).
+    # Empty: server.data_dir/shares/0 .. total_shares - 1.
+    share_stores: list[Path] = dataclasses.field(default_factory=list)
+    # Any data_shares of a file's total_shares shares restore it.
     data_shares: int = 3
     total_shares: int = 5
+    # Largest file per top-level media type, in bytes of ciphertext; "document" is any other type.
+    max_image_bytes: int = 10 * MB
+    max_audio_bytes: int = 16 * MB
+    max_video_bytes: int = 100 * MB
+    max_document_bytes: int = 100 * MB
+    # Accepted media types: "type/subtype", "type/*" or "*/*".
+    media_types: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_MEDIA_TYPES))
+    # Bytes of files one user may keep (services are not limited).
+    quota_bytes_per_user: int = 1 * GiB
+    # Plaintext chunk size clients encrypt separately (told to clients in the upload policy).
     chunk_bytes: int = 1 * MiB
+
+    def share_directories(self, data_dir: Path) -> list[Path]:
+        """Where shares 0 .. n-1 live."""
+        return list(self.share_stores) or [data_dir / "shares" / str(i) for i in range(self.total_shares)]
 
 
 @dataclasses.dataclass
@@ -343,8 +400,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"telemetry.{name} must be off, console or otlp, got {value!r}")
     if config.logging.format not in ("json", "text"):
         raise ConfigError(f"logging.format must be json or text, got {config.logging.format!r}")
-    if not 0 < config.files.data_shares <= config.files.total_shares <= 255:
-        raise ConfigError("files: need 0 < data_shares <= total_shares <= 255")
+    _validate_files(config.files)
     if config.server.gateway_processes < 1:
         raise ConfigError(f"server.gateway_processes must be at least 1, got {config.server.gateway_processes}")
     if config.server.gateway_processes > 1 and not config.bus.url:
@@ -399,6 +455,29 @@ def validate(config: Config) -> None:
         if room.visibility not in ("public", "unlisted"):
             raise ConfigError(f"rooms.{room.id}.visibility must be public or unlisted")
         seen.add(room.id)
+
+
+def _validate_files(files: FilesConfig) -> None:
+    if not 0 < files.data_shares <= files.total_shares <= 255:
+        raise ConfigError("files: need 0 < data_shares <= total_shares <= 255")
+    if files.share_stores and len(files.share_stores) != files.total_shares:
+        raise ConfigError(
+            f"files.share_stores lists {len(files.share_stores)} directories; "
+            f"files.total_shares = {files.total_shares} needs one per share"
+        )
+    for name in (
+        "max_image_bytes",
+        "max_audio_bytes",
+        "max_video_bytes",
+        "max_document_bytes",
+        "quota_bytes_per_user",
+        "chunk_bytes",
+    ):
+        if getattr(files, name) <= 0:
+            raise ConfigError(f"files.{name} must be positive")
+    for media_type in files.media_types:
+        if not MEDIA_TYPE_PATTERN.fullmatch(media_type):
+            raise ConfigError(f"files.media_types: {media_type!r} is not type/subtype, type/* or */*")
 
 
 def _merge(target: Any, document: Mapping[str, Any], where: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.runtime.config import Config, ConfigError, RoomDefinition, load_config
+from services.runtime.config import DEFAULT_MEDIA_TYPES, Config, ConfigError, RoomDefinition, load_config
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:
@@ -39,7 +39,7 @@ def test_defaults_are_not_shared_between_configs() -> None:
     first.files.media_types.append("image/png")
     second = load_config()
     assert second.auth.service_credentials == {}
-    assert second.files.media_types == []
+    assert second.files.media_types == list(DEFAULT_MEDIA_TYPES)
 
 
 # --- TOML file ------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from services.file.metadata import open_file_metadata
 from services.history.log_readers import open_log_readers
 from services.history.mailbox_storage import open_mailbox_storage
 from services.history.storage import open_history_storage
@@ -30,14 +31,17 @@ SERVICES: dict[str, Opener] = {
     "history": open_history_storage,
     "mailbox": open_mailbox_storage,
     "log_readers": open_log_readers,
+    "file": open_file_metadata,
 }
+# Services whose SQLite file is not named after them.
+SQLITE_FILES = {"file": "files"}
 
 
 def applied_versions(service: str, url: str, data_dir: Path) -> list[int]:
     """The migrations recorded for a service, in order, with repeats."""
     sql = "SELECT version FROM {} ORDER BY version"
     if not url:
-        path = data_dir / f"{service}.sqlite3"
+        path = data_dir / f"{SQLITE_FILES.get(service, service)}.sqlite3"
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             return [row[0] for row in db.execute(sql.format("schema_migrations")).fetchall()]
     with psycopg.connect(url) as connection:
@@ -72,7 +76,7 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
         rows = connection.execute(
             "SELECT table_schema, table_name FROM information_schema.tables "
             "WHERE table_schema IN ('parley_history', 'parley_identity', 'parley_mailbox', 'parley_room', "
-            "'parley_log_readers') ORDER BY 1, 2"
+            "'parley_log_readers', 'parley_file') ORDER BY 1, 2"
         ).fetchall()
     tables: dict[str, set[str]] = {}
     for schema, table in rows:
@@ -104,6 +108,7 @@ async def test_services_sharing_one_database_keep_to_their_own_schemas(postgres_
             "channel_join_requests",
         },
         "parley_log_readers": {"schema_migrations", "restricted_logs"},
+        "parley_file": {"schema_migrations", "files", "uploader_usage"},
     }
     assert _schemas_outside_parley(postgres_url) == []
 

@@ -45,6 +45,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_SESSION_NOT_FOUND: _ErrorReason.ValueType  # 24
     ERROR_REASON_EVENT_NOT_FOUND: _ErrorReason.ValueType  # 25
     """No event with that handle in the room (or it was deleted)."""
+    ERROR_REASON_FILE_NOT_FOUND: _ErrorReason.ValueType  # 26
+    """No file with that id (or it was deleted)."""
     ERROR_REASON_TOKEN_MISSING: _ErrorReason.ValueType  # 30
     """UNAUTHENTICATED"""
     ERROR_REASON_TOKEN_INVALID: _ErrorReason.ValueType  # 31
@@ -99,6 +101,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 80
     """INTERNAL"""
+    ERROR_REASON_FILE_LOST: _ErrorReason.ValueType  # 82
+    """DATA_LOSS: fewer intact shares than a file needs (metadata
+    `intact_shares`, `needed_shares`); restoring share stores brings it back.
+    """
     ERROR_REASON_HOOK_FAILED: _ErrorReason.ValueType  # 81
     """A hook raised; deny hooks fail closed."""
 
@@ -132,6 +138,8 @@ ERROR_REASON_CHANNEL_NOT_FOUND: ErrorReason.ValueType  # 23
 ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 24
 ERROR_REASON_EVENT_NOT_FOUND: ErrorReason.ValueType  # 25
 """No event with that handle in the room (or it was deleted)."""
+ERROR_REASON_FILE_NOT_FOUND: ErrorReason.ValueType  # 26
+"""No file with that id (or it was deleted)."""
 ERROR_REASON_TOKEN_MISSING: ErrorReason.ValueType  # 30
 """UNAUTHENTICATED"""
 ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 31
@@ -186,6 +194,10 @@ within GoAway.reconnect_within_ms and resume: nothing is lost.
 """
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 80
 """INTERNAL"""
+ERROR_REASON_FILE_LOST: ErrorReason.ValueType  # 82
+"""DATA_LOSS: fewer intact shares than a file needs (metadata
+`intact_shares`, `needed_shares`); restoring share stores brings it back.
+"""
 ERROR_REASON_HOOK_FAILED: ErrorReason.ValueType  # 81
 """A hook raised; deny hooks fail closed."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -22,21 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/file/v1/file.proto\x12\x0eparley.file.v1\"\xba\x01\n\x0cUploadPolicy\x12$\n\x0emax_file_bytes\x18\x01 \x01(\x03R\x0cmaxFileBytes\x12\x1f\n\x0bmedia_types\x18\x02 \x03(\tR\nmediaTypes\x12\x1f\n\x0b\x64\x61ta_shares\x18\x03 \x01(\x05R\ndataShares\x12!\n\x0ctotal_shares\x18\x04 \x01(\x05R\x0btotalShares\x12\x1f\n\x0b\x63hunk_bytes\x18\x05 \x01(\x05R\nchunkBytes\"\x18\n\x16GetUploadPolicyRequest\"O\n\x17GetUploadPolicyResponse\x12\x34\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.parley.file.v1.UploadPolicyR\x06policy2q\n\x0b\x46ileService\x12\x62\n\x0fGetUploadPolicy\x12&.parley.file.v1.GetUploadPolicyRequest\x1a\'.parley.file.v1.GetUploadPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/file/v1/file.proto\x12\x0eparley.file.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x03\n\x0cUploadPolicy\x12$\n\x0emax_file_bytes\x18\x01 \x01(\x03R\x0cmaxFileBytes\x12\x1f\n\x0bmedia_types\x18\x02 \x03(\tR\nmediaTypes\x12\x1f\n\x0b\x64\x61ta_shares\x18\x03 \x01(\x05R\ndataShares\x12!\n\x0ctotal_shares\x18\x04 \x01(\x05R\x0btotalShares\x12\x1f\n\x0b\x63hunk_bytes\x18\x05 \x01(\x05R\nchunkBytes\x12&\n\x0fmax_image_bytes\x18\x06 \x01(\x03R\rmaxImageBytes\x12&\n\x0fmax_audio_bytes\x18\x07 \x01(\x03R\rmaxAudioBytes\x12&\n\x0fmax_video_bytes\x18\x08 \x01(\x03R\rmaxVideoBytes\x12,\n\x12max_document_bytes\x18\t \x01(\x03R\x10maxDocumentBytes\x12\x1f\n\x0bquota_bytes\x18\n \x01(\x03R\nquotaBytes\x12\x1d\n\nused_bytes\x18\x0b \x01(\x03R\tusedBytes\x12&\n\x0fmin_chunk_bytes\x18\x0c \x01(\x05R\rminChunkBytes\x12&\n\x0fmax_chunk_bytes\x18\r \x01(\x05R\rmaxChunkBytes\"\x18\n\x16GetUploadPolicyRequest\"O\n\x17GetUploadPolicyResponse\x12\x34\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.parley.file.v1.UploadPolicyR\x06policy\"\xd5\x01\n\x08\x46ileInfo\x12\x17\n\x07\x66ile_id\x18\x01 \x01(\tR\x06\x66ileId\x12\x12\n\x04size\x18\x02 \x01(\x03R\x04size\x12\x1d\n\nmedia_type\x18\x03 \x01(\tR\tmediaType\x12\x1f\n\x0buploader_id\x18\x04 \x01(\tR\nuploaderId\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12\x1f\n\x0b\x62lake2b_256\x18\x06 \x01(\x0cR\nblake2b256\"@\n\x0bUploadStart\x12\x1d\n\nmedia_type\x18\x01 \x01(\tR\tmediaType\x12\x12\n\x04size\x18\x02 \x01(\x03R\x04size\"e\n\rUploadRequest\x12\x33\n\x05start\x18\x01 \x01(\x0b\x32\x1b.parley.file.v1.UploadStartH\x00R\x05start\x12\x16\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00R\x05\x63hunkB\x07\n\x05\x66rame\">\n\x0eUploadResponse\x12,\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x18.parley.file.v1.FileInfoR\x04\x66ile\"B\n\x0f\x44ownloadRequest\x12\x17\n\x07\x66ile_id\x18\x01 \x01(\tR\x06\x66ileId\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\"c\n\x10\x44ownloadResponse\x12.\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x18.parley.file.v1.FileInfoH\x00R\x04\x66ile\x12\x16\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00R\x05\x63hunkB\x07\n\x05\x66rame\"&\n\x0bStatRequest\x12\x17\n\x07\x66ile_id\x18\x01 \x01(\tR\x06\x66ileId\"<\n\x0cStatResponse\x12,\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x18.parley.file.v1.FileInfoR\x04\x66ile\"(\n\rDeleteRequest\x12\x17\n\x07\x66ile_id\x18\x01 \x01(\tR\x06\x66ileId\"\x10\n\x0e\x44\x65leteResponse2\x99\x03\n\x0b\x46ileService\x12\x62\n\x0fGetUploadPolicy\x12&.parley.file.v1.GetUploadPolicyRequest\x1a\'.parley.file.v1.GetUploadPolicyResponse\x12I\n\x06Upload\x12\x1d.parley.file.v1.UploadRequest\x1a\x1e.parley.file.v1.UploadResponse(\x01\x12O\n\x08\x44ownload\x12\x1f.parley.file.v1.DownloadRequest\x1a .parley.file.v1.DownloadResponse0\x01\x12\x41\n\x04Stat\x12\x1b.parley.file.v1.StatRequest\x1a\x1c.parley.file.v1.StatResponse\x12G\n\x06\x44\x65lete\x12\x1d.parley.file.v1.DeleteRequest\x1a\x1e.parley.file.v1.DeleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.file.v1.file_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPLOADPOLICY']._serialized_start=46
-  _globals['_UPLOADPOLICY']._serialized_end=232
-  _globals['_GETUPLOADPOLICYREQUEST']._serialized_start=234
-  _globals['_GETUPLOADPOLICYREQUEST']._serialized_end=258
-  _globals['_GETUPLOADPOLICYRESPONSE']._serialized_start=260
-  _globals['_GETUPLOADPOLICYRESPONSE']._serialized_end=339
-  _globals['_FILESERVICE']._serialized_start=341
-  _globals['_FILESERVICE']._serialized_end=454
+  _globals['_UPLOADPOLICY']._serialized_start=79
+  _globals['_UPLOADPOLICY']._serialized_end=575
+  _globals['_GETUPLOADPOLICYREQUEST']._serialized_start=577
+  _globals['_GETUPLOADPOLICYREQUEST']._serialized_end=601
+  _globals['_GETUPLOADPOLICYRESPONSE']._serialized_start=603
+  _globals['_GETUPLOADPOLICYRESPONSE']._serialized_end=682
+  _globals['_FILEINFO']._serialized_start=685
+  _globals['_FILEINFO']._serialized_end=898
+  _globals['_UPLOADSTART']._serialized_start=900
+  _globals['_UPLOADSTART']._serialized_end=964
+  _globals['_UPLOADREQUEST']._serialized_start=966
+  _globals['_UPLOADREQUEST']._serialized_end=1067
+  _globals['_UPLOADRESPONSE']._serialized_start=1069
+  _globals['_UPLOADRESPONSE']._serialized_end=1131
+  _globals['_DOWNLOADREQUEST']._serialized_start=1133
+  _globals['_DOWNLOADREQUEST']._serialized_end=1199
+  _globals['_DOWNLOADRESPONSE']._serialized_start=1201
+  _globals['_DOWNLOADRESPONSE']._serialized_end=1300
+  _globals['_STATREQUEST']._serialized_start=1302
+  _globals['_STATREQUEST']._serialized_end=1340
+  _globals['_STATRESPONSE']._serialized_start=1342
+  _globals['_STATRESPONSE']._serialized_end=1402
+  _globals['_DELETEREQUEST']._serialized_start=1404
+  _globals['_DELETEREQUEST']._serialized_end=1444
+  _globals['_DELETERESPONSE']._serialized_start=1446
+  _globals['_DELETERESPONSE']._serialized_end=1462
+  _globals['_FILESERVICE']._serialized_start=1465
+  _globals['_FILESERVICE']._serialized_end=1874
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -27,16 +28,41 @@ class UploadPolicy(_message.Message):
     DATA_SHARES_FIELD_NUMBER: _builtins.int
     TOTAL_SHARES_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_IMAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_AUDIO_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_VIDEO_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_DOCUMENT_BYTES_FIELD_NUMBER: _builtins.int
+    QUOTA_BYTES_FIELD_NUMBER: _builtins.int
+    USED_BYTES_FIELD_NUMBER: _builtins.int
+    MIN_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     max_file_bytes: _builtins.int
-    """Largest accepted file, in bytes of ciphertext."""
+    """Largest accepted file of any media type, in bytes of ciphertext (the
+    largest of the caps below).
+    """
     data_shares: _builtins.int
     """Any `data_shares` of `total_shares` restore a file."""
     total_shares: _builtins.int
     chunk_bytes: _builtins.int
     """Plaintext chunk size clients encrypt separately."""
+    max_image_bytes: _builtins.int
+    """Caps per top-level media type, in bytes of ciphertext; "document" is
+    every type other than image/, audio/ and video/.
+    """
+    max_audio_bytes: _builtins.int
+    max_video_bytes: _builtins.int
+    max_document_bytes: _builtins.int
+    quota_bytes: _builtins.int
+    """Bytes of files one user may keep; how many the caller keeps now."""
+    used_bytes: _builtins.int
+    min_chunk_bytes: _builtins.int
+    """Upload chunk messages hold at most `max_chunk_bytes`, and at least
+    `min_chunk_bytes` except the one that completes a file.
+    """
+    max_chunk_bytes: _builtins.int
     @_builtins.property
     def media_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Accepted media types, e.g. "image/*"; empty accepts any."""
+        """Accepted media types: "type/subtype", "type/*" or "*/*"."""
 
     def __init__(
         self,
@@ -46,10 +72,18 @@ class UploadPolicy(_message.Message):
         data_shares: _builtins.int = ...,
         total_shares: _builtins.int = ...,
         chunk_bytes: _builtins.int = ...,
+        max_image_bytes: _builtins.int = ...,
+        max_audio_bytes: _builtins.int = ...,
+        max_video_bytes: _builtins.int = ...,
+        max_document_bytes: _builtins.int = ...,
+        quota_bytes: _builtins.int = ...,
+        used_bytes: _builtins.int = ...,
+        min_chunk_bytes: _builtins.int = ...,
+        max_chunk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "data_shares", b"data_shares", "max_file_bytes", b"max_file_bytes", "media_types", b"media_types", "total_shares", b"total_shares"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "data_shares", b"data_shares", "max_audio_bytes", b"max_audio_bytes", "max_chunk_bytes", b"max_chunk_bytes", "max_document_bytes", b"max_document_bytes", "max_file_bytes", b"max_file_bytes", "max_image_bytes", b"max_image_bytes", "max_video_bytes", b"max_video_bytes", "media_types", b"media_types", "min_chunk_bytes", b"min_chunk_bytes", "quota_bytes", b"quota_bytes", "total_shares", b"total_shares", "used_bytes", b"used_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -89,3 +123,245 @@ class GetUploadPolicyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUploadPolicyResponse: _TypeAlias = GetUploadPolicyResponse  # noqa: Y015
+
+@_typing.final
+class FileInfo(_message.Message):
+    """A stored file, as the server knows it (no name: names live in the client's
+    encrypted manifest).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    UPLOADER_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    BLAKE2B_256_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    """"f-" and 32 hex digits, chosen by the server."""
+    size: _builtins.int
+    """Bytes of ciphertext."""
+    media_type: _builtins.str
+    """As declared at upload, lowercased, parameters dropped ("image/png")."""
+    uploader_id: _builtins.str
+    """The uploader's user id, or "svc:<name>" for a service."""
+    blake2b_256: _builtins.bytes
+    """BLAKE2b-256 (32 bytes) of the whole ciphertext."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+        size: _builtins.int = ...,
+        media_type: _builtins.str = ...,
+        uploader_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        blake2b_256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blake2b_256", b"blake2b_256", "create_time", b"create_time", "file_id", b"file_id", "media_type", b"media_type", "size", b"size", "uploader_id", b"uploader_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileInfo: _TypeAlias = FileInfo  # noqa: Y015
+
+@_typing.final
+class UploadStart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    media_type: _builtins.str
+    """MIME type, e.g. "image/png", checked against the allow-list."""
+    size: _builtins.int
+    """Bytes of ciphertext that follow, checked against the media type's cap and
+    the quota before any arrives.
+    """
+    def __init__(
+        self,
+        *,
+        media_type: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_type", b"media_type", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadStart: _TypeAlias = UploadStart  # noqa: Y015
+
+@_typing.final
+class UploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The file's next bytes (see Upload for the sizes accepted)."""
+    @_builtins.property
+    def start(self) -> Global___UploadStart:
+        """The first message, and only the first."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___UploadStart | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "frame", b"frame", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "frame", b"frame", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["start", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
+
+Global___UploadRequest: _TypeAlias = UploadRequest  # noqa: Y015
+
+@_typing.final
+class UploadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def file(self) -> Global___FileInfo: ...
+    def __init__(
+        self,
+        *,
+        file: Global___FileInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadResponse: _TypeAlias = UploadResponse  # noqa: Y015
+
+@_typing.final
+class DownloadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    offset: _builtins.int
+    """Bytes to skip, 0 to the file's size (resume a download)."""
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadRequest: _TypeAlias = DownloadRequest  # noqa: Y015
+
+@_typing.final
+class DownloadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes from the offset."""
+    @_builtins.property
+    def file(self) -> Global___FileInfo:
+        """The first message."""
+
+    def __init__(
+        self,
+        *,
+        file: Global___FileInfo | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "file", b"file", "frame", b"frame"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "file", b"file", "frame", b"frame"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["file", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
+
+Global___DownloadResponse: _TypeAlias = DownloadResponse  # noqa: Y015
+
+@_typing.final
+class StatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatRequest: _TypeAlias = StatRequest  # noqa: Y015
+
+@_typing.final
+class StatResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def file(self) -> Global___FileInfo: ...
+    def __init__(
+        self,
+        *,
+        file: Global___FileInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatResponse: _TypeAlias = StatResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRequest: _TypeAlias = DeleteRequest  # noqa: Y015
+
+@_typing.final
+class DeleteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015

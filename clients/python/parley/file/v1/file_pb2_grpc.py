@@ -26,8 +26,19 @@ if _version_not_supported:
 
 
 class FileServiceStub:
-    """Encrypted, erasure-coded files (first draft: the upload policy; streaming
-    upload and download arrive with the files issue).
+    """Encrypted files, erasure-coded across share stores.
+
+    Clients encrypt a file before uploading it (a random key per file, see the
+    SDK) and name it only inside their encrypted manifest: the service stores
+    ciphertext and a media type, never a name or a key. Each file is coded into
+    `total_shares` shares, one per share store, any `data_shares` of which
+    restore it; every share is checked against its BLAKE2b-256 on each read,
+    and a missing or corrupt one is rebuilt from the others.
+
+    Who may read: any signed-in user (or service) that knows a file's id may
+    Stat and Download it. The bytes are ciphertext; the key travels only inside
+    sealed messages, so knowing the id without the key reveals nothing but the
+    size, media type and uploader. Only the uploader, or a service, may Delete.
     """
 
     def __init__(self, channel):
@@ -41,15 +52,89 @@ class FileServiceStub:
                 request_serializer=parley_dot_file_dot_v1_dot_file__pb2.GetUploadPolicyRequest.SerializeToString,
                 response_deserializer=parley_dot_file_dot_v1_dot_file__pb2.GetUploadPolicyResponse.FromString,
                 _registered_method=True)
+        self.Upload = channel.stream_unary(
+                '/parley.file.v1.FileService/Upload',
+                request_serializer=parley_dot_file_dot_v1_dot_file__pb2.UploadRequest.SerializeToString,
+                response_deserializer=parley_dot_file_dot_v1_dot_file__pb2.UploadResponse.FromString,
+                _registered_method=True)
+        self.Download = channel.unary_stream(
+                '/parley.file.v1.FileService/Download',
+                request_serializer=parley_dot_file_dot_v1_dot_file__pb2.DownloadRequest.SerializeToString,
+                response_deserializer=parley_dot_file_dot_v1_dot_file__pb2.DownloadResponse.FromString,
+                _registered_method=True)
+        self.Stat = channel.unary_unary(
+                '/parley.file.v1.FileService/Stat',
+                request_serializer=parley_dot_file_dot_v1_dot_file__pb2.StatRequest.SerializeToString,
+                response_deserializer=parley_dot_file_dot_v1_dot_file__pb2.StatResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/parley.file.v1.FileService/Delete',
+                request_serializer=parley_dot_file_dot_v1_dot_file__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=parley_dot_file_dot_v1_dot_file__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class FileServiceServicer:
-    """Encrypted, erasure-coded files (first draft: the upload policy; streaming
-    upload and download arrive with the files issue).
+    """Encrypted files, erasure-coded across share stores.
+
+    Clients encrypt a file before uploading it (a random key per file, see the
+    SDK) and name it only inside their encrypted manifest: the service stores
+    ciphertext and a media type, never a name or a key. Each file is coded into
+    `total_shares` shares, one per share store, any `data_shares` of which
+    restore it; every share is checked against its BLAKE2b-256 on each read,
+    and a missing or corrupt one is rebuilt from the others.
+
+    Who may read: any signed-in user (or service) that knows a file's id may
+    Stat and Download it. The bytes are ciphertext; the key travels only inside
+    sealed messages, so knowing the id without the key reveals nothing but the
+    size, media type and uploader. Only the uploader, or a service, may Delete.
     """
 
     def GetUploadPolicy(self, request, context):
-        """What the server accepts: size limit, media types, erasure coding.
+        """What the server accepts: media types, size caps per media type, the
+        caller's quota and usage, upload frame sizes, erasure coding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Upload(self, request_iterator, context):
+        """Stores a file. The first message is `start` (media type and size); then
+        `chunk` messages of ciphertext, each at most 256 KiB and at least 64 KiB
+        except the one that completes the declared size. Limits are enforced as
+        bytes arrive: a media type outside the allow-list (VALIDATION_FAILED), a
+        size over its media type's cap or more bytes than declared
+        (PAYLOAD_TOO_LARGE), the uploader's quota (QUOTA_EXCEEDED), a badly framed
+        stream (PROTOCOL_VIOLATION), or fewer bytes than declared when the stream
+        ends (VALIDATION_FAILED). Whatever ends an upload early, errors and
+        cancelled calls alike, nothing of it is kept: no shares, no metadata, no
+        quota used; it can simply be retried. The server assigns the file id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Download(self, request, context):
+        """Streams a file's bytes from `offset` (to resume), in chunks of at most
+        256 KiB. The first message is the file's `file` info; each later one a
+        `chunk`. FILE_NOT_FOUND for an unknown id; DATA_LOSS (FILE_LOST) when
+        fewer than `data_shares` of its shares are intact. Shares found damaged
+        are rebuilt in the background once the read is done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stat(self, request, context):
+        """A file's size, media type, uploader, create time and hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Deletes a file's shares and metadata and frees its quota; only its
+        uploader (NOT_OWNER otherwise) or a service may.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,6 +148,26 @@ def add_FileServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_file_dot_v1_dot_file__pb2.GetUploadPolicyRequest.FromString,
                     response_serializer=parley_dot_file_dot_v1_dot_file__pb2.GetUploadPolicyResponse.SerializeToString,
             ),
+            'Upload': grpc.stream_unary_rpc_method_handler(
+                    servicer.Upload,
+                    request_deserializer=parley_dot_file_dot_v1_dot_file__pb2.UploadRequest.FromString,
+                    response_serializer=parley_dot_file_dot_v1_dot_file__pb2.UploadResponse.SerializeToString,
+            ),
+            'Download': grpc.unary_stream_rpc_method_handler(
+                    servicer.Download,
+                    request_deserializer=parley_dot_file_dot_v1_dot_file__pb2.DownloadRequest.FromString,
+                    response_serializer=parley_dot_file_dot_v1_dot_file__pb2.DownloadResponse.SerializeToString,
+            ),
+            'Stat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stat,
+                    request_deserializer=parley_dot_file_dot_v1_dot_file__pb2.StatRequest.FromString,
+                    response_serializer=parley_dot_file_dot_v1_dot_file__pb2.StatResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=parley_dot_file_dot_v1_dot_file__pb2.DeleteRequest.FromString,
+                    response_serializer=parley_dot_file_dot_v1_dot_file__pb2.DeleteResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.file.v1.FileService', rpc_method_handlers)
@@ -72,8 +177,19 @@ def add_FileServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FileService:
-    """Encrypted, erasure-coded files (first draft: the upload policy; streaming
-    upload and download arrive with the files issue).
+    """Encrypted files, erasure-coded across share stores.
+
+    Clients encrypt a file before uploading it (a random key per file, see the
+    SDK) and name it only inside their encrypted manifest: the service stores
+    ciphertext and a media type, never a name or a key. Each file is coded into
+    `total_shares` shares, one per share store, any `data_shares` of which
+    restore it; every share is checked against its BLAKE2b-256 on each read,
+    and a missing or corrupt one is rebuilt from the others.
+
+    Who may read: any signed-in user (or service) that knows a file's id may
+    Stat and Download it. The bytes are ciphertext; the key travels only inside
+    sealed messages, so knowing the id without the key reveals nothing but the
+    size, media type and uploader. Only the uploader, or a service, may Delete.
     """
 
     @staticmethod
@@ -93,6 +209,114 @@ class FileService:
             '/parley.file.v1.FileService/GetUploadPolicy',
             parley_dot_file_dot_v1_dot_file__pb2.GetUploadPolicyRequest.SerializeToString,
             parley_dot_file_dot_v1_dot_file__pb2.GetUploadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/parley.file.v1.FileService/Upload',
+            parley_dot_file_dot_v1_dot_file__pb2.UploadRequest.SerializeToString,
+            parley_dot_file_dot_v1_dot_file__pb2.UploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Download(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.file.v1.FileService/Download',
+            parley_dot_file_dot_v1_dot_file__pb2.DownloadRequest.SerializeToString,
+            parley_dot_file_dot_v1_dot_file__pb2.DownloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.file.v1.FileService/Stat',
+            parley_dot_file_dot_v1_dot_file__pb2.StatRequest.SerializeToString,
+            parley_dot_file_dot_v1_dot_file__pb2.StatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.file.v1.FileService/Delete',
+            parley_dot_file_dot_v1_dot_file__pb2.DeleteRequest.SerializeToString,
+            parley_dot_file_dot_v1_dot_file__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,19 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class FileServiceStub:
-    """Encrypted, erasure-coded files (first draft: the upload policy; streaming
-    upload and download arrive with the files issue).
+    """Encrypted files, erasure-coded across share stores.
+
+    Clients encrypt a file before uploading it (a random key per file, see the
+    SDK) and name it only inside their encrypted manifest: the service stores
+    ciphertext and a media type, never a name or a key. Each file is coded into
+    `total_shares` shares, one per share store, any `data_shares` of which
+    restore it; every share is checked against its BLAKE2b-256 on each read,
+    and a missing or corrupt one is rebuilt from the others.
+
+    Who may read: any signed-in user (or service) that knows a file's id may
+    Stat and Download it. The bytes are ciphertext; the key travels only inside
+    sealed messages, so knowing the id without the key reveals nothing but the
+    size, media type and uploader. Only the uploader, or a service, may Delete.
     """
 
     @_typing.overload
@@ -36,21 +47,97 @@ class FileServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FileServiceAsyncStub: ...
     GetUploadPolicy: _grpc.UnaryUnaryMultiCallable[_file_pb2.GetUploadPolicyRequest, _file_pb2.GetUploadPolicyResponse]
-    """What the server accepts: size limit, media types, erasure coding."""
+    """What the server accepts: media types, size caps per media type, the
+    caller's quota and usage, upload frame sizes, erasure coding.
+    """
+    Upload: _grpc.StreamUnaryMultiCallable[_file_pb2.UploadRequest, _file_pb2.UploadResponse]
+    """Stores a file. The first message is `start` (media type and size); then
+    `chunk` messages of ciphertext, each at most 256 KiB and at least 64 KiB
+    except the one that completes the declared size. Limits are enforced as
+    bytes arrive: a media type outside the allow-list (VALIDATION_FAILED), a
+    size over its media type's cap or more bytes than declared
+    (PAYLOAD_TOO_LARGE), the uploader's quota (QUOTA_EXCEEDED), a badly framed
+    stream (PROTOCOL_VIOLATION), or fewer bytes than declared when the stream
+    ends (VALIDATION_FAILED). Whatever ends an upload early, errors and
+    cancelled calls alike, nothing of it is kept: no shares, no metadata, no
+    quota used; it can simply be retried. The server assigns the file id.
+    """
+    Download: _grpc.UnaryStreamMultiCallable[_file_pb2.DownloadRequest, _file_pb2.DownloadResponse]
+    """Streams a file's bytes from `offset` (to resume), in chunks of at most
+    256 KiB. The first message is the file's `file` info; each later one a
+    `chunk`. FILE_NOT_FOUND for an unknown id; DATA_LOSS (FILE_LOST) when
+    fewer than `data_shares` of its shares are intact. Shares found damaged
+    are rebuilt in the background once the read is done.
+    """
+    Stat: _grpc.UnaryUnaryMultiCallable[_file_pb2.StatRequest, _file_pb2.StatResponse]
+    """A file's size, media type, uploader, create time and hash."""
+    Delete: _grpc.UnaryUnaryMultiCallable[_file_pb2.DeleteRequest, _file_pb2.DeleteResponse]
+    """Deletes a file's shares and metadata and frees its quota; only its
+    uploader (NOT_OWNER otherwise) or a service may.
+    """
 
 @_typing.type_check_only
 class FileServiceAsyncStub(FileServiceStub):
-    """Encrypted, erasure-coded files (first draft: the upload policy; streaming
-    upload and download arrive with the files issue).
+    """Encrypted files, erasure-coded across share stores.
+
+    Clients encrypt a file before uploading it (a random key per file, see the
+    SDK) and name it only inside their encrypted manifest: the service stores
+    ciphertext and a media type, never a name or a key. Each file is coded into
+    `total_shares` shares, one per share store, any `data_shares` of which
+    restore it; every share is checked against its BLAKE2b-256 on each read,
+    and a missing or corrupt one is rebuilt from the others.
+
+    Who may read: any signed-in user (or service) that knows a file's id may
+    Stat and Download it. The bytes are ciphertext; the key travels only inside
+    sealed messages, so knowing the id without the key reveals nothing but the
+    size, media type and uploader. Only the uploader, or a service, may Delete.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetUploadPolicy: _aio.UnaryUnaryMultiCallable[_file_pb2.GetUploadPolicyRequest, _file_pb2.GetUploadPolicyResponse]  # type: ignore[assignment]
-    """What the server accepts: size limit, media types, erasure coding."""
+    """What the server accepts: media types, size caps per media type, the
+    caller's quota and usage, upload frame sizes, erasure coding.
+    """
+    Upload: _aio.StreamUnaryMultiCallable[_file_pb2.UploadRequest, _file_pb2.UploadResponse]  # type: ignore[assignment]
+    """Stores a file. The first message is `start` (media type and size); then
+    `chunk` messages of ciphertext, each at most 256 KiB and at least 64 KiB
+    except the one that completes the declared size. Limits are enforced as
+    bytes arrive: a media type outside the allow-list (VALIDATION_FAILED), a
+    size over its media type's cap or more bytes than declared
+    (PAYLOAD_TOO_LARGE), the uploader's quota (QUOTA_EXCEEDED), a badly framed
+    stream (PROTOCOL_VIOLATION), or fewer bytes than declared when the stream
+    ends (VALIDATION_FAILED). Whatever ends an upload early, errors and
+    cancelled calls alike, nothing of it is kept: no shares, no metadata, no
+    quota used; it can simply be retried. The server assigns the file id.
+    """
+    Download: _aio.UnaryStreamMultiCallable[_file_pb2.DownloadRequest, _file_pb2.DownloadResponse]  # type: ignore[assignment]
+    """Streams a file's bytes from `offset` (to resume), in chunks of at most
+    256 KiB. The first message is the file's `file` info; each later one a
+    `chunk`. FILE_NOT_FOUND for an unknown id; DATA_LOSS (FILE_LOST) when
+    fewer than `data_shares` of its shares are intact. Shares found damaged
+    are rebuilt in the background once the read is done.
+    """
+    Stat: _aio.UnaryUnaryMultiCallable[_file_pb2.StatRequest, _file_pb2.StatResponse]  # type: ignore[assignment]
+    """A file's size, media type, uploader, create time and hash."""
+    Delete: _aio.UnaryUnaryMultiCallable[_file_pb2.DeleteRequest, _file_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes a file's shares and metadata and frees its quota; only its
+    uploader (NOT_OWNER otherwise) or a service may.
+    """
 
 class FileServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Encrypted, erasure-coded files (first draft: the upload policy; streaming
-    upload and download arrive with the files issue).
+    """Encrypted files, erasure-coded across share stores.
+
+    Clients encrypt a file before uploading it (a random key per file, see the
+    SDK) and name it only inside their encrypted manifest: the service stores
+    ciphertext and a media type, never a name or a key. Each file is coded into
+    `total_shares` shares, one per share store, any `data_shares` of which
+    restore it; every share is checked against its BLAKE2b-256 on each read,
+    and a missing or corrupt one is rebuilt from the others.
+
+    Who may read: any signed-in user (or service) that knows a file's id may
+    Stat and Download it. The bytes are ciphertext; the key travels only inside
+    sealed messages, so knowing the id without the key reveals nothing but the
+    size, media type and uploader. Only the uploader, or a service, may Delete.
     """
 
     @_abc_1.abstractmethod
@@ -59,6 +146,57 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _file_pb2.GetUploadPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_file_pb2.GetUploadPolicyResponse, _abc.Awaitable[_file_pb2.GetUploadPolicyResponse]]:
-        """What the server accepts: size limit, media types, erasure coding."""
+        """What the server accepts: media types, size caps per media type, the
+        caller's quota and usage, upload frame sizes, erasure coding.
+        """
+
+    @_abc_1.abstractmethod
+    def Upload(
+        self,
+        request_iterator: _MaybeAsyncIterator[_file_pb2.UploadRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_file_pb2.UploadResponse, _abc.Awaitable[_file_pb2.UploadResponse]]:
+        """Stores a file. The first message is `start` (media type and size); then
+        `chunk` messages of ciphertext, each at most 256 KiB and at least 64 KiB
+        except the one that completes the declared size. Limits are enforced as
+        bytes arrive: a media type outside the allow-list (VALIDATION_FAILED), a
+        size over its media type's cap or more bytes than declared
+        (PAYLOAD_TOO_LARGE), the uploader's quota (QUOTA_EXCEEDED), a badly framed
+        stream (PROTOCOL_VIOLATION), or fewer bytes than declared when the stream
+        ends (VALIDATION_FAILED). Whatever ends an upload early, errors and
+        cancelled calls alike, nothing of it is kept: no shares, no metadata, no
+        quota used; it can simply be retried. The server assigns the file id.
+        """
+
+    @_abc_1.abstractmethod
+    def Download(
+        self,
+        request: _file_pb2.DownloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_file_pb2.DownloadResponse], _abc.AsyncIterator[_file_pb2.DownloadResponse]]:
+        """Streams a file's bytes from `offset` (to resume), in chunks of at most
+        256 KiB. The first message is the file's `file` info; each later one a
+        `chunk`. FILE_NOT_FOUND for an unknown id; DATA_LOSS (FILE_LOST) when
+        fewer than `data_shares` of its shares are intact. Shares found damaged
+        are rebuilt in the background once the read is done.
+        """
+
+    @_abc_1.abstractmethod
+    def Stat(
+        self,
+        request: _file_pb2.StatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_file_pb2.StatResponse, _abc.Awaitable[_file_pb2.StatResponse]]:
+        """A file's size, media type, uploader, create time and hash."""
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _file_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_file_pb2.DeleteResponse, _abc.Awaitable[_file_pb2.DeleteResponse]]:
+        """Deletes a file's shares and metadata and frees its quota; only its
+        uploader (NOT_OWNER otherwise) or a service may.
+        """
 
 def add_FileServiceServicer_to_server(servicer: FileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
