@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -301,3 +302,35 @@ async def test_upload_and_download_through_a_split_mode_gateway(tmp_path: Path) 
             await wait_until(lambda: len(list(stores.rglob(".partial-*"))) == 5)
             call.cancel()
             await wait_until(lambda: files_in_stores() == kept, within=5)
+
+
+async def parley_files_scrub(data_dir: Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "parley.cli.main",
+        "files",
+        "scrub",
+        "--data-dir",
+        str(data_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_parley_files_scrub_repairs_and_reports_lost_files(server: FileServer) -> None:
+    damaged = await upload(server.stub, server.alice, os.urandom(CHUNK))
+    server.share_of(damaged.file_id, 1).unlink()
+    code, out, err = await parley_files_scrub(server.config.server.data_dir)
+    assert (code, err) == (0, "")
+    assert out == f"repaired {damaged.file_id}: share 1\nchecked 1 files: 1 repaired, 0 lost\n"
+    for number in range(3):  # n - k + 1 of 5 shares gone: fewer than k = 3 left
+        server.share_of(damaged.file_id, number).unlink()
+    code, out, err = await parley_files_scrub(server.config.server.data_dir)
+    assert code == 1
+    assert out.endswith("checked 1 files: 0 repaired, 1 lost\n")
+    assert err.startswith(f"LOST {damaged.file_id}: fewer intact shares than it needs")

@@ -62,6 +62,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await serve(args)
     if args.command == "health":
         return await _health(args)
+    if args.command == "files":
+        from parley.cli.files_admin import scrub
+
+        return await scrub(args)
     if args.command == "user" and args.user_command == "register":
         await registration.register(args.addr, args.key_file, args.username, args.device_name, args.keystore_passphrase)
         return 0

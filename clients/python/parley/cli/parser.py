@@ -42,6 +42,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     _add_serve(commands)
     _add_health(commands)
+    _add_files(commands)
     _add_user(commands)
     _add_whoami(commands)
     _add_devices(commands)
@@ -120,6 +121,25 @@ def _add_serve(commands: _Commands) -> None:
         help="let other servers of this user listen on the same --port (SO_REUSEPORT, Linux; "
         "env PARLEY_SERVER_REUSE_PORT)",
     )
+
+
+def _add_files(commands: _Commands) -> None:
+    files = commands.add(
+        "files",
+        "look after the file service's stored files (on its host)",
+        "Commands for the host of the file service; they read its settings like `parley serve file` "
+        "(--config, then PARLEY_<SECTION>_<KEY> variables, then flags).",
+    )
+    actions = commands.nested(files, "files_command")
+    scrub = actions.add(
+        "scrub",
+        "check every file's shares and repair what can be",
+        "Read every share of every stored file, check it against its BLAKE2b-256 address, rebuild missing or "
+        "damaged shares from any k intact ones, and report what was repaired and what is lost (fewer than k "
+        "intact: restore the missing share stores). Exit 1 when a file is lost. Safe while the server runs.",
+    )
+    scrub.add_argument("--config", type=Path, help="TOML config file")
+    scrub.add_argument("--data-dir", type=Path, help="the file service's data directory (default ./data)")
 
 
 def _add_health(commands: _Commands) -> None:
