@@ -306,7 +306,10 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
         state = ChannelState.from_bytes(row.state)
         if not state.roster.is_admin(device.device_id):
             return False
-        joining = await self._keeper.member(user_id)
+        try:
+            joining = await self._keeper.member(user_id)
+        except CryptoError as error:
+            raise invalid_field("authorization", f"your keys do not check out: {error}") from None
         if not joining.devices:
             raise invalid_field("authorization", "none of your devices is vouched for by your user key")
         roster = Roster(tuple(sorted((*state.roster.members, joining), key=lambda m: m.user_id)))
@@ -361,7 +364,9 @@ class ChannelServicer(channel_pb2_grpc.ChannelServiceServicer):
             if changed:
                 await self._members.add(space_id, changed, role)
         await self._drop_missing(space_id, state)
-        await self._storage.drop_join_requests(space_id, [m.user_id for m in state.roster.members])
+        joined = [m.user_id for m in state.roster.members if m.user_id not in current]
+        if joined:  # only non-members ask to join: a user the roster just let in ends their request
+            await self._storage.drop_join_requests(space_id, joined)
 
 
 def _user(caller: Principal) -> Principal:

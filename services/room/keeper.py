@@ -17,13 +17,13 @@ import secrets
 from pathlib import Path
 
 from parley.auth import Auth
+from parley.channel_keys import member_device
 from parley.crypto import group
-from parley.crypto import identity as proofs
-from parley.crypto.errors import CryptoError
 from parley.crypto.x3dh import DeviceKeys
-from parley.errors import NotFoundError
-from parley.identity.v1 import identity_pb2
+from parley.e2e_state import E2eState
+from parley.keystore import KeyStore
 from parley.private_files import open_private
+from parley.trust import Trust
 
 USERNAME_PREFIX = "parley-keeper-"
 TIMEOUT_SECONDS = 10.0
@@ -71,7 +71,7 @@ class Keeper:
             own.device_dh_key.public_key.encode(),
             own.certify(own).certificate,
         )
-        return _member_device(keys)
+        return member_device(keys)
 
     async def commit(self, previous: group.ChannelState, roster: group.Roster) -> group.CommittedEpoch:
         """The keeper's commit moving `previous` to `roster` (it must be an admin of `previous`)."""
@@ -88,40 +88,14 @@ class Keeper:
         )
 
     async def member(self, user_id: str) -> group.Member:
-        """A user as a plain member, with every device their user key certifies and their signed device list
-        names (the identity service's word on who the user is: the keeper is the operator's)."""
+        """A user as a plain member, with the devices their user key vouches for (certified, and named by their
+        signed device list): the SDK's own rules, on the identity service's word for the user's key (the keeper
+        is the operator's)."""
         auth = await self._signed_in()
-        user = await auth.call(auth.identity_stub.GetUser, identity_pb2.GetUserRequest(user_id=user_id))
-        listed = await self._listed(auth, user_id, user.user.signing_key)
-        devices = []
-        for device in user.devices:
-            keys = DeviceKeys(user.user.signing_key, device.signing_key, device.dh_key, device.certificate)
-            try:
-                keys.verify()
-            except (CryptoError, ValueError):
-                continue
-            if keys.device_id == device.device_id and (listed is None or keys.device_id in listed):
-                devices.append(_member_device(keys))
-        devices.sort(key=lambda d: d.device_id)
-        return group.Member(user_id, user.user.signing_key, group.MEMBER, tuple(devices))
+        peer = await Trust(auth, E2eState(KeyStore.in_memory())).peer(user_id)
+        devices = sorted((member_device(d) for d in peer.devices), key=lambda d: d.device_id)
+        return group.Member(user_id, peer.user_signing_key, group.MEMBER, tuple(devices))
 
     async def close(self) -> None:
         if self._auth is not None:
             await self._auth.close_channel()
-
-    @staticmethod
-    async def _listed(auth: Auth, user_id: str, user_key: bytes) -> set[str] | None:
-        try:
-            response = await auth.call(
-                auth.identity_stub.GetDeviceList, identity_pb2.GetDeviceListRequest(user_id=user_id)
-            )
-        except NotFoundError:
-            return None
-        signed = response.device_list
-        if not proofs.verify_signature(user_key, proofs.device_list_bytes(signed.list), signed.signature):
-            return None
-        return set(identity_pb2.DeviceListContent.FromString(signed.list).device_ids)
-
-
-def _member_device(keys: DeviceKeys) -> group.MemberDevice:
-    return group.MemberDevice(keys.device_id, keys.device_signing_key, keys.device_dh_key, keys.certificate)
