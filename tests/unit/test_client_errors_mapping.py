@@ -15,6 +15,7 @@ from parley.errors import (
     AlreadyExistsError,
     NotFoundError,
     ParleyError,
+    PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitedError,
     RoomFullError,
@@ -155,7 +156,7 @@ def test_resource_exhausted_with_other_reason_is_not_retryable() -> None:
     error = from_service_error(
         ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, errors_pb2.ERROR_REASON_PAYLOAD_TOO_LARGE, "too big")
     )
-    assert type(error) is ParleyError
+    assert type(error) is PayloadTooLargeError
     assert not isinstance(error, RateLimitedError)
     assert error.retryable is False
     assert error.reason == "PAYLOAD_TOO_LARGE"

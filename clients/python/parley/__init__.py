@@ -10,9 +10,12 @@ from parley.connection import ConnectionState, Heartbeat
 from parley.device_identity import DeviceIdentity
 from parley.errors import (
     AlreadyExistsError,
+    FileLostError,
     NotFoundError,
     ParleyError,
+    PayloadTooLargeError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitedError,
     RoomFullError,
     SlowConsumerError,
@@ -20,6 +23,7 @@ from parley.errors import (
     UnavailableError,
     ValidationError,
 )
+from parley.files import FileRef
 from parley.messages import SubjectMessage
 from parley.outbox import OutboxFullError, Send, SendStatus
 from parley.peers import Peer
@@ -34,15 +38,19 @@ __all__ = [
     "Device",
     "DeviceIdentity",
     "EventChange",
+    "FileLostError",
+    "FileRef",
     "Heartbeat",
     "Me",
     "NotFoundError",
     "OutboxFullError",
     "ParleyError",
+    "PayloadTooLargeError",
     "Peer",
     "PermissionDeniedError",
     "Published",
     "Question",
+    "QuotaExceededError",
     "RateLimitedError",
     "Room",
     "RoomEvent",

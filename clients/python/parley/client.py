@@ -28,6 +28,7 @@ from parley.crypto.safety_numbers import SafetyNumber
 from parley.device_identity import DeviceIdentity
 from parley.direct_messages import DirectMessages
 from parley.errors import ParleyError
+from parley.files import Files
 from parley.gateway.v1 import gateway_pb2
 from parley.handlers import HandlerRunner
 from parley.history.v1 import history_pb2_grpc
@@ -138,11 +139,16 @@ class Client:
         self._direct = DirectMessages(
             self._auth, self._sender, _keystore_file(keystore_file, key_file), keystore_passphrase
         )
-        self.message = Messages(self._sender, self._runner, self._connection, self._direct, lambda: self.user_id)
+        self.files = Files(self._auth)
+        """End-to-end encrypted files: `client.files.put(path)` returns a `FileRef` to send inside a sealed
+        message; `client.files.get(ref)` fetches and opens it. No realtime stream needed."""
+        self.message = Messages(
+            self._sender, self._runner, self._connection, self._direct, lambda: self.user_id, self.files
+        )
         """Pub/sub subjects (`client.message.subscribe(...)`, `client.message.publish(...)`) and encrypted
         direct messages (`client.message.send("user:<id>", ...)`, `client.message.subscribe("user:<me>", ...)`)."""
         self._rooms = RoomRegistry(self._connection, self._sender, self._runner, self._calls)
-        self.space = Spaces(self._auth, self._direct, self.join)
+        self.space = Spaces(self._auth, self._direct, self.join, self.files)
         self._runner.add("join_request", self.space.join_requested)
         self._runner.add("channel_committed", self.space.committed)
         """Sealed group channels: `client.space.create_channel(name)`, `join_channel`, `list_channels`."""

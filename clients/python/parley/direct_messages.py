@@ -40,6 +40,7 @@ from parley.crypto.safety_numbers import SafetyNumber
 from parley.direct_sessions import Opened, Sessions
 from parley.e2e_state import E2eState
 from parley.errors import NotFoundError, ParleyError, UnavailableError, ValidationError
+from parley.files import Media, read_media
 from parley.gateway.v1 import gateway_pb2
 from parley.handlers import call_handler
 from parley.history.v1 import history_pb2
@@ -82,6 +83,8 @@ class DirectMessage:
     """The sender's clock, in milliseconds since the Unix epoch."""
     missed_before: int
     """Earlier messages from this sender device that have not arrived (yet)."""
+    media: Media | None = None
+    """The file the message carries (`client.message.send_file`): fetch it with `client.files.get(media.file)`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +363,7 @@ class DirectMessages:
             opened = parts.sessions.open(envelope.sender_device_id, envelope.ciphertext, self._clock())
             plaintext = DirectPlaintext.from_bytes(opened.plaintext)
             data = _json(plaintext.body)
+            media = read_media(data, plaintext.sender_device_id)
             await self._check_sender(parts, envelope, opened, plaintext)
         except KeyChangedError as error:
             parts.state.put(_HELD, str(envelope.seq), envelope.SerializeToString())
@@ -383,6 +387,7 @@ class DirectMessages:
             data=data,
             sent_at_ms=plaintext.sent_at_ms,
             missed_before=opened.missed_before,
+            media=media,
         )
         await asyncio.gather(*(call_handler(h, message) for h in self._handlers))
         return opened.started is not None

@@ -90,6 +90,18 @@ class SlowConsumerError(ParleyError):
     retryable = True
 
 
+class PayloadTooLargeError(ParleyError):
+    """A message, event or file over its size limit (`limit` in the metadata, in bytes)."""
+
+
+class QuotaExceededError(ParleyError):
+    """The upload would take the user past their file quota."""
+
+
+class FileLostError(ParleyError):
+    """Fewer of the file's shares are intact than it takes to rebuild it (DATA_LOSS)."""
+
+
 _BY_REASON: dict[str, type[ParleyError]] = {
     "VALIDATION_FAILED": ValidationError,
     "MALFORMED_REQUEST": ValidationError,
@@ -98,6 +110,9 @@ _BY_REASON: dict[str, type[ParleyError]] = {
     "RATE_LIMITED": RateLimitedError,
     "SLOW_CONSUMER": SlowConsumerError,
     "SERVICE_UNAVAILABLE": UnavailableError,
+    "PAYLOAD_TOO_LARGE": PayloadTooLargeError,
+    "QUOTA_EXCEEDED": QuotaExceededError,
+    "FILE_LOST": FileLostError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[ParleyError]] = {

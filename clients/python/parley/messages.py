@@ -11,12 +11,16 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import json_format
 
 from parley.errors import UnavailableError
+from parley.files import media_body
 from parley.gateway.v1 import gateway_pb2
 from parley.values import to_value
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from parley.connection import Connection
     from parley.direct_messages import DirectHandler, DirectMessages, DirectSent, RejectedHandler
+    from parley.files import Files, Progress
     from parley.handlers import HandlerRunner
     from parley.sender import Sender
     from parley.stream import ConnectStream
@@ -50,8 +54,10 @@ class Messages:
         connection: Connection,
         direct: DirectMessages,
         user_id: Callable[[], str],
+        files: Files,
     ) -> None:
         self._sender = sender
+        self._files = files
         self._runner = runner
         self._direct = direct
         self._user_id = user_id
@@ -63,6 +69,26 @@ class Messages:
         and your own other devices, kept for offline ones until they come online. Raises `KeyChangedError`
         (parley.crypto.errors) when the user's key is not the one pinned."""
         return await self._direct.send(_direct_user(target), data, message_id=message_id)
+
+    async def send_file(
+        self,
+        target: str,
+        source: bytes | Path | str,
+        *,
+        name: str | None = None,
+        media_type: str | None = None,
+        caption: str = "",
+        thumbnail: bool = True,
+        progress: Progress | None = None,
+    ) -> DirectSent:
+        """Encrypts and uploads a file (`client.files.put`), then sends its reference, its key and (for an
+        image) a thumbnail to "user:<id>" as a direct message; the recipient's `DirectMessage.media` holds
+        them and `client.files.get(message.media.file)` fetches the file."""
+        user_id = _direct_user(target)
+        media = await self._files.put_media(
+            source, name=name, media_type=media_type, caption=caption, thumbnail=thumbnail, progress=progress
+        )
+        return await self._direct.send(user_id, media_body(media))
 
     def on_rejected(self, handler: RejectedHandler) -> None:
         """Calls `handler(envelope, error)` for a direct message that failed a check (forged, replayed,

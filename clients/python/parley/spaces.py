@@ -19,6 +19,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -29,6 +30,7 @@ from parley.crypto import group
 from parley.crypto.errors import CryptoError, MalformedInputError
 from parley.crypto.primitives import constant_time_equal
 from parley.errors import NotFoundError, ParleyError, PermissionDeniedError
+from parley.files import FileRef, Files, Media, Progress, media_body, read_media
 from parley.room.v1 import channel_pb2, channel_pb2_grpc
 from parley.rooms import EventChange, Room, RoomEvent, Signal
 
@@ -74,6 +76,8 @@ class ChannelMessage:
     epoch: int
     time_ms: int
     edited: bool = False
+    media: Media | None = None
+    """The file the message carries (`Space.send_file`): fetch it with `space.get_file(message.media.file)`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +104,12 @@ DeletedHandler = Callable[[str], Awaitable[None] | None]
 class Spaces:
     """`client.space`: create, join and list channels and spaces."""
 
-    def __init__(self, auth: Auth, direct: DirectMessages, join_room: Callable[[str], Awaitable[Room]]) -> None:
+    def __init__(
+        self, auth: Auth, direct: DirectMessages, join_room: Callable[[str], Awaitable[Room]], files: Files
+    ) -> None:
         self._auth = auth
         self._direct = direct
+        self._files = files
         self._join_room = join_room
         self._open: dict[str, Space] = {}
 
@@ -234,7 +241,7 @@ class Spaces:
             await keys.sync()
             await self._bring_own_devices(keys)
             room = await self._join_room(channel.space_id)
-            space = Space(channel, keys, room, self._direct, self._auth)
+            space = Space(channel, keys, room, self._direct, self._auth, self._files)
             self._open[channel.space_id] = space
         return space
 
@@ -255,9 +262,16 @@ class Space:
     """One channel or space, opened: send and read its sealed messages, manage its members."""
 
     def __init__(
-        self, channel: channel_pb2.Channel, keys: ChannelKeys, room: Room, direct: DirectMessages, auth: Auth
+        self,
+        channel: channel_pb2.Channel,
+        keys: ChannelKeys,
+        room: Room,
+        direct: DirectMessages,
+        auth: Auth,
+        files: Files,
     ) -> None:
         self._auth = auth
+        self._files = files
         self.space_id = channel.space_id
         self.name = channel.name
         self.end_to_end = channel.kind != channel_pb2.CHANNEL_KIND_KEEPER
@@ -291,6 +305,42 @@ class Space:
         """Seals `body` (any JSON value) for the channel and publishes it; returns the message's handle."""
         published = await self._room.trigger(MESSAGE_EVENT, await self._sealed_now(MESSAGE, body))
         return published.handle
+
+    async def put_file(
+        self,
+        source: bytes | Path | str,
+        *,
+        name: str | None = None,
+        media_type: str | None = None,
+        progress: Progress | None = None,
+    ) -> FileRef:
+        """Encrypts and uploads a file (bytes or a path, read as it is sent) without sending a message; share
+        the returned reference inside a sealed message (`send_message({"file": ref.to_json()})`, or use
+        `send_file`). Needs no realtime stream."""
+        return await self._files.put(source, name=name, media_type=media_type, progress=progress)
+
+    async def get_file(
+        self, ref: FileRef | Media, *, path: Path | str | None = None, progress: Progress | None = None
+    ) -> Any:
+        """A file's decrypted bytes, or with `path` the path it was written to (streamed); every chunk checked."""
+        return await self._files.get(ref.file if isinstance(ref, Media) else ref, path=path, progress=progress)
+
+    async def send_file(
+        self,
+        source: bytes | Path | str,
+        *,
+        name: str | None = None,
+        media_type: str | None = None,
+        caption: str = "",
+        thumbnail: bool = True,
+        progress: Progress | None = None,
+    ) -> str:
+        """Uploads a file (`put_file`) and sends a sealed message carrying its reference, key, caption and (for
+        an image) a thumbnail; members find them in `ChannelMessage.media`. Returns the message's handle."""
+        media = await self._files.put_media(
+            source, name=name, media_type=media_type, caption=caption, thumbnail=thumbnail, progress=progress
+        )
+        return await self.send_message(media_body(media))
 
     async def edit_message(self, handle: str, body: Any) -> None:
         """Replaces the body of a message you sent (NOT_AUTHOR otherwise); members get it sealed anew."""
@@ -444,6 +494,7 @@ class Space:
                 body = self._edit_body(handle, opened.sender_device_id, body)
             elif opened.content_type != MESSAGE:
                 raise MalformedInputError(f"a channel event of content type {opened.content_type!r}")
+            media = read_media(body, opened.sender_device_id)
         except (CryptoError, ValueError, RecursionError) as error:
             self.rejected.append((seq, error if isinstance(error, CryptoError) else MalformedInputError(str(error))))
             return None
@@ -461,6 +512,7 @@ class Space:
             opened.epoch,
             time_ms,
             edited,
+            media,
         )
 
     def _edit_body(self, handle: str, editor_device_id: str, sealed: Any) -> Any:
