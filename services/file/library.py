@@ -31,6 +31,9 @@ log = logging.getLogger("parley.file")
 FILE_ID = re.compile(r"f-[0-9a-f]{32}")
 QUOTA_SETTING = "files.quota_bytes_per_user"
 SCRUB_PAGE_ROWS = 100
+# Shares and partial files no file refers to are removed by scrub once nothing has written them for this long:
+# an upload under way publishes its shares a moment before its row, and writes its partial files as it goes.
+LEFTOVER_GRACE_SECONDS = 3600.0
 
 
 def new_file_id() -> str:
@@ -171,16 +174,20 @@ class FileLibrary:
         checked = 0
         repaired: dict[str, list[int]] = {}
         lost: list[str] = []
+        kept: list[FileLayout] = []
         after = ""
         while rows := await self._metadata.page(after, SCRUB_PAGE_ROWS):
             after = rows[-1].file_id
-            report = await asyncio.to_thread(self.stores.scrub, [layout_of(row) for row in rows])
+            layouts = [layout_of(row) for row in rows]
+            kept.extend(layouts)
+            report = await asyncio.to_thread(self.stores.scrub, layouts)
             checked += report.checked
             repaired.update(report.repaired)
             lost.extend(report.lost)
+        swept = await asyncio.to_thread(self.stores.sweep, kept, LEFTOVER_GRACE_SECONDS)
         if repaired or lost:
             log.warning("scrub found damaged files", extra={"checked": checked, "repaired": repaired, "lost": lost})
-        return ScrubReport(checked, repaired, lost)
+        return ScrubReport(checked, repaired, lost, swept)
 
     async def close(self) -> None:
         await self._metadata.close()

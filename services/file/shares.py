@@ -10,11 +10,13 @@ worker thread.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from services.file.share_format import encode_file_id, share_path
 from services.file.share_layout import MAX_SHARES, FileLayout, SharesLostError, check_coding
+from services.file.share_partial import PARTIAL_PREFIX
 from services.file.share_reader import ShareReader
 from services.file.share_repair import ShareRebuildError, repair_shares
 from services.file.share_verification import verify_shares
@@ -40,6 +42,8 @@ class ScrubReport:
     repaired: dict[str, list[int]]
     # Files with fewer than k intact shares.
     lost: list[str]
+    # Leftovers removed: shares no file refers to, and partial files of uploads that never finished.
+    swept: int = 0
 
 
 class ShareStores:
@@ -84,7 +88,7 @@ class ShareStores:
         return repair_shares(self._stores_of(layout), layout)
 
     def delete(self, layout: FileLayout) -> None:
-        for store, digest in zip(self._stores_of(layout), layout.share_hashes, strict=True):
+        for store, digest in self._shares_of(layout):
             share_path(store, digest).unlink(missing_ok=True)
 
     def scrub(self, layouts: Iterable[FileLayout]) -> ScrubReport:
@@ -102,6 +106,27 @@ class ShareStores:
             if rebuilt:
                 repaired[layout.file_id] = rebuilt
         return ScrubReport(checked, repaired, lost)
+
+    def sweep(self, kept: Iterable[FileLayout], grace_seconds: float) -> int:
+        """Removes what no file refers to and nothing has written for `grace_seconds`: shares left by an upload
+        or a repair that a crash or a delete cut short, and partial files of uploads that never finished."""
+        referenced = {share_path(store, digest) for layout in kept for store, digest in self._shares_of(layout)}
+        cutoff = time.time() - grace_seconds
+        swept = 0
+        for store in self.directories:
+            for path in [*store.glob("*/*.share"), *store.glob(f"{PARTIAL_PREFIX}*")]:
+                if path in referenced:
+                    continue
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        swept += 1
+                except FileNotFoundError:
+                    continue  # removed meanwhile (a delete, or an upload that finished)
+        return swept
+
+    def _shares_of(self, layout: FileLayout) -> Iterable[tuple[Path, bytes]]:
+        return zip(self._stores_of(layout), layout.share_hashes, strict=True)
 
     def _stores_of(self, layout: FileLayout) -> tuple[Path, ...]:
         if layout.total_shares > self.total_shares:

@@ -248,6 +248,24 @@ def test_scrub_reports_repaired_and_lost_files(tmp_path: Path) -> None:
     assert stores.scrub([healthy, hurt]).repaired == {}
 
 
+def test_sweep_removes_only_old_leftovers_no_file_refers_to(tmp_path: Path) -> None:
+    stores = make_stores(tmp_path)
+    kept = store_and_layout(stores, os.urandom(STRIPE), file_id="kept")
+    orphan = store_and_layout(stores, os.urandom(STRIPE + 5), file_id="orphan")  # its row never written
+    fresh_orphan = store_and_layout(stores, os.urandom(7), file_id="fresh")  # an upload about to record its row
+    partial = stores.directories[2] / f"{share_partial.PARTIAL_PREFIX}crashed.share"
+    partial.write_bytes(b"half an upload")
+    hour_ago = time.time() - 3600
+    for path in [*(share_at(stores, layout, n) for layout in (kept, orphan) for n in range(5)), partial]:
+        os.utime(path, (hour_ago, hour_ago))
+
+    assert stores.sweep([kept], grace_seconds=600) == 6
+    assert store_files(stores) == sorted(
+        share_at(stores, layout, n) for layout in (kept, fresh_orphan) for n in range(5)
+    )
+    assert stores.sweep([kept], grace_seconds=600) == 0
+
+
 def test_delete_removes_every_share(tmp_path: Path) -> None:
     stores = make_stores(tmp_path)
     layout = store_and_layout(stores, os.urandom(STRIPE * 2))

@@ -27,5 +27,6 @@ async def scrub(args: argparse.Namespace) -> int:
         print(f"repaired {file_id}: share{'s' if len(shares) > 1 else ''} {', '.join(map(str, shares))}")
     for file_id in report.lost:
         print(f"LOST {file_id}: fewer intact shares than it needs; restore the missing share stores", file=sys.stderr)
-    print(f"checked {report.checked} files: {len(report.repaired)} repaired, {len(report.lost)} lost")
+    swept = f", {report.swept} leftover share files removed" if report.swept else ""
+    print(f"checked {report.checked} files: {len(report.repaired)} repaired, {len(report.lost)} lost{swept}")
     return 1 if report.lost else 0
