@@ -87,7 +87,7 @@ class FileRef:
                 uploader_key=unb64(_text(data["uploader"])),
                 name=_text(data["name"]),
                 media_type=_text(data["type"]),
-                size=int(data["size"]),
+                size=_size(data["size"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise MalformedInputError(f"not a file reference: {error}") from None
@@ -163,7 +163,7 @@ class Files:
         """
         path = Path(source) if isinstance(source, (str, Path)) else None
         size = path.stat().st_size if path is not None else len(source)  # type: ignore[arg-type]
-        name = name if name is not None else (path.name if path is not None else "")
+        name = name if name is not None else (_shown(path.name) if path is not None else "")
         media_type = media_type or (mimetypes.guess_type(name)[0] if name else None) or DEFAULT_MEDIA_TYPE
         me = self._auth.identity
         manifest = sealing.Manifest(
@@ -253,10 +253,11 @@ class Files:
             )
             try:
                 async for frame in call:
-                    for plaintext in reader.feed(frame):
+                    opened = reader.feed(frame)
+                    for plaintext in opened:
                         write(plaintext)
-                        if progress is not None:
-                            progress(reader.opened, ref.size)
+                    if opened and progress is not None:
+                        progress(reader.opened, ref.size)
             except grpc.aio.AioRpcError as rpc_error:
                 error = error_from_rpc(rpc_error)
                 attempts += 1
@@ -280,19 +281,20 @@ class _DownloadReader:
         self._header_length: int | None = None
         self._chunks: sealing.ChunkOpener | None = None
 
-    def feed(self, frame: file_pb2.DownloadResponse) -> Iterator[bytes]:
+    def feed(self, frame: file_pb2.DownloadResponse) -> list[bytes]:
+        """The plaintext chunks this frame completes (checked)."""
         if frame.HasField("file"):
             self._check_stored(frame.file)
-            return
+            return []
         data = frame.chunk
         self.received += len(data)
         if self._chunks is None:
             data = self._take_header(data)
             if self._chunks is None:
-                return
-        for plaintext in self._chunks.feed(data):
-            self.opened += len(plaintext)
-            yield plaintext
+                return []
+        opened = self._chunks.feed(data)
+        self.opened += sum(len(plaintext) for plaintext in opened)
+        return opened
 
     def finish(self) -> None:
         if self._chunks is None:
@@ -376,6 +378,17 @@ def _in_place(target: Path) -> Iterator[BinaryIO]:
 
 def _file_id(ref: FileRef | str) -> str:
     return ref.file_id if isinstance(ref, FileRef) else ref
+
+
+def _shown(file_name: str) -> str:
+    """A file name as text: bytes a Linux name holds that are not UTF-8 become U+FFFD."""
+    return file_name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _size(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise TypeError("a size is a whole number of bytes")
+    return value
 
 
 def _text(value: Any) -> str:

@@ -59,4 +59,8 @@ def b64(data: bytes) -> str:
 
 
 def unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
+    """The bytes of `b64` text; `MalformedInputError` (a ValueError) for anything else."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError) as error:
+        raise MalformedInputError(f"not base64: {error}") from None

@@ -18,7 +18,6 @@ the hash of the stored header.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import nacl.signing
 
@@ -73,8 +72,16 @@ class Manifest:
     def __post_init__(self) -> None:
         if len(self.content_id) != CONTENT_ID_BYTES:
             raise MalformedInputError(f"a content id is {CONTENT_ID_BYTES} bytes")
-        if self.size < 0 or self.chunk_bytes <= 0 or self.chunks >= 1 << 32:
+        if not 0 <= self.size < 1 << 63 or not 0 < self.chunk_bytes < 1 << 32 or self.chunks >= 1 << 32:
             raise MalformedInputError("a file's size and chunking must be positive and fit")
+        if not 0 <= self.created_ms < 1 << 63:
+            raise MalformedInputError("a manifest's time must be positive and fit")
+        try:
+            self.name.encode()
+            self.media_type.encode()
+            self.uploader_user_id.encode()
+        except UnicodeEncodeError as error:
+            raise MalformedInputError("a manifest's texts must be valid Unicode") from error
 
     @property
     def chunks(self) -> int:
@@ -224,23 +231,24 @@ class ChunkOpener:
     def chunks_opened(self) -> int:
         return self._next
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
+    def feed(self, data: bytes) -> list[bytes]:
         """The plaintext of every chunk `data` completes; `ForgedFileError` on any that does not open."""
         self._pending += data
+        opened: list[bytes] = []
         while self._next < self._manifest.chunks:
             length = self._manifest.chunk_length(self._next) + CHUNK_OVERHEAD
             if len(self._pending) < length:
-                return
+                return opened
             sealed = bytes(self._pending[:length])
             del self._pending[:length]
             try:
-                plaintext = open_sealed(self._key, sealed, _chunk_ad(self._manifest, self._next))
+                opened.append(open_sealed(self._key, sealed, _chunk_ad(self._manifest, self._next)))
             except DecryptionError as error:
                 raise ForgedFileError(f"chunk {self._next} of the file does not open") from error
             self._next += 1
-            yield plaintext
         if self._pending:
             raise ForgedFileError("bytes after the file's last chunk")
+        return opened
 
     def finish(self) -> None:
         if self._next != self._manifest.chunks or self._pending:
