@@ -218,3 +218,12 @@ async def raw_download(client: Client, file_id: str) -> bytes:
         metadata=(("authorization", f"Bearer {await client.access_token()}"),),
     )
     return b"".join([frame.chunk async for frame in call if frame.HasField("chunk")])
+
+
+async def test_uploads_refused_while_still_sending_report_the_services_reason(alice: Client) -> None:
+    page = b"<html>" + os.urandom(3_400_000)
+    for _ in range(3):
+        outcomes = await asyncio.gather(
+            *(alice.files.put(page, name="page.html") for _ in range(8)), return_exceptions=True
+        )
+        assert all(isinstance(outcome, ValidationError) for outcome in outcomes), outcomes

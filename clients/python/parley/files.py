@@ -182,7 +182,7 @@ class Files:
             with _opened(source) as plaintext:
                 frames = _upload_frames(header, manifest, key, plaintext, progress)
                 try:
-                    uploaded = await self._stub.Upload(frames, metadata=await self._metadata())
+                    uploaded = await self._upload(frames)
                     break
                 except grpc.aio.AioRpcError as rpc_error:
                     error = error_from_rpc(rpc_error)
@@ -239,6 +239,25 @@ class Files:
     async def delete(self, ref: FileRef | str) -> None:
         """Deletes a file you uploaded (`PermissionDeniedError`, NOT_OWNER, for another's)."""
         await self._auth.call(self._stub.Delete, file_pb2.DeleteRequest(file_id=_file_id(ref)))
+
+    async def _upload(self, frames: AsyncIterator[file_pb2.UploadRequest]) -> file_pb2.UploadResponse:
+        """Writes the frames one by one: when the service refuses early (a limit) the rest are not written, and
+        its status, not a failed write's, is what the caller sees."""
+        call = self._stub.Upload(None, metadata=await self._metadata())  # frames written below
+        try:
+            async for frame in frames:
+                if call.done():
+                    break
+                try:
+                    await call.write(frame)
+                except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                    break  # the call ended: awaiting it below raises its status
+            else:
+                await call.done_writing()
+            return await call
+        except BaseException:
+            call.cancel()
+            raise
 
     async def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {await self._auth.access_token()}"),)
