@@ -26,6 +26,11 @@ def file_info(row: FileRow) -> file_pb2.FileInfo:
     )
 
 
+# Sent once `start` passed every check, before any chunk is read: a client that waits for it sends no bytes
+# of an upload the service refuses.
+UPLOAD_ACCEPTED = (("parley-upload", "accepted"),)
+
+
 class FileServicer(file_pb2_grpc.FileServiceServicer):
     def __init__(self, library: FileLibrary, files: FilesConfig) -> None:
         self.library = library
@@ -61,6 +66,7 @@ class FileServicer(file_pb2_grpc.FileServiceServicer):
             raise protocol_violation("the first message of an upload must be `start`")
         session = await self.library.begin_upload(current_principal(), first.start.media_type, first.start.size)
         try:
+            await context.send_initial_metadata(UPLOAD_ACCEPTED)
             async for request in requests:
                 if request.WhichOneof("frame") != "chunk":
                     raise protocol_violation("after `start`, every message of an upload must be a `chunk`")

@@ -6,6 +6,7 @@ call goes on with the caller's metadata so the peer checks it again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn, cast
@@ -62,10 +63,17 @@ def _handler_for(route: Route) -> Any:
         call = call_type(name, None, None)(
             request, metadata=_forwarded_metadata(context), timeout=context.time_remaining()
         )
+        # A client-streaming peer may answer before the response (FileService.Upload accepting `start`).
+        relaying = (
+            asyncio.ensure_future(_relay_initial_metadata(call, context)) if route.method.client_streaming else None
+        )
         try:
             response: bytes = await call
         except grpc.aio.AioRpcError as exc:
             await _relay_error(route, exc, context)
+        finally:
+            if relaying is not None:
+                relaying.cancel()
         return response
 
     async def stream_response(request: Any, context: Context) -> AsyncIterator[bytes]:
@@ -88,6 +96,12 @@ def _handler_for(route: Route) -> Any:
     if route.method.server_streaming:
         return grpc.unary_stream_rpc_method_handler(stream_response)
     return grpc.unary_unary_rpc_method_handler(unary_response)
+
+
+async def _relay_initial_metadata(call: Any, context: Context) -> None:
+    metadata = await call.initial_metadata()
+    if metadata:
+        await context.send_initial_metadata(tuple(metadata))
 
 
 def _forwarded_metadata(context: Context) -> list[tuple[str, str | bytes]]:

@@ -36,6 +36,8 @@ from parley.thumbnails import thumbnail as make_thumbnail
 
 # Upload frames: the service takes 64-256 KiB per message.
 FRAME_BYTES = 256 * 1024
+# What the service answers a `start` it accepted with, before the chunks are sent.
+UPLOAD_ACCEPTED = ("parley-upload", "accepted")
 # A download cut short (the connection lost, the server restarted) goes on from where it stopped.
 RESUME_ATTEMPTS = 5
 RESUME_PAUSE_SECONDS = 0.2
@@ -241,15 +243,20 @@ class Files:
         await self._auth.call(self._stub.Delete, file_pb2.DeleteRequest(file_id=_file_id(ref)))
 
     async def _upload(self, frames: AsyncIterator[file_pb2.UploadRequest]) -> file_pb2.UploadResponse:
-        """Writes the frames one by one: when the service refuses early (a limit) the rest are not written, and
-        its status, not a failed write's, is what the caller sees."""
+        """Writes `start`, waits for the service to accept it (its initial metadata), then the chunks one by one:
+        a refused upload sends no chunk, and the service's status, not a failed write's, is what the caller sees."""
         call = self._stub.Upload(None, metadata=await self._metadata())  # frames written below
         try:
+            accepted = False
             async for frame in frames:
                 if call.done():
                     break
                 try:
                     await call.write(frame)
+                    if not accepted:  # the service checked `start`: a refusal comes before any chunk is sent
+                        accepted = UPLOAD_ACCEPTED in tuple(await call.initial_metadata())
+                        if not accepted:
+                            break  # refused: awaiting the call below raises the service's status
                 except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
                     break  # the call ended: awaiting it below raises its status
             else:

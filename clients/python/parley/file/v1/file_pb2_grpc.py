@@ -109,6 +109,11 @@ class FileServiceServicer:
         ends (VALIDATION_FAILED). Whatever ends an upload early, errors and
         cancelled calls alike, nothing of it is kept: no shares, no metadata, no
         quota used; it can simply be retried. The server assigns the file id.
+        Once `start` passed its checks, and before reading any chunk, the service
+        sends initial metadata `parley-upload: accepted`: a client that waits for
+        it sends no bytes of an upload the service refuses (one that writes on
+        after a refusal may see grpc's own INTERNAL "Internal error from Core"
+        instead of the service's status).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,6 +61,11 @@ class FileServiceStub:
     ends (VALIDATION_FAILED). Whatever ends an upload early, errors and
     cancelled calls alike, nothing of it is kept: no shares, no metadata, no
     quota used; it can simply be retried. The server assigns the file id.
+    Once `start` passed its checks, and before reading any chunk, the service
+    sends initial metadata `parley-upload: accepted`: a client that waits for
+    it sends no bytes of an upload the service refuses (one that writes on
+    after a refusal may see grpc's own INTERNAL "Internal error from Core"
+    instead of the service's status).
     """
     Download: _grpc.UnaryStreamMultiCallable[_file_pb2.DownloadRequest, _file_pb2.DownloadResponse]
     """Streams a file's bytes from `offset` (to resume), in chunks of at most
@@ -109,6 +114,11 @@ class FileServiceAsyncStub(FileServiceStub):
     ends (VALIDATION_FAILED). Whatever ends an upload early, errors and
     cancelled calls alike, nothing of it is kept: no shares, no metadata, no
     quota used; it can simply be retried. The server assigns the file id.
+    Once `start` passed its checks, and before reading any chunk, the service
+    sends initial metadata `parley-upload: accepted`: a client that waits for
+    it sends no bytes of an upload the service refuses (one that writes on
+    after a refusal may see grpc's own INTERNAL "Internal error from Core"
+    instead of the service's status).
     """
     Download: _aio.UnaryStreamMultiCallable[_file_pb2.DownloadRequest, _file_pb2.DownloadResponse]  # type: ignore[assignment]
     """Streams a file's bytes from `offset` (to resume), in chunks of at most
@@ -166,6 +176,11 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         ends (VALIDATION_FAILED). Whatever ends an upload early, errors and
         cancelled calls alike, nothing of it is kept: no shares, no metadata, no
         quota used; it can simply be retried. The server assigns the file id.
+        Once `start` passed its checks, and before reading any chunk, the service
+        sends initial metadata `parley-upload: accepted`: a client that waits for
+        it sends no bytes of an upload the service refuses (one that writes on
+        after a refusal may see grpc's own INTERNAL "Internal error from Core"
+        instead of the service's status).
         """
 
     @_abc_1.abstractmethod
