@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from parley.cli import account, channels, chat, direct, realtime, registration
+from parley.cli import account, channels, chat, direct, files, realtime, registration
 from parley.cli.failures import describe, output_closed
 from parley.cli.parser import build_parser
 from parley.cli.realtime import parse_json
@@ -104,6 +104,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             await direct.trust_user(client, args.user, args.number)
         elif args.command == "channel":
             await _channel(client, args)
+        elif args.command == "file":
+            await _file(client, args)
     return 0
 
 
@@ -167,6 +169,13 @@ async def _channel(client: Client, args: argparse.Namespace) -> None:
         await channels.add(client, args.name, args.user, admin=args.admin)
     else:
         await channels.remove(client, args.name, args.user)
+
+
+async def _file(client: Client, args: argparse.Namespace) -> None:
+    if args.file_command == "put":
+        await files.put(client, args.name, args.path, media_type=args.media_type, caption=args.caption)
+    else:
+        await files.get(client, args.name, args.handle, output=args.output, force=args.force)
 
 
 def _existing_key_file(path: Path) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,7 @@ from parley.client import DEFAULT_ADDRESS
 DEFAULT_KEY_FILE = Path("~/.config/parley/identity.json")
 SERVE_TARGETS = ("all", "identity", "room", "history", "file", "gateway")
 MAX_INVITATION_USES = 1000  # the channel service's limit
+MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", re.IGNORECASE)
 
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
@@ -51,6 +53,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     _add_subjects(commands)
     _add_direct(commands)
     _add_channels(commands)
+    _add_file(commands)
     return parser
 
 
@@ -464,6 +467,57 @@ def _add_channels(commands: _Commands) -> None:
     remove.add_argument("user", metavar="USER", help="a username (or a user id)")
 
 
+def _add_file(commands: _Commands) -> None:
+    file = commands.add(
+        "file",
+        "send and fetch end-to-end encrypted files in a channel (not `files`, the server host's store)",
+        "Share files in a sealed channel. `file put` seals a file on this device, uploads only ciphertext and sends "
+        "the channel a sealed message carrying the file's key; `file get` finds that message by its handle and "
+        "fetches, checks and decrypts the file. The server never holds the key. (`parley files scrub` is another "
+        f"command, for the file service's host: it checks and repairs the stored shares.) {CHANNEL_KEYS_NOTE}",
+    )
+    actions = commands.nested(file, "file_command")
+    put = actions.add(
+        "put",
+        "send a file to a channel and print the message's handle",
+        "Seal the file at PATH on this device, upload it (a progress bar on stderr when it is a terminal), send "
+        "the channel NAME a sealed message carrying it, and print that message's handle, alone on its line: the "
+        "members fetch the file with `parley file get NAME HANDLE`. The server refuses media types it does not "
+        "accept (the type is guessed from the file's name; --type names it), files over its size caps and uploads "
+        f"past your quota. {CHANNEL_KEYS_NOTE}",
+    )
+    put.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
+    put.add_argument("path", metavar="PATH", type=_existing_file, help="the file to send")
+    put.add_argument(
+        "--type",
+        dest="media_type",
+        metavar="MEDIA_TYPE",
+        type=_media_type,
+        help="its media type, e.g. application/pdf (default: guessed from PATH's name)",
+    )
+    put.add_argument("--caption", default="", help="a caption sealed with the file")
+    get = actions.add(
+        "get",
+        "fetch a file a channel message carries and print where it went",
+        "Find the message HANDLE in the kept history of the channel NAME, fetch the file it carries, check it (the "
+        "sender's signed manifest; every chunk's seal, place and count), decrypt it, write it to -o PATH (a "
+        "progress bar on stderr when it is a terminal) and print the path written. No partial file is ever left "
+        "under that name; an existing file is kept unless --force. Messages sent before this device joined the "
+        f"channel cannot be opened. {CHANNEL_KEYS_NOTE}",
+    )
+    get.add_argument("name", metavar="NAME", help="the channel's name (or space id)")
+    get.add_argument("handle", metavar="HANDLE", help="the message's handle (printed by `parley file put`)")
+    get.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        type=Path,
+        help="where to write it; a directory keeps the file's name (default: the file's name, in the current "
+        "directory)",
+    )
+    get.add_argument("--force", action="store_true", help="overwrite a file already at that path")
+
+
 def _key_file(text: str) -> Path:
     return Path(text).expanduser()
 
@@ -476,6 +530,21 @@ def _not_negative(text: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return number
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no file at {text}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    return path
+
+
+def _media_type(text: str) -> str:
+    if not MEDIA_TYPE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a media type (type/subtype, e.g. application/pdf)")
+    return text.lower()
 
 
 def _invitation_uses(text: str) -> int:

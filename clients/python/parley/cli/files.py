@@ -1,0 +1,175 @@
+"""CLI commands for files in sealed channels: `parley file put CHANNEL PATH` and `parley file get CHANNEL HANDLE`.
+
+`put` seals the file on this device, uploads only ciphertext, and sends the
+channel a sealed message carrying the file's key; `get` finds that message
+by its handle in the channel's kept history and fetches, checks and decrypts
+the file. (`parley files scrub`, in files_admin, looks after the stored
+shares on the server's host.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mimetypes
+import sys
+import unicodedata
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from parley.cli.channels import label, opened
+from parley.cli.chat_lines import printable
+from parley.client import Client
+from parley.file.v1 import file_pb2
+from parley.files import DEFAULT_MEDIA_TYPE
+from parley.files import Progress as ProgressCallback
+from parley.spaces import ChannelMessage, Space
+
+HISTORY_PAGE = 100  # messages per history call while looking for a handle
+
+
+async def put(client: Client, channel: str, path: Path, *, media_type: str | None, caption: str) -> None:
+    """`parley file put CHANNEL PATH`: uploads the file sealed, sends it to the channel, prints the message handle."""
+    space = await opened(client, channel)
+    media_type = media_type or guessed_media_type(path)
+    refusal = upload_refusal(await client.files.policy(), path, media_type)
+    if refusal is not None:
+        raise SystemExit(refusal)
+    with transfer_bar(path.name) as progress:
+        handle = await space.send_file(path, media_type=media_type, caption=caption, progress=progress)
+    print(handle)
+
+
+async def get(client: Client, channel: str, handle: str, *, output: Path | None, force: bool) -> None:
+    """`parley file get CHANNEL HANDLE`: writes the file the message HANDLE carries, prints the path written."""
+    space = await opened(client, channel)
+    message = await find_message(space, handle)
+    if message is None:
+        raise SystemExit(
+            f"error: no message {printable(handle)!r} in the kept history of {label(space)} that this device can "
+            "open; check the handle (`parley file put` prints it) and that it was sent after this device joined"
+        )
+    if message.media is None:
+        raise SystemExit(f"error: message {printable(handle)!r} in {label(space)} carries no file")
+    ref = message.media.file
+    target = _target(output, ref.name)
+    if target.exists() and not force:
+        raise SystemExit(f"error: {target} exists already; pass --force to overwrite it")
+    with transfer_bar(printable(ref.name)) as progress:
+        await space.get_file(message.media, path=target, progress=progress)
+    print(target)
+
+
+def guessed_media_type(path: Path) -> str:
+    """The media type the SDK would send for `path`: guessed from its name."""
+    return mimetypes.guess_type(path.name)[0] or DEFAULT_MEDIA_TYPE
+
+
+async def find_message(space: Space, handle: str) -> ChannelMessage | None:
+    """The kept message HANDLE, paging back from the newest; None when no message this device opens has it."""
+    before = 0
+    while True:
+        rejected_before = len(space.rejected)
+        page = await space.history(limit=HISTORY_PAGE, before=before)
+        for message in page:
+            if message.handle == handle:
+                return message
+        # Messages this device cannot open are left out of the page but recorded in `rejected`.
+        seqs = [message.seq for message in page] + [seq for seq, _ in space.rejected[rejected_before:]]
+        if len(seqs) < HISTORY_PAGE or min(seqs) <= 1:  # sequences start at 1
+            return None
+        before = min(seqs)
+
+
+@contextlib.contextmanager
+def transfer_bar(name: str) -> Iterator[ProgressCallback]:
+    """A progress callback drawing a bar (size, speed, time left) on stderr, only when stderr is a terminal:
+    a script's or a log's stderr gets nothing. The size comes with the first call."""
+    bar = Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not sys.stderr.isatty(),
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    with bar:
+        task = bar.add_task(name, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress
+
+
+def upload_refusal(policy: file_pb2.UploadPolicy, path: Path, media_type: str) -> str | None:
+    """Why the file service will refuse this upload, told before any byte goes, or None if it may take it.
+
+    The limits count ciphertext, a little larger than the file: the service may still refuse a file just
+    under its cap or quota, and says so itself.
+    """
+    if not _accepts(policy.media_types, media_type):
+        return (
+            f"error: VALIDATION_FAILED: the server does not accept files of type {media_type}; it accepts "
+            f"{', '.join(policy.media_types)} (--type names the type when the one guessed from the file name is wrong)"
+        )
+    size = path.stat().st_size
+    kind, cap = _size_cap(policy, media_type)
+    if size > cap:
+        return (
+            f"error: PAYLOAD_TOO_LARGE: {printable(path.name)} holds {size:,} bytes; the server takes {kind} files "
+            f"({media_type}) of at most {cap:,} bytes"
+        )
+    if policy.used_bytes + size > policy.quota_bytes:
+        return (
+            f"error: QUOTA_EXCEEDED: {printable(path.name)} ({decimal(size)}) does not fit your quota: "
+            f"{decimal(policy.used_bytes)} of {decimal(policy.quota_bytes)} are in use"
+        )
+    return None
+
+
+def _accepts(patterns: Iterable[str], media_type: str) -> bool:
+    top = media_type.split("/", 1)[0]
+    return any(pattern.lower() in (media_type, f"{top}/*", "*/*") for pattern in patterns)
+
+
+def _size_cap(policy: file_pb2.UploadPolicy, media_type: str) -> tuple[str, int]:
+    """The media type's size class (image, audio, video, or document for any other) and its cap."""
+    caps = {
+        "image": policy.max_image_bytes,
+        "audio": policy.max_audio_bytes,
+        "video": policy.max_video_bytes,
+    }
+    top = media_type.split("/", 1)[0]
+    return (top, caps[top]) if top in caps else ("document", policy.max_document_bytes)
+
+
+def _target(output: Path | None, sent_name: str) -> Path:
+    """Where to write: `output`, or the sender's file name in `output` (a directory) or the current directory."""
+    if output is not None and not output.is_dir():
+        return output
+    name = _local_name(sent_name)
+    if name is None:
+        raise SystemExit(f"error: the file's name {printable(sent_name)!r} cannot name a file here; choose one with -o")
+    return (output or Path()) / name
+
+
+def _local_name(sent: str) -> str | None:
+    """The sender's file name, safe to create here: its last path part, control and format characters replaced by
+    "_"; None when nothing usable is left."""
+    last = sent.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join("_" if unicodedata.category(char) in ("Cc", "Cf") else char for char in last).strip()
+    return name if name not in ("", ".", "..") else None
