@@ -75,7 +75,7 @@ def quota_exceeded(used: int, size: int, quota: int) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         errors_pb2.ERROR_REASON_QUOTA_EXCEEDED,
-        f"this upload of {size} bytes does not fit the quota: {used} of {quota} bytes are in use",
+        f"this upload of {size:,} bytes does not fit the quota: {used:,} of {quota:,} bytes are in use",
         quota=QUOTA_SETTING,
     )
 
@@ -102,13 +102,17 @@ class FileLibrary:
             raise invalid_field("start.media_type", f"{declared_type[:100]!r} is not a media type (type/subtype)")
         if not self.limits.allows(media_type):
             raise invalid_field(
-                "start.media_type", f"{media_type} is not accepted; GetUploadPolicy lists the media types that are"
+                "start.media_type",
+                f"files of type {media_type} are not accepted; accepted: {', '.join(self.limits.allowed)}",
             )
         if size < 0:
             raise invalid_field("start.size", "must not be negative")
         cap = self.limits.cap(media_type)
         if size > cap:
-            raise too_large(f"{size_class(media_type)} files may hold at most {cap} bytes; {size} were declared", cap)
+            raise too_large(
+                f"{size_class(media_type)} files ({media_type}) may hold at most {cap:,} bytes; {size:,} were declared",
+                cap,
+            )
         file = NewFile(new_file_id(), uploader_of(principal), media_type, size, quota_applies=not principal.is_service)
         self._reserved[file.file_id] = (file.uploader_id, size)
         try:

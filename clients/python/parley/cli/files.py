@@ -13,11 +13,10 @@ import contextlib
 import mimetypes
 import sys
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
-from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -30,7 +29,7 @@ from rich.progress import (
 from parley.cli.channels import label, opened
 from parley.cli.chat_lines import printable
 from parley.client import Client
-from parley.file.v1 import file_pb2
+from parley.errors import ValidationError
 from parley.files import DEFAULT_MEDIA_TYPE
 from parley.files import Progress as ProgressCallback
 from parley.spaces import ChannelMessage, Space
@@ -42,11 +41,14 @@ async def put(client: Client, channel: str, path: Path, *, media_type: str | Non
     """`parley file put CHANNEL PATH`: uploads the file sealed, sends it to the channel, prints the message handle."""
     space = await opened(client, channel)
     media_type = media_type or guessed_media_type(path)
-    refusal = upload_refusal(await client.files.policy(), path, media_type)
-    if refusal is not None:
-        raise SystemExit(refusal)
-    with transfer_bar(path.name) as progress:
-        handle = await space.send_file(path, media_type=media_type, caption=caption, progress=progress)
+    try:
+        with transfer_bar(path.name) as progress:
+            handle = await space.send_file(path, media_type=media_type, caption=caption, progress=progress)
+    except ValidationError as error:  # the service refuses before any byte of the file is sent
+        if error.field != "start.media_type":
+            raise
+        hint = "--type names the type when the one guessed from the file name is wrong"
+        raise SystemExit(f"error: {error.reason}: {error.message} ({hint})") from None
     print(handle)
 
 
@@ -113,48 +115,6 @@ def transfer_bar(name: str) -> Iterator[ProgressCallback]:
             bar.update(task, completed=done, total=total)
 
         yield progress
-
-
-def upload_refusal(policy: file_pb2.UploadPolicy, path: Path, media_type: str) -> str | None:
-    """Why the file service will refuse this upload, told before any byte goes, or None if it may take it.
-
-    The limits count ciphertext, a little larger than the file: the service may still refuse a file just
-    under its cap or quota, and says so itself.
-    """
-    if not _accepts(policy.media_types, media_type):
-        return (
-            f"error: VALIDATION_FAILED: the server does not accept files of type {media_type}; it accepts "
-            f"{', '.join(policy.media_types)} (--type names the type when the one guessed from the file name is wrong)"
-        )
-    size = path.stat().st_size
-    kind, cap = _size_cap(policy, media_type)
-    if size > cap:
-        return (
-            f"error: PAYLOAD_TOO_LARGE: {printable(path.name)} holds {size:,} bytes; the server takes {kind} files "
-            f"({media_type}) of at most {cap:,} bytes"
-        )
-    if policy.used_bytes + size > policy.quota_bytes:
-        return (
-            f"error: QUOTA_EXCEEDED: {printable(path.name)} ({decimal(size)}) does not fit your quota: "
-            f"{decimal(policy.used_bytes)} of {decimal(policy.quota_bytes)} are in use"
-        )
-    return None
-
-
-def _accepts(patterns: Iterable[str], media_type: str) -> bool:
-    top = media_type.split("/", 1)[0]
-    return any(pattern.lower() in (media_type, f"{top}/*", "*/*") for pattern in patterns)
-
-
-def _size_cap(policy: file_pb2.UploadPolicy, media_type: str) -> tuple[str, int]:
-    """The media type's size class (image, audio, video, or document for any other) and its cap."""
-    caps = {
-        "image": policy.max_image_bytes,
-        "audio": policy.max_audio_bytes,
-        "video": policy.max_video_bytes,
-    }
-    top = media_type.split("/", 1)[0]
-    return (top, caps[top]) if top in caps else ("document", policy.max_document_bytes)
 
 
 def _target(output: Path | None, sent_name: str) -> Path:
