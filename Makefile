@@ -31,15 +31,18 @@ test: install ## Lint, type-check, check generated stubs, run every test
 	$(MAKE) --no-print-directory check-gen
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-gen: install ## Regenerate the Python stubs from protos/
+gen: install ## Regenerate the Python stubs and the TypeScript messages from protos/
 	scripts/gen.sh
 
-check-gen: install ## Fail when committed stubs differ from a fresh generation
+check-gen: install ## Fail when committed stubs (Python and TypeScript) differ from a fresh generation
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && scripts/gen.sh $$tmp && \
 	  for d in api identity room history file gateway; do \
-	    diff -r -x __pycache__ clients/python/parley/$$d $$tmp/parley/$$d >/dev/null || \
+	    diff -r -x __pycache__ clients/python/parley/$$d $$tmp/python/parley/$$d >/dev/null || \
 	      { echo "stale stubs in clients/python/parley/$$d: run make gen"; exit 1; }; \
-	  done && echo "generated stubs are fresh"
+	  done && \
+	  { diff -r clients/typescript/src/gen $$tmp/typescript >/dev/null || \
+	      { echo "stale TypeScript in clients/typescript/src/gen: run make gen"; exit 1; }; } && \
+	  echo "generated stubs are fresh"
 
 lint: install ## ruff, mypy --strict, buf lint and buf format
 	$(VENV)/bin/ruff check .
