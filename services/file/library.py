@@ -31,8 +31,8 @@ log = logging.getLogger("parley.file")
 FILE_ID = re.compile(r"f-[0-9a-f]{32}")
 QUOTA_SETTING = "files.quota_bytes_per_user"
 SCRUB_PAGE_ROWS = 100
-# Shares and partial files no file refers to are removed by scrub once nothing has written them for this long:
-# an upload under way publishes its shares a moment before its row, and writes its partial files as it goes.
+# Leftovers are swept only once nothing has written them for this long before the scrub began: an upload under
+# way publishes its shares a moment before its row, and writes its partial files as it goes.
 LEFTOVER_GRACE_SECONDS = 3600.0
 
 
@@ -173,25 +173,51 @@ class FileLibrary:
             self._repairs[row.file_id] = repair
             repair.add_done_callback(lambda _: self._repairs.pop(row.file_id, None))
 
-    async def scrub(self) -> ScrubReport:
-        """Checks every file's shares, rebuilds the damaged ones, and says what it found."""
+    async def scrub(self, *, sweep: bool = False) -> ScrubReport:
+        """Checks every file's shares, rebuilds the damaged ones, and says what it found.
+
+        With `sweep`, also removes leftovers (see `_sweep`) unless a file is lost — a store mounted in the
+        wrong place holds shares that are not leftovers — or the metadata knows no file at all.
+        """
+        started = time.time()
         checked = 0
         repaired: dict[str, list[int]] = {}
         lost: list[str] = []
-        kept: list[FileLayout] = []
+        referenced: set[bytes] = set()
         after = ""
         while rows := await self._metadata.page(after, SCRUB_PAGE_ROWS):
             after = rows[-1].file_id
             layouts = [layout_of(row) for row in rows]
-            kept.extend(layouts)
+            referenced.update(digest for layout in layouts for digest in layout.share_hashes)
             report = await asyncio.to_thread(self.stores.scrub, layouts)
             checked += report.checked
             repaired.update(report.repaired)
             lost.extend(report.lost)
-        swept = await asyncio.to_thread(self.stores.sweep, kept, LEFTOVER_GRACE_SECONDS)
         if repaired or lost:
             log.warning("scrub found damaged files", extra={"checked": checked, "repaired": repaired, "lost": lost})
-        return ScrubReport(checked, repaired, lost, swept)
+        swept, skipped = 0, ""
+        if sweep and lost:
+            skipped = "a file is lost: check that every share store is mounted where the settings say"
+        elif sweep and not checked:
+            skipped = "the metadata knows no file: check --data-dir and the storage settings"
+        elif sweep:
+            swept = await self._sweep(referenced, started - LEFTOVER_GRACE_SECONDS)
+        return ScrubReport(checked, repaired, lost, swept, skipped)
+
+    async def _sweep(self, referenced: set[bytes], written_before: float) -> int:
+        """Removes what no file refers to and nothing wrote for an hour before the scrub began: shares of an
+        upload or a repair cut short by a crash or a racing delete, partial files of uploads that never finished.
+        A share whose file (named in its header) has a row now is kept, whatever its hash."""
+        swept = 0
+        for path, file_id in await asyncio.to_thread(self.stores.leftovers, referenced, written_before):
+            if file_id is not None and await self._metadata.get(file_id) is not None:
+                continue
+            try:
+                await asyncio.to_thread(path.unlink)
+            except FileNotFoundError:
+                continue
+            swept += 1
+        return swept
 
     async def close(self) -> None:
         await self._metadata.close()
@@ -273,10 +299,10 @@ async def open_library(config: Config) -> FileLibrary:
     return FileLibrary(stores, metadata, UploadLimits.from_config(files), files.quota_bytes_per_user)
 
 
-async def scrub_files(config: Config) -> ScrubReport:
-    """Checks and repairs every file of the file service `config` describes (`parley files scrub`)."""
+async def scrub_files(config: Config, *, sweep: bool = False) -> ScrubReport:
+    """Checks and repairs every file of the file service `config` describes (`parley files scrub [--sweep]`)."""
     library = await open_library(config)
     try:
-        return await library.scrub()
+        return await library.scrub(sweep=sweep)
     finally:
         await library.close()

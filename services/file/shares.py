@@ -10,11 +10,10 @@ worker thread.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from services.file.share_format import encode_file_id, share_path
+from services.file.share_format import ShareHeader, encode_file_id, share_path
 from services.file.share_layout import MAX_SHARES, FileLayout, SharesLostError, check_coding
 from services.file.share_partial import PARTIAL_PREFIX
 from services.file.share_reader import ShareReader
@@ -42,8 +41,18 @@ class ScrubReport:
     repaired: dict[str, list[int]]
     # Files with fewer than k intact shares.
     lost: list[str]
-    # Leftovers removed: shares no file refers to, and partial files of uploads that never finished.
+    # Leftovers removed (scrub with sweep): shares no file refers to, partial files of uploads that never finished.
     swept: int = 0
+    # Why leftovers were not swept although asked, or "".
+    sweep_skipped: str = ""
+
+
+def _file_id_of(path: Path) -> str | None:
+    try:
+        with path.open("rb") as source:
+            return ShareHeader.read(source).file_id
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 class ShareStores:
@@ -107,23 +116,23 @@ class ShareStores:
                 repaired[layout.file_id] = rebuilt
         return ScrubReport(checked, repaired, lost)
 
-    def sweep(self, kept: Iterable[FileLayout], grace_seconds: float) -> int:
-        """Removes what no file refers to and nothing has written for `grace_seconds`: shares left by an upload
-        or a repair that a crash or a delete cut short, and partial files of uploads that never finished."""
-        referenced = {share_path(store, digest) for layout in kept for store, digest in self._shares_of(layout)}
-        cutoff = time.time() - grace_seconds
-        swept = 0
+    def leftovers(self, referenced: set[bytes], written_before: float) -> list[tuple[Path, str | None]]:
+        """Share files (in any store: a swapped disk is still found) whose hash no file refers to, and partial
+        files, that nothing has written since `written_before`; each with the file id its header names, None
+        for a partial file or an unreadable header."""
+        found: list[tuple[Path, str | None]] = []
         for store in self.directories:
             for path in [*store.glob("*/*.share"), *store.glob(f"{PARTIAL_PREFIX}*")]:
-                if path in referenced:
+                is_share = not path.name.startswith(PARTIAL_PREFIX)
+                if is_share and bytes.fromhex(path.stem) in referenced:
                     continue
                 try:
-                    if path.stat().st_mtime < cutoff:
-                        path.unlink()
-                        swept += 1
-                except FileNotFoundError:
-                    continue  # removed meanwhile (a delete, or an upload that finished)
-        return swept
+                    if path.stat().st_mtime >= written_before:
+                        continue
+                    found.append((path, _file_id_of(path) if is_share else None))
+                except (FileNotFoundError, ValueError):
+                    continue  # removed meanwhile, or a name that is not ours
+        return found
 
     def _shares_of(self, layout: FileLayout) -> Iterable[tuple[Path, bytes]]:
         return zip(self._stores_of(layout), layout.share_hashes, strict=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -23,6 +24,7 @@ from parley import Client
 from parley.file.v1 import file_pb2, file_pb2_grpc
 from services import allinone
 from services.file.library import scrub_files
+from services.file.shares import ShareStores
 from services.runtime.config import Config
 from tests.scale_out import scale_out
 from tests.support import SERVICE_SECRET, bearer, error_reason, make_config, running, wait_until
@@ -187,6 +189,64 @@ async def test_scrub_rebuilds_damaged_shares_and_reports_them(server: FileServer
     assert (report.checked, report.repaired, report.lost) == (2, {damaged.file_id: [0, 4]}, [])
     assert (await scrub_files(server.config)).repaired == {}
     assert intact.file_id not in report.repaired
+
+
+def age(paths: Sequence[Path], seconds: float) -> None:
+    then = time.time() - seconds
+    for path in paths:
+        os.utime(path, (then, then))
+
+
+async def test_scrub_sweeps_leftovers_only_when_asked_and_only_real_ones(server: FileServer) -> None:
+    live = await upload(server.stub, server.alice, os.urandom(STRIPE + 1))
+    live_shares = server.stored_files()
+    # Leftovers: the shares of an upload whose row was never written, and an abandoned partial file.
+    stores = ShareStores(server.stores, 3, block_bytes=CHUNK)
+    writer = stores.writer("f-" + "0" * 32)
+    writer.write(os.urandom(1000))
+    writer.finish()
+    partial = server.stores[3] / ".partial-abandoned.share"
+    partial.write_bytes(b"half")
+    leftovers = sorted(set(server.stored_files()) - set(live_shares))
+    age(server.stored_files(), 2 * 3600)
+
+    assert (await scrub_files(server.config)).swept == 0  # not asked
+    assert len(server.stored_files()) == 11
+    report = await scrub_files(server.config, sweep=True)
+    assert (report.checked, report.lost, report.swept, report.sweep_skipped) == (1, [], 6, "")
+    assert server.stored_files() == live_shares
+    assert len(leftovers) == 6
+    _, data = await download(server.stub, server.alice, live.file_id)
+    assert len(data) == STRIPE + 1
+
+
+async def test_scrub_does_not_sweep_when_a_store_looks_misplaced_or_the_metadata_is_empty(
+    server: FileServer, tmp_path: Path
+) -> None:
+    await upload(server.stub, server.alice, os.urandom(STRIPE))
+    shares = server.stored_files()
+    age(shares, 2 * 3600)
+    # Three disks mounted in each other's places: the file looks lost, and its shares are no leftovers.
+    stores = server.stores
+    for n in (0, 1, 2):
+        stores[n].rename(stores[n].with_name(f"{stores[n].name}-moved"))
+    for n, m in ((0, 1), (1, 2), (2, 0)):
+        stores[m].with_name(f"{stores[m].name}-moved").rename(stores[n])
+    report = await scrub_files(server.config, sweep=True)
+    assert (len(report.lost), report.swept) == (1, 0)
+    assert "a file is lost" in report.sweep_skipped
+    assert len(server.stored_files()) == len(shares)
+
+    # A scrub pointed at another data directory (no metadata there) while the stores are set explicitly.
+    elsewhere = dataclasses.replace(
+        server.config,
+        server=dataclasses.replace(server.config.server, data_dir=tmp_path / "elsewhere"),
+        files=dataclasses.replace(server.config.files, share_stores=list(stores)),
+    )
+    report = await scrub_files(elsewhere, sweep=True)
+    assert (report.checked, report.swept) == (0, 0)
+    assert "knows no file" in report.sweep_skipped
+    assert len(server.stored_files()) == len(shares)
 
 
 async def test_uploads_over_a_limit_or_of_a_refused_type_keep_nothing(server: FileServer) -> None:

@@ -22,11 +22,13 @@ async def scrub(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("parley.file").setLevel(logging.ERROR)  # the report below says what the log would
-    report = await scrub_files(config)
+    report = await scrub_files(config, sweep=args.sweep)
     for file_id, shares in sorted(report.repaired.items()):
         print(f"repaired {file_id}: share{'s' if len(shares) > 1 else ''} {', '.join(map(str, shares))}")
     for file_id in report.lost:
         print(f"LOST {file_id}: fewer intact shares than it needs; restore the missing share stores", file=sys.stderr)
-    swept = f", {report.swept} leftover share files removed" if report.swept else ""
+    swept = f", {report.swept} leftover files removed" if args.sweep and not report.sweep_skipped else ""
     print(f"checked {report.checked} files: {len(report.repaired)} repaired, {len(report.lost)} lost{swept}")
+    if report.sweep_skipped:
+        print(f"leftovers not swept: {report.sweep_skipped}", file=sys.stderr)
     return 1 if report.lost else 0

@@ -124,6 +124,18 @@ def _add_serve(commands: _Commands) -> None:
         help="let other servers of this user listen on the same --port (SO_REUSEPORT, Linux; "
         "env PARLEY_SERVER_REUSE_PORT)",
     )
+    serve.add_argument(
+        "--web-port",
+        type=int,
+        metavar="PORT",
+        help="also start Envoy, the gRPC-Web proxy for browsers, on this port; 0 picks a free one "
+        "(default: no proxy; env PARLEY_WEB_PORT; see docs/browser.md)",
+    )
+    serve.add_argument(
+        "--print-web-config",
+        action="store_true",
+        help="print the Envoy config of the gRPC-Web proxy (given --web-port) and exit, to run Envoy yourself",
+    )
 
 
 def _add_files(commands: _Commands) -> None:
@@ -143,6 +155,13 @@ def _add_files(commands: _Commands) -> None:
     )
     scrub.add_argument("--config", type=Path, help="TOML config file")
     scrub.add_argument("--data-dir", type=Path, help="the file service's data directory (default ./data)")
+    scrub.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also remove leftovers no file refers to that nothing wrote for an hour before the scrub began "
+        "(shares of uploads or repairs cut short, partial files of abandoned uploads); skipped when a file is "
+        "lost or the metadata knows no file",
+    )
 
 
 def _add_health(commands: _Commands) -> None:
