@@ -206,14 +206,28 @@ async def test_a_senders_file_name_cannot_write_outside_the_chosen_directory(
     downloads.mkdir()
 
     out = await ok("file", "get", "crew", escaping, "-o", str(downloads), key_file=ben_key, address=server_address)
-    assert out == f"{downloads / '.profile_[2J'}\n"
-    assert (downloads / ".profile_[2J").read_bytes() == b"sneaky"
+    assert out == f"{downloads / '_profile_[2J'}\n"  # its last part, not hidden, no control characters
+    assert (downloads / "_profile_[2J").read_bytes() == b"sneaky"
     err = await refused("file", "get", "crew", nameless, "-o", str(downloads), key_file=ben_key, address=server_address)
     assert err == "error: the file's name '..' cannot name a file here; choose one with -o\n"
     await ok(
         "file", "get", "crew", nameless, "-o", str(downloads / "dots.txt"), key_file=ben_key, address=server_address
     )
-    assert sorted(path.name for path in downloads.iterdir()) == [".profile_[2J", "dots.txt"]
+    assert sorted(path.name for path in downloads.iterdir()) == ["_profile_[2J", "dots.txt"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "written"),
+    [
+        (".bashrc", "_bashrc"),
+        ("a/../../.bash_profile", "_bash_profile"),
+        ("line\u2028break\u2029.txt", "line_break_.txt"),
+        ("x" * 300 + ".pdf", "x" * (files.MAX_NAME_BYTES - 4) + ".pdf"),
+        ("é" * 150, "é" * (files.MAX_NAME_BYTES // 2)),
+    ],
+)
+def test_a_received_files_name_is_made_safe(sent: str, written: str) -> None:
+    assert files._local_name(sent) == written
 
 
 async def test_find_message_pages_back_through_the_history(

@@ -19,7 +19,7 @@ from parley import Client, ConnectionState
 from parley.crypto import file_sealing
 from parley.crypto.errors import DecryptionError
 from parley.direct_messages import DirectMessage
-from parley.errors import PayloadTooLargeError, PermissionDeniedError, ValidationError
+from parley.errors import ParleyError, PayloadTooLargeError, PermissionDeniedError, ValidationError
 from parley.file.v1 import file_pb2
 from parley.files import FileRef, Files, Media, media_body
 from parley.spaces import ChannelMessage
@@ -106,19 +106,30 @@ class CuttingFiles(Files):
             def __getattr__(self, name: str) -> Any:
                 return getattr(stub, name)
 
-            def Download(self, request: file_pb2.DownloadRequest, **kwargs: Any) -> AsyncIterator[Any]:
+            def Download(self, request: file_pb2.DownloadRequest, **kwargs: Any) -> CutCall:
                 files._offsets.append(request.offset)
-                return files._cut(stub.Download(request, **kwargs), len(files._offsets) <= 2)
+                return CutCall(stub.Download(request, **kwargs), files._cut_after if len(files._offsets) <= 2 else 0)
 
         return Cutting()
 
-    async def _cut(self, call: AsyncIterator[Any], cut: bool) -> AsyncIterator[Any]:
+
+class CutCall:
+    """A Download call that breaks (UNAVAILABLE) after `cut_after` frames (never when 0)."""
+
+    def __init__(self, call: Any, cut_after: int) -> None:
+        self._call = call
+        self._cut_after = cut_after
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
         frames = 0
-        async for frame in call:
+        async for frame in self._call:
             yield frame
             frames += 1
-            if cut and frames == self._cut_after:
-                call.cancel()  # type: ignore[attr-defined]
+            if frames == self._cut_after:
+                self._call.cancel()
                 raise grpc.aio.AioRpcError(
                     grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "cut by the test"
                 )
@@ -227,3 +238,55 @@ async def test_uploads_refused_while_still_sending_report_the_services_reason(al
             *(alice.files.put(page, name="page.html") for _ in range(8)), return_exceptions=True
         )
         assert all(isinstance(outcome, ValidationError) for outcome in outcomes), outcomes
+
+
+async def test_a_reference_must_match_the_signed_manifest(alice: Client) -> None:
+    ref = await alice.files.put(os.urandom(5000), name="evil.sh.txt")
+    for lie in ({"size": 10}, {"name": "cat.jpg"}, {"media_type": "image/jpeg"}):
+        with pytest.raises(file_sealing.ForgedFileError, match="differs from its reference"):
+            await alice.files.get(dataclasses.replace(ref, **lie))
+
+
+async def test_a_file_that_grows_while_it_is_uploaded_is_refused(alice: Client, tmp_path: Path) -> None:
+    growing = tmp_path / "log.txt"
+    growing.write_bytes(os.urandom(CHUNK + 10))
+
+    def grow(done: int, total: int) -> None:
+        if done == CHUNK:
+            with growing.open("ab") as handle:
+                handle.write(b"more")
+
+    with pytest.raises(ParleyError, match="changed while it was being uploaded"):
+        await alice.files.put(growing, progress=grow)
+    assert (await alice.files.policy()).used_bytes == 0
+
+
+async def test_a_caption_too_long_is_refused_before_any_upload(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, ben, _):
+        crew = await ann.space.create_channel("long")
+        with pytest.raises(ValueError, match="caption"):
+            await crew.send_file(b"x", name="x.txt", caption="c" * 5000)
+        with pytest.raises(ValueError, match="caption"):
+            await ann.message.send_file(f"user:{ben.user_id}", b"x", name="x.txt", caption="c" * 5000)
+        assert (await ann.files.policy()).used_bytes == 0
+
+
+async def test_a_file_whose_message_cannot_be_sent_is_deleted(server_address: str, tmp_path: Path) -> None:
+    async with three(server_address, tmp_path) as (ann, _, _):
+        with pytest.raises(ParleyError):
+            await ann.message.send_file("user:u-nobody-at-all", b"orphan", name="orphan.txt")
+        assert (await ann.files.policy()).used_bytes == 0
+
+
+async def test_a_noisy_image_still_gets_a_thumbnail_that_fits_a_message(server_address: str, tmp_path: Path) -> None:
+    noise = io.BytesIO()
+    Image.frombytes("RGB", (320, 320), os.urandom(320 * 320 * 3)).save(noise, "PNG")
+    async with three(server_address, tmp_path) as (ann, ben, _):
+        got: asyncio.Queue[DirectMessage] = asyncio.Queue()
+        await ben.message.subscribe(f"user:{ben.user_id}", got.put_nowait)
+        await ben.stream()
+        await ann.message.send_file(f"user:{ben.user_id}", noise.getvalue(), name="noise.png")
+        message = await asyncio.wait_for(got.get(), 10)
+        assert message.media is not None
+        assert message.media.thumbnail is not None
+        assert len(message.media.thumbnail) <= 16 * 1024

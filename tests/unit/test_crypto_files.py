@@ -37,7 +37,7 @@ from parley.crypto.file_sealing import (
     seal_header,
     stored_size,
 )
-from parley.crypto.primitives import Rng, seal, system_rng
+from parley.crypto.primitives import AEAD_NONCE_BYTES, AEAD_TAG_BYTES, Rng, seal, system_rng
 
 SMALL_CHUNK = 64
 UPLOADER = nacl.signing.SigningKey.generate()
@@ -141,7 +141,7 @@ def flip_bit(data: bytes, bit: int) -> bytes:
 def forge_header(manifest: Manifest, key: bytes, signing_key: nacl.signing.SigningKey) -> bytes:
     """A header as `seal_header` builds it, without its check that the signer is the manifest's uploader."""
     body = manifest.to_bytes()
-    signed = labelled(sealing._SIGNED_MANIFEST, body, signing_key.sign(body).signature)
+    signed = labelled(sealing._SIGNED_MANIFEST, body, signing_key.sign(body).signature, b"")
     sealed = seal(sealing._subkey(key, "manifest"), signed, labelled(sealing._MANIFEST_AD))
     return MAGIC + u32(len(sealed)) + sealed
 
@@ -635,3 +635,14 @@ def test_a_manifest_that_could_not_be_encoded_is_refused_when_made(changes: dict
     fields = dataclasses.asdict(make_manifest(10)) | changes
     with pytest.raises(MalformedInputError):
         Manifest(**fields)
+
+
+def test_the_stored_header_hides_the_names_length_to_its_padding() -> None:
+    key = new_file_key()
+    overhead = HEADER_PREFIX_BYTES + AEAD_NONCE_BYTES + AEAD_TAG_BYTES
+    lengths = [
+        len(seal_header(dataclasses.replace(make_manifest(10), name="a" * size), key, UPLOADER))
+        for size in range(0, 400, 7)
+    ]
+    assert all((length - overhead) % 256 == 0 for length in lengths)
+    assert len(set(lengths)) <= 3  # 57 names of 0 to 399 bytes: at most three header sizes

@@ -23,10 +23,12 @@ from parley.crypto.identity import device_id_for
 from parley.crypto.primitives import blake2b_256
 from parley.file.v1 import file_pb2
 from parley.files import MEDIA_TYPE_TAG, FileRef, Media, _DownloadReader, _shown, media_body, read_media
-from parley.thumbnails import THUMBNAIL_PIXELS, thumbnail
+from parley.thumbnails import THUMBNAIL_PIXELS, checked_thumbnail, thumbnail
 from tests.unit.test_crypto_files import SMALL_CHUNK, UPLOADER, SealedFile, seal_file
 
 UPLOADER_DEVICE = device_id_for(UPLOADER.verify_key.encode())
+# The tests seal with tiny chunks; readers accept only 64 KiB to 4 MiB unless told otherwise.
+ANY_CHUNK = (1, 1 << 32)
 
 
 def make_ref(sealed: SealedFile | None = None) -> FileRef:
@@ -151,11 +153,19 @@ def test_an_ordinary_message_body_carries_no_media(body: Any) -> None:
     assert read_media(body, UPLOADER_DEVICE) is None
 
 
+def a_thumbnail() -> bytes:
+    picture = io.BytesIO()
+    Image.new("RGB", (900, 600), (10, 120, 200)).save(picture, "PNG")
+    made = thumbnail(picture.getvalue(), "image/png")
+    assert made is not None
+    return made
+
+
 @pytest.mark.parametrize(
-    ("caption", "preview"),
-    [("", None), ("our holiday", None), ("", b"\xff\xd8 jpeg \xff\xd9"), ("ünïcode ✓", os.urandom(300))],
+    ("caption", "with_preview"), [("", False), ("our holiday", False), ("", True), ("ünïcode ✓", True)]
 )
-def test_media_survives_a_message_body(caption: str, preview: bytes | None) -> None:
+def test_media_survives_a_message_body(caption: str, with_preview: bool) -> None:
+    preview = a_thumbnail() if with_preview else None
     media = Media(make_ref(), caption, preview)
 
     body = json.loads(json.dumps(media_body(media)))
@@ -230,7 +240,7 @@ def read_frames(reader: _DownloadReader, frames: Iterable[file_pb2.DownloadRespo
 @pytest.mark.parametrize("piece_bytes", [1, 5, 13, 41, 97, 100_000])
 def test_a_download_in_any_frame_size_gives_back_the_plaintext(size: int, piece_bytes: int) -> None:
     sealed = seal_file(os.urandom(size))
-    reader = _DownloadReader(make_ref(sealed))
+    reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
 
     plaintext = read_frames(reader, download_call(file_info(sealed.stored), sealed.stored, piece_bytes))
     reader.finish()
@@ -242,7 +252,7 @@ def test_a_download_in_any_frame_size_gives_back_the_plaintext(size: int, piece_
 
 def test_progress_counts_opened_plaintext_as_each_chunk_opens() -> None:
     sealed = seal_file(os.urandom(3 * SMALL_CHUNK + 7))
-    reader = _DownloadReader(make_ref(sealed))
+    reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
     opened_after_each = []
     for frame in download_call(file_info(sealed.stored), sealed.stored, 50):
         for _ in reader.feed(frame):
@@ -254,7 +264,7 @@ def test_progress_counts_opened_plaintext_as_each_chunk_opens() -> None:
 
 def resumed_download(sealed: SealedFile, breaks: Iterable[int], piece_bytes: int) -> bytes:
     """The plaintext of a download cut at each of `breaks` (stored bytes) and resumed where it stopped."""
-    reader = _DownloadReader(make_ref(sealed))
+    reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
     info = file_info(sealed.stored)
     plaintext = b""
     for end in [*sorted(breaks), len(sealed.stored)]:
@@ -287,7 +297,7 @@ def test_a_download_resumed_anywhere_gives_back_the_plaintext(data: st.DataObjec
 
 def test_the_reader_tracks_the_offset_to_resume_at() -> None:
     sealed = seal_file(os.urandom(2 * SMALL_CHUNK))
-    reader = _DownloadReader(make_ref(sealed))
+    reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
     stop = len(sealed.header) + 30
 
     read_frames(reader, download_call(file_info(sealed.stored), sealed.stored[:stop], 7))
@@ -298,7 +308,7 @@ def test_the_reader_tracks_the_offset_to_resume_at() -> None:
 
 def test_a_resumed_call_serving_other_stored_bytes_is_forged() -> None:
     sealed = seal_file(os.urandom(2 * SMALL_CHUNK))
-    reader = _DownloadReader(make_ref(sealed))
+    reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
     half = len(sealed.stored) // 2
     read_frames(reader, download_call(file_info(sealed.stored), sealed.stored[:half], 16))
 
@@ -312,7 +322,7 @@ def test_a_stored_size_other_than_the_manifest_gives_is_forged() -> None:
     assert stored_size(sealed.header, sealed.manifest) == len(sealed.stored)
 
     for lie in (len(sealed.stored) - 1, len(sealed.stored) + 1, 0):
-        reader = _DownloadReader(make_ref(sealed))
+        reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
         with pytest.raises(ForgedFileError):
             read_frames(reader, download_call(file_info(sealed.stored, size=lie), sealed.stored, 33))
 
@@ -320,7 +330,7 @@ def test_a_stored_size_other_than_the_manifest_gives_is_forged() -> None:
 @pytest.mark.parametrize("stop", [0, 3, 8, -1, -40, -41])
 def test_finish_before_the_end_of_the_stored_file_is_forged(stop: int) -> None:
     sealed = seal_file(os.urandom(2 * SMALL_CHUNK))
-    reader = _DownloadReader(make_ref(sealed))
+    reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
     end = stop if stop >= 0 else len(sealed.stored) + stop
     read_frames(reader, download_call(file_info(sealed.stored), sealed.stored[:end], 10))
 
@@ -341,7 +351,7 @@ def test_a_stored_file_with_a_flipped_bit_in_a_chunk_is_forged() -> None:
     sealed = seal_file(os.urandom(2 * SMALL_CHUNK))
     stored = bytearray(sealed.stored)
     stored[len(sealed.header) + SMALL_CHUNK + 50] ^= 0x10
-    reader = _DownloadReader(make_ref(sealed))
+    reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
 
     with pytest.raises(ForgedFileError):
         read_frames(reader, download_call(file_info(bytes(stored)), bytes(stored), 64))
@@ -423,3 +433,39 @@ def test_a_file_ref_size_is_a_whole_number_of_bytes(size: Any) -> None:
 def test_a_file_name_that_is_not_utf8_is_shown_with_replacement_characters() -> None:
     assert _shown(os.fsdecode(b"caf\xe9.txt")) == "caf\ufffd.txt"
     assert _shown("plain.txt") == "plain.txt"
+
+
+def test_a_reader_refuses_chunk_sizes_it_could_not_stream() -> None:
+    sealed = seal_file(os.urandom(300))  # 64-byte chunks: far below what any Parley uploader uses
+    reader = _DownloadReader(make_ref(sealed))
+    with pytest.raises(ForgedFileError, match="chunk size"):
+        read_frames(reader, download_call(file_info(sealed.stored), sealed.stored, 1000))
+
+
+def test_an_empty_chunk_frame_is_refused() -> None:
+    sealed = seal_file(os.urandom(300))
+    reader = _DownloadReader(make_ref(sealed), chunk_bytes=ANY_CHUNK)
+    with pytest.raises(ForgedFileError, match="empty chunk"):
+        read_frames(reader, [file_pb2.DownloadResponse(file=file_info(sealed.stored)), file_pb2.DownloadResponse()])
+
+
+@pytest.mark.parametrize(
+    "thumb",
+    [
+        pytest.param(b"\xff\xd8\xff" + os.urandom(100), id="not-a-jpeg-after-all"),
+        pytest.param(b"\x89PNG" + os.urandom(100), id="a-png"),
+        pytest.param(b"\xff\xd8\xff" + bytes(20 * 1024), id="too-many-bytes"),
+    ],
+)
+def test_a_received_thumbnail_that_no_parley_sender_makes_is_dropped(thumb: bytes) -> None:
+    body = media_body(Media(make_ref(), "look", thumb))
+    media = read_media(body, UPLOADER_DEVICE)
+    assert media is not None
+    assert (media.caption, media.thumbnail) == ("look", None)
+
+
+def test_a_received_thumbnail_too_large_in_pixels_is_dropped() -> None:
+    big = io.BytesIO()
+    Image.new("RGB", (2000, 10), "white").save(big, "JPEG", quality=10)
+    assert checked_thumbnail(big.getvalue()) is None
+    assert checked_thumbnail(a_thumbnail()) == a_thumbnail()

@@ -363,8 +363,8 @@ class DirectMessages:
             opened = parts.sessions.open(envelope.sender_device_id, envelope.ciphertext, self._clock())
             plaintext = DirectPlaintext.from_bytes(opened.plaintext)
             data = _json(plaintext.body)
-            media = read_media(data, plaintext.sender_device_id)
             await self._check_sender(parts, envelope, opened, plaintext)
+            media = read_media(data, plaintext.sender_device_id)
         except KeyChangedError as error:
             parts.state.put(_HELD, str(envelope.seq), envelope.SerializeToString())
             self._reject(envelope, error)

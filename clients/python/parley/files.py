@@ -19,9 +19,9 @@ import mimetypes
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 
@@ -32,6 +32,7 @@ from parley.crypto.errors import MalformedInputError
 from parley.crypto.identity import device_id_for
 from parley.errors import ParleyError, error_from_rpc
 from parley.file.v1 import file_pb2, file_pb2_grpc
+from parley.thumbnails import checked_thumbnail
 from parley.thumbnails import thumbnail as make_thumbnail
 
 # Upload frames: the service takes 64-256 KiB per message.
@@ -46,7 +47,14 @@ UPLOAD_ATTEMPTS = 3
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 # The body of a sealed message that carries a file (`media_body`).
 MEDIA_TYPE_TAG = "parley.file"
+MAX_CAPTION_CHARS = 4000
+# Sealed chunk sizes a reader accepts (a larger one could not be streamed; a tiny one wastes the service's space).
+MIN_CHUNK_BYTES = 64 * 1024
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+# A download that receives nothing for this long is given up (and resumed).
+DOWNLOAD_IDLE_SECONDS = 60.0
 
+T = TypeVar("T")
 Progress = Callable[[int, int], Any]
 """`progress(done, total)`: plaintext bytes sealed and sent, or received and opened, of `total`."""
 
@@ -131,7 +139,19 @@ def read_media(body: Any, sender_device_id: str) -> Media | None:
     caption = body.get("caption", "")
     if not isinstance(caption, str) or not (thumbnail is None or isinstance(thumbnail, str)):
         raise MalformedInputError("a file message's caption and thumbnail are text")
-    return Media(ref, caption, unb64(thumbnail) if thumbnail is not None else None)
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise MalformedInputError(f"a caption holds at most {MAX_CAPTION_CHARS} characters")
+    return Media(ref, caption, checked_thumbnail(unb64(thumbnail)) if thumbnail is not None else None)
+
+
+async def sent_or_deleted(files: Files, media: Media, send: Awaitable[T]) -> T:
+    """`send` (the message carrying `media`), deleting the uploaded file when it fails: nobody could fetch it."""
+    try:
+        return await send
+    except BaseException:
+        with contextlib.suppress(ParleyError):
+            await asyncio.shield(files.delete(media.file))
+        raise
 
 
 class Files:
@@ -212,6 +232,8 @@ class Files:
         progress: Progress | None = None,
     ) -> Media:
         """`put`, plus (for an image, with `thumbnail`) a small JPEG preview to seal with the message."""
+        if len(caption) > MAX_CAPTION_CHARS:
+            raise ValueError(f"a caption holds at most {MAX_CAPTION_CHARS} characters, not {len(caption)}")
         ref = await self.put(source, name=name, media_type=media_type, progress=progress)
         preview = await asyncio.to_thread(make_thumbnail, source, ref.media_type) if thumbnail else None
         return Media(ref, caption, preview)
@@ -254,7 +276,8 @@ class Files:
                 try:
                     await call.write(frame)
                     if not accepted:  # the service checked `start`: a refusal comes before any chunk is sent
-                        accepted = UPLOAD_ACCEPTED in tuple(await call.initial_metadata())
+                        answer = await asyncio.wait_for(call.initial_metadata(), self._auth.timeout)
+                        accepted = UPLOAD_ACCEPTED in tuple(answer)
                         if not accepted:
                             break  # refused: awaiting the call below raises the service's status
                 except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
@@ -277,8 +300,9 @@ class Files:
                 file_pb2.DownloadRequest(file_id=ref.file_id, offset=reader.received),
                 metadata=await self._metadata(),
             )
+            received_before = reader.received
             try:
-                async for frame in call:
+                async for frame in _within(call, DOWNLOAD_IDLE_SECONDS):
                     opened = reader.feed(frame)
                     for plaintext in opened:
                         write(plaintext)
@@ -286,11 +310,13 @@ class Files:
                         progress(reader.opened, ref.size)
             except grpc.aio.AioRpcError as rpc_error:
                 error = error_from_rpc(rpc_error)
-                attempts += 1
+                attempts = 1 if reader.received > received_before else attempts + 1
                 if not error.retryable or attempts > RESUME_ATTEMPTS:
                     raise error from None
                 await asyncio.sleep(RESUME_PAUSE_SECONDS * attempts)
                 continue
+            finally:
+                call.cancel()
             reader.finish()
             return
 
@@ -298,8 +324,9 @@ class Files:
 class _DownloadReader:
     """Turns Download frames (possibly over several resumed calls) into checked plaintext chunks."""
 
-    def __init__(self, ref: FileRef) -> None:
+    def __init__(self, ref: FileRef, chunk_bytes: tuple[int, int] = (MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)) -> None:
         self._ref = ref
+        self._chunk_bytes = chunk_bytes
         self.received = 0
         self.opened = 0
         self._stored: file_pb2.FileInfo | None = None
@@ -313,6 +340,8 @@ class _DownloadReader:
             self._check_stored(frame.file)
             return []
         data = frame.chunk
+        if not data:
+            raise sealing.ForgedFileError("an empty chunk frame: the service never sends one")
         self.received += len(data)
         if self._chunks is None:
             data = self._take_header(data)
@@ -346,10 +375,19 @@ class _DownloadReader:
             return b""
         header = bytes(self._header)
         manifest = sealing.open_header(header, self._ref.key, self._ref.header_hash, self._ref.uploader_key)
+        _check_matches(manifest, self._ref, self._chunk_bytes)
         if self._stored is not None and self._stored.size != sealing.stored_size(header, manifest):
             raise sealing.ForgedFileError("the stored file's size is not the one its manifest gives")
         self._chunks = sealing.ChunkOpener(manifest, self._ref.key)
         return data[needed:]
+
+
+def _check_matches(manifest: sealing.Manifest, ref: FileRef, chunk_bytes: tuple[int, int]) -> None:
+    """The uploader signed the manifest; the reference's size, name and type are only the sender's word."""
+    if (manifest.size, manifest.name, manifest.media_type) != (ref.size, ref.name, ref.media_type):
+        raise sealing.ForgedFileError("the file's signed manifest differs from its reference (size, name or type)")
+    if not chunk_bytes[0] <= manifest.chunk_bytes <= chunk_bytes[1]:
+        raise sealing.ForgedFileError(f"a chunk size of {manifest.chunk_bytes} bytes, outside what readers accept")
 
 
 async def _upload_frames(
@@ -362,21 +400,47 @@ async def _upload_frames(
     size = sealing.stored_size(header, manifest)
     yield file_pb2.UploadRequest(start=file_pb2.UploadStart(media_type=manifest.media_type, size=size))
     sealer = sealing.ChunkSealer(manifest, key)
-    pending = bytearray(header)
+    carry = header
     sent = 0
     for index in range(manifest.chunks):
         chunk = plaintext.read(manifest.chunk_length(index))
         if len(chunk) != manifest.chunk_length(index):
-            raise ParleyError(grpc.StatusCode.ABORTED, "", "the file changed while it was being uploaded")
-        pending += sealer.seal(chunk)
-        while len(pending) >= FRAME_BYTES:
-            yield file_pb2.UploadRequest(chunk=bytes(pending[:FRAME_BYTES]))
-            del pending[:FRAME_BYTES]
+            raise _changed_while_uploading()
+        sealed = carry + sealer.seal(chunk)
+        whole = len(sealed) - len(sealed) % FRAME_BYTES
+        for start in range(0, whole, FRAME_BYTES):
+            yield file_pb2.UploadRequest(chunk=sealed[start : start + FRAME_BYTES])
+        carry = sealed[whole:]
         sent += len(chunk)
         if progress is not None:
             progress(sent, manifest.size)
-    if pending:
-        yield file_pb2.UploadRequest(chunk=bytes(pending))
+    if plaintext.read(1):
+        raise _changed_while_uploading()
+    if carry:
+        yield file_pb2.UploadRequest(chunk=carry)
+
+
+def _changed_while_uploading() -> ParleyError:
+    return ParleyError(grpc.StatusCode.ABORTED, "", "the file changed while it was being uploaded")
+
+
+async def _within(call: Any, idle_seconds: float) -> AsyncIterator[file_pb2.DownloadResponse]:
+    """The call's frames; UNAVAILABLE (so the download resumes) when none comes for `idle_seconds`."""
+    frames = call.__aiter__()
+    while True:
+        try:
+            frame = await asyncio.wait_for(anext(frames), idle_seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                f"no bytes of the download for {idle_seconds:g} s",
+                "",
+            ) from None
+        yield frame
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import json_format
 
 from parley.errors import UnavailableError
-from parley.files import media_body
+from parley.files import media_body, sent_or_deleted
 from parley.gateway.v1 import gateway_pb2
 from parley.values import to_value
 
@@ -88,7 +88,7 @@ class Messages:
         media = await self._files.put_media(
             source, name=name, media_type=media_type, caption=caption, thumbnail=thumbnail, progress=progress
         )
-        return await self._direct.send(user_id, media_body(media))
+        return await sent_or_deleted(self._files, media, self._direct.send(user_id, media_body(media)))
 
     def on_rejected(self, handler: RejectedHandler) -> None:
         """Calls `handler(envelope, error)` for a direct message that failed a check (forged, replayed,

@@ -30,7 +30,7 @@ from parley.crypto import group
 from parley.crypto.errors import CryptoError, MalformedInputError
 from parley.crypto.primitives import constant_time_equal
 from parley.errors import NotFoundError, ParleyError, PermissionDeniedError
-from parley.files import FileRef, Files, Media, Progress, media_body, read_media
+from parley.files import FileRef, Files, Media, Progress, media_body, read_media, sent_or_deleted
 from parley.room.v1 import channel_pb2, channel_pb2_grpc
 from parley.rooms import EventChange, Room, RoomEvent, Signal
 
@@ -314,9 +314,9 @@ class Space:
         media_type: str | None = None,
         progress: Progress | None = None,
     ) -> FileRef:
-        """Encrypts and uploads a file (bytes or a path, read as it is sent) without sending a message; share
-        the returned reference inside a sealed message (`send_message({"file": ref.to_json()})`, or use
-        `send_file`). Needs no realtime stream."""
+        """Encrypts and uploads a file (bytes or a path, read as it is sent) without sending a message. To share
+        it, prefer `send_file`; to send the reference yourself, send `media_body(Media(ref))` (parley.files),
+        which readers get as `message.media`, checked to come from its uploader. Needs no realtime stream."""
         return await self._files.put(source, name=name, media_type=media_type, progress=progress)
 
     async def get_file(
@@ -340,7 +340,7 @@ class Space:
         media = await self._files.put_media(
             source, name=name, media_type=media_type, caption=caption, thumbnail=thumbnail, progress=progress
         )
-        return await self.send_message(media_body(media))
+        return await sent_or_deleted(self._files, media, self.send_message(media_body(media)))
 
     async def edit_message(self, handle: str, body: Any) -> None:
         """Replaces the body of a message you sent (NOT_AUTHOR otherwise); members get it sealed anew."""

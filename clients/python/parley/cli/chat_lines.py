@@ -7,6 +7,10 @@ import unicodedata
 from datetime import datetime
 from typing import Any
 
+from rich.filesize import decimal
+
+from parley.files import MEDIA_TYPE_TAG
+
 
 def clock(moment: datetime, now: datetime) -> str:
     """The local time of day; the date too when it is not today."""
@@ -21,12 +25,26 @@ def from_ms(time_ms: int) -> datetime:
 
 
 def payload_text(data: Any) -> str:
-    """A chat line's text ({"text": "..."} or a bare string); any other payload as compact JSON."""
+    """A chat line's text ({"text": "..."} or a bare string); a file as its name, size and caption (never its key);
+    any other payload as compact JSON."""
+    if isinstance(data, dict) and data.get("type") == MEDIA_TYPE_TAG:
+        return _file_text(data)
     if isinstance(data, dict) and set(data) == {"text"} and isinstance(data["text"], str):
         return printable(data["text"])
     if isinstance(data, str):
         return printable(data)
     return printable(json.dumps(_whole_numbers(data), ensure_ascii=False, separators=(",", ":")))
+
+
+def _file_text(data: dict[str, Any]) -> str:
+    file = data["file"] if isinstance(data.get("file"), dict) else {}
+    name, size, caption = file.get("name"), file.get("size"), data.get("caption")
+    shown = f"[file] {name if isinstance(name, str) else '?'}"
+    if isinstance(size, (int, float)):
+        shown += f" ({decimal(int(size))})"
+    if isinstance(caption, str) and caption:
+        shown += f" {caption}"
+    return printable(shown)
 
 
 def _whole_numbers(data: Any) -> Any:

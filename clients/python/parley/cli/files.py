@@ -35,6 +35,10 @@ from parley.files import Progress as ProgressCallback
 from parley.spaces import ChannelMessage, Space
 
 HISTORY_PAGE = 100  # messages per history call while looking for a handle
+# A received file's name, as written here: file systems allow 255 bytes; room is left for the partial file's suffix.
+MAX_NAME_BYTES = 200
+# Control, format, line and paragraph separator characters: never in a file name written here.
+UNSAFE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
 
 async def put(client: Client, channel: str, path: Path, *, media_type: str | None, caption: str) -> None:
@@ -128,8 +132,24 @@ def _target(output: Path | None, sent_name: str) -> Path:
 
 
 def _local_name(sent: str) -> str | None:
-    """The sender's file name, safe to create here: its last path part, control and format characters replaced by
-    "_"; None when nothing usable is left."""
+    """The sender's file name, safe to create here: its last path part, not hidden (a leading "." becomes "_"),
+    control, format and line-separator characters replaced by "_", at most MAX_NAME_BYTES bytes (the extension
+    kept); None when nothing usable is left."""
     last = sent.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join("_" if unicodedata.category(char) in ("Cc", "Cf") else char for char in last).strip()
-    return name if name not in ("", ".", "..") else None
+    name = "".join("_" if unicodedata.category(char) in UNSAFE_CATEGORIES else char for char in last).strip()
+    if name in ("", ".", ".."):
+        return None
+    if name.startswith("."):
+        name = "_" + name[1:]
+    return _shortened(name)
+
+
+def _shortened(name: str) -> str:
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension.encode()) > 16:
+        stem, extension = name, ""
+    suffix = f".{extension}" if extension else ""
+    budget = MAX_NAME_BYTES - len(suffix.encode())
+    return stem.encode()[:budget].decode(errors="ignore") + suffix

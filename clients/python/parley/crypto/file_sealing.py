@@ -43,6 +43,8 @@ CHUNK_BYTES = 1 << 20
 CHUNK_OVERHEAD = AEAD_NONCE_BYTES + AEAD_TAG_BYTES
 HEADER_PREFIX_BYTES = len(MAGIC) + 4
 MAX_SEALED_MANIFEST_BYTES = 16 * 1024
+# The signed manifest is padded to a multiple of this before it is sealed.
+MANIFEST_PADDING_BYTES = 256
 _MANIFEST = "file-manifest"
 _SIGNED_MANIFEST = "file-manifest-signed"
 _MANIFEST_AD = "file-manifest-sealed"
@@ -148,7 +150,10 @@ def seal_header(
     if signing_key.verify_key.encode() != manifest.uploader_key:
         raise ValueError("the manifest names another device as its uploader")
     body = manifest.to_bytes()
-    signed = labelled(_SIGNED_MANIFEST, body, signing_key.sign(body).signature)
+    signature = signing_key.sign(body).signature
+    unpadded = len(labelled(_SIGNED_MANIFEST, body, signature, b""))
+    padding = bytes(-unpadded % MANIFEST_PADDING_BYTES)  # the service sees the name's length only to this grain
+    signed = labelled(_SIGNED_MANIFEST, body, signature, padding)
     sealed = seal(_subkey(file_key, "manifest"), signed, labelled(_MANIFEST_AD), rng)
     return MAGIC + u32(len(sealed)) + sealed
 
@@ -178,7 +183,7 @@ def open_header(header: bytes, file_key: bytes, expected_hash: bytes, uploader_k
         signed = open_sealed(_subkey(file_key, "manifest"), header[HEADER_PREFIX_BYTES:], labelled(_MANIFEST_AD))
     except DecryptionError as error:
         raise DecryptionError("the manifest does not open with this file key") from error
-    body, signature = read_labelled(_SIGNED_MANIFEST, signed, 2)
+    body, signature, _padding = read_labelled(_SIGNED_MANIFEST, signed, 3)
     if not identity.verify_signature(uploader_key, body, signature):
         raise InvalidSignatureError("the manifest is not signed by the uploader its reference names")
     manifest = Manifest.from_bytes(body)
@@ -225,7 +230,8 @@ class ChunkOpener:
         self._manifest = manifest
         self._key = _subkey(file_key, "chunks")
         self._next = 0
-        self._pending = bytearray()
+        self._pending: list[memoryview] = []
+        self._pending_bytes = 0
 
     @property
     def chunks_opened(self) -> int:
@@ -233,25 +239,30 @@ class ChunkOpener:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The plaintext of every chunk `data` completes; `ForgedFileError` on any that does not open."""
-        self._pending += data
         opened: list[bytes] = []
-        while self._next < self._manifest.chunks:
+        view = memoryview(data)
+        while view:
+            if self._next >= self._manifest.chunks:
+                raise ForgedFileError("bytes after the file's last chunk")
             length = self._manifest.chunk_length(self._next) + CHUNK_OVERHEAD
-            if len(self._pending) < length:
-                return opened
-            sealed = bytes(self._pending[:length])
-            del self._pending[:length]
+            take = min(length - self._pending_bytes, len(view))
+            self._pending.append(view[:take])
+            self._pending_bytes += take
+            view = view[take:]
+            if self._pending_bytes < length:
+                break
+            sealed = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
             try:
                 opened.append(open_sealed(self._key, sealed, _chunk_ad(self._manifest, self._next)))
             except DecryptionError as error:
                 raise ForgedFileError(f"chunk {self._next} of the file does not open") from error
             self._next += 1
-        if self._pending:
-            raise ForgedFileError("bytes after the file's last chunk")
         return opened
 
     def finish(self) -> None:
-        if self._next != self._manifest.chunks or self._pending:
+        if self._next != self._manifest.chunks or self._pending_bytes:
             raise ForgedFileError(f"the file ends after {self._next} of its {self._manifest.chunks} chunks")
 
 
