@@ -61,6 +61,7 @@ bench: install ## Run the benchmarks (JSON on stdout)
 	$(PY) -m bench.bus_bench
 	$(PY) -m bench.scale_out_bench
 	$(PY) -m bench.connection_life_bench
+	$(PY) -m bench.file_bench
 
 clean: ## Remove .venv, node_modules and caches (keeps ./data)
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

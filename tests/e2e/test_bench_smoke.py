@@ -339,3 +339,34 @@ def test_channel_bench_reports_each_phase_and_delivers_every_message_in_both_mod
         assert mode["client_cpu_ms_per_message_sent"] > 0
     assert modes["channel"]["event_data_bytes"] > modes["open_room"]["event_data_bytes"] >= 256  # sealed, base64
     assert all(value > 0 for value in gateway["channel_over_open_room"].values())
+
+
+def test_file_bench_runs_and_reports_both_directions() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.file_bench", "--size-mb", "2", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["round_trips_byte_identical"]
+    assert result["server_exit_codes"] == {"parley": 0, "raw": 0}
+    assert result["server_log"]["warning_lines"] == result["server_log"]["error_lines"] == 0
+    assert result["machine"]["cpu_count"] > 0
+    for direction in ("upload", "download"):
+        figures = result[direction]
+        for system in ("parley", "raw"):
+            assert figures[system]["mb_per_s"] > 0
+            assert len(figures[system]["mb_per_s_each"]) == len(figures[system]["seconds_each"]) == 1
+            # CPU is read from /proc in clock ticks (10 ms): a 2 MiB transfer may take less than one.
+            assert figures[system]["server_cpu_seconds_per_mb"] >= 0
+            assert figures[system]["client_cpu_seconds_per_mb"] > 0
+        assert figures["parley_over_raw_mb_per_s"] > 0
+        assert isinstance(figures["target_met"], bool)
+    passes = result["in_process_breakdown"]
+    assert passes["stored_bytes"] > 2 * 1024 * 1024  # sealed: a header and a tag per chunk besides
+    for name in ("client_seal", "client_open", "server_upload_blake2b", "server_zfec_encode", "server_shares_blake2b"):
+        assert passes[name]["seconds"] > 0
+        assert passes[name]["mb_per_s"] > 0
