@@ -493,7 +493,12 @@ def edge_cases(
             parent: Any = request
             for field in path[:-1]:
                 child = getattr(parent, field.name)
+                if field.is_repeated and not child:  # under a oneof member the sane message left unset
+                    parent = None
+                    break
                 parent = child[0] if field.is_repeated else child
+            if parent is None:
+                continue
             parent.ClearField(leaf.name)
             _set_field(parent, leaf, [edge] if leaf.is_repeated else edge)
             yield f"{'.'.join(field.name for field in path)}={_short(edge)}", request

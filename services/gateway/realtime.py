@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,9 +21,10 @@ from parley.reasons import reason_name
 from parley.room.v1 import room_pb2
 from services.gateway import outbox as kinds
 from services.gateway import wire
+from services.gateway.browser_sessions import BrowserSessions, CommandInbox
 from services.gateway.changes import EventChanges
 from services.gateway.client_questions import ClientQuestions
-from services.gateway.command_lanes import CommandLanes
+from services.gateway.command_lanes import CommandLanes, Send
 from services.gateway.commands import CommandHandler, status_of
 from services.gateway.connections import ANY_EVENT, Connection, ConnectionRegistry, Interest
 from services.gateway.direct import DeviceLookup, DirectMessages
@@ -91,6 +93,8 @@ class Realtime:
         self.history = history
         self.hooks = hooks
         self.connections = ConnectionRegistry()
+        # The sessions opened by Subscribe, whose commands come by SendCommand.
+        self.browser = BrowserSessions()
         # Connect streams per user until their handler ends: a cut stream whose client no
         # longer reads stays open (see StreamRelease), and counts against the user's limit.
         self._open_streams: Counter[str] = Counter()
@@ -138,11 +142,18 @@ class Realtime:
             self.direct,
         )
 
-    # The Connect stream
+    # The Connect stream, and Subscribe (the browser path)
 
     async def connect(
-        self, requests: AsyncIterator[gateway_pb2.ConnectRequest], context: Context
-    ) -> AsyncIterator[bytes]:
+        self,
+        requests: AsyncIterator[gateway_pb2.ConnectRequest],
+        context: Context,
+        *,
+        inbox: CommandInbox | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """A session: its frames, starting with the Welcome. Its commands come on `requests`, and their
+        replies go out with the frames; or, for Subscribe, they come from SendCommand calls through
+        `inbox`, which takes their replies too."""
         caller = require_user()
         if self._open_streams[caller.user_id] >= self.config.max_connections_per_user:
             raise ServiceError(
@@ -177,6 +188,8 @@ class Realtime:
 
         connection.end_with = end_with
         self.connections.add(connection)
+        if inbox is not None:
+            self.browser.open(connection, inbox)
         self._expire_with_token(connection, caller.expires_at)
         self._open_streams[caller.user_id] += 1
         try:
@@ -184,7 +197,8 @@ class Realtime:
             self.direct.connected(connection)
             await self.hooks.notify("on_connected", _session(connection))
             # Commands are read only now, so on_connected comes before any join hook.
-            reader = asyncio.create_task(self._read_commands(connection, requests))
+            replies = inbox.answer if inbox is not None else functools.partial(_reply_on_stream, connection)
+            reader = asyncio.create_task(self._read_commands(connection, requests, replies))
             while True:
                 try:
                     frames = await connection.outbox.next_frames()
@@ -206,6 +220,14 @@ class Realtime:
             if not self._open_streams[caller.user_id]:
                 del self._open_streams[caller.user_id]
             await release.finished()
+
+    async def subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> AsyncIterator[bytes]:
+        """Yields SubscribeResponse frames: a session's frames as Connect sends them, but for the replies,
+        which answer the session's SendCommand calls instead."""
+        inbox = CommandInbox(self.config.max_commands_in_flight)
+        async with contextlib.aclosing(self.connect(inbox.commands(), context, inbox=inbox)) as frames:
+            async for frame in frames:
+                yield wire.subscribe_frame(frame)
 
     # Token life and revocation
 
@@ -276,10 +298,7 @@ class Realtime:
             token_expire_time_ms=int(connection.token_expires_at * 1000),
         )
 
-    async def _read_commands(self, connection: Connection, requests: AsyncIterator[Any]) -> None:
-        def send(reply: gateway_pb2.Reply) -> None:
-            connection.outbox.put(kinds.REPLY, wire.batch_item(reply.SerializeToString()), urgent=True)
-
+    async def _read_commands(self, connection: Connection, requests: AsyncIterator[Any], send: Send) -> None:
         def fail(error: BaseException) -> None:
             log.error("a command failed unexpectedly", exc_info=error, extra={"session": connection.session_id})
             connection.outbox.fail(internal())
@@ -321,6 +340,7 @@ class Realtime:
         if connection.token_timer is not None:  # after the reader stopped: no refresh can set a new one
             connection.token_timer.cancel()
         self.connections.remove(connection)
+        self.browser.ended(connection)
         self.questions.connection_ended(connection.session_id)
         self.direct.ended(connection)
         self.subjects.unsubscribe_all(connection)
@@ -531,6 +551,10 @@ def backend_response(frame: bytes) -> bytes | None:
         reason = response.history.unrecovered_reason
         return gateway_pb2.SubscribeRoomResponse(unrecovered_reason=reason).SerializeToString()
     return None  # presence and ephemeral signals are for connections
+
+
+def _reply_on_stream(connection: Connection, reply: gateway_pb2.Reply) -> None:
+    connection.outbox.put(kinds.REPLY, wire.batch_item(reply.SerializeToString()), urgent=True)
 
 
 def _token_expired(connection: Connection) -> None:

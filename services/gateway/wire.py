@@ -19,6 +19,7 @@ _SUBJECT_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUM
 _REPLY_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.REPLY_FIELD_NUMBER << 3 | 2])
 _REPLIES_FRAME_TAG = bytes([gateway_pb2.ConnectResponse.REPLIES_FIELD_NUMBER << 3 | 2])
 _BATCH_ITEM_TAG = bytes([gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER << 3 | 2])
+_SUBSCRIBE_FRAME_TAG = bytes([gateway_pb2.SubscribeResponse.FRAME_FIELD_NUMBER << 3 | 2])
 # One tag byte each, and one item tag for both batch kinds: field numbers must stay small and equal.
 assert gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER == gateway_pb2.SubjectEventBatch.EVENTS_FIELD_NUMBER
 assert gateway_pb2.EventBatch.EVENTS_FIELD_NUMBER == gateway_pb2.SubscribeRoomResponse.EVENTS_FIELD_NUMBER
@@ -28,6 +29,7 @@ assert (
         gateway_pb2.ConnectResponse.EVENTS_FIELD_NUMBER,
         gateway_pb2.ConnectResponse.SUBJECT_EVENTS_FIELD_NUMBER,
         gateway_pb2.ConnectResponse.REPLIES_FIELD_NUMBER,
+        gateway_pb2.SubscribeResponse.FRAME_FIELD_NUMBER,
     )
     <= 15
 )
@@ -73,6 +75,11 @@ def frame_body(frame: bytes) -> bytes:
 def whole_body_frame(body: bytes) -> bytes:
     """A frame whose `frame_body` is `body` as given (a backend feed's own response)."""
     return _EVENTS_FRAME_TAG + varint(len(body)) + body
+
+
+def subscribe_frame(frame: bytes) -> bytes:
+    """A ConnectResponse frame as Subscribe sends it: `SubscribeResponse{frame}`."""
+    return _SUBSCRIBE_FRAME_TAG + varint(len(frame)) + frame
 
 
 def frame(response: gateway_pb2.ConnectResponse) -> bytes:

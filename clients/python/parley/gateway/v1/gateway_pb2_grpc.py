@@ -47,6 +47,16 @@ class GatewayServiceStub:
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectRequest.SerializeToString,
                 response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/parley.gateway.v1.GatewayService/Subscribe',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.SendCommand = channel.unary_unary(
+                '/parley.gateway.v1.GatewayService/SendCommand',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendCommandRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendCommandResponse.FromString,
+                _registered_method=True)
         self.PublishToRoom = channel.unary_unary(
                 '/parley.gateway.v1.GatewayService/PublishToRoom',
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.PublishToRoomRequest.SerializeToString,
@@ -126,6 +136,28 @@ class GatewayServiceServicer:
         """The realtime stream. The first server frame is a Welcome; every command
         is answered by a Reply with the same request_id; events, presence, room
         changes and subject events arrive as they happen, batched into frames.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """The browser path, for clients that cannot send on a stream (gRPC-Web):
+        Subscribe opens a session and carries every frame Connect would send
+        except replies, starting with the Welcome (its session_id names the
+        session); one per page serves every room of the session. SendCommand
+        runs one command of that session and answers with the Reply Connect would
+        send. The session ends when the Subscribe stream does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendCommand(self, request, context):
+        """One command for a session the caller's own Subscribe opened:
+        SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
+        gateway, or it is another device's. The command's outcome, failures
+        included, is in the Reply's status, as on Connect.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +267,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectRequest.FromString,
                     response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'SendCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendCommand,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendCommandRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SendCommandResponse.SerializeToString,
             ),
             'PublishToRoom': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishToRoom,
@@ -354,6 +396,60 @@ class GatewayService:
             '/parley.gateway.v1.GatewayService/Connect',
             parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectRequest.SerializeToString,
             parley_dot_gateway_dot_v1_dot_gateway__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/Subscribe',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.GatewayService/SendCommand',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.SendCommandRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.SendCommandResponse.FromString,
             options,
             channel_credentials,
             insecure,

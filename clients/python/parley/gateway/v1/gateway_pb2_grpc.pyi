@@ -43,6 +43,20 @@ class GatewayServiceStub:
     is answered by a Reply with the same request_id; events, presence, room
     changes and subject events arrive as they happen, batched into frames.
     """
+    Subscribe: _grpc.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.SubscribeResponse]
+    """The browser path, for clients that cannot send on a stream (gRPC-Web):
+    Subscribe opens a session and carries every frame Connect would send
+    except replies, starting with the Welcome (its session_id names the
+    session); one per page serves every room of the session. SendCommand
+    runs one command of that session and answers with the Reply Connect would
+    send. The session ends when the Subscribe stream does.
+    """
+    SendCommand: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SendCommandRequest, _gateway_pb2.SendCommandResponse]
+    """One command for a session the caller's own Subscribe opened:
+    SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
+    gateway, or it is another device's. The command's outcome, failures
+    included, is in the Reply's status, as on Connect.
+    """
     PublishToRoom: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishToRoomRequest, _gateway_pb2.PublishToRoomResponse]
     """Backend API (service credentials only).
 
@@ -94,6 +108,20 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """The realtime stream. The first server frame is a Welcome; every command
     is answered by a Reply with the same request_id; events, presence, room
     changes and subject events arrive as they happen, batched into frames.
+    """
+    Subscribe: _aio.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """The browser path, for clients that cannot send on a stream (gRPC-Web):
+    Subscribe opens a session and carries every frame Connect would send
+    except replies, starting with the Welcome (its session_id names the
+    session); one per page serves every room of the session. SendCommand
+    runs one command of that session and answers with the Reply Connect would
+    send. The session ends when the Subscribe stream does.
+    """
+    SendCommand: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SendCommandRequest, _gateway_pb2.SendCommandResponse]  # type: ignore[assignment]
+    """One command for a session the caller's own Subscribe opened:
+    SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
+    gateway, or it is another device's. The command's outcome, failures
+    included, is in the Reply's status, as on Connect.
     """
     PublishToRoom: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishToRoomRequest, _gateway_pb2.PublishToRoomResponse]  # type: ignore[assignment]
     """Backend API (service credentials only).
@@ -155,6 +183,32 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """The realtime stream. The first server frame is a Welcome; every command
         is answered by a Reply with the same request_id; events, presence, room
         changes and subject events arrive as they happen, batched into frames.
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _gateway_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.SubscribeResponse], _abc.AsyncIterator[_gateway_pb2.SubscribeResponse]]:
+        """The browser path, for clients that cannot send on a stream (gRPC-Web):
+        Subscribe opens a session and carries every frame Connect would send
+        except replies, starting with the Welcome (its session_id names the
+        session); one per page serves every room of the session. SendCommand
+        runs one command of that session and answers with the Reply Connect would
+        send. The session ends when the Subscribe stream does.
+        """
+
+    @_abc_1.abstractmethod
+    def SendCommand(
+        self,
+        request: _gateway_pb2.SendCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SendCommandResponse, _abc.Awaitable[_gateway_pb2.SendCommandResponse]]:
+        """One command for a session the caller's own Subscribe opened:
+        SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
+        gateway, or it is another device's. The command's outcome, failures
+        included, is in the Reply's status, as on Connect.
         """
 
     @_abc_1.abstractmethod
