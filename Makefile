@@ -17,7 +17,7 @@ install: $(STAMP) ## Create .venv with Parley, its test tools, buf and grpcurl
 $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,otlp]"
+	$(PY) -m pip install --quiet -e ".[dev,otlp,web]"
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 

@@ -169,6 +169,18 @@ class BusConfig:
     subject_prefix: str = "parley"
 
 
+@dataclasses.dataclass
+class WebConfig:
+    """The browsers' gRPC-Web proxy: an Envoy that `parley serve` starts beside the server (docs/browser.md)."""
+
+    # The port Envoy listens on for browsers; None: no proxy; 0: a free port, chosen at start.
+    port: int | None = None
+    # The interface Envoy binds; empty: server.host.
+    host: str = ""
+    # Origins (scheme://host[:port]) whose pages may call Parley; "*": any.
+    allowed_origins: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+
+
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 STORAGE_SERVICES = ("identity", "room", "history")
 
@@ -315,6 +327,7 @@ DEFAULT_MEDIA_TYPES = (
     "application/vnd.oasis.opendocument.presentation",
 )
 MEDIA_TYPE_PATTERN = re.compile(r"(\*/\*|[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*))", re.IGNORECASE)
+WEB_ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", re.IGNORECASE)
 MB = 1000 * 1000
 GiB = 1024 * MiB
 
@@ -358,6 +371,7 @@ class Config:
     room_service: RoomServiceConfig = dataclasses.field(default_factory=RoomServiceConfig)
     history: HistoryConfig = dataclasses.field(default_factory=HistoryConfig)
     hooks: HooksConfig = dataclasses.field(default_factory=HooksConfig)
+    web: WebConfig = dataclasses.field(default_factory=WebConfig)
     rooms: list[RoomDefinition] = dataclasses.field(default_factory=list)
     # Where the config file is; relative paths in it (schema files) start here.
     config_dir: Path | None = None
@@ -448,6 +462,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{setting} must be empty (SQLite) or a postgresql:// URL")
     if config.storage.max_connections <= 0:
         raise ConfigError("storage.max_connections must be positive")
+    _validate_web(config.web)
     seen: set[str] = set()
     for room in config.rooms:
         if room.id in seen:
@@ -478,6 +493,19 @@ def _validate_files(files: FilesConfig) -> None:
     for media_type in files.media_types:
         if not MEDIA_TYPE_PATTERN.fullmatch(media_type):
             raise ConfigError(f"files.media_types: {media_type!r} is not type/subtype, type/* or */*")
+
+
+def _validate_web(web: WebConfig) -> None:
+    if web.port is not None and not 0 <= web.port <= 65535:
+        raise ConfigError(f"web.port must be 0–65535, got {web.port}")
+    if not web.allowed_origins:
+        raise ConfigError('web.allowed_origins must name at least one origin, or "*" for any')
+    for origin in web.allowed_origins:
+        if origin != "*" and not WEB_ORIGIN_PATTERN.fullmatch(origin):
+            raise ConfigError(
+                f"web.allowed_origins: {origin!r} is not an origin (scheme://host[:port], no path, "
+                'e.g. "https://chat.example.com") or "*"'
+            )
 
 
 def _merge(target: Any, document: Mapping[str, Any], where: str) -> None:
