@@ -30,6 +30,12 @@ async def serve_with_web_proxy(config: Config, which: str = PROXIED_TARGET) -> N
             f"web.port: the gRPC-Web proxy runs beside `parley serve` (all services on one port), not "
             f"`parley serve {which}`; in split mode run Envoy yourself (`parley serve --print-web-config`)"
         )
+    if config.server.gateway_processes > 1:
+        raise ConfigError(
+            "web.port: a page's Subscribe and SendCommand calls must reach one gateway process, and Envoy would "
+            f"spread them over the {config.server.gateway_processes} behind the port; run one gateway process "
+            "with --web-port"
+        )
     setup_logging(config.logging)
     config = with_chosen_ports(config)
     envoy = await EnvoyProcess.start(plan_for(config))

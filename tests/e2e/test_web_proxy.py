@@ -389,6 +389,17 @@ def test_only_the_all_in_one_server_takes_a_web_port(tmp_path: Path) -> None:
     assert "error: web.port: the gRPC-Web proxy runs beside `parley serve`" in (tmp_path / "serve.log").read_text()
 
 
+def test_a_web_port_needs_a_single_gateway_process(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as failed:
+        ServerProcess(
+            ["--port", "0", "--web-port", "0", "--gateway-processes", "2", "--data-dir", str(tmp_path / "data")],
+            {"PARLEY_BUS_URL": "nats://127.0.0.1:4222"},
+            tmp_path / "serve.log",
+        )
+    assert "server exited" in str(failed.value)
+    assert "must reach one gateway process" in (tmp_path / "serve.log").read_text()
+
+
 def test_the_web_settings_come_from_the_environment_and_are_checked() -> None:
     config = load_config(
         env={"PARLEY_WEB_PORT": "8080", "PARLEY_WEB_ALLOWED_ORIGINS": "https://a.example,http://localhost:5173"}
