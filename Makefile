@@ -26,9 +26,10 @@ DATA_DIR ?= ./data
 run: install ## Start Parley all-in-one on localhost:50051, SQLite under ./data (make run PORT=… DATA_DIR=…)
 	$(VENV)/bin/parley serve --host localhost --port $(PORT) --data-dir $(DATA_DIR)
 
-test: install ## Lint, type-check, check generated stubs, run every test
+test: install ## Lint, type-check, check generated stubs, run every test (vitest, then pytest)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory check-gen
+	npm test --workspace @parley/client
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 gen: install ## Regenerate the Python stubs and the TypeScript messages from protos/
@@ -44,12 +45,13 @@ check-gen: install ## Fail when committed stubs (Python and TypeScript) differ f
 	      { echo "stale TypeScript in clients/typescript/src/gen: run make gen"; exit 1; }; } && \
 	  echo "generated stubs are fresh"
 
-lint: install ## ruff, mypy --strict, buf lint and buf format
+lint: install ## ruff, mypy --strict, buf lint and buf format, tsc --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
+	npm run --silent --workspace @parley/client typecheck
 
 bench: install ## Run the benchmarks (JSON on stdout)
 	$(PY) -m pip install --quiet -e ".[bench]"

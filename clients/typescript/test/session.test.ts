@@ -1,0 +1,158 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { ParleyClient } from "../src/client.js";
+import { NotFoundError, PayloadTooLargeError } from "../src/errors.js";
+import { DeviceIdentity } from "../src/identity.js";
+import { Client as NodeClient } from "../src/node.js";
+import { Client as WebClient, localStorageKeyStore } from "../src/web.js";
+import type { RoomEvent } from "../src/rooms.js";
+import { connectStreamSession, subscribeSession, type SessionFactory } from "../src/session.js";
+import { FakeGateway, defaultAnswer, eventsFrame, recordingSleep, until } from "./fake-gateway.js";
+
+const clients: ParleyClient[] = [];
+
+function clientOf(gateway: FakeGateway, session: SessionFactory, delays: number[] = []): ParleyClient {
+  const identity = DeviceIdentity.generate("tester");
+  identity.registered = true;
+  const client = new ParleyClient({
+    transport: gateway.transport,
+    session,
+    identity,
+    heartbeat: { intervalMs: 60_000, timeoutMs: 60_000 },
+    sleep: recordingSleep(delays),
+    random: () => 0.5,
+  });
+  clients.push(client);
+  return client;
+}
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((client) => client.close()));
+});
+
+describe.each([
+  ["the browser path (Subscribe + SendCommand)", subscribeSession],
+  ["the Connect stream", connectStreamSession],
+])("%s", (_, session) => {
+  it("joins, receives events by handler and iterator, and publishes", async () => {
+    const gateway = new FakeGateway();
+    gateway.answer = (request) =>
+      request.command.case === "publish"
+        ? { status: { code: 0 }, result: { case: "publish", value: { seqs: [7n], handles: ["h7"] } } }
+        : defaultAnswer(request);
+    const client = clientOf(gateway, session);
+    await client.connect();
+    const room = await client.join("lobby");
+    const byHandler: RoomEvent[] = [];
+    room.on("message", (event) => {
+      byHandler.push(event);
+    });
+    const fake = await gateway.session(1);
+    fake.push(eventsFrame("lobby", [1, 2]));
+    const iterator = room[Symbol.asyncIterator]();
+    expect((await iterator.next()).value?.seq).toBe(1);
+    expect((await iterator.next()).value?.data).toBe(2);
+    await until(() => byHandler.length === 2);
+    expect(await room.trigger("message", { text: "hi" })).toEqual({ seq: 7, handle: "h7" });
+
+    const [join, publish] = fake.commands;
+    expect(join?.command.case).toBe("join");
+    expect(publish?.command.case === "publish" && publish.command.value.events[0]?.event).toBe("message");
+    const key = publish?.command.case === "publish" ? publish.command.value.events[0]?.idempotencyKey : "";
+    expect(key).toMatch(/^[0-9a-f]{32}$/);
+    expect(fake.authorization).toBe("Bearer token1");
+    expect(client.state).toBe("connected");
+  });
+
+  it("turns a failed Reply into the typed error, and the session carries on", async () => {
+    const gateway = new FakeGateway();
+    gateway.answer = (request) => {
+      if (request.command.case === "join" && request.command.value.roomId === "missing") {
+        return { status: { code: 5, reason: "ROOM_NOT_FOUND", message: "no room 'missing'" } };
+      }
+      if (request.command.case === "publish") {
+        return { status: { code: 8, reason: "PAYLOAD_TOO_LARGE", message: "too big", metadata: { limit: "10" } } };
+      }
+      return defaultAnswer(request);
+    };
+    const client = clientOf(gateway, session);
+    await client.connect();
+    await expect(client.join("missing")).rejects.toSatisfy(
+      (error) => error instanceof NotFoundError && error.reason === "ROOM_NOT_FOUND",
+    );
+    const room = await client.join("lobby");
+    const refused = await room.trigger("message", "x").catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(PayloadTooLargeError);
+    expect((refused as PayloadTooLargeError).metadata).toEqual({ limit: "10" });
+    expect(gateway.sessions).toHaveLength(1);
+  });
+});
+
+describe("the browser path", () => {
+  it("sends each command to the session its Subscribe opened, with a current token", async () => {
+    const gateway = new FakeGateway();
+    const client = clientOf(gateway, subscribeSession);
+    await client.connect();
+    await client.join("lobby");
+    await client.subscribe("news:*", () => undefined);
+    const fake = await gateway.session(1);
+    expect(fake.commands.map((command) => command.command.case)).toEqual(["join", "subjectSubscribe"]);
+    expect(new Set(fake.commands.map((command) => command.requestId)).size).toBe(2);
+  });
+
+  it("opens a new session and joins again when the gateway no longer knows the session", async () => {
+    const gateway = new FakeGateway();
+    const delays: number[] = [];
+    const client = clientOf(gateway, subscribeSession, delays);
+    await client.connect();
+    const room = await client.join("lobby");
+    (await gateway.session(1)).push(eventsFrame("lobby", [1]));
+    await until(() => room.lastSeq === 1);
+    gateway.sessions[0]!.ended = true; // forgotten by the gateway, the stream still open
+    const refused = await room.subscribe(["typing"]).catch((error: unknown) => error);
+    expect((refused as NotFoundError).reason).toBe("SESSION_NOT_FOUND");
+    const second = await gateway.session(2);
+    await until(() => client.state === "connected" && room.joined);
+    const rejoin = second.commands[0]?.command;
+    expect(rejoin?.case === "join" && [rejoin.value.roomId, rejoin.value.sinceSeq, rejoin.value.resume]).toEqual([
+      "lobby",
+      1n,
+      true,
+    ]);
+  });
+});
+
+describe("the entry points", () => {
+  it("open the browser path from @parley/client/web and the Connect stream from @parley/client/node", async () => {
+    const gateway = new FakeGateway();
+    const identity = DeviceIdentity.generate("both");
+    identity.registered = true;
+    const options = { transport: gateway.transport, identity, heartbeat: { intervalMs: 60_000, timeoutMs: 60_000 } };
+    const browser = new WebClient("https://chat.example.com", options);
+    const node = new NodeClient("127.0.0.1:1", options);
+    clients.push(browser, node);
+    await browser.join("lobby");
+    await node.join("lobby");
+    expect(gateway.sessions.map((session) => session.kind)).toEqual(["subscribe", "connect"]);
+    expect([browser.baseUrl, node.address]).toEqual(["https://chat.example.com", "127.0.0.1:1"]);
+  });
+
+  it("keeps a browser's keys in Web Storage", async () => {
+    const items = new Map<string, string>();
+    const storage = {
+      getItem: (key: string) => items.get(key) ?? null,
+      setItem: (key: string, value: string) => void items.set(key, value),
+      removeItem: (key: string) => void items.delete(key),
+    };
+    const gateway = new FakeGateway();
+    const client = new WebClient("https://chat.example.com", {
+      transport: gateway.transport,
+      username: "web",
+      keyStore: localStorageKeyStore("parley-keys", storage),
+    });
+    clients.push(client);
+    await client.connect();
+    const stored = DeviceIdentity.fromKeyFileText(items.get("parley-keys")!);
+    expect([stored.username, stored.registered, stored.deviceId]).toEqual(["web", true, client.deviceId]);
+    expect(items.has("parley-keys.pending")).toBe(false);
+  });
+});
