@@ -347,8 +347,22 @@ class SubscribeSession extends SessionBase {
     return welcome;
   }
 
+  /** Per room, the last command sent: the next waits for its answer (concurrent calls keep no order). */
+  readonly #lanes = new Map<string, Promise<void>>();
+
   protected transmit(request: ConnectRequest): void {
-    void this.#call(request);
+    const lane = roomOf(request);
+    if (lane === undefined) {
+      void this.#call(request);
+      return;
+    }
+    const sent = (this.#lanes.get(lane) ?? Promise.resolve()).then(() => this.#call(request));
+    this.#lanes.set(lane, sent);
+    void sent.finally(() => {
+      if (this.#lanes.get(lane) === sent) {
+        this.#lanes.delete(lane);
+      }
+    });
   }
 
   async #call(request: ConnectRequest): Promise<void> {
@@ -375,6 +389,15 @@ class SubscribeSession extends SessionBase {
       }
     }
   }
+}
+
+/** The room a command is about, if any: its commands go one after another, as on a stream. */
+function roomOf(request: ConnectRequest): string | undefined {
+  const command = request.command;
+  if (command.value !== undefined && "roomId" in command.value && command.value.roomId !== "") {
+    return command.value.roomId;
+  }
+  return undefined;
 }
 
 /** The bidirectional `Connect` stream (needs a transport that can stream both ways: gRPC over HTTP/2). */

@@ -99,6 +99,24 @@ describe("the browser path", () => {
     expect(new Set(fake.commands.map((command) => command.requestId)).size).toBe(2);
   });
 
+  it("sends a room's commands one after another, each once the one before is answered", async () => {
+    const gateway = new FakeGateway();
+    const client = clientOf(gateway, subscribeSession);
+    await client.connect();
+    const lobby = await client.join("lobby");
+    const other = await client.join("other");
+    gateway.answer = (request) =>
+      request.command.case === "publish" && request.command.value.roomId === "lobby" ? null : defaultAnswer(request);
+    void lobby.trigger("message", { n: 1 }).catch(() => undefined); // never answered
+    void lobby.trigger("message", { n: 2 }).catch(() => undefined);
+    await other.trigger("message", { n: 3 });
+    const published = (await gateway.session(1)).commands
+      .filter((command) => command.command.case === "publish")
+      .map((command) => (command.command.case === "publish" ? command.command.value.roomId : ""));
+    expect(published).toEqual(["lobby", "other"]); // the second lobby publish waits for the first's answer
+    await client.close();
+  });
+
   it("opens a new session and joins again when the gateway no longer knows the session", async () => {
     const gateway = new FakeGateway();
     const delays: number[] = [];
