@@ -12,13 +12,14 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(STAMP) ## Create .venv with Parley, its test tools, buf and grpcurl
+install: $(STAMP) ## Create .venv with Parley, its test tools, buf and grpcurl; node_modules; Debian's chromium if absent
 
 $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev,otlp,web]"
 	npm ci --no-audit --no-fund --loglevel=error
+	scripts/install-chromium.sh
 	touch $(STAMP)
 
 PORT ?= 50051
