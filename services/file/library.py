@@ -148,7 +148,8 @@ class FileLibrary:
         return row
 
     async def open_reader(self, row: FileRow, offset: int) -> ShareReader:
-        """Checks every share of the file now (DATA_LOSS if fewer than k are intact)."""
+        """Opens the file's shares (DATA_LOSS if fewer than k look intact); each block is checked as it is read,
+        and the shares not read once the read is done (`check_after_read`)."""
         if not 0 <= offset <= row.size:
             raise invalid_field("offset", f"must be between 0 and the file's size, {row.size}")
         try:
@@ -166,12 +167,15 @@ class FileLibrary:
             )
         await uncancellable.uncancellable(self._remove(file_id))
 
-    def repair_later(self, row: FileRow) -> None:
-        """Rebuilds the file's damaged shares in the background (once at a time per file)."""
-        if row.file_id not in self._repairs:
-            repair = uncancellable.start(self._repair(row))
-            self._repairs[row.file_id] = repair
-            repair.add_done_callback(lambda _: self._repairs.pop(row.file_id, None))
+    def check_after_read(self, row: FileRow, reader: ShareReader) -> None:
+        """In the background, once a read is done: checks the shares it did not, and rebuilds any damaged.
+
+        One check at a time per file: a read meanwhile leaves its shares to the next read, or to scrub."""
+        if row.file_id in self._repairs or not (reader.damaged or reader.unchecked):
+            return
+        repair = uncancellable.start(self._check_and_repair(row, reader.damaged, reader.unchecked))
+        self._repairs[row.file_id] = repair
+        repair.add_done_callback(lambda _: self._repairs.pop(row.file_id, None))
 
     async def scrub(self, *, sweep: bool = False) -> ScrubReport:
         """Checks every file's shares, rebuilds the damaged ones, and says what it found.
@@ -270,11 +274,14 @@ class FileLibrary:
             await asyncio.wait([repair])
         await asyncio.to_thread(self.stores.delete, layout_of(row))
 
-    async def _repair(self, row: FileRow) -> None:
+    async def _check_and_repair(self, row: FileRow, damaged: list[int], unchecked: list[int]) -> None:
         if await self._metadata.get(row.file_id) is None:
             return  # deleted meanwhile
+        layout = layout_of(row)
         try:
-            rebuilt = await asyncio.to_thread(self.stores.repair, layout_of(row))
+            if not damaged and not await asyncio.to_thread(self.stores.damaged, layout, unchecked):
+                return
+            rebuilt = await asyncio.to_thread(self.stores.repair, layout)
         except SharesLostError as error:
             log.error("file lost", extra={"file_id": row.file_id, "error": str(error)})
             return

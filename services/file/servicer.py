@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 
 from parley.file.v1 import file_pb2, file_pb2_grpc
 from services.file.downloads import DownloadFrames
-from services.file.library import FileLibrary, uploader_of
+from services.file.library import FileLibrary, file_lost, uploader_of
 from services.file.metadata import FileRow
+from services.file.shares import SharesLostError
 from services.file.uploads import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, protocol_violation
 from services.runtime.config import FilesConfig
 from services.runtime.grpc_types import Context
@@ -87,10 +88,11 @@ class FileServicer(file_pb2_grpc.FileServiceServicer):
             yield file_pb2.DownloadResponse(file=file_info(row))
             async for frame in frames.frames():
                 yield file_pb2.DownloadResponse(chunk=frame)
+        except SharesLostError as error:  # more shares turned out damaged as they were read
+            raise file_lost(error) from error
         finally:
             frames.close()
-            if reader.damaged:
-                self.library.repair_later(row)
+            self.library.check_after_read(row, reader)
 
     async def Stat(self, request: file_pb2.StatRequest, context: Context) -> file_pb2.StatResponse:
         return file_pb2.StatResponse(file=file_info(await self.library.find(request.file_id)))

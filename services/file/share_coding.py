@@ -7,6 +7,9 @@ from typing import cast
 
 import zfec  # type: ignore[import-untyped]
 
+# A block: zfec hands back the very objects it was given for the primary blocks (views stay views).
+Block = bytes | memoryview
+
 
 class StripeCoder:
     """Codes a stripe of k equal blocks into n blocks, and any k of them back."""
@@ -17,17 +20,26 @@ class StripeCoder:
         self._encoder = zfec.Encoder(data_shares, total_shares)
         self._decoder = zfec.Decoder(data_shares, total_shares)
 
-    def encode(self, stripe: bytes, block_bytes: int, wanted: Sequence[int] | None = None) -> list[bytes]:
-        """Blocks `wanted` (default: all n, in order) of `stripe`, zero-padded to k × `block_bytes`."""
-        padded = stripe.ljust(self.data_shares * block_bytes, b"\0")
-        primary = tuple(padded[i * block_bytes : (i + 1) * block_bytes] for i in range(self.data_shares))
-        numbers = tuple(range(self.total_shares)) if wanted is None else tuple(wanted)
-        blocks = self._encoder.encode(primary, numbers)
-        return [bytes(block) for block in cast(list[bytes], blocks)]
+    def encode(
+        self, stripe: bytes | bytearray | memoryview, block_bytes: int, wanted: Sequence[int] | None = None
+    ) -> list[Block]:
+        """Blocks `wanted` (default: all n, in order) of `stripe`, zero-padded to k × `block_bytes`.
 
-    def decode(self, blocks: Sequence[bytes], share_numbers: Sequence[int]) -> bytes:
-        """The padded stripe from k blocks and their share numbers."""
+        The primary blocks may be views of `stripe`: use them before changing it."""
+        view = memoryview(stripe)
+        padded_bytes = self.data_shares * block_bytes
+        if len(view) < padded_bytes:
+            view = memoryview(bytes(view).ljust(padded_bytes, b"\0"))
+        primary = [view[i * block_bytes : (i + 1) * block_bytes] for i in range(self.data_shares)]
+        return self.encode_blocks(primary, wanted)
+
+    def encode_blocks(self, primary: Sequence[Block], wanted: Sequence[int] | None = None) -> list[Block]:
+        """Blocks `wanted` (default: all n, in order) from the k primary blocks of a stripe."""
+        numbers = tuple(range(self.total_shares)) if wanted is None else tuple(wanted)
+        return list(cast(list[Block], self._encoder.encode(tuple(primary), numbers)))
+
+    def decode(self, blocks: Sequence[Block], share_numbers: Sequence[int]) -> list[Block]:
+        """The k primary blocks of a stripe (padding included) from k blocks and their share numbers."""
         if list(share_numbers) == list(range(self.data_shares)):
-            return b"".join(blocks)
-        primary = self._decoder.decode(tuple(blocks), tuple(share_numbers))
-        return b"".join(cast(list[bytes], primary))
+            return list(blocks)
+        return list(cast(list[Block], self._decoder.decode(tuple(blocks), tuple(share_numbers))))

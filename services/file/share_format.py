@@ -1,11 +1,12 @@
-"""A share file on disk: its header, its content address, its hash.
+"""A share file on disk: its header, its block hashes, its content address.
 
-A share file is a header followed by its blocks, stripe after stripe. The header
+A share file is a header, then the BLAKE2b-256 of each of its blocks (32 bytes
+each, one block per stripe), then the blocks, stripe after stripe. The header
 says, on its own, how to decode the share (all integers big-endian):
 
     offset  size  field
     0       4     magic b"PSHR"
-    4       1     format version (1)
+    4       1     format version (2)
     5       2     share number (0 .. n-1)
     7       2     data shares k
     9       2     total shares n
@@ -14,9 +15,11 @@ says, on its own, how to decode the share (all integers big-endian):
     23      2     length L of the file id
     25      L     file id, UTF-8
 
-The file id makes the shares of two files with identical bytes differ, so
-deleting one file never removes the other's shares. A share is stored at
-`<store>/<first 2 hex>/<BLAKE2b-256 hex>.share`, the hash of the whole file.
+A share is stored at `<store>/<first 2 hex>/<address hex>.share`, its address
+the BLAKE2b-256 of its header and block hashes together. Checking that small
+prefix against the address makes every block hash trustworthy, so each block
+can be checked as it is read. The file id makes the shares of two files with
+identical bytes differ, so deleting one file never removes the other's shares.
 """
 
 from __future__ import annotations
@@ -28,13 +31,12 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
-from services.file.share_layout import FileLayout
+from services.file.share_layout import HASH_BYTES, FileLayout
 
 MAGIC = b"PSHR"
-VERSION = 1
+VERSION = 2
 _FIXED = struct.Struct(">4sBHHHIQH")
 MAX_FILE_ID_BYTES = 1024
-_READ_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,18 +94,27 @@ def header_bytes(file_id: str) -> int:
     return _FIXED.size + len(encode_file_id(file_id))
 
 
+def blocks_start(layout: FileLayout) -> int:
+    """Where a share's first block starts: after its header and block hashes."""
+    return header_bytes(layout.file_id) + layout.stripe_count * HASH_BYTES
+
+
+def share_file_bytes(layout: FileLayout) -> int:
+    return blocks_start(layout) + layout.share_body_bytes()
+
+
+def block_hash(block: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(block, digest_size=HASH_BYTES).digest()
+
+
+def share_address(header: bytes, block_hashes: bytes) -> bytes:
+    """BLAKE2b-256 of a share's header and block hashes: its name in its store."""
+    return hashlib.blake2b(header + block_hashes, digest_size=HASH_BYTES).digest()
+
+
 def share_path(store: Path, digest: bytes) -> Path:
     name = digest.hex()
     return store / name[:2] / f"{name}.share"
-
-
-def hash_share(source: BinaryIO) -> bytes:
-    """BLAKE2b-256 of everything in `source` from its start."""
-    source.seek(0)
-    digest = hashlib.blake2b(digest_size=32)
-    while chunk := source.read(_READ_BYTES):
-        digest.update(chunk)
-    return digest.digest()
 
 
 def fsync_directory(directory: Path) -> None:

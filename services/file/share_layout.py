@@ -42,7 +42,7 @@ class FileLayout:
     data_shares: int
     total_shares: int
     stripe_bytes: int
-    # BLAKE2b-256 of each whole share file (header included), by share number.
+    # Each share's address (BLAKE2b-256 of its header and block hashes, see share_format.py), by share number.
     share_hashes: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
@@ -75,7 +75,7 @@ class FileLayout:
         return -(-self.stripe_data_bytes(stripe) // self.data_shares)
 
     def share_body_bytes(self) -> int:
-        """Bytes of one share after its header."""
+        """Bytes of one share's blocks."""
         if self.stripe_count == 0:
             return 0
         return (self.stripe_count - 1) * self.block_bytes + self.stripe_block_bytes(self.stripe_count - 1)

@@ -1,9 +1,10 @@
 """Share files being written: temporary files that become content addresses, or nothing.
 
 Each share is written to a temporary file in its own store (so the final rename
-stays on one disk), then fsynced, hashed and renamed to its content address.
-Until `publish` returns, `discard` removes every trace: the temporary files and
-any address this object created.
+stays on one disk): its header first, room for its block hashes, then its blocks,
+each hashed as it is written; at the end the block hashes fill their room, the
+file is fsynced and renamed to its address. Until `publish` returns, `discard`
+removes every trace: the temporary files and any address this object created.
 """
 
 from __future__ import annotations
@@ -15,46 +16,61 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from services.file.share_format import fsync_directory, hash_share, share_path
+from services.file.share_coding import Block
+from services.file.share_durability import WRITEBACK_BYTES, fsync_all, start_writeback
+from services.file.share_format import block_hash, fsync_directory, share_address, share_path
+from services.file.share_layout import HASH_BYTES
 
 PARTIAL_PREFIX = ".partial-"
 
 
 class PartialShares:
-    def __init__(self, stores: Sequence[Path], header_length: int) -> None:
+    """Share i goes to `stores[i]`, starts with `headers[i]` and holds `block_count` blocks."""
+
+    def __init__(self, stores: Sequence[Path], headers: Sequence[bytes], block_count: int) -> None:
+        if len(stores) != len(headers):
+            raise ValueError(f"{len(stores)} stores but {len(headers)} share headers")
         self._stores = list(stores)
-        self._header_length = header_length
+        self._headers = list(headers)
+        self._block_count = block_count
         self._files: list[BinaryIO] = []
+        self._block_hashes: list[list[bytes]] = [[] for _ in headers]
         self._temporary: list[Path] = []
         self._published: list[Path] = []
+        self._not_written_back = 0
         try:
-            for store in self._stores:
+            for store, header in zip(self._stores, headers, strict=True):
                 descriptor, name = tempfile.mkstemp(dir=store, prefix=PARTIAL_PREFIX, suffix=".share")
                 self._temporary.append(Path(name))
-                self._files.append(os.fdopen(descriptor, "w+b"))
-                # The header's file size is known only at the end; its place is kept.
-                self._files[-1].write(bytes(header_length))
+                self._files.append(os.fdopen(descriptor, "wb"))
+                self._files[-1].write(header + bytes(block_count * HASH_BYTES))
         except BaseException:
             self.discard()
             raise
 
-    def write_blocks(self, blocks: Sequence[bytes]) -> None:
+    def write_blocks(self, blocks: Sequence[Block]) -> None:
         """Appends `blocks[i]` to share file i."""
-        for file, block in zip(self._files, blocks, strict=True):
+        if len(self._block_hashes[0]) == self._block_count:
+            raise ValueError(f"the shares hold {self._block_count} blocks, all written")
+        for file, hashes, block in zip(self._files, self._block_hashes, blocks, strict=True):
             file.write(block)
+            hashes.append(block_hash(block))
+        self._not_written_back += max((len(block) for block in blocks), default=0)
+        if self._not_written_back >= WRITEBACK_BYTES:
+            start_writeback(self._files)
+            self._not_written_back = 0
 
-    def seal(self, headers: Sequence[bytes]) -> list[bytes]:
-        """Writes the headers, makes the files durable, returns their BLAKE2b-256."""
-        digests = []
-        for file, header in zip(self._files, headers, strict=True):
-            if len(header) != self._header_length:
-                raise ValueError(f"share header is {len(header)} bytes, {self._header_length} were reserved")
-            file.seek(0)
-            file.write(header)
-            file.flush()
-            os.fsync(file.fileno())
-            digests.append(hash_share(file))
-        return digests
+    def seal(self) -> list[bytes]:
+        """Writes the block hashes, makes the files durable; returns their addresses."""
+        addresses = []
+        for file, header, hashes in zip(self._files, self._headers, self._block_hashes, strict=True):
+            if len(hashes) != self._block_count:
+                raise ValueError(f"{len(hashes)} blocks were written of the shares' {self._block_count}")
+            file.seek(len(header))
+            file.write(b"".join(hashes))
+            addresses.append(share_address(header, b"".join(hashes)))
+        fsync_all(self._files)
+        return addresses
 
     def publish(self, digests: Sequence[bytes]) -> None:
         """Renames each sealed file to its content address in its store."""

@@ -1,39 +1,48 @@
-"""Reads a stored file back from its shares, from any offset, stripe by stripe."""
+"""Reads a stored file back from its shares, from any offset, block by block."""
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Generator, Iterator
 
-from services.file.share_verification import VerifiedShares
+from services.file.share_verification import OpenShares
 
 
 class ShareReader:
-    """An iterator of the file's bytes from `offset`, one stripe at a time.
+    """An iterator of the file's bytes from `offset`, in pieces of at most one block.
 
-    Every share was checked when the reader was made: `damaged` lists the share
-    numbers found missing or corrupt, for the caller to repair. The shares stay
-    open until the bytes are all read or `close()` is called.
+    Each block is checked against its hash as it is read. `damaged` lists the
+    share numbers found missing or corrupt so far, `unchecked` those whose blocks
+    were not all checked: once the read is done, the caller checks these and
+    repairs those. The shares stay open until the bytes are all read or `close()`
+    is called.
     """
 
-    def __init__(self, shares: VerifiedShares, offset: int) -> None:
+    def __init__(self, shares: OpenShares, offset: int) -> None:
         size = shares.layout.size
         if not 0 <= offset <= size:
             shares.close()
             raise ValueError(f"offset {offset} is outside the file (0 to {size} bytes)")
-        self.damaged = list(shares.damaged)
         self._shares = shares
-        self._chunks = _chunks_from(shares, offset)
+        self._pieces = _pieces_from(shares, offset)
         self._finalizer = weakref.finalize(self, shares.close)
+
+    @property
+    def damaged(self) -> list[int]:
+        return list(self._shares.damaged)
+
+    @property
+    def unchecked(self) -> list[int]:
+        return self._shares.unchecked
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        return next(self._chunks)
+        return next(self._pieces)
 
     def close(self) -> None:
-        self._chunks.close()
+        self._pieces.close()
         self._finalizer()
 
     def __enter__(self) -> ShareReader:
@@ -43,14 +52,20 @@ class ShareReader:
         self.close()
 
 
-def _chunks_from(shares: VerifiedShares, offset: int) -> Generator[bytes, None, None]:
-    stripe_bytes = shares.layout.stripe_bytes
-    skip = offset % stripe_bytes
+def _pieces_from(shares: OpenShares, offset: int) -> Generator[bytes, None, None]:
+    """Each stripe's blocks cut to the file's bytes in it, the first stripe's also to start at `offset`."""
+    layout = shares.layout
+    first = offset // layout.stripe_bytes
     try:
-        for stripe in shares.stripes(offset // stripe_bytes):
-            chunk = stripe[skip:]
-            skip = 0
-            if chunk:
-                yield chunk
+        for stripe, blocks in enumerate(shares.stripes(first), start=first):
+            start = offset - stripe * layout.stripe_bytes if stripe == first else 0
+            end = layout.stripe_data_bytes(stripe)
+            position = 0
+            for block in blocks:
+                piece_start, piece_end = max(start - position, 0), min(end - position, len(block))
+                if piece_start < piece_end:
+                    whole = (piece_start, piece_end) == (0, len(block))
+                    yield bytes(block if whole else block[piece_start:piece_end])
+                position += len(block)
     finally:
         shares.close()

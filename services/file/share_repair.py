@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.file.share_coding import StripeCoder
-from services.file.share_format import ShareHeader, header_bytes
+from services.file.share_format import ShareHeader
 from services.file.share_layout import FileLayout
 from services.file.share_partial import PartialShares
-from services.file.share_verification import verify_shares
+from services.file.share_verification import check_shares
 
 
 class ShareRebuildError(Exception):
@@ -17,20 +17,21 @@ class ShareRebuildError(Exception):
 
 
 def repair_shares(stores: Sequence[Path], layout: FileLayout) -> list[int]:
-    """Re-encodes the damaged shares and puts them back at their content addresses.
+    """Checks every share, re-encodes the damaged ones and puts them back at their content addresses.
 
     Returns the share numbers rebuilt; SharesLostError when fewer than k are intact.
     """
-    with verify_shares(stores, layout) as shares:
+    with check_shares(stores, layout) as shares:
         damaged = shares.damaged
         if not damaged:
             return []
         coder = StripeCoder(layout.data_shares, layout.total_shares)
-        partial = PartialShares([stores[number] for number in damaged], header_bytes(layout.file_id))
+        headers = [ShareHeader.for_layout(layout, number).pack() for number in damaged]
+        partial = PartialShares([stores[number] for number in damaged], headers, layout.stripe_count)
         try:
-            for index, stripe in enumerate(shares.stripes()):
-                partial.write_blocks(coder.encode(stripe, layout.stripe_block_bytes(index), damaged))
-            digests = partial.seal([ShareHeader.for_layout(layout, number).pack() for number in damaged])
+            for primary in shares.stripes():
+                partial.write_blocks(coder.encode_blocks(primary, damaged))
+            digests = partial.seal()
             expected = [layout.share_hashes[number] for number in damaged]
             if digests != expected:
                 mismatched = [number for number, a, b in zip(damaged, digests, expected, strict=True) if a != b]

@@ -1,10 +1,10 @@
 """The storage core of the file service: erasure-coded, content-addressed shares.
 
 `ShareStores` spreads each file over n directories (one share each, any k of
-which restore it), checks every share against its BLAKE2b-256 on each read and
-rebuilds lost or corrupt ones. It stores the bytes it is given (ciphertext from
-the client) and never encrypts or decrypts. Its file I/O blocks: call it from a
-worker thread.
+which restore it), checks each block it reads against its BLAKE2b-256 (and the
+unread shares' blocks when asked) and rebuilds lost or corrupt shares. It stores the bytes it is
+given (ciphertext from the client) and never encrypts or decrypts. Its file I/O
+blocks: call it from a worker thread.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from services.file.share_layout import MAX_SHARES, FileLayout, SharesLostError, 
 from services.file.share_partial import PARTIAL_PREFIX
 from services.file.share_reader import ShareReader
 from services.file.share_repair import ShareRebuildError, repair_shares
-from services.file.share_verification import verify_shares
+from services.file.share_verification import damaged_shares, open_shares
 from services.file.share_writer import ShareWriter
 
 __all__ = [
@@ -84,13 +84,21 @@ class ShareStores:
     def total_shares(self) -> int:
         return len(self.directories)
 
-    def writer(self, file_id: str) -> ShareWriter:
+    def writer(self, file_id: str, size: int) -> ShareWriter:
+        """Takes the `size` bytes of file `file_id`."""
         encode_file_id(file_id)
-        return ShareWriter(self.directories, file_id, self.data_shares, self.stripe_bytes)
+        return ShareWriter(self.directories, file_id, self.data_shares, self.stripe_bytes, size)
 
     def reader(self, layout: FileLayout, offset: int = 0) -> ShareReader:
-        """Checks every share now (SharesLostError if fewer than k are intact); yields the bytes from `offset`."""
-        return ShareReader(verify_shares(self._stores_of(layout), layout), offset)
+        """Yields the bytes from `offset`, checking each block as it reads it (SharesLostError now if fewer than
+        k shares look intact, or later if they turn out to be).
+
+        The shares whose blocks it did not all check are its `unchecked`: `damaged` checks them."""
+        return ShareReader(open_shares(self._stores_of(layout), layout), offset)
+
+    def damaged(self, layout: FileLayout, numbers: Sequence[int]) -> list[int]:
+        """Those of shares `numbers` that are missing or corrupt."""
+        return damaged_shares(self._stores_of(layout), layout, numbers)
 
     def repair(self, layout: FileLayout) -> list[int]:
         """Rebuilds missing or corrupt shares; returns their numbers (SharesLostError if fewer than k intact)."""

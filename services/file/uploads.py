@@ -41,10 +41,11 @@ class NewFile:
 class UploadSession:
     """Takes a file's chunks, checks their framing against the declared size, and stores them.
 
-    Writing is pipelined: `add` hands a chunk to a worker thread and returns, so
-    the next one is received meanwhile; the next `add` (or `finish`) waits for
-    it first. `abort` may be called at any moment, even while a worker still
-    writes (it waits for it), and leaves nothing behind, even after `finish`.
+    Writing is pipelined: chunks are gathered into batches of about a stripe, and
+    each batch is handed to a worker thread while the next one is received; a
+    full batch (or `finish`) waits for the worker's last one first. `abort` may
+    be called at any moment, even while a worker still writes (it waits for it),
+    and leaves nothing behind, even after `finish`.
     """
 
     def __init__(self, stores: ShareStores, writer: ShareWriter, file: NewFile) -> None:
@@ -55,24 +56,30 @@ class UploadSession:
         self._stores = stores
         self._writer = writer
         self._hash = hashlib.blake2b(digest_size=32)
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
         self._pending: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, stores: ShareStores, file: NewFile) -> UploadSession:
-        writer = await asyncio.to_thread(stores.writer, file.file_id)
+        writer = await asyncio.to_thread(stores.writer, file.file_id, file.size)
         return cls(stores, writer, file)
 
     async def add(self, chunk: bytes) -> None:
         self._check_frame(len(chunk))
-        await self._settle()
         self.received += len(chunk)
-        self._pending = asyncio.ensure_future(asyncio.to_thread(self._take, chunk))
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= self._stores.stripe_bytes:
+            await self._hand_over()
 
     async def finish(self) -> tuple[FileLayout, bytes]:
         """Stores the shares; the layout and the BLAKE2b-256 of all the bytes."""
-        await self._settle()
         if self.received != self.declared:
             raise invalid_field("start.size", f"{self.declared} bytes were declared but {self.received} arrived")
+        if self._batch:
+            await self._hand_over()
+        await self._settle()
         self._pending = asyncio.ensure_future(asyncio.to_thread(self._seal))
         await self._settle()
         assert self.layout is not None
@@ -94,15 +101,23 @@ class UploadSession:
                 f"chunk: {size} bytes; only the chunk that completes the file may hold fewer than {MIN_CHUNK_BYTES}"
             )
 
+    async def _hand_over(self) -> None:
+        """Gives the batch to a worker once the last one is written."""
+        await self._settle()
+        batch = self._batch
+        self._batch, self._batch_bytes = [], 0
+        self._pending = asyncio.ensure_future(asyncio.to_thread(self._take, batch))
+
     async def _settle(self) -> None:
         """Waits for the worker's last step; cancelling the wait does not stop the worker."""
         if self._pending is not None:
             await asyncio.shield(self._pending)
             self._pending = None
 
-    def _take(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        self._writer.write(chunk)
+    def _take(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._hash.update(chunk)
+            self._writer.write(chunk)
 
     def _seal(self) -> None:
         self.layout = self._writer.finish()

@@ -167,10 +167,14 @@ async def test_a_file_survives_losing_n_minus_k_stores_and_says_clearly_when_it_
     assert f"file {stored.file_id!r}: only 2 of 5 shares intact, 3 needed" in (error.details() or "")
 
 
-async def test_a_flipped_byte_is_detected_the_download_is_right_and_the_share_repaired(server: FileServer) -> None:
+# A download reads data share 1 (hashed before the first byte goes out) but not parity share 4 (hashed after).
+@pytest.mark.parametrize("number", [1, 4])
+async def test_a_flipped_byte_is_detected_the_download_is_right_and_the_share_repaired(
+    server: FileServer, number: int
+) -> None:
     data = os.urandom(STRIPE * 2)
     stored = await upload(server.stub, server.alice, data)
-    share = server.share_of(stored.file_id, 1)
+    share = server.share_of(stored.file_id, number)
     original = share.read_bytes()
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0x01
@@ -178,6 +182,22 @@ async def test_a_flipped_byte_is_detected_the_download_is_right_and_the_share_re
     _, received = await download(server.stub, server.alice, stored.file_id)
     assert received == data
     await wait_until(lambda: share.read_bytes() == original, within=5)
+
+
+async def test_a_download_that_finds_too_many_damaged_shares_as_it_reads_ends_with_file_lost(
+    server: FileServer,
+) -> None:
+    data = os.urandom(STRIPE * 2)
+    stored = await upload(server.stub, server.alice, data)
+    # Damaged in their last blocks: they look intact until the download gets there.
+    for number in (0, 1, 3):
+        share = server.share_of(stored.file_id, number)
+        content = bytearray(share.read_bytes())
+        content[-1] ^= 0x01
+        share.write_bytes(content)
+    error = await refused(download(server.stub, server.alice, stored.file_id))
+    assert (error.code(), error_reason(error)) == (grpc.StatusCode.DATA_LOSS, "FILE_LOST")
+    assert f"file {stored.file_id!r}: only 2 of 5 shares intact, 3 needed" in (error.details() or "")
 
 
 async def test_scrub_rebuilds_damaged_shares_and_reports_them(server: FileServer) -> None:
@@ -202,7 +222,7 @@ async def test_scrub_sweeps_leftovers_only_when_asked_and_only_real_ones(server:
     live_shares = server.stored_files()
     # Leftovers: the shares of an upload whose row was never written, and an abandoned partial file.
     stores = ShareStores(server.stores, 3, block_bytes=CHUNK)
-    writer = stores.writer("f-" + "0" * 32)
+    writer = stores.writer("f-" + "0" * 32, 1000)
     writer.write(os.urandom(1000))
     writer.finish()
     partial = server.stores[3] / ".partial-abandoned.share"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -17,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.file import share_partial
-from services.file.shares import FileLayout, SharesLostError, ShareStores
+from services.file import share_partial, share_verification
+from services.file.shares import FileLayout, ShareReader, SharesLostError, ShareStores
 
 BLOCK = 1024
 STRIPE = 3 * BLOCK
@@ -33,7 +34,7 @@ def store_files(stores: ShareStores) -> list[Path]:
 
 
 def store_and_layout(stores: ShareStores, data: bytes, file_id: str = "f1", chunk: int = 1000) -> FileLayout:
-    writer = stores.writer(file_id)
+    writer = stores.writer(file_id, len(data))
     for start in range(0, len(data), chunk):
         writer.write(data[start : start + chunk])
     return writer.finish()
@@ -41,6 +42,11 @@ def store_and_layout(stores: ShareStores, data: bytes, file_id: str = "f1", chun
 
 def read_all(stores: ShareStores, layout: FileLayout, offset: int = 0) -> bytes:
     return b"".join(stores.reader(layout, offset))
+
+
+def damage_found_by(stores: ShareStores, layout: FileLayout, reader: ShareReader) -> list[int]:
+    """What a read finds: the shares its reader found damaged, and those of the shares it left unchecked."""
+    return sorted([*reader.damaged, *stores.damaged(layout, reader.unchecked)])
 
 
 def share_at(stores: ShareStores, layout: FileLayout, number: int) -> Path:
@@ -61,7 +67,7 @@ def test_round_trip(tmp_path: Path, size: int) -> None:
 def test_writes_of_odd_sizes_across_several_stripes(tmp_path: Path) -> None:
     stores = make_stores(tmp_path)
     data = os.urandom(7 * STRIPE + 123)
-    writer = stores.writer("odd")
+    writer = stores.writer("odd", len(data))
     sizes = [1, 0, 7, STRIPE - 8, 1, 2 * STRIPE + 5, 999, 4097, STRIPE * 3]
     position = 0
     for size in sizes:
@@ -83,21 +89,27 @@ def test_fifty_megabytes_with_default_stripes(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 10
 
 
-def test_share_files_are_named_by_their_blake2b_and_carry_a_header(tmp_path: Path) -> None:
+def test_share_files_are_named_by_the_blake2b_of_their_header_and_block_hashes(tmp_path: Path) -> None:
     stores = make_stores(tmp_path)
     data = os.urandom(2 * STRIPE + 10)
     layout = store_and_layout(stores, data, file_id="héllo")
     for number in range(5):
         [path] = [p for p in stores.directories[number].rglob("*") if p.is_file()]
         content = path.read_bytes()
-        digest = hashlib.blake2b(content, digest_size=32).hexdigest()
+        fixed = struct.unpack_from(">4sBHHHIQH", content)
+        assert fixed == (b"PSHR", 2, number, 3, 5, STRIPE, len(data), len("héllo".encode()))
+        header = 25 + fixed[-1]
+        assert content[25:header].decode() == "héllo"
+        # Three block hashes, then two full stripes' 1024-byte blocks and ceil(10 / 3) bytes.
+        hashes, body = content[header : header + 3 * 32], content[header + 3 * 32 :]
+        blocks = [body[:BLOCK], body[BLOCK : 2 * BLOCK], body[2 * BLOCK :]]
+        assert [len(block) for block in blocks] == [BLOCK, BLOCK, 4]
+        assert hashes == b"".join(hashlib.blake2b(block, digest_size=32).digest() for block in blocks)
+        digest = hashlib.blake2b(content[: header + 3 * 32], digest_size=32).hexdigest()
         assert path == stores.directories[number] / digest[:2] / f"{digest}.share"
         assert bytes.fromhex(digest) == layout.share_hashes[number]
-        fixed = struct.unpack_from(">4sBHHHIQH", content)
-        assert fixed == (b"PSHR", 1, number, 3, 5, STRIPE, len(data), len("héllo".encode()))
-        assert content[25 : 25 + fixed[-1]].decode() == "héllo"
-        # Two full stripes of 1024-byte blocks, then ceil(10 / 3) bytes.
-        assert len(content) == 25 + fixed[-1] + 2 * BLOCK + 4
+    # Data share 0 holds the file's own bytes: its last block starts the last stripe.
+    assert share_at(stores, layout, 0).read_bytes()[-4:] == data[2 * STRIPE : 2 * STRIPE + 4]
 
 
 def test_same_bytes_under_two_ids_are_separate_shares(tmp_path: Path) -> None:
@@ -146,13 +158,93 @@ def test_a_flipped_byte_is_detected_and_repaired(tmp_path: Path, number: int) ->
     path.write_bytes(damaged)
 
     reader = stores.reader(layout)
-    assert reader.damaged == [number]
     assert b"".join(reader) == data
+    assert damage_found_by(stores, layout, reader) == [number]
     assert stores.repair(layout) == [number]
     assert path.read_bytes() == original
-    assert stores.reader(layout).damaged == []
+    reader = stores.reader(layout)
+    assert b"".join(reader) == data
+    assert damage_found_by(stores, layout, reader) == []
     assert stores.repair(layout) == []
     assert not [p for p in store_files(stores) if p.name.startswith(share_partial.PARTIAL_PREFIX)]
+
+
+def test_a_reader_checks_the_blocks_it_reads_and_leaves_the_other_shares_to_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores = make_stores(tmp_path)
+    data = os.urandom(3 * STRIPE + 1)  # four stripes
+    layout = store_and_layout(stores, data)
+    hashed: list[int] = []
+    real_hash = share_verification.block_hash
+
+    def counting_hash(block: bytes | memoryview) -> bytes:
+        hashed.append(len(block))
+        return real_hash(block)
+
+    monkeypatch.setattr(share_verification, "block_hash", counting_hash)
+    reader = stores.reader(layout)
+    assert (reader.damaged, reader.unchecked, hashed) == ([], [0, 1, 2, 3, 4], [])
+    assert b"".join(reader) == data
+    # The three data shares' four blocks each, as they were read.
+    assert (reader.damaged, reader.unchecked, len(hashed)) == ([], [3, 4], 3 * 4)
+    assert stores.damaged(layout, reader.unchecked) == []
+
+    # A data share whose last block is damaged is swapped for the next share there; the last stays unchecked.
+    for number in (1, 4):
+        content = bytearray(share_at(stores, layout, number).read_bytes())
+        content[-1] ^= 0x01
+        share_at(stores, layout, number).write_bytes(content)
+    reader = stores.reader(layout)
+    assert reader.damaged == []
+    assert b"".join(reader) == data
+    assert (reader.damaged, reader.unchecked) == ([1], [3, 4])
+    assert stores.damaged(layout, reader.unchecked) == [4]
+
+
+def test_a_read_that_runs_out_of_intact_shares_midway_says_the_file_is_lost(tmp_path: Path) -> None:
+    stores = make_stores(tmp_path)
+    data = os.urandom(3 * STRIPE)
+    layout = store_and_layout(stores, data)
+    for number in (0, 1, 3):
+        content = bytearray(share_at(stores, layout, number).read_bytes())
+        content[-1] ^= 0x01
+        share_at(stores, layout, number).write_bytes(content)
+    reader = stores.reader(layout)
+    assert [len(piece) for piece in itertools.islice(reader, 6)] == [BLOCK] * 6
+    with pytest.raises(SharesLostError, match=r"only 2 of 5 shares intact, 3 needed"):
+        next(reader)
+    assert reader.damaged == [0, 1, 3]
+
+
+def test_the_writer_holds_to_the_size_it_was_given(tmp_path: Path) -> None:
+    stores = make_stores(tmp_path)
+    longer = stores.writer("longer", STRIPE)
+    longer.write(os.urandom(STRIPE - 1))
+    with pytest.raises(ValueError, match=f"more bytes than the file's size of {STRIPE}"):
+        longer.write(b"ab")
+    shorter = stores.writer("shorter", STRIPE)
+    shorter.write(os.urandom(STRIPE - 1))
+    with pytest.raises(ValueError, match=f"{STRIPE - 1} bytes were written of the file's size of {STRIPE}"):
+        shorter.finish()
+    assert store_files(stores) == []
+    with pytest.raises(ValueError, match="must not be negative"):
+        stores.writer("negative", -1)
+
+
+def test_shares_of_a_megabyte_or_more_are_checked_at_once_and_repaired(tmp_path: Path) -> None:
+    stores = ShareStores([tmp_path / f"store{i}" for i in range(5)])
+    data = os.urandom(8 * 1024 * 1024 + 5)
+    layout = store_and_layout(stores, data, chunk=256 * 1024)
+    assert layout.share_body_bytes() >= share_verification.PARALLEL_CHECK_BYTES
+    original = share_at(stores, layout, 2).read_bytes()
+    damaged = bytearray(original)
+    damaged[-1000] ^= 0x01
+    share_at(stores, layout, 2).write_bytes(damaged)
+    share_at(stores, layout, 4).unlink()
+    assert stores.repair(layout) == [2, 4]
+    assert share_at(stores, layout, 2).read_bytes() == original
+    assert read_all(stores, layout) == data
 
 
 def test_repair_recreates_a_removed_share_directory(tmp_path: Path) -> None:
@@ -168,7 +260,7 @@ def test_repair_recreates_a_removed_share_directory(tmp_path: Path) -> None:
 
 def test_aborted_writer_leaves_nothing(tmp_path: Path) -> None:
     stores = make_stores(tmp_path)
-    writer = stores.writer("gone")
+    writer = stores.writer("gone", 3 * STRIPE)
     writer.write(os.urandom(2 * STRIPE + 5))
     assert len(store_files(stores)) == 5
     writer.abort()
@@ -181,15 +273,15 @@ def test_failing_or_forgotten_writers_leave_nothing(tmp_path: Path) -> None:
     stores = make_stores(tmp_path)
 
     def interrupted_upload() -> None:
-        with stores.writer("failing") as writer:
+        with stores.writer("failing", 2 * STRIPE) as writer:
             writer.write(os.urandom(STRIPE + 1))
             raise RuntimeError("upload interrupted")
 
     with pytest.raises(RuntimeError, match="upload interrupted"):
         interrupted_upload()
-    with stores.writer("never finished") as writer:
+    with stores.writer("never finished", 3) as writer:
         writer.write(b"abc")
-    forgotten = stores.writer("forgotten")
+    forgotten = stores.writer("forgotten", STRIPE)
     forgotten.write(os.urandom(STRIPE))
     del forgotten
     gc.collect()
@@ -208,7 +300,7 @@ def test_a_finish_that_fails_midway_leaves_nothing(tmp_path: Path, monkeypatch: 
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", replace_then_fail)
-    writer = stores.writer("half")
+    writer = stores.writer("half", STRIPE + 2)
     writer.write(os.urandom(STRIPE + 2))
     with pytest.raises(OSError, match="disk gone"):
         writer.finish()
@@ -217,11 +309,13 @@ def test_a_finish_that_fails_midway_leaves_nothing(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.parametrize("offset", [0, 1, STRIPE - 1, STRIPE, STRIPE + 5, 4 * STRIPE, 4 * STRIPE + 16, 4 * STRIPE + 17])
-def test_reading_from_an_offset_is_the_slice(tmp_path: Path, offset: int) -> None:
+@pytest.mark.parametrize("lost", [(1,), ()], ids=["decoded", "data shares"])
+def test_reading_from_an_offset_is_the_slice(tmp_path: Path, offset: int, lost: tuple[int, ...]) -> None:
     stores = make_stores(tmp_path)
     data = os.urandom(4 * STRIPE + 17)
     layout = store_and_layout(stores, data)
-    share_at(stores, layout, 1).unlink()
+    for number in lost:
+        share_at(stores, layout, number).unlink()
     assert read_all(stores, layout, offset) == data[offset:]
 
 
@@ -303,7 +397,7 @@ def test_arguments_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="block bytes"):
         make_stores(tmp_path, block_bytes=0)
     with pytest.raises(ValueError, match="file id"):
-        make_stores(tmp_path).writer("")
+        make_stores(tmp_path).writer("", 0)
     layout = store_and_layout(make_stores(tmp_path / "six", total=6), b"x")
     with pytest.raises(ValueError, match="6 shares but only 5 stores"):
         make_stores(tmp_path).reader(layout)
@@ -338,7 +432,7 @@ def test_any_k_intact_shares_read_back_the_input(
             else:
                 path.unlink()
         reader = stores.reader(layout)
-        assert reader.damaged == broken
+        assert damage_found_by(stores, layout, reader) == broken
         assert b"".join(reader) == data
         assert stores.repair(layout) == broken
-        assert stores.reader(layout).damaged == []
+        assert damage_found_by(stores, layout, stores.reader(layout)) == []
