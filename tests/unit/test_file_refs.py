@@ -16,13 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from parley import files
 from parley.crypto.encoding import b64
 from parley.crypto.errors import MalformedInputError
 from parley.crypto.file_sealing import ForgedFileError, header_hash, stored_size
 from parley.crypto.identity import device_id_for
 from parley.crypto.primitives import blake2b_256
 from parley.file.v1 import file_pb2
-from parley.files import MEDIA_TYPE_TAG, FileRef, Media, _DownloadReader, _shown, media_body, read_media
+from parley.files import MEDIA_TYPE_TAG, FileRef, Media, _DownloadReader, _Framer, _shown, media_body, read_media
 from parley.thumbnails import THUMBNAIL_PIXELS, checked_thumbnail, thumbnail
 from tests.unit.test_crypto_files import SMALL_CHUNK, UPLOADER, SealedFile, seal_file
 
@@ -469,3 +470,22 @@ def test_a_received_thumbnail_too_large_in_pixels_is_dropped() -> None:
     Image.new("RGB", (2000, 10), "white").save(big, "JPEG", quality=10)
     assert checked_thumbnail(big.getvalue()) is None
     assert checked_thumbnail(a_thumbnail()) == a_thumbnail()
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=st.binary(max_size=600), pieces=st.lists(st.binary(max_size=2500), max_size=8))
+def test_the_framer_cuts_any_stream_into_whole_frames_and_a_rest(first: bytes, pieces: list[bytes]) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files, "FRAME_BYTES", SMALL_FRAME)
+        check_framer(first, pieces)
+
+
+SMALL_FRAME = 700
+
+
+def check_framer(first: bytes, pieces: list[bytes]) -> None:
+    framer = _Framer(first)
+    frames = [frame for piece in pieces for frame in framer.frames(piece)]
+    assert b"".join(frames) + framer.rest == first + b"".join(pieces)
+    assert all(len(frame) == SMALL_FRAME for frame in frames)
+    assert len(framer.rest) < SMALL_FRAME

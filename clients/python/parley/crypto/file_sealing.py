@@ -239,7 +239,11 @@ class ChunkOpener:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The plaintext of every chunk `data` completes; `ForgedFileError` on any that does not open."""
-        opened: list[bytes] = []
+        return [self.open(index, sealed) for index, sealed in self.take(data)]
+
+    def take(self, data: bytes) -> list[tuple[int, bytes]]:
+        """(index, sealed chunk) of every chunk `data` completes, not opened yet: `open` them in any thread."""
+        completed: list[tuple[int, bytes]] = []
         view = memoryview(data)
         while view:
             if self._next >= self._manifest.chunks:
@@ -251,15 +255,18 @@ class ChunkOpener:
             view = view[take:]
             if self._pending_bytes < length:
                 break
-            sealed = b"".join(self._pending)
+            completed.append((self._next, b"".join(self._pending)))
             self._pending.clear()
             self._pending_bytes = 0
-            try:
-                opened.append(open_sealed(self._key, sealed, _chunk_ad(self._manifest, self._next)))
-            except DecryptionError as error:
-                raise ForgedFileError(f"chunk {self._next} of the file does not open") from error
             self._next += 1
-        return opened
+        return completed
+
+    def open(self, index: int, sealed: bytes) -> bytes:
+        """The plaintext of sealed chunk `index` (as `take` returned it); `ForgedFileError` if it does not open."""
+        try:
+            return open_sealed(self._key, sealed, _chunk_ad(self._manifest, index))
+        except DecryptionError as error:
+            raise ForgedFileError(f"chunk {index} of the file does not open") from error
 
     def finish(self) -> None:
         if self._next != self._manifest.chunks or self._pending_bytes:
