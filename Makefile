@@ -65,6 +65,8 @@ bench: install ## Run the benchmarks (JSON on stdout)
 	$(PY) -m bench.scale_out_bench
 	$(PY) -m bench.connection_life_bench
 	$(PY) -m bench.file_bench
+	npm run build --workspace @parley/client
+	$(PY) -m bench.ts_fanout_bench
 
 clean: ## Remove .venv, node_modules and caches (keeps ./data)
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from bench.server_logs import line_level
+from tests.support import REPO
 
 
 def test_history_bench_runs_and_reports_each_path() -> None:
@@ -370,3 +371,54 @@ def test_file_bench_runs_and_reports_both_directions() -> None:
     for name in ("client_seal", "client_open", "server_upload_blake2b", "server_zfec_encode", "server_shares_blake2b"):
         assert passes[name]["seconds"] > 0
         assert passes[name]["mb_per_s"] > 0
+
+
+def test_ts_fanout_bench_reports_typescript_and_python_subscribers_side_by_side() -> None:
+    subprocess.run(["npm", "run", "build", "--workspace", "@parley/client"], cwd=REPO, check=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.ts_fanout_bench", "--subscribers", "4", "--seconds", "2", "--rates", "100,0"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert {"cpu_model", "cpu_count", "load_at_start"} <= set(result["machine"])
+    package = json.loads((REPO / "clients" / "typescript" / "package.json").read_text())
+    assert result["versions"]["@parley/client"] == package["version"]
+    assert result["versions"]["node"].startswith("v")
+    assert result["server"]["exit_codes"] == {"parley": 0}
+    assert set(result["sides"]) == {"ts", "python"}
+    for side in result["sides"].values():
+        assert side["subscribers"] == 4
+        assert side["subscriber_processes"] == 2
+        assert set(side["phases"]) == {"100_msgs_per_s", "full_speed"}
+        for phase in side["phases"].values():
+            assert phase["complete"]
+            assert phase["received"] == phase["expected"] > 0
+            assert phase["lost"] == phase["publish"]["lost"] == 0
+            assert phase["subscriber_errors"] == {}
+            assert phase["deliveries_per_s"] > 0
+            assert 0 <= phase["latency_ms"]["p50"] <= phase["latency_ms"]["p99"] <= phase["latency_ms"]["max"]
+            assert phase["server_cpu_us_per_delivery"] > 0
+            assert phase["client_cpu_us_per_delivery"] > 0
+            assert set(phase["machine_load"]) == {"start", "end"}
+        assert side["phases"]["100_msgs_per_s"]["expected"] == 200 * 4  # 2 s at 100 msg/s to each subscriber
+    for ratios in result["ts_over_python"].values():
+        assert set(ratios) == {
+            "deliveries_per_s",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "server_cpu_us_per_delivery",
+            "client_cpu_us_per_delivery",
+        }
+        assert all(value > 0 for value in ratios.values())
+    assert set(result["ts_over_python"]) == {"100_msgs_per_s", "full_speed"}
+    for section in ("start", "ts", "python", "stop"):
+        assert result["server_log_lines"][section]["error_lines"] == 0
+    # The server and every subscriber process (node and Python) are gone.
+    pids = [pid for side in result["sides"].values() for pid in side["worker_pids"]]
+    pids += [pid for tree in result["server"]["pids"].values() for pid in tree]
+    assert len(pids) == 5
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
