@@ -286,7 +286,11 @@ const created = await client.createRoom("ts-room", { name: "From TypeScript", ev
 const listed = (await client.listRooms()).map((r) => r.roomId);
 await client.deleteRoom("ts-room");
 const me = await client.whoami();
+const byName = await client.getUser({ username: "pywatcher" });
+const byId = await client.getUser({ userId: byName.userId });
+const nobody = await client.getUser({ username: "nobody-at-all" }).catch((error) => [error.constructor.name, error.reason]);
 console.log(JSON.stringify({
+  users: [byName.username, byId.username, byId.userId === byName.userId], nobody,
   subscriptions, one, two, three, edited, deleted, latest, older, byOffset, left: room.closed,
   created: [created.roomId, created.name, created.events.map((e) => e.name)], listed,
   me: [me.userId, me.username, me.deviceId === client.deviceId],
@@ -327,6 +331,8 @@ async def test_the_room_calls_of_a_typescript_client_reach_a_python_client(tmp_p
     assert done["created"] == ["ts-room", "From TypeScript", ["note"]]
     assert "ts-room" in done["listed"]
     assert done["me"] == [ts_user, "tscalls", True]
+    assert done["users"] == ["pywatcher", "pywatcher", True]
+    assert done["nobody"] == ["NotFoundError", "USER_NOT_FOUND"]
     assert done["revoked"] >= 1
 
 

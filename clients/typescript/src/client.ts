@@ -98,6 +98,12 @@ export interface Me {
   expireTimeMs: number;
 }
 
+/** A user as the identity service knows them (`getUser`): no keys, which the browser path does not use. */
+export interface UserInfo {
+  userId: string;
+  username: string;
+}
+
 /** A question the app's backend asks this client (GatewayService.AskClient). */
 export interface Question {
   id: string;
@@ -286,6 +292,16 @@ export class ParleyClient {
       issuer: me.issuer,
       expireTimeMs: me.expireTime === undefined ? 0 : timestampMs(me.expireTime),
     };
+  }
+
+  /** Looks a user up by id or by username; `NotFoundError` (USER_NOT_FOUND) when there is none. */
+  async getUser(lookup: { userId: string } | { username: string }): Promise<UserInfo> {
+    const request =
+      "userId" in lookup
+        ? { lookup: { case: "userId" as const, value: lookup.userId } }
+        : { lookup: { case: "username" as const, value: lookup.username } };
+    const found = await this.#auth.call((options) => this.#auth.identityClient.getUser(request, options));
+    return { userId: found.user?.userId ?? "", username: found.user?.username ?? "" };
   }
 
   /** The realtime session: opened on first use, awaited while reconnecting. */

@@ -20,6 +20,7 @@ export {
   type Peer,
   type Question,
   type QuestionHandler,
+  type UserInfo,
 } from "./client.js";
 export { Connection, sleep, type ConnectionOptions, type ConnectionState, type Sleep } from "./connection.js";
 export { labelled, lengthPrefixed, fromBase64, toBase64 } from "./encoding.js";

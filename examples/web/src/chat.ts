@@ -18,7 +18,7 @@ export class ChatApp {
 
   constructor(client: Client, username: string) {
     this.#client = client;
-    this.#names = new UserNames(client, client.baseUrl);
+    this.#names = new UserNames(client);
     const logOut = el("button", { type: "button", className: "log-out" }, "Log out");
     logOut.addEventListener("click", () => void this.#logOut());
     this.element = el(

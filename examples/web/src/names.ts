@@ -3,20 +3,15 @@
  * GetUser call per user, kept for the life of the page.
  */
 
-import { createClient, type Client as RpcClient } from "@connectrpc/connect";
-import { NotFoundError, errorFromRpc, grpcWebTransport, type ParleyClient } from "@parley/client/web";
+import { NotFoundError, type ParleyClient } from "@parley/client/web";
 import { el } from "./dom.js";
-// The client has no GetUser of its own yet: its generated service descriptor, from the built package.
-import { IdentityService } from "../../../clients/typescript/dist/gen/parley/identity/v1/identity_pb.js";
 
 export class UserNames {
   readonly #client: ParleyClient;
-  readonly #identity: RpcClient<typeof IdentityService>;
   readonly #known = new Map<string, Promise<string>>();
 
-  constructor(client: ParleyClient, baseUrl: string) {
+  constructor(client: ParleyClient) {
     this.#client = client;
-    this.#identity = createClient(IdentityService, grpcWebTransport(baseUrl));
   }
 
   /** The username of `userId`; the id itself for a sender that is no user (a backend), or while unreachable. */
@@ -40,11 +35,10 @@ export class UserNames {
 
   async #lookUp(userId: string): Promise<string> {
     try {
-      const headers = { authorization: `Bearer ${await this.#client.accessToken()}` };
-      const found = await this.#identity.getUser({ lookup: { case: "userId", value: userId } }, { headers });
-      return found.user?.username || userId;
+      const found = await this.#client.getUser({ userId });
+      return found.username || userId;
     } catch (error) {
-      if (!(errorFromRpc(error) instanceof NotFoundError)) {
+      if (!(error instanceof NotFoundError)) {
         this.#known.delete(userId); // not reachable now: asked again for the next event
       }
       return userId;
