@@ -314,12 +314,20 @@ async def converse(target: FuzzTarget, token: str, frames: list[bytes]) -> Conve
     return Conversation(decoded, await call.code(), await call.details())
 
 
+CLIENT_CORE_RACE = "Internal error from Core"
+
+
 def check_conversation(sent: list[bytes], conversation: Conversation) -> None:
-    assert conversation.code not in FORBIDDEN, f"the stream ended with {conversation.code.name}: {conversation.details}"
+    go_aways = [frame.go_away for frame in conversation.frames if frame.WhichOneof("frame") == "go_away"]
+    # A client still writing when the server ends the stream (after its GoAway) may see grpc's own client-side
+    # INTERNAL instead of the server's status: the server's verdict is the GoAway.
+    core_race = conversation.details == CLIENT_CORE_RACE and bool(go_aways)
+    assert conversation.code not in FORBIDDEN or core_race, (
+        f"the stream ended with {conversation.code.name}: {conversation.details}"
+    )
     replies = [reply for frame in conversation.frames for reply in replies_in(frame)]
     for reply in replies:
         assert reply.status.code not in FORBIDDEN_IN_STREAM, f"a reply with {reply.status}"
-    go_aways = [frame.go_away for frame in conversation.frames if frame.WhichOneof("frame") == "go_away"]
     for go_away in go_aways:
         assert go_away.status.reason == "PROTOCOL_VIOLATION", f"GoAway with {go_away.status}"
     answered = 0
