@@ -288,7 +288,9 @@ await client.deleteRoom("ts-room");
 const me = await client.whoami();
 const byName = await client.getUser({ username: "pywatcher" });
 const byId = await client.getUser({ userId: byName.userId });
-const nobody = await client.getUser({ username: "nobody-at-all" }).catch((error) => [error.constructor.name, error.reason]);
+const nobody = await client
+  .getUser({ username: "nobody-at-all" })
+  .catch((error) => [error.constructor.name, error.reason]);
 console.log(JSON.stringify({
   users: [byName.username, byId.username, byId.userId === byName.userId], nobody,
   subscriptions, one, two, three, edited, deleted, latest, older, byOffset, left: room.closed,
@@ -402,3 +404,11 @@ async def test_the_quick_start_of_the_typescript_doc_runs_as_written(tmp_path: P
             assert "stored at" in printed, f"{attempt} run: {printed}"
             assert "hello from TypeScript" in printed, f"{attempt} run: {printed}"
     assert (home / ".config" / "parley" / "ts-demo.json").stat().st_mode & 0o777 == 0o600
+
+
+async def test_the_errors_example_of_the_typescript_doc_runs_as_written(tmp_path: Path) -> None:
+    errors_example = next(block for block in TS_BLOCK.findall(DOC.read_text()) if "PayloadTooLargeError" in block)
+    async with running(allinone.create_server, example_config(tmp_path / "data")) as (_, address):
+        async with node_script(errors_example, address, tmp_path, env={"HOME": str(tmp_path / "home")}) as script:
+            printed = await script.finished()
+    assert printed.split("\n")[:2] == ["ROOM_NOT_FOUND", "PAYLOAD_TOO_LARGE 16384"], printed
