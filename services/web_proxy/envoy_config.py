@@ -106,10 +106,26 @@ def envoy_config_text(plan: ProxyPlan) -> str:
     return json.dumps(envoy_bootstrap(plan), indent=2) + "\n"
 
 
+# TCP keepalive on the web port (accepted sockets inherit it): a page that vanished without closing (a laptop
+# shut, a network gone) is noticed after about KEEPALIVE_IDLE + KEEPALIVE_INTERVAL x KEEPALIVE_PROBES seconds, and
+# its Subscribe stream, and so its session, ends. Streams themselves have no idle timeout.
+KEEPALIVE_IDLE_SECONDS = 60
+KEEPALIVE_INTERVAL_SECONDS = 15
+KEEPALIVE_PROBES = 4
+_SOL_SOCKET, _SO_KEEPALIVE = 1, 9
+_IPPROTO_TCP, _TCP_KEEPIDLE, _TCP_KEEPINTVL, _TCP_KEEPCNT = 6, 4, 5, 6
+
+
 def _listener(plan: ProxyPlan) -> dict[str, Any]:
     return {
         "name": "parley_web",
         "address": _socket_address(plan.listen_host, plan.listen_port),
+        "socket_options": [
+            _socket_option(_SOL_SOCKET, _SO_KEEPALIVE, 1),
+            _socket_option(_IPPROTO_TCP, _TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS),
+            _socket_option(_IPPROTO_TCP, _TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS),
+            _socket_option(_IPPROTO_TCP, _TCP_KEEPCNT, KEEPALIVE_PROBES),
+        ],
         "filter_chains": [
             {
                 "filters": [
@@ -121,6 +137,10 @@ def _listener(plan: ProxyPlan) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _socket_option(level: int, name: int, value: int) -> dict[str, Any]:
+    return {"level": level, "name": name, "int_value": value, "state": "STATE_PREBIND"}
 
 
 def _connection_manager(plan: ProxyPlan) -> dict[str, Any]:

@@ -292,6 +292,16 @@ def test_the_config_lets_streams_live_for_ever() -> None:
     assert "http2_protocol_options" in options["explicit_http_config"]
 
 
+def test_pages_that_vanish_are_noticed_by_tcp_keepalive() -> None:
+    (listener,) = envoy_bootstrap(ProxyPlan("127.0.0.1", 8080, "127.0.0.1", 50051))["static_resources"]["listeners"]
+    options = {(o["level"], o["name"]): o["int_value"] for o in listener["socket_options"]}
+    keepalive = (socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    probes = [(socket.IPPROTO_TCP, name) for name in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)]
+    assert options[keepalive] == 1
+    idle, interval, count = (options[probe] for probe in probes)
+    assert idle + interval * count <= 180  # a vanished page's session ends within three minutes
+
+
 async def test_with_parley_down_a_call_is_unavailable_naming_the_address() -> None:
     async with envoy_alone() as envoy:
         reply = await asyncio.to_thread(

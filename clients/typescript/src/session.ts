@@ -183,6 +183,11 @@ abstract class SessionBase implements SessionChannel {
   }
 
   /** A command that will get no reply (its call failed). */
+  /** Whether a command still waits for its reply (not answered, failed or timed out). */
+  protected isPending(requestId: string): boolean {
+    return this.#pending.has(requestId);
+  }
+
   protected failCommand(requestId: string, error: ParleyError): void {
     const pending = this.#pending.get(requestId);
     if (pending !== undefined) {
@@ -347,11 +352,12 @@ class SubscribeSession extends SessionBase {
     return welcome;
   }
 
-  /** Per room, the last command sent: the next waits for its answer (concurrent calls keep no order). */
+  /** Per lane (a room, subjects, …), the last command sent: the next waits for its answer (concurrent calls keep
+   * no order). */
   readonly #lanes = new Map<string, Promise<void>>();
 
   protected transmit(request: ConnectRequest): void {
-    const lane = roomOf(request);
+    const lane = laneOf(request);
     if (lane === undefined) {
       void this.#call(request);
       return;
@@ -366,6 +372,9 @@ class SubscribeSession extends SessionBase {
   }
 
   async #call(request: ConnectRequest): Promise<void> {
+    if (!this.isPending(request.requestId)) {
+      return; // its caller was told it timed out while it waited its turn: sending it now would surprise them
+    }
     const sessionId = this.welcome?.sessionId ?? "";
     try {
       const token = await this.context.freshToken();
@@ -383,21 +392,38 @@ class SubscribeSession extends SessionBase {
       this.deliverReply(response.reply);
     } catch (error) {
       const failure = errorFromRpc(error);
-      this.failCommand(request.requestId, failure);
       if (failure.reason === "SESSION_NOT_FOUND") {
-        this.abort(failure); // the gateway no longer has this session: a new one is needed
+        // The gateway no longer has this session: it is over now (a publish is sent again on the next one).
+        const lost = new UnavailableError(Code.Unavailable, failure.reason, failure.message, failure.metadata);
+        this.abort(lost);
+        this.finish(lost);
+        return;
       }
+      this.failCommand(request.requestId, failure);
     }
   }
 }
 
-/** The room a command is about, if any: its commands go one after another, as on a stream. */
-function roomOf(request: ConnectRequest): string | undefined {
+const ROOM_COMMANDS = new Set(["join", "leave", "subscribe", "unsubscribe", "publish", "edit", "delete", "ephemeral"]);
+const SUBJECT_COMMANDS = new Set(["subjectSubscribe", "subjectUnsubscribe", "subjectPublish"]);
+const DIRECT_COMMANDS = new Set(["sendDirect", "ackDirect"]);
+
+/** The lane a command waits its turn in, as the gateway orders a Connect stream's commands (undefined: none). */
+function laneOf(request: ConnectRequest): string | undefined {
   const command = request.command;
-  if (command.value !== undefined && "roomId" in command.value && command.value.roomId !== "") {
-    return command.value.roomId;
+  if (command.case === undefined) {
+    return undefined;
   }
-  return undefined;
+  if (ROOM_COMMANDS.has(command.case) && command.value !== undefined && "roomId" in command.value) {
+    return `room:${command.value.roomId}`;
+  }
+  if (SUBJECT_COMMANDS.has(command.case)) {
+    return "subjects";
+  }
+  if (command.case === "refresh") {
+    return "token";
+  }
+  return DIRECT_COMMANDS.has(command.case) ? "direct" : undefined;
 }
 
 /** The bidirectional `Connect` stream (needs a transport that can stream both ways: gRPC over HTTP/2). */

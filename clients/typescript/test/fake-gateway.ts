@@ -120,6 +120,8 @@ export class FakeGateway {
   /** When set, RegisterUser and Login fail with these. */
   refuseRegistration: Error | null = null;
   refuseLogin: Error | null = null;
+  /** How long each SendCommand takes to answer (the browser path). */
+  answerDelayMs = 0;
   /** Answers commands; the default answers as {@link defaultAnswer}. */
   answer: CommandHandler = (request) => defaultAnswer(request);
   /** When set, opening a session fails with this error (then it is cleared if `once`). */
@@ -157,12 +159,15 @@ export class FakeGateway {
             yield { frame };
           }
         },
-        sendCommand: (request, context) => {
+        sendCommand: async (request, context) => {
           const session = this.sessions.find((s) => s.id === request.sessionId);
           if (session === undefined || session.ended || request.command === undefined) {
             throw sessionNotFound(request.sessionId);
           }
           const reply = this.#answer(session, request.command, context);
+          if (this.answerDelayMs > 0) {
+            await new Promise((resolve) => setTimeout(resolve, this.answerDelayMs));
+          }
           if (reply === null) {
             return new Promise(() => undefined); // never answered
           }

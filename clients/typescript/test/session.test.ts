@@ -10,7 +10,12 @@ import { FakeGateway, defaultAnswer, eventsFrame, recordingSleep, until } from "
 
 const clients: ParleyClient[] = [];
 
-function clientOf(gateway: FakeGateway, session: SessionFactory, delays: number[] = []): ParleyClient {
+function clientOf(
+  gateway: FakeGateway,
+  session: SessionFactory,
+  delays: number[] = [],
+  commandTimeoutMs?: number,
+): ParleyClient {
   const identity = DeviceIdentity.generate("tester");
   identity.registered = true;
   const client = new ParleyClient({
@@ -20,6 +25,7 @@ function clientOf(gateway: FakeGateway, session: SessionFactory, delays: number[
     heartbeat: { intervalMs: 60_000, timeoutMs: 60_000 },
     sleep: recordingSleep(delays),
     random: () => 0.5,
+    commandTimeoutMs,
   });
   clients.push(client);
   return client;
@@ -115,6 +121,44 @@ describe("the browser path", () => {
       .map((command) => (command.command.case === "publish" ? command.command.value.roomId : ""));
     expect(published).toEqual(["lobby", "other"]); // the second lobby publish waits for the first's answer
     await client.close();
+  });
+
+  it("keeps a session's subject commands in order too", async () => {
+    const gateway = new FakeGateway();
+    const client = clientOf(gateway, subscribeSession);
+    await client.connect();
+    gateway.answer = (request) => (request.command.case === "subjectPublish" ? null : defaultAnswer(request));
+    void client.publish("news:today", { n: 1 }).catch(() => undefined); // never answered
+    void client.publish("news:today", { n: 2 }).catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const sent = (await gateway.session(1)).commands.map((command) => command.command.case);
+    expect(sent).toEqual(["subjectPublish"]); // the second waits for the first's answer
+    await client.close();
+  });
+
+  it("does not send a command its caller was told timed out while it waited its turn", async () => {
+    const gateway = new FakeGateway();
+    const client = clientOf(gateway, subscribeSession, [], 300);
+    await client.connect();
+    const lobby = await client.join("lobby");
+    gateway.answerDelayMs = 200;
+    const outcomes = await Promise.allSettled([1, 2, 3].map((n) => lobby.trigger("message", { n })));
+    await new Promise((resolve) => setTimeout(resolve, 400)); // the second's answer came; the lane moved on
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(["fulfilled", "rejected", "rejected"]);
+    const published = (await gateway.session(1)).commands.filter((command) => command.command.case === "publish");
+    expect(published).toHaveLength(2); // the third was never sent
+    await client.close();
+  });
+
+  it("sends a publish again on a new session when the gateway lost the old one", async () => {
+    const gateway = new FakeGateway();
+    const client = clientOf(gateway, subscribeSession);
+    await client.connect();
+    const lobby = await client.join("lobby");
+    gateway.sessions[0]!.ended = true; // forgotten by the gateway
+    await lobby.trigger("message", { text: "once" }); // resolves: not refused as SESSION_NOT_FOUND
+    const second = await gateway.session(2);
+    expect(second.commands.filter((command) => command.command.case === "publish")).toHaveLength(1);
   });
 
   it("opens a new session and joins again when the gateway no longer knows the session", async () => {

@@ -6,8 +6,10 @@ import { describe, el } from "./dom.js";
 const LAST_USERNAME = "parley-web:username";
 
 /** Where this browser keeps the device keys of `username` (one entry per name, so names can be switched). */
-export function keyStoreName(username: string): string {
-  return `parley-key:${username}`;
+export function keyStoreName(username: string, baseUrl: string): string {
+  // Keys per server too: a link naming another server (?server=) must not get this server's keys to sign its
+  // login challenges with.
+  return `parley-key:${new URL(baseUrl).origin}:${username}`;
 }
 
 /** The form; `loggedIn` gets a client that has registered (the first time) and logged in. */
@@ -39,7 +41,7 @@ export function loginForm(baseUrl: string, loggedIn: (client: Client, username: 
     const username = input.value.trim().toLowerCase();
     button.disabled = true;
     problem.textContent = "";
-    const client = new Client(baseUrl, { username, keyStore: localStorageKeyStore(keyStoreName(username)) });
+    const client = new Client(baseUrl, { username, keyStore: localStorageKeyStore(keyStoreName(username, baseUrl)) });
     try {
       await client.connect();
       localStorage.setItem(LAST_USERNAME, username);

@@ -35,6 +35,7 @@ export class RoomView {
   readonly #people = el("ul", { id: "people", className: "people" });
   readonly #present = new Set<string>();
   readonly #shown = new Set<number>();
+  #highestSeq = 0;
   readonly #input = el("input", { id: "message", placeholder: "Write a message", autocomplete: "off", maxLength: 2000 });
   readonly #problem = el("p", { className: "problem" });
 
@@ -81,6 +82,7 @@ export class RoomView {
       return;
     }
     this.#shown.add(event.seq);
+    this.#highestSeq = Math.max(this.#highestSeq, event.seq);
     const line = el(
       "li",
       { className: "message" },
@@ -139,7 +141,7 @@ export class RoomView {
   }
 
   #lastSeq(): number {
-    return Math.max(0, ...this.#shown);
+    return this.#highestSeq;
   }
 
   /** Before the first line of a later sequence: an older message from history goes above what is shown. */
