@@ -189,6 +189,7 @@ class Realtime:
         connection.end_with = end_with
         self.connections.add(connection)
         if inbox is not None:
+            inbox.stream_pings_to(functools.partial(_reply_on_stream, connection))
             self.browser.open(connection, inbox)
         self._expire_with_token(connection, caller.expires_at)
         self._open_streams[caller.user_id] += 1
@@ -223,7 +224,7 @@ class Realtime:
 
     async def subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> AsyncIterator[bytes]:
         """Yields SubscribeResponse frames: a session's frames as Connect sends them, but for the replies,
-        which answer the session's SendCommand calls instead."""
+        which answer the session's SendCommand calls instead (a ping's comes on the stream too)."""
         inbox = CommandInbox(self.config.max_commands_in_flight)
         async with contextlib.aclosing(self.connect(inbox.commands(), context, inbox=inbox)) as frames:
             async for frame in frames:

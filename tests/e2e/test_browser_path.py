@@ -42,8 +42,10 @@ class Page:
         self.welcome = gateway_pb2.Welcome()
         self.events: asyncio.Queue[gateway_pb2.Event] = asyncio.Queue()
         self.others: asyncio.Queue[gateway_pb2.ConnectResponse] = asyncio.Queue()
-        # Replies belong to the SendCommand calls: the stream must never carry one.
-        self.replies_on_stream: list[gateway_pb2.ConnectResponse] = []
+        # Replies belong to the SendCommand calls: the stream carries only the pings' (a heartbeat's proof).
+        self.replies_on_stream: asyncio.Queue[gateway_pb2.Reply] = asyncio.Queue()
+        self.stream_reply_ids: list[str] = []
+        self.ping_ids: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> Page:
@@ -59,7 +61,9 @@ class Page:
                 frame = response.frame
                 kind = frame.WhichOneof("frame")
                 if kind in ("reply", "replies"):
-                    self.replies_on_stream.append(frame)
+                    for reply in [frame.reply] if kind == "reply" else frame.replies.replies:
+                        self.stream_reply_ids.append(reply.request_id)
+                        self.replies_on_stream.put_nowait(reply)
                 elif kind == "events":
                     for event in frame.events.events:
                         self.events.put_nowait(event)
@@ -75,6 +79,8 @@ class Page:
         return gateway_pb2.SendCommandRequest(session_id=self.session_id, command=connect_request)
 
     async def send(self, request: gateway_pb2.SendCommandRequest, token: str = "") -> gateway_pb2.Reply:
+        if request.command.WhichOneof("command") == "ping":
+            self.ping_ids.add(request.command.request_id)
         response = await self.stub.SendCommand(request, metadata=bearer(token or self.token), timeout=5)
         reply: gateway_pb2.Reply = response.reply
         assert reply.request_id == request.command.request_id
@@ -100,11 +106,18 @@ class Page:
             if frame.WhichOneof("frame") == kind:
                 return frame
 
+    async def reply_on_stream(self, request_id: str) -> gateway_pb2.Reply:
+        """The Reply with this request id that came on the stream (skipping earlier pings')."""
+        while True:
+            reply = await asyncio.wait_for(self.replies_on_stream.get(), 5)
+            if reply.request_id == request_id:
+                return reply
+
     async def close(self) -> None:
         self.call.cancel()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
-        assert not self.replies_on_stream
+        assert set(self.stream_reply_ids) <= self.ping_ids
 
 
 def publish_command(room_id: str, data: Any, event: str = "message") -> gateway_pb2.PublishCommand:
@@ -161,6 +174,20 @@ async def test_the_stream_begins_with_a_welcome_naming_the_session(world: World)
         assert alice.welcome.user_id == world.alice.user_id
         assert alice.welcome.limits.max_rooms > 0
         assert (await alice.command(ping=gateway_pb2.PingCommand())).status.code == 0
+
+
+async def test_a_pings_reply_comes_on_the_stream_too_and_no_other_commands_does(world: World) -> None:
+    async with page(world.address, await world.alice.access_token()) as alice:
+        first = await alice.command(ping=gateway_pb2.PingCommand())
+        assert first.status.code == 0
+        assert await alice.reply_on_stream(first.request_id) == first
+        await alice.join("chat")
+        assert (await alice.publish("chat", value({"text": "hi"}))).status.code == 0
+        assert (await alice.publish("other", value({}))).status.reason == "NOT_IN_ROOM"
+        # Sent once the others were answered: their replies, had they come on the stream, would come before.
+        second = await alice.command(ping=gateway_pb2.PingCommand())
+        assert await alice.reply_on_stream(second.request_id) == second
+        assert alice.stream_reply_ids == [first.request_id, second.request_id]
 
 
 async def test_a_join_is_answered_and_another_users_events_arrive_on_the_stream(world: World) -> None:
@@ -388,6 +415,7 @@ async def test_commands_past_the_sessions_limit_are_refused_until_some_are_answe
             "RATE_LIMITED",
         )
         assert float(pings[-1].status.metadata["retry_after_seconds"]) > 0
+        assert await alice.reply_on_stream(pings[-1].request_id) == pings[-1]  # a refused ping's too
         assert not any(task.done() for task in waiting)
         released.set()
         for reply in await asyncio.gather(*waiting):

@@ -403,8 +403,11 @@ export class Connection {
 
   /**
    * Pings every `heartbeat.intervalMs`; the link is dead, and the session
-   * ended, when a ping goes unanswered for `heartbeat.timeoutMs` with no
-   * frame at all received meanwhile.
+   * ended, when a ping goes unconfirmed for `heartbeat.timeoutMs` with no
+   * frame at all received meanwhile. A ping is confirmed as its session's
+   * kind says ({@link SessionChannel.ping}): by a reply on the stream of
+   * frames, so a browser-path session whose `Subscribe` stream stalls is
+   * noticed even while its `SendCommand` calls are answered.
    */
   async #keepAlive(session: SessionChannel, stop: AbortSignal): Promise<void> {
     const { intervalMs, timeoutMs } = this.#options.heartbeat;
@@ -414,15 +417,17 @@ export class Connection {
         return;
       }
       const frames = session.framesReceived;
-      const answered = session.send({ case: "ping", value: {} }).then(
-        () => "answered" as const,
-        () => "failed" as const,
+      const timedOut = this.#sleep(timeoutMs, stop).then(() => false);
+      // A ping that failed (say its call did) is no answer either: the timeout decides.
+      const confirmed = session.ping().then(
+        () => true,
+        () => timedOut,
       );
-      const outcome = await Promise.race([answered, this.#sleep(timeoutMs, stop).then(() => "timeout" as const)]);
-      if (outcome === "failed" || stop.aborted) {
+      const answered = await Promise.race([confirmed, timedOut]);
+      if (stop.aborted || this.#current !== session) {
         return;
       }
-      if (outcome === "timeout" && session.framesReceived === frames) {
+      if (!answered && session.framesReceived === frames) {
         const dead = `no heartbeat reply within ${timeoutMs / 1000}s; the link is dead`;
         session.abort(new UnavailableError(Code.Unavailable, "", dead));
         return;

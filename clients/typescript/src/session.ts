@@ -6,7 +6,8 @@
  * gRPC over HTTP/2), and {@link subscribeSession}, the browser path
  * (`Subscribe`, a server stream of frames, plus one `SendCommand` call per
  * command; gRPC-Web can send nothing on a stream). Both answer every command
- * with the same `Reply`, matched by its request id.
+ * with the same `Reply`, matched by its request id. They differ in how a
+ * heartbeat ping is confirmed (see {@link SessionChannel.ping}).
  *
  * @module
  */
@@ -57,6 +58,16 @@ export interface SessionChannel {
   send(command: Command): Promise<Reply>;
   /** Sends one command and resolves with its Reply; a failed Reply rejects with the typed error. */
   command(command: Command): Promise<Reply>;
+  /**
+   * Sends a heartbeat ping. Resolves once its Reply came on the session's
+   * stream of frames, the proof that frames still arrive: on the `Connect`
+   * stream every Reply does; on the browser path the gateway writes a ping's
+   * Reply on the `Subscribe` stream too, and only that copy counts (the
+   * `SendCommand` answer proves only that calls get through, not that a
+   * stalled or half-open stream still carries events). Rejects like
+   * {@link SessionChannel.send} when no reply came.
+   */
+  ping(): Promise<void>;
   /** Ends the session from this side with `reason` as its ending (e.g. the link is dead). */
   abort(reason: ParleyError): void;
   /** Ends the session quietly. */
@@ -121,6 +132,10 @@ abstract class SessionBase implements SessionChannel {
     });
     this.transmit(create(ConnectRequestSchema, { requestId, command }));
     return answer;
+  }
+
+  async ping(): Promise<void> {
+    await this.send({ case: "ping", value: {} });
   }
 
   async command(command: Command): Promise<Reply> {
@@ -333,7 +348,13 @@ class ConnectStreamSession extends SessionBase {
   }
 }
 
-/** The browser path: a `Subscribe` stream carries the frames; each command is a `SendCommand` call. */
+/**
+ * The browser path: a `Subscribe` stream carries the frames; each command is a
+ * `SendCommand` call, answered by that call, except a ping: the gateway
+ * writes a ping's Reply on the stream too, and only that copy settles it (its
+ * unary answer is dropped), so a heartbeat fails when the stream stalls even
+ * while calls get through.
+ */
 class SubscribeSession extends SessionBase {
   async open(): Promise<Welcome> {
     const responses = this.gateway.subscribe(
@@ -389,7 +410,9 @@ class SubscribeSession extends SessionBase {
       if (response.reply === undefined) {
         throw new ParleyError(Code.Internal, "", "SendCommand answered without a reply");
       }
-      this.deliverReply(response.reply);
+      if (!CONFIRMED_ON_STREAM.has(request.command.case ?? "")) {
+        this.deliverReply(response.reply);
+      }
     } catch (error) {
       const failure = errorFromRpc(error);
       if (failure.reason === "SESSION_NOT_FOUND") {
@@ -404,6 +427,8 @@ class SubscribeSession extends SessionBase {
   }
 }
 
+/** The commands whose Reply the gateway also writes on the `Subscribe` stream: that copy settles them. */
+const CONFIRMED_ON_STREAM = new Set(["ping"]);
 const ROOM_COMMANDS = new Set(["join", "leave", "subscribe", "unsubscribe", "publish", "edit", "delete", "ephemeral"]);
 const SUBJECT_COMMANDS = new Set(["subjectSubscribe", "subjectUnsubscribe", "subjectPublish"]);
 const DIRECT_COMMANDS = new Set(["sendDirect", "ackDirect"]);

@@ -1,5 +1,6 @@
 // An in-process fake of Parley's IdentityService and GatewayService (Connect, Subscribe, SendCommand),
 // served through Connect's router transport: the client's sessions run against it without a server.
+// As the gateway does, it writes a ping's Reply on the Subscribe stream too, after SendCommand answers it.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createRouterTransport, type HandlerContext, type Transport } from "@connectrpc/connect";
@@ -29,6 +30,8 @@ export class FakeSession {
   readonly authorization: string;
   readonly commands: ConnectRequest[] = [];
   ended = false;
+  /** A stalled (or half-open) stream: it stays open but carries nothing pushed from now on. */
+  stalled = false;
   readonly #frames: ConnectResponse[] = [];
   #error: Error | null = null;
   #wake: (() => void) | null = null;
@@ -40,6 +43,9 @@ export class FakeSession {
   }
 
   push(frame: FrameInit): void {
+    if (this.stalled) {
+      return;
+    }
     this.#frames.push(create(ConnectResponseSchema, frame));
     this.#wakeUp();
   }
@@ -170,6 +176,9 @@ export class FakeGateway {
           }
           if (reply === null) {
             return new Promise(() => undefined); // never answered
+          }
+          if (request.command.command.case === "ping") {
+            queueMicrotask(() => session.push({ frame: { case: "reply", value: reply } }));
           }
           return { reply };
         },

@@ -261,6 +261,35 @@ describe("reconnection", () => {
     expect(endings[0]?.message).toBe("no heartbeat reply within 1s; the link is dead");
   });
 
+  it("ends a browser session whose Subscribe stream stalls while SendCommand still answers pings", async () => {
+    const gateway = new FakeGateway();
+    const client = clientOf(gateway, [], {
+      heartbeat: { intervalMs: 1_000, timeoutMs: 1_000 },
+      sleep: (ms, signal) => sleep(ms / 100, signal), // a hundred times faster
+    });
+    const states = statesOf(client);
+    const endings: (ParleyError | null)[] = [];
+    client.onDisconnect((error) => {
+      endings.push(error);
+    });
+    await client.connect();
+    const room = await client.join("lobby");
+    const first = await gateway.session(1);
+    const pings = (): number => first.commands.filter((command) => command.command.case === "ping").length;
+    await until(() => pings() >= 3); // confirmed on the stream while it flows: the session holds
+    expect(gateway.sessions).toHaveLength(1);
+    first.stalled = true;
+    const pingsBeforeStall = pings();
+    const second = await gateway.session(2);
+    await until(() => client.state === "connected" && room.joined);
+    // The first ping the stream did not carry was the last: its unary answer alone did not count.
+    expect(pings() - pingsBeforeStall).toBeLessThanOrEqual(2);
+    expect(states).toEqual(["connecting", "connected", "reconnecting", "connected"]);
+    expect(endings[0]?.message).toBe("no heartbeat reply within 1s; the link is dead");
+    const rejoin = second.commands[0]?.command;
+    expect(rejoin?.case === "join" && rejoin.value.roomId).toBe("lobby");
+  });
+
   it("fails a login the server refuses as UnauthenticatedError", async () => {
     const gateway = new FakeGateway();
     const client = clientOf(gateway, []);

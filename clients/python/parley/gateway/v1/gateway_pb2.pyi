@@ -1566,7 +1566,9 @@ class SubscribeResponse(_message.Message):
     FRAME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def frame(self) -> Global___ConnectResponse:
-        """A frame as Connect sends it (never a reply or a batch of replies)."""
+        """A frame as Connect sends it; the only replies are those to pings (see
+        Subscribe), as `reply` or, several ready at once, `replies`.
+        """
 
     def __init__(
         self,

@@ -147,7 +147,10 @@ class GatewayServiceServicer:
         except replies, starting with the Welcome (its session_id names the
         session); one per page serves every room of the session. SendCommand
         runs one command of that session and answers with the Reply Connect would
-        send. The session ends when the Subscribe stream does.
+        send. The one reply the stream carries is a ping's: once SendCommand has
+        answered a ping, the same Reply (same request_id) follows on the stream,
+        so a heartbeat proves the stream still delivers. The session ends when
+        the Subscribe stream does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,7 +160,9 @@ class GatewayServiceServicer:
         """One command for a session the caller's own Subscribe opened:
         SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
         gateway, or it is another device's. The command's outcome, failures
-        included, is in the Reply's status, as on Connect.
+        included, is in the Reply's status, as on Connect. A ping's Reply, once
+        answered here, is also written on the session's Subscribe stream (a
+        heartbeat counts as answered only when it arrives there).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,13 +49,18 @@ class GatewayServiceStub:
     except replies, starting with the Welcome (its session_id names the
     session); one per page serves every room of the session. SendCommand
     runs one command of that session and answers with the Reply Connect would
-    send. The session ends when the Subscribe stream does.
+    send. The one reply the stream carries is a ping's: once SendCommand has
+    answered a ping, the same Reply (same request_id) follows on the stream,
+    so a heartbeat proves the stream still delivers. The session ends when
+    the Subscribe stream does.
     """
     SendCommand: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SendCommandRequest, _gateway_pb2.SendCommandResponse]
     """One command for a session the caller's own Subscribe opened:
     SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
     gateway, or it is another device's. The command's outcome, failures
-    included, is in the Reply's status, as on Connect.
+    included, is in the Reply's status, as on Connect. A ping's Reply, once
+    answered here, is also written on the session's Subscribe stream (a
+    heartbeat counts as answered only when it arrives there).
     """
     PublishToRoom: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishToRoomRequest, _gateway_pb2.PublishToRoomResponse]
     """Backend API (service credentials only).
@@ -115,13 +120,18 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     except replies, starting with the Welcome (its session_id names the
     session); one per page serves every room of the session. SendCommand
     runs one command of that session and answers with the Reply Connect would
-    send. The session ends when the Subscribe stream does.
+    send. The one reply the stream carries is a ping's: once SendCommand has
+    answered a ping, the same Reply (same request_id) follows on the stream,
+    so a heartbeat proves the stream still delivers. The session ends when
+    the Subscribe stream does.
     """
     SendCommand: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SendCommandRequest, _gateway_pb2.SendCommandResponse]  # type: ignore[assignment]
     """One command for a session the caller's own Subscribe opened:
     SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
     gateway, or it is another device's. The command's outcome, failures
-    included, is in the Reply's status, as on Connect.
+    included, is in the Reply's status, as on Connect. A ping's Reply, once
+    answered here, is also written on the session's Subscribe stream (a
+    heartbeat counts as answered only when it arrives there).
     """
     PublishToRoom: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishToRoomRequest, _gateway_pb2.PublishToRoomResponse]  # type: ignore[assignment]
     """Backend API (service credentials only).
@@ -196,7 +206,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         except replies, starting with the Welcome (its session_id names the
         session); one per page serves every room of the session. SendCommand
         runs one command of that session and answers with the Reply Connect would
-        send. The session ends when the Subscribe stream does.
+        send. The one reply the stream carries is a ping's: once SendCommand has
+        answered a ping, the same Reply (same request_id) follows on the stream,
+        so a heartbeat proves the stream still delivers. The session ends when
+        the Subscribe stream does.
         """
 
     @_abc_1.abstractmethod
@@ -208,7 +221,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """One command for a session the caller's own Subscribe opened:
         SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
         gateway, or it is another device's. The command's outcome, failures
-        included, is in the Reply's status, as on Connect.
+        included, is in the Reply's status, as on Connect. A ping's Reply, once
+        answered here, is also written on the session's Subscribe stream (a
+        heartbeat counts as answered only when it arrives there).
         """
 
     @_abc_1.abstractmethod

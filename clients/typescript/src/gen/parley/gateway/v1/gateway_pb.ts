@@ -1699,7 +1699,8 @@ export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*
  */
 export type SubscribeResponse = Message<"parley.gateway.v1.SubscribeResponse"> & {
   /**
-   * A frame as Connect sends it (never a reply or a batch of replies).
+   * A frame as Connect sends it; the only replies are those to pings (see
+   * Subscribe), as `reply` or, several ready at once, `replies`.
    *
    * @generated from field: parley.gateway.v1.ConnectResponse frame = 1;
    */
@@ -2418,7 +2419,10 @@ export const GatewayService: GenService<{
    * except replies, starting with the Welcome (its session_id names the
    * session); one per page serves every room of the session. SendCommand
    * runs one command of that session and answers with the Reply Connect would
-   * send. The session ends when the Subscribe stream does.
+   * send. The one reply the stream carries is a ping's: once SendCommand has
+   * answered a ping, the same Reply (same request_id) follows on the stream,
+   * so a heartbeat proves the stream still delivers. The session ends when
+   * the Subscribe stream does.
    *
    * @generated from rpc parley.gateway.v1.GatewayService.Subscribe
    */
@@ -2431,7 +2435,9 @@ export const GatewayService: GenService<{
    * One command for a session the caller's own Subscribe opened:
    * SESSION_NOT_FOUND (NOT_FOUND) when there is no such session on this
    * gateway, or it is another device's. The command's outcome, failures
-   * included, is in the Reply's status, as on Connect.
+   * included, is in the Reply's status, as on Connect. A ping's Reply, once
+   * answered here, is also written on the session's Subscribe stream (a
+   * heartbeat counts as answered only when it arrives there).
    *
    * @generated from rpc parley.gateway.v1.GatewayService.SendCommand
    */
