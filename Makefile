@@ -31,7 +31,7 @@ test: install ## Lint, type-check, check generated stubs, run every test (vitest
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory check-gen
 	npm test --workspace @parley/client
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 gen: install ## Regenerate the Python stubs and the TypeScript messages from protos/
 	scripts/gen.sh

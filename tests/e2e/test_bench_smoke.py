@@ -373,6 +373,7 @@ def test_file_bench_runs_and_reports_both_directions() -> None:
         assert passes[name]["mb_per_s"] > 0
 
 
+@pytest.mark.xdist_group("typescript-build")  # it builds clients/typescript/dist, as test_typescript_client does
 def test_ts_fanout_bench_reports_typescript_and_python_subscribers_side_by_side() -> None:
     subprocess.run(["npm", "run", "build", "--workspace", "@parley/client"], cwd=REPO, check=True, timeout=120)
     run = subprocess.run(

@@ -40,6 +40,8 @@ EXAMPLE = REPO / "examples" / "web"
 DRIVER = EXAMPLE / "test" / "browser-chat.mjs"
 CONFIG_FILE = REPO / "examples" / "parley.toml"
 DOCS_SCREENSHOT = REPO / "docs" / "images" / "web-chat.png"
+# Tests that build clients/typescript/dist run in one xdist worker, one after another (make test: -n 2).
+pytestmark = pytest.mark.xdist_group("typescript-build")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 HISTORY_TEXT = "welcome to #chat (sent from Python before the pages opened)"
 STEP_TIMEOUT = 45.0

@@ -30,6 +30,8 @@ from services import allinone
 from services.runtime.config import Config, load_config
 from tests.support import REPO, running, wait_until
 
+# Tests that build clients/typescript/dist run in one xdist worker, one after another (make test: -n 2).
+pytestmark = pytest.mark.xdist_group("typescript-build")
 PACKAGE = REPO / "clients" / "typescript"
 NODE_ENTRY = (PACKAGE / "dist" / "node.js").as_uri()
 CONFIG_FILE = REPO / "examples" / "parley.toml"
