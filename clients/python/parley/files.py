@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import io
 import mimetypes
 import os
@@ -294,70 +293,32 @@ class Files:
         return (("authorization", f"Bearer {await self._auth.access_token()}"),)
 
     async def _download(self, ref: FileRef, write: Callable[[bytes], Any], progress: Progress | None) -> None:
-        """Receives the stored bytes (resuming where a call broke off) while the chunks received so far are opened
-        in a worker thread, one batch behind; writes the plaintext in order."""
         reader = _DownloadReader(ref)
-        opening = _Opening(write, progress, ref.size)
         attempts = 0
-        try:
-            while True:
-                call = self._stub.Download(
-                    file_pb2.DownloadRequest(file_id=ref.file_id, offset=reader.received),
-                    metadata=await self._metadata(),
-                )
-                received_before = reader.received
-                try:
-                    async for frame in _within(call, DOWNLOAD_IDLE_SECONDS):
-                        sealed = reader.take(frame)
-                        if sealed:
-                            await opening.next(functools.partial(reader.open_all, sealed))
-                except grpc.aio.AioRpcError as rpc_error:
-                    error = error_from_rpc(rpc_error)
-                    attempts = 1 if reader.received > received_before else attempts + 1
-                    if not error.retryable or attempts > RESUME_ATTEMPTS:
-                        raise error from None
-                    await asyncio.sleep(RESUME_PAUSE_SECONDS * attempts)
-                    continue
-                finally:
-                    call.cancel()
-                await opening.drain()
-                reader.finish()
-                return
-        finally:
-            await opening.abandon()
-
-
-class _Opening:
-    """Chunks opened in a worker thread while the next are received; their plaintext written in order."""
-
-    def __init__(self, write: Callable[[bytes], Any], progress: Progress | None, total: int) -> None:
-        self._write = write
-        self._progress = progress
-        self._total = total
-        self._done = 0
-        self._pending: asyncio.Future[list[bytes]] | None = None
-
-    async def next(self, open_batch: Callable[[], list[bytes]]) -> None:
-        """Writes the batch before (waiting for it to open), then starts opening this one."""
-        await self.drain()
-        self._pending = asyncio.ensure_future(asyncio.to_thread(open_batch))
-
-    async def drain(self) -> None:
-        if self._pending is None:
+        while True:
+            call = self._stub.Download(
+                file_pb2.DownloadRequest(file_id=ref.file_id, offset=reader.received),
+                metadata=await self._metadata(),
+            )
+            received_before = reader.received
+            try:
+                async for frame in _within(call, DOWNLOAD_IDLE_SECONDS):
+                    opened = reader.feed(frame)
+                    for plaintext in opened:
+                        write(plaintext)
+                    if opened and progress is not None:
+                        progress(reader.opened, ref.size)
+            except grpc.aio.AioRpcError as rpc_error:
+                error = error_from_rpc(rpc_error)
+                attempts = 1 if reader.received > received_before else attempts + 1
+                if not error.retryable or attempts > RESUME_ATTEMPTS:
+                    raise error from None
+                await asyncio.sleep(RESUME_PAUSE_SECONDS * attempts)
+                continue
+            finally:
+                call.cancel()
+            reader.finish()
             return
-        pending, self._pending = self._pending, None
-        for plaintext in await pending:
-            self._write(plaintext)
-            self._done += len(plaintext)
-        if self._progress is not None:
-            self._progress(self._done, self._total)
-
-    async def abandon(self) -> None:
-        """After a failure: the batch under way is waited for (a thread cannot be stopped) and dropped."""
-        if self._pending is not None:
-            with contextlib.suppress(Exception):
-                await self._pending
-            self._pending = None
 
 
 class _DownloadReader:
@@ -447,31 +408,19 @@ async def _upload_frames(
     plaintext: BinaryIO,
     progress: Progress | None,
 ) -> AsyncIterator[file_pb2.UploadRequest]:
-    """`start`, then the header and the sealed chunks in FRAME_BYTES frames; each chunk is read and sealed in a
-    worker thread while the one before is being sent."""
+    """`start`, then the header and the sealed chunks in FRAME_BYTES frames."""
     size = sealing.stored_size(header, manifest)
     yield file_pb2.UploadRequest(start=file_pb2.UploadStart(media_type=manifest.media_type, size=size))
     sealer = sealing.ChunkSealer(manifest, key)
     framer = _Framer(header)
     sent = 0
-    sealing_next = asyncio.ensure_future(asyncio.to_thread(_read_and_seal, plaintext, sealer, manifest, 0))
-    try:
-        for index in range(manifest.chunks):
-            length, sealed = await sealing_next
-            if index + 1 < manifest.chunks:
-                sealing_next = asyncio.ensure_future(
-                    asyncio.to_thread(_read_and_seal, plaintext, sealer, manifest, index + 1)
-                )
-            for frame in framer.frames(sealed):
-                yield file_pb2.UploadRequest(chunk=frame)
-            sent += length
-            if progress is not None:
-                progress(sent, manifest.size)
-    finally:
-        if not sealing_next.done():
-            sealing_next.cancel()
-            with contextlib.suppress(BaseException):
-                await sealing_next
+    for index in range(manifest.chunks):
+        length, sealed = _read_and_seal(plaintext, sealer, manifest, index)
+        for frame in framer.frames(sealed):
+            yield file_pb2.UploadRequest(chunk=frame)
+        sent += length
+        if progress is not None:
+            progress(sent, manifest.size)
     if plaintext.read(1):
         raise _changed_while_uploading()
     if framer.rest:
