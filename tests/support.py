@@ -192,3 +192,12 @@ async def wait_until(predicate: Any, within: float = 10.0, interval: float = 0.1
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def build_typescript_client() -> None:
+    """Compiles @parley/client into clients/typescript/dist with its own pinned TypeScript (npm's workspace script).
+
+    Tests that call it share the xdist group "typescript-build", so one build runs at a time."""
+    subprocess.run(
+        ["npm", "run", "--silent", "build", "--workspace", "@parley/client"], cwd=REPO, check=True, timeout=120
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import socket
 from typing import Any
 
 from services.runtime.client_address import CLIENT_ADDRESS_HEADER
@@ -35,7 +36,6 @@ ALLOWED_HEADERS = (
 EXPOSED_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin")
 ALLOWED_METHODS = ("POST", "OPTIONS")
 PREFLIGHT_CACHE_SECONDS = 86_400
-UNREACHABLE_STATUS = 14  # grpc UNAVAILABLE
 # Envoy's response flags for "no connection to the upstream": connect failed, no healthy host,
 # the connection was reset or closed before the response began.
 UNREACHABLE_FLAGS = ("UF", "UH", "UR", "UC")
@@ -112,8 +112,6 @@ def envoy_config_text(plan: ProxyPlan) -> str:
 KEEPALIVE_IDLE_SECONDS = 60
 KEEPALIVE_INTERVAL_SECONDS = 15
 KEEPALIVE_PROBES = 4
-_SOL_SOCKET, _SO_KEEPALIVE = 1, 9
-_IPPROTO_TCP, _TCP_KEEPIDLE, _TCP_KEEPINTVL, _TCP_KEEPCNT = 6, 4, 5, 6
 
 
 def _listener(plan: ProxyPlan) -> dict[str, Any]:
@@ -121,10 +119,11 @@ def _listener(plan: ProxyPlan) -> dict[str, Any]:
         "name": "parley_web",
         "address": _socket_address(plan.listen_host, plan.listen_port),
         "socket_options": [
-            _socket_option(_SOL_SOCKET, _SO_KEEPALIVE, 1),
-            _socket_option(_IPPROTO_TCP, _TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS),
-            _socket_option(_IPPROTO_TCP, _TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS),
-            _socket_option(_IPPROTO_TCP, _TCP_KEEPCNT, KEEPALIVE_PROBES),
+            # This host's option numbers: Envoy runs beside the server.
+            _socket_option(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            _socket_option(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS),
+            _socket_option(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS),
+            _socket_option(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES),
         ],
         "filter_chains": [
             {

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from bench.server_logs import line_level
-from tests.support import REPO
+from tests.support import REPO, build_typescript_client
 
 
 def test_history_bench_runs_and_reports_each_path() -> None:
@@ -375,7 +375,7 @@ def test_file_bench_runs_and_reports_both_directions() -> None:
 
 @pytest.mark.xdist_group("typescript-build")  # it builds clients/typescript/dist, as test_typescript_client does
 def test_ts_fanout_bench_reports_typescript_and_python_subscribers_side_by_side() -> None:
-    subprocess.run(["npm", "run", "build", "--workspace", "@parley/client"], cwd=REPO, check=True, timeout=120)
+    build_typescript_client()
     run = subprocess.run(
         [sys.executable, "-m", "bench.ts_fanout_bench", "--subscribers", "4", "--seconds", "2", "--rates", "100,0"],
         capture_output=True,

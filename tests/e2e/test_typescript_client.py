@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from parley import Client, ParleyError
 from parley.messages import SubjectMessage
 from services import allinone
 from services.runtime.config import Config, load_config
-from tests.support import REPO, running, wait_until
+from tests.support import REPO, build_typescript_client, running, wait_until
 
 # Tests that build clients/typescript/dist run in one xdist worker, one after another (make test: -n 2).
 pytestmark = pytest.mark.xdist_group("typescript-build")
@@ -42,14 +41,9 @@ LINE_TIMEOUT = 15.0
 
 @pytest.fixture(scope="module", autouse=True)
 def built_package() -> None:
-    """The package compiled once for the module (tsc into clients/typescript/dist)."""
-    node = shutil.which("node")
-    assert node is not None, "node is not installed"
-    # The package's own pinned TypeScript when npm installed it there (the workspace root may hold another).
-    candidates = [PACKAGE / "node_modules" / ".bin" / "tsc", REPO / "node_modules" / ".bin" / "tsc"]
-    tsc = next((path for path in candidates if path.exists()), None)
-    assert tsc is not None, "run `npm install` at the repo root first"
-    subprocess.run([str(tsc), "-p", "tsconfig.json"], cwd=PACKAGE, check=True, timeout=120)
+    """The package compiled once for the module (into clients/typescript/dist)."""
+    assert shutil.which("node") is not None, "node is not installed"
+    build_typescript_client()
 
 
 def example_config(data_dir: Path, **overrides: Any) -> Config:

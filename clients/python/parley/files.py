@@ -30,27 +30,27 @@ from parley.crypto import file_sealing as sealing
 from parley.crypto.encoding import b64, unb64
 from parley.crypto.errors import MalformedInputError
 from parley.crypto.identity import device_id_for
+from parley.crypto.primitives import HASH_BYTES
 from parley.errors import ParleyError, error_from_rpc
 from parley.file.v1 import file_pb2, file_pb2_grpc
 from parley.thumbnails import checked_thumbnail
 from parley.thumbnails import thumbnail as make_thumbnail
 
-# Upload frames: the service takes 64-256 KiB per message.
+# Upload frames hold the most the service takes per message (UploadPolicy.max_chunk_bytes, 256 KiB).
 FRAME_BYTES = 256 * 1024
+SIGNING_KEY_BYTES = 32  # an Ed25519 public key
 # What the service answers a `start` it accepted with, before the chunks are sent.
 UPLOAD_ACCEPTED = ("parley-upload", "accepted")
 # A download cut short (the connection lost, the server restarted) goes on from where it stopped.
 RESUME_ATTEMPTS = 5
-RESUME_PAUSE_SECONDS = 0.2
+# The pause before a download resumes or an upload is sent again, times the attempt's number.
+RETRY_PAUSE_SECONDS = 0.2
 # An upload that failed on a lost connection is sent again from the start (the service kept nothing).
 UPLOAD_ATTEMPTS = 3
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 # The body of a sealed message that carries a file (`media_body`).
 MEDIA_TYPE_TAG = "parley.file"
 MAX_CAPTION_CHARS = 4000
-# Sealed chunk sizes a reader accepts (a larger one could not be streamed; a tiny one wastes the service's space).
-MIN_CHUNK_BYTES = 64 * 1024
-MAX_CHUNK_BYTES = 4 * 1024 * 1024
 # A download that receives nothing for this long is given up (and resumed).
 DOWNLOAD_IDLE_SECONDS = 60.0
 
@@ -101,7 +101,11 @@ class FileRef:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise MalformedInputError(f"not a file reference: {error}") from None
-        if len(ref.key) != sealing.FILE_KEY_BYTES or len(ref.header_hash) != 32 or len(ref.uploader_key) != 32:
+        if (
+            len(ref.key) != sealing.FILE_KEY_BYTES
+            or len(ref.header_hash) != HASH_BYTES
+            or len(ref.uploader_key) != SIGNING_KEY_BYTES
+        ):
             raise MalformedInputError("a file reference's key, hash or uploader key has the wrong length")
         return ref
 
@@ -210,7 +214,7 @@ class Files:
                     error = error_from_rpc(rpc_error)
                     if not error.retryable or attempt == UPLOAD_ATTEMPTS:
                         raise error from None
-            await asyncio.sleep(RESUME_PAUSE_SECONDS * attempt)
+            await asyncio.sleep(RETRY_PAUSE_SECONDS * attempt)
         return FileRef(
             uploaded.file.file_id,
             sealing.header_hash(header),
@@ -231,7 +235,8 @@ class Files:
         thumbnail: bool = True,
         progress: Progress | None = None,
     ) -> Media:
-        """`put`, plus (for an image, with `thumbnail`) a small JPEG preview to seal with the message."""
+        """`put`, plus (for an image, with `thumbnail`) a small JPEG preview to seal with the message; a caption
+        over MAX_CAPTION_CHARS raises ValueError before anything is uploaded."""
         if len(caption) > MAX_CAPTION_CHARS:
             raise ValueError(f"a caption holds at most {MAX_CAPTION_CHARS} characters, not {len(caption)}")
         ref = await self.put(source, name=name, media_type=media_type, progress=progress)
@@ -313,7 +318,7 @@ class Files:
                 attempts = 1 if reader.received > received_before else attempts + 1
                 if not error.retryable or attempts > RESUME_ATTEMPTS:
                     raise error from None
-                await asyncio.sleep(RESUME_PAUSE_SECONDS * attempts)
+                await asyncio.sleep(RETRY_PAUSE_SECONDS * attempts)
                 continue
             finally:
                 call.cancel()
@@ -324,7 +329,11 @@ class Files:
 class _DownloadReader:
     """Turns Download frames (possibly over several resumed calls) into checked plaintext chunks."""
 
-    def __init__(self, ref: FileRef, chunk_bytes: tuple[int, int] = (MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)) -> None:
+    def __init__(
+        self,
+        ref: FileRef,
+        chunk_bytes: tuple[int, int] = (sealing.MIN_SEALED_CHUNK_BYTES, sealing.MAX_SEALED_CHUNK_BYTES),
+    ) -> None:
         self._ref = ref
         self._chunk_bytes = chunk_bytes
         self.received = 0
@@ -336,10 +345,6 @@ class _DownloadReader:
 
     def feed(self, frame: file_pb2.DownloadResponse) -> list[bytes]:
         """The plaintext chunks this frame completes (checked)."""
-        return self.open_all(self.take(frame))
-
-    def take(self, frame: file_pb2.DownloadResponse) -> list[tuple[int, bytes]]:
-        """(index, sealed chunk) of the chunks this frame completes, checked but the seals: `open_all` them."""
         if frame.HasField("file"):
             self._check_stored(frame.file)
             return []
@@ -351,14 +356,7 @@ class _DownloadReader:
             data = self._take_header(data)
             if self._chunks is None:
                 return []
-        return self._chunks.take(data)
-
-    def open_all(self, sealed: list[tuple[int, bytes]]) -> list[bytes]:
-        """The plaintext of chunks `take` returned (safe in a worker thread); `ForgedFileError` if one does not open."""
-        if not sealed:
-            return []
-        assert self._chunks is not None  # `take` returns chunks only once the header was read
-        opened = [self._chunks.open(index, chunk) for index, chunk in sealed]
+        opened = self._chunks.feed(data)
         self.opened += sum(len(plaintext) for plaintext in opened)
         return opened
 
@@ -415,25 +413,18 @@ async def _upload_frames(
     framer = _Framer(header)
     sent = 0
     for index in range(manifest.chunks):
-        length, sealed = _read_and_seal(plaintext, sealer, manifest, index)
-        for frame in framer.frames(sealed):
+        chunk = plaintext.read(manifest.chunk_length(index))
+        if len(chunk) != manifest.chunk_length(index):
+            raise _changed_while_uploading()
+        for frame in framer.frames(sealer.seal(chunk)):
             yield file_pb2.UploadRequest(chunk=frame)
-        sent += length
+        sent += len(chunk)
         if progress is not None:
             progress(sent, manifest.size)
     if plaintext.read(1):
         raise _changed_while_uploading()
     if framer.rest:
         yield file_pb2.UploadRequest(chunk=framer.rest)
-
-
-def _read_and_seal(
-    plaintext: BinaryIO, sealer: sealing.ChunkSealer, manifest: sealing.Manifest, index: int
-) -> tuple[int, bytes]:
-    chunk = plaintext.read(manifest.chunk_length(index))
-    if len(chunk) != manifest.chunk_length(index):
-        raise _changed_while_uploading()
-    return len(chunk), sealer.seal(chunk)
 
 
 class _Framer:

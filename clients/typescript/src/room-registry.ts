@@ -36,7 +36,7 @@ export class RoomRegistry {
     this.#context = { ...context, forget: (roomId) => this.forget(roomId) };
     this.#listeners = listeners;
     connection.onOpen((session) => this.#rejoinAll(session));
-    connection.onEnd((error, reconnecting) => this.#sessionEnded(reconnecting));
+    connection.onEnd((_error, reconnecting) => this.#sessionEnded(reconnecting));
     connection.onWaiting(() => this.#toRejoin.size > 0);
   }
 

@@ -10,7 +10,6 @@ shares on the server's host.)
 from __future__ import annotations
 
 import contextlib
-import mimetypes
 import sys
 import unicodedata
 from collections.abc import Iterator
@@ -30,7 +29,6 @@ from parley.cli.channels import label, opened
 from parley.cli.chat_lines import printable
 from parley.client import Client
 from parley.errors import ValidationError
-from parley.files import DEFAULT_MEDIA_TYPE
 from parley.files import Progress as ProgressCallback
 from parley.spaces import ChannelMessage, Space
 
@@ -44,7 +42,6 @@ UNSAFE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 async def put(client: Client, channel: str, path: Path, *, media_type: str | None, caption: str) -> None:
     """`parley file put CHANNEL PATH`: uploads the file sealed, sends it to the channel, prints the message handle."""
     space = await opened(client, channel)
-    media_type = media_type or guessed_media_type(path)
     try:
         with transfer_bar(path.name) as progress:
             handle = await space.send_file(path, media_type=media_type, caption=caption, progress=progress)
@@ -74,11 +71,6 @@ async def get(client: Client, channel: str, handle: str, *, output: Path | None,
     with transfer_bar(printable(ref.name)) as progress:
         await space.get_file(message.media, path=target, progress=progress)
     print(target)
-
-
-def guessed_media_type(path: Path) -> str:
-    """The media type the SDK would send for `path`: guessed from its name."""
-    return mimetypes.guess_type(path.name)[0] or DEFAULT_MEDIA_TYPE
 
 
 async def find_message(space: Space, handle: str) -> ChannelMessage | None:

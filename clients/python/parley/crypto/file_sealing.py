@@ -45,6 +45,9 @@ HEADER_PREFIX_BYTES = len(MAGIC) + 4
 MAX_SEALED_MANIFEST_BYTES = 16 * 1024
 # The signed manifest is padded to a multiple of this before it is sealed.
 MANIFEST_PADDING_BYTES = 256
+# Sealed chunk sizes a reader accepts: a larger one could not be streamed, a tiny one wastes the service's space.
+MIN_SEALED_CHUNK_BYTES = 64 * 1024
+MAX_SEALED_CHUNK_BYTES = 4 * 1024 * 1024
 _MANIFEST = "file-manifest"
 _SIGNED_MANIFEST = "file-manifest-signed"
 _MANIFEST_AD = "file-manifest-sealed"
@@ -239,34 +242,27 @@ class ChunkOpener:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The plaintext of every chunk `data` completes; `ForgedFileError` on any that does not open."""
-        return [self.open(index, sealed) for index, sealed in self.take(data)]
-
-    def take(self, data: bytes) -> list[tuple[int, bytes]]:
-        """(index, sealed chunk) of every chunk `data` completes, not opened yet: `open` them in any thread."""
-        completed: list[tuple[int, bytes]] = []
+        opened: list[bytes] = []
         view = memoryview(data)
         while view:
             if self._next >= self._manifest.chunks:
                 raise ForgedFileError("bytes after the file's last chunk")
             length = self._manifest.chunk_length(self._next) + CHUNK_OVERHEAD
-            take = min(length - self._pending_bytes, len(view))
-            self._pending.append(view[:take])
-            self._pending_bytes += take
-            view = view[take:]
+            part = min(length - self._pending_bytes, len(view))
+            self._pending.append(view[:part])
+            self._pending_bytes += part
+            view = view[part:]
             if self._pending_bytes < length:
                 break
-            completed.append((self._next, b"".join(self._pending)))
+            sealed = b"".join(self._pending)
             self._pending.clear()
             self._pending_bytes = 0
+            try:
+                opened.append(open_sealed(self._key, sealed, _chunk_ad(self._manifest, self._next)))
+            except DecryptionError as error:
+                raise ForgedFileError(f"chunk {self._next} of the file does not open") from error
             self._next += 1
-        return completed
-
-    def open(self, index: int, sealed: bytes) -> bytes:
-        """The plaintext of sealed chunk `index` (as `take` returned it); `ForgedFileError` if it does not open."""
-        try:
-            return open_sealed(self._key, sealed, _chunk_ad(self._manifest, index))
-        except DecryptionError as error:
-            raise ForgedFileError(f"chunk {index} of the file does not open") from error
+        return opened
 
     def finish(self) -> None:
         if self._next != self._manifest.chunks or self._pending_bytes:
