@@ -25,7 +25,7 @@ from services.gateway.realtime import Realtime
 from services.gateway.retention import RetentionSync
 from services.gateway.revocations import follow_revocations
 from services.gateway.room_client import InProcessRoomClient, Memberships, RoomClient
-from services.gateway.servicer import SERVICE, GatewayHandler, GatewayServicer
+from services.gateway.servicer import SERVICE, GatewayServicer
 from services.history.server import SERVICE as HISTORY_SERVICE
 from services.identity.server import SERVICE as IDENTITY_SERVICE
 from services.room.server import CHANNEL_SERVICE
@@ -39,6 +39,7 @@ from services.runtime.errors import ServiceError
 from services.runtime.grpc_types import HealthStatus
 from services.runtime.hooks import Hooks
 from services.runtime.peer_client import PeerClient, internal_secret
+from services.runtime.raw_handlers import passthrough_handler
 from services.runtime.server import ParleyServer, ServiceModule, serve_modules
 from services.runtime.telemetry import Telemetry, observe_gauge
 from services.runtime.tokens import TokenVerifier
@@ -150,7 +151,7 @@ def gateway_module(
 
     return ServiceModule(
         services=[SERVICE],
-        register=lambda server: server.add_generic_rpc_handlers((GatewayHandler(servicer),)),
+        register=lambda server: server.add_generic_rpc_handlers((passthrough_handler(SERVICE, servicer),)),
         close=close,
         start=start,
         before_drain=drain,

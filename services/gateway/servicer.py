@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
 
-import grpc
-from google.protobuf import message
-
-from parley.api.v1 import errors_pb2
 from parley.gateway.v1 import gateway_pb2
 from services.gateway.backend_api import DeploymentBackendApi
 from services.gateway.realtime import Realtime
-from services.runtime.errors import ServiceError, invalid_field
-from services.runtime.grpc_types import Context, GenericRpcHandler
+from services.runtime.errors import invalid_field
+from services.runtime.grpc_types import Context
 from services.runtime.principal import require_user
-from services.runtime.raw_handlers import passthrough_handler
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 SEND_COMMAND = f"/{SERVICE.full_name}/SendCommand"
@@ -53,12 +47,13 @@ class GatewayServicer:
     ) -> gateway_pb2.GetServerInfoResponse:
         return self._info
 
-    async def SendCommand(self, request: bytes, context: Context) -> gateway_pb2.SendCommandResponse:
-        """Takes its request as bytes (see GatewayHandler): its command is checked as it runs, like a Connect
-        command, so that a refusal is answered in the Reply."""
+    async def SendCommand(
+        self, request: gateway_pb2.SendCommandRequest, context: Context
+    ) -> gateway_pb2.SendCommandResponse:
+        """Its command is checked as it runs, like a Connect command (CHECKED_BY_HANDLER), so that a refusal is
+        answered in the Reply."""
         caller = require_user()
-        parsed = _send_command_request(request)
-        return await self._realtime.browser.send(parsed, caller.user_id, caller.device_id)
+        return await self._realtime.browser.send(request, caller.user_id, caller.device_id)
 
     async def PublishToRoom(
         self, request: gateway_pb2.PublishToRoomRequest, context: Context
@@ -121,31 +116,6 @@ class GatewayServicer:
     async def ListPeers(self, request: gateway_pb2.ListPeersRequest, context: Context) -> gateway_pb2.ListPeersResponse:
         caller = require_user()
         return gateway_pb2.ListPeersResponse(peers=await self._backend.peers_of(caller.user_id))
-
-
-class GatewayHandler(GenericRpcHandler):
-    """The servicer's methods, SendCommand's request handed to it undecoded: the interceptor then neither
-    decodes nor checks it (a handler without a deserializer gets the bytes)."""
-
-    def __init__(self, servicer: GatewayServicer) -> None:
-        self._methods = passthrough_handler(SERVICE, servicer)
-
-    def service(self, details: Any) -> Any:
-        handler: Any = self._methods.service(details)  # a grpc RpcMethodHandler: a named tuple
-        if handler is not None and details.method == SEND_COMMAND:
-            return handler._replace(request_deserializer=None)
-        return handler
-
-
-def _send_command_request(raw: bytes) -> gateway_pb2.SendCommandRequest:
-    try:
-        return gateway_pb2.SendCommandRequest.FromString(raw)
-    except (message.DecodeError, ValueError) as exc:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            errors_pb2.ERROR_REASON_MALFORMED_REQUEST,
-            f"request is not a valid protobuf message: {exc}",
-        ) from exc
 
 
 def _require_user_id(user_id: str) -> None:

@@ -32,10 +32,12 @@ CallHook = Callable[[MethodInfo, Context], AbstractAsyncContextManager[None]]
 Parse = Callable[[bytes], Any]
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
-# Streams whose handler checks each message itself: Connect answers a bad
-# command with a Reply, where a refusal here would end the whole stream. Every
-# other stream's messages are checked here, like unary requests.
-CHECKED_BY_HANDLER = frozenset({"/parley.gateway.v1.GatewayService/Connect"})
+# Methods whose handler checks each request itself (they are still parsed here): Connect and SendCommand answer
+# a bad command with a Reply, where a refusal here would end the whole stream or call. Every other method's
+# requests are checked here.
+CHECKED_BY_HANDLER = frozenset(
+    {"/parley.gateway.v1.GatewayService/Connect", "/parley.gateway.v1.GatewayService/SendCommand"}
+)
 
 
 class CallInterceptor(ServerInterceptor):
@@ -66,7 +68,7 @@ def wrap_handler(handler: Any, method: MethodInfo, hooks: tuple[CallHook, CallHo
             return request
         if streaming_requests:
             return _decode_stream(request, parse, checked_here)
-        return _decode(request, parse)
+        return _decode(request, parse, checked_here)
 
     if inspect.isasyncgenfunction(inner):
 
@@ -167,10 +169,12 @@ def bearer_token(context: Context) -> str:
     )
 
 
-def _decode(raw: bytes, parse: Callable[[bytes], Any]) -> Any:
-    """A unary request, parsed and held to the rules every request obeys."""
+def _decode(raw: bytes, parse: Callable[[bytes], Any], checked_here: bool) -> Any:
+    """A unary request, parsed and (unless its handler checks it: CHECKED_BY_HANDLER) held to the rules every
+    request obeys."""
     request = _parse(raw, parse)
-    check_request(request, max_values=_values_allowed())
+    if checked_here:
+        check_request(request, max_values=_values_allowed())
     return request
 
 

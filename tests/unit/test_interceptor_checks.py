@@ -82,10 +82,29 @@ async def test_a_stream_whose_handler_checks_its_messages_gets_them_unchecked() 
     assert await upload(CONNECT, UNKNOWN_VISIBILITY) == [99]
 
 
-def test_the_streams_left_to_their_handlers_are_client_streaming_methods_of_the_contract() -> None:
+def test_the_methods_left_to_their_handlers_are_connect_and_send_command_of_the_contract() -> None:
     gateway = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
-    assert {CONNECT} == CHECKED_BY_HANDLER
+    send_command = "/parley.gateway.v1.GatewayService/SendCommand"
+    assert {CONNECT, send_command} == CHECKED_BY_HANDLER
     assert CONNECT in {m.full_name for m in methods_of(gateway) if m.client_streaming}
+    assert send_command in {m.full_name for m in methods_of(gateway) if not m.client_streaming}
+
+
+async def test_a_unary_request_left_to_its_handler_is_parsed_but_not_checked() -> None:
+    async def echo(request: gateway_pb2.SendCommandRequest, context: Any) -> gateway_pb2.SendCommandRequest:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(echo, request_deserializer=gateway_pb2.SendCommandRequest.FromString)
+    info = method("/parley.gateway.v1.GatewayService/SendCommand", client_streaming=False)
+    alice = Principal(user_id="u-alice", device_id="d-alice")
+    wrapped = wrap_handler(handler, info, (nothing, calling_as(alice), nothing))
+    nan = struct_pb2.Value(number_value=float("nan"))  # no JSON: the interceptor's check would refuse it
+    publish = gateway_pb2.PublishCommand(room_id="lobby", events=[gateway_pb2.OutgoingEvent(event="m", payload=nan)])
+    unchecked = gateway_pb2.SendCommandRequest(session_id="s1", command=gateway_pb2.ConnectRequest(publish=publish))
+    result: gateway_pb2.SendCommandRequest = await wrapped.unary_unary(unchecked.SerializeToString(), None)
+    assert (
+        result.command.publish.events[0].payload.number_value != result.command.publish.events[0].payload.number_value
+    )
 
 
 async def create_room_as(principal: Principal, request: room_pb2.CreateRoomRequest) -> room_pb2.CreateRoomRequest:
