@@ -457,7 +457,8 @@ async def _within(call: Any, idle_seconds: float) -> AsyncIterator[file_pb2.Down
     frames = call.__aiter__()
     while True:
         try:
-            frame = await asyncio.wait_for(anext(frames), idle_seconds)
+            async with asyncio.timeout(idle_seconds):  # no task per frame, as wait_for would make
+                frame = await anext(frames)
         except StopAsyncIteration:
             return
         except TimeoutError:
