@@ -340,18 +340,12 @@ class CommandHandler:
         connection.caught_up.pop(room_id, None)
         self._feeds.remove(room_id, connection)
 
-    async def announce_offline(self, user_id: str, session_id: str, room_ids: list[str]) -> None:
-        """Tells each room (with presence on) that the user's last connection in it ended: a peer went offline."""
-        offline = gateway_pb2.PeerOffline(user_id=user_id, session_id=session_id)
-        frame = gateway_pb2.ConnectResponse(peer_offline=offline)
+    async def announce_left(self, user_id: str, session_id: str, room_ids: list[str], *, ended: bool = False) -> None:
+        """Tells each room that the user is gone (no connection of theirs is left in it); `ended`: because
+        this connection ended, which members hear as the peer going offline (PresenceChange.ended_session_id)."""
+        ended_session_id = session_id if ended else ""
         for room_id in room_ids:
-            if self._directory.tells_presence(room_id):
-                await self._bus.publish(room_stream.frame_message(room_id, frame))
-
-    async def announce_left(self, user_id: str, session_id: str, room_ids: list[str]) -> None:
-        """Tells each room that the user is gone (no connection of theirs is left in it)."""
-        for room_id in room_ids:
-            await self._bus.publish(room_stream.presence_message(room_id, user_id, False))
+            await self._bus.publish(room_stream.presence_message(room_id, user_id, False, ended_session_id))
             await self._hooks.notify("on_left", JoinContext(session_id=session_id, user_id=user_id, room_id=room_id))
 
     def subscribe(

@@ -12,7 +12,9 @@ Joins and leaves are not sequenced: the feed gathers them for
 `presence_window` seconds (longer in a big room: one window per 100 local
 members, up to a second) and sends every member one Presence frame for all
 of them (each user once, in the order of their latest change), so a storm of
-N joins costs each member a frame per window rather than N frames.
+N joins costs each member a frame per window rather than N frames. A member
+going offline (their last connection ended) is a leave that names the ended
+session, gathered the same way.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ class RoomFeed:
         self.live_from: dict[str, int] = {}
         self._history = history
         self._settings = settings
-        # Joins and leaves since the last Presence frame: user -> joined, latest change last.
-        self._presence: dict[str, bool] = {}
+        # Joins and leaves since the last Presence frame: user -> their latest change, latest last.
+        self._presence: dict[str, gateway_pb2.PresenceChange] = {}
         self._presence_timer: asyncio.TimerHandle | None = None
         self._sequencer: Sequencer[RoomMessage] = Sequencer()
         self._retired_epochs: set[str] = set()
@@ -291,8 +293,11 @@ class RoomFeed:
         if not self._settings.tells_presence(self.room_id):
             return
         change = gateway_pb2.PresenceChange.FromString(message.data)
-        self._presence.pop(change.user_id, None)
-        self._presence[change.user_id] = change.joined
+        earlier = self._presence.pop(change.user_id, None)
+        if earlier is not None and not change.ended_session_id:
+            # A connection that ended earlier in the window is still told, whatever came after.
+            change.ended_session_id = earlier.ended_session_id
+        self._presence[change.user_id] = change
         if self._presence_timer is None and not self._closed:
             loop = asyncio.get_running_loop()
             self._presence_timer = loop.call_later(self._presence_window(), self._send_presence)
@@ -304,7 +309,7 @@ class RoomFeed:
     def _send_presence(self) -> None:
         """One frame (per PRESENCE_CHANGES_PER_FRAME) of the window's joins and leaves, shared by every member."""
         self._presence_timer = None
-        changes = [gateway_pb2.PresenceChange(user_id=user, joined=joined) for user, joined in self._presence.items()]
+        changes = list(self._presence.values())
         self._presence = {}
         for start in range(0, len(changes), PRESENCE_CHANGES_PER_FRAME):
             presence = gateway_pb2.Presence(

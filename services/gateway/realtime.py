@@ -357,8 +357,7 @@ class Realtime:
                 if not (self.stopping and self.membership_is_local):
                     log.warning("could not tell the room service a connection ended", exc_info=True)
                 left = []
-            await self.commands.announce_left(connection.user_id, connection.session_id, left)
-            await self.commands.announce_offline(connection.user_id, connection.session_id, left)
+            await self.commands.announce_left(connection.user_id, connection.session_id, left, ended=True)
         await self.hooks.notify("on_disconnected", _session(connection))
 
     def go_away(self, message: str) -> None:

@@ -146,8 +146,9 @@ def frame_message(room_id: str, frame: gateway_pb2.ConnectResponse, skip_session
     return BusMessage(room_subject(room_id), frame.SerializeToString(), headers)
 
 
-def presence_message(room_id: str, user_id: str, joined: bool) -> BusMessage:
-    change = gateway_pb2.PresenceChange(user_id=user_id, joined=joined)
+def presence_message(room_id: str, user_id: str, joined: bool, ended_session_id: str = "") -> BusMessage:
+    """A join or leave for the room's Presence frames; `ended_session_id` when the leave is that connection ending."""
+    change = gateway_pb2.PresenceChange(user_id=user_id, joined=joined, ended_session_id=ended_session_id)
     return BusMessage(room_subject(room_id), change.SerializeToString(), {_KIND: PRESENCE})
 
 

@@ -64,6 +64,36 @@ async def test_a_join_storm_reaches_each_member_as_a_few_frames(address: str) ->
         assert len(frames) <= JOINERS / 5
 
 
+async def frames_until_quiet(s: Stream, within: float) -> list[gateway_pb2.ConnectResponse]:
+    """Every frame other than events and replies, until none came for `within` seconds."""
+    frames = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            frames.append(await asyncio.wait_for(s.others.get(), within))
+    return frames
+
+
+async def test_a_disconnect_storm_reaches_each_member_as_a_few_frames(address: str) -> None:
+    async with stream(address, "let-me-in:watcher") as watcher:
+        await watcher.join("hall")
+        async with contextlib.AsyncExitStack() as joiners:
+            streams = await asyncio.gather(
+                *(joiners.enter_async_context(stream(address, f"let-me-in:d{i}")) for i in range(JOINERS))
+            )
+            await asyncio.gather(*(s.join("hall") for s in streams))
+            sessions = {f"app:d{i}": s.welcome.session_id for i, s in enumerate(streams) if s.welcome}
+            await frames_until_quiet(watcher, within=0.5)
+        # Every joiner's connection ended at once: no leave command, the streams are gone.
+        frames = await frames_until_quiet(watcher, within=0.5)
+        assert {f.WhichOneof("frame") for f in frames} == {"presence"}, "offline notices ride in Presence frames"
+        told = [change for frame in frames for change in frame.presence.changes]
+        assert sorted((c.user_id, c.joined, c.ended_session_id) for c in told) == sorted(
+            (user, False, session) for user, session in sessions.items()
+        )
+        assert len(sessions) == JOINERS
+        assert len(frames) <= JOINERS / 5
+
+
 async def test_a_room_without_presence_tells_nobody_and_still_lists_its_participants(address: str) -> None:
     async with stream(address, "let-me-in:one") as one, stream(address, "let-me-in:two") as two:
         joined = await one.join("quiet")

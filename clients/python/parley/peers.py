@@ -37,10 +37,11 @@ class Peers:
     def on_disconnected(self, handler: Callable[[str], Any]) -> None:
         self._runner.add("peer_disconnected", handler)
 
-    def offline(self, offline: gateway_pb2.PeerOffline) -> None:
-        if offline.session_id in self._told:
+    def offline(self, user_id: str, session_id: str) -> None:
+        """A user's connection `session_id` ended in a room of ours (PresenceChange.ended_session_id)."""
+        if session_id in self._told:
             return
-        self._told[offline.session_id] = None
+        self._told[session_id] = None
         if len(self._told) > REMEMBERED_ENDINGS:
             self._told.popitem(last=False)
-        self._runner.fire("peer_disconnected", offline.user_id)
+        self._runner.fire("peer_disconnected", user_id)

@@ -131,9 +131,11 @@ class Receiver:
                 self._messages.dispatch(subject_event)
         elif kind == "presence":
             room = self._rooms.get(frame.presence.room_id)
-            if room is not None:
-                for presence in frame.presence.changes:
+            for presence in frame.presence.changes:
+                if room is not None:
                     room.dispatch_presence(presence.user_id, presence.joined)
+                if presence.ended_session_id:
+                    self._peers.offline(presence.user_id, presence.ended_session_id)
         elif kind == "room_changed":
             change = frame.room_changed.change
             if change.kind == room_pb2.RoomChange.KIND_CHANNEL_COMMITTED:
@@ -177,8 +179,6 @@ class Receiver:
                 self._runner.fire("error", error_from_status(frame.go_away.status))
         elif kind == "question":
             self._questions.asked(frame.question)
-        elif kind == "peer_offline":
-            self._peers.offline(frame.peer_offline)
         elif kind == "sealed":
             self._direct.received(frame.sealed)
 

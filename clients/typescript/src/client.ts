@@ -148,6 +148,8 @@ export interface OffsetHistoryOptions {
 
 const NO_ANSWER = ErrorReason[ErrorReason.NO_ANSWER];
 const DRAINING = ErrorReason[ErrorReason.DRAINING];
+// How many ended connections are remembered, to tell each once (as the Python client does).
+const REMEMBERED_ENDINGS = 1000;
 
 /**
  * A connection to Parley as one device of one user.
@@ -172,6 +174,8 @@ export class ParleyClient {
   readonly #reconnect: boolean;
   readonly #maxSendAttempts: number;
   #questionHandler: QuestionHandler | null = null;
+  // Ended connections already reported (one in several of our rooms is reported by each), oldest first.
+  readonly #endedSessions = new Set<string>();
 
   /** Nothing is sent until {@link ParleyClient.connect} (or the first call that needs the server). */
   constructor(options: ClientOptions) {
@@ -601,8 +605,11 @@ export class ParleyClient {
         break;
       case "presence": {
         const room = this.#rooms.get(frame.value.roomId);
-        for (const { userId, joined } of frame.value.changes) {
+        for (const { userId, joined, endedSessionId } of frame.value.changes) {
           room?.dispatchPresence({ userId, joined });
+          if (endedSessionId !== "") {
+            this.#peerOffline(userId, endedSessionId);
+          }
         }
         break;
       }
@@ -639,12 +646,23 @@ export class ParleyClient {
       case "question":
         void this.#answer(frame.value);
         break;
-      case "peerOffline":
-        this.#listeners.emit("peerDisconnected", frame.value.userId);
-        break;
       default:
         break; // sealed direct messages and channel changes: end-to-end features of the Python client
     }
+  }
+
+  #peerOffline(userId: string, sessionId: string): void {
+    if (this.#endedSessions.has(sessionId)) {
+      return;
+    }
+    this.#endedSessions.add(sessionId);
+    if (this.#endedSessions.size > REMEMBERED_ENDINGS) {
+      const oldest = this.#endedSessions.values().next().value;
+      if (oldest !== undefined) {
+        this.#endedSessions.delete(oldest);
+      }
+    }
+    this.#listeners.emit("peerDisconnected", userId);
   }
 
   #roomChanged(change: RoomChange | undefined): void {

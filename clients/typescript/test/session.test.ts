@@ -6,7 +6,7 @@ import { Client as NodeClient } from "../src/node.js";
 import { Client as WebClient, localStorageKeyStore } from "../src/web.js";
 import type { RoomEvent } from "../src/rooms.js";
 import { connectStreamSession, subscribeSession, type SessionFactory } from "../src/session.js";
-import { FakeGateway, defaultAnswer, eventsFrame, recordingSleep, until } from "./fake-gateway.js";
+import { FakeGateway, defaultAnswer, eventsFrame, recordingSleep, until, type FrameInit } from "./fake-gateway.js";
 
 const clients: ParleyClient[] = [];
 
@@ -67,6 +67,46 @@ describe.each([
     expect(key).toMatch(/^[0-9a-f]{32}$/);
     expect(fake.authorization).toBe("Bearer token1");
     expect(client.state).toBe("connected");
+  });
+
+  it("hears a peer go offline from a Presence change, once per ended connection", async () => {
+    const gateway = new FakeGateway();
+    const client = clientOf(gateway, session);
+    await client.connect();
+    const lobby = await client.join("lobby");
+    await client.join("den");
+    const presence: [string, boolean][] = [];
+    lobby.onPresence(({ userId, joined }) => {
+      presence.push([userId, joined]);
+    });
+    const offline: string[] = [];
+    client.onPeerDisconnected((userId) => {
+      offline.push(userId);
+    });
+    const fake = await gateway.session(1);
+    const gone = (roomId: string): FrameInit => ({
+      frame: {
+        case: "presence",
+        value: {
+          roomId,
+          changes: [
+            { userId: "u2", joined: false, endedSessionId: "s-u2" },
+            { userId: "u3", joined: false, endedSessionId: "" },
+          ],
+        },
+      },
+    });
+    // One connection in two of our rooms: reported by each room, told once.
+    fake.push(gone("lobby"));
+    fake.push(gone("den"));
+    await until(() => presence.length === 2);
+    fake.push(eventsFrame("lobby", [1]));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(presence).toEqual([
+      ["u2", false],
+      ["u3", false],
+    ]);
+    expect(offline).toEqual(["u2"]);
   });
 
   it("turns a failed Reply into the typed error, and the session carries on", async () => {

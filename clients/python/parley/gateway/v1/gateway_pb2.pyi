@@ -1276,18 +1276,26 @@ class PresenceChange(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     JOINED_FIELD_NUMBER: _builtins.int
+    ENDED_SESSION_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     joined: _builtins.bool
     """False: the user left (no connection of theirs is in the room any more)."""
+    ended_session_id: _builtins.str
+    """Set when the user went offline in the room: their last connection in it
+    ended (this session) rather than left. A connection that was in several
+    of your rooms is reported by each, with the same session id; `joined` may
+    be true again if the user came back within the same window.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         joined: _builtins.bool = ...,
+        ended_session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["joined", b"joined", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_session_id", b"ended_session_id", "joined", b"joined", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1435,10 +1443,9 @@ Global___AnswerCommand: _TypeAlias = AnswerCommand  # noqa: Y015
 
 @_typing.final
 class PeerOffline(_message.Message):
-    """A user who shares a room with you went offline there: their last
-    connection in that room ended. Rooms with presence off say nothing. A
-    connection that was in several of your rooms is reported by each, with the
-    same session_id.
+    """No longer sent: a user going offline in a room is a PresenceChange with
+    `ended_session_id` set, gathered into the room's Presence frames like every
+    join and leave. Kept so that older clients still parse every frame.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1512,7 +1519,9 @@ class ConnectResponse(_message.Message):
     @_builtins.property
     def question(self) -> Global___ServerQuestion: ...
     @_builtins.property
-    def peer_offline(self) -> Global___PeerOffline: ...
+    def peer_offline(self) -> Global___PeerOffline:
+        """No longer sent (see PeerOffline)."""
+
     @_builtins.property
     def sealed(self) -> Global___SealedEnvelopes: ...
     def __init__(
