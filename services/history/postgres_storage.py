@@ -26,6 +26,7 @@ from services.history.storage import (
     AppendRequest,
     Appends,
     EventRow,
+    IdempotencyKeyRow,
     LogClosed,
     LogStateRow,
     Page,
@@ -320,6 +321,23 @@ class PostgresHistoryStorage:
         async with self._db.connection() as connection:
             cursor = await connection.execute("DELETE FROM idempotency_keys WHERE created_at < %s", [older_than])
             return cursor.rowcount
+
+    async def record_keys(self, rows: Sequence[IdempotencyKeyRow]) -> None:
+        async with self._db.transaction() as connection:
+            await _record_keys(connection, [dataclasses.astuple(row) for row in rows])
+
+    async def recent_keys(self, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
+        async with self._db.connection() as connection:
+            rows = await _all(
+                connection,
+                "SELECT room_id, sender, key, seq, handle, created_at FROM idempotency_keys "
+                "WHERE room_id = %s AND created_at >= %s ORDER BY created_at LIMIT %s",
+                [room_id, since, limit],
+            )
+        return [
+            IdempotencyKeyRow(room_id, sender, key, int(seq), handle, created_at)
+            for room_id, sender, key, seq, handle, created_at in rows
+        ]
 
 
 # Statements, inside the caller's connection (and transaction)

@@ -4,9 +4,11 @@ A room whose events keep no history needs only the next number for each. The
 first such append to a room goes to the store and reserves the next `block`
 numbers with it (`AppendRequest.reserve`); appends that follow and fit in
 the reservation are numbered here, with no transaction at all, until it runs
-out and the next one reserves again. Everything else (kept events,
-idempotency keys, edits, deletes) goes to the store, told where the log
-stands (`after_seq`), so the numbering stays one gap-free sequence.
+out and the next one reserves again. A transient event's idempotency key is
+checked and recorded in memory and written behind (services/history/
+transient_keys.py). Everything else (kept events, edits, deletes) goes to
+the store, told where the log stands (`after_seq`), so the numbering stays
+one gap-free sequence.
 
 What the store holds is never behind: a reservation is written before any
 of its numbers is given out. After a restart the memory is gone and the
@@ -31,6 +33,7 @@ from services.history.storage import (
     Appends,
     EventRow,
     HistoryStorage,
+    IdempotencyKeyRow,
     LogClosed,
     LogStateRow,
     Page,
@@ -40,6 +43,7 @@ from services.history.storage import (
     Since,
     Snapshot,
 )
+from services.history.transient_keys import TransientKeys
 
 # Numbers reserved at a time: a room that keeps nothing writes once per this many events.
 BLOCK = 100
@@ -55,13 +59,19 @@ class _Counter:
 class ReservedSequences:
     """A HistoryStorage that numbers transient-only appends in memory (see the module's text)."""
 
-    def __init__(self, storage: HistoryStorage, block: int = BLOCK) -> None:
+    def __init__(self, storage: HistoryStorage, block: int = BLOCK, keys: TransientKeys | None = None) -> None:
         self._storage = storage
         self._block = block
         self._counters: dict[str, _Counter] = {}
-        # Appends numbered here without a transaction; transactions the store wrote appends in.
+        self._keys = keys if keys is not None else TransientKeys(storage)
+        # Appends numbered here without a transaction.
         self.numbered_in_memory = 0
-        self.transactions = 0
+        self._append_transactions = 0
+
+    @property
+    def transactions(self) -> int:
+        """Transactions written for appends: the store's, and the keys written behind."""
+        return self._append_transactions + self._keys.transactions
 
     # Writes
 
@@ -74,42 +84,75 @@ class ReservedSequences:
         for i, request in enumerate(requests):
             counter = self._counters.get(request.room_id)
             if counter is not None and request.room_id not in to_store and self._fits(request, counter):
-                results[i] = self._number(request, counter)
+                results[i] = self._number(request, counter, now, idempotency_window)
                 continue
             # Once a room's request goes to the store, its later ones follow it there, in order.
             to_store.add(request.room_id)
             after = counter.last if counter is not None else None
-            reserve = self._block if _numbers_only(request) else 0
+            reserve = self._block if _transient(request) else 0
             stored.append((i, dataclasses.replace(request, after_seq=after, reserve=reserve)))
         if stored:
-            self.transactions += 1
+            # The store checks keys itself: it must have every key numbered here first.
+            await self._keys.write()
+            self._append_transactions += 1
             written = await self._storage.append_batch([r for _, r in stored], now, idempotency_window)
             for (i, request), result in zip(stored, written, strict=True):
                 results[i] = result
                 self._follow(request, result)
+                self._remember_stored(request, result, now, idempotency_window)
+            for room_id in to_store:
+                if room_id in self._counters:
+                    await self._keys.hold(room_id, now, idempotency_window)
         return [result for result in results if result is not None]
 
     def _fits(self, request: AppendRequest, counter: _Counter) -> bool:
-        return _numbers_only(request) and counter.last + len(request.events) <= counter.reserved
+        if not _transient(request):
+            return False
+        if any(event.idempotency_key for event in request.events) and not self._keys.holds(request.room_id):
+            return False
+        return counter.last + len(request.events) <= counter.reserved
 
-    def _number(self, request: AppendRequest, counter: _Counter) -> Appends:
+    def _number(self, request: AppendRequest, counter: _Counter, now: float, window: float) -> Appends:
         appended = []
+        room_id = request.room_id
         for event in request.events:
+            key = event.idempotency_key
+            if key:
+                earlier = self._keys.find(room_id, event.sender, key, now - window)
+                if earlier is not None:
+                    appended.append(Appended(earlier.seq, earlier.handle, duplicate=True))
+                    continue
             counter.last += 1
             appended.append(Appended(counter.last, event.handle, duplicate=False))
+            if key:
+                row = IdempotencyKeyRow(room_id, event.sender, key, counter.last, event.handle, now)
+                self._keys.remember(row, written=False, window=window)
         self.numbered_in_memory += 1
         return counter.epoch, appended
+
+    def _remember_stored(self, request: AppendRequest, result: Appends | LogClosed, now: float, window: float) -> None:
+        """Keys the store recorded, so that a room held here still holds every key."""
+        if isinstance(result, LogClosed) or not self._keys.holds(request.room_id):
+            return
+        for event, placed in zip(request.events, result[1], strict=True):
+            if event.idempotency_key and not placed.duplicate:
+                row = IdempotencyKeyRow(
+                    request.room_id, event.sender, event.idempotency_key, placed.seq, placed.handle, now
+                )
+                self._keys.remember(row, written=True, window=window)
 
     def _follow(self, request: AppendRequest, result: Appends | LogClosed) -> None:
         """Learns where the log stands from what the store numbered."""
         if isinstance(result, LogClosed):
             self._counters.pop(request.room_id, None)
+            self._keys.forget(request.room_id)
             return
         epoch, appended = result
         numbered = [placed.seq for placed in appended if not placed.duplicate]
         counter = self._counters.get(request.room_id)
         if counter is not None and counter.epoch != epoch:
             del self._counters[request.room_id]  # a counter of a log that is gone
+            self._keys.forget(request.room_id)
             counter = None
         if request.reserve and numbered:
             last = numbered[-1]
@@ -132,12 +175,16 @@ class ReservedSequences:
         return rewritten
 
     async def drop_log(self, room_id: str, close: bool) -> int:
-        self._counters.pop(room_id, None)
-        return await self._storage.drop_log(room_id, close)
+        async with self._keys.writes_paused():
+            self._counters.pop(room_id, None)
+            self._keys.forget(room_id)
+            return await self._storage.drop_log(room_id, close)
 
     async def reopen_log(self, room_id: str) -> int:
-        self._counters.pop(room_id, None)
-        return await self._storage.reopen_log(room_id)
+        async with self._keys.writes_paused():
+            self._counters.pop(room_id, None)
+            self._keys.forget(room_id)
+            return await self._storage.reopen_log(room_id)
 
     # Reads: the log's newest number as numbered here
 
@@ -212,12 +259,20 @@ class ReservedSequences:
         return await self._storage.prune_room(room_id, now_ms)
 
     async def prune_idempotency_keys(self, older_than: float) -> int:
+        self._keys.expire(older_than)
         return await self._storage.prune_idempotency_keys(older_than)
 
+    async def record_keys(self, rows: Sequence[IdempotencyKeyRow]) -> None:
+        await self._storage.record_keys(rows)
+
+    async def recent_keys(self, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
+        return await self._storage.recent_keys(room_id, since, limit)
+
     async def close(self) -> None:
+        await self._keys.close()
         await self._storage.close()
 
 
-def _numbers_only(request: AppendRequest) -> bool:
-    """Nothing to write but the numbers: every event transient, none with an idempotency key to record."""
-    return all(event.transient and not event.idempotency_key for event in request.events)
+def _transient(request: AppendRequest) -> bool:
+    """Nothing to keep: every event only takes a number (and any idempotency key is recorded)."""
+    return all(event.transient for event in request.events)

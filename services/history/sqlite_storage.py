@@ -24,6 +24,7 @@ from services.history.storage import (
     AppendRequest,
     Appends,
     EventRow,
+    IdempotencyKeyRow,
     LogClosed,
     LogStateRow,
     Page,
@@ -388,6 +389,23 @@ def is_closed(db: sqlite_utils.Database, room_id: str) -> bool:
     return db.execute("SELECT 1 FROM closed_logs WHERE room_id = ?", [room_id]).fetchone() is not None
 
 
+def record_keys(db: sqlite_utils.Database, rows: Sequence[IdempotencyKeyRow]) -> None:
+    db.conn.executemany(
+        "INSERT OR REPLACE INTO idempotency_keys (room_id, sender, key, seq, handle, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [dataclasses.astuple(row) for row in rows],
+    )
+
+
+def recent_keys(db: sqlite_utils.Database, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
+    rows = db.execute(
+        "SELECT room_id, sender, key, seq, handle, created_at FROM idempotency_keys "
+        "WHERE room_id = ? AND created_at >= ? ORDER BY created_at LIMIT ?",
+        [room_id, since, limit],
+    )
+    return [IdempotencyKeyRow(*row) for row in rows.fetchall()]
+
+
 def prune_idempotency_keys(db: sqlite_utils.Database, older_than: float) -> int:
     return db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", [older_than]).rowcount
 
@@ -524,6 +542,12 @@ class SqliteHistoryStorage:
 
     async def prune_idempotency_keys(self, older_than: float) -> int:
         return await self._db.transaction(lambda db: prune_idempotency_keys(db, older_than))
+
+    async def record_keys(self, rows: Sequence[IdempotencyKeyRow]) -> None:
+        await self._db.transaction(lambda db: record_keys(db, rows))
+
+    async def recent_keys(self, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
+        return await self._db.run(lambda db: recent_keys(db, room_id, since, limit))
 
     async def close(self) -> None:
         await self._db.close()

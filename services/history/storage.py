@@ -86,6 +86,18 @@ class Appended:
     duplicate: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class IdempotencyKeyRow:
+    """Where an event with an idempotency key went: a retry from its sender within the window gets it back."""
+
+    room_id: str
+    sender: str
+    key: str
+    seq: int
+    handle: str
+    created_at: float
+
+
 def numbered_after(state: LogStateRow, after_seq: int | None) -> int:
     """The number a write's first sequence follows (see `AppendRequest.after_seq`)."""
     return state.handed_out if after_seq is None else max(state.last_seq, after_seq)
@@ -239,6 +251,13 @@ class HistoryStorage(Protocol):
 
     async def prune_idempotency_keys(self, older_than: float) -> int:
         """Forgets idempotency keys recorded before `older_than`; returns how many."""
+
+    async def record_keys(self, rows: Sequence[IdempotencyKeyRow]) -> None:
+        """Records idempotency keys of events numbered elsewhere (transient ones numbered in memory), in one
+        transaction; a key already recorded takes the new row."""
+
+    async def recent_keys(self, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
+        """The room's idempotency keys recorded since `since`, oldest first, at most `limit`."""
 
     async def close(self) -> None: ...
 

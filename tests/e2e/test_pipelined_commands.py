@@ -80,8 +80,8 @@ def send(s: Stream, **command: object) -> asyncio.Future[gateway_pb2.Reply]:
     return reply
 
 
-def publish(s: Stream, room_id: str, n: int) -> asyncio.Future[gateway_pb2.Reply]:
-    event = gateway_pb2.OutgoingEvent(event="message", payload=value({"n": n}))
+def publish(s: Stream, room_id: str, n: int, key: str = "") -> asyncio.Future[gateway_pb2.Reply]:
+    event = gateway_pb2.OutgoingEvent(event="message", payload=value({"n": n}), idempotency_key=key)
     return send(s, publish=gateway_pb2.PublishCommand(room_id=room_id, events=[event]))
 
 
@@ -107,9 +107,13 @@ async def test_a_slow_join_holds_up_neither_pings_nor_publishes_to_other_rooms(
         assert (await asyncio.wait_for(after_join, 3)).status.code == 0
 
 
-@pytest.mark.parametrize("room_id", ["kept", "lobby"])
+@pytest.mark.parametrize(("room_id", "keyed"), [("kept", False), ("lobby", False), ("lobby", True)])
 async def test_pipelined_publishes_keep_their_order_and_are_committed_together(
-    server: tuple[str, InMemoryMetricReader], tmp_path: Path, room_id: str, monkeypatch: pytest.MonkeyPatch
+    server: tuple[str, InMemoryMetricReader],
+    tmp_path: Path,
+    room_id: str,
+    keyed: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     address, reader = server
     append_batch = SqliteHistoryStorage.append_batch
@@ -128,21 +132,28 @@ async def test_pipelined_publishes_keep_their_order_and_are_committed_together(
         await subscriber.join(room_id)
         transactions = counter(reader, APPEND_TRANSACTIONS_METRIC)
         in_memory = counter(reader, NUMBERED_IN_MEMORY_METRIC)
-        replies = await asyncio.wait_for(asyncio.gather(*(publish(publisher, room_id, n) for n in range(count))), 10)
+        # Keyed like the SDKs' publishes (every one carries an idempotency key).
+        sent = (publish(publisher, room_id, n, f"key-{n}" if keyed else "") for n in range(count))
+        replies = await asyncio.wait_for(asyncio.gather(*sent), 10)
         assert all(reply.status.code == 0 for reply in replies)
         seqs = [reply.publish.seqs[0] for reply in replies]
         # Sequences in the order the commands were sent, with nothing between them.
         assert seqs == list(range(seqs[0], seqs[0] + count))
         received = [payload_of(await subscriber.next_event())["n"] for _ in range(count)]
         assert received == list(range(count))
+        if keyed:
+            retried = await publish(publisher, room_id, 7, "key-7")
+            assert list(retried.publish.seqs) == [seqs[7]], "a retry gets the original back"
+            await subscriber.no_event()
         written = counter(reader, APPEND_TRANSACTIONS_METRIC) - transactions
         numbered = counter(reader, NUMBERED_IN_MEMORY_METRIC) - in_memory
     if room_id == "kept":
         # One connection's publishes share transactions like the publishes of many.
         assert written <= count / 15
     else:
-        # A room that keeps nothing writes only to reserve its numbers, a block at a time.
-        assert written <= count // BLOCK + 1
+        # A room that keeps nothing writes only to reserve its numbers, a block at a time, and (keyed)
+        # the keys numbered in memory, behind and before each reservation.
+        assert written <= (count // BLOCK + 1) * (2 if keyed else 1) + 1
         assert numbered > 0
 
 

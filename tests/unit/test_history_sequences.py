@@ -19,10 +19,12 @@ from services.history.storage import (
     Appends,
     EventRow,
     HistoryStorage,
+    IdempotencyKeyRow,
     LogClosed,
     NewEventRow,
     open_history_storage,
 )
+from services.history.transient_keys import TransientKeys
 from tests.storage_support import storage_config
 
 pytest_plugins = ["tests.storage_backends"]
@@ -59,8 +61,10 @@ def _event(n: int, *, transient: bool = True, key: str = "") -> NewEventRow:
     return NewEventRow("msg", "u", f"h{n}", f"body {n}".encode(), idempotency_key=key, transient=transient)
 
 
-async def _append(storage: HistoryStorage, *events: NewEventRow, room: str = ROOM) -> tuple[str, list[Appended]]:
-    (result,) = await storage.append_batch([AppendRequest(room, list(events))], 1000.0, WINDOW)
+async def _append(
+    storage: HistoryStorage, *events: NewEventRow, room: str = ROOM, now: float = 1000.0
+) -> tuple[str, list[Appended]]:
+    (result,) = await storage.append_batch([AppendRequest(room, list(events))], now, WINDOW)
     assert not isinstance(result, LogClosed)
     return result
 
@@ -178,13 +182,16 @@ def test_numbers_handed_out_are_unique_and_increasing_whatever_happens(
 
     async def scenario() -> None:
         assert await history_on_runner.log_state(room) is None
-        numbers = ReservedSequences(history_on_runner, block=block)
+        keys = TransientKeys(history_on_runner, write_delay=60.0)
+        numbers = ReservedSequences(history_on_runner, block=block, keys=keys)
         given_out: list[int] = []
         kept: list[str] = []
-        keys = 0
+        used = 0
         for n, operation in enumerate(operations):
             if operation == "restart":
-                numbers = ReservedSequences(history_on_runner, block=block)
+                await keys.write()  # a clean stop writes the keys held in memory
+                keys = TransientKeys(history_on_runner, write_delay=60.0)
+                numbers = ReservedSequences(history_on_runner, block=block, keys=keys)
                 continue
             if operation == "edit":
                 if kept:
@@ -197,17 +204,17 @@ def test_numbers_handed_out_are_unique_and_increasing_whatever_happens(
                     given_out.append(edited.change_seq)
                 continue
             if operation == "retry":
-                if keys:
-                    _, placed = await _append(numbers, _event(n, key=f"k{keys}"), room=room)
+                if used:
+                    _, placed = await _append(numbers, _event(n, key=f"k{used}"), room=room)
                     assert placed[0].duplicate
                 continue
             if operation == "keyed":
-                keys += 1
+                used += 1
             events = {
                 "transient": [_event(n)],
                 "transients": [_event(n), _event(n + 10_000)],
                 "kept": [_event(n, transient=False)],
-                "keyed": [_event(n, key=f"k{keys}")],
+                "keyed": [_event(n, key=f"k{used}")],
             }[operation]
             _, placed = await _append(numbers, *events, room=room)
             given_out += _seqs(placed)
@@ -240,3 +247,96 @@ async def test_after_a_restart_reads_reach_as_far_as_numbers_may_have_gone(store
     since = await restarted.since(ROOM, 0, 10)
     assert since.state is not None
     assert since.state.last_seq == 51
+
+
+# Idempotency keys of transient events (services/history/transient_keys.py): checked in memory, written behind.
+
+
+def _keyed(n: int, *, transient: bool = True) -> NewEventRow:
+    return _event(n, key=f"key-{n}", transient=transient)
+
+
+async def test_keyed_transient_events_take_no_write_each_and_a_retry_gets_the_original(store: HistoryStorage) -> None:
+    counting = CountingStorage(store)
+    keys = TransientKeys(counting, write_delay=60.0)  # type: ignore[arg-type]
+    numbers = ReservedSequences(counting, block=100, keys=keys)  # type: ignore[arg-type]
+    seqs = []
+    for n in range(30):
+        seqs += _seqs((await _append(numbers, _keyed(n)))[1])
+    assert seqs == list(range(1, 31))
+    # Only the first append reached the store (it reserved the block); the rest were numbered here.
+    assert counting.transactions == 1
+    assert numbers.transactions == 1
+    _, retried = await _append(numbers, _event(99, key="key-7"))
+    assert retried == [Appended(8, "h7", duplicate=True)]
+    _, twice = await _append(numbers, _event(100, key="same"), _event(101, key="same"))
+    assert twice == [Appended(31, "h100", duplicate=False), Appended(31, "h100", duplicate=True)]
+    assert counting.transactions == 1
+    # Nothing but the first key is in the store yet; one write holds the rest.
+    assert [row.key for row in await store.recent_keys(ROOM, 0.0, 100)] == ["key-0"]
+    await keys.write()
+    assert len(await store.recent_keys(ROOM, 0.0, 100)) == 31
+    assert numbers.transactions == 2
+
+
+async def test_keys_are_written_behind_and_a_retry_after_a_restart_is_recognised(store: HistoryStorage) -> None:
+    numbers = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=0.05))
+    await _append(numbers, *(_keyed(n) for n in range(5)))
+    await _append(numbers, _keyed(5))  # numbered in memory
+    for _ in range(100):
+        if len(await store.recent_keys(ROOM, 0.0, 100)) == 6:
+            break
+        await asyncio.sleep(0.02)
+    restarted = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=60.0))
+    _, retried = await _append(restarted, _event(50, key="key-5"))
+    assert retried == [Appended(6, "h5", duplicate=True)]
+    # Its first new event reads the room's keys once: later retries are answered from memory.
+    await _append(restarted, _event(51))
+    _, again = await _append(restarted, _event(52, key="key-2"))
+    assert again == [Appended(3, "h2", duplicate=True)]
+    assert restarted.numbered_in_memory == 1
+
+
+async def test_a_kept_event_sees_the_key_of_a_transient_one_not_yet_written(store: HistoryStorage) -> None:
+    numbers = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=60.0))
+    await _append(numbers, _event(0))
+    _, first = await _append(numbers, _event(1, key="k"))
+    _, kept = await _append(numbers, _event(2, key="k", transient=False))
+    assert kept == [Appended(first[0].seq, "h1", duplicate=True)]
+
+
+async def test_a_busy_room_is_left_to_the_store_and_its_retries_still_recognised(store: HistoryStorage) -> None:
+    counting = CountingStorage(store)
+    keys = TransientKeys(counting, write_delay=60.0, max_per_room=5)  # type: ignore[arg-type]
+    numbers = ReservedSequences(counting, block=100, keys=keys)  # type: ignore[arg-type]
+    for n in range(6):
+        await _append(numbers, _keyed(n))
+    assert counting.transactions == 1
+    assert not keys.holds(ROOM)
+    for n in range(6, 9):
+        await _append(numbers, _keyed(n))
+    # Over the limit: each keyed append goes to the store again.
+    assert counting.transactions == 4
+    for n in (2, 7):
+        _, retried = await _append(numbers, _event(100 + n, key=f"key-{n}"))
+        assert retried == [Appended(n + 1, f"h{n}", duplicate=True)]
+
+
+async def test_a_key_older_than_the_window_is_a_new_event(store: HistoryStorage) -> None:
+    numbers = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=60.0))
+    await _append(numbers, _event(0))
+    await _append(numbers, _event(1, key="k"))
+    _, later = await _append(numbers, _event(2, key="k"), now=1000.0 + WINDOW + 1)
+    assert later == [Appended(3, "h2", duplicate=False)]
+
+
+async def test_a_dropped_log_forgets_its_keys(store: HistoryStorage) -> None:
+    keys = TransientKeys(store, write_delay=60.0)
+    numbers = ReservedSequences(store, block=100, keys=keys)
+    await _append(numbers, _event(0))
+    await _append(numbers, _event(1, key="k"))
+    await numbers.drop_log(ROOM, close=False)
+    await keys.write()
+    _, again = await _append(numbers, _event(2, key="k"))
+    assert again == [Appended(1, "h2", duplicate=False)]
+    assert await store.recent_keys(ROOM, 0.0, 10) == [IdempotencyKeyRow(ROOM, "u", "k", 1, "h2", 1000.0)]
