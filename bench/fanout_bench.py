@@ -1,6 +1,7 @@
-"""Fan-out benchmark: Parley against python-socketio and nats-server, every system with the same client behaviour.
+"""Fan-out benchmark: Parley against python-socketio, nats-server and a bare grpc.aio server, same clients for all.
 
-    python -m bench.fanout_bench [--quick] [--systems parley,parley_2gw,socketio,nats] [--scenarios NAME,...]
+    python -m bench.fanout_bench [--quick] [--systems parley,parley_2gw,socketio,nats,grpc_floor]
+                                 [--scenarios NAME,...]
                                  [--workers K] [--history] [--gateway-layout reuseport|ports]
                                  [--out FILE] [--plot FILE.png]
 
@@ -8,9 +9,12 @@ Every system's server runs in child processes of its own, so their CPU time
 and memory, read from /proc, are kept apart from the clients'. The systems:
 `parley` (`parley serve`, all-in-one), `parley_2gw` (two gateway processes on
 a NATS bus, bench/fanout_parley.py), `socketio` (a python-socketio
-AsyncServer, bench/socketio_server.py) and `nats` (Debian's nats-server, the
-ceiling). All run in the same invocation, interleaved: each scenario runs on
-every system in turn before the next (bench/fanout_run.py).
+AsyncServer, bench/socketio_server.py), `nats` (Debian's nats-server, the
+ceiling) and `grpc_floor` (bench/grpc_floor_server.py: the least a grpc.aio
+server does for these clients, a bidi stream of raw frames, a queue per
+connection, one message per event; the floor under any grpc.aio server,
+Parley's included). All run in the same invocation, interleaved: each
+scenario runs on every system in turn before the next (bench/fanout_run.py).
 
 The same client behaviour for all (bench/fanout_subscribers.py,
 bench/fanout_publishers.py): every subscriber is its own user on its own TCP
@@ -52,7 +56,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench.fanout_baselines import NatsSystem, SocketIOSystem
+from bench.fanout_baselines import GrpcFloorSystem, NatsSystem, SocketIOSystem
 from bench.fanout_measure import STALL_SECONDS, WARMUP_MESSAGES
 from bench.fanout_parley import BENCH_TOML, GATEWAY_LAYOUTS, HISTORY_EVENTS_TOML, PARLEY_ENV, ParleySystem
 from bench.fanout_plot import plot
@@ -90,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help=f"comma-separated systems to run (default {','.join(SYSTEMS)})",
+        help="comma-separated systems to run: parley (all-in-one), parley_2gw (two gateway processes), socketio "
+        f"(python-socketio), nats (nats-server), grpc_floor (a bare grpc.aio server) (default {','.join(SYSTEMS)})",
     )
     parser.add_argument(
         "--scenarios",
@@ -122,6 +127,8 @@ def make_system(
         return SocketIOSystem(log_dir, groups)
     if name == "nats":
         return NatsSystem(log_dir, groups)
+    if name == "grpc_floor":
+        return GrpcFloorSystem(log_dir, groups)
     layout = args.gateway_layout if name == "parley_2gw" else ""
     return ParleySystem(log_dir, groups, rooms_needed(scenarios), keep_history=args.history, gateway_layout=layout)
 

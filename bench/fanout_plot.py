@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-COLOURS = {"parley": "#2b6cb0", "parley_2gw": "#63b3ed", "socketio": "#dd6b20", "nats": "#38a169"}
+COLOURS = {
+    "parley": "#2b6cb0",
+    "parley_2gw": "#63b3ed",
+    "socketio": "#dd6b20",
+    "nats": "#38a169",
+    "grpc_floor": "#805ad5",
+}
 
 
 def plot(document: dict[str, Any], path: Path) -> None:

@@ -10,6 +10,8 @@ call, reading its reply before the call returns where the system gives one:
 - nats-server: nats-py's core `publish`, one per event. Core NATS has no
   reply, so the call returns once the message is buffered; the publisher
   flushes (a PING answered) when it is done. nats-server is the ceiling.
+- the grpc.aio floor: a publish frame on its /floor.Floor/Connect stream
+  (bench/grpc_floor_wire.py), one per event, its ack awaited.
 
 `full_speed` and `at_rate` keep at most WINDOW calls outstanding; a call that
 raises is a lost event, counted by reason. `batched` is an extra for Parley
@@ -28,8 +30,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from bench.fanout_subscribers import OPEN_TIMEOUT_SECONDS, nats_subject
-from bench.fanout_wire import EVENT, payload
+from bench import grpc_floor_wire
+from bench.fanout_subscribers import OPEN_TIMEOUT_SECONDS, GrpcFloorSubscriber, nats_subject
+from bench.fanout_wire import EVENT, Stats, payload
 from parley.client import Client
 from parley.device_identity import DeviceIdentity
 from parley.rooms import Room
@@ -138,6 +141,38 @@ class NatsPublisher:
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError, OSError):
             await asyncio.wait_for(self._client.close(), 5)
+
+
+class GrpcFloorPublisher:
+    """A floor stream of its own that joins no room: its events reach none but the room's members."""
+
+    reads_replies = True
+
+    def __init__(self, stream: GrpcFloorSubscriber, room: str) -> None:
+        self._stream = stream
+        self._room = room
+
+    @classmethod
+    async def open(cls, address: str, room: str) -> GrpcFloorPublisher:
+        stream = GrpcFloorSubscriber(address, Stats())
+        try:
+            await stream.connect()
+        except BaseException:
+            await stream.close()
+            raise
+        return cls(stream, room)
+
+    async def send(self, data: str) -> None:
+        encoded = data.encode()
+        await self._stream.request(
+            lambda request_id: grpc_floor_wire.publish(request_id, self._room, encoded), CALL_TIMEOUT_SECONDS
+        )
+
+    async def flush(self) -> None:
+        return None  # every send has had its ack
+
+    async def close(self) -> None:
+        await self._stream.close()
 
 
 @dataclasses.dataclass

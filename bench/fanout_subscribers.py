@@ -13,6 +13,10 @@ during a join storm) and every event in the process's `Stats`.
   Socket.IO CONNECT; joining is a "join" event with an ack, ready at the ack.
 - nats-server: a nats-py client on its own connection, named for its user;
   joining is a SUB, ready when a PING sent after it is answered.
+- the grpc.aio floor: a /floor.Floor/Connect stream of raw frames
+  (bench/grpc_floor_wire.py) on its own grpc.aio channel (a local subchannel
+  pool, as Parley's); joining is a join frame, ready at its ack. It has no
+  users: the spec's user is not sent.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import resource
 import time
@@ -29,6 +34,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from nats.aio.msg import Msg
 
+from bench import grpc_floor_wire
 from bench.fanout_wire import ROOM, Stats
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from services.runtime.nats_bus import OrderedFlushClient
@@ -234,6 +240,79 @@ class SocketIOSubscriber:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class GrpcFloorSubscriber:
+    """A /floor.Floor/Connect stream on its own channel; `request` writes a frame and waits for its ack."""
+
+    OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
+
+    def __init__(self, address: str, stats: Stats) -> None:
+        self._address = address
+        self._stats = stats
+        self.frames: collections.Counter[str] = collections.Counter()
+        self.server_id = ""
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._request_ids = itertools.count(1)
+        # One write at a time on the stream: a publisher has many requests outstanding.
+        self._writing = asyncio.Lock()
+        self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.StreamStreamCall[bytes, bytes] | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self._address, options=self.OPTIONS)
+        await asyncio.wait_for(self._channel.channel_ready(), OPEN_TIMEOUT_SECONDS)
+        # No (de)serializers: the messages are the frames' bytes as they are.
+        connect = self._channel.stream_stream(grpc_floor_wire.METHOD, None, None)
+        self._call = connect(None)
+        self._reader = asyncio.create_task(self._read(self._call))
+
+    async def join(self, room: str) -> None:
+        await self.request(lambda request_id: grpc_floor_wire.join(request_id, room), JOIN_TIMEOUT_SECONDS)
+
+    async def request(self, frame_of: Callable[[int], bytes], within_seconds: float) -> None:
+        """Writes the frame `frame_of` makes for a new request id and returns at its ack."""
+        assert self._call is not None, "connect() first"
+        request_id = next(self._request_ids)
+        answered = self._acks[request_id] = asyncio.get_running_loop().create_future()
+        try:
+            async with self._writing:
+                await self._call.write(frame_of(request_id))
+            await asyncio.wait_for(answered, within_seconds)
+        finally:
+            self._acks.pop(request_id, None)
+
+    async def _read(self, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        stats, frames = self._stats, self.frames
+        event, ack = grpc_floor_wire.EVENT[0], grpc_floor_wire.ACK[0]
+        try:
+            while isinstance(frame := await call.read(), bytes):
+                if frame[0] == event:
+                    frames["event"] += 1
+                    stats.record(frame[1:].decode(), time.time_ns())
+                elif frame[0] != ack:
+                    frames["other"] += 1
+                else:
+                    frames["ack"] += 1
+                    answered = self._acks.get(grpc_floor_wire.acked_request_id(frame))
+                    if answered is not None and not answered.done():
+                        answered.set_result(None)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                stats.errors[exc.code().name] += 1
+        finally:
+            for answered in self._acks.values():
+                if not answered.done():
+                    answered.set_exception(ConnectionError("the Connect stream ended before the ack"))
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._channel is not None:
+            await self._channel.close(None)
 
 
 class NatsSubscriber:

@@ -95,7 +95,7 @@ class ServerGroup:
 
 
 class SystemUnderTest(Protocol):
-    # "parley", "parley_2gw", "socketio", "nats": the key of its results.
+    # "parley", "parley_2gw", "socketio", "nats", "grpc_floor": the key of its results.
     name: str
     label: str
     # The worker processes' subscriber kind (bench/fanout_worker.py).

@@ -10,6 +10,10 @@ Targets (Parley is the all-in-one server; the others ran in the same invocation)
 
 A target is met only if Parley also made every delivery (or join) it was
 asked for; whether the baseline did is shown beside it.
+
+The grpc.aio floor has no target: the comparison's `parley_over_grpc_floor_*`
+ratios say how far Parley is from the least a grpc.aio server does for the
+same clients, so which targets grpc.aio's own per-message cost bounds.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import Any
 from bench.fanout_scenarios import Scenario
 from bench.report import ratio
 
-SYSTEMS = ("parley", "parley_2gw", "socketio", "nats")
-LABELS = {"socketio": "python-socketio", "nats": "nats-server"}
+SYSTEMS = ("parley", "parley_2gw", "socketio", "nats", "grpc_floor")
+LABELS = {"socketio": "python-socketio", "nats": "nats-server", "grpc_floor": "the grpc.aio floor"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +95,9 @@ def comparison(results: dict[str, Any], scenarios: Sequence[Scenario]) -> dict[s
                 }.items()
                 if value is not None
             }
-        parley, socketio, nats, two = (row.get(s, {}) for s in ("parley", "socketio", "nats", "parley_2gw"))
+        parley, socketio, nats, two, floor = (
+            row.get(s, {}) for s in ("parley", "socketio", "nats", "parley_2gw", "grpc_floor")
+        )
         ratios = {
             "parley_over_socketio_deliveries_per_s": ratio(
                 parley.get("deliveries_per_s"), socketio.get("deliveries_per_s")
@@ -108,6 +114,17 @@ def comparison(results: dict[str, Any], scenarios: Sequence[Scenario]) -> dict[s
             "parley_over_socketio_seconds": ratio(parley.get("seconds"), socketio.get("seconds")),
             "parley_over_socketio_kib_per_connection": ratio(
                 parley.get("kib_per_connection"), socketio.get("kib_per_connection")
+            ),
+            "parley_over_grpc_floor_deliveries_per_s": ratio(
+                parley.get("deliveries_per_s"), floor.get("deliveries_per_s")
+            ),
+            "parley_over_grpc_floor_p99": ratio(parley.get("p99_ms"), floor.get("p99_ms")),
+            "parley_over_grpc_floor_server_cpu_per_delivery": ratio(
+                parley.get("server_cpu_us_per_delivery"), floor.get("server_cpu_us_per_delivery")
+            ),
+            "parley_over_grpc_floor_seconds": ratio(parley.get("seconds"), floor.get("seconds")),
+            "parley_over_grpc_floor_kib_per_connection": ratio(
+                parley.get("kib_per_connection"), floor.get("kib_per_connection")
             ),
         }
         row["ratios"] = {name: value for name, value in ratios.items() if value is not None}

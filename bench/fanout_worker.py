@@ -1,6 +1,6 @@
 """A fan-out benchmark worker: a process holding some of the subscribers, driven over stdin/stdout.
 
-    python -m bench.fanout_worker --system parley|socketio|nats
+    python -m bench.fanout_worker --system parley|socketio|nats|grpc_floor
 
 Started by the benchmark (`bench/fanout_worker_pool.py`), never by hand. It
 reads one JSON command per line on stdin and answers each with one JSON line
@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from bench.fanout_subscribers import (
+    GrpcFloorSubscriber,
     NatsSubscriber,
     ParleySubscriber,
     SocketIOSubscriber,
@@ -43,7 +44,7 @@ from bench.fanout_subscribers import (
 )
 from bench.fanout_wire import Stats
 
-SUBSCRIBER_KINDS = ("parley", "socketio", "nats")
+SUBSCRIBER_KINDS = ("parley", "socketio", "nats", "grpc_floor")
 
 
 # Commands may carry whole latency sample sets.
@@ -73,6 +74,8 @@ class Worker:
             return ParleySubscriber(spec["address"], spec["token"], self.stats)
         if self.kind == "nats":
             return NatsSubscriber(spec["address"], spec["user"], self.stats)
+        if self.kind == "grpc_floor":
+            return GrpcFloorSubscriber(spec["address"], self.stats)
         if self._session is None:
             import aiohttp
 

@@ -182,6 +182,13 @@ def test_fanout_bench_runs_the_python_socketio_baseline() -> None:
     assert storm["frames_per_subscriber_until_all_ready"]["ack"]["total"] == 40
 
 
+def test_fanout_bench_runs_the_grpc_floor() -> None:
+    result = run_fanout_bench("--systems", "grpc_floor", "--scenarios", "full_n100,join_storm")
+    floor = result["systems"]["grpc_floor"]
+    assert_every_delivery_made(floor["scenarios"]["full_n100"], reads_each_reply=True)  # every publish acked
+    assert floor["scenarios"]["join_storm"]["joined"] == 40
+
+
 @pytest.mark.parametrize(
     ("line", "level"),
     [
