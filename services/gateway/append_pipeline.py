@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections import deque
 from collections.abc import Sequence
 
@@ -33,8 +34,11 @@ class _Append:
     events: Sequence[history_pb2.NewEvent]
     no_echo_session: str
     done: asyncio.Future[Placed]
-    # The events' encoded bytes (what a merged request carries).
-    size: int
+
+    @functools.cached_property
+    def size(self) -> int:
+        """The events' encoded bytes (what a merged request carries): counted only for an append that waited."""
+        return sum(event.ByteSize() for event in self.events)
 
 
 # Appends are merged into one request up to this many bytes of events: well under the 4 MiB a
@@ -57,7 +61,7 @@ class AppendPipeline:
         """
         done: asyncio.Future[Placed] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.get(room_id)
-        append = _Append(events, no_echo_session, done, sum(event.ByteSize() for event in events))
+        append = _Append(events, no_echo_session, done)
         if waiting is not None:
             waiting.append(append)
         else:
@@ -97,6 +101,9 @@ class AppendPipeline:
             del self._waiting[room_id]
             return
         batch = [waiting.popleft()]
+        if not waiting:
+            self._send(room_id, batch)
+            return
         count, size = len(batch[0].events), batch[0].size
         while (
             waiting

@@ -324,7 +324,9 @@ class PostgresHistoryStorage:
 
     async def record_keys(self, rows: Sequence[IdempotencyKeyRow]) -> None:
         async with self._db.transaction() as connection:
-            await _record_keys(connection, [dataclasses.astuple(row) for row in rows])
+            await _record_keys(
+                connection, [(row.room_id, row.sender, row.key, row.seq, row.handle, row.created_at) for row in rows]
+            )
 
     async def recent_keys(self, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
         async with self._db.connection() as connection:

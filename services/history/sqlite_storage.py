@@ -393,7 +393,7 @@ def record_keys(db: sqlite_utils.Database, rows: Sequence[IdempotencyKeyRow]) ->
     db.conn.executemany(
         "INSERT OR REPLACE INTO idempotency_keys (room_id, sender, key, seq, handle, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        [dataclasses.astuple(row) for row in rows],
+        [(row.room_id, row.sender, row.key, row.seq, row.handle, row.created_at) for row in rows],
     )
 
 
