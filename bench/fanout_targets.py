@@ -13,7 +13,9 @@ asked for; whether the baseline did is shown beside it.
 
 The grpc.aio floor has no target: the comparison's `parley_over_grpc_floor_*`
 ratios say how far Parley is from the least a grpc.aio server does for the
-same clients, so which targets grpc.aio's own per-message cost bounds.
+same clients, and each target also gives the floor's own ratio
+(`grpc_floor_ratio`, `grpc_floor_meets`): a target the floor misses is
+bounded by grpc.aio's own per-message cost, whatever Parley does above it.
 """
 
 from __future__ import annotations
@@ -137,12 +139,19 @@ def _figure(outcome: dict[str, Any], measure: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def _meets(target: Target, value: float | None, outcome: dict[str, Any]) -> bool | None:
+    if value is None:
+        return None
+    return bool((value >= target.limit if target.at_least else value <= target.limit) and outcome.get("complete"))
+
+
 def check(target: Target, results: dict[str, Any]) -> dict[str, Any]:
     ours, theirs = _outcome(results, "parley", target.scenario), _outcome(results, target.against, target.scenario)
     value = ratio(_figure(ours, target.measure), _figure(theirs, target.measure))
-    met: bool | None = None
-    if value is not None:
-        met = bool((value >= target.limit if target.at_least else value <= target.limit) and ours.get("complete"))
+    met = _meets(target, value, ours)
+    # The same ratio for the grpc.aio floor: whether grpc.aio itself, doing nothing else, meets the target.
+    floor = _outcome(results, "grpc_floor", target.scenario)
+    floor_value = ratio(_figure(floor, target.measure), _figure(theirs, target.measure))
     return {
         "target": target.text,
         "scenario": target.scenario,
@@ -153,6 +162,8 @@ def check(target: Target, results: dict[str, Any]) -> dict[str, Any]:
         "met": met,
         "parley_complete": ours.get("complete"),
         "baseline_complete": theirs.get("complete"),
+        "grpc_floor_ratio": floor_value,
+        "grpc_floor_meets": _meets(target, floor_value, floor),
     }
 
 

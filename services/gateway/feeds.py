@@ -10,7 +10,8 @@ the outbox of every member subscribed to its name.
 
 Joins and leaves are not sequenced: the feed gathers them for
 `presence_window` seconds (longer in a big room: one window per 100 local
-members, up to a second) and sends every member one Presence frame for all
+members, up to a second, and a window that gathers a storm of joins grows
+with the room) and sends every member one Presence frame for all
 of them (each user once, in the order of their latest change), so a storm of
 N joins costs each member a frame per window rather than N frames. A member
 going offline (their last connection ended) is a leave that names the ended
@@ -81,6 +82,8 @@ class RoomFeed:
         # Joins and leaves since the last Presence frame: user -> their latest change, latest last.
         self._presence: dict[str, gateway_pb2.PresenceChange] = {}
         self._presence_timer: asyncio.TimerHandle | None = None
+        # When the window's first change came (loop time).
+        self._presence_opened = 0.0
         self._sequencer: Sequencer[RoomMessage] = Sequencer()
         self._retired_epochs: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -300,15 +303,31 @@ class RoomFeed:
         self._presence[change.user_id] = change
         if self._presence_timer is None and not self._closed:
             loop = asyncio.get_running_loop()
+            self._presence_opened = loop.time()
             self._presence_timer = loop.call_later(self._presence_window(), self._send_presence)
 
     def _presence_window(self) -> float:
         windows = max(1.0, len(self.members) / MEMBERS_PER_PRESENCE_WINDOW)
         return min(self._settings.presence_window * windows, max(MAX_PRESENCE_WINDOW, self._settings.presence_window))
 
+    def _storm_goes_on(self) -> bool:
+        """A storm of joins (a window's worth of changes or more) to a room that grew meanwhile: the window
+        grows with the room (see `_presence_window`, counted from its first change), so members hear of the
+        storm in few frames, mostly once it is over, instead of one per short early window."""
+        if len(self._presence) < MEMBERS_PER_PRESENCE_WINDOW or self._closed:
+            return False
+        loop = asyncio.get_running_loop()
+        remaining = self._presence_window() - (loop.time() - self._presence_opened)
+        if remaining < self._settings.presence_window / 10:
+            return False
+        self._presence_timer = loop.call_later(remaining, self._send_presence)
+        return True
+
     def _send_presence(self) -> None:
         """One frame (per PRESENCE_CHANGES_PER_FRAME) of the window's joins and leaves, shared by every member."""
         self._presence_timer = None
+        if self._storm_goes_on():
+            return
         changes = list(self._presence.values())
         self._presence = {}
         for start in range(0, len(changes), PRESENCE_CHANGES_PER_FRAME):

@@ -131,3 +131,25 @@ async def test_a_room_without_presence_sends_no_presence_frames() -> None:
     await asyncio.sleep(0.05)
     assert presence_frames(joined) == []
     feed.close()
+
+
+async def test_a_storm_of_joins_reaches_early_members_once_it_is_over_not_in_every_short_window() -> None:
+    feed = RoomFeed("room", SlowLog(), settings(presence_window=0.05))
+    first = member("s0")
+    feed.add(first)
+    feed.receive(room_stream.presence_message("room", "user0", True))  # opens a 50 ms window (one member)
+    # The storm: the room grows to 300 members, each join a change, within that first window.
+    for i in range(1, 300):
+        feed.add(member(f"s{i}"))
+        feed.receive(room_stream.presence_message("room", f"user{i}", True))
+    await asyncio.sleep(0.08)
+    # Past the first window: a room of 300 has a window three times as long, and the storm grew it.
+    assert presence_frames(first) == []
+    await asyncio.sleep(0.3)
+    (frame,) = presence_frames(first)
+    assert [c.user_id for c in frame.changes] == [f"user{i}" for i in range(300)]
+    # A quiet change later is told in a window of its own, not held for a storm.
+    feed.receive(room_stream.presence_message("room", "late", True))
+    await asyncio.sleep(0.4)
+    assert [c.user_id for c in presence_frames(first)[-1].changes] == ["late"]
+    feed.close()
