@@ -19,6 +19,7 @@ from parley.values import to_value
 from services.gateway.append_pipeline import AppendPipeline, Placed
 from services.gateway.feeds import RoomFeeds
 from services.gateway.history_client import HistoryAppender
+from services.history.limits import check_idempotency_key
 from services.room.definitions import EVENT_NAME
 from services.room.rules import ANY_EVENT, EventRules, to_json
 from services.runtime.config import GatewayConfig
@@ -258,6 +259,7 @@ def _bad_transform(why: str, **metadata: str) -> ServiceError:
 
 def check_event(event: gateway_pb2.OutgoingEvent) -> None:
     check_event_name(event.event, "event")
+    check_idempotency_key(event.idempotency_key, "idempotency_key")
 
 
 def check_event_name(name: str, field: str) -> None:

@@ -81,28 +81,37 @@ class ReservedSequences:
         results: list[Appends | LogClosed | None] = [None] * len(requests)
         stored: list[tuple[int, AppendRequest]] = []
         to_store: set[str] = set()
-        for i, request in enumerate(requests):
-            counter = self._counters.get(request.room_id)
-            if counter is not None and request.room_id not in to_store and self._fits(request, counter):
-                results[i] = self._number(request, counter, now, idempotency_window)
-                continue
-            # Once a room's request goes to the store, its later ones follow it there, in order.
-            to_store.add(request.room_id)
-            after = counter.last if counter is not None else None
-            reserve = self._block if _transient(request) else 0
-            stored.append((i, dataclasses.replace(request, after_seq=after, reserve=reserve)))
-        if stored:
-            # The store checks keys itself: it must have every key numbered here first.
-            await self._keys.write()
-            self._append_transactions += 1
-            written = await self._storage.append_batch([r for _, r in stored], now, idempotency_window)
-            for (i, request), result in zip(stored, written, strict=True):
-                results[i] = result
-                self._follow(request, result)
-                self._remember_stored(request, result, now, idempotency_window)
-            for room_id in to_store:
-                if room_id in self._counters:
-                    await self._keys.hold(room_id, now, idempotency_window)
+        # Keys numbered here by this batch: if it fails, nothing was delivered and a retry is a new event.
+        remembered: list[IdempotencyKeyRow] = []
+        written: list[Appends | LogClosed] = []
+        try:
+            for i, request in enumerate(requests):
+                counter = self._counters.get(request.room_id)
+                if counter is not None and request.room_id not in to_store and self._fits(request, counter):
+                    results[i] = self._number(request, counter, now, idempotency_window, remembered)
+                    continue
+                # Once a room's request goes to the store, its later ones follow it there, in order.
+                to_store.add(request.room_id)
+                after = counter.last if counter is not None else None
+                reserve = self._block if _transient(request) else 0
+                stored.append((i, dataclasses.replace(request, after_seq=after, reserve=reserve)))
+            if stored:
+                # The store checks keys itself: it must have every key numbered here first.
+                await self._keys.write()
+                self._append_transactions += 1
+                written = await self._storage.append_batch([r for _, r in stored], now, idempotency_window)
+        except BaseException:
+            self._keys.take_back(remembered)
+            raise
+        for (i, request), result in zip(stored, written, strict=True):
+            results[i] = result
+            self._follow(request, result)
+            self._remember_stored(request, result, now)
+        for room_id in to_store:
+            if room_id in self._counters:
+                await self._keys.hold(room_id, now, idempotency_window)
+        for room_id in {request.room_id for request in requests}:
+            self._keys.trim(room_id, now, idempotency_window)
         return [result for result in results if result is not None]
 
     def _fits(self, request: AppendRequest, counter: _Counter) -> bool:
@@ -112,7 +121,14 @@ class ReservedSequences:
             return False
         return counter.last + len(request.events) <= counter.reserved
 
-    def _number(self, request: AppendRequest, counter: _Counter, now: float, window: float) -> Appends:
+    def _number(
+        self,
+        request: AppendRequest,
+        counter: _Counter,
+        now: float,
+        window: float,
+        remembered: list[IdempotencyKeyRow],
+    ) -> Appends:
         appended = []
         room_id = request.room_id
         for event in request.events:
@@ -126,11 +142,12 @@ class ReservedSequences:
             appended.append(Appended(counter.last, event.handle, duplicate=False))
             if key:
                 row = IdempotencyKeyRow(room_id, event.sender, key, counter.last, event.handle, now)
-                self._keys.remember(row, written=False, window=window)
+                self._keys.remember(row, written=False)
+                remembered.append(row)
         self.numbered_in_memory += 1
         return counter.epoch, appended
 
-    def _remember_stored(self, request: AppendRequest, result: Appends | LogClosed, now: float, window: float) -> None:
+    def _remember_stored(self, request: AppendRequest, result: Appends | LogClosed, now: float) -> None:
         """Keys the store recorded, so that a room held here still holds every key."""
         if isinstance(result, LogClosed) or not self._keys.holds(request.room_id):
             return
@@ -139,7 +156,7 @@ class ReservedSequences:
                 row = IdempotencyKeyRow(
                     request.room_id, event.sender, event.idempotency_key, placed.seq, placed.handle, now
                 )
-                self._keys.remember(row, written=True, window=window)
+                self._keys.remember(row, written=True)
 
     def _follow(self, request: AppendRequest, result: Appends | LogClosed) -> None:
         """Learns where the log stands from what the store numbered."""
@@ -181,9 +198,12 @@ class ReservedSequences:
             return await self._storage.drop_log(room_id, close)
 
     async def reopen_log(self, room_id: str) -> int:
+        """An open log stays as it is, keys included: they are written first. (A closed one has none
+        waiting: `drop_log` forgot them.)"""
         async with self._keys.writes_paused():
+            await self._keys.write_while_paused()
             self._counters.pop(room_id, None)
-            self._keys.forget(room_id)
+            self._keys.unhold(room_id)
             return await self._storage.reopen_log(room_id)
 
     # Reads: the log's newest number as numbered here
@@ -269,8 +289,10 @@ class ReservedSequences:
         return await self._storage.recent_keys(room_id, since, limit)
 
     async def close(self) -> None:
-        await self._keys.close()
-        await self._storage.close()
+        try:
+            await self._keys.close()
+        finally:
+            await self._storage.close()
 
 
 def _transient(request: AppendRequest) -> bool:

@@ -13,7 +13,7 @@ from parley.history.v1 import history_pb2
 from services.history.announcer import LogAnnouncer
 from services.history.appender import GroupCommitter
 from services.history.hot import HotBuffer
-from services.history.limits import MAX_EVENTS_PER_APPEND
+from services.history.limits import MAX_EVENTS_PER_APPEND, check_idempotency_key
 from services.history.log_readers import LogReaders
 from services.history.mailboxes import Mailboxes
 from services.history.storage import (
@@ -139,6 +139,7 @@ class HistoryServicer:
                 raise invalid_field(f"events[{i}].event", "is required")
             if not event.handle:
                 raise invalid_field(f"events[{i}].handle", "is required")
+            check_idempotency_key(event.idempotency_key, f"events[{i}].idempotency_key")
             time_ms = event.time_ms or int(time.time() * 1000)
             logged = history_pb2.LoggedEvent(
                 event=event.event,

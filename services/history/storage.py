@@ -86,7 +86,7 @@ class Appended:
     duplicate: bool
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class IdempotencyKeyRow:
     """Where an event with an idempotency key went: a retry from its sender within the window gets it back."""
 

@@ -69,6 +69,18 @@ async def test_a_retry_with_the_same_key_is_stored_once(history: history_pb2_grp
     assert len(page.events) == 1
 
 
+@pytest.mark.parametrize("key", ["k" * 129, "a\x00b", "line\nbreak"])
+async def test_an_idempotency_key_every_store_can_keep_or_a_named_refusal(
+    history: history_pb2_grpc.HistoryServiceStub, key: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await append(history, "r", new_event(1), new_event(2, key=key))
+    assert error_reason(caught.value) == "VALIDATION_FAILED"
+    assert (caught.value.details() or "").startswith("events[1].idempotency_key:")
+    # Nothing of the request was appended, and the log goes on.
+    assert (await append(history, "r", new_event(3, key="k" * 128))).appended[0].seq == 1
+
+
 async def test_pages_by_cursor_and_offset_over_ten_thousand_events(
     history: history_pb2_grpc.HistoryServiceStub,
 ) -> None:

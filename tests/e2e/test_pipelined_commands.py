@@ -157,6 +157,21 @@ async def test_pipelined_publishes_keep_their_order_and_are_committed_together(
         assert numbered > 0
 
 
+async def test_a_publish_with_an_idempotency_key_no_store_can_keep_is_refused_alone(
+    server: tuple[str, InMemoryMetricReader], tmp_path: Path
+) -> None:
+    address, _ = server
+    async with stream(address, await token_of(address, "pat", tmp_path)) as publisher:
+        await publisher.join("lobby")
+        sent = [publish(publisher, "lobby", 0, "a\x00b"), publish(publisher, "lobby", 1, "k" * 200)]
+        sent.append(publish(publisher, "lobby", 2, "fine"))
+        refused_nul, refused_long, accepted = await asyncio.wait_for(asyncio.gather(*sent), 5)
+    for refused in (refused_nul, refused_long):
+        assert refused.status.reason == "VALIDATION_FAILED"
+        assert refused.status.message.startswith("idempotency_key:")
+    assert accepted.status.code == 0
+
+
 async def test_a_restart_costs_a_room_that_keeps_nothing_neither_an_event_nor_a_resume(
     data_dir: Path, tmp_path: Path
 ) -> None:

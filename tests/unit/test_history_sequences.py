@@ -340,3 +340,89 @@ async def test_a_dropped_log_forgets_its_keys(store: HistoryStorage) -> None:
     _, again = await _append(numbers, _event(2, key="k"))
     assert again == [Appended(1, "h2", duplicate=False)]
     assert await store.recent_keys(ROOM, 0.0, 10) == [IdempotencyKeyRow(ROOM, "u", "k", 1, "h2", 1000.0)]
+
+
+class FailingOnce:
+    """The store, whose next append_batch or recent_keys raises once."""
+
+    def __init__(self, storage: HistoryStorage) -> None:
+        self.storage = storage
+        self.fail_append = False
+        self.fail_recent = False
+
+    async def append_batch(self, requests: list[AppendRequest], now: float, window: float) -> list[Appends | LogClosed]:
+        if self.fail_append:
+            self.fail_append = False
+            raise OSError("database is locked")
+        return await self.storage.append_batch(requests, now, window)
+
+    async def recent_keys(self, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
+        if self.fail_recent:
+            self.fail_recent = False
+            raise OSError("connection reset")
+        return await self.storage.recent_keys(room_id, since, limit)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.storage, name)
+
+
+async def test_a_failed_batch_takes_its_keys_back_so_the_retry_is_delivered(store: HistoryStorage) -> None:
+    failing = FailingOnce(store)
+    numbers = ReservedSequences(failing, block=100, keys=TransientKeys(failing, write_delay=60.0))  # type: ignore[arg-type]
+    await _append(numbers, _event(0))
+    # One batch: a key numbered in memory, then a kept event whose store write fails.
+    failing.fail_append = True
+    requests = [AppendRequest(ROOM, [_event(1, key="k")]), AppendRequest("other", [_event(2, transient=False)])]
+    with pytest.raises(OSError, match="locked"):
+        await numbers.append_batch(requests, 1000.0, WINDOW)
+    _, retried = await _append(numbers, _event(1, key="k"))
+    assert not retried[0].duplicate, "nothing was delivered: the retry is the event"
+
+
+async def test_keys_that_cannot_be_read_leave_the_room_with_the_store_and_the_batch_stands(
+    store: HistoryStorage,
+) -> None:
+    failing = FailingOnce(store)
+    keys = TransientKeys(failing, write_delay=60.0)  # type: ignore[arg-type]
+    numbers = ReservedSequences(failing, block=100, keys=keys)  # type: ignore[arg-type]
+    failing.fail_recent = True
+    _, first = await _append(numbers, _event(1, key="k"))
+    assert first == [Appended(1, "h1", duplicate=False)]
+    assert not keys.holds(ROOM)
+    _, retried = await _append(numbers, _event(2, key="k"))
+    assert retried == [Appended(1, "h1", duplicate=True)]
+
+
+async def test_a_request_that_takes_a_room_over_its_limit_is_numbered_whole(store: HistoryStorage) -> None:
+    keys = TransientKeys(store, write_delay=60.0, max_per_room=3)
+    numbers = ReservedSequences(store, block=100, keys=keys)
+    await _append(numbers, _event(0))
+    _, placed = await _append(numbers, *(_keyed(n) for n in range(1, 6)), _event(9, key="key-2"))
+    assert placed[-1] == Appended(3, "h2", duplicate=True)
+    assert [p.seq for p in placed[:-1]] == [2, 3, 4, 5, 6]
+    assert not keys.holds(ROOM)
+    # Let go of, the room's retries go to the store, which has every key.
+    _, retried = await _append(numbers, _event(10, key="key-4"))
+    assert retried == [Appended(5, "h4", duplicate=True)]
+
+
+async def test_reopening_an_open_log_keeps_the_keys_not_yet_written(store: HistoryStorage) -> None:
+    numbers = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=60.0))
+    await _append(numbers, _event(0))
+    _, first = await _append(numbers, _event(1, key="k"))
+    await numbers.reopen_log(ROOM)
+    _, retried = await _append(numbers, _event(2, key="k"))
+    assert retried == [Appended(first[0].seq, "h1", duplicate=True)]
+
+
+async def test_a_clean_stop_writes_the_keys_held_in_memory(storage_url: str, tmp_path: Path) -> None:
+    first = await open_history_storage(storage_config(tmp_path, storage_url))
+    numbers = ReservedSequences(first, block=100, keys=TransientKeys(first, write_delay=60.0))
+    await _append(numbers, _event(0))
+    await _append(numbers, _event(1, key="k"))
+    await numbers.close()
+    again = await open_history_storage(storage_config(tmp_path, storage_url))
+    try:
+        assert [row.key for row in await again.recent_keys(ROOM, 0.0, 10)] == ["k"]
+    finally:
+        await again.close()

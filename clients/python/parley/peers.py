@@ -18,8 +18,9 @@ class Peer:
     room_ids: tuple[str, ...]
 
 
-# How many ended connections are remembered, to tell each once.
-REMEMBERED_ENDINGS = 1000
+# How many ended connections are remembered, to tell each once: a drop of this many connections that
+# share several rooms with us comes as each room's frames in turn.
+REMEMBERED_ENDINGS = 100_000
 
 
 class Peers:

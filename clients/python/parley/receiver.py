@@ -132,10 +132,11 @@ class Receiver:
         elif kind == "presence":
             room = self._rooms.get(frame.presence.room_id)
             for presence in frame.presence.changes:
-                if room is not None:
-                    room.dispatch_presence(presence.user_id, presence.joined)
+                # A connection that ended comes first: the user may have joined again since, in the same window.
                 if presence.ended_session_id:
                     self._peers.offline(presence.user_id, presence.ended_session_id)
+                if room is not None:
+                    room.dispatch_presence(presence.user_id, presence.joined)
         elif kind == "room_changed":
             change = frame.room_changed.change
             if change.kind == room_pb2.RoomChange.KIND_CHANNEL_COMMITTED:
@@ -179,6 +180,8 @@ class Receiver:
                 self._runner.fire("error", error_from_status(frame.go_away.status))
         elif kind == "question":
             self._questions.asked(frame.question)
+        elif kind == "peer_offline":  # from a server older than PresenceChange.ended_session_id
+            self._peers.offline(frame.peer_offline.user_id, frame.peer_offline.session_id)
         elif kind == "sealed":
             self._direct.received(frame.sealed)
 

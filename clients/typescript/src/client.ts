@@ -148,8 +148,9 @@ export interface OffsetHistoryOptions {
 
 const NO_ANSWER = ErrorReason[ErrorReason.NO_ANSWER];
 const DRAINING = ErrorReason[ErrorReason.DRAINING];
-// How many ended connections are remembered, to tell each once (as the Python client does).
-const REMEMBERED_ENDINGS = 1000;
+// How many ended connections are remembered, to tell each once (as the Python client does): a drop of
+// this many connections that share several rooms with us comes as each room's frames in turn.
+const REMEMBERED_ENDINGS = 100_000;
 
 /**
  * A connection to Parley as one device of one user.
@@ -606,10 +607,11 @@ export class ParleyClient {
       case "presence": {
         const room = this.#rooms.get(frame.value.roomId);
         for (const { userId, joined, endedSessionId } of frame.value.changes) {
-          room?.dispatchPresence({ userId, joined });
+          // A connection that ended comes first: the user may have joined again since, in the same window.
           if (endedSessionId !== "") {
             this.#peerOffline(userId, endedSessionId);
           }
+          room?.dispatchPresence({ userId, joined });
         }
         break;
       }
@@ -645,6 +647,9 @@ export class ParleyClient {
         break;
       case "question":
         void this.#answer(frame.value);
+        break;
+      case "peerOffline": // from a server older than PresenceChange.endedSessionId
+        this.#peerOffline(frame.value.userId, frame.value.sessionId);
         break;
       default:
         break; // sealed direct messages and channel changes: end-to-end features of the Python client

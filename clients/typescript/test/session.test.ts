@@ -76,12 +76,15 @@ describe.each([
     const lobby = await client.join("lobby");
     await client.join("den");
     const presence: [string, boolean][] = [];
+    const told: string[] = [];
     lobby.onPresence(({ userId, joined }) => {
       presence.push([userId, joined]);
+      told.push(`${joined ? "joined" : "left"} ${userId}`);
     });
     const offline: string[] = [];
     client.onPeerDisconnected((userId) => {
       offline.push(userId);
+      told.push(`offline ${userId}`);
     });
     const fake = await gateway.session(1);
     const gone = (roomId: string): FrameInit => ({
@@ -107,6 +110,8 @@ describe.each([
       ["u3", false],
     ]);
     expect(offline).toEqual(["u2"]);
+    // The ended connection first: a user may have joined again since, in the same window.
+    expect(told.slice(0, 2)).toEqual(["offline u2", "left u2"]);
   });
 
   it("turns a failed Reply into the typed error, and the session carries on", async () => {

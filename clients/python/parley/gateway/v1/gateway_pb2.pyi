@@ -1284,7 +1284,9 @@ class PresenceChange(_message.Message):
     """Set when the user went offline in the room: their last connection in it
     ended (this session) rather than left. A connection that was in several
     of your rooms is reported by each, with the same session id; `joined` may
-    be true again if the user came back within the same window.
+    be true again if the user came back within the same window (the ending
+    came first). If several of the user's connections ended within one
+    window, the last is named.
     """
     def __init__(
         self,
