@@ -73,7 +73,23 @@ class Subscriber(Protocol):
     async def close(self) -> None: ...
 
 
-class ParleySubscriber:
+class _StreamOnItsOwnChannel:
+    """A subscriber whose one bidi stream (`_call`, read by `_reader`) has a channel (`_channel`) of its own."""
+
+    _call: grpc.aio.Call | None
+    _reader: asyncio.Task[None] | None
+    _channel: grpc.aio.Channel | None
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._channel is not None:
+            await self._channel.close(None)
+
+
+class ParleySubscriber(_StreamOnItsOwnChannel):
     """A raw Connect stream on its own channel, on one user's access token."""
 
     OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
@@ -148,14 +164,6 @@ class ParleySubscriber:
             for answered in self._replies.values():
                 if not answered.done():
                     answered.set_exception(ConnectionError("the Connect stream ended before the reply"))
-
-    async def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._channel is not None:
-            await self._channel.close(None)
 
 
 class SocketIOSubscriber:
@@ -242,7 +250,7 @@ class SocketIOSubscriber:
             await asyncio.gather(self._reader, return_exceptions=True)
 
 
-class GrpcFloorSubscriber:
+class GrpcFloorSubscriber(_StreamOnItsOwnChannel):
     """A /floor.Floor/Connect stream on its own channel; `request` writes a frame and waits for its ack."""
 
     OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
@@ -305,14 +313,6 @@ class GrpcFloorSubscriber:
             for answered in self._acks.values():
                 if not answered.done():
                     answered.set_exception(ConnectionError("the Connect stream ended before the ack"))
-
-    async def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._channel is not None:
-            await self._channel.close(None)
 
 
 class NatsSubscriber:

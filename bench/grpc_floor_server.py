@@ -19,13 +19,13 @@ import argparse
 import asyncio
 import collections
 import logging
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from bench import grpc_floor_wire as wire
+from bench.stop_signal import until_stopped
 
 STOP_GRACE_SECONDS = 2.0
 
@@ -81,11 +81,7 @@ async def serve(host: str, port: int) -> None:
     await server.start()
     try:
         print(f"listening on {host}:{bound}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await until_stopped()
     finally:
         await server.stop(STOP_GRACE_SECONDS)
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import socketio
 from aiohttp import web
+
+from bench.stop_signal import until_stopped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,11 +71,7 @@ async def serve(host: str, port: int) -> None:
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         print(f"listening on {bound_host}:{bound_port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await until_stopped()
     finally:
         await runner.cleanup()
 
