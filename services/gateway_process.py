@@ -14,6 +14,7 @@ import socket
 import sys
 
 from services.gateway import server as gateway_server
+from services.runtime.collector import tune_collector
 from services.runtime.config import Config, ConfigError
 from services.runtime.logs import setup_logging
 from services.runtime.server import ParleyServer
@@ -44,6 +45,7 @@ async def serve_for_pool() -> int:
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    tune_collector(config.server.gc_threshold)
     writer.write(f"{port}\n".encode())
     await writer.drain()
     try:

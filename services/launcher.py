@@ -16,6 +16,7 @@ from services.gateway_pool import GatewayExited, GatewayPool
 from services.history import server as history_server
 from services.identity import server as identity_server
 from services.room import server as room_server
+from services.runtime.collector import tune_collector
 from services.runtime.config import Config, ConfigError
 from services.runtime.lifecycle import serve_until_signalled
 from services.runtime.logs import setup_logging
@@ -53,6 +54,7 @@ async def serve(config: Config, which: str = "all") -> None:
         await serve_gateway_pool(config, which, f"{label} ({processes} gateway processes)")
         return
     server, port = await SERVERS[which](config)
+    tune_collector(config.server.gc_threshold)
     _announce(label, f"{config.server.host}:{port}", which)
     try:
         await serve_until_signalled(server)
@@ -75,6 +77,7 @@ async def serve_gateway_pool(config: Config, which: str, label: str) -> None:
     try:
         if which == "all":
             services, config = await allinone.create_services_for_gateways(config)
+            tune_collector(config.server.gc_threshold)
         pool = GatewayPool(config, config.server.gateway_processes)
         port = await _unless_stopped(stop, pool.start())
         if port is None:

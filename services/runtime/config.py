@@ -52,6 +52,9 @@ class ServerConfig:
     # `parley serve` and `parley serve gateway` run this many gateway processes on the port,
     # sharing it (reuse_port) and the NATS bus. 1: one process, as always.
     gateway_processes: int = 1
+    # Once started, the cyclic garbage collector runs every this many allocations (Python: 700),
+    # what start-up built frozen out of its walks (services/runtime/collector.py). 0: Python's settings.
+    gc_threshold: int = 20_000
 
 
 @dataclasses.dataclass
