@@ -237,6 +237,8 @@ async def test_subscribing_again_after_the_last_cancel_gets_each_message_once(bu
     after: list[BusMessage] = []
     for n in range(20):
         await publisher.publish(BusMessage("room.again", f"early {n}".encode(), {}))
+    # At the server before anyone subscribes (a publish is buffered until flushed): no subscription gets them.
+    await publisher.flush()
     (await subscriber.subscribe("room.again", before.append)).cancel()
     await subscriber.subscribe("room.again", after.append)
     for n in range(20):
