@@ -314,7 +314,7 @@ class RoomFeed:
         """A storm of joins (a window's worth of changes or more) to a room that grew meanwhile: the window
         grows with the room (see `_presence_window`, counted from its first change), so members hear of the
         storm in few frames, mostly once it is over, instead of one per short early window."""
-        if len(self._presence) < MEMBERS_PER_PRESENCE_WINDOW or self._closed:
+        if len(self._presence) < MEMBERS_PER_PRESENCE_WINDOW:
             return False
         loop = asyncio.get_running_loop()
         remaining = self._presence_window() - (loop.time() - self._presence_opened)

@@ -15,16 +15,18 @@ from bench.server_logs import line_level
 from tests.support import REPO, build_typescript_client
 
 
-def test_history_bench_runs_and_reports_each_path() -> None:
+def run_bench(module: str, *options: str, timeout: float = 110) -> dict[str, Any]:
+    """`python -m module options...`, which must succeed; its JSON document."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench.history_bench", "--rows", "5000", "--seconds", "0.2", "--concurrency", "8"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+        [sys.executable, "-m", module, *options], capture_output=True, text=True, timeout=timeout, check=False
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result: dict[str, Any] = json.loads(run.stdout)
+    return result
+
+
+def test_history_bench_runs_and_reports_each_path() -> None:
+    result = run_bench("bench.history_bench", "--rows", "5000", "--seconds", "0.2", "--concurrency", "8")
     pages = result["rpc_page_100_of_big_room_ms"]
     assert set(pages) == {"newest_1000_from_hot_buffer", "older_from_store", "baseline_get_log_state"}
     assert set(result["in_process_page_100_of_big_room_ms"]) == {"store_newest", "store_deep", "hot_buffer"}
@@ -34,19 +36,17 @@ def test_history_bench_runs_and_reports_each_path() -> None:
 
 
 def test_hardening_bench_runs_and_reports_each_scenario() -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "bench.hardening_bench", "--seconds", "0.05", "--wildcards", "0,150"),
-            *("--schema-events", "2", "--schema-bytes", "1500"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    result = run_bench(
+        "bench.hardening_bench",
+        "--seconds",
+        "0.05",
+        "--wildcards",
+        "0,150",
+        "--schema-events",
+        "2",
+        "--schema-bytes",
+        "1500",
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
     assert result["tree"]["hardened"]
     held = result["subject_publish"]["by_wildcards_held"]
     assert set(held) == {"0", "150"}
@@ -70,15 +70,7 @@ def test_hardening_bench_runs_and_reports_each_scenario() -> None:
 
 
 def test_scale_out_bench_runs_both_deployments_and_leaves_nothing_behind() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.scale_out_bench", "--seconds", "1", "--subscribers", "4"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
+    result = run_bench("bench.scale_out_bench", "--seconds", "1", "--subscribers", "4", timeout=60)
     single, scaled = result["runs"]["single_process"], result["runs"]["scale_out"]
     assert set(single["server_cpu_by_process"]) == {"gateway-1"}
     assert set(scaled["server_cpu_by_process"]) == {"identity", "history", "room", "file", "gateway-1", "gateway-2"}
@@ -101,15 +93,7 @@ FANOUT_SCENARIOS = "idle,full_n100,batched_n100,rate_n100_50hz,many_rooms,join_s
 
 
 def run_fanout_bench(*options: str) -> dict[str, Any]:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.fanout_bench", "--quick", *options],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result: dict[str, Any] = json.loads(run.stdout)
+    result = run_bench("bench.fanout_bench", "--quick", *options)
     for system in result["systems"].values():
         gone = [pid for pids in system["server_pids"].values() for pid in pids] + system["worker_pids"]
         assert not [pid for pid in gone if os.path.exists(f"/proc/{pid}")]
@@ -208,15 +192,7 @@ def test_server_log_lines_are_told_by_level(line: str, level: str) -> None:
 
 
 def test_connection_life_bench_resumes_every_client_and_loses_nothing_in_a_rolling_drain() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.connection_life_bench", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout)
+    result = run_bench("bench.connection_life_bench", "--quick")
     restart, drain = result["scenarios"]["restart"], result["scenarios"]["drain"]
     assert restart["complete"]
     assert restart["clients_that_left_connected"] == restart["clients_resumed"] == restart["clients"] == 20
@@ -249,15 +225,7 @@ def test_connection_life_bench_resumes_every_client_and_loses_nothing_in_a_rolli
 
 
 def test_dm_crypto_bench_runs_every_phase_and_reports_positive_figures() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.dm_crypto_bench", "--seconds", "0.02"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
+    result = run_bench("bench.dm_crypto_bench", "--seconds", "0.02", timeout=60)
     assert result["machine"]["python_version"]
     ratchet = result["ratchet"]["by_payload"]
     assert set(ratchet) == {"64B", "4KiB"}
@@ -278,15 +246,7 @@ def test_dm_crypto_bench_runs_every_phase_and_reports_positive_figures() -> None
 
 
 def test_dm_throughput_bench_delivers_every_message_in_both_modes() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.dm_throughput_bench", "--seconds", "0.3", "--in-flight", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
+    result = run_bench("bench.dm_throughput_bench", "--seconds", "0.3", "--in-flight", "2", timeout=60)
     assert result["server_exit_code"] == 0
     modes = result["modes"]
     assert set(modes) == {"plaintext", "encrypted"}
@@ -304,15 +264,7 @@ def test_dm_throughput_bench_delivers_every_message_in_both_modes() -> None:
 
 
 def test_channel_bench_reports_each_phase_and_delivers_every_message_in_both_modes() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.channel_bench", "--seconds", "0.2", "--in-flight", "2"],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
+    result = run_bench("bench.channel_bench", "--seconds", "0.2", "--in-flight", "2", timeout=90)
     assert result["server_exit_code"] == 0
     sealing = result["seal_open"]["by_members"]
     assert set(sealing) == {"2", "50", "256"}
@@ -350,15 +302,7 @@ def test_channel_bench_reports_each_phase_and_delivers_every_message_in_both_mod
 
 
 def test_file_bench_runs_and_reports_both_directions() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.file_bench", "--size-mb", "2", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
+    result = run_bench("bench.file_bench", "--size-mb", "2", "--repeats", "1", timeout=90)
     assert result["round_trips_byte_identical"]
     assert result["server_exit_codes"] == {"parley": 0, "raw": 0}
     assert result["server_log"]["warning_lines"] == result["server_log"]["error_lines"] == 0
@@ -383,15 +327,7 @@ def test_file_bench_runs_and_reports_both_directions() -> None:
 @pytest.mark.xdist_group("typescript-build")  # it builds clients/typescript/dist, as test_typescript_client does
 def test_ts_fanout_bench_reports_typescript_and_python_subscribers_side_by_side() -> None:
     build_typescript_client()
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.ts_fanout_bench", "--subscribers", "4", "--seconds", "2", "--rates", "100,0"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout)
+    result = run_bench("bench.ts_fanout_bench", "--subscribers", "4", "--seconds", "2", "--rates", "100,0")
     assert {"cpu_model", "cpu_count", "load_at_start"} <= set(result["machine"])
     package = json.loads((REPO / "clients" / "typescript" / "package.json").read_text())
     assert result["versions"]["@parley/client"] == package["version"]

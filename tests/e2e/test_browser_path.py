@@ -135,8 +135,10 @@ async def page(address: str, token: str) -> AsyncIterator[Page]:
 
 
 async def heard(presence: asyncio.Queue[tuple[str, bool]], change: tuple[str, bool]) -> None:
-    while await asyncio.wait_for(presence.get(), 5) != change:
-        pass
+    """Returns once `change` is told (the changes before it are passed over)."""
+    while True:
+        if await asyncio.wait_for(presence.get(), 5) == change:
+            return
 
 
 async def refusal(call: Any) -> grpc.aio.AioRpcError:
