@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from services.history.storage import HistoryStorage, open_history_storage
+from services.history.storage import StoredHistory, open_history_storage
 from services.identity.storage import IdentityStorage, open_identity_storage
 from services.room.storage import RoomStorage, open_room_storage
 from tests.scale_out import fresh_database
@@ -66,7 +66,7 @@ def runner() -> Iterator[asyncio.Runner]:
 
 
 @pytest.fixture
-def history_on_runner(runner: asyncio.Runner, storage_url: str, tmp_path: Path) -> Iterator[HistoryStorage]:
+def history_on_runner(runner: asyncio.Runner, storage_url: str, tmp_path: Path) -> Iterator[StoredHistory]:
     """A history storage opened on `runner`'s loop, for every example of a synchronous test."""
     storage = runner.run(open_history_storage(storage_config(tmp_path, storage_url)))
     try:
@@ -76,7 +76,7 @@ def history_on_runner(runner: asyncio.Runner, storage_url: str, tmp_path: Path) 
 
 
 @pytest.fixture
-async def history_storage(storage_url: str, tmp_path: Path) -> AsyncIterator[HistoryStorage]:
+async def history_storage(storage_url: str, tmp_path: Path) -> AsyncIterator[StoredHistory]:
     storage = await open_history_storage(storage_config(tmp_path, storage_url))
     try:
         yield storage

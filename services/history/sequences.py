@@ -32,7 +32,6 @@ from services.history.storage import (
     AppendRequest,
     Appends,
     EventRow,
-    HistoryStorage,
     IdempotencyKeyRow,
     LogClosed,
     LogStateRow,
@@ -42,6 +41,7 @@ from services.history.storage import (
     RoomRetention,
     Since,
     Snapshot,
+    StoredHistory,
 )
 from services.history.transient_keys import TransientKeys
 
@@ -59,7 +59,7 @@ class _Counter:
 class ReservedSequences:
     """A HistoryStorage that numbers transient-only appends in memory (see the module's text)."""
 
-    def __init__(self, storage: HistoryStorage, block: int = BLOCK, keys: TransientKeys | None = None) -> None:
+    def __init__(self, storage: StoredHistory, block: int = BLOCK, keys: TransientKeys | None = None) -> None:
         self._storage = storage
         self._block = block
         self._counters: dict[str, _Counter] = {}
@@ -281,12 +281,6 @@ class ReservedSequences:
     async def prune_idempotency_keys(self, older_than: float) -> int:
         self._keys.expire(older_than)
         return await self._storage.prune_idempotency_keys(older_than)
-
-    async def record_keys(self, rows: Sequence[IdempotencyKeyRow]) -> None:
-        await self._storage.record_keys(rows)
-
-    async def recent_keys(self, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
-        return await self._storage.recent_keys(room_id, since, limit)
 
     async def close(self) -> None:
         try:

@@ -252,6 +252,12 @@ class HistoryStorage(Protocol):
     async def prune_idempotency_keys(self, older_than: float) -> int:
         """Forgets idempotency keys recorded before `older_than`; returns how many."""
 
+    async def close(self) -> None: ...
+
+
+class KeyStore(Protocol):
+    """Idempotency keys kept as rows apart from the appends that made them (services/history/transient_keys.py)."""
+
     async def record_keys(self, rows: Sequence[IdempotencyKeyRow]) -> None:
         """Records idempotency keys of events numbered elsewhere (transient ones numbered in memory), in one
         transaction; a key already recorded takes the new row."""
@@ -259,13 +265,15 @@ class HistoryStorage(Protocol):
     async def recent_keys(self, room_id: str, since: float, limit: int) -> list[IdempotencyKeyRow]:
         """The room's idempotency keys recorded since `since`, oldest first, at most `limit`."""
 
-    async def close(self) -> None: ...
+
+class StoredHistory(HistoryStorage, KeyStore, Protocol):
+    """A history store on disk (SQLite or PostgreSQL): the log, and idempotency keys as rows."""
 
 
-async def open_history_storage(config: Config) -> HistoryStorage:
+async def open_history_storage(config: Config) -> StoredHistory:
     """The history service's storage, opened and migrated: SQLite under the data directory, or PostgreSQL."""
     url = config.storage.url_of("history")
-    storage: HistoryStorage
+    storage: StoredHistory
     if url:
         # Imported here: psycopg is loaded only by processes that use PostgreSQL.
         from services.history.postgres_storage import PostgresHistoryStorage

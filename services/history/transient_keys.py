@@ -25,7 +25,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 
-from services.history.storage import HistoryStorage, IdempotencyKeyRow
+from services.history.storage import IdempotencyKeyRow, KeyStore
 
 log = logging.getLogger("parley.history")
 
@@ -44,7 +44,7 @@ _Keys = dict[tuple[str, str], IdempotencyKeyRow]
 class TransientKeys:
     def __init__(
         self,
-        storage: HistoryStorage,
+        storage: KeyStore,
         write_delay: float = WRITE_DELAY_SECONDS,
         max_per_room: int = MAX_KEYS_PER_ROOM,
         max_total: int = MAX_KEYS_TOTAL,

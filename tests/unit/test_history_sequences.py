@@ -22,6 +22,7 @@ from services.history.storage import (
     IdempotencyKeyRow,
     LogClosed,
     NewEventRow,
+    StoredHistory,
     open_history_storage,
 )
 from services.history.transient_keys import TransientKeys
@@ -36,7 +37,7 @@ ROOM = "r"
 class CountingStorage:
     """Counts the appends that reach the store (each is a transaction)."""
 
-    def __init__(self, storage: HistoryStorage) -> None:
+    def __init__(self, storage: StoredHistory) -> None:
         self.storage = storage
         self.transactions = 0
 
@@ -49,7 +50,7 @@ class CountingStorage:
 
 
 @pytest.fixture
-async def store(storage_url: str, tmp_path: Path) -> AsyncIterator[HistoryStorage]:
+async def store(storage_url: str, tmp_path: Path) -> AsyncIterator[StoredHistory]:
     storage = await open_history_storage(storage_config(tmp_path, storage_url))
     try:
         yield storage
@@ -73,7 +74,7 @@ def _seqs(placed: list[Appended]) -> list[int]:
     return [p.seq for p in placed]
 
 
-async def test_transient_events_take_consecutive_numbers_with_one_write_per_block(store: HistoryStorage) -> None:
+async def test_transient_events_take_consecutive_numbers_with_one_write_per_block(store: StoredHistory) -> None:
     counting = CountingStorage(store)
     numbers = ReservedSequences(counting, block=10)  # type: ignore[arg-type]
     seqs = []
@@ -92,7 +93,7 @@ async def test_transient_events_take_consecutive_numbers_with_one_write_per_bloc
     assert stored.last_seq < 25
 
 
-async def test_kept_events_idempotent_retries_and_edits_continue_the_same_sequence(store: HistoryStorage) -> None:
+async def test_kept_events_idempotent_retries_and_edits_continue_the_same_sequence(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=100)
     _, first = await _append(numbers, _event(1), _event(2))
     _, kept = await _append(numbers, _event(3, transient=False))
@@ -122,7 +123,7 @@ async def test_kept_events_idempotent_retries_and_edits_continue_the_same_sequen
     assert since.state.last_seq == 7
 
 
-async def test_a_restart_continues_after_the_lost_reservation(store: HistoryStorage) -> None:
+async def test_a_restart_continues_after_the_lost_reservation(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=50)
     epoch, placed = await _append(numbers, *(_event(n) for n in range(5)))
     assert _seqs(placed) == [1, 2, 3, 4, 5]
@@ -139,7 +140,7 @@ async def test_a_restart_continues_after_the_lost_reservation(store: HistoryStor
     assert _seqs(kept) == [56 + 50 + 1]
 
 
-async def test_a_dropped_log_starts_again_from_one_and_a_closed_one_refuses(store: HistoryStorage) -> None:
+async def test_a_dropped_log_starts_again_from_one_and_a_closed_one_refuses(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=10)
     old_epoch, _ = await _append(numbers, _event(1), _event(2))
     await numbers.drop_log(ROOM, close=False)
@@ -151,7 +152,7 @@ async def test_a_dropped_log_starts_again_from_one_and_a_closed_one_refuses(stor
     assert isinstance(refused, LogClosed)
 
 
-async def test_a_batch_keeps_each_rooms_order_between_memory_and_the_store(store: HistoryStorage) -> None:
+async def test_a_batch_keeps_each_rooms_order_between_memory_and_the_store(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=100)
     await _append(numbers, _event(0))
     requests = [
@@ -176,7 +177,7 @@ OPERATIONS = st.lists(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=OPERATIONS, block=st.integers(min_value=1, max_value=6))
 def test_numbers_handed_out_are_unique_and_increasing_whatever_happens(
-    runner: asyncio.Runner, history_on_runner: HistoryStorage, operations: list[str], block: int
+    runner: asyncio.Runner, history_on_runner: StoredHistory, operations: list[str], block: int
 ) -> None:
     room = f"p{next(PROPERTY_ROOMS)}"
 
@@ -228,14 +229,14 @@ def test_numbers_handed_out_are_unique_and_increasing_whatever_happens(
     runner.run(scenario())
 
 
-async def test_a_new_rooms_first_appends_in_one_batch_take_consecutive_numbers(store: HistoryStorage) -> None:
+async def test_a_new_rooms_first_appends_in_one_batch_take_consecutive_numbers(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=10)
     requests = [AppendRequest(ROOM, [_event(1)]), AppendRequest(ROOM, [_event(2)])]
     results = await numbers.append_batch(requests, 1000.0, WINDOW)
     assert [_seqs(result[1]) for result in results if not isinstance(result, LogClosed)] == [[1], [2]]
 
 
-async def test_after_a_restart_reads_reach_as_far_as_numbers_may_have_gone(store: HistoryStorage) -> None:
+async def test_after_a_restart_reads_reach_as_far_as_numbers_may_have_gone(store: StoredHistory) -> None:
     await _append(ReservedSequences(store, block=50), _event(1))
     restarted = ReservedSequences(store, block=50)
     # Numbers up to 51 may have been handed out before: a read claims them (they read as transient).
@@ -256,7 +257,7 @@ def _keyed(n: int, *, transient: bool = True) -> NewEventRow:
     return _event(n, key=f"key-{n}", transient=transient)
 
 
-async def test_keyed_transient_events_take_no_write_each_and_a_retry_gets_the_original(store: HistoryStorage) -> None:
+async def test_keyed_transient_events_take_no_write_each_and_a_retry_gets_the_original(store: StoredHistory) -> None:
     counting = CountingStorage(store)
     keys = TransientKeys(counting, write_delay=60.0)  # type: ignore[arg-type]
     numbers = ReservedSequences(counting, block=100, keys=keys)  # type: ignore[arg-type]
@@ -279,7 +280,7 @@ async def test_keyed_transient_events_take_no_write_each_and_a_retry_gets_the_or
     assert numbers.transactions == 2
 
 
-async def test_keys_are_written_behind_and_a_retry_after_a_restart_is_recognised(store: HistoryStorage) -> None:
+async def test_keys_are_written_behind_and_a_retry_after_a_restart_is_recognised(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=0.05))
     await _append(numbers, *(_keyed(n) for n in range(5)))
     await _append(numbers, _keyed(5))  # numbered in memory
@@ -297,7 +298,7 @@ async def test_keys_are_written_behind_and_a_retry_after_a_restart_is_recognised
     assert restarted.numbered_in_memory == 1
 
 
-async def test_a_kept_event_sees_the_key_of_a_transient_one_not_yet_written(store: HistoryStorage) -> None:
+async def test_a_kept_event_sees_the_key_of_a_transient_one_not_yet_written(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=60.0))
     await _append(numbers, _event(0))
     _, first = await _append(numbers, _event(1, key="k"))
@@ -305,7 +306,7 @@ async def test_a_kept_event_sees_the_key_of_a_transient_one_not_yet_written(stor
     assert kept == [Appended(first[0].seq, "h1", duplicate=True)]
 
 
-async def test_a_busy_room_is_left_to_the_store_and_its_retries_still_recognised(store: HistoryStorage) -> None:
+async def test_a_busy_room_is_left_to_the_store_and_its_retries_still_recognised(store: StoredHistory) -> None:
     counting = CountingStorage(store)
     keys = TransientKeys(counting, write_delay=60.0, max_per_room=5)  # type: ignore[arg-type]
     numbers = ReservedSequences(counting, block=100, keys=keys)  # type: ignore[arg-type]
@@ -322,7 +323,7 @@ async def test_a_busy_room_is_left_to_the_store_and_its_retries_still_recognised
         assert retried == [Appended(n + 1, f"h{n}", duplicate=True)]
 
 
-async def test_a_key_older_than_the_window_is_a_new_event(store: HistoryStorage) -> None:
+async def test_a_key_older_than_the_window_is_a_new_event(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=60.0))
     await _append(numbers, _event(0))
     await _append(numbers, _event(1, key="k"))
@@ -330,7 +331,7 @@ async def test_a_key_older_than_the_window_is_a_new_event(store: HistoryStorage)
     assert later == [Appended(3, "h2", duplicate=False)]
 
 
-async def test_a_dropped_log_forgets_its_keys(store: HistoryStorage) -> None:
+async def test_a_dropped_log_forgets_its_keys(store: StoredHistory) -> None:
     keys = TransientKeys(store, write_delay=60.0)
     numbers = ReservedSequences(store, block=100, keys=keys)
     await _append(numbers, _event(0))
@@ -345,7 +346,7 @@ async def test_a_dropped_log_forgets_its_keys(store: HistoryStorage) -> None:
 class FailingOnce:
     """The store, whose next append_batch or recent_keys raises once."""
 
-    def __init__(self, storage: HistoryStorage) -> None:
+    def __init__(self, storage: StoredHistory) -> None:
         self.storage = storage
         self.fail_append = False
         self.fail_recent = False
@@ -366,7 +367,7 @@ class FailingOnce:
         return getattr(self.storage, name)
 
 
-async def test_a_failed_batch_takes_its_keys_back_so_the_retry_is_delivered(store: HistoryStorage) -> None:
+async def test_a_failed_batch_takes_its_keys_back_so_the_retry_is_delivered(store: StoredHistory) -> None:
     failing = FailingOnce(store)
     numbers = ReservedSequences(failing, block=100, keys=TransientKeys(failing, write_delay=60.0))  # type: ignore[arg-type]
     await _append(numbers, _event(0))
@@ -380,7 +381,7 @@ async def test_a_failed_batch_takes_its_keys_back_so_the_retry_is_delivered(stor
 
 
 async def test_keys_that_cannot_be_read_leave_the_room_with_the_store_and_the_batch_stands(
-    store: HistoryStorage,
+    store: StoredHistory,
 ) -> None:
     failing = FailingOnce(store)
     keys = TransientKeys(failing, write_delay=60.0)  # type: ignore[arg-type]
@@ -393,7 +394,7 @@ async def test_keys_that_cannot_be_read_leave_the_room_with_the_store_and_the_ba
     assert retried == [Appended(1, "h1", duplicate=True)]
 
 
-async def test_a_request_that_takes_a_room_over_its_limit_is_numbered_whole(store: HistoryStorage) -> None:
+async def test_a_request_that_takes_a_room_over_its_limit_is_numbered_whole(store: StoredHistory) -> None:
     keys = TransientKeys(store, write_delay=60.0, max_per_room=3)
     numbers = ReservedSequences(store, block=100, keys=keys)
     await _append(numbers, _event(0))
@@ -406,7 +407,7 @@ async def test_a_request_that_takes_a_room_over_its_limit_is_numbered_whole(stor
     assert retried == [Appended(5, "h4", duplicate=True)]
 
 
-async def test_reopening_an_open_log_keeps_the_keys_not_yet_written(store: HistoryStorage) -> None:
+async def test_reopening_an_open_log_keeps_the_keys_not_yet_written(store: StoredHistory) -> None:
     numbers = ReservedSequences(store, block=100, keys=TransientKeys(store, write_delay=60.0))
     await _append(numbers, _event(0))
     _, first = await _append(numbers, _event(1, key="k"))
