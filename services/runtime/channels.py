@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import grpc
 
+from parley.backoff import reconnect_options
 from services.runtime.config import ServerConfig
 from services.runtime.telemetry import TracePropagationInterceptor
 
@@ -31,10 +32,5 @@ def channel_options(server: ServerConfig) -> list[tuple[str, int]]:
 def open_channel(address: str, server: ServerConfig) -> grpc.aio.Channel:
     """An insecure channel to a peer that propagates the caller's trace."""
     # Short reconnect backoff: a restarted peer is usable again within a second or two.
-    options = [
-        *channel_options(server),
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.min_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
+    options = [*channel_options(server), *reconnect_options(200, 2000)]
     return grpc.aio.insecure_channel(address, options=options, interceptors=[cast(Any, TracePropagationInterceptor())])

@@ -6,6 +6,11 @@ import dataclasses
 import random
 from collections.abc import Callable
 
+# How long one connection attempt may take before gRPC gives it up: gRPC's own default. gRPC reads it from
+# "grpc.min_reconnect_backoff_ms" (the name notwithstanding, see grpc's doc/connection-backoff.md,
+# MIN_CONNECT_TIMEOUT): set to a short backoff, a handshake slower than that (a far or busy server) never succeeds.
+CONNECT_ATTEMPT_MS = 20_000
+
 
 @dataclasses.dataclass(frozen=True)
 class Backoff:
@@ -35,13 +40,20 @@ class Backoff:
 
     def channel_options(self) -> list[tuple[str, int]]:
         """gRPC's own reconnection of the channel at the same pace (its default starts at 1 s and grows
-        to 2 minutes, which would add itself to this backoff after a server restart)."""
+        to 2 minutes, which would add itself to this backoff after a server restart); each attempt is
+        given CONNECT_ATTEMPT_MS."""
         initial_ms = max(1, int(self.initial * 1000))
-        return [
-            ("grpc.initial_reconnect_backoff_ms", initial_ms),
-            ("grpc.min_reconnect_backoff_ms", initial_ms),
-            ("grpc.max_reconnect_backoff_ms", max(initial_ms, int(self.cap * 1000))),
-        ]
+        return reconnect_options(initial_ms, max(initial_ms, int(self.cap * 1000)))
 
     def gives_up_after(self, failures: int) -> bool:
         return self.max_attempts is not None and failures >= self.max_attempts
+
+
+def reconnect_options(initial_ms: int, max_ms: int) -> list[tuple[str, int]]:
+    """gRPC channel options: reconnection backoff from `initial_ms` up to `max_ms`, each attempt given
+    CONNECT_ATTEMPT_MS."""
+    return [
+        ("grpc.initial_reconnect_backoff_ms", initial_ms),
+        ("grpc.min_reconnect_backoff_ms", CONNECT_ATTEMPT_MS),
+        ("grpc.max_reconnect_backoff_ms", max_ms),
+    ]
