@@ -160,8 +160,9 @@ class FlushScheduler:
         # Outboxes with something queued for the next flush: on their own, or waiting for their group.
         self._free: set[Outbox] = set()
         self._held: set[Outbox] = set()
-        # Events queued for the held outboxes, one per outbox an event went to.
+        # Events queued for the held outboxes, one per outbox an event went to; when the first came.
         self._held_events = 0
+        self._held_since = 0.0
         # When the first of what is free was queued.
         self._free_since = 0.0
         self._timer: asyncio.Handle | None = None
@@ -172,6 +173,8 @@ class FlushScheduler:
 
     def mark(self, outbox: Outbox) -> None:
         if self._pacing.holds(outbox):
+            if not self._held_events:
+                self._held_since = asyncio.get_running_loop().time()
             self._held.add(outbox)
             self._held_events += 1
             if not self._let_go_soon and self._pacing.lets_go(outbox, 0):
@@ -194,7 +197,7 @@ class FlushScheduler:
         if not self._pacing.grouping:
             return
         now = asyncio.get_running_loop().time()
-        if self._pacing.written(now, outbox, len(self._held), self._held_events):
+        if self._pacing.written(now, outbox):
             self._rearm()
         elif self._held and self._pacing.lets_go(outbox, len(self._held)):
             self._let_go()
@@ -225,7 +228,7 @@ class FlushScheduler:
         now = loop.time()
         due = [self._free_since + self._pacing.window] if self._free else []
         if self._held:
-            due.append(self._pacing.held_due(now, len(self._held), self._held_events))
+            due.append(self._pacing.held_due(now))
         if not due:
             self._timer = None
         elif min(due) <= now:
@@ -236,7 +239,11 @@ class FlushScheduler:
     def _look(self) -> None:
         """Flushes what is due, then sets the timer for the rest."""
         now = asyncio.get_running_loop().time()
-        if self._held and self._pacing.held_due(now, len(self._held), self._held_events) <= now:
+        if (
+            self._held
+            and self._pacing.held_due(now) <= now
+            and not self._pacing.still_coming(now, self._held_events, self._held_since)
+        ):
             held, self._held, self._held_events = self._held, set(), 0
             # The group's next round: those that got more while they wrote. What is free goes along, on its own.
             self._pacing.flushed(now, [outbox for outbox in held if outbox.release_queue()], held=True)

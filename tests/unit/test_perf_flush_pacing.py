@@ -1,12 +1,19 @@
 """When held events go (services/gateway/flush_pacing.py): the streams a flush woke are a group until
-they have written; what comes for them meanwhile goes together after the writes and a pause as long as
-they took; other streams are not held."""
+they have written and for a pause after; what comes for them meanwhile goes together once no more
+comes for a quiet time, or when the pause ends; other streams are not held."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.gateway.flush_pacing import MAX_PAUSE_SECONDS, STALL_SECONDS, FlushPacing
+from services.gateway.flush_pacing import (
+    MAX_PAUSE_SECONDS,
+    PAUSE_PER_WRITE,
+    QUIET_SECONDS,
+    QUIET_SHARE,
+    STALL_SECONDS,
+    FlushPacing,
+)
 
 WINDOW = 0.001
 T = 100.0
@@ -18,6 +25,11 @@ def grouped(*streams: str) -> FlushPacing:
     return pacing
 
 
+def written_by(pacing: FlushPacing, at: float, *streams: str) -> bool:
+    """Every one of `streams` wrote at `at`; whether the last of the group did."""
+    return [pacing.written(at, stream) for stream in streams][-1]
+
+
 def test_the_streams_of_a_flush_made_while_no_group_writes_are_the_group() -> None:
     pacing = grouped("a", "b")
     assert pacing.grouping
@@ -26,57 +38,83 @@ def test_the_streams_of_a_flush_made_while_no_group_writes_are_the_group() -> No
     assert not pacing.holds("c")
 
 
-def test_streams_flushed_beside_a_writing_group_are_not_held() -> None:
+def test_streams_flushed_beside_a_writing_group_join_it() -> None:
+    """A busy room's streams are not split into groups that write by turns."""
     pacing = grouped("a")
     pacing.flushed(T + 0.001, ["c"], held=False)
     assert pacing.holds("a")
-    assert not pacing.holds("c")
+    assert pacing.holds("c")
+    assert not pacing.written(T + 0.002, "a")  # the round waits for the one that joined
+    assert pacing.written(T + 0.003, "c")
 
 
 def test_held_events_wait_until_every_stream_of_the_group_has_written() -> None:
     pacing = grouped("a", "b")
-    assert pacing.held_due(T + 0.002, held=2, held_events=4) == T + STALL_SECONDS
-    assert not pacing.written(T + 0.003, "a", held=2, held_events=4)
-    assert not pacing.written(T + 0.003, "c", held=2, held_events=4)  # not of the group
+    assert pacing.held_due(T + 0.002) == T + STALL_SECONDS
+    assert not pacing.written(T + 0.003, "a")
+    assert not pacing.written(T + 0.003, "c")  # not of the group
     # Progress: the wait for the rest starts again.
-    assert pacing.held_due(T + 0.004, held=2, held_events=4) == T + 0.003 + STALL_SECONDS
-    assert pacing.written(T + 0.004, "b", held=2, held_events=4)
-    # Then a pause as long as the writes took.
-    assert pacing.held_due(T + 0.004, held=2, held_events=4) == pytest.approx(T + 0.008)
+    assert pacing.held_due(T + 0.004) == T + 0.003 + STALL_SECONDS
+    assert pacing.written(T + 0.004, "b")
+    # Written: they are looked at at once.
+    assert pacing.held_due(T + 0.004) == T + 0.004
     assert pacing.holds("a")
+
+
+def test_held_events_go_once_no_more_came_for_a_quiet_time() -> None:
+    """A lone event that came while the group wrote is not held up long."""
+    pacing = grouped("a", "b")
+    assert written_by(pacing, T + 0.004, "a", "b")
+    assert pacing.still_coming(T + 0.004, held_events=2, first_came=T + 0.003)  # came while they wrote
+    assert pacing.held_due(T + 0.004) == pytest.approx(T + 0.004 + QUIET_SECONDS)
+    assert not pacing.still_coming(T + 0.004 + QUIET_SECONDS, held_events=2, first_came=T + 0.003)
+
+
+def test_held_events_wait_while_more_keep_coming_until_the_pause_ends() -> None:
+    pacing = grouped("a", "b")
+    assert written_by(pacing, T + 0.010, "a", "b")  # the writes took 10 ms
+    pause_ends = T + 0.010 + PAUSE_PER_WRITE * 0.010
+    now, held = T + 0.010, 2
+    while pacing.still_coming(now, held, first_came=T + 0.005):
+        now, held = pacing.held_due(now), held + 2
+    assert now == pytest.approx(pause_ends)
+    assert held > 2 * (PAUSE_PER_WRITE * 0.010) / QUIET_SECONDS  # a look every quiet time
+
+
+def test_an_event_that_comes_to_a_group_quiet_for_a_while_goes_at_once() -> None:
+    """A room at a steady low rate: its readers had the loop since the writes; nothing more is on its way."""
+    pacing = grouped("a", "b")
+    assert written_by(pacing, T + 0.010, "a", "b")
+    quiet = max(QUIET_SECONDS, QUIET_SHARE * 0.010)
+    assert not pacing.still_coming(T + 0.010 + quiet, held_events=2, first_came=T + 0.010 + quiet)
+    assert pacing.still_coming(T + 0.010 + quiet, held_events=2, first_came=T + 0.010 + quiet / 2)
+
+
+def test_the_quiet_time_grows_with_the_writes() -> None:
+    """After a long round of writes the publishers' next commands are read late: the group waits longer for them."""
+    pacing = grouped("a")
+    assert pacing.written(T + 0.080, "a")
+    assert pacing.still_coming(T + 0.080, held_events=1, first_came=T + 0.050)
+    assert pacing.held_due(T + 0.080) == pytest.approx(T + 0.080 + 0.080 * QUIET_SHARE)
 
 
 def test_the_flush_of_held_events_makes_the_next_group() -> None:
     pacing = grouped("a", "b")
-    pacing.written(T + 0.001, "a", held=2, held_events=4)
-    pacing.written(T + 0.002, "b", held=2, held_events=4)
+    written_by(pacing, T + 0.002, "a", "b")
     pacing.flushed(T + 0.004, ["b", "c"], held=True)
     assert not pacing.holds("a")
     assert pacing.holds("b")
     assert pacing.holds("c")
-    assert pacing.held_due(T + 0.005, held=2, held_events=4) == T + 0.004 + STALL_SECONDS
+    assert pacing.held_due(T + 0.005) == T + 0.004 + STALL_SECONDS
 
 
-def test_events_held_for_few_of_the_group_go_once_it_has_written_without_a_pause() -> None:
-    pacing = grouped("a", "b", "c")
-    pacing.written(T + 0.001, "a", held=1, held_events=2)
-    pacing.written(T + 0.002, "b", held=1, held_events=2)
-    assert pacing.written(T + 0.004, "c", held=1, held_events=2)
-    assert pacing.held_due(T + 0.004, held=1, held_events=2) == T + 0.004
-
-
-def test_one_event_each_for_the_group_goes_once_it_has_written_without_a_pause() -> None:
-    """An event that came early (a quiet room whose last writes were slow) is not held up further."""
-    pacing = grouped("a", "b")
-    pacing.written(T + 0.002, "a", held=2, held_events=2)
-    assert pacing.written(T + 0.004, "b", held=2, held_events=2)
-    assert pacing.held_due(T + 0.004, held=2, held_events=2) == T + 0.004
-
-
-def test_a_group_that_wrote_with_nothing_held_is_no_group_any_more() -> None:
+def test_a_group_holds_what_comes_during_its_pause_and_is_no_group_after_it() -> None:
     pacing = grouped("a")
-    assert pacing.written(T + 0.005, "a", held=0, held_events=0)
-    assert not pacing.grouping
+    assert pacing.written(T + 0.005, "a")
+    pause_ends = T + 0.005 + PAUSE_PER_WRITE * 0.005
+    assert pacing.holds("a")
+    pacing.flushed(pause_ends, ["c"], held=False)
+    assert pacing.holds("c")  # the pause is over: a new group
     assert not pacing.holds("a")
 
 
@@ -84,23 +122,40 @@ def test_the_pause_is_bounded() -> None:
     streams = [str(n) for n in range(1000)]
     pacing = grouped(*streams)
     for n, stream in enumerate(streams):  # a second of writes, each making progress
-        pacing.written(T + (n + 1) / 1000, stream, held=1000, held_events=2000)
-    assert pacing.held_due(T + 1.0, held=1000, held_events=2000) == pytest.approx(T + 1.0 + MAX_PAUSE_SECONDS)
+        pacing.written(T + (n + 1) / 1000, stream)
+    now = T + 1.0
+    while pacing.still_coming(now, int(now * 1e6), first_came=T + 0.5):
+        now = pacing.held_due(now)
+    assert now == pytest.approx(T + 1.0 + MAX_PAUSE_SECONDS)
 
 
 def test_writes_that_stall_hold_up_the_group_only_for_the_stall() -> None:
     pacing = grouped("reads", "stopped reading")
-    pacing.written(T + 0.002, "reads", held=2, held_events=4)
+    pacing.written(T + 0.002, "reads")
     stalled = T + 0.002 + STALL_SECONDS
-    assert pacing.held_due(stalled - 0.0001, held=2, held_events=4) == pytest.approx(stalled)
-    # Given up on: the pause counts the writes that made progress.
-    assert pacing.held_due(stalled, held=2, held_events=4) == pytest.approx(T + 0.004)
-    assert not pacing.written(stalled + 1, "stopped reading", held=2, held_events=4)
+    assert pacing.held_due(stalled - 0.0001) == pytest.approx(stalled)
+    # Given up on: looked at now, and the group's wait so far counts as its writes.
+    assert pacing.held_due(stalled) == pytest.approx(stalled)
+    assert pacing.still_coming(stalled, held_events=2, first_came=T + 0.005)
+    assert pacing.held_due(stalled) == pytest.approx(stalled + max(QUIET_SECONDS, QUIET_SHARE * (stalled - T)))
+    assert not pacing.written(stalled + 1, "stopped reading")
+
+
+def test_a_round_of_writes_not_yet_seen_done_by_a_busy_loop_still_gets_its_pause() -> None:
+    """A loop busy with a thousand writes sees none of them done before the stall is due: the pause after
+    counts the whole wait, so the commands that come meanwhile are read before the next round."""
+    pacing = grouped(*[str(n) for n in range(1000)])
+    busy = T + 0.150  # the first look after the writes, none reported yet
+    assert pacing.held_due(busy) == pytest.approx(busy)
+    now, held = busy, 1000
+    while pacing.still_coming(now, held, first_came=T + 0.100):
+        now, held = pacing.held_due(now), held + 1000
+    assert now == pytest.approx(busy + MAX_PAUSE_SECONDS)
 
 
 def test_a_stream_done_writing_goes_on_its_own_when_events_wait_for_few_of_its_group() -> None:
     pacing = grouped("a", "b", "c", "d")
-    pacing.written(T + 0.001, "a", held=1, held_events=2)
+    pacing.written(T + 0.001, "a")
     assert pacing.lets_go("a", held=1)
     assert not pacing.lets_go("a", held=2)  # half the group: kept together
     assert not pacing.lets_go("b", held=1)  # still writing
