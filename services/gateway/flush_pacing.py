@@ -21,9 +21,9 @@ group, until they have written and for a pause after:
 - what comes for a few of them (other rooms that were flushed along) goes to each as soon as it
   has written;
 - what comes for other streams goes one batch window after it came, as on a quiet gateway; a
-  flush while no group is writing or pausing makes the next group, one while it is joins it, so
-  that the streams of a busy room are not split into groups that write by turns, each while the
-  others' commands wait.
+  flush while no group is writing or pausing makes the next group, one while it is joins its next
+  round, so that the streams of a busy room are not split into groups that write by turns, each
+  while the others' commands wait.
 
 Pure timing and membership: the caller gives the time (the event loop's clock).
 """
@@ -62,7 +62,7 @@ class FlushPacing:
 
     @property
     def grouping(self) -> bool:
-        """A group is writing, or has written and holds what comes for it."""
+        """A group is writing, or has written and holds what comes for it (or did, until its next `update`)."""
         return bool(self._group)
 
     def holds(self, stream: Hashable) -> bool:
@@ -78,11 +78,9 @@ class FlushPacing:
         """A flush at `now` woke these streams. `held`: it sent the group's held events, or no group was
         writing or pausing; either way the woken streams are the next group."""
         if not held and self._group and (self._writing or now < self._pause_ends):
-            # Other streams, flushed beside the group, join it: the round waits for their writes too, and
-            # what comes next for most of the group waits for it (for a few of them: see `lets_go`).
-            joining = set(woken)
-            self._group |= joining
-            self._writing |= joining
+            # Other streams, flushed beside the group, join it for its next round: what comes next for most
+            # of the group waits for it (for a few of them: see `lets_go`). This round does not wait for them.
+            self._group.update(woken)
             return
         self._group = set(woken)
         self._writing = set(self._group)
@@ -99,16 +97,29 @@ class FlushPacing:
         self._done_writing()
         return True
 
+    def update(self, now: float, *, holding: bool) -> None:
+        """At a look (see `next_update`): writes that stalled are given up on; a group whose pause is over
+        with nothing `holding` for it is no group any more."""
+        if self._writing:
+            if now >= self._progress_at + STALL_SECONDS:
+                # The rest write when they can. Counted as writing until now: a loop busy with the writes
+                # may not have seen them done yet, and the pause after is as long as the wait was.
+                self._writing.clear()
+                self._progress_at = now
+                self._done_writing()
+        elif self._group and not holding and now >= self._pause_ends:
+            self._group = set()
+
+    def next_update(self) -> float | None:
+        """When `update` has something to do (a stall to give up on, a group to end); None: nothing."""
+        if self._writing:
+            return self._progress_at + STALL_SECONDS
+        return self._pause_ends if self._group else None
+
     def held_due(self, now: float) -> float:
         """When the group's held events are looked at next (now or earlier: they go, unless `still_coming`)."""
         if self._writing:
-            if now < self._progress_at + STALL_SECONDS:
-                return self._progress_at + STALL_SECONDS
-            # Stalled: the rest write when they can. Counted as writing until now: a loop busy with the
-            # writes may not have seen them done yet, and the pause after is as long as the wait was.
-            self._writing.clear()
-            self._progress_at = now
-            self._done_writing()
+            return self._progress_at + STALL_SECONDS
         return min(self._next_look, self._pause_ends)
 
     def still_coming(self, now: float, held_events: int, first_came: float) -> bool:

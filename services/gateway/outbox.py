@@ -160,7 +160,8 @@ class FlushScheduler:
         # Outboxes with something queued for the next flush: on their own, or waiting for their group.
         self._free: set[Outbox] = set()
         self._held: set[Outbox] = set()
-        # Events queued for the held outboxes, one per outbox an event went to; when the first came.
+        # Events held since the group's last flush (those let go since included), one per outbox an event
+        # went to; when the first of those held now came.
         self._held_events = 0
         self._held_since = 0.0
         # When the first of what is free was queued.
@@ -173,7 +174,8 @@ class FlushScheduler:
 
     def mark(self, outbox: Outbox) -> None:
         if self._pacing.holds(outbox):
-            if not self._held_events:
+            first = not self._held
+            if first:
                 self._held_since = asyncio.get_running_loop().time()
             self._held.add(outbox)
             self._held_events += 1
@@ -181,6 +183,10 @@ class FlushScheduler:
                 # Done writing: once the whole fan-out has been queued, see whether it waits for few of the group.
                 self._let_go_soon = True
                 asyncio.get_running_loop().call_soon(self._let_go)
+            if first:
+                # The timer may be set for the end of the group's pause (see `_arm`): looked at sooner now.
+                self._rearm()
+                return
         elif not self._free:
             # The first free stream: its window may end before a group's pause, so the timer is set again.
             self._free_since = asyncio.get_running_loop().time()
@@ -211,8 +217,6 @@ class FlushScheduler:
         if not self._free:
             self._free_since = asyncio.get_running_loop().time()
         self._held.difference_update(going)
-        if not self._held:
-            self._held_events = 0
         self._free.update(going)
         self._rearm()
 
@@ -229,6 +233,8 @@ class FlushScheduler:
         due = [self._free_since + self._pacing.window] if self._free else []
         if self._held:
             due.append(self._pacing.held_due(now))
+        elif (update := self._pacing.next_update()) is not None:
+            due.append(update)
         if not due:
             self._timer = None
         elif min(due) <= now:
@@ -239,6 +245,7 @@ class FlushScheduler:
     def _look(self) -> None:
         """Flushes what is due, then sets the timer for the rest."""
         now = asyncio.get_running_loop().time()
+        self._pacing.update(now, holding=bool(self._held))
         if (
             self._held
             and self._pacing.held_due(now) <= now

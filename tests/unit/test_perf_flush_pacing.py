@@ -38,14 +38,17 @@ def test_the_streams_of_a_flush_made_while_no_group_writes_are_the_group() -> No
     assert not pacing.holds("c")
 
 
-def test_streams_flushed_beside_a_writing_group_join_it() -> None:
+def test_streams_flushed_beside_a_writing_group_join_its_next_round() -> None:
     """A busy room's streams are not split into groups that write by turns."""
     pacing = grouped("a")
     pacing.flushed(T + 0.001, ["c"], held=False)
     assert pacing.holds("a")
     assert pacing.holds("c")
-    assert not pacing.written(T + 0.002, "a")  # the round waits for the one that joined
-    assert pacing.written(T + 0.003, "c")
+    assert pacing.written(T + 0.002, "a")  # this round does not wait for the one that joined
+    pause_ends = T + 0.002 + PAUSE_PER_WRITE * 0.002
+    pacing.flushed(T + 0.003, ["d"], held=False)  # joins while the group pauses: the pause stays as it was
+    assert pacing.holds("d")
+    assert pacing.held_due(T + 0.003) <= pause_ends
 
 
 def test_held_events_wait_until_every_stream_of_the_group_has_written() -> None:
@@ -134,11 +137,29 @@ def test_writes_that_stall_hold_up_the_group_only_for_the_stall() -> None:
     pacing.written(T + 0.002, "reads")
     stalled = T + 0.002 + STALL_SECONDS
     assert pacing.held_due(stalled - 0.0001) == pytest.approx(stalled)
+    assert pacing.next_update() == pytest.approx(stalled)
+    pacing.update(stalled - 0.0001, holding=True)
+    assert pacing.held_due(stalled - 0.0001) == pytest.approx(stalled)  # not yet
     # Given up on: looked at now, and the group's wait so far counts as its writes.
+    pacing.update(stalled, holding=True)
     assert pacing.held_due(stalled) == pytest.approx(stalled)
     assert pacing.still_coming(stalled, held_events=2, first_came=T + 0.005)
     assert pacing.held_due(stalled) == pytest.approx(stalled + max(QUIET_SECONDS, QUIET_SHARE * (stalled - T)))
     assert not pacing.written(stalled + 1, "stopped reading")
+
+
+def test_a_stall_is_given_up_on_while_nothing_is_held_and_the_group_ends_after_its_pause() -> None:
+    """A member that stopped reading does not make a later lone event wait: its stall was noticed meanwhile."""
+    pacing = grouped("reads", "stopped reading")
+    pacing.written(T + 0.002, "reads")
+    stalled = T + 0.002 + STALL_SECONDS
+    pacing.update(stalled, holding=False)
+    pause_ends = stalled + PAUSE_PER_WRITE * (stalled - T)
+    assert pacing.next_update() == pytest.approx(pause_ends)
+    pacing.update(pause_ends, holding=False)
+    assert not pacing.grouping
+    assert not pacing.holds("stopped reading")
+    assert pacing.next_update() is None
 
 
 def test_a_round_of_writes_not_yet_seen_done_by_a_busy_loop_still_gets_its_pause() -> None:
@@ -146,6 +167,7 @@ def test_a_round_of_writes_not_yet_seen_done_by_a_busy_loop_still_gets_its_pause
     counts the whole wait, so the commands that come meanwhile are read before the next round."""
     pacing = grouped(*[str(n) for n in range(1000)])
     busy = T + 0.150  # the first look after the writes, none reported yet
+    pacing.update(busy, holding=True)
     assert pacing.held_due(busy) == pytest.approx(busy)
     now, held = busy, 1000
     while pacing.still_coming(now, held, first_came=T + 0.100):

@@ -22,6 +22,11 @@ def event(n: int) -> bytes:
     return wire.batch_item(f"event {n}".encode())
 
 
+def fixed(n: int) -> bytes:
+    """An event whose encoding is as long as every other's: a frame's count is its length over this one's."""
+    return wire.batch_item(f"event {n:08d}".encode())
+
+
 @pytest.fixture(autouse=True)
 def patient_stall(monkeypatch: pytest.MonkeyPatch) -> None:
     """Writes are never given up on here (unless a test says so): what is tested is the order of things."""
@@ -138,3 +143,81 @@ async def test_a_stream_outside_a_busy_group_keeps_the_batch_window() -> None:
     outside.put(kinds.EVENT, event(99))
     assert await asyncio.wait_for(reader, 1) == [wire.events_frame([event(99)])]
     assert asyncio.get_running_loop().time() - started < 0.02, "the window, not the group's pause"
+
+
+async def test_streams_flushed_beside_a_busy_room_do_not_prolong_its_hold() -> None:
+    """Other rooms' streams flushed while a busy room's group pauses join it for its next round; they do not
+    start the pause again (each used to: a room's events waited for seconds while other rooms were busy)."""
+    loop = asyncio.get_running_loop()
+    scheduler = FlushScheduler(WINDOW)
+    room = [make_outbox(scheduler) for _ in range(100)]
+    others = [make_outbox(scheduler) for _ in range(100)]
+    sent_at: list[float] = []
+    worst = 0.0
+
+    async def write(outbox: Outbox, watched: bool) -> None:
+        nonlocal worst
+        got = 0
+        while (frames := await outbox.next_frames()) is not None:
+            if watched:  # the oldest event of these frames waited longest
+                worst = max(worst, loop.time() - sent_at[got])
+                got += sum(len(wire.frame_body(frame)) // len(fixed(0)) for frame in frames)
+            await asyncio.sleep(0)  # the write
+            for frame in frames:
+                outbox.sent(frame)
+
+    writers = [asyncio.create_task(write(o, n == 0)) for n, o in enumerate(room)]
+    writers += [asyncio.create_task(write(o, False)) for o in others]
+    end = loop.time() + 1.0
+    for n in range(10**6):
+        if loop.time() >= end:
+            break
+        sent_at.append(loop.time())
+        for o in room:
+            o.put(kinds.EVENT, fixed(n))
+        if not n % 10:
+            others[n // 10 % len(others)].put(kinds.EVENT, fixed(n))  # another room's event, now and then
+        await asyncio.sleep(0.002)
+    await asyncio.sleep(0.3)
+    for writer in writers:
+        writer.cancel()
+    await asyncio.gather(*writers, return_exceptions=True)
+    assert worst < flush_pacing.MAX_PAUSE_SECONDS + 0.1
+
+
+async def test_after_a_quiet_spell_a_member_that_stopped_reading_does_not_hold_up_a_lone_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stall of a member that stopped reading is noticed while the gateway is quiet, not counted as
+    writing time when the next event comes (it used to wait the whole pause)."""
+    monkeypatch.setattr(flush_pacing, "STALL_SECONDS", 0.02)
+    loop = asyncio.get_running_loop()
+    scheduler = FlushScheduler(WINDOW)
+    reading = [make_outbox(scheduler) for _ in range(3)]
+    stuck = make_outbox(scheduler)
+    arrived: list[float] = []
+    all_arrived = asyncio.Event()
+
+    async def write(outbox: Outbox) -> None:
+        while (frames := await outbox.next_frames()) is not None:
+            arrived.append(loop.time())
+            if len(arrived) == len(reading):
+                all_arrived.set()
+            for frame in frames:
+                outbox.sent(frame)
+
+    writers = [asyncio.create_task(write(o)) for o in reading]
+    taken = asyncio.create_task(stuck.next_frames())  # takes its frame and never gets it written
+    for o in [*reading, stuck]:
+        o.put(kinds.EVENT, event(0))
+    await asyncio.sleep(0.5)
+    arrived.clear()
+    all_arrived.clear()
+    sent = loop.time()
+    for o in [*reading, stuck]:
+        o.put(kinds.EVENT, event(1))
+    await asyncio.wait_for(all_arrived.wait(), 1)
+    for task in [*writers, taken]:
+        task.cancel()
+    await asyncio.gather(*writers, taken, return_exceptions=True)
+    assert max(arrived) - sent < flush_pacing.MAX_PAUSE_SECONDS / 2
