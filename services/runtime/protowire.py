@@ -17,10 +17,8 @@ _ONE_BYTE = tuple(bytes([value]) for value in range(0x80))
 
 def varint(value: int) -> bytes:
     # Lengths and small numbers first: they take one or two bytes (a hot path of every frame).
-    if 0 <= value < 0x80:
-        return _ONE_BYTE[value]
     if 0 <= value < 0x4000:
-        return bytes(((value & 0x7F) | 0x80, value >> 7))
+        return _ONE_BYTE[value] if value < 0x80 else bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
