@@ -30,11 +30,11 @@ from bench.fanout_publishers import (
     full_speed,
     open_publishers,
 )
-from bench.fanout_scenarios import STORM_ROOM, IdleMemory, JoinStorm, ManyRooms, Throughput
+from bench.fanout_scenarios import IdleMemory, JoinStorm, ManyRooms, Throughput
 from bench.fanout_subscribers import OPEN_CONCURRENCY
 from bench.fanout_systems import SystemUnderTest
 from bench.fanout_wire import ROOM
-from bench.fanout_worker_pool import WorkerPool
+from bench.fanout_worker_pool import JoinOutcome, WorkerPool
 from bench.report import latency_ms, load_average, spread
 
 WARMUP_MESSAGES = 50
@@ -264,36 +264,58 @@ async def many_rooms(run: Run, scenario: ManyRooms) -> dict[str, Any]:
 
 
 async def join_storm(run: Run, scenario: JoinStorm) -> dict[str, Any]:
-    """Connected subscribers all join one room at once: from the first join sent to the last answered."""
+    """Connected subscribers all join one room at once, from the first join sent to the last answered:
+    `scenario.storms` times, each into a room of its own once the servers are quiet; the median storm counts."""
     pool = run.pool
     connect_seconds = await pool.connect(await run.system.subscriber_specs(scenario.subscribers))
+    storms: list[JoinOutcome] = []
+    at_ready: list[dict[str, list[int]]] = []
+    until_settled: list[dict[str, list[int]]] = []
     try:
         settle = await run.settle()
         window = Window.open(run)
-        storm = await pool.join([STORM_ROOM] * scenario.subscribers, concurrency=0)
-        at_ready = await pool.frames()
-        aftermath = await run.settle()
-        until_settled = await pool.frames()
-        costs = window.close(run, storm.joined, unit="join")
+        for room in scenario.room_ids:
+            if storms:
+                await run.settle()
+            storms.append(await pool.join([room] * scenario.subscribers, concurrency=0))
+            at_ready.append(await pool.frames())
+            aftermath = await run.settle()
+            until_settled.append(await pool.frames())
+        joined = sum(storm.joined for storm in storms)
+        costs = window.close(run, joined, unit="join")
     finally:
         await run.disconnect()
+    seconds = sorted(storm.seconds for storm in storms)
+    failures: dict[str, int] = {}
+    for storm in storms:
+        for reason, times in storm.failures.items():
+            failures[reason] = failures.get(reason, 0) + times
     return {
         "label": scenario.label,
         "subscribers": scenario.subscribers,
-        "joined": storm.joined,
-        "failures": storm.failures,
-        "complete": storm.joined == scenario.subscribers,
-        "seconds": round(storm.seconds, 3),
-        "join_ms": latency_ms(storm.join_us),
-        # Frames each subscriber received from its join until the last subscriber was ready, by kind.
-        "frames_per_subscriber_until_all_ready": {kind: spread(n) for kind, n in at_ready.items()},
+        "storms": scenario.storms,
+        "joined": joined,
+        "failures": failures,
+        "complete": joined == scenario.subscribers * scenario.storms,
+        # The median storm (the upper one of an even count); every storm's, in the order they ran.
+        "seconds": round(seconds[len(seconds) // 2], 3),
+        "storm_seconds": [round(storm.seconds, 3) for storm in storms],
+        "join_ms": latency_ms([us for storm in storms for us in storm.join_us]),
+        # Frames each subscriber received in each storm from its join until the last subscriber was ready, by kind.
+        "frames_per_subscriber_until_all_ready": _spread_over(at_ready, scenario.subscribers),
         # ... and until the servers settled after the storm.
-        "frames_per_subscriber_until_settled": {kind: spread(n) for kind, n in until_settled.items()},
+        "frames_per_subscriber_until_settled": _spread_over(until_settled, scenario.subscribers),
         "settle_after": aftermath,
         **costs,
         "connect_seconds": round(connect_seconds, 2),
         "settle_before": settle,
     }
+
+
+def _spread_over(storms: list[dict[str, list[int]]], subscribers: int) -> dict[str, dict[str, float | int]]:
+    """Frames by kind, per subscriber per storm (none of a kind in a storm counts as none for each)."""
+    kinds = sorted({kind for frames in storms for kind in frames})
+    return {kind: spread([n for frames in storms for n in frames.get(kind, [0] * subscribers)]) for kind in kinds}
 
 
 async def idle_memory(run: Run, scenario: IdleMemory) -> dict[str, Any]:
