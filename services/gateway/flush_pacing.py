@@ -14,7 +14,9 @@ group, until they have written and for a pause after:
   STALL_SECONDS: a client that reads slowly, or not at all, holds up the others no longer), it goes
   to all of them together as soon as no more has come for a while (QUIET_SHARE of the time the
   writes took, at least QUIET_SECONDS), or when the pause ends: PAUSE_PER_WRITE times as long as
-  the writes took, at most MAX_PAUSE_SECONDS. Under load the readers and appends get the loop in
+  the writes took, at most MAX_PAUSE_SECONDS. Writes given up on as stalled are mostly ones a busy
+  loop has not yet seen done; while it sees them done, commands still wait behind them, so that is
+  no quiet time. Under load the readers and appends get the loop in
   between (at most a quarter of it goes to writing), and what they make joins the same frame; a
   lone event waits only the quiet time, and not at all once the group has been quiet that long.
   The streams of that flush are the next group;
@@ -50,12 +52,15 @@ class FlushPacing:
         # The streams the group's flush woke; those of them that have not yet written what it gave them.
         self._group: set[Hashable] = set()
         self._writing: set[Hashable] = set()
+        # Writers of the group given up on at a stall, not yet seen done.
+        self._finishing: set[Hashable] = set()
         self._flushed_at = 0.0
         # When the last of the group reported.
         self._progress_at = 0.0
-        # Once the group has written: when its pause ends, when its held events are looked at next, how
-        # many were held at the last look, and how long no more may come before they go.
+        # Once the group has written: when its pause ends, when its held events were looked at last and
+        # are looked at next, how many were held at the last look, and how long no more may come before they go.
         self._pause_ends = 0.0
+        self._looked_at = 0.0
         self._next_look = 0.0
         self._seen = 0
         self._quiet = QUIET_SECONDS
@@ -84,10 +89,16 @@ class FlushPacing:
             return
         self._group = set(woken)
         self._writing = set(self._group)
+        self._finishing = set()
         self._flushed_at = self._progress_at = now
 
     def written(self, now: float, stream: Hashable) -> bool:
         """`stream` wrote what the group's flush gave it (or is gone); True if it was the last of the group."""
+        if stream in self._finishing:
+            # Given up on at a stall: the loop is still seeing the round's writes done (see `still_coming`).
+            self._finishing.discard(stream)
+            self._progress_at = now
+            return False
         if stream not in self._writing:
             return False
         self._writing.discard(stream)
@@ -104,11 +115,12 @@ class FlushPacing:
             if now >= self._progress_at + STALL_SECONDS:
                 # The rest write when they can. Counted as writing until now: a loop busy with the writes
                 # may not have seen them done yet, and the pause after is as long as the wait was.
-                self._writing.clear()
+                self._finishing, self._writing = self._writing, set()
                 self._progress_at = now
                 self._done_writing()
         elif self._group and not holding and now >= self._pause_ends:
             self._group = set()
+            self._finishing = set()
 
     def next_update(self) -> float | None:
         """When `update` has something to do (a stall to give up on, a group to end); None: nothing."""
@@ -124,14 +136,17 @@ class FlushPacing:
 
     def still_coming(self, now: float, held_events: int, first_came: float) -> bool:
         """At a look, `held_events` waiting for the group (counted once per stream), the first of them
-        since `first_came`: True if more came since the last look and its pause goes on (they wait a
-        quiet time more); False if they go now, as they do when the first came once the group had
-        been quiet a while (the readers had the loop: nothing more is on its way)."""
-        if now >= self._pause_ends or held_events <= self._seen:
+        since `first_came`: True if more came, or writes given up on were seen done, since the last look
+        and its pause goes on (they wait a quiet time more); False if they go now, as they do when the
+        first came once the group had been quiet a while (the readers had the loop: nothing more is on
+        its way)."""
+        seeing_writes_done = self._progress_at > self._looked_at
+        if now >= self._pause_ends or (held_events <= self._seen and not seeing_writes_done):
             return False
         if not self._seen and first_came >= self._progress_at + self._quiet:
             return False
         self._seen = held_events
+        self._looked_at = now
         self._next_look = min(now + self._quiet, self._pause_ends)
         return True
 
@@ -139,5 +154,5 @@ class FlushPacing:
         took = self._progress_at - self._flushed_at
         self._pause_ends = self._progress_at + min(took * PAUSE_PER_WRITE, MAX_PAUSE_SECONDS)
         self._quiet = max(QUIET_SECONDS, took * QUIET_SHARE)
-        self._next_look = self._progress_at
+        self._looked_at = self._next_look = self._progress_at
         self._seen = 0
