@@ -132,8 +132,11 @@ def test_fanout_bench_runs_parley_and_nats_with_the_same_clients_and_checks_the_
     storm = parley["scenarios"]["join_storm"]
     assert storm["complete"]
     # Two storms of 40, each into a room of its own; the median (here the slower) is the figure.
-    assert storm["subscribers"] == 40 and storm["storms"] == 2 and storm["joined"] == 80
-    assert storm["seconds"] == max(storm["storm_seconds"]) and len(storm["storm_seconds"]) == 2
+    assert storm["subscribers"] == 40
+    assert storm["storms"] == 2
+    assert storm["joined"] == 80
+    assert len(storm["storm_seconds"]) == 2
+    assert storm["seconds"] == max(storm["storm_seconds"])
     assert storm["frames_per_subscriber_until_all_ready"]["reply"]["total"] == 80  # each its own join's reply
     # Presence is gathered over a window: it may reach them only after the last join was answered.
     assert storm["frames_per_subscriber_until_settled"]["presence"]["total"] > 0
