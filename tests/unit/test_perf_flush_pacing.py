@@ -175,9 +175,30 @@ def test_a_round_of_writes_not_yet_seen_done_by_a_busy_loop_still_gets_its_pause
     assert now == pytest.approx(busy + MAX_PAUSE_SECONDS)
 
 
-def _seen_done(pacing: FlushPacing, completions: list[tuple[float, str]], until: float) -> None:
+# The first look after a round of a thousand writes, none of them seen done yet: given up on as stalled.
+STALLED = T + 0.080
+
+
+def stalled_round(*, holding: bool, seen_done_every: float) -> tuple[FlushPacing, list[tuple[float, str]]]:
+    """A round of a thousand writes given up on at STALLED, and when the loop sees each of them done."""
+    streams = [str(n) for n in range(1000)]
+    pacing = grouped(*streams)
+    pacing.update(STALLED, holding=holding)
+    return pacing, [(STALLED + n * seen_done_every, stream) for n, stream in enumerate(streams)]
+
+
+def seen_done(pacing: FlushPacing, completions: list[tuple[float, str]], until: float) -> None:
     while completions and completions[0][0] <= until:
         pacing.written(*completions.pop(0))
+
+
+def goes_at(pacing: FlushPacing, completions: list[tuple[float, str]], now: float, first_came: float) -> float:
+    """When what is held (nothing more coming) goes, looked at as the scheduler looks, from `now` on."""
+    while True:
+        now = pacing.held_due(now)
+        seen_done(pacing, completions, now)
+        if not pacing.still_coming(now, held_events=1000, first_came=first_came):
+            return now
 
 
 def test_a_loop_still_seeing_a_stalled_rounds_writes_done_is_not_quiet() -> None:
@@ -185,42 +206,22 @@ def test_a_loop_still_seeing_a_stalled_rounds_writes_done_is_not_quiet() -> None
     and the commands sent meanwhile wait behind them (measured: a publisher's next command was handed over
     only then). An event that comes during that time is no lone one after a quiet spell, and what is held
     goes once no write has been seen done for a quiet time, within the pause."""
-    streams = [str(n) for n in range(1000)]
-    pacing = grouped(*streams)
-    stalled = T + 0.080  # the first look after the writes: none seen done yet
-    pacing.update(stalled, holding=False)
-    quiet = QUIET_SHARE * (stalled - T)
-    pause_ends = stalled + MAX_PAUSE_SECONDS
     # Seen done one every 50 µs, for 50 ms; an event comes 20 ms in, twice the quiet time after the stall.
-    completions = [(stalled + n * 0.00005, stream) for n, stream in enumerate(streams)]
+    pacing, completions = stalled_round(holding=False, seen_done_every=0.00005)
+    quiet = QUIET_SHARE * (STALLED - T)
     last_done = completions[-1][0]
-    came = stalled + 0.020
-    _seen_done(pacing, completions, came)
+    came = STALLED + 0.020
+    seen_done(pacing, completions, came)
     assert pacing.held_due(came) <= came
     assert pacing.still_coming(came, held_events=1000, first_came=came)
-    now = came
-    while True:
-        now = pacing.held_due(now)
-        _seen_done(pacing, completions, now)
-        if not pacing.still_coming(now, held_events=1000, first_came=came):
-            break
-    assert last_done < now <= last_done + 2 * quiet
-    assert now < pause_ends
+    went = goes_at(pacing, completions, came, first_came=came)
+    assert last_done < went <= last_done + 2 * quiet
+    assert went < STALLED + MAX_PAUSE_SECONDS
 
 
 def test_a_stalled_round_seen_done_slowly_holds_events_until_its_pause_ends_not_longer() -> None:
-    streams = [str(n) for n in range(1000)]
-    pacing = grouped(*streams)
-    stalled = T + 0.080
-    pacing.update(stalled, holding=True)
-    completions = [(stalled + n * 0.001, stream) for n, stream in enumerate(streams)]  # a second of them
-    now = stalled
-    while True:
-        now = pacing.held_due(now)
-        _seen_done(pacing, completions, now)
-        if not pacing.still_coming(now, held_events=1000, first_came=stalled):
-            break
-    assert now == pytest.approx(stalled + MAX_PAUSE_SECONDS)
+    pacing, completions = stalled_round(holding=True, seen_done_every=0.001)  # a second of them
+    assert goes_at(pacing, completions, STALLED, first_came=STALLED) == pytest.approx(STALLED + MAX_PAUSE_SECONDS)
 
 
 def test_a_stream_done_writing_goes_on_its_own_when_events_wait_for_few_of_its_group() -> None:
