@@ -108,6 +108,13 @@ async def grpcurl_async(address: str, *args: str, data: Any = None) -> tuple[int
     return process.returncode, out.decode(), err.decode()
 
 
+def sigint_as_from_a_terminal() -> None:
+    """A child's `preexec_fn` when a test sends it SIGINT for a terminal's Ctrl-C: SIGINT at its default
+    action, though the tests may run with it ignored (started in the background: `nohup make test &`),
+    which a child inherits (Python then never raises KeyboardInterrupt in it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServerProcess:
     """`parley serve ...` in a child process; its address is read from its output."""
 

@@ -14,6 +14,7 @@ import pytest
 from parley import Client
 from parley.cli.parser import build_parser
 from tests.e2e.test_cli_direct import TIME, parley
+from tests.support import sigint_as_from_a_terminal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -208,6 +209,7 @@ async def test_read_follow_prints_what_arrives_until_ctrl_c(server_address: str,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")},
+        preexec_fn=sigint_as_from_a_terminal,
     )
     assert process.stdout is not None
     try:

@@ -22,7 +22,7 @@ import pytest
 from parley import Client
 from services import allinone
 from services.runtime.config import Config, EventDefinition, HistorySettings, RoomDefinition
-from tests.support import make_config, running
+from tests.support import make_config, running, sigint_as_from_a_terminal
 
 KEPT = HistorySettings(enabled=True)
 SHORT_TEXT = {
@@ -234,6 +234,7 @@ async def test_ctrl_c_leaves_a_piped_chat_at_once(chatters: Chatters) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(),
+        preexec_fn=sigint_as_from_a_terminal,
     )
     assert process.stdout is not None
     try:
