@@ -218,7 +218,10 @@ async def test_read_follow_prints_what_arrives_until_ctrl_c(server_address: str,
         await ok("channel", "send", "crew", "live", key_file=ann_key, address=server_address)
         live = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
         assert re.fullmatch(rf"{TIME} ann: live\n", live), live
-    finally:
         process.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(process.communicate(), 10)
-    assert (process.returncode, out, err) == (130, b"", b"")
+        assert (process.returncode, out, err) == (130, b"", b"")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
