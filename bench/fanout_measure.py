@@ -35,7 +35,7 @@ from bench.fanout_subscribers import OPEN_CONCURRENCY
 from bench.fanout_systems import SystemUnderTest
 from bench.fanout_wire import ROOM
 from bench.fanout_worker_pool import JoinOutcome, WorkerPool
-from bench.report import latency_ms, load_average, spread
+from bench.report import latency_ms, load_average, merged_counts, spread
 
 WARMUP_MESSAGES = 50
 QUICK_WARMUP_MESSAGES = 10
@@ -286,16 +286,12 @@ async def join_storm(run: Run, scenario: JoinStorm) -> dict[str, Any]:
     finally:
         await run.disconnect()
     seconds = sorted(storm.seconds for storm in storms)
-    failures: dict[str, int] = {}
-    for storm in storms:
-        for reason, times in storm.failures.items():
-            failures[reason] = failures.get(reason, 0) + times
     return {
         "label": scenario.label,
         "subscribers": scenario.subscribers,
         "storms": scenario.storms,
         "joined": joined,
-        "failures": failures,
+        "failures": merged_counts(storm.failures for storm in storms),
         "complete": joined == scenario.subscribers * scenario.storms,
         # The median storm (the upper one of an even count); every storm's, in the order they ran.
         "seconds": round(seconds[len(seconds) // 2], 3),

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.report import merged_counts
 from bench.server_process import ProcessGroups, cpu_seconds, kill_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -174,16 +175,12 @@ class WorkerPool:
         """Subscriber i joins rooms[i]; `concurrency` joins at once per worker (0: all at once)."""
         commands = [{"cmd": "join", "rooms": share, "concurrency": concurrency} for share in self._split(rooms)]
         replies = [r for r in await self._all(commands, JOIN_REPLY_TIMEOUT_SECONDS) if r["joined"] or r["failures"]]
-        failures: dict[str, int] = {}
-        for reply in replies:
-            for reason, times in reply["failures"].items():
-                failures[reason] = failures.get(reason, 0) + times
         return JoinOutcome(
             joined=sum(int(r["joined"]) for r in replies),
             first_sent_ns=min(int(r["first_sent_ns"]) for r in replies),
             last_ready_ns=max(int(r["last_ready_ns"]) for r in replies),
             join_us=sorted(us for r in replies for us in r["join_us"]),
-            failures=failures,
+            failures=merged_counts(r["failures"] for r in replies),
         )
 
     async def reset(self, tag: str) -> None:

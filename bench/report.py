@@ -7,7 +7,7 @@ Standard library only, like `server_process.py`, for `hardening_bench.py` run ag
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 MS_PER_SECOND = 1e3
 MS_PER_MICROSECOND = 1e-3
@@ -38,6 +38,15 @@ def latency_ms(samples_us: Sequence[int]) -> dict[str, float | None]:
         "p99": percentile_ms(ordered, 0.99, MS_PER_MICROSECOND),
         "max": percentile_ms(ordered, 1.0, MS_PER_MICROSECOND),
     }
+
+
+def merged_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Counts by key (e.g. failures by reason) added up over several reports."""
+    merged: dict[str, int] = {}
+    for report in counts:
+        for key, times in report.items():
+            merged[key] = merged.get(key, 0) + times
+    return merged
 
 
 def spread(counts: Sequence[int]) -> dict[str, float | int]:

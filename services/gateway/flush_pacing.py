@@ -16,9 +16,9 @@ group, until they have written and for a pause after:
   writes took, at least QUIET_SECONDS), or when the pause ends: PAUSE_PER_WRITE times as long as
   the writes took, at most MAX_PAUSE_SECONDS. Writes given up on as stalled are mostly ones a busy
   loop has not yet seen done; while it sees them done, commands still wait behind them, so that is
-  no quiet time. Under load the readers and appends get the loop in
-  between (at most a quarter of it goes to writing), and what they make joins the same frame; a
-  lone event waits only the quiet time, and not at all once the group has been quiet that long.
+  no quiet time. Under load the readers and appends get the loop in between (at most a quarter of
+  it goes to writing), and what they make joins the same frame; a lone event waits only the quiet
+  time, and not at all once the group has been quiet that long.
   The streams of that flush are the next group;
 - what comes for a few of them (other rooms that were flushed along) goes to each as soon as it
   has written;
