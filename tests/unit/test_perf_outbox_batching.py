@@ -182,7 +182,9 @@ async def test_streams_flushed_beside_a_busy_room_do_not_prolong_its_hold() -> N
     for writer in writers:
         writer.cancel()
     await asyncio.gather(*writers, return_exceptions=True)
-    assert worst < flush_pacing.MAX_PAUSE_SECONDS + 0.1
+    # Seconds when each joining stream restarted the pause; a loaded machine (the whole suite on two cores)
+    # adds a few tenths to a round of 200 writes on a real loop (0.34 s seen once), so the margin is 0.4 s.
+    assert worst < flush_pacing.MAX_PAUSE_SECONDS + 0.4
 
 
 async def test_after_a_quiet_spell_a_member_that_stopped_reading_does_not_hold_up_a_lone_event(
