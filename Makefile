@@ -60,6 +60,7 @@ bench: install ## Run the benchmarks (JSON on stdout)
 	$(PY) -m bench.history_bench
 	$(PY) -m bench.fanout_bench
 	$(PY) -m bench.idle_memory_bench
+	$(PY) -m bench.outbox_bench
 	$(PY) -m bench.hardening_bench
 	$(PY) -m bench.bus_bench
 	$(PY) -m bench.scale_out_bench

@@ -329,6 +329,14 @@ def test_file_bench_runs_and_reports_both_directions() -> None:
         assert passes[name]["mb_per_s"] > 0
 
 
+def test_outbox_bench_reports_both_queues_per_delivery() -> None:
+    result = run_bench("bench.outbox_bench", "--quick")
+    assert result["deliveries"] == 4 * 3 * 5
+    assert result["cpu_us_per_delivery"]["outbox"] > 0
+    assert result["cpu_us_per_delivery"]["queue"] > 0
+    assert result["outbox_over_queue"] > 0
+
+
 @pytest.mark.xdist_group("typescript-build")  # it builds clients/typescript/dist, as test_typescript_client does
 def test_ts_fanout_bench_reports_typescript_and_python_subscribers_side_by_side() -> None:
     build_typescript_client()
