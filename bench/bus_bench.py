@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import secrets
@@ -37,7 +36,7 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 
-from bench.report import cpu_model
+from bench.report import cpu_model, print_document
 from services.runtime.bus import BusMessage
 from services.runtime.nats_bus import NatsBus
 from services.runtime.nats_wire import pack, unpack
@@ -196,10 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "headers": HEADERS,
         "results": results,
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     return 0
 
 

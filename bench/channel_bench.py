@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -41,7 +40,7 @@ import nacl
 
 from bench.channel_crypto import MEMBER_COUNTS, MESSAGE_BYTES, measure_remove_commit, measure_seal_open
 from bench.channel_gateway import measure_through_gateway
-from bench.report import cpu_model, load_average
+from bench.report import cpu_model, load_average, print_document
 from bench.server_process import ServerProcess, parley_serve
 
 # Warm-up of each gateway mode: this long, or --seconds when shorter.
@@ -152,10 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_at_end": load_average(),
         "server_exit_code": exit_code,
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     return 0 if all(mode["complete"] for mode in gateway["modes"].values()) else 1
 
 

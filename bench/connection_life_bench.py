@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import signal
 import sys
@@ -52,7 +51,7 @@ from bench.connection_life_drain import measure_rolling_drain
 from bench.connection_life_restart import measure_restart
 from bench.fanout_subscribers import raise_file_limit
 from bench.identity_bench import machine_facts
-from bench.report import load_average
+from bench.report import load_average, print_document
 from bench.scale_out_bench import NATS_URL, SERVER_ENV
 from bench.server_process import ProcessGroups
 from parley.backoff import Backoff
@@ -232,10 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scenarios": results,
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     return 0 if all(r.get("complete") for r in results.values()) else 1
 
 

@@ -25,7 +25,6 @@ Phases:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -40,7 +39,7 @@ import nacl
 import nacl.signing
 from cryptography.hazmat.backends.openssl import backend as openssl_backend
 
-from bench.report import cpu_model, load_average, percentile_ms
+from bench.report import cpu_model, load_average, percentile_ms, print_document
 from parley.crypto import identity
 from parley.crypto.errors import KemUnavailableError
 from parley.crypto.kem import Kem, MlKem768
@@ -395,10 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seconds <= 0:
         print("error: --seconds must be > 0", file=sys.stderr)
         return 2
-    text = json.dumps(benchmark(args.seconds), indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(benchmark(args.seconds), args.out)
     return 0
 
 

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import platform
 import sys
@@ -53,7 +52,7 @@ from bench.dm_throughput_modes import (
     send_encrypted,
     send_plaintext,
 )
-from bench.report import cpu_model, load_average, percentile_ms, ratio
+from bench.report import cpu_model, load_average, percentile_ms, print_document, ratio
 from bench.server_process import ServerProcess, parley_serve
 from parley.client import Client
 
@@ -240,10 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "encrypted_over_plaintext": ratios(modes["encrypted"], modes["plaintext"]),
         "server_exit_code": exit_code,
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     return 0 if all(mode["complete"] for mode in modes.values()) else 1
 
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import signal
 import sys
 import tempfile
@@ -68,6 +67,7 @@ from bench.fanout_systems import SETTLED_BELOW_CORES, SystemUnderTest
 from bench.fanout_targets import SYSTEMS, comparison, targets
 from bench.fanout_wire import EVENT, PAYLOAD_BYTES, ROOM, Stats, payload
 from bench.identity_bench import machine_facts
+from bench.report import print_document
 from bench.server_process import CLOCK_TICKS, ProcessGroups
 
 # What bench/scale_out_bench.py and bench/idle_memory_bench.py take from here.
@@ -206,10 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         groups.kill_all()  # whatever server or worker a failed cleanup left behind
     document["total_seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     if args.plot is not None:
         plot(document, args.plot)
     return 1 if failed(document) else 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import platform
 import secrets
@@ -46,7 +45,7 @@ import nacl.signing
 import zfec  # type: ignore[import-untyped]
 
 from bench import file_raw
-from bench.report import cpu_model, load_average, ratio
+from bench.report import cpu_model, load_average, print_document, ratio
 from bench.server_logs import LogWatch
 from bench.server_process import ServerProcess, descendants, parley_serve, total_cpu_seconds
 from parley import Client
@@ -334,10 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_exit_codes": run["exit_codes"],
         "load_average_at_end": load_average(),
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     return 0 if intact and not any(run["exit_codes"].values()) else 1
 
 

@@ -78,10 +78,10 @@ except ImportError:  # a tree from before issue 9, for a before/after run
     from services.gateway.bus import InProcessBus  # type: ignore[no-redef,import-not-found]
 
 if TYPE_CHECKING or __package__:
-    from bench.report import cpu_model, percentile_ms
+    from bench.report import cpu_model, percentile_ms, print_document
     from bench.server_process import ServerProcess, parley_serve
 else:  # run as a script, maybe against another tree: this file's directory is first on sys.path
-    from report import cpu_model, percentile_ms
+    from report import cpu_model, percentile_ms, print_document
     from server_process import ServerProcess, parley_serve
 
 SCENARIOS = ("subjects", "schemas", "checks")
@@ -602,10 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if "checks" in scenarios:
         document["request_checks"] = checks_scenario(args.seconds)
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     return 0
 
 

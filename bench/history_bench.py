@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import re
@@ -40,6 +39,7 @@ from typing import Any
 import grpc
 import sqlite_utils
 
+from bench.report import print_document
 from parley.history.v1 import history_pb2, history_pb2_grpc
 from parley.values import to_value
 from services.history import sqlite_storage as store
@@ -304,10 +304,7 @@ def main() -> None:
     if args.rows < 5000:
         parser.error("--rows must be at least 5000 (pages are drawn from the newest 800 and from older ones)")
     result = asyncio.run(run(args.seconds, args.concurrency, args.rows))
-    document = json.dumps(result, indent=2)
-    print(document)
-    if args.out:
-        args.out.write_text(document + "\n")
+    print_document(result, args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import platform
 import sys
@@ -35,7 +34,7 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bench.report import cpu_model, percentile_ms
+from bench.report import cpu_model, percentile_ms, print_document
 from bench.server_process import ServerProcess, parley_serve
 from parley.client import Client
 from parley.device_identity import DeviceIdentity
@@ -293,10 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **results,
         "server_exit_code": exit_code,
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     rpc_errors = sum(sum(phase["errors"].values()) for phase in results["rpc"].values())
     return 1 if rpc_errors else 0
 

@@ -59,6 +59,7 @@ import grpc
 
 from bench.fanout_subscribers import open_all
 from bench.identity_bench import machine_facts
+from bench.report import print_document
 from bench.server_process import ServerProcess, kill_group, parley_serve
 from parley.client import Client
 from parley.device_identity import DeviceIdentity
@@ -612,10 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="parley-idle-") as tmp:
         document = asyncio.run(coordinate(args, chosen, Path(tmp)))
     document["total_seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     return 0
 
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from bench.identity_bench import machine_facts
+from bench.report import print_document
 from services.gateway.outbox import EVENT, FlushScheduler, Outbox
 
 ROOMS = 100
@@ -144,10 +144,7 @@ def main() -> None:
         "cpu_us_per_delivery": {"outbox": round(outbox, 2), "queue": round(queue, 2)},
         "outbox_over_queue": round(outbox / queue, 2),
     }
-    document = json.dumps(result, indent=2)
-    print(document)
-    if args.out:
-        args.out.write_text(document + "\n")
+    print_document(result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Figures the benchmarks' JSON documents share: nearest-rank percentiles, spreads, ratios, the CPU model,
-the machine's load.
+the machine's load; and how a benchmark hands its document over.
 
 Standard library only, like `server_process.py`, for `hardening_bench.py` run against another tree.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 MS_PER_SECOND = 1e3
 MS_PER_MICROSECOND = 1e-3
@@ -76,3 +79,11 @@ def load_average() -> str:
             return " ".join(handle.read().split()[:3])
     except OSError:
         return ""
+
+
+def print_document(document: Mapping[str, Any], out: Path | None) -> None:
+    """A benchmark's result: one JSON document on stdout, and in `out` too when given."""
+    text = json.dumps(document, indent=2)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n")

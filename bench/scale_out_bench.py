@@ -41,7 +41,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
-import json
 import os
 import secrets
 import signal
@@ -65,7 +64,7 @@ from bench.fanout_bench import (
     raise_file_limit,
 )
 from bench.identity_bench import machine_facts
-from bench.report import MS_PER_MICROSECOND, percentile_ms
+from bench.report import MS_PER_MICROSECOND, percentile_ms, print_document
 from bench.server_process import ServerProcess, cpu_seconds, kill_group, parley_serve
 from parley.client import Client
 from parley.device_identity import DeviceIdentity
@@ -590,10 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scale_out_over_single_process": compare(runs["single_process"], runs["scale_out"]),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(document, args.out)
     return 0 if all(r.get("complete") for r in runs.values()) else 1
 
 

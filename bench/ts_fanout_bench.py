@@ -51,7 +51,7 @@ from bench.fanout_publishers import WINDOW
 from bench.fanout_subscribers import raise_file_limit
 from bench.fanout_wire import EVENT, PAYLOAD_BYTES
 from bench.identity_bench import machine_facts
-from bench.report import load_average, ratio
+from bench.report import load_average, print_document, ratio
 from bench.server_process import CLOCK_TICKS, ProcessGroups
 from bench.ts_fanout_sides import NODE_ENTRY, SIDES, Settings, measure_side, phase_name
 
@@ -229,10 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         groups.kill_all()  # whatever server or worker a failed cleanup left behind
     result = document(settings, order, results)
     result["total_seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print_document(result, args.out)
     return 1 if failed(result) else 0
 
 
