@@ -67,6 +67,12 @@ async def user_on_server(
                 yield client, identity_stub(channel)
 
 
+async def token_of(address: str, name: str, key_dir: Path) -> str:
+    """An access token of user `name` (registered on first use, its key in `key_dir`)."""
+    async with Client(address, username=name, key_file=key_dir / f"{name}.json") as client:
+        return await client.access_token()
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 

@@ -9,24 +9,18 @@ import contextlib
 import itertools
 from pathlib import Path
 
-from parley import Client
 from parley.gateway.v1 import gateway_pb2
 from parley.values import to_value
 from services import allinone
 from services.runtime.config import RoomDefinition
 from tests.streams import Stream, payload_of, stream
-from tests.support import make_config, running
+from tests.support import make_config, running, token_of
 
 MEMBERS = 40
 EVENTS = 300
 # On average at least this many events per frame a member receives (one per frame without batching).
 EVENTS_PER_FRAME = 4
 _ids = itertools.count()
-
-
-async def token_of(address: str, name: str, tmp_path: Path) -> str:
-    async with Client(address, username=name, key_file=tmp_path / f"{name}.json") as client:
-        return await client.access_token()
 
 
 def publish(s: Stream, n: int) -> asyncio.Future[gateway_pb2.Reply]:

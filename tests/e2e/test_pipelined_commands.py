@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from parley import Client
 from parley.gateway.v1 import gateway_pb2
 from services import allinone
 from services.history.sequences import BLOCK
@@ -23,7 +22,7 @@ from services.runtime.config import EventDefinition, HistorySettings, HooksConfi
 from services.runtime.telemetry import setup_telemetry
 from tests import hooks_for_tests
 from tests.streams import Stream, payload_of, stream, value
-from tests.support import make_config, running
+from tests.support import make_config, running, token_of
 
 ROOMS = [
     RoomDefinition(id="lobby"),
@@ -49,11 +48,6 @@ async def server(data_dir: Path) -> AsyncIterator[tuple[str, InMemoryMetricReade
             yield address, reader
     finally:
         hooks_for_tests.slow_joins = None
-
-
-async def token_of(address: str, name: str, tmp_path: Path) -> str:
-    async with Client(address, username=name, key_file=tmp_path / f"{name}.json") as client:
-        return await client.access_token()
 
 
 def counter(reader: InMemoryMetricReader, name: str) -> int:
