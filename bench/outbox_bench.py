@@ -52,6 +52,7 @@ ROUND_PAUSE_SECONDS = 0.002
 Deliver = Callable[[int, bytes], None]
 # CPU seconds, and what the streams' tasks took: frames (outboxes) or events (queues).
 Measured = tuple[float, int]
+Run = Callable[[int, int, int], Coroutine[Any, Any, Measured]]
 
 
 async def _rounds(
@@ -117,9 +118,6 @@ async def queue_run(rooms: int, members: int, events: int) -> Measured:
 
     takers = [asyncio.create_task(writer(queue)) for room in queues for queue in room]
     return await _rounds(deliver, end, takers, rooms, events)
-
-
-Run = Callable[[int, int, int], Coroutine[Any, Any, Measured]]
 
 
 def measure(run: Run, rooms: int, members: int, events: int) -> Measured:
